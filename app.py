@@ -1,0 +1,23 @@
+"""Transfer Learning Studio: ``streamlit run app.py``."""
+
+import streamlit as st
+
+from tl_ui.session import active_project, sidebar
+
+
+def run() -> None:
+    st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧠", layout="wide")
+    pages = [
+        st.Page(
+            "pages/data.py", title="1. Your images", icon=":material/photo_library:", default=True
+        ),
+        st.Page("pages/model.py", title="2. Choose a model", icon=":material/neurology:"),
+        st.Page("pages/train.py", title="3. Train", icon=":material/model_training:"),
+        st.Page("pages/results.py", title="4. Results", icon=":material/insights:"),
+    ]
+    nav = st.navigation(pages)
+    sidebar(active_project())
+    nav.run()
+
+
+run()

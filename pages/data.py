@@ -1,0 +1,162 @@
+"""Step 1: bring labelled images (a folder, a .zip, or the demo set) and see what they hold."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import streamlit as st
+
+from tl_core import data as tl_data
+from tl_core.charts import class_counts_figure
+from tl_core.errors import DataError
+from tl_ui.session import active_project, get_store, open_project, project_manifest
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo" / "fashion_mnist"
+THUMBS_PER_CLASS = 6
+
+
+def _import(kind: str, source: object) -> None:
+    """Import into a fresh folder of the (possibly new) project; on error nothing changes."""
+    store = get_store()
+    project = active_project() or store.create_project()
+    dest = store.new_data_dir(project.id)
+    bar = st.progress(0.0, text="Checking and preparing your images…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Checking and preparing images: {done}/{total}")
+
+    try:
+        if kind == "demo":
+            manifest = tl_data.import_folder(DEMO_DIR, dest, progress)
+        elif kind == "zip":
+            manifest = tl_data.import_zip(source, dest, progress)  # type: ignore[arg-type]
+        else:
+            files = [(f.name, f.getvalue()) for f in source]  # type: ignore[attr-defined]
+            manifest = tl_data.import_files(files, dest, progress)
+    except DataError as exc:
+        bar.empty()
+        shutil.rmtree(dest, ignore_errors=True)
+        st.error(str(exc))
+        return
+    bar.empty()
+    store.set_data_dir(project.id, manifest.root)
+    open_project(project)
+    st.rerun()
+
+
+def _ways_in(has_data: bool) -> None:
+    if has_data:
+        st.caption(
+            "Bringing new images replaces the current set for new runs; earlier runs keep theirs."
+        )
+    demo, folder, archive = st.tabs(["Demo set", "Upload a folder", "Upload a .zip"])
+    with demo:
+        st.markdown(
+            "**Fashion-MNIST demo**: 700 small photos of clothing in 10 classes (T-shirt, "
+            "trouser, sneaker, …), already split into 500 for training and 200 for validation."
+        )
+        if st.button("Use the demo set", type="primary", key="use_demo"):
+            _import("demo", None)
+    with folder:
+        st.markdown(
+            "Choose a folder that holds **one sub-folder per class**, e.g. "
+            "`leaves/healthy/…`, `leaves/rust/…`. A `train/` + `val/` pair is honoured."
+        )
+        files = st.file_uploader(
+            "Folder of images", accept_multiple_files="directory", key="upload_dir"
+        )
+        if files and st.button(f"Import {len(files)} files", key="import_dir"):
+            _import("files", files)
+    with archive:
+        st.markdown("A **.zip** with one folder per class inside.")
+        upload = st.file_uploader("Zip file", type=["zip"], key="upload_zip")
+        if upload is not None and st.button("Import the zip", key="import_zip"):
+            _import("zip", upload)
+
+
+def _summary(manifest: tl_data.DatasetManifest) -> None:
+    counts = manifest.counts()
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Images", len(manifest.items))
+    c2.metric("Classes", len(manifest.classes))
+    c3.metric("Skipped files", len(manifest.skipped))
+    for warning in manifest.warnings:
+        st.warning(warning)
+    st.plotly_chart(class_counts_figure(counts, tl_data.MIN_IMAGES_PER_CLASS), key="class_counts")
+    if manifest.skipped:
+        with st.expander(f"{len(manifest.skipped)} file(s) were skipped — why"):
+            st.dataframe(
+                [{"file": s.source, "reason": s.reason} for s in manifest.skipped], hide_index=True
+            )
+    if manifest.duplicates:
+        with st.expander(f"{len(manifest.duplicates)} exact duplicate(s) were left out"):
+            st.dataframe(
+                [{"left out": a, "same as": b} for a, b in manifest.duplicates], hide_index=True
+            )
+    st.subheader("A few images of each class")
+    for label in manifest.classes:
+        items = [i for i in manifest.items if i.label == label][:THUMBS_PER_CLASS]
+        st.markdown(f"**{label}** · {counts[label]} images")
+        st.image([str(manifest.root / i.file) for i in items], width=96)
+
+
+def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -> None:
+    st.subheader("Training and validation images")
+    if manifest.has_explicit_val:
+        st.info(
+            "Your data came with its own validation folder: the model is checked on those "
+            "images and never trains on them."
+        )
+        fraction = settings.get("val_fraction", 0.2)
+        seed = int(settings.get("seed", 0))
+    else:
+        st.caption(
+            "Some images are held back to check the model honestly: it never trains on "
+            "them. Each class is split in the same proportion."
+        )
+        c1, c2 = st.columns([3, 1])
+        fraction = c1.slider(
+            "Share of images held back for validation",
+            0.1,
+            0.5,
+            float(settings.get("val_fraction", 0.2)),
+            0.05,
+            key="val_fraction",
+        )
+        seed = int(
+            c2.number_input(
+                "Shuffle seed", 0, 10_000, int(settings.get("seed", 0)), key="split_seed"
+            )
+        )
+        if fraction != settings.get("val_fraction") or seed != settings.get("seed"):
+            get_store().update_settings(project_id, val_fraction=fraction, seed=seed)
+    split = tl_data.split_dataset(manifest, fraction, seed)
+    rows = [
+        {
+            "class": c,
+            "train": sum(i.label == c for i in split.train),
+            "validation": sum(i.label == c for i in split.val),
+        }
+        for c in manifest.classes
+    ]
+    st.dataframe(rows, hide_index=True)
+
+
+def page() -> None:
+    st.title("1. Your images")
+    project = active_project()
+    manifest = project_manifest(project)
+    if manifest is None:
+        st.markdown("Bring labelled images: **one folder per class**. Or try the demo set.")
+        _ways_in(has_data=False)
+        return
+    assert project is not None
+    _summary(manifest)
+    _split(project.id, manifest, project.settings)
+    st.page_link("pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:")
+    with st.expander("Bring different images"):
+        _ways_in(has_data=True)
+
+
+page()

@@ -1,0 +1,145 @@
+"""Step 3: choose how much of the network learns, press Train, watch it learn."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import streamlit as st
+
+from tl_core import catalog, jobs
+from tl_core.charts import stages_figure
+from tl_core.engine import AUGMENT_LEVELS, TrainConfig
+from tl_core.errors import RunError
+from tl_core.freezing import freeze_sentence
+from tl_ui.live import run_panel
+from tl_ui.models import model_info
+from tl_ui.session import active_project, get_store, latest_run, project_manifest
+
+AUGMENT_HELP = {
+    "none": "none: the images as they are",
+    "light": "light: random crops and mirror images",
+    "medium": "medium: stronger crops, colour changes",
+    "strong": "strong: heavy random changes (for many epochs)",
+}
+
+
+def _freeze_picker(project_id: str, settings: dict, key: str, n_classes: int) -> int:
+    info = model_info(key, n_classes)
+    n = info.n_backbone
+    current = min(int(settings.get("trainable_groups", 0)), n)
+    trainable = st.select_slider(
+        "How much of the network learns",
+        options=list(range(n + 1)),
+        value=current,
+        key="trainable_groups",
+        format_func=lambda k: (
+            "only the new head"
+            if k == 0
+            else ("everything" if k == n else f"last {k} group{'s' if k > 1 else ''}")
+        ),
+        help="Layer groups come from the model's own grouping (timm). Frozen groups keep "
+        "what they learned on ImageNet; the others adapt to your images.",
+    )
+    if trainable != settings.get("trainable_groups"):
+        get_store().update_settings(project_id, trainable_groups=trainable)
+    st.plotly_chart(
+        stages_figure(info.groups, trainable), key="stages", config={"displayModeBar": False}
+    )
+    learn = info.trainable_params(trainable)
+    st.markdown(
+        f"**{learn:,}** of {info.total_params:,} parameters learn "
+        f"({learn / info.total_params:.1%}). {freeze_sentence(trainable, n)}"
+    )
+    return trainable
+
+
+def _advanced(project_id: str, settings: dict) -> TrainConfig:
+    defaults = TrainConfig()
+    with st.expander("Advanced settings"), st.form("advanced"):
+        c1, c2, c3 = st.columns(3)
+        epochs = c1.number_input(
+            "Epochs (passes over your images)", 1, 200, int(settings.get("epochs", defaults.epochs))
+        )
+        lr = c2.number_input(
+            "Learning rate",
+            1e-5,
+            0.5,
+            float(settings.get("lr", defaults.lr)),
+            format="%.4f",
+            step=0.0005,
+        )
+        batch = c3.number_input(
+            "Batch size", 1, 256, int(settings.get("batch_size", defaults.batch_size))
+        )
+        c4, c5 = st.columns(2)
+        augment = c4.selectbox(
+            "Augmentation",
+            AUGMENT_LEVELS,
+            format_func=AUGMENT_HELP.get,
+            index=AUGMENT_LEVELS.index(settings.get("augment", defaults.augment)),
+        )
+        seed = c5.number_input(
+            "Seed (same seed, same result)", 0, 10_000, int(settings.get("seed", defaults.seed))
+        )
+        if st.form_submit_button("Save settings"):
+            get_store().update_settings(
+                project_id,
+                epochs=int(epochs),
+                lr=float(lr),
+                batch_size=int(batch),
+                augment=augment,
+                seed=int(seed),
+            )
+            st.rerun()
+    return TrainConfig.from_dict({**asdict(defaults), **settings})
+
+
+def page() -> None:
+    st.title("3. Train")
+    project = active_project()
+    manifest = project_manifest(project)
+    if project is None or manifest is None:
+        st.info("First bring your images.")
+        st.page_link("pages/data.py", label="Go to step 1", icon=":material/arrow_back:")
+        return
+    settings = project.settings
+    key = settings.get("model", catalog.DEFAULT_MODEL)
+    spec = catalog.get_spec(key)
+    st.markdown(
+        f"Model: **{spec.title}** · {len(manifest.items)} images in {len(manifest.classes)} classes"
+    )
+    trainable = _freeze_picker(project.id, settings, key, len(manifest.classes))
+    config = _advanced(project.id, settings)
+    config.trainable_groups = trainable
+    config.model = key
+    st.caption(
+        f"{config.epochs} epochs · learning rate {config.lr:g} · batch {config.batch_size} · "
+        f"augmentation {config.augment} · seed {config.seed}"
+        + (
+            " · the new head trains alone for the first epoch, then the chosen groups join "
+            "at lower learning rates"
+            if trainable and config.epochs > 1
+            else ""
+        )
+    )
+
+    run = latest_run(project)
+    busy = run is not None and run.active
+    if st.button(
+        "Train",
+        type="primary",
+        disabled=busy,
+        key="start",
+        help="A run is already going" if busy else None,
+    ):
+        try:
+            config.validate()
+            jobs.submit(get_store(), project.id, asdict(config), project.data_dir)
+        except RunError as exc:
+            st.error(str(exc))
+        st.rerun()
+    if run is not None:
+        run_panel(run.id)
+
+
+page()

@@ -1,0 +1,155 @@
+"""One real-browser walk through the whole wizard on the demo set (Playwright + Chromium).
+
+Screenshots land in test-artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "TL_STUDIO_HOME": str(tmp_path_factory.mktemp("workspace")),
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start; see its log")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=20)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url) -> Iterator[Page]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: install it with `apt-get install -y chromium`.")
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def _go(page: Page, label: str) -> None:
+    page.get_by_role("link", name=re.compile(label)).first.click()
+
+
+def test_walk_the_wizard_on_the_demo_set(page: Page, app_url: str) -> None:
+    page.goto(app_url)
+    expect(page.get_by_text("1. Your images").first).to_be_visible()
+    page.get_by_role("button", name="Use the demo set").click()
+    expect(page.get_by_text("A few images of each class")).to_be_visible(timeout=120_000)
+    expect(page.get_by_text("tshirt_top").first).to_be_visible()
+    assert "project=" in page.url
+    page.screenshot(path=SHOTS / "1-data.png", full_page=True)
+
+    _go(page, "Choose a model")
+    expect(page.get_by_text("EfficientNet-Lite0").first).to_be_visible()
+    expect(page.get_by_text("ready offline").first).to_be_visible()
+    expect(page.get_by_text("downloads on first use").first).to_be_visible()
+    expect(page.get_by_text("Input size")).to_be_visible(timeout=120_000)
+    page.screenshot(path=SHOTS / "2-model.png", full_page=True)
+
+    _go(page, "Train")
+    expect(page.get_by_text("parameters learn")).to_be_visible(timeout=120_000)
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    page.keyboard.press("ArrowRight")  # let the last layer group learn too
+    expect(page.get_by_text("last 1 group").first).to_be_visible()
+    page.get_by_text("Advanced settings").click()
+    epochs = page.get_by_label("Epochs (passes over your images)")
+    epochs.fill("2")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_text("2 epochs ·")).to_be_visible()
+    page.screenshot(path=SHOTS / "3-train-ready.png", full_page=True)
+
+    page.get_by_role("button", name="Train", exact=True).click()
+    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(re.compile(r"step \d+/\d+"))).to_be_visible(timeout=120_000)
+    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=60_000)  # stages+curves
+    page.screenshot(path=SHOTS / "4-training.png", full_page=True)
+
+    page.reload()  # a refresh mid-run finds the same run still going
+    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(re.compile(r"step \d+/\d+"))).to_be_visible()
+
+    expect(page.get_by_text(re.compile(r"Finished: .* validation accuracy"))).to_be_visible(
+        timeout=300_000
+    )
+    page.screenshot(path=SHOTS / "5-finished.png", full_page=True)
+
+    _go(page, "Results")
+    expect(page.get_by_text("Confusion matrix").first).to_be_visible()
+    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=60_000)  # curves+matrix
+    expect(page.get_by_text("Validation accuracy")).to_be_visible()
+    page.screenshot(path=SHOTS / "6-results.png", full_page=True)

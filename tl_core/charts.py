@@ -1,0 +1,190 @@
+"""Plotly figures for the pages: pure functions of plain data, testable without Streamlit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+TRAIN_COLOR = "#1f77b4"
+VAL_COLOR = "#ff7f0e"
+FROZEN_COLOR = "#b0bec5"
+TRAINABLE_COLOR = "#ff9800"
+HEAD_COLOR = "#2e7d32"
+
+
+def class_counts_figure(counts: dict[str, int], min_recommended: int) -> go.Figure:
+    """Images per class as bars; classes under the recommended count in red."""
+    names = list(counts)
+    colors = ["#c62828" if counts[n] < min_recommended else TRAIN_COLOR for n in names]
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=[counts[n] for n in names],
+            marker_color=colors,
+            text=[counts[n] for n in names],
+            textposition="outside",
+        )
+    )
+    fig.add_hline(
+        y=min_recommended,
+        line_dash="dot",
+        line_color="#c62828",
+        annotation_text=f"{min_recommended} recommended",
+        annotation_position="top left",
+    )
+    fig.update_layout(
+        height=300,
+        margin={"t": 30, "b": 10, "l": 10, "r": 10},
+        yaxis_title="images",
+        xaxis_title=None,
+    )
+    return fig
+
+
+def _smooth(values: Sequence[float], alpha: float = 0.15) -> list[float]:
+    """Exponential moving average, bias-corrected so the first points are not pulled to 0."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = alpha * v + (1 - alpha) * avg
+        out.append(avg / (1 - (1 - alpha) ** i))
+    return out
+
+
+def curves_figure(
+    steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], total_epochs: int
+) -> go.Figure:
+    """Loss and accuracy against epochs: training per step (smoothed), validation per epoch."""
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("Loss (lower is better)", "Accuracy (higher is better)")
+    )
+    if steps:
+        per_epoch = max(1, steps[-1]["total_steps"]) / max(1, total_epochs)
+        x = [s["step"] / per_epoch for s in steps]
+        for col, key in ((1, "loss"), (2, "accuracy")):
+            raw = [s[key] for s in steps]
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=raw,
+                    mode="lines",
+                    line={"color": TRAIN_COLOR, "width": 1},
+                    opacity=0.25,
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=_smooth(raw),
+                    mode="lines",
+                    name="training",
+                    line={"color": TRAIN_COLOR, "width": 2},
+                    legendgroup="train",
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+    if epochs:
+        x = [e["epoch"] for e in epochs]
+        for col, key in ((1, "val_loss"), (2, "val_accuracy")):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[e[key] for e in epochs],
+                    mode="lines+markers",
+                    name="validation",
+                    line={"color": VAL_COLOR, "width": 2},
+                    legendgroup="val",
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_xaxes(title_text="epoch", range=[0, total_epochs + 0.05])
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    fig.update_layout(
+        height=340,
+        margin={"t": 40, "b": 10, "l": 10, "r": 10},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig
+
+
+def stages_figure(groups: Sequence[tuple[str, int]], trainable_groups: int) -> go.Figure:
+    """The network as a row of blocks, input on the left: grey frozen, orange learning."""
+    n_backbone = len(groups) - 1
+    first_trainable = n_backbone - trainable_groups
+    colors, labels = [], []
+    for i in range(len(groups)):
+        if i == n_backbone:
+            colors.append(HEAD_COLOR)
+            labels.append("new head")
+        elif i >= first_trainable:
+            colors.append(TRAINABLE_COLOR)
+            labels.append("learns")
+        else:
+            colors.append(FROZEN_COLOR)
+            labels.append("frozen")
+    fig = go.Figure(
+        go.Bar(
+            x=[1] * len(groups),
+            y=[""] * len(groups),
+            orientation="h",
+            marker_color=colors,
+            marker_line={"color": "white", "width": 3},
+            text=[str(i + 1) for i in range(len(groups))],
+            textposition="inside",
+            insidetextanchor="middle",
+            customdata=[
+                [name, f"{p:,}", lab] for (name, p), lab in zip(groups, labels, strict=True)
+            ],
+            hovertemplate="group %{text}: %{customdata[0]}<br>%{customdata[1]} parameters"
+            "<br>%{customdata[2]}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        barmode="stack",
+        height=90,
+        showlegend=False,
+        margin={"t": 5, "b": 25, "l": 5, "r": 5},
+        xaxis={
+            "visible": True,
+            "showticklabels": False,
+            "showgrid": False,
+            "title": "input image  →  layer groups  →  prediction",
+        },
+        yaxis={"visible": False},
+    )
+    return fig
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> go.Figure:
+    """Rows: true class; columns: predicted class; the diagonal is correct."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=list(classes),
+            y=list(classes),
+            colorscale="Blues",
+            showscale=False,
+            text=[[str(v) for v in row] for row in matrix],
+            texttemplate="%{text}",
+            hovertemplate="true: %{y}<br>predicted: %{x}<br>%{z} image(s)<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=max(320, 40 * len(classes) + 120),
+        margin={"t": 10, "b": 10, "l": 10, "r": 10},
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis={"autorange": "reversed"},
+    )
+    return fig

@@ -1,0 +1,130 @@
+"""The headless commands: the same engine and store as the app.
+
+``python -m tl_core train --data DIR [--val DIR] --model NAME [--trainable-groups K]
+[--epochs N] [--seed S] [--out RUN_DIR]`` imports the folder into a project of the workspace,
+trains, and prints one JSON object as its last line. The run shows up in the app under the
+printed project link.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from tl_core.catalog import DEFAULT_MODEL
+from tl_core.engine import TrainConfig
+from tl_core.errors import StudioError
+from tl_core.store import Store
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tl_core", description=__doc__)
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="workspace folder (default: $TL_STUDIO_HOME or ~/.tl-studio)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model on a folder of labelled images")
+    defaults = TrainConfig()
+    train.add_argument(
+        "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
+    )
+    train.add_argument(
+        "--val", type=Path, default=None, help="validation folder (same classes); never trained on"
+    )
+    train.add_argument("--model", default=DEFAULT_MODEL)
+    train.add_argument("--trainable-groups", type=int, default=defaults.trainable_groups)
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--augment", default=defaults.augment)
+    train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    train.add_argument("--out", type=Path, default=None, help="folder for the run's files")
+
+    worker = sub.add_parser("worker", help="(internal) run one queued run of the app")
+    worker.add_argument("run_id")
+    worker.add_argument("--workspace", type=Path, default=None, dest="worker_workspace")
+    return parser
+
+
+def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
+    from tl_core.data import import_folder
+    from tl_core.worker import run_worker
+
+    config = TrainConfig(
+        model=args.model,
+        trainable_groups=args.trainable_groups,
+        epochs=args.epochs,
+        seed=args.seed,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        augment=args.augment,
+        val_fraction=args.val_fraction,
+    )
+    config.validate()
+    project = store.create_project(name=args.data.resolve().name)
+    data_dir = store.new_data_dir(project.id)
+    if args.val is None:
+        manifest = import_folder(args.data, data_dir)
+    else:  # present the two folders as one train/val layout without copying anything
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "train").symlink_to(args.data.resolve(), target_is_directory=True)
+            (Path(tmp) / "val").symlink_to(args.val.resolve(), target_is_directory=True)
+            manifest = import_folder(Path(tmp), data_dir)
+    store.set_data_dir(project.id, data_dir)
+    store.update_settings(project.id, **asdict(config))
+    run = store.create_run(
+        project.id, asdict(config), data_dir, run_dir=args.out, source="cli", status="starting"
+    )
+    result = run_worker(store, run.id)
+    final = store.run(run.id)
+    if result is None or final is None:
+        raise StudioError(final.error if final and final.error else "Training failed.")
+    return {
+        "val_accuracy": result.val_accuracy,
+        "epochs": result.epochs_done,
+        "best_epoch": result.best_epoch,
+        "seconds": round(result.seconds, 2),
+        "model": config.model,
+        "trainable_groups": config.trainable_groups,
+        "train_images": sum(1 for i in manifest.items if i.subset != "val")
+        if manifest.has_explicit_val
+        else None,
+        "classes": manifest.classes,
+        "status": result.status,
+        "compute": result.compute,
+        "project_id": project.id,
+        "run_id": run.id,
+        "run_dir": final.run_dir,
+        "app_link": f"?project={project.id}",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    workspace = getattr(args, "worker_workspace", None) or args.workspace
+    store = Store(workspace)
+    try:
+        if args.command == "worker":
+            from tl_core.worker import run_worker
+
+            run_worker(store, args.run_id)
+            from tl_core.jobs import pump
+
+            pump(store)  # hand the freed slot to the next waiting run
+            return 0
+        summary = _train(store, args)
+    except StudioError as exc:
+        print(json.dumps({"error": str(exc)}))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,419 @@
+"""Import a user's labelled images once: a folder, a .zip or uploaded files.
+
+Every import writes a new folder ``dest/`` holding ``manifest.json`` and
+``images/<class>/NNNN.png|jpg``: each image decoded, rotated upright, converted to RGB and
+downscaled, under a generated file name. Nothing the user gave is trusted (names, sizes,
+contents) and the source is never modified. Mistakes raise :class:`DataError` in plain words;
+a failed import leaves no ``dest`` behind. No torch here: pages import this module.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tl_core.datalayout import Entry, Plan, folder_entries, is_junk, nfc, plan_layout
+from tl_core.errors import DataError
+from tl_core.imageprep import ImageSkip, Prepared, prepare
+from tl_core.zipsafe import ByteBudget, check_zip, extract_member, open_zip, safe_parts
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+)
+MIN_IMAGES_PER_CLASS = 10
+MAX_SIDE = 640
+MAX_SOURCE_PIXELS = 100_000_000
+MANIFEST_NAME = "manifest.json"
+IMBALANCE_RATIO = 5
+_UNSAFE_DIR_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One normalised image. ``sha256`` hashes its normalised RGB pixels and size."""
+
+    file: str  # relative to the data set folder, posix: "images/cat/0003.png"
+    label: str
+    subset: str | None  # "train" / "val" with an explicit split, else None
+    source: str  # the name the user had, for messages
+    sha256: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    source: str
+    reason: str
+
+
+@dataclass
+class DatasetManifest:
+    """What an import produced; saved as ``root/manifest.json``."""
+
+    root: Path
+    items: list[ImageItem]
+    classes: list[str]
+    skipped: list[SkippedFile]
+    duplicates: list[tuple[str, str]]  # (left-out copy, kept copy), by source name
+    warnings: list[str]
+    has_explicit_val: bool
+
+    def counts(self) -> dict[str, int]:
+        """Images per class, all subsets together."""
+        counter = Counter(i.label for i in self.items)
+        return {c: counter[c] for c in self.classes}
+
+    def save(self) -> None:
+        data = {
+            "version": 1,
+            "classes": self.classes,
+            "has_explicit_val": self.has_explicit_val,
+            "items": [asdict(i) for i in self.items],
+            "skipped": [asdict(s) for s in self.skipped],
+            "duplicates": [list(d) for d in self.duplicates],
+            "warnings": self.warnings,
+        }
+        tmp = self.root / (MANIFEST_NAME + ".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, self.root / MANIFEST_NAME)
+
+    @classmethod
+    def load(cls, root: Path) -> DatasetManifest:
+        try:
+            data = json.loads((Path(root) / MANIFEST_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise DataError(
+                f"The imported images in '{root}' are missing or unreadable. Import them again."
+            ) from None
+        return cls(
+            root=Path(root),
+            items=[ImageItem(**i) for i in data["items"]],
+            classes=list(data["classes"]),
+            skipped=[SkippedFile(**s) for s in data["skipped"]],
+            duplicates=[(a, b) for a, b in data["duplicates"]],
+            warnings=list(data["warnings"]),
+            has_explicit_val=bool(data["has_explicit_val"]),
+        )
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[ImageItem]
+    val: list[ImageItem]
+
+
+# -------------------------------------------------------------------------- import
+
+
+def _class_dir(label: str, taken: set[str]) -> str:
+    """A folder name that is safe on every OS; unique even on case-insensitive disks."""
+    base = _UNSAFE_DIR_CHARS.sub("_", label).strip(" .")[:80] or "class"
+    name, n = base, 2
+    while name.casefold() in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name.casefold())
+    return name
+
+
+def _is_empty(src: Path | BinaryIO) -> bool:
+    if isinstance(src, Path):
+        return src.stat().st_size == 0
+    end = src.seek(0, os.SEEK_END)
+    src.seek(0)
+    return end == 0
+
+
+def _examples(skipped: list[SkippedFile], n: int = 3) -> str:
+    return "; ".join(f"'{s.source}': {s.reason}" for s in skipped[:n])
+
+
+def _n(count: int, word: str, one: str = "", many: str = "") -> str:
+    """'1 image was' / '3 images were'."""
+    return f"{count} {word} {one}".rstrip() if count == 1 else f"{count} {word}s {many}".rstrip()
+
+
+def _classes(plan: Plan) -> list[str]:
+    """The classes the layout promises (validation-only folders were already skipped)."""
+    wanted = sorted({label for _, label, subset in plan.todo if subset != "val"})
+    if len(wanted) < 2:
+        found = f" (only '{wanted[0]}')" if wanted else ""
+        raise DataError(
+            f"Only one class was found{found}: at least two classes are needed. Put each "
+            "class's images in its own folder, e.g. cats/…, dogs/…, and try again."
+        )
+    return wanted
+
+
+def _check(
+    plan: Plan,
+    items: list[ImageItem],
+    skipped: list[SkippedFile],
+    skipped_in: dict[str, list[SkippedFile]],
+) -> list[str]:
+    """Refuse data sets that cannot be trained on; return the plain-words warnings."""
+    wanted = _classes(plan)
+    if not items:
+        raise DataError(
+            f"None of the {len(plan.todo)} image files could be used ({_examples(skipped)}). "
+            "Check that they are real, complete pictures and try again."
+        )
+    per_class = Counter(i.label for i in items if i.subset != "val")
+    for label in wanted:
+        if per_class[label] == 0:
+            why = _examples(skipped_in.get(label, [])) or "all are copies of other images"
+            raise DataError(
+                f"Class '{label}' has no usable images ({why}). Add real pictures to its "
+                "folder, or remove the folder."
+            )
+        if not plan.explicit and per_class[label] < 2:
+            raise DataError(
+                f"Class '{label}' has 1 usable image; each class needs at least 2 (10 or more "
+                "recommended) so that some can be held back to check the model. Add images to "
+                f"'{label}' or remove its folder."
+            )
+    out = list(plan.warnings)
+    counts = Counter(i.label for i in items)
+    out += [
+        f"Class '{c}' has {_n(counts[c], 'image')}; at least {MIN_IMAGES_PER_CLASS} are "
+        "recommended."
+        for c in wanted
+        if counts[c] < MIN_IMAGES_PER_CLASS
+    ]
+    big, small = max(wanted, key=lambda c: counts[c]), min(wanted, key=lambda c: counts[c])
+    if counts[big] > IMBALANCE_RATIO * counts[small]:
+        out.append(
+            f"The classes are unbalanced: '{big}' has {counts[big]} images but '{small}' only "
+            f"{counts[small]}. The model may favour the big classes; add images to the small "
+            "ones if you can."
+        )
+    if plan.explicit:
+        val_counts = Counter(i.label for i in items if i.subset == "val")
+        if not val_counts:
+            raise DataError(
+                f"The '{plan.val_dir}' folder has no usable images. Add images to it (one folder "
+                "per class), or remove it so that part of the training images is held back "
+                "instead."
+            )
+        out += [
+            f"The '{plan.val_dir}' folder has no images of class '{c}', so the model will not "
+            "be checked on that class."
+            for c in wanted
+            if val_counts[c] == 0
+        ]
+    return out
+
+
+def _import(
+    entries: list[Entry],
+    dest: Path,
+    progress: Progress | None,
+    what: str,
+    skipped: list[SkippedFile] | None = None,
+) -> DatasetManifest:
+    """Shared pipeline: plan, normalise, dedupe, check, save; ``dest`` vanishes on failure."""
+    skipped = list(skipped or [])
+    images: list[Entry] = []
+    for e in entries:
+        if Path(e.parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
+            images.append(e)
+        else:
+            skipped.append(SkippedFile(e.source, "not an image file"))
+    if not entries and not skipped:
+        raise DataError(f"{what} is empty. Put one folder of images per class in it.")
+    if not images:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DataError(f"No images were found in {what.lower()}. Supported kinds: {kinds}.")
+    plan = plan_layout(images)
+    skipped += [SkippedFile(source, reason) for source, reason in plan.skipped]
+    if not plan.todo:
+        raise DataError(
+            "No class folders were found. Put each class's images in its own folder, e.g. "
+            "cats/…, dogs/…, and try again."
+        )
+    _classes(plan)
+    created = not dest.exists()
+    if not created and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} must be a new or empty folder")
+    try:
+        manifest = _convert(plan, dest, progress, skipped)
+        manifest.save()
+        return manifest
+    except BaseException:
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        else:
+            for child in dest.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
+
+
+def _convert(
+    plan: Plan, dest: Path, progress: Progress | None, skipped: list[SkippedFile]
+) -> DatasetManifest:
+    (dest / ".incoming").mkdir(parents=True, exist_ok=True)
+    items: list[ImageItem] = []
+    first: dict[str, ImageItem] = {}
+    duplicates: list[tuple[str, str]] = []
+    leaks = across = 0
+    dirs: dict[str, str] = {}
+    taken: set[str] = set()
+    numbers: Counter[str] = Counter()
+    skipped_in: dict[str, list[SkippedFile]] = {}
+    total = len(plan.todo)
+    if progress:
+        progress(0, total)
+    for done, (entry, label, subset) in enumerate(plan.todo, 1):
+        try:
+            src = entry.fetch()
+            try:
+                if _is_empty(src):
+                    raise ImageSkip("empty file (0 bytes)")
+                prepared: Prepared = prepare(src, MAX_SIDE, MAX_SOURCE_PIXELS)
+            finally:
+                if not isinstance(src, Path):
+                    src.close()
+        except ImageSkip as skip:
+            skipped.append(SkippedFile(entry.source, skip.reason))
+            skipped_in.setdefault(label, []).append(skipped[-1])
+        else:
+            kept = first.get(prepared.sha256)
+            if kept is not None:
+                duplicates.append((entry.source, kept.source))
+                leaks += kept.subset == "train" and subset == "val"
+                across += kept.label != label
+            else:
+                folder = dirs.get(label) or dirs.setdefault(label, _class_dir(label, taken))
+                ext = "png" if prepared.lossless else "jpg"
+                rel = f"images/{folder}/{numbers[label]:04d}.{ext}"
+                numbers[label] += 1
+                (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
+                options = {"optimize": False} if prepared.lossless else {"quality": 95}
+                prepared.image.save(dest / rel, "PNG" if prepared.lossless else "JPEG", **options)
+                img = prepared.image
+                item = ImageItem(rel, label, subset, entry.source, prepared.sha256, *img.size)
+                first[prepared.sha256] = item
+                items.append(item)
+        if progress:
+            progress(done, total)
+    shutil.rmtree(dest / ".incoming", ignore_errors=True)
+    warnings = _check(plan, items, skipped, skipped_in)
+    if duplicates:
+        warnings.append(
+            f"{_n(len(duplicates), 'exact duplicate image', 'was', 'were')} left out "
+            "(one copy of each is kept)."
+        )
+    if leaks:
+        warnings.append(
+            f"{_n(leaks, 'image')} in '{plan.val_dir}' "
+            f"{'was an exact copy' if leaks == 1 else 'were exact copies'} of training images; "
+            "left out of validation so that the check stays honest."
+        )
+    if across:
+        warnings.append(
+            f"{_n(across, 'image')} appeared in two different classes; only the first copy was "
+            "kept. Check that each picture is in the right folder."
+        )
+    if skipped:
+        warnings.append(
+            f"{_n(len(skipped), 'file', 'was', 'were')} skipped; the list of skipped files "
+            "says why."
+        )
+    return DatasetManifest(
+        root=dest,
+        items=items,
+        classes=sorted({i.label for i in items}),
+        skipped=skipped,
+        duplicates=duplicates,
+        warnings=warnings,
+        has_explicit_val=plan.explicit,
+    )
+
+
+def import_folder(src: Path, dest: Path, progress: Progress | None = None) -> DatasetManifest:
+    """Import a folder with one sub-folder per class (or ``train/`` + ``val/``)."""
+    src = Path(src)
+    if not src.is_dir():
+        raise DataError(f"The folder '{src}' does not exist. Choose a folder of images.")
+    return _import(folder_entries(src, dest), dest, progress, "The folder")
+
+
+def import_zip(
+    zip_file: Path | BinaryIO,
+    dest: Path,
+    progress: Progress | None = None,
+    max_total_bytes: int = 4 * 1024**3,
+    max_files: int = 100_000,
+) -> DatasetManifest:
+    """Import a .zip; unsafe or oversized archives are refused before anything is unpacked."""
+    with open_zip(zip_file) as zf:
+        infos = check_zip(zf, max_total_bytes, max_files)
+        budget = ByteBudget(max_total_bytes)
+        tmp = Path(dest) / ".incoming"
+        entries = []
+        for info in infos:
+            parts = nfc(safe_parts(info.filename) or ())
+            if parts and not is_junk(parts):
+                fetch = lambda i=info: extract_member(zf, i, budget, tmp)  # noqa: E731
+                entries.append(Entry(parts, info.filename, fetch))
+        return _import(entries, Path(dest), progress, "The .zip file")
+
+
+def import_files(
+    files: Iterable[tuple[str, bytes]], dest: Path, progress: Progress | None = None
+) -> DatasetManifest:
+    """Import uploaded files given as (relative name, bytes).
+
+    Names only ever become class labels, never paths; a leading '/' is tolerated (browsers
+    send dropped folders so), names climbing out with '..' are skipped.
+    """
+    entries: list[Entry] = []
+    skipped: list[SkippedFile] = []
+    for name, data in files:
+        parts = safe_parts(name.lstrip("/\\"))
+        if parts is None:
+            skipped.append(SkippedFile(name, "unsafe file name"))
+        elif not is_junk(parts):
+            entries.append(Entry(nfc(parts), name, lambda d=data: io.BytesIO(d)))
+    return _import(entries, Path(dest), progress, "The uploaded folder", skipped)
+
+
+# --------------------------------------------------------------------------- split
+
+
+def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Training and validation images.
+
+    An explicit ``val/`` folder is used as is (``val_fraction`` ignored). Otherwise each class
+    is shuffled with its own ``random.Random`` seeded by (seed, class) and ``round(n *
+    val_fraction)`` images, at least 1 and at most n - 1, go to validation.
+    """
+    if manifest.has_explicit_val:
+        train = [i for i in manifest.items if i.subset != "val"]
+        return Split(train, [i for i in manifest.items if i.subset == "val"])
+    if not 0 < val_fraction < 1:
+        raise DataError(
+            f"The share of images held back for validation must be between 0 and 1 (not "
+            f"{val_fraction}); 0.2 is a good start."
+        )
+    val_files: set[str] = set()
+    for label in manifest.classes:
+        files = sorted(i.file for i in manifest.items if i.label == label)
+        random.Random(f"{seed}:{label}").shuffle(files)
+        n_val = min(max(round(len(files) * val_fraction), 1), len(files) - 1)
+        val_files.update(files[:n_val])
+    return Split(
+        train=[i for i in manifest.items if i.file not in val_files],
+        val=[i for i in manifest.items if i.file in val_files],
+    )

@@ -1,0 +1,70 @@
+"""Where and how to compute: CUDA, Apple MPS or CPU, and the fastest safe precision there."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """The device, the autocast dtype (None = plain fp32) and the memory layout to use."""
+
+    device: str
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    threads: int
+
+    def describe(self) -> str:
+        precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch.")
+        layout = ", channels_last" if self.channels_last else ""
+        return f"{self.device}, {precision}{layout}, {self.threads} thread(s)"
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Mixed precision where it is safe and fast; a no-op context in fp32."""
+        with torch.autocast(
+            device_type=self.device,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
+            yield
+
+
+def _cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matrix units (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def plan_compute(prefer: str = "auto", threads: int | None = None) -> ComputePlan:
+    """Pick CUDA, then MPS, then CPU (or the ``prefer``-ed device) with its fast paths.
+
+    ``TL_STUDIO_DEVICE`` overrides the choice (``cpu``, ``cuda``, ``mps``).
+    """
+    choice = os.environ.get("TL_STUDIO_DEVICE", prefer)
+    if choice == "auto":
+        if torch.cuda.is_available():
+            choice = "cuda"
+        elif torch.backends.mps.is_available():
+            choice = "mps"
+        else:
+            choice = "cpu"
+    if threads is None:
+        affinity = getattr(os, "sched_getaffinity", None)
+        threads = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    n_threads = threads
+    if choice == "cuda":
+        # bf16 needs no loss scaling; older GPUs without it train in fp32.
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return ComputePlan("cuda", dtype, True, n_threads)
+    if choice == "mps":
+        return ComputePlan("mps", None, False, n_threads)
+    dtype = torch.bfloat16 if _cpu_has_fast_bf16() else None
+    return ComputePlan("cpu", dtype, True, n_threads)

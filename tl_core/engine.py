@@ -1,0 +1,525 @@
+"""The training engine: build a pretrained model, freeze it as asked, fine-tune, keep the best.
+
+One code path, composed of small phases in the torchvision-references style:
+``train_one_epoch`` and ``evaluate`` under ``fit``. Progress leaves only through callbacks.
+The schedule follows fastai's ``fine_tune``: when backbone groups are trainable, the new head
+first trains alone for ``head_epochs`` epoch(s), then the chosen groups join with smaller,
+discriminative learning rates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import timm.data
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from tl_core.catalog import DataConfig, create_model, get_spec
+from tl_core.data import ImageItem, Split
+from tl_core.device import ComputePlan, plan_compute
+from tl_core.errors import RunError
+from tl_core.freezing import apply_freeze, layer_groups, set_train_mode, trainable_param_groups
+
+AUGMENT_LEVELS = ("none", "light", "medium", "strong")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored with it and enough to repeat it."""
+
+    model: str = "efficientnet_lite0"
+    trainable_groups: int = 0
+    epochs: int = 5
+    lr: float = 2e-3
+    batch_size: int = 32
+    augment: str = "light"
+    seed: int = 0
+    val_fraction: float = 0.2
+    head_epochs: int = 1
+    pretrained: bool = True
+    weight_decay: float = 0.01
+
+    def validate(self) -> None:
+        """Raise RunError with a plain message for settings that cannot work."""
+        if self.epochs < 1:
+            raise RunError("Train for at least 1 epoch.")
+        if not 1 <= self.batch_size <= 1024:
+            raise RunError("Batch size must be between 1 and 1024.")
+        if not 0 < self.lr < 1:
+            raise RunError("The learning rate must be between 0 and 1 (try 0.002).")
+        if self.augment not in AUGMENT_LEVELS:
+            raise RunError(f"Augmentation must be one of {', '.join(AUGMENT_LEVELS)}.")
+        if self.trainable_groups < 0:
+            raise RunError("The number of trainable layer groups cannot be negative.")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    epoch: int  # 1-based
+    step: int  # global, 1-based
+    total_steps: int
+    loss: float
+    accuracy: float
+    lr: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    step: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    elapsed_s: float
+    is_best: bool
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" | "stopped"
+    epochs_done: int
+    best_epoch: int | None
+    val_accuracy: float | None
+    val_loss: float | None
+    seconds: float
+    trainable_params: int
+    total_params: int
+    compute: str
+    classes: list[str] = field(default_factory=list)
+
+
+class Callbacks(Protocol):
+    """How the engine reports progress and learns it should stop."""
+
+    def on_status(self, message: str) -> None: ...
+    def on_step(self, metrics: StepMetrics) -> None: ...
+    def on_epoch(self, metrics: EpochMetrics) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+class QuietCallbacks:
+    """Callbacks that record nothing and never stop: for scripts and tests."""
+
+    def on_status(self, message: str) -> None:
+        pass
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        pass
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class StopRequested(Exception):
+    """Raised inside the loop when the user pressed Stop; caught by ``fit``."""
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Normalised images from an imported data set, with labels as class indices."""
+
+    def __init__(
+        self,
+        root: Path,
+        items: Sequence[ImageItem],
+        classes: Sequence[str],
+        transform: Callable[[Image.Image], torch.Tensor],
+    ) -> None:
+        self.root = root
+        self.items = list(items)
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        item = self.items[i]
+        with Image.open(self.root / item.file) as img:
+            return self.transform(img.convert("RGB")), self.index[item.label]
+
+
+def make_transforms(cfg: DataConfig, augment: str) -> tuple[Callable, Callable]:
+    """timm's train/eval transforms for the model's own data config."""
+    common = {
+        "input_size": cfg.input_size,
+        "interpolation": cfg.interpolation,
+        "mean": cfg.mean,
+        "std": cfg.std,
+        "crop_pct": cfg.crop_pct,
+        "crop_mode": cfg.crop_mode,
+    }
+    eval_tf = timm.data.create_transform(**common, is_training=False)
+    if augment == "none":
+        return eval_tf, eval_tf
+    scale, jitter, auto = {
+        "light": ((0.6, 1.0), 0.0, None),
+        "medium": ((0.3, 1.0), 0.2, None),
+        "strong": ((0.08, 1.0), 0.3, "rand-m9-mstd0.5"),
+    }[augment]
+    train_tf = timm.data.create_transform(
+        input_size=cfg.input_size,
+        is_training=True,
+        scale=scale,
+        hflip=0.5,
+        color_jitter=jitter,
+        auto_augment=auto,
+        interpolation=cfg.interpolation,
+        mean=cfg.mean,
+        std=cfg.std,
+    )
+    return train_tf, eval_tf
+
+
+# ---------------------------------------------------------------------------------- loop
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    plan: ComputePlan,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    started: float,
+    callbacks: Callbacks,
+) -> tuple[float, float, int]:
+    """One pass over the training data; returns (mean loss, accuracy, global step)."""
+    set_train_mode(model)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        if callbacks.should_stop():
+            raise StopRequested
+        images = images.to(plan.device, non_blocking=True)
+        labels = labels.to(plan.device, non_blocking=True)
+        if plan.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with plan.autocast():
+            logits = model(images)
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        # .item() is a device sync point; once per step is cheap next to the step itself.
+        batch_loss = loss.item()
+        batch_correct = int((logits.argmax(1) == labels).sum().item())
+        loss_sum += batch_loss * len(labels)
+        correct += batch_correct
+        seen += len(labels)
+        callbacks.on_step(
+            StepMetrics(
+                epoch,
+                step,
+                total_steps,
+                batch_loss,
+                batch_correct / len(labels),
+                optimizer.param_groups[-1]["lr"],
+                time.monotonic() - started,
+            )
+        )
+    return loss_sum / max(seen, 1), correct / max(seen, 1), step
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    plan: ComputePlan,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and labels for every image in ``loader``."""
+    model.eval()
+    probs, labels = [], []
+    for images, y in loader:
+        if should_stop is not None and should_stop():
+            raise StopRequested
+        images = images.to(plan.device)
+        if plan.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with plan.autocast():
+            logits = model(images)
+        probs.append(logits.float().softmax(1).cpu())
+        labels.append(y)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    plan: ComputePlan,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) on ``loader``."""
+    probs, labels = predict(model, loader, plan, should_stop)
+    loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
+    return loss, (probs.argmax(1) == labels).float().mean().item()
+
+
+def _phase_optimizer(
+    model: nn.Module, cfg: TrainConfig, trainable: int, epochs: int, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW with one-cycle learning rates over one phase of the schedule."""
+    apply_freeze(model, trainable)
+    # Head-only phases learn at the full rate; phases with a body at half of it, as fastai does.
+    head_lr = cfg.lr if trainable == 0 else cfg.lr / 2
+    groups = trainable_param_groups(model, trainable, head_lr)
+    optimizer = torch.optim.AdamW(groups, lr=head_lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=max(epochs * steps_per_epoch, 1),
+        pct_start=0.25,
+    )
+    return optimizer, scheduler
+
+
+def phases(cfg: TrainConfig) -> list[tuple[int, int]]:
+    """The schedule as (trainable groups, epochs) phases."""
+    if cfg.trainable_groups == 0 or cfg.epochs < 2 or cfg.head_epochs < 1:
+        return [(cfg.trainable_groups, cfg.epochs)]
+    head = min(cfg.head_epochs, cfg.epochs - 1)
+    return [(0, head), (cfg.trainable_groups, cfg.epochs - head)]
+
+
+def _save_best(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    tmp = run_dir / "best.pt.tmp"
+    torch.save({"model": model.state_dict(), "meta": meta}, tmp)
+    tmp.replace(run_dir / "best.pt")
+
+
+def _save_last(run_dir: Path, state: dict[str, Any]) -> None:
+    tmp = run_dir / "last.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(run_dir / "last.pt")
+
+
+def fit(
+    cfg: TrainConfig,
+    split: Split,
+    data_root: Path,
+    classes: list[str],
+    run_dir: Path,
+    callbacks: Callbacks | None = None,
+    resume: bool = False,
+    plan: ComputePlan | None = None,
+) -> TrainResult:
+    """Train ``cfg`` on ``split``; keep best.pt (by validation accuracy) and last.pt in run_dir.
+
+    With ``resume``, continue from run_dir/last.pt at the epoch after the one it holds.
+    """
+    cfg.validate()
+    callbacks = callbacks or QuietCallbacks()
+    plan = plan or plan_compute()
+    torch.set_num_threads(plan.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    generator = seed_everything(cfg.seed)
+
+    callbacks.on_status("Loading the model")
+    spec = get_spec(cfg.model)
+    model = create_model(spec, num_classes=len(classes), pretrained=cfg.pretrained)
+    n_backbone = len(layer_groups(model)) - 1
+    if cfg.trainable_groups > n_backbone:
+        raise RunError(f"{spec.title} has {n_backbone} layer groups; choose at most that many.")
+    data_cfg = DataConfig.of(model)
+    model = model.to(plan.device)
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    train_tf, eval_tf = make_transforms(data_cfg, cfg.augment)
+    train_ds = ImageFolderDataset(data_root, split.train, classes, train_tf)
+    val_ds = ImageFolderDataset(data_root, split.val, classes, eval_tf)
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise RunError("Both the training and the validation set need at least one image.")
+    train_loader = DataLoader(
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=len(train_ds) > cfg.batch_size,
+    )
+    val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64))
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    total_params = sum(p.numel() for p in model.parameters())
+    meta = {
+        "config": asdict(cfg),
+        "classes": classes,
+        "data_config": asdict(data_cfg),
+        "timm_name": spec.timm_name,
+    }
+
+    epoch, step, best_acc, best_loss, best_epoch = 0, 0, -1.0, math.inf, None
+    checkpoint = None
+    if resume:
+        last = run_dir / "last.pt"
+        if not last.exists():
+            raise RunError("This run has no saved epoch to resume from; start it again instead.")
+        checkpoint = torch.load(last, map_location=plan.device, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        epoch, step = checkpoint["epoch"], checkpoint["step"]
+        best_acc, best_loss = checkpoint["best_acc"], checkpoint["best_loss"]
+        best_epoch = checkpoint["best_epoch"]
+        torch.set_rng_state(checkpoint["torch_rng"])
+        random.setstate(checkpoint["py_rng"])
+        np.random.set_state(checkpoint["np_rng"])
+        generator.set_state(checkpoint["loader_rng"])
+
+    status = "finished"
+    trainable_params = 0
+    try:
+        phase_start = 0
+        for trainable, n_epochs in phases(cfg):
+            phase_end = phase_start + n_epochs
+            if epoch >= phase_end:
+                phase_start = phase_end
+                continue
+            optimizer, scheduler = _phase_optimizer(
+                model, cfg, trainable, n_epochs, steps_per_epoch
+            )
+            trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if checkpoint is not None and checkpoint["phase_start"] == phase_start:
+                optimizer.load_state_dict(checkpoint["optimizer"])
+                scheduler.load_state_dict(checkpoint["scheduler"])
+            elif epoch > phase_start:  # resumed mid-phase without optimizer state: replay
+                for _ in range((epoch - phase_start) * steps_per_epoch):
+                    scheduler.step()
+            callbacks.on_status("Training")
+            while epoch < phase_end:
+                epoch += 1
+                train_loss, train_acc, step = train_one_epoch(
+                    model,
+                    train_loader,
+                    optimizer,
+                    scheduler,
+                    plan,
+                    epoch,
+                    step,
+                    total_steps,
+                    started,
+                    callbacks,
+                )
+                val_loss, val_acc = evaluate(model, val_loader, plan, callbacks.should_stop)
+                is_best = val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
+                if is_best:
+                    best_acc, best_loss, best_epoch = val_acc, val_loss, epoch
+                    _save_best(run_dir, model, {**meta, "epoch": epoch, "val_accuracy": val_acc})
+                _save_last(
+                    run_dir,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "phase_start": phase_start,
+                        "best_acc": best_acc,
+                        "best_loss": best_loss,
+                        "best_epoch": best_epoch,
+                        "torch_rng": torch.get_rng_state(),
+                        "py_rng": random.getstate(),
+                        "np_rng": np.random.get_state(),
+                        "loader_rng": generator.get_state(),
+                        "meta": meta,
+                    },
+                )
+                callbacks.on_epoch(
+                    EpochMetrics(
+                        epoch,
+                        step,
+                        train_loss,
+                        train_acc,
+                        val_loss,
+                        val_acc,
+                        time.monotonic() - started,
+                        is_best,
+                    )
+                )
+            phase_start = phase_end
+    except StopRequested:
+        status = "stopped"
+
+    result = TrainResult(
+        status=status,
+        epochs_done=epoch,
+        best_epoch=best_epoch,
+        val_accuracy=None if best_epoch is None else best_acc,
+        val_loss=None if best_epoch is None else best_loss,
+        seconds=time.monotonic() - started,
+        trainable_params=trainable_params,
+        total_params=total_params,
+        compute=plan.describe(),
+        classes=classes,
+    )
+    if best_epoch is not None and status == "finished":
+        callbacks.on_status("Scoring the best model on the validation images")
+        write_predictions(run_dir, val_ds, plan)
+    return result
+
+
+def load_trained(run_dir: Path, plan: ComputePlan | None = None) -> tuple[nn.Module, dict]:
+    """The best checkpoint of a run as a ready model, with its metadata."""
+    plan = plan or plan_compute()
+    ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    meta = ckpt["meta"]
+    spec = get_spec(meta["config"]["model"])
+    model = create_model(spec, num_classes=len(meta["classes"]), pretrained=False)
+    model.load_state_dict(ckpt["model"])
+    model = model.to(plan.device).eval()
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, meta
+
+
+def write_predictions(run_dir: Path, val_ds: ImageFolderDataset, plan: ComputePlan) -> None:
+    """Score the best checkpoint on the validation images into predictions.json."""
+    model, meta = load_trained(run_dir, plan)
+    probs, labels = predict(model, DataLoader(val_ds, batch_size=64), plan)
+    rows = [
+        {
+            "file": item.file,
+            "label": int(y),
+            "pred": int(p.argmax()),
+            "confidence": float(p.max()),
+            "probs": [round(float(v), 5) for v in p],
+        }
+        for item, p, y in zip(val_ds.items, probs, labels, strict=True)
+    ]
+    payload = {"classes": meta["classes"], "rows": rows}
+    tmp = run_dir / "predictions.json.tmp"
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(run_dir / "predictions.json")

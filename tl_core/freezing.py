@@ -1,0 +1,155 @@
+"""Layer groups and freeze plans, from timm's own ``group_matcher``.
+
+A model is a row of layer groups (stem, stages, ..., head). The new classifier head always
+trains; ``trainable_groups = k`` also lets the last ``k`` backbone groups learn, the rest stay
+frozen with their BatchNorm statistics fixed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from timm.models import group_parameters
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """One group of parameters in network order; the last group of a model is its head."""
+
+    index: int
+    name: str
+    params: int
+    param_names: tuple[str, ...]
+
+
+def _group_name(first_param: str) -> str:
+    """'blocks.3.0.conv_pw.weight' -> 'blocks.3'; 'conv_stem.weight' -> 'conv_stem'."""
+    parts = first_param.split(".")[:-1]  # drop weight/bias
+    for i, part in enumerate(parts):
+        if re.fullmatch(r"\d+", part):
+            return ".".join(parts[: i + 1])
+    return ".".join(parts[:1]) or first_param
+
+
+def layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """The model's layer groups in order, the classifier head last."""
+    params = dict(model.named_parameters())
+    grouped = group_parameters(model, model.group_matcher(coarse=True))
+    groups = []
+    for i, names in enumerate(grouped.values()):
+        total = sum(params[n].numel() for n in names)
+        groups.append(LayerGroup(i, _group_name(names[0]), total, tuple(names)))
+    return groups
+
+
+def max_trainable_groups(model: nn.Module) -> int:
+    """How many backbone groups exist (everything but the head)."""
+    return len(layer_groups(model)) - 1
+
+
+def apply_freeze(model: nn.Module, trainable_groups: int) -> int:
+    """Freeze all but the head and the last ``trainable_groups`` backbone groups.
+
+    Returns the number of trainable parameters.
+    """
+    groups = layer_groups(model)
+    n_backbone = len(groups) - 1
+    if not 0 <= trainable_groups <= n_backbone:
+        raise ValueError(f"trainable_groups must be between 0 and {n_backbone}")
+    train_names = {n for g in groups[n_backbone - trainable_groups :] for n in g.param_names}
+    count = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in train_names)
+        count += p.numel() if p.requires_grad else 0
+    return count
+
+
+def set_train_mode(model: nn.Module) -> None:
+    """``model.train()``, but BatchNorm layers whose weights are frozen keep their statistics."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
+
+
+def trainable_param_groups(
+    model: nn.Module, trainable_groups: int, lr: float, lr_ratio: float = 100.0
+) -> list[dict[str, object]]:
+    """Optimizer groups with discriminative learning rates, as fastai's ``fine_tune`` does.
+
+    The head learns at ``lr``; earlier trainable groups at geometrically smaller rates down
+    to ``lr / lr_ratio`` for the earliest one.
+    """
+    groups = layer_groups(model)
+    chosen = groups[len(groups) - 1 - trainable_groups :]
+    params = dict(model.named_parameters())
+    out: list[dict[str, object]] = []
+    n = len(chosen)
+    for j, group in enumerate(chosen):
+        scale = lr_ratio ** (-(n - 1 - j) / max(n - 1, 1)) if n > 1 else 1.0
+        tensors: list[torch.Tensor] = [params[name] for name in group.param_names]
+        out.append({"params": tensors, "lr": lr * scale, "name": group.name})
+    return out
+
+
+def freeze_sentence(trainable_groups: int, n_backbone: int) -> str:
+    """One plain sentence on what a freeze choice means."""
+    if trainable_groups == 0:
+        return (
+            "Only the new last layer learns: fastest, and best when your images look like "
+            "everyday photos or when you have few of them."
+        )
+    if trainable_groups >= n_backbone:
+        return (
+            "The whole network learns: slowest, needs many images, and can forget what it "
+            "already knew; best when your images look nothing like everyday photos."
+        )
+    if trainable_groups <= max(1, n_backbone // 3):
+        return (
+            f"The last {trainable_groups} layer group(s) and the new last layer learn: a good "
+            "balance when you have a few hundred images or they differ from everyday photos."
+        )
+    return (
+        f"The last {trainable_groups} of {n_backbone} layer groups learn: more flexible but "
+        "slower, and it needs more images to avoid memorising them."
+    )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the Train page shows about a model's structure, without its weights."""
+
+    groups: tuple[tuple[str, int], ...]  # (name, parameter count), head last
+    total_params: int
+    data_config: dict[str, object]
+
+    @property
+    def n_backbone(self) -> int:
+        return len(self.groups) - 1
+
+    def trainable_params(self, trainable_groups: int) -> int:
+        chosen = self.groups[self.n_backbone - trainable_groups :]
+        return sum(p for _, p in chosen)
+
+
+def describe_model(key: str, num_classes: int) -> ModelInfo:
+    """Layer groups and data config of a catalog model with a ``num_classes`` head.
+
+    Builds the architecture with random weights: no download, about a second.
+    """
+    from dataclasses import asdict
+
+    from tl_core.catalog import DataConfig, create_model, get_spec
+
+    model = create_model(get_spec(key), num_classes=num_classes, pretrained=False)
+    groups = layer_groups(model)
+    return ModelInfo(
+        groups=tuple((g.name, g.params) for g in groups),
+        total_params=sum(p.numel() for p in model.parameters()),
+        data_config=asdict(DataConfig.of(model)),
+    )

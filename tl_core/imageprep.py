@@ -1,0 +1,123 @@
+"""Decode one untrusted image and normalise it: upright, RGB, long side capped, hashed.
+
+Used by :mod:`tl_core.data`; only Pillow, numpy and the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "GIF", "TIFF"})
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+class ImageSkip(Exception):
+    """The file cannot be used; ``reason`` says why in plain words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Prepared:
+    """A normalised RGB image, whether its source was lossless, and its pixel hash."""
+
+    image: Image.Image
+    lossless: bool
+    sha256: str
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> ImageSkip:
+    return ImageSkip(
+        f"image too large ({width}x{height} pixels); the limit is {max_pixels // 1_000_000} "
+        "megapixels"
+    )
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey images scaled to 8 bits (mode L), keeping relative brightness."""
+    a = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16"):
+        a = a / 257.0
+    elif img.mode == "F" and a.size and a.min() >= 0.0 and a.max() <= 1.0:
+        a = a * 255.0
+    elif img.mode == "I" and a.size and a.min() >= 0 and a.max() <= 65535:
+        a = a / (257.0 if a.max() > 255 else 1.0)
+    else:  # unknown range: stretch what is there to 0..255
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as RGB; transparency is composited on white."""
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _to_8bit(img)
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def prepare(src: Path | BinaryIO, max_side: int, max_pixels: int) -> Prepared:
+    """Open, fully decode, rotate upright, convert to RGB and downscale one image.
+
+    Raises :class:`ImageSkip` with a plain reason for anything that is not a usable image.
+    The header's size is checked before any pixel is decoded.
+    """
+    with warnings.catch_warnings():
+        # Pillow warns above ~89 megapixels; our own limit (max_pixels) is the one enforced.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(src)
+        except Image.DecompressionBombError as exc:
+            found = _BOMB_PIXELS.search(str(exc))
+            size = f"{int(found.group(1)) // 1_000_000} megapixels" if found else "far too many"
+            raise ImageSkip(
+                f"image too large ({size}); the limit is {max_pixels // 1_000_000} megapixels"
+            ) from None
+        except UnidentifiedImageError:
+            raise ImageSkip("not an image (the file's contents are not a picture)") from None
+        except Exception:
+            raise ImageSkip("image is damaged or cut off") from None
+        with img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise _too_large(width, height, max_pixels)
+            lossless = img.format in LOSSLESS_FORMATS
+            try:
+                if img.format == "JPEG":
+                    img.draft("RGB", (max_side, max_side))
+                img.load()
+            except Image.DecompressionBombError:
+                raise _too_large(width, height, max_pixels) from None
+            except Exception:
+                raise ImageSkip("image is damaged or cut off") from None
+            if img.size[0] * img.size[1] > max_pixels:  # e.g. a GIF frame bigger than its header
+                raise _too_large(*img.size, max_pixels)
+            try:
+                upright = ImageOps.exif_transpose(img)
+            except Exception:  # unreadable EXIF: keep the image as stored
+                upright = img
+            try:
+                rgb = to_rgb(upright)
+            except (ValueError, OSError):
+                raise ImageSkip(f"colour format not supported ({img.mode})") from None
+            if rgb is img:  # never hand out the source image, which is closed below
+                rgb = rgb.copy()
+    rgb.info = {}  # no EXIF, ICC or transparency carried into the saved file
+    rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return Prepared(rgb, lossless, digest.hexdigest())

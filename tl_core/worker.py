@@ -1,0 +1,124 @@
+"""Run one queued training run to its end, writing everything to the store.
+
+``python -m tl_core worker RUN_ID`` calls ``run_worker``; so does the ``train`` command, in
+its own process. The page never trains: it reads what this writes.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from tl_core.data import DatasetManifest, split_dataset
+from tl_core.engine import EpochMetrics, StepMetrics, TrainConfig, TrainResult, fit
+from tl_core.errors import StudioError
+from tl_core.store import Store
+
+STOP_POLL_S = 0.25  # how often the stop flag is read: Stop acts within about a second
+
+
+class StoreCallbacks:
+    """Engine callbacks that write progress to the store and read the stop flag from it."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._checked = 0.0
+        self._stop = False
+
+    def on_status(self, message: str) -> None:
+        self.store.update_run(self.run_id, message=message, heartbeat=time.time())
+
+    def on_step(self, m: StepMetrics) -> None:
+        self.store.add_step(
+            self.run_id, m.epoch, m.step, m.total_steps, m.loss, m.accuracy, m.lr, m.elapsed_s
+        )
+
+    def on_epoch(self, m: EpochMetrics) -> None:
+        self.store.add_epoch(
+            self.run_id,
+            m.epoch,
+            m.step,
+            m.train_loss,
+            m.train_accuracy,
+            m.val_loss,
+            m.val_accuracy,
+            m.elapsed_s,
+        )
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._checked >= STOP_POLL_S:
+            self._checked = now
+            run = self.store.run(self.run_id)
+            self._stop = run is None or run.stop_requested
+        return self._stop
+
+
+def run_worker(store: Store, run_id: str) -> TrainResult | None:
+    """Train the run ``run_id``; its final status and result land in the store."""
+    import os
+
+    run = store.run(run_id)
+    if run is None:
+        raise StudioError(f"No run with id {run_id}.")
+    store.update_run(
+        run_id,
+        status="running",
+        pid=os.getpid(),
+        heartbeat=time.time(),
+        started=run.started or time.time(),
+        message="Preparing",
+    )
+    config = TrainConfig.from_dict(run.config)
+    callbacks = StoreCallbacks(store, run_id)
+    try:
+        manifest = DatasetManifest.load(Path(run.data_dir))
+        split = split_dataset(manifest, config.val_fraction, config.seed)
+        if run.resume:  # forget the steps of the epoch that was cut off; it is replayed
+            done = [m["epoch"] for m in store.metrics(run_id, "epoch")]
+            store.drop_metrics_after(run_id, max(done, default=0))
+        result = fit(
+            config,
+            split,
+            manifest.root,
+            manifest.classes,
+            Path(run.run_dir),
+            callbacks,
+            resume=run.resume,
+        )
+    except StudioError as exc:
+        store.update_run(
+            run_id, status="failed", error=str(exc), finished=time.time(), message="Failed"
+        )
+        return None
+    except KeyboardInterrupt:
+        store.update_run(
+            run_id,
+            status="interrupted",
+            finished=time.time(),
+            message="Interrupted: the server was stopped",
+        )
+        raise
+    except Exception as exc:
+        traceback.print_exc()
+        store.update_run(
+            run_id,
+            status="failed",
+            finished=time.time(),
+            message="Failed",
+            error=f"Training failed unexpectedly ({type(exc).__name__}: {exc}). "
+            f"Details are in {Path(run.run_dir) / 'worker.log'}.",
+        )
+        return None
+    store.update_run(
+        run_id,
+        status=result.status,
+        result=asdict(result),
+        finished=time.time(),
+        message="Finished" if result.status == "finished" else "Stopped",
+        stop_requested=0,
+    )
+    return result

@@ -1,0 +1,106 @@
+"""A run's live panel: status, queue place, progress with ETA, curves; polls while active."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from tl_core import catalog, jobs
+from tl_core.charts import curves_figure
+from tl_core.errors import RunError
+from tl_core.store import Run
+from tl_ui.session import get_store
+
+POLL_S = 1.0
+
+
+def _eta(run: Run, steps: list[dict]) -> str:
+    if not steps:
+        return ""
+    last = steps[-1]
+    done, total = last["step"], last["total_steps"]
+    first = steps[0]
+    if done <= first["step"]:
+        return ""
+    per_step = (last["elapsed"] - first["elapsed"]) / (done - first["step"])
+    left = max(0.0, per_step * (total - done))
+    return f" · about {left:.0f} s left" if left < 120 else f" · about {left / 60:.0f} min left"
+
+
+def _render(run_id: str) -> None:
+    store = get_store()
+    run = store.run(run_id)
+    if run is None:
+        st.warning("This run no longer exists.")
+        return
+    epochs_total = int(run.config.get("epochs", 1))
+    steps = store.metrics(run.id, "step")
+    epochs = store.metrics(run.id, "epoch")
+    title = catalog.get_spec(run.config["model"]).title
+
+    if run.status == "queued":
+        place = store.queue_position(run.id)
+        st.info(
+            f"Waiting for a free slot: place {place} in the queue. Training starts by "
+            "itself; you can leave this page."
+        )
+    elif run.active:
+        done = epochs[-1]["epoch"] if epochs else 0
+        step_text = ""
+        frac = 0.0
+        if steps:
+            frac = steps[-1]["step"] / max(1, steps[-1]["total_steps"])
+            step_text = f" · step {steps[-1]['step']}/{steps[-1]['total_steps']}"
+        st.progress(
+            frac,
+            text=f"{run.message or 'Training'} · epoch {min(done + 1, epochs_total)}"
+            f"/{epochs_total}{step_text}{_eta(run, steps)}",
+        )
+    elif run.status == "finished":
+        acc = (run.result or {}).get("val_accuracy")
+        st.success(
+            f"Finished: {title} reached {acc:.1%} validation accuracy "
+            f"(best epoch {(run.result or {}).get('best_epoch')})."
+        )
+        st.page_link("pages/results.py", label="See the results", icon=":material/insights:")
+    elif run.status == "stopped":
+        best = (run.result or {}).get("best_epoch")
+        st.info(
+            "Stopped. "
+            + (
+                f"The best model so far (epoch {best}) is kept."
+                if best
+                else "It stopped before finishing an epoch, so no model was kept."
+            )
+        )
+    elif run.status == "interrupted":
+        st.warning(f"{run.message} Resume continues from the last finished epoch.")
+    elif run.status == "failed":
+        st.error(run.error or "Training failed.")
+
+    c1, c2, _ = st.columns([1, 1, 4])
+    if run.active and c1.button("Stop", key=f"stop_{run.id}", disabled=run.stop_requested):
+        jobs.request_stop(store, run.id)
+        st.rerun()
+    if run.status in ("interrupted", "stopped") and c2.button("Resume", key=f"resume_{run.id}"):
+        try:
+            jobs.resume(store, run.id)
+        except RunError as exc:
+            st.error(str(exc))
+        else:
+            st.rerun(scope="app")
+    if steps or epochs:
+        st.plotly_chart(curves_figure(steps, epochs, epochs_total), key=f"curves_{run.id}")
+    if run.active:
+        jobs.pump(store)  # a page that is watching also keeps the queue moving
+    elif st.session_state.get("_polling") == run.id:
+        st.session_state["_polling"] = None
+        st.rerun(scope="app")  # the run just ended: refresh the whole page once
+
+
+def run_panel(run_id: str) -> None:
+    """Show a run; while it is unfinished, refresh every second without rerunning the page."""
+    run = get_store().run(run_id)
+    active = run is not None and run.active
+    if active:
+        st.session_state["_polling"] = run_id
+    st.fragment(_render, run_every=POLL_S if active else None)(run_id)

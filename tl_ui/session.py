@@ -1,0 +1,99 @@
+"""The browser session's state: one typed object, and the project id mirrored in the URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from tl_core import jobs
+from tl_core.data import DatasetManifest
+from tl_core.store import Project, Run, Store
+
+_KEY = "studio"
+
+
+@dataclass
+class StudioSession:
+    """All a browser session keeps; everything else lives in the store."""
+
+    project_id: str | None = None
+
+
+@st.cache_resource
+def get_store() -> Store:
+    """One store per server process; at start, runs whose worker is gone become interrupted."""
+    store = Store()
+    jobs.recover(store)
+    return store
+
+
+def session() -> StudioSession:
+    if _KEY not in st.session_state:
+        st.session_state[_KEY] = StudioSession()
+    return st.session_state[_KEY]
+
+
+def active_project() -> Project | None:
+    """The project of this session, from session state or the URL's ``?project=`` id."""
+    state = session()
+    store = get_store()
+    url_id = st.query_params.get("project")
+    if url_id and url_id != state.project_id:
+        state.project_id = url_id
+    project = store.project(state.project_id) if state.project_id else None
+    if state.project_id and project is None:
+        st.warning("That project link is unknown here; start a new project below.")
+        state.project_id = None
+        st.query_params.pop("project", None)
+    if project is not None and st.query_params.get("project") != project.id:
+        st.query_params["project"] = project.id  # page switches drop it; put it back
+    return project
+
+
+def open_project(project: Project) -> None:
+    session().project_id = project.id
+    st.query_params["project"] = project.id
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def load_manifest(data_dir: str) -> DatasetManifest:
+    """An imported data set's manifest (immutable once written, so safe to cache)."""
+    return DatasetManifest.load(Path(data_dir))
+
+
+def project_manifest(project: Project | None) -> DatasetManifest | None:
+    if project is None or not project.data_dir:
+        return None
+    return load_manifest(project.data_dir)
+
+
+def latest_run(project: Project | None) -> Run | None:
+    if project is None:
+        return None
+    runs = get_store().runs(project.id)
+    return runs[-1] if runs else None
+
+
+def sidebar(project: Project | None) -> None:
+    """The wizard's progress: what is done, what is next."""
+    with st.sidebar:
+        st.markdown("### Your project")
+        if project is None:
+            st.caption("Start by bringing your images on page 1.")
+            return
+        manifest = project_manifest(project)
+        if manifest is None:
+            st.markdown("☐ Images: not yet")
+        else:
+            st.markdown(f"✅ Images: {len(manifest.items)} in {len(manifest.classes)} classes")
+        model = project.settings.get("model")
+        st.markdown(f"✅ Model: {model}" if model else "☐ Model: not chosen")
+        run = latest_run(project)
+        if run is None:
+            st.markdown("☐ Training: not started")
+        else:
+            st.markdown(f"{'⏳' if run.active else '✅'} Training: {run.status}")
+        st.caption("Bookmark this page's address to come back to this project.")
+        st.code(f"?project={project.id}", language=None)
