@@ -10,9 +10,9 @@ from tl_ui.models import model_info
 from tl_ui.session import active_project, get_store, project_manifest
 
 BADGES = {
-    "ready": "🟢 ready offline",
-    "downloaded": "🟢 downloaded",
-    "needs download": "🌐 downloads on first use",
+    "ready": ":green[:material/offline_pin: ready offline]",
+    "downloaded": ":green[:material/offline_pin: downloaded]",
+    "needs download": ":blue[:material/cloud_download: downloads on first use]",
 }
 
 

@@ -33,6 +33,7 @@ FLAGS = [
 ]
 
 pytestmark = pytest.mark.browser
+expect.set_options(timeout=90_000)  # the first page that touches a model imports torch
 
 
 def _free_port() -> int:
@@ -111,6 +112,8 @@ def test_walk_the_wizard_on_the_demo_set(page: Page, app_url: str) -> None:
     expect(page.get_by_text("A few images of each class")).to_be_visible(timeout=120_000)
     expect(page.get_by_text("tshirt_top").first).to_be_visible()
     assert "project=" in page.url
+    expect(page.locator(".js-plotly-plot")).to_have_count(1)  # the class counts chart
+    expect(page.get_by_role("img").last).to_be_visible()
     page.screenshot(path=SHOTS / "1-data.png", full_page=True)
 
     _go(page, "Choose a model")
@@ -134,13 +137,17 @@ def test_walk_the_wizard_on_the_demo_set(page: Page, app_url: str) -> None:
     page.screenshot(path=SHOTS / "3-train-ready.png", full_page=True)
 
     page.get_by_role("button", name="Train", exact=True).click()
-    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stMain").get_by_role("button", name="Stop")).to_be_visible(
+        timeout=60_000
+    )
     expect(page.get_by_text(re.compile(r"step \d+/\d+"))).to_be_visible(timeout=120_000)
     expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=60_000)  # stages+curves
     page.screenshot(path=SHOTS / "4-training.png", full_page=True)
 
     page.reload()  # a refresh mid-run finds the same run still going
-    expect(page.get_by_role("button", name="Stop")).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stMain").get_by_role("button", name="Stop")).to_be_visible(
+        timeout=60_000
+    )
     expect(page.get_by_text(re.compile(r"step \d+/\d+"))).to_be_visible()
 
     expect(page.get_by_text(re.compile(r"Finished: .* validation accuracy"))).to_be_visible(

@@ -63,6 +63,7 @@ def test_discriminative_learning_rates_shrink_towards_the_input(model) -> None:
     assert len(groups) == 4
     assert lrs[-1] == pytest.approx(1e-3)
     assert lrs[0] == pytest.approx(1e-5)
+    assert lrs[-2] == pytest.approx(1e-3 / 5)
     assert lrs == sorted(lrs)
 
 

@@ -191,11 +191,9 @@ def _bundled_weights_file(spec: ModelSpec) -> Path:
     return files[0]
 
 
-def _hub_repo(spec: ModelSpec) -> str | None:
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
-    return None if cfg is None else cfg.hf_hub_id
+def _hub_repo(spec: ModelSpec) -> str:
+    """timm publishes each pretrained tag as the Hub repository 'timm/<name>.<tag>'."""
+    return f"timm/{spec.timm_name}"
 
 
 def weights_status(spec: ModelSpec) -> Literal["ready", "downloaded", "needs download", "none"]:
@@ -207,8 +205,6 @@ def weights_status(spec: ModelSpec) -> Literal["ready", "downloaded", "needs dow
     from huggingface_hub import try_to_load_from_cache
 
     repo = _hub_repo(spec)
-    if repo is None:
-        return "needs download"
     for filename in ("model.safetensors", "pytorch_model.bin"):
         if isinstance(try_to_load_from_cache(repo, filename), str):
             return "downloaded"

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from tl_core.catalog import DEFAULT_MODEL
+from tl_core.catalog import DEFAULT_MODEL, get_spec
 from tl_core.engine import TrainConfig
 from tl_core.errors import StudioError
 from tl_core.store import Store
@@ -70,6 +70,7 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         val_fraction=args.val_fraction,
     )
     config.validate()
+    get_spec(config.model)  # an unknown name fails before any work
     project = store.create_project(name=args.data.resolve().name)
     data_dir = store.new_data_dir(project.id)
     if args.val is None:

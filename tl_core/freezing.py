@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
 from timm.models import group_parameters
 from torch import nn
 
@@ -78,22 +77,31 @@ def set_train_mode(model: nn.Module) -> None:
 
 
 def trainable_param_groups(
-    model: nn.Module, trainable_groups: int, lr: float, lr_ratio: float = 100.0
+    model: nn.Module,
+    trainable_groups: int,
+    lr: float,
+    lr_ratio: float = 100.0,
+    body_ratio: float = 5.0,
 ) -> list[dict[str, object]]:
     """Optimizer groups with discriminative learning rates, as fastai's ``fine_tune`` does.
 
-    The head learns at ``lr``; earlier trainable groups at geometrically smaller rates down
-    to ``lr / lr_ratio`` for the earliest one.
+    The new head learns at ``lr``. Pretrained groups learn slower: the last one at
+    ``lr / body_ratio``, earlier ones geometrically slower down to ``lr / lr_ratio``.
     """
     groups = layer_groups(model)
-    chosen = groups[len(groups) - 1 - trainable_groups :]
+    body = groups[len(groups) - 1 - trainable_groups : -1]
     params = dict(model.named_parameters())
     out: list[dict[str, object]] = []
-    n = len(chosen)
-    for j, group in enumerate(chosen):
-        scale = lr_ratio ** (-(n - 1 - j) / max(n - 1, 1)) if n > 1 else 1.0
-        tensors: list[torch.Tensor] = [params[name] for name in group.param_names]
-        out.append({"params": tensors, "lr": lr * scale, "name": group.name})
+    n = len(body)
+    for j, group in enumerate(body):
+        # j = 0 is the earliest trainable group: lr / lr_ratio; j = n - 1: lr / body_ratio.
+        t = j / (n - 1) if n > 1 else 1.0
+        scale = (1 / lr_ratio) ** (1 - t) * (1 / body_ratio) ** t
+        out.append(
+            {"params": [params[p] for p in group.param_names], "lr": lr * scale, "name": group.name}
+        )
+    head = groups[-1]
+    out.append({"params": [params[p] for p in head.param_names], "lr": lr, "name": head.name})
     return out
 
 

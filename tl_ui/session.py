@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
 
 from tl_core import jobs
+from tl_core.catalog import get_spec
 from tl_core.data import DatasetManifest
 from tl_core.store import Project, Run, Store
 
 _KEY = "studio"
+DONE = ":material/check_circle:"
+TODO = ":material/radio_button_unchecked:"
+BUSY = ":material/hourglass_top:"
 
 
 @dataclass
@@ -21,11 +26,17 @@ class StudioSession:
     project_id: str | None = None
 
 
+def _warm_up() -> None:
+    """Import torch and timm in the background so the first model page opens quickly."""
+    import tl_core.freezing  # noqa: F401
+
+
 @st.cache_resource
 def get_store() -> Store:
     """One store per server process; at start, runs whose worker is gone become interrupted."""
     store = Store()
     jobs.recover(store)
+    threading.Thread(target=_warm_up, daemon=True).start()
     return store
 
 
@@ -85,15 +96,16 @@ def sidebar(project: Project | None) -> None:
             return
         manifest = project_manifest(project)
         if manifest is None:
-            st.markdown("☐ Images: not yet")
+            st.markdown(f"{TODO} Images: not yet")
         else:
-            st.markdown(f"✅ Images: {len(manifest.items)} in {len(manifest.classes)} classes")
+            st.markdown(f"{DONE} Images: {len(manifest.items)} in {len(manifest.classes)} classes")
         model = project.settings.get("model")
-        st.markdown(f"✅ Model: {model}" if model else "☐ Model: not chosen")
+        title = get_spec(model).title if model else None
+        st.markdown(f"{DONE} Model: {title}" if title else f"{TODO} Model: not chosen")
         run = latest_run(project)
         if run is None:
-            st.markdown("☐ Training: not started")
+            st.markdown(f"{TODO} Training: not started")
         else:
-            st.markdown(f"{'⏳' if run.active else '✅'} Training: {run.status}")
+            st.markdown(f"{BUSY if run.active else DONE} Training: {run.status}")
         st.caption("Bookmark this page's address to come back to this project.")
         st.code(f"?project={project.id}", language=None)

@@ -1,0 +1,157 @@
+"""The headless command and the background worker, as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import make_shapes
+
+from tl_core import jobs
+from tl_core.data import import_folder
+from tl_core.store import Store
+
+
+def _cli(*args: str, workspace: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tl_core", "--workspace", str(workspace), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory) -> Path:
+    return make_shapes(tmp_path_factory.mktemp("shapes") / "src", per_class=20)
+
+
+def _wait_for(predicate, timeout: float = 120, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out")
+
+
+def test_train_command_prints_json_and_the_run_appears_in_the_store(shapes_dir, tmp_path):
+    out = tmp_path / "my-run"
+    proc = _cli(
+        "train",
+        "--data",
+        str(shapes_dir),
+        "--model",
+        "test_efficientnet",
+        "--trainable-groups",
+        "2",
+        "--epochs",
+        "2",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        workspace=tmp_path / "ws",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and summary["model"] == "test_efficientnet"
+    assert summary["trainable_groups"] == 2 and summary["seconds"] > 0
+    assert 0 <= summary["val_accuracy"] <= 1
+    assert (out / "best.pt").exists() and (out / "predictions.json").exists()
+    store = Store(tmp_path / "ws")
+    run = store.run(summary["run_id"])
+    assert run is not None and run.status == "finished" and run.source == "cli"
+    assert store.project(summary["project_id"]).data_dir
+    assert len(store.metrics(run.id, "epoch")) == 2
+
+
+def test_train_command_with_val_never_trains_on_the_validation_folder(tmp_path):
+    train = make_shapes(tmp_path / "train", per_class=10)
+    val = make_shapes(tmp_path / "val", per_class=4, seed=1)
+    proc = _cli(
+        "train",
+        "--data",
+        str(train),
+        "--val",
+        str(val),
+        "--model",
+        "test_resnet",
+        "--epochs",
+        "1",
+        workspace=tmp_path / "ws",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    preds = json.loads((Path(summary["run_dir"]) / "predictions.json").read_text())
+    assert len(preds["rows"]) == 12  # exactly the validation folder
+    assert summary["train_images"] == 30
+
+
+def test_train_command_explains_bad_input(tmp_path):
+    (tmp_path / "only" / "cats").mkdir(parents=True)
+    proc = _cli(
+        "train",
+        "--data",
+        str(tmp_path / "only"),
+        "--model",
+        "test_resnet",
+        workspace=tmp_path / "ws",
+    )
+    assert proc.returncode == 2
+    assert "error" in json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "Traceback" not in proc.stderr
+    proc = _cli(
+        "train", "--data", str(tmp_path), "--model", "nonexistent_net", workspace=tmp_path / "ws"
+    )
+    assert proc.returncode == 2 and "Choose one of" in proc.stderr
+
+
+def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(shapes_dir, tmp_path):
+    store = Store(tmp_path / "ws")
+    project = store.create_project()
+    data_dir = store.new_data_dir(project.id)
+    import_folder(shapes_dir, data_dir)
+    config = {
+        "model": "test_efficientnet",
+        "epochs": 40,
+        "batch_size": 4,
+        "augment": "none",
+        "pretrained": False,
+        "trainable_groups": 6,
+    }
+    first = jobs.submit(store, project.id, config, data_dir)
+    second = jobs.submit(store, project.id, {**config, "epochs": 1}, data_dir)
+    assert store.queue_position(second.id) == 1  # one slot: the second waits its turn
+
+    # Crash the worker mid-run (as an out-of-memory kill would), after one finished epoch.
+    _wait_for(lambda: len(store.metrics(first.id, "epoch")) >= 1)
+    run = store.run(first.id)
+    os.kill(run.pid, signal.SIGKILL)
+    _wait_for(lambda: not jobs._pid_alive(run.pid))
+    assert jobs.recover(store) == [first.id]
+    assert store.run(first.id).status == "interrupted"
+
+    # The freed slot goes to the waiting run, which finishes; then resume the first one.
+    jobs.pump(store)
+    _wait_for(lambda: store.run(second.id).status == "finished", timeout=180)
+    epochs_before = len(store.metrics(first.id, "epoch"))
+    jobs.resume(store, first.id)
+    _wait_for(lambda: len(store.metrics(first.id, "epoch")) > epochs_before, timeout=180)
+    assert [m["epoch"] for m in store.metrics(first.id, "epoch")] == list(
+        range(1, len(store.metrics(first.id, "epoch")) + 1)
+    )
+
+    # Stop takes effect within about a second and keeps the best checkpoint.
+    asked = time.monotonic()
+    jobs.request_stop(store, first.id)
+    _wait_for(lambda: store.run(first.id).status == "stopped", timeout=30, interval=0.05)
+    assert time.monotonic() - asked < 2.5
+    assert (Path(store.run(first.id).run_dir) / "best.pt").exists()
