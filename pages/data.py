@@ -7,6 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from tl_core import catalog
 from tl_core import data as tl_data
 from tl_core.charts import class_counts_figure
 from tl_core.errors import DataError
@@ -19,7 +20,10 @@ THUMBS_PER_CLASS = 6
 def _import(kind: str, source: object) -> None:
     """Import into a fresh folder of the (possibly new) project; on error nothing changes."""
     store = get_store()
-    project = active_project() or store.create_project()
+    project = active_project()
+    if project is None:
+        project = store.create_project()
+        store.update_settings(project.id, model=catalog.DEFAULT_MODEL)
     dest = store.new_data_dir(project.id)
     bar = st.progress(0.0, text="Checking and preparing your images…")
 

@@ -64,7 +64,10 @@ def page() -> None:
     with st.container(border=True):
         st.markdown(f"**{spec.title}** (`{spec.timm_name}`)")
         c1, c2, c3 = st.columns(3)
-        c1.metric("Parameters", f"{info.total_params / 1e6:.1f} M")
+        c1.metric(
+            f"Parameters (with your {len(manifest.classes)}-class head)",
+            f"{info.total_params / 1e6:.1f} M",
+        )
         c2.metric("Input size", f"{size[1]}×{size[2]} px")
         c3.metric("Layer groups", info.n_backbone)
         st.caption(

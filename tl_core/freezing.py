@@ -105,6 +105,10 @@ def trainable_param_groups(
     return out
 
 
+def _groups(n: int) -> str:
+    return "layer group" if n == 1 else f"{n} layer groups"
+
+
 def freeze_sentence(trainable_groups: int, n_backbone: int) -> str:
     """One plain sentence on what a freeze choice means."""
     if trainable_groups == 0:
@@ -119,7 +123,7 @@ def freeze_sentence(trainable_groups: int, n_backbone: int) -> str:
         )
     if trainable_groups <= max(1, n_backbone // 3):
         return (
-            f"The last {trainable_groups} layer group(s) and the new last layer learn: a good "
+            f"The last {_groups(trainable_groups)} and the new last layer learn: a good "
             "balance when you have a few hundred images or they differ from everyday photos."
         )
     return (
