@@ -7,7 +7,7 @@ import streamlit as st
 from tl_core import catalog
 from tl_core.errors import ModelUnavailableError
 from tl_ui.models import model_info
-from tl_ui.session import active_project, get_store, project_manifest
+from tl_ui.session import get_store, project_with_data
 
 BADGES = {
     "ready": ":green[:material/offline_pin: ready offline]",
@@ -18,11 +18,8 @@ BADGES = {
 
 def page() -> None:
     st.title("2. Choose a model")
-    project = active_project()
-    manifest = project_manifest(project)
+    project, manifest = project_with_data()
     if project is None or manifest is None:
-        st.info("First bring your images.")
-        st.page_link("pages/data.py", label="Go to step 1", icon=":material/arrow_back:")
         return
     st.markdown(
         "Each model already learned to see on ImageNet's 1.3 million photos. Yours will reuse "

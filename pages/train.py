@@ -13,7 +13,7 @@ from tl_core.errors import RunError
 from tl_core.freezing import freeze_sentence
 from tl_ui.live import run_panel
 from tl_ui.models import model_info
-from tl_ui.session import active_project, get_store, latest_run, project_manifest
+from tl_ui.session import get_store, latest_run, project_with_data
 
 AUGMENT_HELP = {
     "none": "none: the images as they are",
@@ -96,11 +96,8 @@ def _advanced(project_id: str, settings: dict) -> TrainConfig:
 
 def page() -> None:
     st.title("3. Train")
-    project = active_project()
-    manifest = project_manifest(project)
+    project, manifest = project_with_data()
     if project is None or manifest is None:
-        st.info("First bring your images.")
-        st.page_link("pages/data.py", label="Go to step 1", icon=":material/arrow_back:")
         return
     settings = project.settings
     key = settings.get("model", catalog.DEFAULT_MODEL)

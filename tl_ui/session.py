@@ -80,6 +80,16 @@ def project_manifest(project: Project | None) -> DatasetManifest | None:
     return load_manifest(project.data_dir)
 
 
+def project_with_data() -> tuple[Project | None, DatasetManifest | None]:
+    """The project and its images, or a pointer back to step 1 when there are none yet."""
+    project = active_project()
+    manifest = project_manifest(project)
+    if project is None or manifest is None:
+        st.info("First bring your images.")
+        st.page_link("pages/data.py", label="Go to step 1", icon=":material/arrow_back:")
+    return project, manifest
+
+
 def latest_run(project: Project | None) -> Run | None:
     if project is None:
         return None
