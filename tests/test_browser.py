@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +161,29 @@ def test_walk_the_wizard_on_the_demo_set(page: Page, app_url: str) -> None:
     expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=60_000)  # curves+matrix
     expect(page.get_by_text("Validation accuracy")).to_be_visible()
     page.screenshot(path=SHOTS / "6-results.png", full_page=True)
+
+
+def test_uploads_a_folder_and_explains_a_bad_zip(page: Page, app_url: str, tmp_path) -> None:
+    """The two upload paths a user takes, in a fresh project: a broken .zip is explained and
+    changes nothing; a folder chosen with the browser's directory picker imports."""
+    from helpers import make_shapes
+
+    empty_zip = tmp_path / "photos.zip"
+    with zipfile.ZipFile(empty_zip, "w"):
+        pass
+    page.goto(app_url)  # no ?project=: a new visitor
+    page.get_by_role("tab", name="Upload a .zip").click()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").nth(1).set_input_files(empty_zip)
+    page.get_by_role("button", name="Import the zip").click()
+    expect(page.get_by_text("The .zip file is empty")).to_be_visible()
+    assert "project=" not in page.url or "Images" not in page.content()
+
+    folder = make_shapes(tmp_path / "my shapes", per_class=12)
+    page.get_by_role("tab", name="Upload a folder").click()
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(folder)
+    page.get_by_role("button", name=re.compile(r"Import 36 files")).click()
+    expect(page.get_by_text("A few images of each class")).to_be_visible()
+    expect(page.get_by_text("stripes").first).to_be_visible()
+    expect(page.locator(".js-plotly-plot")).to_have_count(1)
+    expect(page.get_by_test_id("stMetricValue").first).to_have_text("36")
+    page.screenshot(path=SHOTS / "7-folder-upload.png", full_page=True)
