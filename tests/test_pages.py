@@ -168,3 +168,22 @@ def test_results_page_shows_accuracy_and_confusion_matrix(workspace, demo_import
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Validation accuracy"] == "50.0%"
     assert "1 of 2 validation images" in _texts(at)
+
+
+def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -> None:
+    spawned: list[str] = []
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
+    store = Store(workspace)
+    run = store.create_run(
+        project_id, {"model": "efficientnet_lite0", "epochs": 3}, demo_import, status="running"
+    )
+    (Path(run.run_dir) / "last.pt").write_bytes(b"checkpoint")
+    store.update_run(run.id, pid=None, heartbeat=1.0)  # its worker vanished long ago
+    jobs.recover(store)  # what the server does when it starts
+    at = _app("pages/train.py", project_id)
+    assert not at.exception
+    assert "Resume continues from the last finished epoch" in _texts(at)
+    at.button(key=f"resume_{run.id}").click().run()
+    assert store.run(run.id).status == "starting" and store.run(run.id).resume
+    assert spawned == [run.id]

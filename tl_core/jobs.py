@@ -100,9 +100,11 @@ def _claim_next(store: Store, limit: int) -> Run | None:
         ).fetchone()
         if row is None:
             return None
+        now = time.time()
         db.execute(
-            "UPDATE runs SET status = 'starting', message = 'Starting', started = ? WHERE id = ?",
-            (time.time(), row["id"]),
+            "UPDATE runs SET status = 'starting', message = 'Starting', started = ?,"
+            " heartbeat = ? WHERE id = ?",
+            (now, now, row["id"]),
         )
     return store.run(row["id"])
 

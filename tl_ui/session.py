@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,17 +25,17 @@ class StudioSession:
     project_id: str | None = None
 
 
-def _warm_up() -> None:
-    """Import torch and timm in the background so the first model page opens quickly."""
+@st.cache_resource(show_spinner="Starting the studio (loading PyTorch, once)…")
+def get_store() -> Store:
+    """One store per server process; at start, runs whose worker is gone become interrupted.
+
+    torch and timm are imported here, once and in one thread: importing them from two
+    threads at the same time can fail halfway, and later pages then open at once.
+    """
     import tl_core.freezing  # noqa: F401
 
-
-@st.cache_resource
-def get_store() -> Store:
-    """One store per server process; at start, runs whose worker is gone become interrupted."""
     store = Store()
     jobs.recover(store)
-    threading.Thread(target=_warm_up, daemon=True).start()
     return store
 
 
