@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import timm.data
 import torch
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tl_core.catalog import DataConfig, create_model, get_spec
-from tl_core.engine import make_transforms
+from tl_core.catalog import create_model, get_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -56,7 +56,7 @@ def _features(model: torch.nn.Module, tf, paths: list[Path]) -> np.ndarray:
 
 def logreg_accuracy(train: Path, test: Path) -> float:
     model = create_model(get_spec("efficientnet_lite0"), num_classes=2).eval()
-    _, eval_tf = make_transforms(DataConfig.of(model), "none")
+    eval_tf = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
     tr_paths, tr_labels = _files(train)
     te_paths, te_labels = _files(test)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))

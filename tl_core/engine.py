@@ -13,23 +13,30 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import timm.data
 import torch
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader
 
 from tl_core.catalog import DataConfig, create_model, get_spec
-from tl_core.data import ImageItem, Split
+from tl_core.data import Split
 from tl_core.device import ComputePlan, plan_compute
 from tl_core.errors import RunError
 from tl_core.freezing import apply_freeze, layer_groups, set_train_mode, trainable_param_groups
+from tl_core.inputs import (
+    ImageTensors,
+    Normalize,
+    cache_budget_bytes,
+    cache_side,
+    decode_all,
+    make_transforms,
+)
+from tl_core.prefixcache import CachedPhase, StopRequested, cache_phase
 
 AUGMENT_LEVELS = ("none", "light", "medium", "strong")
 
@@ -49,6 +56,8 @@ class TrainConfig:
     head_epochs: int = 1
     pretrained: bool = True
     weight_decay: float = 0.01
+    aug_views: int = 4  # augmented copies of each image whose frozen-prefix output is cached
+    cache: bool = True  # decode once and cache frozen-prefix outputs (False: the plain loop)
 
     def validate(self) -> None:
         """Raise RunError with a plain message for settings that cannot work."""
@@ -104,12 +113,14 @@ class TrainResult:
     total_params: int
     compute: str
     classes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class Callbacks(Protocol):
     """How the engine reports progress and learns it should stop."""
 
     def on_status(self, message: str) -> None: ...
+    def on_log(self, message: str) -> None: ...
     def on_step(self, metrics: StepMetrics) -> None: ...
     def on_epoch(self, metrics: EpochMetrics) -> None: ...
     def should_stop(self) -> bool: ...
@@ -121,6 +132,9 @@ class QuietCallbacks:
     def on_status(self, message: str) -> None:
         pass
 
+    def on_log(self, message: str) -> None:
+        pass
+
     def on_step(self, metrics: StepMetrics) -> None:
         pass
 
@@ -129,69 +143,6 @@ class QuietCallbacks:
 
     def should_stop(self) -> bool:
         return False
-
-
-class StopRequested(Exception):
-    """Raised inside the loop when the user pressed Stop; caught by ``fit``."""
-
-
-# ---------------------------------------------------------------------------------- data
-
-
-class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Normalised images from an imported data set, with labels as class indices."""
-
-    def __init__(
-        self,
-        root: Path,
-        items: Sequence[ImageItem],
-        classes: Sequence[str],
-        transform: Callable[[Image.Image], torch.Tensor],
-    ) -> None:
-        self.root = root
-        self.items = list(items)
-        self.index = {c: i for i, c in enumerate(classes)}
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        item = self.items[i]
-        with Image.open(self.root / item.file) as img:
-            return self.transform(img.convert("RGB")), self.index[item.label]
-
-
-def make_transforms(cfg: DataConfig, augment: str) -> tuple[Callable, Callable]:
-    """timm's train/eval transforms for the model's own data config."""
-    common = {
-        "input_size": cfg.input_size,
-        "interpolation": cfg.interpolation,
-        "mean": cfg.mean,
-        "std": cfg.std,
-        "crop_pct": cfg.crop_pct,
-        "crop_mode": cfg.crop_mode,
-    }
-    eval_tf = timm.data.create_transform(**common, is_training=False)
-    if augment == "none":
-        return eval_tf, eval_tf
-    scale, jitter, auto = {
-        "light": ((0.6, 1.0), 0.0, None),
-        "medium": ((0.3, 1.0), 0.2, None),
-        "strong": ((0.08, 1.0), 0.3, "rand-m9-mstd0.5"),
-    }[augment]
-    train_tf = timm.data.create_transform(
-        input_size=cfg.input_size,
-        is_training=True,
-        scale=scale,
-        hflip=0.5,
-        color_jitter=jitter,
-        auto_augment=auto,
-        interpolation=cfg.interpolation,
-        mean=cfg.mean,
-        std=cfg.std,
-    )
-    return train_tf, eval_tf
 
 
 # ---------------------------------------------------------------------------------- loop
@@ -277,33 +228,6 @@ def predict(
     return torch.cat(probs), torch.cat(labels)
 
 
-@torch.inference_mode()
-def extract_features(
-    model: nn.Module, loader: DataLoader, plan: ComputePlan, callbacks: Callbacks, what: str
-) -> TensorDataset:
-    """The frozen backbone's pooled features (the classifier's input) for every image.
-
-    With the whole backbone frozen and no augmentation, these never change between epochs:
-    computing them once turns each later epoch into a few milliseconds of head training.
-    """
-    model.eval()
-    feats, labels = [], []
-    total, done = len(loader.dataset), 0  # type: ignore[arg-type]
-    for images, y in loader:
-        if callbacks.should_stop():
-            raise StopRequested
-        images = images.to(plan.device)
-        if plan.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with plan.autocast():
-            pooled = model.forward_head(model.forward_features(images), pre_logits=True)
-        feats.append(pooled.float())
-        labels.append(y.to(plan.device))
-        done += len(y)
-        callbacks.on_status(f"Reading {what} images through the frozen network: {done}/{total}")
-    return TensorDataset(torch.cat(feats), torch.cat(labels))
-
-
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
@@ -354,6 +278,60 @@ def _save_last(run_dir: Path, state: dict[str, Any]) -> None:
     tmp.replace(run_dir / "last.pt")
 
 
+class _Inputs:
+    """The run's images as uint8 tensors: decoded once when the memory budget allows."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        split: Split,
+        root: Path,
+        classes: list[str],
+        data_cfg: DataConfig,
+        callbacks: Callbacks,
+        budget: int,
+    ) -> None:
+        items = sorted([*split.train, *split.val], key=lambda i: i.file)  # split-independent
+        row = {item.file: r for r, item in enumerate(items)}
+        index = {c: i for i, c in enumerate(classes)}
+        side = cache_side(data_cfg)
+        decoded = None
+        if cfg.cache:
+            decoded = decode_all(
+                root,
+                items,
+                side,
+                data_cfg.interpolation,
+                budget // 2,
+                lambda done, total: callbacks.on_status(
+                    f"Preparing your images once: {done}/{total}"
+                ),
+            )
+            if decoded is None:
+                callbacks.on_log(
+                    "The images do not fit the memory budget "
+                    "(TL_STUDIO_CACHE_MB): each epoch decodes them again."
+                )
+        train_tf, eval_tf = make_transforms(data_cfg, cfg.augment)
+
+        def dataset(subset: list, tf) -> ImageTensors:
+            return ImageTensors(
+                decoded,
+                [row[i.file] for i in subset],
+                root,
+                items,
+                [index[i.label] for i in subset],
+                tf,
+                side,
+                data_cfg.interpolation,
+            )
+
+        self.train = dataset(split.train, train_tf)
+        self.val = dataset(split.val, eval_tf)
+        self.val_items = split.val
+        self.used_bytes = 0 if decoded is None else decoded.numel()
+
+
 def fit(
     cfg: TrainConfig,
     split: Split,
@@ -375,6 +353,8 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     generator = seed_everything(cfg.seed)
+    notes = [f"Computing on {plan.describe()}."]
+    callbacks.on_log(notes[0])
 
     callbacks.on_status("Loading the model")
     spec = get_spec(cfg.model)
@@ -386,21 +366,22 @@ def fit(
     model = model.to(plan.device)
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    normalize = Normalize(data_cfg).to(plan.device)
+    full = nn.Sequential(normalize, model)  # uint8 images in, logits out
 
-    train_tf, eval_tf = make_transforms(data_cfg, cfg.augment)
-    train_ds = ImageFolderDataset(data_root, split.train, classes, train_tf)
-    val_ds = ImageFolderDataset(data_root, split.val, classes, eval_tf)
-    if len(train_ds) == 0 or len(val_ds) == 0:
+    if not split.train or not split.val:
         raise RunError("Both the training and the validation set need at least one image.")
+    budget = cache_budget_bytes()
+    inputs = _Inputs(cfg, split, data_root, classes, data_cfg, callbacks, budget)
+    drop_last = len(split.train) > cfg.batch_size
     train_loader = DataLoader(
-        train_ds,
+        inputs.train,
         batch_size=cfg.batch_size,
         shuffle=True,
         generator=generator,
-        drop_last=len(train_ds) > cfg.batch_size,
+        drop_last=drop_last,
     )
-    val_loader = DataLoader(val_ds, batch_size=max(cfg.batch_size, 64))
-
+    val_loader = DataLoader(inputs.val, batch_size=max(cfg.batch_size, 64))
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
     total_params = sum(p.numel() for p in model.parameters())
@@ -429,7 +410,6 @@ def fit(
 
     status = "finished"
     trainable_params = 0
-    features: dict[str, TensorDataset] = {}
     try:
         phase_start = 0
         for trainable, n_epochs in phases(cfg):
@@ -440,24 +420,33 @@ def fit(
             optimizer, scheduler = _phase_optimizer(
                 model, cfg, trainable, n_epochs, steps_per_epoch
             )
-            net, phase_train, phase_val = model, train_loader, val_loader
-            if trainable == 0 and cfg.augment == "none":  # same input every epoch: cache
-                if not features:
-                    features["train"] = extract_features(
-                        model, DataLoader(train_ds, batch_size=64), plan, callbacks, "training"
-                    )
-                    features["val"] = extract_features(
-                        model, val_loader, plan, callbacks, "validation"
-                    )
-                net = model.get_classifier()
-                phase_train = DataLoader(
-                    features["train"],
-                    batch_size=cfg.batch_size,
-                    shuffle=True,
-                    generator=generator,
-                    drop_last=train_loader.drop_last,
+            cached: CachedPhase | None = None
+            if cfg.cache:
+                views = 1 if cfg.augment == "none" else cfg.aug_views
+                cached = cache_phase(
+                    model,
+                    normalize,
+                    trainable,
+                    inputs.train,
+                    inputs.val,
+                    views,
+                    plan,
+                    budget - inputs.used_bytes,
+                    callbacks.should_stop,
+                    callbacks.on_status,
+                    seed=cfg.seed * 1000 + phase_start,
                 )
-                phase_val = DataLoader(features["val"], batch_size=1024)
+                message = (
+                    cached.note
+                    if cached
+                    else (
+                        "The frozen layers' outputs were not cached (they would not fit the memory"
+                        " budget, or nothing is frozen): each step runs the whole network."
+                    )
+                )
+                callbacks.on_log(message)
+                notes.append(message)
+            net = cached.net if cached else full
             trainable_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
             if checkpoint is not None and checkpoint["phase_start"] == phase_start:
                 optimizer.load_state_dict(checkpoint["optimizer"])
@@ -465,6 +454,18 @@ def fit(
             callbacks.on_status("Training")
             while epoch < phase_end:
                 epoch += 1
+                if cached:
+                    view = cached.train_views[(epoch - 1) % len(cached.train_views)]
+                    phase_train = DataLoader(
+                        view,
+                        batch_size=cfg.batch_size,
+                        shuffle=True,
+                        generator=generator,
+                        drop_last=drop_last,
+                    )
+                    phase_val = DataLoader(cached.val, batch_size=1024)
+                else:
+                    phase_train, phase_val = train_loader, val_loader
                 train_loss, train_acc, step = train_one_epoch(
                     net,
                     phase_train,
@@ -530,10 +531,11 @@ def fit(
         total_params=total_params,
         compute=plan.describe(),
         classes=classes,
+        notes=notes,
     )
     if best_epoch is not None and status == "finished":
         callbacks.on_status("Scoring the best model on the validation images")
-        write_predictions(run_dir, val_ds, plan)
+        write_predictions(run_dir, inputs.val, inputs.val_items, plan)
     return result
 
 
@@ -551,10 +553,13 @@ def load_trained(run_dir: Path, plan: ComputePlan | None = None) -> tuple[nn.Mod
     return model, meta
 
 
-def write_predictions(run_dir: Path, val_ds: ImageFolderDataset, plan: ComputePlan) -> None:
+def write_predictions(
+    run_dir: Path, val_ds: ImageTensors, val_items: list, plan: ComputePlan
+) -> None:
     """Score the best checkpoint on the validation images into predictions.json."""
     model, meta = load_trained(run_dir, plan)
-    probs, labels = predict(model, DataLoader(val_ds, batch_size=64), plan)
+    full = nn.Sequential(Normalize(DataConfig(**meta["data_config"])).to(plan.device), model)
+    probs, labels = predict(full, DataLoader(val_ds, batch_size=64), plan)
     rows = [
         {
             "file": item.file,
@@ -563,7 +568,7 @@ def write_predictions(run_dir: Path, val_ds: ImageFolderDataset, plan: ComputePl
             "confidence": float(p.max()),
             "probs": [round(float(v), 5) for v in p],
         }
-        for item, p, y in zip(val_ds.items, probs, labels, strict=True)
+        for item, p, y in zip(val_items, probs, labels, strict=True)
     ]
     payload = {"classes": meta["classes"], "rows": rows}
     tmp = run_dir / "predictions.json.tmp"

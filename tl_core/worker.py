@@ -31,6 +31,13 @@ class StoreCallbacks:
     def on_status(self, message: str) -> None:
         self.store.update_run(self.run_id, message=message, heartbeat=time.time())
 
+    def on_log(self, message: str) -> None:
+        """A line of the run's log (what the engine decided and why), kept beside its files."""
+        run = self.store.run(self.run_id)
+        if run is not None:
+            with open(Path(run.run_dir) / "run.log", "a", encoding="utf-8") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
     def on_step(self, m: StepMetrics) -> None:
         self.store.add_step(
             self.run_id, m.epoch, m.step, m.total_steps, m.loss, m.accuracy, m.lr, m.elapsed_s

@@ -1,0 +1,138 @@
+"""Compute a frozen prefix once per image (per augmented view) and train on its outputs.
+
+With the first groups frozen, their output for an image never changes from one epoch to the
+next (frozen BatchNorm layers use fixed statistics), so the classic loop's repeated forward
+through them is wasted work. Here it runs once: the whole frozen backbone when only the head
+learns (then an epoch is milliseconds), or the frozen stages when the last groups learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from tl_core.device import ComputePlan
+from tl_core.stages import split_model
+
+
+class StopRequested(Exception):
+    """Raised inside a loop when the user pressed Stop; caught by the engine's ``fit``."""
+
+
+@dataclass
+class CachedPhase:
+    """The trainable part of the network and the prefix outputs it trains on."""
+
+    net: nn.Module
+    train_views: list[TensorDataset]  # view v feeds epochs v, v + V, v + 2V, ...
+    val: TensorDataset
+    note: str
+
+
+class _Pooled(nn.Module):
+    """The whole frozen backbone: image -> pooled features (the classifier's input)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+
+def _prefix_and_net(model: nn.Module, trainable: int) -> tuple[nn.Module, nn.Module] | None:
+    if trainable == 0:
+        return _Pooled(model), model.get_classifier()
+    return split_model(model, trainable)
+
+
+@torch.inference_mode()
+def _run_prefix(
+    prefix: nn.Module,
+    loader: DataLoader,
+    plan: ComputePlan,
+    dtype: torch.dtype,
+    should_stop: Callable[[], bool],
+    report: Callable[[int], None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    outs, labels, done = [], [], 0
+    for images, y in loader:
+        if should_stop():
+            raise StopRequested
+        images = images.to(plan.device)
+        if plan.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with plan.autocast():
+            outs.append(prefix(images).to(dtype))
+        labels.append(y.to(plan.device))
+        done += len(y)
+        report(done)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def cache_phase(
+    model: nn.Module,
+    normalize: nn.Module,
+    trainable: int,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    views: int,
+    plan: ComputePlan,
+    budget_bytes: int,
+    should_stop: Callable[[], bool],
+    on_status: Callable[[str], None],
+    seed: int = 0,
+) -> CachedPhase | None:
+    """Run the frozen prefix once per image and view; None when it cannot or should not be.
+
+    ``views`` augmented copies of each training image are cached (1 without augmentation);
+    fewer when they would not fit ``budget_bytes``, none at all when one would not. The views
+    are drawn from their own ``seed``, apart from the global random stream (even a DataLoader
+    draws from that): a resumed run caches the same views and continues identically.
+    """
+    parts = _prefix_and_net(model, trainable)
+    if parts is None:
+        return None
+    prefix, net = parts
+    prefix = nn.Sequential(normalize, prefix).eval()
+    dtype = plan.amp_dtype or torch.float32
+    n_train, n_val = len(train_ds), len(val_ds)  # type: ignore[arg-type]
+    with torch.inference_mode(), plan.autocast():
+        probe = prefix(val_ds[0][0][None].to(plan.device))  # no random draw
+    per_image = probe[0].numel() * torch.tensor([], dtype=dtype).element_size()
+    fit_views = (budget_bytes - per_image * n_val) // max(per_image * n_train, 1)
+    if fit_views < 1:
+        return None
+    views = min(views, int(fit_views))
+    batch = 64
+    total = views * n_train + n_val
+
+    def report(offset: int) -> Callable[[int], None]:
+        return lambda done: on_status(
+            f"Running your images through the frozen layers once: {offset + done}/{total}"
+        )
+
+    train_views = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for v in range(views):
+            loader = DataLoader(train_ds, batch_size=batch)  # in order: rows match labels
+            feats, labels = _run_prefix(
+                prefix, loader, plan, dtype, should_stop, report(v * n_train)
+            )
+            train_views.append(TensorDataset(feats, labels))
+        loader = DataLoader(val_ds, batch_size=batch)
+        feats, labels = _run_prefix(
+            prefix, loader, plan, dtype, should_stop, report(views * n_train)
+        )
+    size_mb = per_image * (views * n_train + n_val) / 1024**2
+    what = "the whole frozen backbone" if trainable == 0 else "the frozen layers"
+    note = (
+        f"Cached the output of {what} for {n_train} training images x {views} view(s) and "
+        f"{n_val} validation images ({size_mb:.0f} MB)."
+    )
+    return CachedPhase(net, train_views, TensorDataset(feats, labels), note)
