@@ -41,6 +41,10 @@ def page() -> None:
     c3.metric("Training time", f"{result.get('seconds', 0):.0f} s")
     c4.metric("Parameters that learned", f"{result.get('trainable_params', 0):,}")
     st.caption(f"Computed on {result.get('compute', '?')}. Run status: {run.status}.")
+    log = Path(run.run_dir) / "run.log"
+    if log.exists():
+        with st.expander("Run log: what the engine did and why"):
+            st.code(log.read_text(encoding="utf-8"), language=None)
 
     steps = store.metrics(run.id, "step")
     epochs = store.metrics(run.id, "epoch")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import streamlit as st
 
 from tl_core import catalog, jobs
@@ -11,6 +13,7 @@ from tl_core.store import Run
 from tl_ui.session import get_store
 
 POLL_S = 1.0
+_PREPARING = re.compile(r"(?P<done>\d+)/(?P<total>\d+)$")
 
 
 def _eta(run: Run, steps: list[dict]) -> str:
@@ -44,6 +47,9 @@ def _render(run_id: str) -> None:
             "itself; you can leave this page."
         )
     elif run.active:
+        prep = _PREPARING.search(run.message or "")
+        if prep:  # decoding or the one pass through the frozen layers: its own bar
+            st.progress(int(prep["done"]) / max(1, int(prep["total"])), text=run.message)
         done = epochs[-1]["epoch"] if epochs else 0
         step_text = ""
         frac = 0.0

@@ -1,0 +1,90 @@
+"""The engine's fast paths: decode once, cached frozen prefixes, and their plain fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import make_shapes
+
+from tl_core import inputs
+from tl_core.data import import_folder, split_dataset
+from tl_core.device import plan_compute
+from tl_core.engine import QuietCallbacks, TrainConfig, fit
+from tl_core.stages import split_model
+
+CPU = plan_compute("cpu")
+
+
+class Log(QuietCallbacks):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def on_log(self, message: str) -> None:
+        self.lines.append(message)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    manifest = import_folder(make_shapes(root / "src", per_class=24), root / "data")
+    return manifest, split_dataset(manifest, 0.25, seed=0)
+
+
+@pytest.mark.parametrize("name", ["test_efficientnet", "test_resnet", "test_convnext"])
+def test_prefix_plus_suffix_is_the_whole_network(name: str) -> None:
+    import timm
+
+    model = timm.create_model(name, num_classes=3).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+        for k in range(1, 4):
+            prefix, suffix = split_model(model, k)
+            torch.testing.assert_close(suffix(prefix(x)), expected)
+
+
+def test_images_are_decoded_once_and_reused_by_later_runs(shapes, monkeypatch, tmp_path) -> None:
+    manifest, split = shapes
+    cfg = TrainConfig(model="test_efficientnet", epochs=2, pretrained=False, augment="light")
+    fit(cfg, split, manifest.root, manifest.classes, tmp_path / "a", plan=CPU)
+    assert list((manifest.root / "cache").glob("decoded-*.u8"))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("an image was decoded again")
+
+    monkeypatch.setattr(inputs, "load_square", no_decoding)
+    result = fit(cfg, split, manifest.root, manifest.classes, tmp_path / "b", plan=CPU)
+    assert result.status == "finished"
+
+
+@pytest.mark.parametrize(("trainable", "augment"), [(0, "none"), (2, "none"), (2, "light")])
+def test_cached_and_plain_paths_reach_the_same_accuracy(shapes, tmp_path, trainable, augment):
+    manifest, split = shapes
+    scores = {}
+    for cache in (True, False):
+        cfg = TrainConfig(
+            model="efficientnet_lite0",
+            trainable_groups=trainable,
+            epochs=3,
+            augment=augment,
+            cache=cache,
+            seed=1,
+        )
+        log = Log()
+        result = fit(
+            cfg, split, manifest.root, manifest.classes, tmp_path / str(cache), log, plan=CPU
+        )
+        scores[cache] = result.val_accuracy
+        assert any("Cached" in line for line in log.lines) == cache
+    assert abs(scores[True] - scores[False]) <= 0.1, scores  # 18 images: 0.1 is ~2 images
+
+
+def test_over_budget_falls_back_to_the_plain_loop_and_says_so(shapes, tmp_path, monkeypatch):
+    manifest, split = shapes
+    monkeypatch.setenv("TL_STUDIO_CACHE_MB", "0.01")
+    log = Log()
+    cfg = TrainConfig(model="test_efficientnet", epochs=1, pretrained=False)
+    result = fit(cfg, split, manifest.root, manifest.classes, tmp_path, log, plan=CPU)
+    assert result.status == "finished"
+    text = "\n".join(log.lines)
+    assert "do not fit the memory budget" in text and "were not cached" in text
