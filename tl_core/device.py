@@ -12,25 +12,35 @@ import torch
 
 @dataclass(frozen=True)
 class ComputePlan:
-    """The device, the autocast dtype (None = plain fp32) and the memory layout to use."""
+    """The device, the autocast dtypes (None = plain fp32) and the memory layout to use.
+
+    Inference (feature extraction, validation) and training steps get their own precision:
+    on CPUs with bf16 units, bf16 doubles inference speed, but measured training steps ran
+    slower in bf16 than in fp32 with channels_last (docs/PERFORMANCE.md).
+    """
 
     device: str
     amp_dtype: torch.dtype | None
     channels_last: bool
     threads: int
+    train_amp_dtype: torch.dtype | None = None
 
     def describe(self) -> str:
-        precision = "fp32" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch.")
+        def name(dtype: torch.dtype | None) -> str:
+            return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+
         layout = ", channels_last" if self.channels_last else ""
-        return f"{self.device}, {precision}{layout}, {self.threads} thread(s)"
+        return (
+            f"{self.device}, {name(self.amp_dtype)} inference, "
+            f"{name(self.train_amp_dtype)} training{layout}, {self.threads} thread(s)"
+        )
 
     @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
+    def autocast(self, training: bool = False) -> Iterator[None]:
         """Mixed precision where it is safe and fast; a no-op context in fp32."""
+        dtype = self.train_amp_dtype if training else self.amp_dtype
         with torch.autocast(
-            device_type=self.device,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
+            device_type=self.device, dtype=dtype or torch.float32, enabled=dtype is not None
         ):
             yield
 
@@ -63,7 +73,7 @@ def plan_compute(prefer: str = "auto", threads: int | None = None) -> ComputePla
     if choice == "cuda":
         # bf16 needs no loss scaling; older GPUs without it train in fp32.
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return ComputePlan("cuda", dtype, True, n_threads)
+        return ComputePlan("cuda", dtype, True, n_threads, train_amp_dtype=dtype)
     if choice == "mps":
         return ComputePlan("mps", None, False, n_threads)
     dtype = torch.bfloat16 if _cpu_has_fast_bf16() else None

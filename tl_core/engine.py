@@ -175,9 +175,11 @@ def train_one_epoch(
             raise StopRequested
         images = images.to(plan.device, non_blocking=True)
         labels = labels.to(plan.device, non_blocking=True)
+        if images.is_floating_point() and plan.train_amp_dtype is None:
+            images = images.float()  # cached activations may be stored in bf16
         if plan.channels_last and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with plan.autocast():
+        with plan.autocast(training=True):
             logits = model(images)
             loss = nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -266,16 +268,49 @@ def phases(cfg: TrainConfig) -> list[tuple[int, int]]:
     return [(0, head), (cfg.trainable_groups, cfg.epochs - head)]
 
 
-def _save_best(run_dir: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    tmp = run_dir / "best.pt.tmp"
-    torch.save({"model": model.state_dict(), "meta": meta}, tmp)
-    tmp.replace(run_dir / "best.pt")
+def _snapshot(state: Any) -> Any:
+    """A detached CPU copy of a (nested) state dict, so training can go on changing it."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _snapshot(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(_snapshot(v) for v in state)
+    return state
 
 
-def _save_last(run_dir: Path, state: dict[str, Any]) -> None:
-    tmp = run_dir / "last.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(run_dir / "last.pt")
+class _Checkpoints:
+    """best.pt and last.pt: kept in memory every epoch, written at most every ``every_s``.
+
+    Head-only epochs take milliseconds: writing two checkpoints each time would cost more than
+    the training. Stop, the end of training and a phase change always write.
+    """
+
+    def __init__(self, run_dir: Path, every_s: float = 15.0) -> None:
+        self.run_dir = run_dir
+        self.every_s = every_s
+        self.best: dict[str, Any] | None = None
+        self.last: dict[str, Any] | None = None
+        self.written = time.monotonic()
+        self.dirty = False
+
+    def improved(self, model: nn.Module, meta: dict[str, Any]) -> None:
+        self.best = {"model": _snapshot(model.state_dict()), "meta": meta}
+        self.dirty = True
+
+    def epoch_done(self, last: dict[str, Any], force: bool = False) -> None:
+        self.last = _snapshot(last)
+        if force or time.monotonic() - self.written >= self.every_s:
+            self.write()
+
+    def write(self) -> None:
+        for name, state in (("best.pt", self.best if self.dirty else None), ("last.pt", self.last)):
+            if state is not None:
+                tmp = self.run_dir / f"{name}.tmp"
+                torch.save(state, tmp)
+                tmp.replace(self.run_dir / name)
+        self.dirty = False
+        self.written = time.monotonic()
 
 
 class _Inputs:
@@ -410,6 +445,8 @@ def fit(
 
     status = "finished"
     trainable_params = 0
+    checkpoints = _Checkpoints(run_dir)
+    cached: CachedPhase | None = None
     try:
         phase_start = 0
         for trainable, n_epochs in phases(cfg):
@@ -420,7 +457,7 @@ def fit(
             optimizer, scheduler = _phase_optimizer(
                 model, cfg, trainable, n_epochs, steps_per_epoch
             )
-            cached: CachedPhase | None = None
+            cached = None
             if cfg.cache:
                 views = 1 if cfg.augment == "none" else cfg.aug_views
                 cached = cache_phase(
@@ -482,9 +519,8 @@ def fit(
                 is_best = val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
                 if is_best:
                     best_acc, best_loss, best_epoch = val_acc, val_loss, epoch
-                    _save_best(run_dir, model, {**meta, "epoch": epoch, "val_accuracy": val_acc})
-                _save_last(
-                    run_dir,
+                    checkpoints.improved(model, {**meta, "epoch": epoch, "val_accuracy": val_acc})
+                checkpoints.epoch_done(
                     {
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
@@ -501,6 +537,7 @@ def fit(
                         "loader_rng": generator.get_state(),
                         "meta": meta,
                     },
+                    force=epoch == phase_end,
                 )
                 callbacks.on_epoch(
                     EpochMetrics(
@@ -519,6 +556,7 @@ def fit(
             phase_start = phase_end
     except StopRequested:
         status = "stopped"
+    checkpoints.write()  # whatever is newer in memory than on disk: Stop keeps the best
 
     result = TrainResult(
         status=status,
@@ -533,33 +571,25 @@ def fit(
         classes=classes,
         notes=notes,
     )
-    if best_epoch is not None and status == "finished":
+    if checkpoints.best is not None and status == "finished":
         callbacks.on_status("Scoring the best model on the validation images")
-        write_predictions(run_dir, inputs.val, inputs.val_items, plan)
+        model.load_state_dict(checkpoints.best["model"])
+        if cached is not None:  # the last phase's cached inputs give the same predictions
+            probs, labels = predict(cached.net, DataLoader(cached.val, batch_size=1024), plan)
+        else:
+            probs, labels = predict(full, val_loader, plan)
+        write_predictions(run_dir, classes, inputs.val_items, probs, labels)
     return result
 
 
-def load_trained(run_dir: Path, plan: ComputePlan | None = None) -> tuple[nn.Module, dict]:
-    """The best checkpoint of a run as a ready model, with its metadata."""
-    plan = plan or plan_compute()
-    ckpt = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
-    meta = ckpt["meta"]
-    spec = get_spec(meta["config"]["model"])
-    model = create_model(spec, num_classes=len(meta["classes"]), pretrained=False)
-    model.load_state_dict(ckpt["model"])
-    model = model.to(plan.device).eval()
-    if plan.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model, meta
-
-
 def write_predictions(
-    run_dir: Path, val_ds: ImageTensors, val_items: list, plan: ComputePlan
+    run_dir: Path,
+    classes: list[str],
+    val_items: list,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
 ) -> None:
-    """Score the best checkpoint on the validation images into predictions.json."""
-    model, meta = load_trained(run_dir, plan)
-    full = nn.Sequential(Normalize(DataConfig(**meta["data_config"])).to(plan.device), model)
-    probs, labels = predict(full, DataLoader(val_ds, batch_size=64), plan)
+    """The best checkpoint's scores on the validation images, as predictions.json."""
     rows = [
         {
             "file": item.file,
@@ -570,7 +600,6 @@ def write_predictions(
         }
         for item, p, y in zip(val_items, probs, labels, strict=True)
     ]
-    payload = {"classes": meta["classes"], "rows": rows}
     tmp = run_dir / "predictions.json.tmp"
-    tmp.write_text(json.dumps(payload))
+    tmp.write_text(json.dumps({"classes": classes, "rows": rows}))
     tmp.replace(run_dir / "predictions.json")
