@@ -15,15 +15,14 @@ Default: every data set under ../shared/datasets when present, else the bundled 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import timm.data
 import torch
+from cli_run import train_cli
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -65,26 +64,7 @@ def logreg_accuracy(train: Path, test: Path) -> float:
 
 
 def engine_run(train: Path, test: Path) -> dict:
-    with tempfile.TemporaryDirectory() as ws:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "tl_core",
-                "--workspace",
-                ws,
-                "train",
-                "--data",
-                str(train),
-                "--val",
-                str(test),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=True,
-        )
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return train_cli(train, test)
 
 
 def main(argv: list[str]) -> None:
