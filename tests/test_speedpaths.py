@@ -10,6 +10,7 @@ from tl_core import inputs
 from tl_core.data import import_folder, split_dataset
 from tl_core.device import plan_compute
 from tl_core.engine import QuietCallbacks, TrainConfig, fit
+from tl_core.freezing import describe_model
 from tl_core.stages import split_model
 
 CPU = plan_compute("cpu")
@@ -75,6 +76,8 @@ def test_cached_and_plain_paths_reach_the_same_accuracy(shapes, tmp_path, traina
             cfg, split, manifest.root, manifest.classes, tmp_path / str(cache), log, plan=CPU
         )
         scores[cache] = result.val_accuracy
+        learns = describe_model(cfg.model, len(manifest.classes)).trainable_params(trainable)
+        assert result.trainable_params == learns  # the head counts in both paths
         assert any("Cached" in line for line in log.lines) == cache
     assert abs(scores[True] - scores[False]) <= 0.1, scores  # 18 images: 0.1 is ~2 images
 

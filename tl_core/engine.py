@@ -484,7 +484,7 @@ def fit(
                 callbacks.on_log(message)
                 notes.append(message)
             net = cached.net if cached else full
-            trainable_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+            trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             if checkpoint is not None and checkpoint["phase_start"] == phase_start:
                 optimizer.load_state_dict(checkpoint["optimizer"])
                 scheduler.load_state_dict(checkpoint["scheduler"])
