@@ -214,7 +214,7 @@ def predict(
     plan: ComputePlan,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities and labels for every image in ``loader``."""
+    """Logits (float32) and labels for every image in ``loader``."""
     model.eval()
     probs, labels = [], []
     for images, y in loader:
@@ -225,7 +225,7 @@ def predict(
             images = images.contiguous(memory_format=torch.channels_last)
         with plan.autocast():
             logits = model(images)
-        probs.append(logits.float().softmax(1).cpu())
+        probs.append(logits.float().cpu())
         labels.append(y)
     return torch.cat(probs), torch.cat(labels)
 
@@ -237,9 +237,9 @@ def evaluate(
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) on ``loader``."""
-    probs, labels = predict(model, loader, plan, should_stop)
-    loss = nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels).item()
-    return loss, (probs.argmax(1) == labels).float().mean().item()
+    logits, labels = predict(model, loader, plan, should_stop)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
 
 
 def _phase_optimizer(
@@ -575,10 +575,10 @@ def fit(
         callbacks.on_status("Scoring the best model on the validation images")
         model.load_state_dict(checkpoints.best["model"])
         if cached is not None:  # the last phase's cached inputs give the same predictions
-            probs, labels = predict(cached.net, DataLoader(cached.val, batch_size=1024), plan)
+            logits, labels = predict(cached.net, DataLoader(cached.val, batch_size=1024), plan)
         else:
-            probs, labels = predict(full, val_loader, plan)
-        write_predictions(run_dir, classes, inputs.val_items, probs, labels)
+            logits, labels = predict(full, val_loader, plan)
+        write_predictions(run_dir, classes, inputs.val_items, logits, labels)
     return result
 
 
@@ -586,19 +586,24 @@ def write_predictions(
     run_dir: Path,
     classes: list[str],
     val_items: list,
-    probs: torch.Tensor,
+    logits: torch.Tensor,
     labels: torch.Tensor,
 ) -> None:
-    """The best checkpoint's scores on the validation images, as predictions.json."""
+    """The best checkpoint's scores on the validation images, as predictions.json.
+
+    Logits are kept (not only probabilities) so calibration can be fitted afterwards.
+    """
+    probs = logits.softmax(1)
     rows = [
         {
             "file": item.file,
             "label": int(y),
             "pred": int(p.argmax()),
             "confidence": float(p.max()),
-            "probs": [round(float(v), 5) for v in p],
+            "probs": [round(float(v), 6) for v in p],
+            "logits": [round(float(v), 5) for v in z],
         }
-        for item, p, y in zip(val_items, probs, labels, strict=True)
+        for item, p, z, y in zip(val_items, probs, logits, labels, strict=True)
     ]
     tmp = run_dir / "predictions.json.tmp"
     tmp.write_text(json.dumps({"classes": classes, "rows": rows}))

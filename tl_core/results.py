@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ class Predictions:
     labels: list[int]
     preds: list[int]
     confidences: list[float]
+    probs: list[list[float]]
+    logits: list[list[float]]  # log-probabilities for runs saved before logits were kept
 
     @property
     def correct(self) -> int:
@@ -47,4 +50,6 @@ def load_predictions(run_dir: Path) -> Predictions | None:
         labels=[r["label"] for r in rows],
         preds=[r["pred"] for r in rows],
         confidences=[r["confidence"] for r in rows],
+        probs=[r["probs"] for r in rows],
+        logits=[r.get("logits") or [math.log(max(p, 1e-12)) for p in r["probs"]] for r in rows],
     )
