@@ -15,8 +15,9 @@ import os
 import random
 import re
 import shutil
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -259,6 +260,50 @@ def _import(
         raise
 
 
+def _prepare_and_encode(src: Path | BinaryIO) -> tuple[Prepared, bytes] | ImageSkip:
+    """Decode, normalise and re-encode one image (runs in a worker thread)."""
+    try:
+        try:
+            if _is_empty(src):
+                raise ImageSkip("empty file (0 bytes)")
+            prepared = prepare(src, MAX_SIDE, MAX_SOURCE_PIXELS)
+        finally:
+            if not isinstance(src, Path):
+                src.close()
+    except ImageSkip as skip:
+        return skip
+    out = io.BytesIO()
+    if prepared.lossless:
+        prepared.image.save(out, "PNG", optimize=False)
+    else:
+        prepared.image.save(out, "JPEG", quality=95)
+    return prepared, out.getvalue()
+
+
+def _prepared_all(
+    todo: list[tuple[Entry, str, str]],
+) -> Iterator[tuple[Prepared, bytes] | ImageSkip]:
+    """Each image prepared, in order, on all cores (Pillow decodes and resizes outside the GIL).
+
+    Sources are fetched here, one at a time (zip members share one budget); at most a few
+    images per core are in memory at once.
+    """
+    workers = max(1, min(4, os.cpu_count() or 1))
+    window: deque[Future[tuple[Prepared, bytes] | ImageSkip]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="import") as pool:
+        for entry, _, _ in todo:
+            try:
+                window.append(pool.submit(_prepare_and_encode, entry.fetch()))
+            except ImageSkip as skip:
+                done: Future[tuple[Prepared, bytes] | ImageSkip] = Future()
+                done.set_result(skip)
+                window.append(done)
+            if len(window) >= 2 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
 def _convert(
     plan: Plan, dest: Path, progress: Progress | None, skipped: list[SkippedFile]
 ) -> DatasetManifest:
@@ -274,20 +319,14 @@ def _convert(
     total = len(plan.todo)
     if progress:
         progress(0, total)
-    for done, (entry, label, subset) in enumerate(plan.todo, 1):
-        try:
-            src = entry.fetch()
-            try:
-                if _is_empty(src):
-                    raise ImageSkip("empty file (0 bytes)")
-                prepared: Prepared = prepare(src, MAX_SIDE, MAX_SOURCE_PIXELS)
-            finally:
-                if not isinstance(src, Path):
-                    src.close()
-        except ImageSkip as skip:
-            skipped.append(SkippedFile(entry.source, skip.reason))
+    for done, ((entry, label, subset), outcome) in enumerate(
+        zip(plan.todo, _prepared_all(plan.todo), strict=True), 1
+    ):
+        if isinstance(outcome, ImageSkip):
+            skipped.append(SkippedFile(entry.source, outcome.reason))
             skipped_in.setdefault(label, []).append(skipped[-1])
         else:
+            prepared, encoded = outcome
             kept = first.get(prepared.sha256)
             if kept is not None:
                 duplicates.append((entry.source, kept.source))
@@ -299,8 +338,7 @@ def _convert(
                 rel = f"images/{folder}/{numbers[label]:04d}.{ext}"
                 numbers[label] += 1
                 (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
-                options = {"optimize": False} if prepared.lossless else {"quality": 95}
-                prepared.image.save(dest / rel, "PNG" if prepared.lossless else "JPEG", **options)
+                (dest / rel).write_bytes(encoded)
                 img = prepared.image
                 item = ImageItem(rel, label, subset, entry.source, prepared.sha256, *img.size)
                 first[prepared.sha256] = item

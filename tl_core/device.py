@@ -25,6 +25,11 @@ class ComputePlan:
     threads: int
     train_amp_dtype: torch.dtype | None = None
 
+    @property
+    def infer_batch(self) -> int:
+        """Images per inference batch: on a CPU, 32 ran as fast as 64 with half the memory."""
+        return 32 if self.device == "cpu" else 128
+
     def describe(self) -> str:
         def name(dtype: torch.dtype | None) -> str:
             return "fp32" if dtype is None else str(dtype).removeprefix("torch.")

@@ -416,7 +416,7 @@ def fit(
         generator=generator,
         drop_last=drop_last,
     )
-    val_loader = DataLoader(inputs.val, batch_size=max(cfg.batch_size, 64))
+    val_loader = DataLoader(inputs.val, batch_size=plan.infer_batch)
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
     total_params = sum(p.numel() for p in model.parameters())
@@ -500,7 +500,7 @@ def fit(
                         generator=generator,
                         drop_last=drop_last,
                     )
-                    phase_val = DataLoader(cached.val, batch_size=1024)
+                    phase_val = DataLoader(cached.val, batch_size=plan.infer_batch)
                 else:
                     phase_train, phase_val = train_loader, val_loader
                 train_loss, train_acc, step = train_one_epoch(
@@ -575,7 +575,9 @@ def fit(
         callbacks.on_status("Scoring the best model on the validation images")
         model.load_state_dict(checkpoints.best["model"])
         if cached is not None:  # the last phase's cached inputs give the same predictions
-            logits, labels = predict(cached.net, DataLoader(cached.val, batch_size=1024), plan)
+            logits, labels = predict(
+                cached.net, DataLoader(cached.val, batch_size=plan.infer_batch), plan
+            )
         else:
             logits, labels = predict(full, val_loader, plan)
         write_predictions(run_dir, classes, inputs.val_items, logits, labels)

@@ -117,7 +117,7 @@ def prepare(src: Path | BinaryIO, max_side: int, max_pixels: int) -> Prepared:
             if rgb is img:  # never hand out the source image, which is closed below
                 rgb = rgb.copy()
     rgb.info = {}  # no EXIF, ICC or transparency carried into the saved file
-    rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
     digest.update(rgb.tobytes())
     return Prepared(rgb, lossless, digest.hexdigest())

@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -82,10 +83,15 @@ def decode_all(
         return torch.from_numpy(np.asarray(arr))
     tmp = data.with_suffix(".tmp")
     arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, side, side))
-    for i, item in enumerate(items):
-        arr[i] = load_square(root / item.file, side, interpolation).numpy()
-        if progress is not None:
-            progress(i + 1, n)
+
+    def fill(i: int) -> None:
+        arr[i] = load_square(root / items[i].file, side, interpolation).numpy()
+
+    # Pillow decodes and resizes outside the GIL: one thread per core fills distinct rows.
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        for done, _ in enumerate(pool.map(fill, range(n)), 1):
+            if progress is not None:
+                progress(done, n)
     arr.flush()
     del arr
     tmp.replace(data)

@@ -108,7 +108,7 @@ def cache_phase(
     if fit_views < 1:
         return None
     views = min(views, int(fit_views))
-    batch = 64
+    batch = plan.infer_batch
     total = views * n_train + n_val
 
     def report(offset: int) -> Callable[[int], None]:
