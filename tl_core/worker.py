@@ -11,6 +11,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+from tl_core import review
 from tl_core.data import DatasetManifest, split_dataset
 from tl_core.engine import EpochMetrics, StepMetrics, TrainConfig, TrainResult, fit
 from tl_core.errors import StudioError
@@ -84,6 +85,10 @@ def run_worker(store: Store, run_id: str) -> TrainResult | None:
     try:
         manifest = DatasetManifest.load(Path(run.data_dir))
         split = split_dataset(manifest, config.val_fraction, config.seed)
+        corrections = review.Corrections.from_dict(run.config.get("corrections"))
+        if corrections:
+            split = review.apply(split, corrections, manifest.classes)
+            callbacks.on_log(f"Label review applied: {corrections.describe()}.")
         if run.resume:  # forget the steps of the epoch that was cut off; it is replayed
             done = [m["epoch"] for m in store.metrics(run_id, "epoch")]
             store.drop_metrics_after(run_id, max(done, default=0))
