@@ -74,6 +74,15 @@ def test_fit_learns_reports_every_step_and_keeps_the_best(shapes, tmp_path) -> N
     assert acc == pytest.approx(result.val_accuracy)
 
 
+@pytest.mark.parametrize(("epochs", "batch"), [(1, 64), (2, 64), (4, 64), (3, 16)])
+def test_very_few_steps_still_train(shapes, tmp_path, epochs, batch) -> None:
+    """One batch per epoch and a handful of epochs: no learning-rate schedule breaks."""
+    manifest, split = shapes
+    cfg = TrainConfig(model="test_efficientnet", epochs=epochs, batch_size=batch, pretrained=False)
+    result = fit(cfg, split, manifest.root, manifest.classes, tmp_path, plan=CPU)
+    assert result.status == "finished" and result.epochs_done == epochs
+
+
 def test_stop_ends_within_a_step_and_keeps_the_best_epoch(shapes, tmp_path) -> None:
     manifest, split = shapes
     cfg = TrainConfig(

@@ -188,3 +188,81 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]) ->
         yaxis={"autorange": "reversed"},
     )
     return fig
+
+
+def reliability_figure(
+    curves: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[int], str]],
+) -> go.Figure:
+    """Reliability diagram: per confidence bin, how often the model was right.
+
+    ``curves``: (name, mean confidence per bin, accuracy per bin, count per bin, colour);
+    empty bins are left out. On the diagonal, "90% sure" means right 9 times in 10.
+    """
+    fig = go.Figure(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            line={"color": "#9e9e9e", "dash": "dot"},
+            name="perfectly calibrated",
+            hoverinfo="skip",
+        )
+    )
+    for name, conf, acc, count, color in curves:
+        keep = [i for i, c in enumerate(count) if c > 0]
+        fig.add_trace(
+            go.Scatter(
+                x=[conf[i] for i in keep],
+                y=[acc[i] for i in keep],
+                mode="lines+markers",
+                name=name,
+                line={"color": color},
+                marker={"size": [6 + min(count[i], 60) / 4 for i in keep]},
+                customdata=[count[i] for i in keep],
+                hovertemplate="said %{x:.0%} sure<br>right %{y:.0%} of the time"
+                "<br>%{customdata} image(s)<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        height=360,
+        margin={"t": 10, "b": 10, "l": 10, "r": 10},
+        xaxis={"title": "how sure the model said it was", "range": [0, 1.02], "tickformat": ".0%"},
+        yaxis={"title": "how often it was right", "range": [0, 1.02], "tickformat": ".0%"},
+        legend={"orientation": "h", "y": -0.2},
+    )
+    return fig
+
+
+def top_classes_figure(
+    classes: Sequence[str], probs: Sequence[float], threshold: float, top: int = 5
+) -> go.Figure:
+    """The most likely classes as horizontal bars, with the "not sure" threshold marked."""
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:top]
+    sure = probs[order[0]] >= threshold if order else False
+    colors = [TRAIN_COLOR if (sure and k == 0) else FROZEN_COLOR for k in range(len(order))]
+    fig = go.Figure(
+        go.Bar(
+            x=[probs[i] for i in order],
+            y=[classes[i] for i in order],
+            orientation="h",
+            marker_color=colors,
+            text=[f"{probs[i]:.0%}" for i in order],
+            textposition="outside",
+            hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+        )
+    )
+    fig.add_vline(
+        x=threshold,
+        line_dash="dot",
+        line_color="#c62828",
+        annotation_text="not sure below",
+        annotation_position="top",
+    )
+    fig.update_layout(
+        height=60 + 36 * len(order),
+        margin={"t": 30, "b": 10, "l": 10, "r": 30},
+        xaxis={"range": [0, 1.1], "tickformat": ".0%", "title": None},
+        yaxis={"autorange": "reversed"},
+        showlegend=False,
+    )
+    return fig

@@ -251,11 +251,14 @@ def _phase_optimizer(
     head_lr = cfg.lr if trainable == 0 else cfg.lr / 2
     groups = trainable_param_groups(model, trainable, head_lr)
     optimizer = torch.optim.AdamW(groups, lr=head_lr, weight_decay=cfg.weight_decay)
+    total = epochs * steps_per_epoch
+    if total < 3:  # too few steps for a warm-up and a decay: a constant rate
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[g["lr"] for g in groups],
-        total_steps=max(epochs * steps_per_epoch, 1),
-        pct_start=0.25,
+        total_steps=total,
+        pct_start=max(0.25, 2 / total),  # at least two warm-up steps (one would divide by 0)
     )
     return optimizer, scheduler
 

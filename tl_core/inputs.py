@@ -46,15 +46,17 @@ def cache_side(cfg: DataConfig) -> int:
     return math.floor(cfg.input_size[-1] / cfg.crop_pct)
 
 
+def square_of(img: Image.Image, side: int, interpolation: str) -> torch.Tensor:
+    """Resize an RGB image's shorter side to ``side`` and centre-crop it: uint8 CHW."""
+    img = tvf.resize(img, side, interpolation=_INTERP.get(interpolation, InterpolationMode.BICUBIC))
+    img = tvf.center_crop(img, [side, side])
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 def load_square(path: Path, side: int, interpolation: str) -> torch.Tensor:
-    """Decode one image, resize its shorter side to ``side`` and centre-crop: uint8 CHW."""
+    """Decode one imported image and make it a square of ``side`` (see :func:`square_of`)."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        img = tvf.resize(
-            img, side, interpolation=_INTERP.get(interpolation, InterpolationMode.BICUBIC)
-        )
-        img = tvf.center_crop(img, [side, side])
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return square_of(img.convert("RGB"), side, interpolation)
 
 
 def decode_all(

@@ -1,0 +1,157 @@
+"""How good is a trained run? Accuracy with its interval, per-class scores, calibration.
+
+Everything here works from the validation predictions a run wrote (``predictions.json``, logits
+included), or from a fresh pass over another labelled folder. The fitted temperature and the
+"not sure" threshold are kept in the run folder (``calibration.json``) for the Try page and
+the export.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tl_core import metrics
+from tl_core.results import Predictions, load_predictions
+
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature for the logits and the top-probability under which to say "not sure"."""
+
+    temperature: float = 1.0
+    threshold: float = 0.5
+    ece_before: float | None = None
+    ece_after: float | None = None  # cross-fitted: each half scored with the other's temperature
+
+
+@dataclass
+class RunEvaluation:
+    classes: list[str]
+    files: list[str]
+    labels: np.ndarray
+    preds: np.ndarray
+    probs: np.ndarray  # calibrated
+    raw_probs: np.ndarray
+    summary: metrics.AccuracySummary
+    warning: str | None
+    per_class: list[metrics.ClassReport]
+    confusion: np.ndarray
+    calibration: Calibration
+    reliability_before: metrics.Reliability
+    reliability_after: metrics.Reliability
+    wrong_by_loss: list[int]
+
+    def worst_classes(self, n: int = 3) -> list[metrics.ClassReport]:
+        """Classes with the lowest recall (the ones the model most often misses)."""
+        seen = [c for c in self.per_class if c.support > 0]
+        return sorted(seen, key=lambda c: (c.recall, -c.support))[:n]
+
+    def cell(self, true: int, pred: int) -> list[int]:
+        """Indices of the images behind one confusion-matrix cell."""
+        return [int(i) for i in np.flatnonzero((self.labels == true) & (self.preds == pred))]
+
+    def summary_json(self) -> dict[str, object]:
+        return {
+            "accuracy": self.summary.accuracy,
+            "ci_low": self.summary.ci_low,
+            "ci_high": self.summary.ci_high,
+            "images": self.summary.total,
+            "ece": self.calibration.ece_before,
+            "ece_calibrated": self.calibration.ece_after,
+            "temperature": self.calibration.temperature,
+            "not_sure_threshold": self.calibration.threshold,
+            "macro_f1": float(np.mean([c.f1 for c in self.per_class])) if self.per_class else 0.0,
+        }
+
+
+def _cross_fitted_ece(logits: np.ndarray, labels: np.ndarray) -> float:
+    """ECE after temperature scaling, each half scored with the temperature of the other."""
+    n = len(labels)
+    if n < 10:
+        return metrics.expected_calibration_error(
+            metrics.softmax(logits, metrics.fit_temperature(logits, labels)), labels
+        )
+    order = np.random.default_rng(0).permutation(n)
+    halves = order[: n // 2], order[n // 2 :]
+    probs = np.empty_like(logits, dtype=np.float64)
+    for fit_on, score_on in (halves, halves[::-1]):
+        t = metrics.fit_temperature(logits[fit_on], labels[fit_on])
+        probs[score_on] = metrics.softmax(logits[score_on], t)
+    return metrics.expected_calibration_error(probs, labels)
+
+
+def evaluate_logits(
+    classes: list[str], files: list[str], logits: np.ndarray, labels: np.ndarray
+) -> RunEvaluation:
+    """Every number the Evaluate page shows, from logits and true labels."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    n_classes = len(classes)
+    raw = metrics.softmax(logits)
+    preds = raw.argmax(1) if len(labels) else np.zeros(0, dtype=np.int64)
+    temperature = metrics.fit_temperature(logits, labels) if len(labels) else 1.0
+    probs = metrics.softmax(logits, temperature)
+    summary = metrics.accuracy_summary(labels, preds)
+    calibration = Calibration(
+        temperature=float(temperature),
+        threshold=float(metrics.not_sure_threshold(probs, labels)),
+        ece_before=float(metrics.expected_calibration_error(raw, labels)),
+        ece_after=float(_cross_fitted_ece(logits, labels)),
+    )
+    return RunEvaluation(
+        classes=classes,
+        files=files,
+        labels=labels,
+        preds=preds,
+        probs=probs,
+        raw_probs=raw,
+        summary=summary,
+        warning=metrics.small_sample_warning(summary),
+        per_class=metrics.per_class_report(labels, preds, n_classes),
+        confusion=metrics.confusion_matrix(labels, preds, n_classes),
+        calibration=calibration,
+        reliability_before=metrics.reliability_curve(raw, labels),
+        reliability_after=metrics.reliability_curve(probs, labels),
+        wrong_by_loss=metrics.misclassified_by_loss(probs, labels),
+    )
+
+
+def evaluate_predictions(preds: Predictions) -> RunEvaluation:
+    return evaluate_logits(
+        preds.classes, preds.files, np.asarray(preds.logits), np.asarray(preds.labels)
+    )
+
+
+def evaluate_run(run_dir: Path) -> RunEvaluation | None:
+    """The run's evaluation on its validation images; its calibration is saved beside it."""
+    preds = load_predictions(Path(run_dir))
+    if preds is None:
+        return None
+    result = evaluate_predictions(preds)
+    save_calibration(Path(run_dir), result.calibration)
+    return result
+
+
+def save_calibration(run_dir: Path, calibration: Calibration) -> None:
+    path = run_dir / CALIBRATION_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(calibration), indent=1))
+    tmp.replace(path)
+
+
+def load_calibration(run_dir: Path) -> Calibration:
+    """The run's calibration: fitted now when it has predictions but no calibration yet."""
+    path = Path(run_dir) / CALIBRATION_FILE
+    if path.exists():
+        try:
+            return Calibration(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            pass
+    result = evaluate_run(Path(run_dir))
+    return result.calibration if result else Calibration()
