@@ -13,7 +13,8 @@ def run() -> None:
         ),
         st.Page("pages/model.py", title="2. Choose a model", icon=":material/neurology:"),
         st.Page("pages/train.py", title="3. Train", icon=":material/model_training:"),
-        st.Page("pages/results.py", title="4. Results", icon=":material/insights:"),
+        st.Page("pages/evaluate.py", title="4. Evaluate", icon=":material/insights:"),
+        st.Page("pages/try_it.py", title="5. Try it", icon=":material/photo_camera:"),
     ]
     nav = st.navigation(pages)
     sidebar(active_project())

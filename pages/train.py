@@ -6,13 +6,14 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from tl_core import catalog, jobs
+from tl_core import catalog
 from tl_core.charts import stages_figure
 from tl_core.engine import AUGMENT_LEVELS, TrainConfig
 from tl_core.errors import RunError
 from tl_core.freezing import freeze_sentence
 from tl_ui.live import run_panel
 from tl_ui.models import model_info
+from tl_ui.runs import submit_training
 from tl_ui.session import get_store, latest_run, project_with_data
 
 AUGMENT_HELP = {
@@ -131,7 +132,7 @@ def page() -> None:
     ):
         try:
             config.validate()
-            jobs.submit(get_store(), project.id, asdict(config), project.data_dir)
+            submit_training(project, config)
         except RunError as exc:
             st.error(str(exc))
         st.rerun()

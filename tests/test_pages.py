@@ -115,7 +115,7 @@ def test_choosing_a_hub_model_offline_gives_a_clear_message(workspace, demo_impo
 
 
 def test_pages_guard_against_missing_data(workspace) -> None:
-    for page in ("pages/model.py", "pages/train.py", "pages/results.py"):
+    for page in ("pages/model.py", "pages/train.py", "pages/evaluate.py", "pages/try_it.py"):
         at = _app(page)
         assert not at.exception
         assert at.info, page
@@ -140,34 +140,78 @@ def test_train_page_shows_the_freeze_plan_and_queues_a_run(workspace, demo_impor
     assert at.button(key=f"stop_{runs[0].id}")
 
 
-def test_results_page_shows_accuracy_and_confusion_matrix(workspace, demo_import) -> None:
-    project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A real 2-epoch run on its own import of the demo set: (data dir, run dir, result)."""
+    from dataclasses import asdict
+
+    from tl_core.data import split_dataset
+    from tl_core.engine import TrainConfig, fit
+
+    root = tmp_path_factory.mktemp("trained")
+    manifest = import_folder(DEMO, root / "data")
+    cfg = TrainConfig(model="efficientnet_lite0", epochs=2)
+    result = fit(cfg, split_dataset(manifest), manifest.root, manifest.classes, root / "run")
+    return manifest.root, root / "run", {"config": asdict(cfg), "result": asdict(result)}
+
+
+def _project_with_run(workspace: Path, trained) -> tuple[str, str]:
+    data_dir, run_dir, raw = trained
+    project_id = _project_with_data(workspace, data_dir, model="efficientnet_lite0")
     store = Store(workspace)
-    run = store.create_run(
-        project_id, {"model": "efficientnet_lite0", "epochs": 1}, demo_import, status="finished"
-    )
-    classes = ["a", "b"]
-    rows = [
-        {"file": "x.png", "label": 0, "pred": 0, "confidence": 0.9, "probs": [0.9, 0.1]},
-        {"file": "y.png", "label": 1, "pred": 0, "confidence": 0.6, "probs": [0.6, 0.4]},
-    ]
-    (Path(run.run_dir) / "predictions.json").write_text(
-        json.dumps({"classes": classes, "rows": rows})
-    )
-    store.update_run(
-        run.id,
-        result={
-            "val_accuracy": 0.5,
-            "best_epoch": 1,
-            "epochs_done": 1,
-            "seconds": 3.0,
-            "trainable_params": 10,
-        },
-    )
-    at = _app("pages/results.py", project_id)
+    run = store.create_run(project_id, raw["config"], data_dir, run_dir=run_dir)
+    store.update_run(run.id, status="finished", result=raw["result"])
+    return project_id, run.id
+
+
+def test_evaluate_page_shows_accuracy_interval_classes_and_calibration(workspace, trained):
+    project_id, _ = _project_with_run(workspace, trained)
+    at = _app("pages/evaluate.py", project_id)
     assert not at.exception
-    assert {m.label: m.value for m in at.metric}["Validation accuracy"] == "50.0%"
-    assert "1 of 2 validation images" in _texts(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Validation accuracy"] == f"{trained[2]['result']['val_accuracy']:.1%}"
+    low, high = (float(v.strip(" %")) for v in metrics["95% confidence interval"].split("–"))
+    assert low < float(metrics["Validation accuracy"].rstrip("%")) < high
+    assert "Temperature" in metrics and "After calibration" in metrics
+    assert len(at.dataframe) >= 1  # the per-class table
+    cell_true = next(s for s in at.selectbox if s.label == "True class")
+    cell_pred = next(s for s in at.selectbox if s.label == "Predicted as")
+    assert cell_true.value != cell_pred.value  # the biggest confusion is shown first
+    assert "misclassified validation image(s), most confidently wrong first" in _texts(at)
+
+
+def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
+    workspace, trained, monkeypatch
+):
+    spawned: list[str] = []
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    data_dir = trained[0]
+    project_id, _ = _project_with_run(workspace, trained)
+    at = _app("pages/evaluate.py", project_id)
+    fixes = [s for s in at.selectbox if s.label == "Correct label"]
+    leave_out = [c for c in at.checkbox if c.label == "Leave out"]
+    fixes[0].set_value(fixes[0].options[1])
+    leave_out[1].check()
+    at.button(key=next(b.key for b in at.button if b.label == "Save review")).click().run()
+    assert not at.exception
+    saved = json.loads((data_dir / "corrections.json").read_text())
+    assert len(saved["relabel"]) == 1 and len(saved["exclude"]) == 1
+    assert "1 label(s) fixed, 1 image(s) left out" in _texts(at)
+    next(b for b in at.button if b.label == "Retrain with these changes").click().run()
+    runs = Store(workspace).runs(project_id)
+    assert runs[-1].config["corrections"] == saved and spawned == [runs[-1].id]
+    (data_dir / "corrections.json").unlink()
+
+
+def test_try_page_uses_the_calibrated_threshold(workspace, trained) -> None:
+    from tl_core.evaluation import load_calibration
+
+    project_id, _ = _project_with_run(workspace, trained)
+    at = _app("pages/try_it.py", project_id)
+    assert not at.exception
+    expected = round(load_calibration(trained[1]).threshold, 2)
+    assert at.slider[0].value == pytest.approx(expected)
+    assert "calibrated on the validation images" in _texts(at)
 
 
 def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -> None:

@@ -1,0 +1,296 @@
+"""Step 4: how good is the model, where is it wrong and why? Review labels, retrain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from tl_core import review
+from tl_core.charts import (
+    TRAIN_COLOR,
+    VAL_COLOR,
+    confusion_figure,
+    curves_figure,
+    reliability_figure,
+)
+from tl_core.engine import TrainConfig
+from tl_core.evaluation import RunEvaluation, evaluate_run
+from tl_core.store import Project, Run
+from tl_ui.runs import pick_run, submit_training, trained_model
+from tl_ui.session import get_store
+
+PER_PAGE = 12
+
+
+@st.cache_data(max_entries=8, show_spinner="Scoring the validation images…")
+def _evaluation(run_dir: str, mtime: float) -> RunEvaluation | None:
+    return evaluate_run(Path(run_dir))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _heat(run_dir: str, image: str, target: int):
+    from tl_core.gradcam import heatmap, overlay
+
+    return overlay(heatmap(trained_model(run_dir), Path(image), target_class=target))
+
+
+def _headline(run: Run, ev: RunEvaluation) -> None:
+    result = run.result or {}
+    s = ev.summary
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric(
+        "Validation accuracy",
+        f"{s.accuracy:.1%}",
+        help="Share of the validation images (never trained on) that the model got right.",
+    )
+    c2.metric(
+        "95% confidence interval",
+        f"{s.ci_low:.0%} – {s.ci_high:.0%}",
+        help="Wilson interval: with this many validation images, the true accuracy on new "
+        "images like these very likely lies in this range.",
+    )
+    c3.metric("Best epoch", f"{result.get('best_epoch')} of {result.get('epochs_done')}")
+    c4.metric("Training time", f"{result.get('seconds', 0):.0f} s")
+    if ev.warning:
+        st.warning(ev.warning, icon=":material/warning:")
+    worst = [c for c in ev.worst_classes(2) if c.recall < 1.0]
+    if worst:
+        names = " and ".join(f"'{ev.classes[c.index]}' ({c.recall:.0%} found)" for c in worst)
+        st.markdown(f"Weakest classes: {names}.")
+
+
+def _per_class(ev: RunEvaluation) -> None:
+    table = pd.DataFrame(
+        [
+            {
+                "class": ev.classes[c.index],
+                "validation images": c.support,
+                "found (recall)": c.recall,
+                "right when it says so (precision)": c.precision,
+                "F1": c.f1,
+            }
+            for c in ev.per_class
+        ]
+    )
+    pct = st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "found (recall)": pct,
+            "right when it says so (precision)": pct,
+            "F1": st.column_config.NumberColumn(format="%.2f"),
+        },
+    )
+    st.caption(
+        "Recall: of the images that really are this class, the share the model found. "
+        "Precision: of the images the model called this class, the share that really are. "
+        "F1 combines both. A class with no predictions has precision 0."
+    )
+
+
+def _thumbs(root: Path, ev: RunEvaluation, rows: list[int], cols: int = 6) -> None:
+    grid = st.columns(cols)
+    for k, i in enumerate(rows):
+        with grid[k % cols]:
+            st.image(str(root / ev.files[i]), width="stretch")
+            st.caption(
+                f"{ev.classes[ev.labels[i]]} → **{ev.classes[ev.preds[i]]}** "
+                f"({ev.probs[i].max():.0%})"
+            )
+
+
+def _confusion(root: Path, ev: RunEvaluation) -> None:
+    st.caption(
+        "Rows: the true class. Columns: what the model said. The diagonal counts right "
+        f"answers: {ev.summary.correct} of {ev.summary.total} validation images. Choose a "
+        "cell below to see its images."
+    )
+    st.plotly_chart(
+        confusion_figure(ev.confusion.tolist(), ev.classes),
+        key="confusion",
+        config={"displayModeBar": False},
+    )
+    off = [
+        (int(ev.confusion[t, p]), t, p)
+        for t in range(len(ev.classes))
+        for p in range(len(ev.classes))
+        if t != p and ev.confusion[t, p] > 0
+    ]
+    default_t, default_p = (max(off)[1], max(off)[2]) if off else (0, 0)
+    c1, c2 = st.columns(2)
+    names = list(range(len(ev.classes)))
+    true = c1.selectbox("True class", names, default_t, format_func=ev.classes.__getitem__)
+    pred = c2.selectbox("Predicted as", names, default_p, format_func=ev.classes.__getitem__)
+    rows = ev.cell(true, pred)
+    if not rows:
+        st.info("No validation image falls in this cell.")
+        return
+    st.markdown(f"**{len(rows)}** image(s): true '{ev.classes[true]}', said '{ev.classes[pred]}'.")
+    _thumbs(root, ev, rows[: 4 * PER_PAGE])
+
+
+def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None:
+    wrong = ev.wrong_by_loss
+    if not wrong:
+        st.success("The model got every validation image right.")
+        return
+    data_dir = Path(project.data_dir or root)
+    corrections = review.load(data_dir)
+    pages = (len(wrong) + PER_PAGE - 1) // PER_PAGE
+    c1, c2 = st.columns([1, 2])
+    page = c1.number_input("Page", 1, max(pages, 1), 1, key="mistakes_page") if pages > 1 else 1
+    explain = c2.toggle(
+        "Show what the model looked at (Grad-CAM)",
+        key="gradcam",
+        help="Red marks the parts of the picture that pushed the model most towards its answer.",
+    )
+    st.caption(
+        f"{len(wrong)} misclassified validation image(s), most confidently wrong first. A "
+        "confident mistake is often a wrong label: fix it, or leave the image out. Nothing is "
+        "deleted; changes apply to the next run."
+    )
+    shown = wrong[(page - 1) * PER_PAGE : page * PER_PAGE]
+    choices = ["(keep)", *ev.classes]
+    with st.form("review"):
+        grid = st.columns(4)
+        widgets = {}
+        for k, i in enumerate(shown):
+            file = ev.files[i]
+            with grid[k % 4]:
+                if explain:
+                    st.image(_heat(run.run_dir, str(root / file), int(ev.preds[i])))
+                else:
+                    st.image(str(root / file), width="stretch")
+                st.markdown(
+                    f"labelled **{ev.classes[ev.labels[i]]}**, model said "
+                    f"**{ev.classes[ev.preds[i]]}** ({ev.probs[i].max():.0%} sure)"
+                )
+                current = corrections.relabel.get(file)
+                widgets[file] = (
+                    st.selectbox(
+                        "Correct label",
+                        choices,
+                        index=choices.index(current) if current in choices else 0,
+                        key=f"fix_{file}",
+                    ),
+                    st.checkbox("Leave out", file in corrections.exclude, key=f"ex_{file}"),
+                    st.checkbox(
+                        "Likely label error", file in corrections.suspect, key=f"sus_{file}"
+                    ),
+                )
+        if st.form_submit_button("Save review", icon=":material/save:"):
+            for file, (label, leave_out, suspect) in widgets.items():
+                corrections.relabel.pop(file, None)
+                if label != "(keep)" and label != ev.classes[ev.labels[ev.files.index(file)]]:
+                    corrections.relabel[file] = label
+                (corrections.exclude.add if leave_out else corrections.exclude.discard)(file)
+                (corrections.suspect.add if suspect else corrections.suspect.discard)(file)
+            review.save(data_dir, corrections)
+            st.toast("Review saved")
+    st.markdown(f"Your review so far: {corrections.describe()}.")
+    if corrections and st.button(
+        "Retrain with these changes", type="primary", icon=":material/replay:"
+    ):
+        active = [r for r in get_store().runs(project.id) if r.active]
+        if active:
+            st.warning("A run is already training; wait for it to finish.")
+        else:
+            submit_training(project, TrainConfig.from_dict(run.config))
+            st.switch_page("pages/train.py")
+
+
+def _calibration(ev: RunEvaluation) -> None:
+    cal = ev.calibration
+    st.markdown(
+        "When the model says it is 90% sure, is it right 9 times in 10? Points on the dotted "
+        "line mean yes; below it, the model is over-confident."
+    )
+    st.plotly_chart(
+        reliability_figure(
+            [
+                (
+                    "as trained",
+                    ev.reliability_before.confidence,
+                    ev.reliability_before.accuracy,
+                    ev.reliability_before.count,
+                    VAL_COLOR,
+                ),
+                (
+                    "calibrated",
+                    ev.reliability_after.confidence,
+                    ev.reliability_after.accuracy,
+                    ev.reliability_after.count,
+                    TRAIN_COLOR,
+                ),
+            ]
+        ),
+        key="reliability",
+        config={"displayModeBar": False},
+    )
+    c1, c2, c3 = st.columns(3)
+    c1.metric(
+        "Calibration error as trained",
+        f"{cal.ece_before:.1%}" if cal.ece_before is not None else "—",
+        help="Expected calibration error: the average gap between how sure the model says "
+        "it is and how often it is right (10 bins).",
+    )
+    c2.metric(
+        "After calibration",
+        f"{cal.ece_after:.1%}" if cal.ece_after is not None else "—",
+        help="Temperature scaling fitted on one half of the validation images and scored on "
+        "the other, both ways round: an honest estimate.",
+    )
+    c3.metric(
+        "Temperature",
+        f"{cal.temperature:.2f}",
+        help="Above 1: the model was over-confident and its probabilities are softened.",
+    )
+    st.caption(
+        f"Try and Export use the calibrated probabilities. Below {cal.threshold:.0%} the Try "
+        "page says 'not sure' (chosen on the validation images)."
+    )
+
+
+def page() -> None:
+    st.title("4. Evaluate")
+    picked = pick_run("see how good it is")
+    if picked is None:
+        return
+    project, run = picked
+    preds_file = Path(run.run_dir) / "predictions.json"
+    ev = _evaluation(run.run_dir, preds_file.stat().st_mtime)
+    if ev is None:
+        st.info("This run stopped before its predictions were scored.")
+        return
+    root = Path(run.data_dir)
+    _headline(run, ev)
+    tabs = st.tabs(["Learning curves", "Per class", "Confusion matrix", "Mistakes", "Calibration"])
+    with tabs[0]:
+        store = get_store()
+        st.plotly_chart(
+            curves_figure(
+                store.metrics(run.id, "step"),
+                store.metrics(run.id, "epoch"),
+                int(run.config.get("epochs", 1)),
+            ),
+            key="final_curves",
+        )
+        st.caption(f"Computed on {(run.result or {}).get('compute', '?')}.")
+        log = Path(run.run_dir) / "run.log"
+        if log.exists():
+            with st.expander("Run log: what the engine did and why"):
+                st.code(log.read_text(encoding="utf-8"), language=None)
+    with tabs[1]:
+        _per_class(ev)
+    with tabs[2]:
+        _confusion(root, ev)
+    with tabs[3]:
+        _mistakes(project, run, root, ev)
+    with tabs[4]:
+        _calibration(ev)
+
+
+page()

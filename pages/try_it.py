@@ -1,0 +1,128 @@
+"""Step 5: try the trained model on new pictures: uploads or the camera."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from tl_core.charts import top_classes_figure
+from tl_core.errors import StudioError
+from tl_core.evaluation import load_calibration
+from tl_ui.runs import pick_run, trained_model
+
+
+def _predict(run_dir: str, named: list[tuple[str, bytes]], temperature: float):
+    """(name, probabilities or None, error or None) for each picture."""
+    model = trained_model(run_dir)
+    out = []
+    for name, data in named:
+        try:
+            out.append((name, model.predict([data], temperature=temperature)[0], None))
+        except StudioError as exc:
+            out.append((name, None, str(exc)))
+    return out
+
+
+def page() -> None:
+    st.title("5. Try it")
+    picked = pick_run("try it on new pictures")
+    if picked is None:
+        return
+    _, run = picked
+    calibration = load_calibration(Path(run.run_dir))
+    classes = list((run.result or {}).get("classes") or run.config.get("classes") or [])
+    threshold = st.slider(
+        "Say 'not sure' when the top class is below",
+        0.0,
+        1.0,
+        float(round(calibration.threshold, 2)),
+        0.01,
+        format="%.2f",
+        help="The default was chosen on the validation images. Raise it to be more careful.",
+    )
+    source = st.radio(
+        "Pictures from", ["Upload", "Camera"], horizontal=True, label_visibility="collapsed"
+    )
+    named: list[tuple[str, bytes]] = []
+    if source == "Upload":
+        files = st.file_uploader(
+            "Drop one or more pictures",
+            type=["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"],
+            accept_multiple_files=True,
+            key="try_upload",
+        )
+        named = [(f.name, f.getvalue()) for f in files or []]
+    else:
+        shot = st.camera_input("Take a photo", key="try_camera")
+        if shot is not None:
+            named = [("camera.jpg", shot.getvalue())]
+    if not named:
+        st.caption(
+            "Probabilities are calibrated on the validation images (temperature "
+            f"{calibration.temperature:.2f})."
+        )
+        return
+    with st.spinner(f"Looking at {len(named)} picture(s)…"):
+        results = _predict(run.run_dir, named, calibration.temperature)
+    classes = classes or trained_model(run.run_dir).classes
+    if len(results) == 1:
+        name, probs, error = results[0]
+        if error:
+            st.error(f"{name}: {error}")
+            return
+        c1, c2 = st.columns([1, 2])
+        c1.image(Image.open(io.BytesIO(named[0][1])), caption=name, width="stretch")
+        with c2:
+            top = int(probs.argmax())
+            if probs[top] >= threshold:
+                st.success(f"**{classes[top]}** ({probs[top]:.0%})")
+            else:
+                st.warning(
+                    f"Not sure: the best guess is '{classes[top]}' at only {probs[top]:.0%}. "
+                    "The picture may show none of your classes."
+                )
+            st.plotly_chart(
+                top_classes_figure(classes, probs.tolist(), threshold),
+                key="try_bars",
+                config={"displayModeBar": False},
+            )
+        return
+    rows = []
+    for name, probs, error in results:
+        if error:
+            rows.append({"file": name, "prediction": "", "probability": None, "note": error})
+            continue
+        top = int(probs.argmax())
+        sure = probs[top] >= threshold
+        rows.append(
+            {
+                "file": name,
+                "prediction": classes[top] if sure else "not sure",
+                "probability": float(probs[top]),
+                "note": "" if sure else f"best guess {classes[top]}",
+            }
+        )
+    table = pd.DataFrame(rows)
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "probability": st.column_config.ProgressColumn(
+                format="percent", min_value=0.0, max_value=1.0
+            )
+        },
+    )
+    st.download_button(
+        "Download as CSV",
+        table.to_csv(index=False).encode(),
+        file_name="predictions.csv",
+        mime="text/csv",
+        icon=":material/download:",
+    )
+
+
+page()
