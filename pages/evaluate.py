@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from tl_core import review
 from tl_core.charts import (
@@ -30,7 +31,7 @@ def _evaluation(run_dir: str, mtime: float) -> RunEvaluation | None:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _heat(run_dir: str, image: str, target: int):
+def _heat(run_dir: str, image: str, target: int) -> Image.Image:
     from tl_core.gradcam import heatmap, overlay
 
     return overlay(heatmap(trained_model(run_dir), Path(image), target_class=target))
