@@ -191,6 +191,11 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
                 (corrections.suspect.add if suspect else corrections.suspect.discard)(file)
             review.save(data_dir, corrections)
             st.toast("Review saved")
+    if explain:
+        st.caption(
+            "Heat maps: red marks what pushed the model most towards its answer, blue what "
+            "did not matter."
+        )
     st.markdown(f"Your review so far: {corrections.describe()}.")
     if corrections and st.button(
         "Retrain with these changes", type="primary", icon=":material/replay:"

@@ -21,6 +21,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts"
+DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless",
@@ -156,11 +157,28 @@ def test_walk_the_wizard_on_the_demo_set(page: Page, app_url: str) -> None:
     )
     page.screenshot(path=SHOTS / "5-finished.png", full_page=True)
 
-    _go(page, "Results")
-    expect(page.get_by_text("Confusion matrix").first).to_be_visible()
-    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=60_000)  # curves+matrix
+    _go(page, "Evaluate")
     expect(page.get_by_text("Validation accuracy")).to_be_visible()
-    page.screenshot(path=SHOTS / "6-results.png", full_page=True)
+    expect(page.get_by_text("95% confidence interval")).to_be_visible()
+    page.screenshot(path=SHOTS / "6-evaluate.png", full_page=True)
+    page.get_by_role("tab", name="Confusion matrix").click()
+    expect(page.get_by_text(re.compile(r"image\(s\): true '"))).to_be_visible()
+    page.screenshot(path=SHOTS / "7-confusion.png", full_page=True)
+    page.get_by_role("tab", name="Mistakes").click()
+    expect(page.get_by_text("most confidently wrong first")).to_be_visible()
+    page.get_by_text("Show what the model looked at").click()
+    expect(page.get_by_text("Heat maps: red marks")).to_be_visible(timeout=120_000)
+    page.screenshot(path=SHOTS / "8-mistakes-gradcam.png", full_page=True)
+    page.get_by_role("tab", name="Calibration").click()
+    expect(page.get_by_text("Calibration error as trained")).to_be_visible()
+    page.screenshot(path=SHOTS / "9-calibration.png", full_page=True)
+
+    _go(page, "Try it")
+    picture = next((DEMO / "val" / "sneaker").iterdir())
+    page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(picture)
+    expect(page.get_by_text("not sure below")).to_be_visible(timeout=60_000)  # the bar chart
+    expect(page.locator(".js-plotly-plot")).to_have_count(1)
+    page.screenshot(path=SHOTS / "10-try.png", full_page=True)
 
 
 def test_uploads_a_folder_and_explains_a_bad_zip(page: Page, app_url: str, tmp_path) -> None:
@@ -186,4 +204,4 @@ def test_uploads_a_folder_and_explains_a_bad_zip(page: Page, app_url: str, tmp_p
     expect(page.get_by_text("stripes").first).to_be_visible()
     expect(page.locator(".js-plotly-plot")).to_have_count(1)
     expect(page.get_by_test_id("stMetricValue").first).to_have_text("36")
-    page.screenshot(path=SHOTS / "7-folder-upload.png", full_page=True)
+    page.screenshot(path=SHOTS / "11-folder-upload.png", full_page=True)
