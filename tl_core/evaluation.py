@@ -66,7 +66,7 @@ class RunEvaluation:
             "ece_calibrated": self.calibration.ece_after,
             "temperature": self.calibration.temperature,
             "not_sure_threshold": self.calibration.threshold,
-            "macro_f1": float(np.mean([c.f1 for c in self.per_class])) if self.per_class else 0.0,
+            "macro_f1": metrics.macro_average(self.per_class).f1,
         }
 
 

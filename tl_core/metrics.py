@@ -1,6 +1,7 @@
 """Evaluation maths on validation predictions: intervals, per-class scores, calibration.
 
 Plain numpy functions of labels, predictions, probabilities or logits; no model needed.
+Labels and predictions are class indices; ``probs`` and ``logits`` are (images, classes).
 """
 
 from __future__ import annotations
@@ -9,6 +10,24 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+
+def _pair(labels: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as 1-D int64, checked to be the same length."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    preds = np.asarray(preds, dtype=np.int64).reshape(-1)
+    if labels.shape != preds.shape:
+        raise ValueError(f"{len(labels)} labels but {len(preds)} predictions")
+    return labels, preds
+
+
+def _scored(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities as a float64 (images, classes) array and labels as int64, checked."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise ValueError(f"expected ({len(labels)}, classes) scores, got shape {probs.shape}")
+    return probs, labels
 
 
 def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -24,7 +43,9 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
 
 @dataclass(frozen=True)
 class AccuracySummary:
-    accuracy: float
+    """Accuracy with its 95% Wilson interval."""
+
+    accuracy: float  # 0.0 with no images
     correct: int
     total: int
     ci_low: float
@@ -32,44 +53,61 @@ class AccuracySummary:
 
 
 def accuracy_summary(labels: np.ndarray, preds: np.ndarray) -> AccuracySummary:
-    labels, preds = np.asarray(labels), np.asarray(preds)
+    """Share of correct predictions, the counts behind it, and its 95% interval."""
+    labels, preds = _pair(labels, preds)
     total = len(labels)
     correct = int((labels == preds).sum())
     low, high = wilson_interval(correct, total)
     return AccuracySummary(correct / total if total else 0.0, correct, total, low, high)
 
 
-def small_sample_warning(summary: AccuracySummary, max_width: float = 0.2) -> str | None:
-    """A plain warning when the interval is too wide to trust the accuracy; else None."""
-    if summary.total >= 30 and summary.ci_high - summary.ci_low <= max_width:
+def small_sample_warning(
+    summary: AccuracySummary, max_width: float = 0.2, min_images: int = 30
+) -> str | None:
+    """A plain warning when the accuracy is too uncertain to trust; else None.
+
+    Warns when there are fewer than ``min_images`` images or the interval is wider than
+    ``max_width`` (0.2 = 20 percentage points).
+    """
+    if summary.total >= min_images and summary.ci_high - summary.ci_low <= max_width:
         return None
+    if summary.total == 0:
+        return "There are no validation images, so the accuracy cannot be measured yet."
+    images = "image" if summary.total == 1 else "images"
     return (
-        f"With {summary.total} validation images, the true accuracy could be anywhere from "
-        f"{summary.ci_low:.0%} to {summary.ci_high:.0%}. Add more validation images (or a "
-        "larger validation share) before trusting small differences."
+        f"With {summary.total} validation {images}, the true accuracy could be anywhere from "
+        f"{summary.ci_low:.0%} to {summary.ci_high:.0%}. Add more validation images to "
+        "narrow this down before trusting small differences."
     )
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
+    """matrix[true, predicted] = number of images, shape (n_classes, n_classes)."""
+    labels, preds = _pair(labels, preds)
+    for name, values in (("label", labels), ("prediction", preds)):
+        if len(values) and (values.min() < 0 or values.max() >= n_classes):
+            raise ValueError(f"a {name} is outside 0..{n_classes - 1}")
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, preds), 1)
+    return matrix
 
 
 @dataclass(frozen=True)
 class ClassReport:
+    """Scores of one class, with the counts behind them."""
+
     index: int
     support: int  # images that truly are this class
     predicted: int  # images the model called this class
-    tp: int
-    precision: float  # 0.0 when the class was never predicted
-    recall: float  # 0.0 when the class has no images
-    f1: float  # 0.0 when precision + recall is 0
-
-
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """matrix[true, predicted] = number of images."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
-    return matrix
+    tp: int  # images of this class the model got right
+    precision: float  # tp / predicted; 0.0 when the class was never predicted
+    recall: float  # tp / support; 0.0 when the class has no images
+    f1: float  # harmonic mean of the two; 0.0 when both are 0
 
 
 def per_class_report(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> list[ClassReport]:
-    """Precision, recall and F1 per class, with the counts behind them."""
+    """Precision, recall and F1 per class; a 0/0 score counts as 0.0 (as scikit-learn's
+    ``zero_division=0``)."""
     cm = confusion_matrix(labels, preds, n_classes)
     out = []
     for c in range(n_classes):
@@ -81,37 +119,74 @@ def per_class_report(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> l
     return out
 
 
+@dataclass(frozen=True)
+class MacroAverage:
+    """Unweighted means over classes: every class counts the same, however many images."""
+
+    precision: float
+    recall: float
+    f1: float
+    classes: int  # how many classes were averaged
+
+
+def macro_average(reports: list[ClassReport]) -> MacroAverage:
+    """Macro precision, recall and F1 over the classes that occur (as a label or a prediction).
+
+    Classes with no images that were never predicted are left out, as scikit-learn does when
+    it is not given the label list. All 0.0 when no class occurs.
+    """
+    seen = [r for r in reports if r.support or r.predicted]
+    if not seen:
+        return MacroAverage(0.0, 0.0, 0.0, 0)
+    return MacroAverage(
+        float(np.mean([r.precision for r in seen])),
+        float(np.mean([r.recall for r in seen])),
+        float(np.mean([r.f1 for r in seen])),
+        len(seen),
+    )
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities softmax(logits / T) over the last axis, without overflow."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
     z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood of the true labels under softmax(logits / T)."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
+    """Mean negative log-likelihood (cross-entropy) of the true labels under
+    softmax(logits / T); 0.0 with no images."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    z, labels = _scored(logits, labels)
+    if len(labels) == 0:
+        return 0.0
+    z = z / temperature
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    labels = np.asarray(labels, dtype=np.int64)
     return float(-log_p[np.arange(len(labels)), labels].mean())
 
 
 def fit_temperature(
     logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)
 ) -> float:
-    """The T > 0 that minimises the NLL of softmax(logits / T) (temperature scaling).
+    """The T in ``bounds`` that minimises the NLL of softmax(logits / T) (temperature scaling).
 
-    A golden-section search over log T: the NLL is smooth and unimodal in it.
-    Deterministic; 1.0 for no data.
+    A golden-section search over log T (the NLL has a single minimum along it), so the result
+    is deterministic. T > 1 softens over-confident logits, T < 1 sharpens under-confident ones.
+    1.0 with no images.
     """
+    logits, labels = _scored(logits, labels)
     if len(labels) == 0:
         return 1.0
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = nll(logits, labels, math.exp(a)), nll(logits, labels, math.exp(b))
-    for _ in range(80):
+    for _ in range(60):  # the bracket shrinks by 0.618 each step: 60 steps is ~1e-12 in log T
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)
@@ -125,34 +200,43 @@ def fit_temperature(
 
 @dataclass(frozen=True)
 class Reliability:
-    """Per equal-width confidence bin: mean confidence, accuracy and image count."""
+    """Per equal-width confidence bin: mean confidence, accuracy and image count.
+
+    Bin b holds top probabilities in (edges[b], edges[b + 1]]; empty bins have count 0 and
+    0.0 for confidence and accuracy.
+    """
 
     edges: list[float]
-    confidence: list[float]  # 0 for empty bins
-    accuracy: list[float]  # 0 for empty bins
+    confidence: list[float]
+    accuracy: list[float]
     count: list[int]
 
 
 def reliability_curve(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> Reliability:
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
+    """How often the top prediction was right, per bin of its probability (reliability diagram)."""
+    probs, labels = _scored(probs, labels)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     conf = probs.max(axis=1) if len(probs) else np.zeros(0)
     right = probs.argmax(axis=1) == labels if len(probs) else np.zeros(0, dtype=bool)
-    # bin b holds confidences in (edges[b], edges[b+1]]; a confidence of 0 joins bin 0
-    which = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    confidence, accuracy, count = [], [], []
-    for b in range(n_bins):
-        mask = which == b
-        n = int(mask.sum())
-        count.append(n)
-        confidence.append(float(conf[mask].mean()) if n else 0.0)
-        accuracy.append(float(right[mask].mean()) if n else 0.0)
-    return Reliability(edges.tolist(), confidence, accuracy, count)
+    # edges[b] < conf <= edges[b + 1]; a confidence of exactly 0 joins bin 0
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    conf_sum = np.bincount(which, weights=conf, minlength=n_bins)
+    right_sum = np.bincount(which, weights=right.astype(np.float64), minlength=n_bins)
+    safe = np.maximum(count, 1)
+    return Reliability(
+        edges.tolist(),
+        (conf_sum / safe).tolist(),
+        (right_sum / safe).tolist(),
+        [int(n) for n in count],
+    )
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
-    """Top-label ECE: sum over bins of (bin share) x |accuracy - mean confidence|."""
+    """Top-label ECE: sum over bins of (share of images) x |accuracy - mean confidence|.
+
+    0.0 with no images.
+    """
     r = reliability_curve(probs, labels, n_bins)
     total = sum(r.count)
     if total == 0:
@@ -166,34 +250,39 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 
 
 def not_sure_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Default top-probability under which the model should say "not sure".
+    """Default top probability under which the model should say "not sure".
 
-    The smallest threshold (0.30 to 0.95 in steps of 0.05) at which the answers the model is
-    sure about are wrong at most half as often as all its answers, while it stays sure about
-    at least half of the images. 0.5 when there are fewer than 20 images or no such threshold.
+    The smallest threshold on the grid 0.30, 0.35, ..., 0.95 at which the answers the model is
+    sure about (top probability >= threshold) are wrong at most half as often as all its
+    answers, while it stays sure about at least half of the images. 0.5 when there are fewer
+    than 20 images, no mistakes to learn from, or no threshold on the grid qualifies.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
+    probs, labels = _scored(probs, labels)
     if len(labels) < 20:
         return 0.5
     conf = probs.max(axis=1)
     right = probs.argmax(axis=1) == labels
     target_error = (1 - right.mean()) / 2
-    for t in np.arange(0.30, 0.951, 0.05):
+    if target_error == 0:
+        return 0.5
+    for percent in range(30, 100, 5):
+        t = percent / 100
         sure = conf >= t
         if sure.mean() < 0.5:
-            break
+            break  # higher thresholds keep even fewer answers
         if 1 - right[sure].mean() <= target_error + 1e-12:
-            return round(float(t), 2)
+            return t
     return 0.5
 
 
 def misclassified_by_loss(probs: np.ndarray, labels: np.ndarray) -> list[int]:
-    """Indices of wrong predictions, highest cross-entropy loss (most confidently wrong) first."""
-    probs = np.asarray(probs, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.int64)
+    """Indices of wrong predictions, highest cross-entropy loss (most confidently wrong) first.
+
+    The loss of an image is -log(probability given to its true class); ties keep image order.
+    """
+    probs, labels = _scored(probs, labels)
     if len(labels) == 0:
         return []
     wrong = np.flatnonzero(probs.argmax(axis=1) != labels)
-    loss = -np.log(np.clip(probs[wrong, labels[wrong]], 1e-12, None))
+    loss = -np.log(np.clip(probs[wrong, labels[wrong]], 1e-300, None))
     return [int(i) for i in wrong[np.argsort(-loss, kind="stable")]]
