@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import streamlit as st
 
-from tl_core import catalog
+from tl_core import catalog, review
 from tl_core.charts import stages_figure
 from tl_core.engine import AUGMENT_LEVELS, TrainConfig
 from tl_core.errors import RunError
@@ -121,6 +122,13 @@ def page() -> None:
         )
     )
 
+    corrections = review.load(Path(project.data_dir)) if project.data_dir else None
+    if corrections:
+        st.info(
+            f"Your label review applies to the next run: {corrections.describe()}. "
+            "Change it on the Evaluate page.",
+            icon=":material/rule:",
+        )
     run = latest_run(project)
     busy = run is not None and run.active
     if st.button(

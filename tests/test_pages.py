@@ -200,6 +200,8 @@ def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
     next(b for b in at.button if b.label == "Retrain with these changes").click().run()
     runs = Store(workspace).runs(project_id)
     assert runs[-1].config["corrections"] == saved and spawned == [runs[-1].id]
+    train = _app("pages/train.py", project_id)
+    assert "Your label review applies to the next run" in str([i.value for i in train.info])
     (data_dir / "corrections.json").unlink()
 
 
