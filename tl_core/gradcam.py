@@ -1,90 +1,128 @@
 """Grad-CAM: which parts of a picture pushed the model towards a class.
 
-timm splits every catalog model into ``forward_features`` (the last feature map, or the
-tokens of a ViT) and ``forward_head``, so the gradient of a class score with respect to that
-feature map needs no hooks and no per-family layer names: about thirty lines here, where a
-library (captum, pytorch-grad-cam) would add its own dependencies and still need the
-per-family target layers and ViT token reshaping spelt out.
+Hand-written with one forward hook rather than captum, because captum (2 MB) requires
+matplotlib and its stack (about 56 MB more) for plotting the app does not use. Its
+LayerGradCam also averages every dimension after the first two as if it were space, so a
+ViT's (tokens, channels) output would still need the reshaping written here.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
+from tl_core.errors import RunError
 from tl_core.inference import ImageInput, TrainedModel
 
-# A perceptually ordered blue -> cyan -> green -> yellow -> red ramp (anchors of "turbo").
-_ANCHORS = np.array(
-    [[48, 18, 59], [40, 130, 245], [26, 228, 182], [164, 252, 60], [250, 186, 57], [122, 4, 3]],
-    dtype=np.float64,
-)
+
+def _turbo(x: np.ndarray) -> np.ndarray:
+    """Google's polynomial fit of the "turbo" colour map: 0..1 -> RGB in 0..1."""
+    coeffs = np.array(
+        [
+            [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+            [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+            [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+        ]
+    )
+    powers = x[:, None] ** np.arange(6)[None, :]
+    return np.clip(powers @ coeffs.T, 0.0, 1.0)
+
+
+TURBO = (_turbo(np.linspace(0.0, 1.0, 256)) * 255).round().astype(np.uint8)  # (256, 3)
 
 
 @dataclass(frozen=True)
 class Heatmap:
-    values: np.ndarray  # (H, W) in 0..1 at the model's input resolution
-    target_class: int
-    probability: float  # the model's probability for that class
+    values: np.ndarray  # (H, W) float32 in 0..1 at the model's input resolution
+    target_class: int  # the class the map explains
+    predicted_class: int
+    probability: float  # the model's probability for target_class
     crop: np.ndarray  # (H, W, 3) uint8: the picture exactly as the model saw it
 
 
-def _as_map(feats: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
-    """(1, C, h, w) from a CNN feature map or a ViT's (1, tokens, C) sequence."""
-    if feats.ndim == 4:
-        return feats
-    tokens = feats[:, prefix_tokens:]
-    side = math.isqrt(tokens.shape[1])
-    return tokens[:, : side * side].transpose(1, 2).reshape(1, -1, side, side)
+def target_layer(net: nn.Module) -> tuple[nn.Module, bool]:
+    """The layer whose output Grad-CAM weighs, and whether that output is ViT tokens."""
+    from timm.models.convnext import ConvNeXt
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.mobilenetv3 import MobileNetV3
+    from timm.models.resnet import ResNet
+    from timm.models.vision_transformer import VisionTransformer
+
+    if isinstance(net, EfficientNet):
+        return net.bn2, False  # conv_head + bn2 + activation: the last map before pooling
+    if isinstance(net, MobileNetV3):
+        return net.blocks, False  # its conv_head comes after the pooling
+    if isinstance(net, ResNet):
+        return net.layer4, False
+    if isinstance(net, ConvNeXt):
+        return net.norm_pre, False  # the last stage (norm_pre is usually an identity)
+    if isinstance(net, VisionTransformer):
+        # The last block's input to attention: the output tokens of a class-token model
+        # get no gradient except the class token's, so the usual choice is this one.
+        return net.blocks[-1].norm1, True
+    raise RunError(f"Heat maps are not available for {type(net).__name__} models.")
 
 
 def heatmap(trained: TrainedModel, image: ImageInput, target_class: int | None = None) -> Heatmap:
-    """Grad-CAM of ``target_class`` (default: the predicted class) for one picture."""
-    normalize, net = trained.model[0], trained.model[1]
+    """Grad-CAM of ``target_class`` (default: the predicted class) for one picture.
+
+    Runs in the model's inference precision, so its prediction is the one ``predict`` makes.
+    """
+    net = trained.net
+    layer, tokens = target_layer(net)
     crop = trained.tensor(image)
-    x = normalize(crop[None].to(trained.plan.device))
-    with torch.no_grad():
-        feats = net.forward_features(x).float()
-    feats = feats.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = net.forward_head(feats)
-        probs = logits.softmax(1)[0]
-        target = int(probs.argmax()) if target_class is None else int(target_class)
-        logits[0, target].backward()
-    prefix = int(getattr(net, "num_prefix_tokens", 0) or 0)
-    act = _as_map(feats.detach(), prefix)
-    grad = _as_map(feats.grad, prefix)
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * act).sum(1, keepdim=True))
-    cam = torch.nn.functional.interpolate(
-        cam, size=tuple(crop.shape[-2:]), mode="bilinear", align_corners=False
-    )[0, 0]
+    kept: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        # Gradients are needed from here on only: a leaf cuts the graph, and the layers
+        # before it ran without recording one.
+        torch.set_grad_enabled(True)  # undone when the no_grad block below exits
+        leaf = output.detach().requires_grad_(True)
+        kept.append(leaf)
+        return leaf
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        x = crop[None].to(trained.plan.device)
+        if trained.plan.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(False), torch.no_grad(), trained.plan.autocast():
+            logits = trained.model(x).float()
+            probs = logits.detach().softmax(1)[0]
+            predicted = int(probs.argmax())
+            target = predicted if target_class is None else int(target_class)
+            if not 0 <= target < len(probs):
+                raise ValueError(f"target_class must be between 0 and {len(probs) - 1}")
+            (grad,) = torch.autograd.grad(logits[0, target], kept[0])
+    finally:
+        handle.remove()
+    act = kept[0].detach()
+    if tokens:  # (1, prefix + h*w, C) -> (1, C, h, w) on the patch grid
+        patch = net.patch_embed.patch_size
+        grid = (crop.shape[1] // patch[0], crop.shape[2] // patch[1])
+        act, grad = (
+            t[:, -grid[0] * grid[1] :].transpose(1, 2).unflatten(2, grid) for t in (act, grad)
+        )
+    weights = grad.float().mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * act.float()).sum(1, keepdim=True))
+    cam = nn.functional.interpolate(cam, size=tuple(crop.shape[1:]), mode="bilinear")[0, 0]
     top = float(cam.max())
-    values = (cam / top).cpu().numpy() if top > 0 else np.zeros(tuple(crop.shape[-2:]))
+    values = (cam / top if top > 0 else torch.zeros_like(cam)).clamp(0, 1).cpu().numpy()
     return Heatmap(
         values.astype(np.float32),
         target,
-        float(probs[target].detach()),
+        predicted,
+        float(probs[target]),
         crop.permute(1, 2, 0).cpu().numpy(),
     )
 
 
-def colorize(values: np.ndarray) -> np.ndarray:
-    """0..1 values as RGB uint8 through the blue-to-red ramp."""
-    pos = np.clip(values, 0, 1) * (len(_ANCHORS) - 1)
-    low = np.floor(pos).astype(int).clip(0, len(_ANCHORS) - 2)
-    frac = (pos - low)[..., None]
-    rgb = _ANCHORS[low] * (1 - frac) + _ANCHORS[low + 1] * frac
-    return rgb.round().astype(np.uint8)
-
-
 def overlay(heat: Heatmap, alpha: float = 0.45) -> Image.Image:
-    """The model's view of the picture with the heat map blended over it."""
-    base = heat.crop.astype(np.float64)
-    colour = colorize(heat.values).astype(np.float64)
-    weight = alpha * heat.values[..., None] ** 0.5  # cold areas stay close to the picture
-    return Image.fromarray((base * (1 - weight) + colour * weight).round().astype(np.uint8))
+    """The picture as the model saw it, with the heat map blended over it in turbo colours."""
+    colour = TURBO[(heat.values * 255).round().astype(np.intp)].astype(np.float32)
+    blended = heat.crop.astype(np.float32) * (1 - alpha) + colour * alpha
+    return Image.fromarray(blended.round().clip(0, 255).astype(np.uint8))

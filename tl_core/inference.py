@@ -1,77 +1,98 @@
 """A trained run's best model, predicting on new pictures exactly as on the validation set.
 
 A new picture goes through the same steps as an imported one (:func:`imageprep.prepare`:
-upright, RGB, long side capped) and then the engine's evaluation path (shorter side resized,
-centre crop, the model's own mean/std), so the Try page agrees with the Evaluate page.
+upright, RGB, long side capped) and then the engine's evaluation path (:func:`inputs.square_of`
+and the eval transform of :func:`inputs.make_transforms`, then the model's own mean/std), so
+the Try page agrees with the Evaluate page.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from tl_core.catalog import DataConfig, create_model, get_spec
 from tl_core.data import MAX_SIDE, MAX_SOURCE_PIXELS
 from tl_core.device import ComputePlan, plan_compute
 from tl_core.errors import DataError, RunError
-from tl_core.imageprep import ImageSkip, prepare
-from tl_core.inputs import Normalize, cache_side, square_of
+from tl_core.imageprep import ImageSkip, prepare, to_rgb
+from tl_core.inputs import Normalize, Transform, cache_side, make_transforms, square_of
 
 ImageInput = Image.Image | Path | str | bytes
 
 
+def upright_rgb(image: ImageInput, name: str = "picture") -> Image.Image:
+    """Decode a picture as an import would: upright, RGB, long side capped; DataError if not."""
+    if isinstance(image, Image.Image):  # already decoded by the caller: prepare's later steps
+        rgb = to_rgb(ImageOps.exif_transpose(image))
+        rgb = rgb.copy() if rgb is image else rgb
+        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        return rgb
+    if isinstance(image, bytes):
+        if not image:
+            raise DataError(f"{name}: empty file (0 bytes)")
+        src: Path | io.BytesIO = io.BytesIO(image)
+    else:
+        src = Path(image)
+        if not src.is_file():
+            raise DataError(f"{name}: file not found ({src})")
+        if src.stat().st_size == 0:
+            raise DataError(f"{name}: empty file (0 bytes)")
+    try:
+        return prepare(src, MAX_SIDE, MAX_SOURCE_PIXELS).image
+    except ImageSkip as skip:
+        raise DataError(f"{name}: {skip.reason}") from None
+
+
+def _name(image: ImageInput, k: int) -> str:
+    return Path(image).name if isinstance(image, Path | str) else f"picture {k + 1}"
+
+
 @dataclass
 class TrainedModel:
-    model: nn.Module  # uint8 images in, logits out (normalisation included)
+    """A run's best model in eval mode, with what it needs to read a picture."""
+
+    model: nn.Sequential  # Normalize, then the timm model: uint8 images in, logits out
     classes: list[str]
     data_config: DataConfig
-    model_key: str
+    model_key: str  # the catalog key
     plan: ComputePlan
+    _eval_tf: Transform = field(init=False, repr=False)
 
-    def tensor(self, image: ImageInput, name: str = "image") -> torch.Tensor:
-        """One picture as the model's uint8 input crop (CHW)."""
-        if isinstance(image, Image.Image):
-            buf = io.BytesIO()
-            image.save(buf, "PNG")
-            image = buf.getvalue()
-        src = io.BytesIO(image) if isinstance(image, bytes) else Path(image)
-        if isinstance(image, bytes) and not image:
-            raise DataError(f"{name}: empty file (0 bytes)")
-        try:
-            rgb = prepare(src, MAX_SIDE, MAX_SOURCE_PIXELS).image
-        except ImageSkip as skip:
-            raise DataError(f"{name}: {skip.reason}") from None
-        except OSError as exc:
-            raise DataError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+    def __post_init__(self) -> None:
+        self._eval_tf = make_transforms(self.data_config, "none")[1]
+
+    @property
+    def net(self) -> nn.Module:
+        """The timm model itself (without the normalisation in front)."""
+        return self.model[-1]
+
+    def tensor(self, image: ImageInput, name: str = "picture") -> torch.Tensor:
+        """One picture as the uint8 crop (3, H, W) the model sees, as in validation."""
         cfg = self.data_config
-        square = square_of(rgb, cache_side(cfg), cfg.interpolation)
-        size = list(cfg.input_size[-2:])
-        top = (square.shape[1] - size[0]) // 2
-        left = (square.shape[2] - size[1]) // 2
-        return square[:, top : top + size[0], left : left + size[1]]
+        square = square_of(upright_rgb(image, name), cache_side(cfg), cfg.interpolation)
+        return self._eval_tf(square)
 
     @torch.inference_mode()
     def logits(
         self, images: Sequence[ImageInput], names: Sequence[str] | None = None
     ) -> np.ndarray:
-        """Logits (N, classes) for the pictures, in batches."""
-        names = list(names) if names is not None else [_name(i, k) for k, i in enumerate(images)]
+        """Logits (N, classes) as float32, decoded and scored one batch at a time."""
+        if names is None:
+            names = [_name(image, k) for k, image in enumerate(images)]
         out = []
         batch = self.plan.infer_batch
         for start in range(0, len(images), batch):
-            x = torch.stack(
-                [
-                    self.tensor(img, names[start + k])
-                    for k, img in enumerate(images[start : start + batch])
-                ]
-            ).to(self.plan.device)
+            chunk = range(start, min(start + batch, len(images)))
+            x = torch.stack([self.tensor(images[k], names[k]) for k in chunk])
+            x = x.to(self.plan.device)
             if self.plan.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.plan.autocast():
@@ -86,33 +107,46 @@ class TrainedModel:
         temperature: float = 1.0,
         names: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """Class probabilities (N, classes), softened by ``temperature`` (calibration)."""
-        z = torch.from_numpy(self.logits(images, names)).double() / temperature
+        """Class probabilities (N, classes), softened by ``temperature`` (calibration).
+
+        ``names`` are used in error messages (default: file names, or "picture k").
+        """
+        if not temperature > 0:
+            raise ValueError("temperature must be positive")
+        z = torch.from_numpy(self.logits(images, names)) / temperature
         return z.softmax(1).numpy()
 
 
-def _name(image: ImageInput, k: int) -> str:
-    return Path(image).name if isinstance(image, Path | str) else f"picture {k + 1}"
+def _data_config(raw: dict) -> DataConfig:
+    return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
-def load_trained(run_dir: Path, plan: ComputePlan | None = None) -> TrainedModel:
-    """The run's best checkpoint as a ready model; RunError when the run has none."""
+def load_trained(
+    run_dir: Path, device: str | None = None, plan: ComputePlan | None = None
+) -> TrainedModel:
+    """The run's best.pt as a ready model on ``device`` (default: the best one here).
+
+    Raises RunError when the run has no readable checkpoint.
+    """
     path = Path(run_dir) / "best.pt"
-    if not path.exists():
-        raise RunError(f"This run has no trained model yet ({path.name} is missing).")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    meta = state["meta"]
-    plan = plan or plan_compute()
-    key = meta["config"]["model"]
-    model = create_model(get_spec(key), num_classes=len(meta["classes"]), pretrained=False)
-    model.load_state_dict(state["model"])
+    if not path.is_file():
+        raise RunError(f"This run has no trained model yet ({path} is missing).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        meta = state["meta"]
+        key = meta["config"]["model"]
+        classes = list(meta["classes"])
+    except Exception as exc:
+        raise RunError(f"The trained model {path} cannot be read ({exc}).") from None
+    plan = plan or plan_compute(device or "auto")
+    model = create_model(get_spec(key), num_classes=len(classes), pretrained=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise RunError(f"The trained model {path} does not fit {key}: {exc}") from None
     raw = meta.get("data_config")
-    data_config = (
-        DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-        if raw
-        else DataConfig.of(model)
-    )
+    data_config = _data_config(raw) if raw else DataConfig.of(model)
     full = nn.Sequential(Normalize(data_config), model).to(plan.device).eval()
     if plan.channels_last:
         full = full.to(memory_format=torch.channels_last)
-    return TrainedModel(full, list(meta["classes"]), data_config, key, plan)
+    return TrainedModel(full, classes, data_config, key, plan)
