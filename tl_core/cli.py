@@ -4,6 +4,10 @@
 [--epochs N] [--seed S] [--out RUN_DIR]`` imports the folder into a project of the workspace,
 trains, and prints one JSON object as its last line. The run shows up in the app under the
 printed project link.
+
+``python -m tl_core export RUN_DIR --out FILE.zip [--data DIR]`` writes the run's best model
+as a bundle that predicts the same elsewhere (see :mod:`tl_core.export`) and prints a JSON
+summary, with ``parity_ok``, as its last line.
 """
 
 from __future__ import annotations
@@ -48,6 +52,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", default=defaults.augment)
     train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     train.add_argument("--out", type=Path, default=None, help="folder for the run's files")
+
+    export = sub.add_parser(
+        "export",
+        help="write a run's best model as a zip that predicts the same elsewhere",
+        description="Write RUN_DIR's best model as a zip (timm folder, ONNX, predict.py, model "
+        "card) and check it against the app on the validation pictures. Exit code 0: written "
+        "and parity checked; 1: written, but parity failed or could not be checked; 2: bad "
+        "input, nothing written.",
+    )
+    export.add_argument("run_dir", type=Path, help="the run's folder (holding best.pt)")
+    export.add_argument("--out", type=Path, required=True, help="the zip file to write")
+    export.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the run's imported data set folder (default: found through the workspace)",
+    )
 
     worker = sub.add_parser("worker", help="(internal) run one queued run of the app")
     worker.add_argument("run_id")
@@ -109,6 +130,19 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], int]:
+    from tl_core.export import export_run
+
+    report = export_run(
+        args.run_dir,
+        args.out,
+        data_root=args.data,
+        progress=lambda message: print(message, file=sys.stderr),
+        workspace=store.workspace,
+    )
+    return report.summary(), 0 if report.parity_ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workspace = getattr(args, "worker_workspace", None) or args.workspace
@@ -122,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
 
             pump(store)  # hand the freed slot to the next waiting run
             return 0
+        if args.command == "export":
+            summary, code = _export(store, args)
+            print(json.dumps(summary))
+            return code
         summary = _train(store, args)
     except StudioError as exc:
         print(json.dumps({"error": str(exc)}))

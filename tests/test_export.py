@@ -1,0 +1,333 @@
+"""The export bundle: timm folder, ONNX, predict.py and model card, checked against the app."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_shapes
+from PIL import Image
+
+from tl_core import bundle_predict, cli
+from tl_core.data import IMAGE_SUFFIXES, MAX_SIDE, MAX_SOURCE_PIXELS, import_folder, split_dataset
+from tl_core.device import ComputePlan
+from tl_core.engine import TrainConfig, fit
+from tl_core.export import (
+    ONNX_TOLERANCE,
+    SAFETENSORS_TOLERANCE,
+    OnnxPipeline,
+    _check_parity,
+    export_run,
+)
+from tl_core.inference import load_trained, upright_rgb
+from tl_core.inputs import Normalize
+from tl_core.results import load_predictions
+from tl_core.store import Store
+
+BUNDLE_FILES = {
+    "README.md",
+    "model.onnx",
+    "predict.py",
+    "requirements.txt",
+    "model/config.json",
+    "model/model.safetensors",
+}
+FP32 = ComputePlan("cpu", None, True, 2)  # validation in float32, whatever this CPU offers
+
+
+def _train(tmp: Path, model: str, per_class: int, size: int, epochs: int) -> tuple[Path, Path]:
+    """Import generated shapes into a workspace, train ``model`` there; (workspace, run dir)."""
+    src = make_shapes(tmp / "src", per_class=per_class, size=size)
+    store = Store(tmp / "ws")
+    project = store.create_project()
+    data_dir = store.new_data_dir(project.id)
+    manifest = import_folder(src, data_dir)
+    store.set_data_dir(project.id, data_dir)
+    cfg = TrainConfig(
+        model=model,
+        epochs=epochs,
+        batch_size=8,
+        pretrained=model != "test_efficientnet",
+        trainable_groups=0 if model != "test_efficientnet" else 2,
+    )
+    run = store.create_run(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
+    split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
+    fit(cfg, split, manifest.root, manifest.classes, Path(run.run_dir), plan=FP32)
+    return tmp / "ws", Path(run.run_dir)
+
+
+def _unzip(zip_path: Path, dest: Path) -> Path:
+    with zipfile.ZipFile(zip_path) as zf:
+        assert set(zf.namelist()) == BUNDLE_FILES
+        zf.extractall(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> dict:
+    """A tiny model trained on shapes and exported with the ``export`` command."""
+    tmp = tmp_path_factory.mktemp("shapes")
+    workspace, run_dir = _train(tmp, "test_efficientnet", per_class=12, size=48, epochs=3)
+    out = tmp / "shapes.zip"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        code = cli.main(["--workspace", str(workspace), "export", str(run_dir), "--out", str(out)])
+    return {
+        "code": code,
+        "stdout": stdout.getvalue(),
+        "stderr": stderr.getvalue(),
+        "run_dir": run_dir,
+        "zip": out,
+        "bundle": _unzip(out, tmp / "bundle") if out.exists() else None,
+    }
+
+
+def _predict_py(bundle: Path, folder: Path, fmt: str) -> dict[str, tuple[str, float]]:
+    """Run the bundle's predict.py in a fresh interpreter that cannot import tl_core."""
+    blocked = ["tl_core"] + (["torch", "torchvision", "timm"] if fmt == "onnx" else [])
+    code = (
+        "import runpy, sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "runpy.run_path('predict.py', run_name='__main__')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder), "--format", fmt],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
+    return {r["file"]: (r["prediction"], float(r["probability"])) for r in rows}
+
+
+# ------------------------------------------------------------------------------ lite0
+
+
+def test_lite0_bundle_predicts_like_the_app_in_a_fresh_process(tmp_path):
+    workspace, run_dir = _train(tmp_path, "efficientnet_lite0", per_class=10, size=64, epochs=1)
+    out = tmp_path / "lite0.zip"
+    messages: list[str] = []
+    report = export_run(
+        run_dir,
+        out,
+        progress=messages.append,
+        workspace=workspace,
+        extra_sections={"Calibration": "Fitted temperature: 1.3."},
+    )
+    preds = load_predictions(run_dir)
+    n = len(preds.files)
+    assert report.parity_ok and report.bytes == out.stat().st_size
+    for fmt, tolerance in (("safetensors", SAFETENSORS_TOLERANCE), ("onnx", ONNX_TOLERANCE)):
+        check = report.formats[fmt]
+        assert check.status == "ok" and check.images == n == check.top1_agree
+        assert check.recorded_top1_agree == n and check.max_prob_diff <= tolerance
+    assert report.formats["safetensors"].max_prob_diff <= 1e-5  # the very same computation
+    assert any("ONNX" in m for m in messages)
+
+    bundle = _unzip(out, tmp_path / "bundle")
+    config = json.loads((bundle / "model" / "config.json").read_text())
+    assert config["architecture"] == "tf_efficientnet_lite0"
+    assert config["num_classes"] == 3 and config["label_names"] == preds.classes
+    pcfg = config["pretrained_cfg"]
+    assert pcfg["input_size"] == [3, 224, 224] and pcfg["crop_pct"] == 0.875
+    assert pcfg["interpolation"] == "bicubic" and pcfg["mean"] == [0.5, 0.5, 0.5]
+    card = (bundle / "README.md").read_text()
+    assert "## Calibration\n\nFitted temperature: 1.3." in card
+    for c in preds.classes:
+        assert f"| {c} | 8 | 2 |" in card  # 10 per class: 8 trained on, 2 held back
+    assert "| safetensors | 6 | 6 |" in card and "| onnx | 6 | 6 |" in card
+    assert "Seed: 0" in card and "0 of" in card and "layer groups" in card
+    assert "timm>=" in (bundle / "requirements.txt").read_text()
+
+    # Only the validation pictures, at their data-set paths, in a folder of their own.
+    data_root = Path(Store(workspace).runs()[0].data_dir)
+    folder = tmp_path / "val"
+    for f in preds.files:
+        (folder / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data_root / f, folder / f)
+    for fmt in ("safetensors", "onnx"):
+        got = _predict_py(bundle, folder, fmt)
+        assert sorted(got) == sorted(preds.files)
+        for f, y, p in zip(preds.files, preds.preds, preds.probs, strict=True):
+            assert got[f][0] == preds.classes[y], (fmt, f)
+            assert abs(got[f][1] - p[y]) <= ONNX_TOLERANCE + 1e-6
+
+
+# ------------------------------------------------------------------------------ shapes
+
+
+def test_cli_export_prints_json_and_finds_the_data_through_the_workspace(shapes):
+    assert shapes["code"] == 0, shapes["stderr"]
+    summary = json.loads(shapes["stdout"].strip().splitlines()[-1])
+    assert summary["parity_ok"] is True and summary["out"] == str(shapes["zip"])
+    n = len(load_predictions(shapes["run_dir"]).files)
+    for fmt in ("safetensors", "onnx"):
+        assert summary["formats"][fmt]["status"] == "ok"
+        assert summary["formats"][fmt]["images"] == n == summary["formats"][fmt]["top1_agree"]
+    assert "Converting the model to ONNX" in shapes["stderr"]
+
+
+def test_onnx_takes_uint8_pictures_of_any_size_and_nothing_else(shapes):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(shapes["bundle"] / "model.onnx"))
+    (inp,) = session.get_inputs()
+    assert inp.type == "tensor(uint8)" and inp.shape[-1] == 3 and len(inp.shape) == 4
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "logits"]
+    app = load_trained(shapes["run_dir"], plan=ComputePlan("cpu", None, False, 2))
+    pipeline = OnnxPipeline(app.net, app.data_config).eval()
+    rng = np.random.default_rng(0)
+    # 45x47: the crop offset is round(3.5) = 4; 37x513: round(1080.5) = 1080 (halves to even)
+    for h, w, batch in ((300, 200, 1), (64, 90, 2), (45, 47, 1), (37, 513, 1)):
+        pixels = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+        probs, logits = session.run(None, {inp.name: pixels})
+        assert probs.shape == logits.shape == (batch, 3)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+        with torch.no_grad():
+            crops = pipeline.preprocess(torch.from_numpy(pixels))
+            eager = pipeline(torch.from_numpy(pixels))[1].numpy()
+        np.testing.assert_allclose(logits, eager, atol=1e-4)  # ONNX computes what torch does
+        pictures = [Image.fromarray(p) for p in pixels]
+        app_crops = torch.stack([app.tensor(p) for p in pictures]).float()
+        assert crops.shape == app_crops.shape
+        assert (crops - app_crops).abs().max() <= 2  # Pillow rounds in fixed point
+        assert (crops - app_crops).abs().mean() <= 0.05
+        expected = app.predict(pictures)
+        assert (probs.argmax(1) == expected.argmax(1)).all()
+        assert np.abs(probs - expected).max() <= ONNX_TOLERANCE
+    for wrong in (
+        rng.random((1, 64, 90, 3), dtype=np.float32) * 255,  # floats
+        rng.integers(0, 256, (1, 3, 64, 90), dtype=np.uint8),  # channels first
+    ):
+        with pytest.raises(Exception, match=r"(?i)invalid|type|dimension"):
+            session.run(None, {inp.name: wrong})
+
+
+def _picture_files(folder: Path) -> list[Path]:
+    """Pictures the app must open in a particular way: odd sizes, EXIF, alpha, 16-bit."""
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    files = []
+    for k, (h, w) in enumerate(((300, 200), (64, 90), (37, 513), (750, 1000))):
+        path = folder / f"{k}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        files.append(path)
+    photo = Image.fromarray(rng.integers(0, 256, (900, 1300, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the app turns it upright
+    photo.save(folder / "rotated.jpg", exif=exif, quality=90)
+    rgba = rng.integers(0, 256, (120, 80, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    grey16 = Image.fromarray(rng.integers(0, 65535, (50, 70), dtype=np.uint16))
+    grey16.save(folder / "grey16.png")
+    return [*files, folder / "rotated.jpg", folder / "alpha.png", folder / "grey16.png"]
+
+
+def test_bundle_preprocessing_equals_the_app(shapes, tmp_path):
+    files = _picture_files(tmp_path / "pictures")
+    predictor = bundle_predict.SafetensorsPredictor(shapes["bundle"])
+    app = load_trained(shapes["run_dir"], plan=ComputePlan("cpu", None, False, 2))
+    normalize = Normalize(app.data_config)
+    for path in files:
+        opened = bundle_predict.open_image(path)
+        assert np.array_equal(np.asarray(opened), np.asarray(upright_rgb(path))), path.name
+        timm_input = predictor.transform(opened)
+        app_input = normalize(app.tensor(path)[None])[0]
+        assert timm_input.shape == app_input.shape
+        assert torch.allclose(timm_input, app_input, atol=1e-5), path.name
+    assert bundle_predict.open_image(files[4]).size == (443, 640)  # upright, long side 640
+
+
+def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    run_dir, preds = shapes["run_dir"], load_predictions(shapes["run_dir"])
+    app = load_trained(run_dir, plan=ComputePlan("cpu", None, False, 2))
+    data_root = Path(Store(run_dir.parent / "ws").runs()[0].data_dir)
+    n = len(preds.files)
+
+    # A changed head in the timm folder: the safetensors check fails, ONNX still passes.
+    bundle = shutil.copytree(shapes["bundle"], tmp_path / "bundle")
+    weights = load_file(bundle / "model" / "model.safetensors")
+    weights["classifier.bias"] = weights["classifier.bias"] + torch.tensor([8.0, 0.0, 0.0])
+    save_file(weights, bundle / "model" / "model.safetensors")
+    report = _check_parity(bundle, run_dir, app, preds, data_root, None)
+    assert report.formats["safetensors"].status == "failed" and not report.parity_ok
+    assert report.formats["safetensors"].max_prob_diff > SAFETENSORS_TOLERANCE
+    assert report.formats["onnx"].status == "ok"
+
+    # Without onnxruntime the ONNX model is "not checked", and that alone is no failure.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    report = _check_parity(shapes["bundle"], run_dir, app, preds, data_root, None)
+    assert report.formats["onnx"].status == "not checked"
+    assert "onnxruntime" in report.formats["onnx"].reason
+    assert report.formats["safetensors"].status == "ok" and report.parity_ok
+
+    # Without the data set nothing can be checked: no parity claimed.
+    report = _check_parity(shapes["bundle"], run_dir, app, preds, None, None)
+    assert {f.status for f in report.formats.values()} == {"not checked"}
+    assert not report.parity_ok
+
+    # Predictions saved in bfloat16 differ from full precision: said in a note, not a failure.
+    bf16_run = shutil.copytree(run_dir, tmp_path / "bf16-run")
+    raw = json.loads((bf16_run / "predictions.json").read_text())
+    for row in raw["rows"]:
+        row["probs"] = [p + (0.004 if i == 0 else -0.002) for i, p in enumerate(row["probs"])]
+    (bf16_run / "predictions.json").write_text(json.dumps(raw))
+    (bf16_run / "run.log").write_text("Computing on cpu, bfloat16 inference, fp32 training.\n")
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    report = _check_parity(
+        shapes["bundle"], bf16_run, app, load_predictions(bf16_run), data_root, None
+    )
+    assert report.parity_ok and report.recorded_max_prob_diff > 3e-3
+    assert any("bfloat16" in note for note in report.notes)
+    assert report.formats["onnx"].images == n
+
+
+def test_predict_py_is_standalone_and_matches_the_app_constants():
+    tree = ast.parse(Path(bundle_predict.__file__).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert "tl_core" not in imported
+    assert imported <= {
+        "__future__", "argparse", "csv", "json", "os", "sys", "warnings", "collections", "pathlib",
+        "typing", "numpy", "PIL", "timm", "torch", "onnxruntime",
+    }  # fmt: skip
+    assert bundle_predict.MAX_SIDE == MAX_SIDE
+    assert bundle_predict.MAX_SOURCE_PIXELS == MAX_SOURCE_PIXELS
+    assert bundle_predict.IMAGE_SUFFIXES == IMAGE_SUFFIXES
+
+
+def test_cli_export_explains_bad_input(tmp_path, capsys):
+    out = tmp_path / "x.zip"
+    ws = ["--workspace", str(tmp_path / "ws")]
+    assert cli.main([*ws, "export", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "no run folder" in json.loads(captured.out.strip().splitlines()[-1])["error"]
+    assert captured.err.startswith("error: ") and len(captured.err.strip().splitlines()) == 1
+    (tmp_path / "empty-run").mkdir()
+    assert cli.main([*ws, "export", str(tmp_path / "empty-run"), "--out", str(out)]) == 2
+    assert "best.pt is missing" in capsys.readouterr().err
+    assert not out.exists()
