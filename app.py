@@ -15,6 +15,7 @@ def run() -> None:
         st.Page("pages/train.py", title="3. Train", icon=":material/model_training:"),
         st.Page("pages/evaluate.py", title="4. Evaluate", icon=":material/insights:"),
         st.Page("pages/try_it.py", title="5. Try it", icon=":material/photo_camera:"),
+        st.Page("pages/export.py", title="6. Export", icon=":material/download:"),
     ]
     nav = st.navigation(pages)
     sidebar(active_project())

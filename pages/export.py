@@ -1,0 +1,138 @@
+"""Step 6: take the model home: safetensors + ONNX + predict.py + model card, parity-checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from tl_core.errors import StudioError
+from tl_core.evaluation import RunEvaluation, evaluate_run
+from tl_core.store import Project, Run
+from tl_ui.runs import pick_run
+
+BUNDLE_PARTS = """
+- `model/`: the weights as **safetensors** with timm's `config.json` (class names, input size,
+  mean/std, interpolation, crop): `timm.create_model("local-dir:model")` loads it.
+- `model.onnx`: takes raw RGB pictures (uint8, any size) and does the resizing and
+  normalisation itself, so it cannot be fed wrongly. Runs with onnxruntime anywhere.
+- `predict.py` + `requirements.txt`: `python predict.py FOLDER` sorts a folder of pictures
+  with either file.
+- `README.md`: the model card: data, settings, accuracy with its interval, weak spots, and
+  what the model should not be used for.
+"""
+
+
+def _card_sections(ev: RunEvaluation | None) -> dict[str, str]:
+    """Evaluation facts for the model card, in plain words."""
+    if ev is None:
+        return {}
+    s = ev.summary
+    lines = [
+        f"Validation accuracy {s.accuracy:.1%} ({s.correct} of {s.total} images); 95% "
+        f"confidence interval (Wilson) {s.ci_low:.1%} to {s.ci_high:.1%}.",
+    ]
+    if ev.warning:
+        lines.append(ev.warning)
+    table = ["| class | images | recall | precision | F1 |", "|---|---|---|---|---|"]
+    table += [
+        f"| {ev.classes[c.index]} | {c.support} | {c.recall:.0%} | {c.precision:.0%} | {c.f1:.2f} |"
+        for c in ev.per_class
+    ]
+    worst = ", ".join(f"{ev.classes[c.index]} ({c.recall:.0%} found)" for c in ev.worst_classes(3))
+    cal = ev.calibration
+    return {
+        "Accuracy and its uncertainty": "\n\n".join(lines),
+        "Per class": "\n".join(table),
+        "Weakest classes": f"The classes it most often misses: {worst}.",
+        "Calibration": (
+            f"Expected calibration error {cal.ece_before:.1%} as trained; temperature "
+            f"scaling (T = {cal.temperature:.2f}, fitted on the validation images) brings it "
+            f"to {cal.ece_after:.1%} (scored on held-out halves). Below a top probability of "
+            f"{cal.threshold:.0%}, treat the answer as 'not sure'. The exported files give "
+            "uncalibrated probabilities: divide the logits by T for calibrated ones."
+        ),
+    }
+
+
+def _bundle_path(project: Project, run: Run) -> Path:
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in (project.name or "model"))
+    return Path(run.run_dir) / "export" / f"{name.strip('-') or 'model'}-{run.config['model']}.zip"
+
+
+def _show_report(summary: dict, bundle: Path) -> None:
+    ok = summary["parity_ok"]
+    rows = []
+    for name, f in summary["formats"].items():
+        rows.append(
+            {
+                "format": name,
+                "check": f["status"],
+                "images": f["images"],
+                "same top class": f"{f['top1_agree']} of {f['images']}" if f["images"] else "—",
+                "largest probability difference": (
+                    f"{f['max_prob_diff']:.1e}" if f["max_prob_diff"] is not None else "—"
+                ),
+                "allowed": f"{f['tolerance']:.0e}",
+                "note": f["reason"],
+            }
+        )
+    (st.success if ok else st.warning)(
+        "Parity check passed: every exported format gives the app's answer on every "
+        "validation picture."
+        if ok
+        else "Parity check did not pass for every format: see the table and the model card."
+    )
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.download_button(
+        f"Download {bundle.name} ({summary['bytes'] / 1e6:.0f} MB)",
+        bundle.read_bytes(),
+        file_name=bundle.name,
+        mime="application/zip",
+        type="primary",
+        icon=":material/download:",
+        key="download_bundle",
+    )
+
+
+def page() -> None:
+    st.title("6. Export")
+    picked = pick_run("take it home")
+    if picked is None:
+        return
+    project, run = picked
+    st.markdown("One zip with everything needed to use the model outside this app:" + BUNDLE_PARTS)
+    bundle = _bundle_path(project, run)
+    report_file = bundle.with_suffix(".json")
+    if st.button(
+        "Build the bundle" if not bundle.exists() else "Build it again",
+        type="secondary" if bundle.exists() else "primary",
+        icon=":material/package_2:",
+        key="build_bundle",
+    ):
+        from tl_core.export import export_run
+
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        with st.status("Building the bundle…", expanded=True) as status:
+            try:
+                ev = evaluate_run(Path(run.run_dir))
+                report = export_run(
+                    Path(run.run_dir),
+                    bundle,
+                    Path(run.data_dir),
+                    progress=status.write,
+                    extra_sections=_card_sections(ev),
+                )
+            except StudioError as exc:
+                status.update(label="The bundle could not be built", state="error")
+                st.error(str(exc))
+                return
+            report_file.write_text(json.dumps(report.summary()))
+            status.update(label="Bundle ready", state="complete", expanded=False)
+    if bundle.exists() and report_file.exists():
+        _show_report(json.loads(report_file.read_text()), bundle)
+
+
+page()
