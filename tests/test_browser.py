@@ -5,6 +5,7 @@ Screenshots land in test-artifacts/ for a person to look at.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -45,11 +46,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory) -> Iterator[str]:
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, workspace: Path) -> Iterator[str]:
     port = _free_port()
     env = {
         **os.environ,
-        "TL_STUDIO_HOME": str(tmp_path_factory.mktemp("workspace")),
+        "TL_STUDIO_HOME": str(workspace),
         "HF_HUB_OFFLINE": "1",
     }
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")  # noqa: SIM115
@@ -107,7 +113,37 @@ def _go(page: Page, label: str) -> None:
     page.get_by_role("link", name=re.compile(label)).first.click()
 
 
-def test_walk_the_wizard_on_the_demo_set(page: Page, app_url: str) -> None:
+def _predict_py_matches_the_app(bundle: Path, tmp_path: Path, workspace: Path) -> None:
+    """The bundle's predict.py, run alone on the demo's validation pictures, in both formats,
+    gives the app's answer for every picture the app scored."""
+    from tl_core.data import DatasetManifest
+    from tl_core.results import load_predictions
+    from tl_core.store import Store
+
+    store = Store(workspace)
+    run = [r for r in store.runs() if r.result][-1]
+    preds = load_predictions(Path(run.run_dir))
+    source = {i.file: i.source for i in DatasetManifest.load(Path(run.data_dir)).items}
+    app = {
+        source[f].removeprefix("val/"): preds.classes[p]
+        for f, p in zip(preds.files, preds.preds, strict=True)
+    }
+    for fmt in ("onnx", "safetensors"):
+        out = tmp_path / f"{fmt}.csv"
+        subprocess.run(
+            [sys.executable, "predict.py", str(DEMO / "val"), "--format", fmt, "--out", str(out)],
+            cwd=bundle,
+            check=True,
+            timeout=600,
+        )
+        with out.open() as f:
+            exported = {row["file"]: row["prediction"] for row in csv.DictReader(f)}
+        assert len(app) == 200 and all(exported[name] == label for name, label in app.items()), fmt
+
+
+def test_walk_the_wizard_on_the_demo_set(
+    page: Page, app_url: str, workspace: Path, tmp_path: Path
+) -> None:
     page.goto(app_url)
     expect(page.get_by_text("1. Your images").first).to_be_visible()
     page.get_by_role("button", name="Use the demo set").click()
@@ -180,6 +216,17 @@ def test_walk_the_wizard_on_the_demo_set(page: Page, app_url: str) -> None:
     expect(page.locator(".js-plotly-plot")).to_have_count(1)
     page.screenshot(path=SHOTS / "10-try.png", full_page=True)
 
+    _go(page, "Export")
+    page.get_by_role("button", name="Build the bundle").click()
+    expect(page.get_by_text("Parity check passed")).to_be_visible(timeout=300_000)
+    page.screenshot(path=SHOTS / "11-export.png", full_page=True)
+    with page.expect_download() as download:
+        page.get_by_role("button", name=re.compile(r"^Download .*\.zip")).click()
+    bundle = tmp_path / "bundle"
+    with zipfile.ZipFile(download.value.path()) as zf:
+        zf.extractall(bundle)
+    _predict_py_matches_the_app(bundle, tmp_path, workspace)
+
 
 def test_uploads_a_folder_and_explains_a_bad_zip(page: Page, app_url: str, tmp_path) -> None:
     """The two upload paths a user takes, in a fresh project: a broken .zip is explained and
@@ -204,4 +251,4 @@ def test_uploads_a_folder_and_explains_a_bad_zip(page: Page, app_url: str, tmp_p
     expect(page.get_by_text("stripes").first).to_be_visible()
     expect(page.locator(".js-plotly-plot")).to_have_count(1)
     expect(page.get_by_test_id("stMetricValue").first).to_have_text("36")
-    page.screenshot(path=SHOTS / "11-folder-upload.png", full_page=True)
+    page.screenshot(path=SHOTS / "12-folder-upload.png", full_page=True)

@@ -51,13 +51,14 @@ def squares_run(tmp_path_factory):
 def test_a_loaded_run_predicts_what_the_engine_scored(squares_run) -> None:
     manifest, run_dir = squares_run
     preds = load_predictions(run_dir)
-    trained = load_trained(run_dir, plan=CPU)  # the engine's plan: the same precision
+    trained = load_trained(run_dir)  # default: fp32, as the engine's final scores
+    assert trained.plan.amp_dtype is None
     assert trained.model_key == "efficientnet_lite0" and trained.classes == ["blue", "red"]
     probs = trained.predict([manifest.root / f for f in preds.files])
     assert probs.shape == (len(preds.files), 2)
     assert probs.argmax(1).tolist() == preds.preds
-    # Measured 5e-7 (the 6 decimals of predictions.json) in bf16 and fp32 alike; a bf16 run
-    # read back in fp32 differs by up to 0.05, so the plan must match.
+    # Measured 5e-7 (the 6 decimals of predictions.json); bf16 against fp32 differs by up to
+    # 0.05, which is why both the engine's final scores and loaded models use fp32.
     assert np.abs(probs - np.array(preds.probs)).max() < 2e-3
     softer = trained.predict([manifest.root / preds.files[0]], temperature=3.0)
     assert softer.max() < probs[0].max()

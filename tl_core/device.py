@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -29,6 +29,11 @@ class ComputePlan:
     def infer_batch(self) -> int:
         """Images per inference batch: on a CPU, 32 ran as fast as 64 with half the memory."""
         return 32 if self.device == "cpu" else 128
+
+    def exact(self) -> ComputePlan:
+        """The same plan in fp32: for the answers a user keeps (final scores, Try, export),
+        which then agree across machines and with the exported model."""
+        return replace(self, amp_dtype=None)
 
     def describe(self) -> str:
         def name(dtype: torch.dtype | None) -> str:

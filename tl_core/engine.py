@@ -577,13 +577,19 @@ def fit(
     if checkpoints.best is not None and status == "finished":
         callbacks.on_status("Scoring the best model on the validation images")
         model.load_state_dict(checkpoints.best["model"])
-        if cached is not None:  # the last phase's cached inputs give the same predictions
-            logits, labels = predict(
-                cached.net, DataLoader(cached.val, batch_size=plan.infer_batch), plan
-            )
-        else:
-            logits, labels = predict(full, val_loader, plan)
+        # Final answers in fp32 (bf16 served the epochs): they then match the Try page and the
+        # exported model exactly, on any machine.
+        logits, labels = predict(full, val_loader, plan.exact())
         write_predictions(run_dir, classes, inputs.val_items, logits, labels)
+        exact = (logits.argmax(1) == labels).float().mean().item()
+        if plan.amp_dtype is not None and abs(exact - best_acc) > 1e-9:
+            message = (
+                f"Final scoring in full precision: {exact:.1%} validation accuracy "
+                f"({best_acc:.1%} in {str(plan.amp_dtype).removeprefix('torch.')} during training)."
+            )
+            callbacks.on_log(message)
+            result.notes.append(message)
+        result.val_accuracy = exact
     return result
 
 

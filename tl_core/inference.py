@@ -138,7 +138,7 @@ def load_trained(
         classes = list(meta["classes"])
     except Exception as exc:
         raise RunError(f"The trained model {path} cannot be read ({exc}).") from None
-    plan = plan or plan_compute(device or "auto")
+    plan = plan or plan_compute(device or "auto").exact()  # as the run's final scores
     model = create_model(get_spec(key), num_classes=len(classes), pretrained=False)
     try:
         model.load_state_dict(state["model"])
