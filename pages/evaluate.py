@@ -255,7 +255,7 @@ def _calibration(ev: RunEvaluation) -> None:
         help="Above 1: the model was over-confident and its probabilities are softened.",
     )
     st.caption(
-        f"Try and Export use the calibrated probabilities. Below {cal.threshold:.0%} the Try "
+        f"The Try page uses the calibrated probabilities (the exported files give the raw ones; the model card explains). Below {cal.threshold:.0%} the Try "
         "page says 'not sure' (chosen on the validation images)."
     )
 

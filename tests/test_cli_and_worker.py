@@ -73,6 +73,42 @@ def test_train_command_prints_json_and_the_run_appears_in_the_store(shapes_dir, 
     assert len(store.metrics(run.id, "epoch")) == 2
 
 
+def test_evaluate_command_scores_a_run_and_checks_it_reproduces(shapes_dir, tmp_path):
+    ws = tmp_path / "ws"
+    proc = _cli(
+        "train",
+        "--data",
+        str(shapes_dir),
+        "--model",
+        "test_efficientnet",
+        "--epochs",
+        "2",
+        workspace=ws,
+    )
+    run_dir = json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"]
+    proc = _cli("evaluate", run_dir, workspace=ws)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    preds = json.loads((Path(run_dir) / "predictions.json").read_text())["rows"]
+    accuracy = sum(r["label"] == r["pred"] for r in preds) / len(preds)
+    assert summary["accuracy"] == pytest.approx(accuracy)
+    assert summary["ci_low"] <= accuracy <= summary["ci_high"]
+    assert 0 <= summary["ece"] <= 1 and summary["parity_ok"] is True
+    assert set(summary["per_class"]) == {"square", "disc", "stripes"}
+    assert "warning" in summary  # 12 validation images cannot give a tight interval
+
+    other = make_shapes(tmp_path / "more", per_class=5, seed=7)
+    proc = _cli("evaluate", run_dir, "--data", str(other), workspace=ws)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0 and summary["images"] == 15 and summary["parity_ok"] is None
+
+    (other / "zebra").mkdir()
+    proc = _cli("evaluate", run_dir, "--data", str(other), workspace=ws)
+    assert proc.returncode == 2 and "'zebra' is not one of the model's classes" in proc.stderr
+    proc = _cli("evaluate", str(tmp_path), workspace=ws)
+    assert proc.returncode == 2 and "best.pt is missing" in proc.stderr
+
+
 def test_train_command_with_val_never_trains_on_the_validation_folder(tmp_path):
     train = make_shapes(tmp_path / "train", per_class=10)
     val = make_shapes(tmp_path / "val", per_class=4, seed=1)

@@ -5,6 +5,9 @@
 trains, and prints one JSON object as its last line. The run shows up in the app under the
 printed project link.
 
+``python -m tl_core evaluate RUN_DIR [--data DIR]`` scores a run (accuracy with its 95%
+interval, per-class scores, calibration) and prints a JSON summary as its last line.
+
 ``python -m tl_core export RUN_DIR --out FILE.zip [--data DIR]`` writes the run's best model
 as a bundle that predicts the same elsewhere (see :mod:`tl_core.export`) and prints a JSON
 summary, with ``parity_ok``, as its last line.
@@ -68,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="the run's imported data set folder (default: found through the workspace)",
+    )
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score a run: accuracy with its 95% interval, per-class scores, calibration",
+        description="Score RUN_DIR's best model on its validation pictures (or on --data, a "
+        "folder with one sub-folder per class) and print a JSON summary as the last line.",
+    )
+    evaluate.add_argument("run_dir", type=Path, help="the run's folder (holding best.pt)")
+    evaluate.add_argument(
+        "--data", type=Path, default=None, help="another labelled folder to score instead"
     )
 
     worker = sub.add_parser("worker", help="(internal) run one queued run of the app")
@@ -143,6 +157,36 @@ def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], 
     return report.summary(), 0 if report.parity_ok else 1
 
 
+def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
+    from tl_core import evaluation
+    from tl_core.export import find_data_root
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "best.pt").is_file():
+        raise StudioError(f"There is no trained model in {run_dir} (best.pt is missing).")
+    if args.data is not None:
+        result = evaluation.evaluate_folder(run_dir, args.data)
+        summary = {**result.summary_json(), "data": str(args.data), "parity_ok": None}
+    else:
+        result = evaluation.evaluate_run(run_dir)
+        if result is None:
+            raise StudioError(f"The run in {run_dir} has no validation predictions.")
+        summary = {**result.summary_json(), "data": "validation split"}
+        root = find_data_root(run_dir, store.workspace)
+        if root is not None:  # the saved model gives the recorded predictions again
+            ok, diff = evaluation.reproduces_predictions(run_dir, root)
+            summary.update(parity_ok=ok, parity_max_prob_diff=diff)
+        else:
+            summary.update(parity_ok=None)
+    summary["per_class"] = {
+        result.classes[c.index]: {"recall": c.recall, "precision": c.precision, "f1": c.f1}
+        for c in result.per_class
+    }
+    if result.warning:
+        summary["warning"] = result.warning
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workspace = getattr(args, "worker_workspace", None) or args.workspace
@@ -155,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             from tl_core.jobs import pump
 
             pump(store)  # hand the freed slot to the next waiting run
+            return 0
+        if args.command == "evaluate":
+            print(json.dumps(_evaluate(store, args)))
             return 0
         if args.command == "export":
             summary, code = _export(store, args)

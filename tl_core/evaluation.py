@@ -155,3 +155,46 @@ def load_calibration(run_dir: Path) -> Calibration:
             pass
     result = evaluate_run(Path(run_dir))
     return result.calibration if result else Calibration()
+
+
+def evaluate_folder(run_dir: Path, folder: Path) -> RunEvaluation:
+    """The run's best model scored on another labelled folder (one sub-folder per class)."""
+    from tl_core.data import IMAGE_SUFFIXES
+    from tl_core.errors import DataError
+    from tl_core.inference import load_trained
+
+    trained = load_trained(Path(run_dir))
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"There is no folder at {folder}.")
+    index = {c: i for i, c in enumerate(trained.classes)}
+    files, labels = [], []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name not in index:
+            known = ", ".join(trained.classes)
+            raise DataError(f"The folder '{sub.name}' is not one of the model's classes ({known}).")
+        for f in sorted(sub.rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
+                files.append(f)
+                labels.append(index[sub.name])
+    if not files:
+        raise DataError(f"No images in class folders under {folder}.")
+    logits = trained.logits(files)
+    names = [f.relative_to(folder).as_posix() for f in files]
+    return evaluate_logits(trained.classes, names, logits, np.asarray(labels))
+
+
+def reproduces_predictions(run_dir: Path, data_root: Path) -> tuple[bool, float]:
+    """Does the saved best model give the recorded validation predictions again?
+
+    (same top-1 on every image and probabilities within 1e-3, largest difference).
+    """
+    from tl_core.inference import load_trained
+
+    preds = load_predictions(Path(run_dir))
+    if preds is None or not preds.files:
+        return False, float("nan")
+    probs = load_trained(Path(run_dir)).predict([Path(data_root) / f for f in preds.files])
+    diff = float(np.abs(probs - np.asarray(preds.probs)).max())
+    same = bool((probs.argmax(1) == np.asarray(preds.preds)).all())
+    return same and diff <= 1e-3, diff
