@@ -255,8 +255,9 @@ def _calibration(ev: RunEvaluation) -> None:
         help="Above 1: the model was over-confident and its probabilities are softened.",
     )
     st.caption(
-        f"The Try page uses the calibrated probabilities (the exported files give the raw ones; the model card explains). Below {cal.threshold:.0%} the Try "
-        "page says 'not sure' (chosen on the validation images)."
+        "The Try page uses the calibrated probabilities (the exported files give the raw "
+        f"ones; the model card says how to calibrate them). Below {cal.threshold:.0%} it says "
+        "'not sure' (chosen on the validation images)."
     )
 
 
