@@ -9,7 +9,6 @@ import pandas as pd
 import streamlit as st
 
 from tl_core.errors import StudioError
-from tl_core.evaluation import RunEvaluation, evaluate_run
 from tl_core.store import Project, Run
 from tl_ui.runs import pick_run
 
@@ -23,38 +22,6 @@ BUNDLE_PARTS = """
 - `README.md`: the model card: data, settings, accuracy with its interval, weak spots, and
   what the model should not be used for.
 """
-
-
-def _card_sections(ev: RunEvaluation | None) -> dict[str, str]:
-    """Evaluation facts for the model card, in plain words."""
-    if ev is None:
-        return {}
-    s = ev.summary
-    lines = [
-        f"Validation accuracy {s.accuracy:.1%} ({s.correct} of {s.total} images); 95% "
-        f"confidence interval (Wilson) {s.ci_low:.1%} to {s.ci_high:.1%}.",
-    ]
-    if ev.warning:
-        lines.append(ev.warning)
-    table = ["| class | images | recall | precision | F1 |", "|---|---|---|---|---|"]
-    table += [
-        f"| {ev.classes[c.index]} | {c.support} | {c.recall:.0%} | {c.precision:.0%} | {c.f1:.2f} |"
-        for c in ev.per_class
-    ]
-    worst = ", ".join(f"{ev.classes[c.index]} ({c.recall:.0%} found)" for c in ev.worst_classes(3))
-    cal = ev.calibration
-    return {
-        "Accuracy and its uncertainty": "\n\n".join(lines),
-        "Per class": "\n".join(table),
-        "Weakest classes": f"The classes it most often misses: {worst}.",
-        "Calibration": (
-            f"Expected calibration error {cal.ece_before:.1%} as trained; temperature "
-            f"scaling (T = {cal.temperature:.2f}, fitted on the validation images) brings it "
-            f"to {cal.ece_after:.1%} (scored on held-out halves). Below a top probability of "
-            f"{cal.threshold:.0%}, treat the answer as 'not sure'. The exported files give "
-            "uncalibrated probabilities: divide the logits by T for calibrated ones."
-        ),
-    }
 
 
 def _bundle_path(project: Project, run: Run) -> Path:
@@ -117,13 +84,8 @@ def page() -> None:
         bundle.parent.mkdir(parents=True, exist_ok=True)
         with st.status("Building the bundle…", expanded=True) as status:
             try:
-                ev = evaluate_run(Path(run.run_dir))
                 report = export_run(
-                    Path(run.run_dir),
-                    bundle,
-                    Path(run.data_dir),
-                    progress=status.write,
-                    extra_sections=_card_sections(ev),
+                    Path(run.run_dir), bundle, Path(run.data_dir), progress=status.write
                 )
             except StudioError as exc:
                 status.update(label="The bundle could not be built", state="error")

@@ -24,6 +24,7 @@ from tl_core import bundle_predict, cli
 from tl_core.data import IMAGE_SUFFIXES, MAX_SIDE, MAX_SOURCE_PIXELS, import_folder, split_dataset
 from tl_core.device import ComputePlan
 from tl_core.engine import TrainConfig, fit
+from tl_core.evaluation import evaluate_run
 from tl_core.export import (
     ONNX_TOLERANCE,
     SAFETENSORS_TOLERANCE,
@@ -179,6 +180,11 @@ def test_cli_export_prints_json_and_finds_the_data_through_the_workspace(shapes)
         assert summary["formats"][fmt]["status"] == "ok"
         assert summary["formats"][fmt]["images"] == n == summary["formats"][fmt]["top1_agree"]
     assert "Converting the model to ONNX" in shapes["stderr"]
+    with zipfile.ZipFile(shapes["zip"]) as zf:  # the card carries the evaluation by default
+        card = zf.read("README.md").decode()
+    ev = evaluate_run(shapes["run_dir"])
+    assert f"95% confidence interval (Wilson) {ev.summary.ci_low:.1%}" in card
+    assert "## Calibration" in card and f"T = {ev.calibration.temperature:.2f}" in card
 
 
 def test_onnx_takes_uint8_pictures_of_any_size_and_nothing_else(shapes):

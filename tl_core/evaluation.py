@@ -198,3 +198,35 @@ def reproduces_predictions(run_dir: Path, data_root: Path) -> tuple[bool, float]
     diff = float(np.abs(probs - np.asarray(preds.probs)).max())
     same = bool((probs.argmax(1) == np.asarray(preds.preds)).all())
     return same and diff <= 1e-3, diff
+
+
+def card_sections(ev: RunEvaluation | None) -> dict[str, str]:
+    """Evaluation facts for the model card, in plain words."""
+    if ev is None:
+        return {}
+    s = ev.summary
+    lines = [
+        f"Validation accuracy {s.accuracy:.1%} ({s.correct} of {s.total} images); 95% "
+        f"confidence interval (Wilson) {s.ci_low:.1%} to {s.ci_high:.1%}.",
+    ]
+    if ev.warning:
+        lines.append(ev.warning)
+    table = ["| class | images | recall | precision | F1 |", "|---|---|---|---|---|"]
+    table += [
+        f"| {ev.classes[c.index]} | {c.support} | {c.recall:.0%} | {c.precision:.0%} | {c.f1:.2f} |"
+        for c in ev.per_class
+    ]
+    worst = ", ".join(f"{ev.classes[c.index]} ({c.recall:.0%} found)" for c in ev.worst_classes(3))
+    cal = ev.calibration
+    return {
+        "Accuracy and its uncertainty": "\n\n".join(lines),
+        "Per class": "\n".join(table),
+        "Weakest classes": f"The classes it most often misses: {worst}.",
+        "Calibration": (
+            f"Expected calibration error {cal.ece_before:.1%} as trained; temperature "
+            f"scaling (T = {cal.temperature:.2f}, fitted on the validation images) brings it "
+            f"to {cal.ece_after:.1%} (scored on held-out halves). Below a top probability of "
+            f"{cal.threshold:.0%}, treat the answer as 'not sure'. The exported files give "
+            "uncalibrated probabilities: divide the logits by T for calibrated ones."
+        ),
+    }

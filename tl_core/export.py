@@ -622,6 +622,13 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"The trained model {path} cannot be read ({exc}).") from None
 
 
+def _evaluation_sections(run_dir: Path) -> dict[str, str]:
+    """Interval, per-class scores and calibration for the model card (from predictions.json)."""
+    from tl_core.evaluation import card_sections, evaluate_run
+
+    return card_sections(evaluate_run(run_dir))
+
+
 def export_run(
     run_dir: Path,
     out_zip: Path,
@@ -702,7 +709,9 @@ def export_run(
             val_accuracy=meta.get("val_accuracy"),
             preds=preds,
             report=report,
-            extra_sections=extra_sections,
+            extra_sections=extra_sections
+            if extra_sections is not None
+            else _evaluation_sections(run_dir),
         )
         (bundle / "README.md").write_text(card, encoding="utf-8")
 
