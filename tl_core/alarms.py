@@ -1,0 +1,139 @@
+"""Honest alarms about a run: overfitting, negative transfer, too little data to judge.
+
+Each alarm is one plain sentence of what was seen and one suggested action. The functions
+take plain numbers (epoch metrics from the store, accuracies, counts), so they are cheap to
+run on every page view and easy to test on constructed cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tl_core.metrics import wilson_interval
+
+
+@dataclass(frozen=True)
+class Alarm:
+    kind: str  # "overfitting" | "negative_transfer" | "too_little_data" | "domain_mismatch"
+    title: str
+    explanation: str
+    action: str
+
+
+def overfitting(
+    epochs: Sequence[dict[str, Any]], gap: float = 0.15, rise: float = 0.1, patience: int = 2
+) -> Alarm | None:
+    """Training accuracy far above validation, or validation loss rising as training loss falls.
+
+    ``epochs``: the run's epoch rows (``accuracy``/``loss`` on training batches,
+    ``val_accuracy``/``val_loss``), in order. ``gap``: accuracy gap that counts as "far
+    above"; ``rise``: relative rise of the validation loss above its best, held for at least
+    ``patience`` epochs while the training loss kept falling.
+    """
+    rows = [e for e in epochs if e.get("val_loss") is not None and e.get("loss") is not None]
+    if len(rows) < 2:
+        return None
+    last = rows[-1]
+    acc_gap = float(last["accuracy"]) - float(last["val_accuracy"])
+    best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
+    after = rows[best:]
+    rising = (
+        len(after) > patience
+        and float(last["val_loss"]) > float(rows[best]["val_loss"]) * (1 + rise)
+        and float(last["loss"]) < float(rows[best]["loss"])
+    )
+    if acc_gap <= gap and not rising:
+        return None
+    if rising:
+        grew = float(last["val_loss"]) / float(rows[best]["val_loss"]) - 1
+        seen = (
+            f"Validation loss rose {grew:.0%} since epoch {rows[best]['epoch']} while the "
+            "training loss kept falling"
+        )
+    else:
+        seen = (
+            f"Training accuracy ({float(last['accuracy']):.0%}) is far above validation "
+            f"accuracy ({float(last['val_accuracy']):.0%})"
+        )
+    return Alarm(
+        "overfitting",
+        "The model is memorising your training images",
+        f"{seen}: it learns the training pictures by heart rather than what the classes have "
+        "in common.",
+        "Freeze more layers, turn on augmentation, add images, or train fewer epochs (the "
+        "best epoch is kept either way).",
+    )
+
+
+def negative_transfer(
+    transfer_accuracy: float,
+    n_val: int,
+    scratch_accuracy: float | None = None,
+    frozen_accuracy: float | None = None,
+) -> Alarm | None:
+    """The fine-tuned model loses to learning from scratch or to the frozen features alone.
+
+    Differences within the validation set's noise (a Wilson half-width) do not count.
+    """
+    low, high = wilson_interval(round(transfer_accuracy * n_val), n_val)
+    noise = max((high - low) / 2, 1 / max(n_val, 1))
+    rivals = [
+        (name, acc)
+        for name, acc in (
+            ("training from scratch", scratch_accuracy),
+            ("the frozen pretrained features alone", frozen_accuracy),
+        )
+        if acc is not None and acc - transfer_accuracy > noise
+    ]
+    if not rivals:
+        return None
+    name, acc = max(rivals, key=lambda r: r[1])
+    return Alarm(
+        "negative_transfer",
+        "The pretrained start is not helping",
+        f"{name.capitalize()} reached {acc:.0%}, above the fine-tuned model's "
+        f"{transfer_accuracy:.0%}: what the network learned before gets in the way here.",
+        "Train more layers (or all of them) at a lower learning rate, or pick a model whose "
+        "training images look more like yours."
+        if name.startswith("training")
+        else "Freeze more layers or lower the learning rate: fine-tuning damaged good features.",
+    )
+
+
+def too_little_data(n_val: int, accuracy: float, differences: Sequence[float] = ()) -> Alarm | None:
+    """The validation set is too small to tell the shown differences apart (or to trust one
+    number): its 95% interval is wider than 20 points, or wider than the smallest difference."""
+    if n_val <= 0:
+        return None
+    low, high = wilson_interval(round(accuracy * n_val), n_val)
+    width = high - low
+    smallest = min((abs(d) for d in differences if d), default=None)
+    if width <= 0.2 and (smallest is None or width / 2 <= smallest):
+        return None
+    about = (
+        f"differences of {smallest:.0%} between runs are within that noise"
+        if smallest is not None and width / 2 > smallest
+        else "one number says little"
+    )
+    return Alarm(
+        "too_little_data",
+        "Too few validation images to judge",
+        f"With {n_val} validation images the true accuracy could be anywhere from {low:.0%} to "
+        f"{high:.0%}, so {about}.",
+        "Add images, or hold back a larger share for validation, before choosing between settings.",
+    )
+
+
+def domain_mismatch(level: str, score: float) -> Alarm | None:
+    """The images look unlike the pretraining photos (``level`` from the domain gauge)."""
+    if level != "far":
+        return None
+    return Alarm(
+        "domain_mismatch",
+        "Your images are far from what the model saw before",
+        f"The pretrained network recognises little in them (uncertainty {score:.0%} of the "
+        "maximum), so its ready-made features fit them less well.",
+        "Let more layer groups learn (the later ones at least), or use more images.",
+    )
