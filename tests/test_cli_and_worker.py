@@ -15,6 +15,7 @@ from helpers import make_shapes
 
 from tl_core import jobs
 from tl_core.data import import_folder
+from tl_core.freezing import describe_model
 from tl_core.store import Store
 
 
@@ -107,6 +108,28 @@ def test_evaluate_command_scores_a_run_and_checks_it_reproduces(shapes_dir, tmp_
     assert proc.returncode == 2 and "'zebra' is not one of the model's classes" in proc.stderr
     proc = _cli("evaluate", str(tmp_path), workspace=ws)
     assert proc.returncode == 2 and "best.pt is missing" in proc.stderr
+
+
+def test_from_scratch_baseline_and_recommend_commands(shapes_dir, tmp_path):
+    ws = tmp_path / "ws"
+    proc = _cli("train", "--data", str(shapes_dir), "--epochs", "1", "--from-scratch", workspace=ws)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    config = Store(ws).run(summary["run_id"]).config
+    assert summary["pretrained"] is False and config["pretrained"] is False
+    every = describe_model("efficientnet_lite0", 3).n_backbone
+    assert config["trainable_groups"] == every and config["head_epochs"] == 0
+    assert config["lr"] <= 2e-3
+
+    proc = _cli("recommend", "--data", str(shapes_dir), workspace=ws)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    keys = [r["key"] for r in result["ranking"]]
+    assert sorted(keys) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+    assert result["best"] == keys[0] and lines[0].startswith("1. EfficientNet-Lite")
+    accs = [r["probe_accuracy"] for r in result["ranking"]]
+    assert accs == sorted(accs, reverse=True) and accs[0] > 0.8  # easy shapes, good features
 
 
 def test_train_command_with_val_never_trains_on_the_validation_folder(tmp_path):

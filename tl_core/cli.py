@@ -21,11 +21,15 @@ import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tl_core.catalog import DEFAULT_MODEL, get_spec
-from tl_core.engine import TrainConfig
+from tl_core.engine import SCRATCH_LR, TrainConfig, scratch_config
 from tl_core.errors import StudioError
 from tl_core.store import Store
+
+if TYPE_CHECKING:
+    from tl_core.data import DatasetManifest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +59,22 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", default=defaults.augment)
     train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
     train.add_argument("--out", type=Path, default=None, help="folder for the run's files")
+    train.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="the baseline: same model and epochs from random weights, every layer learning "
+        f"(learning rate at most {SCRATCH_LR:g})",
+    )
+
+    recommend = sub.add_parser(
+        "recommend",
+        help="rank the models available offline on your images, from frozen features",
+        description="Score every catalog model whose weights are on this machine with a "
+        "cross-validated probe on frozen features (and LogME); print the ranking and, as the "
+        "last line, a JSON object.",
+    )
+    recommend.add_argument("--data", type=Path, required=True, help="one sub-folder per class")
+    recommend.add_argument("--val", type=Path, default=None, help="validation folder")
 
     export = sub.add_parser(
         "export",
@@ -90,8 +110,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
+def _import(data: Path, val: Path | None, dest: Path) -> DatasetManifest:
+    """Import ``data`` (and ``val``, kept as the validation set) into ``dest``."""
     from tl_core.data import import_folder
+
+    if val is None:
+        return import_folder(data, dest)
+    with tempfile.TemporaryDirectory() as tmp:  # one train/val layout, nothing copied
+        (Path(tmp) / "train").symlink_to(data.resolve(), target_is_directory=True)
+        (Path(tmp) / "val").symlink_to(val.resolve(), target_is_directory=True)
+        return import_folder(Path(tmp), dest)
+
+
+def _recommend(args: argparse.Namespace) -> dict[str, object]:
+    from tl_core.data import split_dataset
+    from tl_core.transfer import recommend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = _import(args.data, args.val, Path(tmp) / "data")
+        ranking = recommend(
+            manifest,
+            split_dataset(manifest),
+            progress=lambda key, done, total: (
+                print(f"{key}: {done}/{total}", file=sys.stderr) if done == total else None
+            ),
+        )
+    for r in ranking:
+        print(
+            f"{r.rank}. {r.title}: probe accuracy {r.probe_accuracy:.1%}, LogME {r.logme:.3f}, "
+            f"{r.params_m:g} M parameters, ~{r.images_per_s} images/s, scored in {r.seconds:.1f} s"
+        )
+    return {
+        "best": ranking[0].key if ranking else None,
+        "ranking": [asdict(r) for r in ranking],
+    }
+
+
+def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
     from tl_core.worker import run_worker
 
     config = TrainConfig(
@@ -108,13 +163,12 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
     get_spec(config.model)  # an unknown name fails before any work
     project = store.create_project(name=args.data.resolve().name)
     data_dir = store.new_data_dir(project.id)
-    if args.val is None:
-        manifest = import_folder(args.data, data_dir)
-    else:  # present the two folders as one train/val layout without copying anything
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "train").symlink_to(args.data.resolve(), target_is_directory=True)
-            (Path(tmp) / "val").symlink_to(args.val.resolve(), target_is_directory=True)
-            manifest = import_folder(Path(tmp), data_dir)
+    manifest = _import(args.data, args.val, data_dir)
+    if args.from_scratch:
+        from tl_core.freezing import describe_model
+
+        n_backbone = describe_model(config.model, len(manifest.classes)).n_backbone
+        config = scratch_config(config, n_backbone)
     store.set_data_dir(project.id, data_dir)
     store.update_settings(project.id, **asdict(config))
     run = store.create_run(
@@ -131,6 +185,7 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         "seconds": round(result.seconds, 2),
         "model": config.model,
         "trainable_groups": config.trainable_groups,
+        "pretrained": config.pretrained,
         "train_images": sum(1 for i in manifest.items if i.subset != "val")
         if manifest.has_explicit_val
         else None,
@@ -199,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             from tl_core.jobs import pump
 
             pump(store)  # hand the freed slot to the next waiting run
+            return 0
+        if args.command == "recommend":
+            print(json.dumps(_recommend(args)))
             return 0
         if args.command == "evaluate":
             print(json.dumps(_evaluate(store, args)))

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -76,6 +76,20 @@ class TrainConfig:
     def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+SCRATCH_LR = 2e-3  # AdamW from random weights: the usual rate; the fine-tuning 1e-2 is too high
+
+
+def scratch_config(cfg: TrainConfig, n_backbone: int) -> TrainConfig:
+    """The same run from random weights: every layer learns from the start, same epochs."""
+    return replace(
+        cfg,
+        pretrained=False,
+        trainable_groups=n_backbone,
+        head_epochs=0,
+        lr=min(cfg.lr, SCRATCH_LR),
+    )
 
 
 @dataclass(frozen=True)
