@@ -6,6 +6,7 @@ import streamlit as st
 
 from tl_core import catalog
 from tl_core.errors import ModelUnavailableError
+from tl_ui.headstart import head_start_panel, recommend_panel
 from tl_ui.models import model_info
 from tl_ui.session import get_store, project_with_data
 
@@ -73,6 +74,9 @@ def page() -> None:
             f"{tuple(round(v, 3) for v in cfg['std'])}, exactly as the model was trained — "
             "read from the model's own configuration."
         )
+    if status[choice] != "needs download":
+        head_start_panel(project, manifest, choice)
+    recommend_panel(project, manifest)
     st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")
 
 

@@ -159,6 +159,9 @@ def test_walk_the_wizard_on_the_demo_set(
     expect(page.get_by_text("ready offline").first).to_be_visible()
     expect(page.get_by_text("downloads on first use").first).to_be_visible()
     expect(page.get_by_text("Input size")).to_be_visible(timeout=120_000)
+    expect(page.get_by_text("Sorted right before any training")).to_be_visible(timeout=120_000)
+    page.get_by_role("button", name="Compare the models on my images").click()
+    expect(page.get_by_text("accuracy from frozen features")).to_be_visible(timeout=180_000)
     page.screenshot(path=SHOTS / "2-model.png", full_page=True)
 
     _go(page, "Train")

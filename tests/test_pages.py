@@ -98,7 +98,12 @@ def test_model_page_lists_offline_and_hub_models(workspace, demo_import) -> None
     labels = radio.options  # AppTest reports the formatted labels
     assert any("ready offline" in label for label in labels)
     assert any("downloads on first use" in label for label in labels)
-    assert {m.label: m.value for m in at.metric}["Input size"] == "224×224 px"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Input size"] == "224×224 px"
+    # The head start: far above guessing on the demo set (10 classes, 10% by chance).
+    assert metrics["Guessing at random"] == "10%"
+    assert int(metrics["Sorted right before any training"].rstrip("%")) > 50
+    assert "Before any training" in _texts(at)
 
 
 def test_choosing_a_hub_model_offline_gives_a_clear_message(workspace, demo_import) -> None:

@@ -1,0 +1,156 @@
+"""What the pretrained model already knows about the user's images, and which model to use.
+
+Both come from frozen features (tl_core.transfer), cached on disk beside the data set, so
+they take seconds the first time and nothing afterwards.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from tl_core import transfer
+from tl_core.charts import TRAIN_COLOR
+from tl_core.data import DatasetManifest, split_dataset
+from tl_core.store import Project
+from tl_ui.session import get_store
+
+
+def _features(manifest: DatasetManifest, project: Project, key: str) -> transfer.Features:
+    split = split_dataset(
+        manifest,
+        float(project.settings.get("val_fraction", 0.2)),
+        int(project.settings.get("seed", 0)),
+    )
+    bar = st.progress(0.0, text="Looking at your images with the pretrained model…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Looking at your images: {done}/{total}")
+
+    feats = transfer.frozen_features(manifest, split, key, progress=progress)
+    bar.empty()
+    return feats
+
+
+def _curve_figure(curve: transfer.LearningCurve) -> go.Figure:
+    fig = go.Figure(
+        go.Scatter(
+            x=curve.train_images,
+            y=curve.accuracies,
+            error_y={"type": "data", "array": curve.spreads, "visible": True},
+            mode="lines+markers",
+            line={"color": TRAIN_COLOR},
+            hovertemplate="%{x:.0f} training images: %{y:.1%}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=260,
+        margin={"t": 10, "b": 10, "l": 10, "r": 10},
+        xaxis_title="training images used",
+        yaxis={"title": "validation accuracy", "tickformat": ".0%"},
+    )
+    return fig
+
+
+def head_start_panel(project: Project, manifest: DatasetManifest, key: str) -> None:
+    """Head start, domain gauge and "would more data help?", for the chosen model."""
+    st.subheader("What the pretrained model already knows about your classes")
+    feats = _features(manifest, project, key)
+    hs = transfer.head_start(feats)
+    c1, c2, c3 = st.columns(3)
+    c1.metric(
+        "Sorted right before any training",
+        f"{hs.ncm_accuracy:.0%}",
+        help="Each image goes to the class whose average pretrained features are nearest "
+        f"(nearest class mean; {hs.images} images"
+        + (f", {hs.folds}-fold cross-validated" if hs.cross_validated else ", validation split")
+        + f"). 95% interval {hs.ncm_ci[0]:.0%}–{hs.ncm_ci[1]:.0%}.",
+    )
+    c2.metric("Guessing at random", f"{hs.chance:.0%}")
+    c3.metric("Always the biggest class", f"{hs.majority:.0%}")
+    st.markdown(hs.sentence)
+    if feats.entropy is not None:
+        gauge = transfer.domain_gauge(feats)
+        icon = {"close": ":material/check_circle:", "far": ":material/warning:"}.get(
+            gauge.level, ":material/info:"
+        )
+        with st.expander(f"How close are your images to everyday photos? {gauge.level}"):
+            st.markdown(f"{icon} {gauge.sentence}")
+            st.progress(
+                min(max(gauge.mean_entropy, 0.0), 1.0),
+                text=f"uncertainty of the ImageNet classifier: {gauge.mean_entropy:.0%}",
+            )
+            for title, examples in (
+                ("Most like ImageNet photos", gauge.most_like_imagenet),
+                ("Least like them", gauge.least_like_imagenet),
+            ):
+                st.caption(title)
+                cols = st.columns(max(len(examples), 1))
+                for col, ex in zip(cols, examples, strict=False):
+                    col.image(str(manifest.root / ex.file), width="stretch")
+                    col.caption(f"looks like: {ex.imagenet_class}")
+    with st.expander("Would more images help?"):
+        curve = transfer.learning_curve(feats)
+        st.plotly_chart(_curve_figure(curve), key="learning_curve")
+        st.markdown(curve.reading())
+
+
+def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
+    """Rank every model available offline on the user's images; one click picks the winner."""
+    st.subheader("Which model should I use?")
+    st.caption(
+        "Scores each model that is on this computer with a quick classifier on its frozen "
+        "features (cross-validated when the validation set is small), with LogME as a "
+        "second opinion. About 10 s per model the first time."
+    )
+    state_key = f"ranking_{project.id}"
+    if st.button("Compare the models on my images", icon=":material/leaderboard:"):
+        split = split_dataset(
+            manifest,
+            float(project.settings.get("val_fraction", 0.2)),
+            int(project.settings.get("seed", 0)),
+        )
+        bar = st.progress(0.0, text="Scoring the models…")
+        keys = transfer.offline_models()
+
+        def progress(key: str, done: int, total: int) -> None:
+            i = keys.index(key) if key in keys else 0
+            bar.progress(
+                (i + done / max(total, 1)) / len(keys), text=f"Scoring {key}: {done}/{total}"
+            )
+
+        st.session_state[state_key] = transfer.recommend(manifest, split, progress=progress)
+        bar.empty()
+    ranking = st.session_state.get(state_key)
+    if not ranking:
+        return
+    table = pd.DataFrame(
+        [
+            {
+                "rank": r.rank,
+                "model": r.title,
+                "accuracy from frozen features": r.probe_accuracy,
+                "LogME": round(r.logme, 3),
+                "parameters (M)": r.params_m,
+                "images/s on a laptop CPU": r.images_per_s,
+            }
+            for r in ranking
+        ]
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "accuracy from frozen features": st.column_config.ProgressColumn(
+                format="percent", min_value=0.0, max_value=1.0
+            )
+        },
+    )
+    best = ranking[0]
+    if project.settings.get("model") != best.key and st.button(
+        f"Use {best.title}", type="primary", key="use_best"
+    ):
+        get_store().update_settings(project.id, model=best.key)
+        st.session_state.pop("model_choice", None)
+        st.rerun()
