@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from tl_core import review
+from tl_core import alarms, review
 from tl_core.charts import (
     TRAIN_COLOR,
     VAL_COLOR,
@@ -56,6 +56,11 @@ def _headline(run: Run, ev: RunEvaluation) -> None:
     c4.metric("Training time", f"{result.get('seconds', 0):.0f} s")
     if ev.warning:
         st.warning(ev.warning, icon=":material/warning:")
+    alarm = alarms.overfitting(get_store().metrics(run.id, "epoch"))
+    if alarm is not None:
+        st.warning(
+            f"**{alarm.title}.** {alarm.explanation} {alarm.action}", icon=":material/warning:"
+        )
     worst = [c for c in ev.worst_classes(2) if c.recall < 1.0]
     if worst:
         names = " and ".join(f"'{ev.classes[c.index]}' ({c.recall:.0%} found)" for c in worst)

@@ -185,6 +185,17 @@ def test_evaluate_page_shows_accuracy_interval_classes_and_calibration(workspace
     assert "misclassified validation image(s), most confidently wrong first" in _texts(at)
 
 
+def test_evaluate_page_raises_the_overfitting_alarm(workspace, trained) -> None:
+    project_id, run_id = _project_with_run(workspace, trained)
+    at = _app("pages/evaluate.py", project_id)
+    assert "memorising" not in _texts(at)  # no epoch curves recorded: nothing to say
+    store = Store(workspace)
+    for epoch, (acc, val_acc) in enumerate([(0.7, 0.65), (0.95, 0.7), (1.0, 0.7)], 1):
+        store.add_epoch(run_id, epoch, epoch * 10, 1 - acc, acc, 0.9, val_acc, float(epoch))
+    at = _app("pages/evaluate.py", project_id)
+    assert "The model is memorising your training images" in _texts(at)
+
+
 def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
     workspace, trained, monkeypatch
 ):
