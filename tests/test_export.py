@@ -175,6 +175,7 @@ def test_cli_export_prints_json_and_finds_the_data_through_the_workspace(shapes)
     assert shapes["code"] == 0, shapes["stderr"]
     summary = json.loads(shapes["stdout"].strip().splitlines()[-1])
     assert summary["parity_ok"] is True and summary["out"] == str(shapes["zip"])
+    assert summary["ci_low"] <= summary["accuracy"] <= summary["ci_high"] and "ece" in summary
     n = len(load_predictions(shapes["run_dir"]).files)
     for fmt in ("safetensors", "onnx"):
         assert summary["formats"][fmt]["status"] == "ok"

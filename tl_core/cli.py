@@ -209,7 +209,11 @@ def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], 
         progress=lambda message: print(message, file=sys.stderr),
         workspace=store.workspace,
     )
-    return report.summary(), 0 if report.parity_ok else 1
+    from tl_core.evaluation import evaluate_run
+
+    scores = evaluate_run(Path(args.run_dir))
+    summary = {**(scores.summary_json() if scores else {}), **report.summary()}
+    return summary, 0 if report.parity_ok else 1
 
 
 def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
