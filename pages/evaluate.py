@@ -8,17 +8,19 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from tl_core import alarms, review
+from tl_core import alarms, comparison, review
 from tl_core.charts import (
     TRAIN_COLOR,
     VAL_COLOR,
+    comparison_figure,
     confusion_figure,
     curves_figure,
     reliability_figure,
 )
-from tl_core.engine import TrainConfig
+from tl_core.engine import TrainConfig, scratch_config
 from tl_core.evaluation import RunEvaluation, evaluate_run
 from tl_core.store import Project, Run
+from tl_ui.models import model_info
 from tl_ui.runs import pick_run, submit_training, trained_model
 from tl_ui.session import get_store
 
@@ -213,6 +215,41 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
             st.switch_page("pages/train.py")
 
 
+def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
+    """The same run from random weights, on one chart with this one, and the three gains."""
+    if not run.config.get("pretrained", True):
+        st.info("This run learned from random weights: the baseline for transfer learning.")
+        return
+    store = get_store()
+    baseline = next(
+        (r for r in reversed(store.runs(project.id)) if r.config.get("baseline_of") == run.id),
+        None,
+    )
+    st.markdown("**How much is the pretrained start worth here?**")
+    if baseline is None:
+        st.caption(
+            "Train the same model with the same images and epochs from random weights, every "
+            "layer learning, and compare the curves. It runs in the background queue."
+        )
+        if st.button("Train the same from scratch", icon=":material/compare_arrows:"):
+            if any(r.active for r in store.runs(project.id)):
+                st.warning("A run is already training; wait for it to finish.")
+                return
+            n_backbone = model_info(run.config["model"], len(ev.classes)).n_backbone
+            config = scratch_config(TrainConfig.from_dict(run.config), n_backbone)
+            submit_training(project, config, baseline_of=run.id)
+            st.switch_page("pages/train.py")
+        return
+    scratch = store.metrics(baseline.id, "epoch")
+    if baseline.active or not scratch:
+        st.caption(f"The run from scratch is {baseline.status}; its curve appears here as it goes.")
+    transfer = store.metrics(run.id, "epoch")
+    st.plotly_chart(comparison_figure(transfer, scratch), key="versus_scratch")
+    for gain in comparison.gains(transfer, scratch, ev.summary.total):
+        icon = {True: ":material/check:", False: ":material/close:", None: ":material/remove:"}
+        st.markdown(f"{icon[gain.holds]} **{gain.name.capitalize()}**: {gain.sentence}")
+
+
 def _calibration(ev: RunEvaluation) -> None:
     cal = ev.calibration
     st.markdown(
@@ -291,6 +328,7 @@ def page() -> None:
             key="final_curves",
         )
         st.caption(f"Computed on {(run.result or {}).get('compute', '?')}.")
+        _versus_scratch(project, run, ev)
         log = Path(run.run_dir) / "run.log"
         if log.exists():
             with st.expander("Run log: what the engine did and why"):

@@ -196,6 +196,30 @@ def test_evaluate_page_raises_the_overfitting_alarm(workspace, trained) -> None:
     assert "The model is memorising your training images" in _texts(at)
 
 
+def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
+    workspace, trained, monkeypatch
+) -> None:
+    spawned: list[str] = []
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    project_id, run_id = _project_with_run(workspace, trained)
+    store = Store(workspace)
+    for epoch, acc in enumerate([0.78, 0.8], 1):
+        store.add_epoch(run_id, epoch, epoch * 10, 0.6, acc, 0.6, acc, float(epoch))
+    at = _app("pages/evaluate.py", project_id)
+    next(b for b in at.button if b.label == "Train the same from scratch").click().run()
+    assert not at.exception
+    baseline = Store(workspace).runs(project_id)[-1]
+    assert spawned == [baseline.id] and baseline.config["baseline_of"] == run_id
+    assert baseline.config["pretrained"] is False and baseline.config["head_epochs"] == 0
+    for epoch, acc in enumerate([0.2, 0.35], 1):
+        store.add_epoch(baseline.id, epoch, epoch * 10, 2.0, acc, 2.0, acc, float(epoch))
+    store.update_run(baseline.id, status="finished")
+    at = _app("pages/evaluate.py", project_id)
+    text = _texts(at)
+    assert "78% with the pretrained start against 20% from scratch." in text
+    assert "Higher end" in text and "Faster rise" in text
+
+
 def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
     workspace, trained, monkeypatch
 ):

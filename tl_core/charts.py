@@ -266,3 +266,32 @@ def top_classes_figure(
         showlegend=False,
     )
     return fig
+
+
+def comparison_figure(
+    transfer: Sequence[dict[str, Any]], scratch: Sequence[dict[str, Any]]
+) -> go.Figure:
+    """Validation accuracy per epoch: the pretrained start against learning from scratch."""
+    fig = go.Figure()
+    for name, rows, color in (
+        ("pretrained start", transfer, TRAIN_COLOR),
+        ("from scratch", scratch, VAL_COLOR),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=[r["epoch"] for r in rows],
+                y=[r["val_accuracy"] for r in rows],
+                mode="lines+markers",
+                name=name,
+                line={"color": color, "width": 2},
+                hovertemplate=f"{name}<br>epoch %{{x}}: %{{y:.1%}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        height=320,
+        margin={"t": 10, "b": 10, "l": 10, "r": 10},
+        xaxis_title="epoch",
+        yaxis={"title": "validation accuracy", "tickformat": ".0%", "range": [0, 1.02]},
+        legend={"orientation": "h", "y": -0.25},
+    )
+    return fig

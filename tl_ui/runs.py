@@ -26,6 +26,8 @@ def run_label(run: Run) -> str:
     learn = int(run.config.get("trainable_groups", 0))
     what = "head only" if learn == 0 else f"last {learn} group(s)"
     fixes = " · reviewed labels" if run.config.get("corrections") else ""
+    if not run.config.get("pretrained", True):
+        fixes += " · from scratch"
     return f"{when} · {title} · {what}{fixes}{score}"
 
 
@@ -47,9 +49,14 @@ def pick_run(what: str) -> tuple[Project, Run] | None:
     return project, run
 
 
-def submit_training(project: Project, config: TrainConfig) -> Run:
-    """Queue a run with the project's current label review snapshotted into its config."""
+def submit_training(project: Project, config: TrainConfig, baseline_of: str | None = None) -> Run:
+    """Queue a run with the project's current label review snapshotted into its config.
+
+    ``baseline_of``: the run this one is the from-scratch baseline of.
+    """
     raw = asdict(config)
+    if baseline_of:
+        raw["baseline_of"] = baseline_of
     if project.data_dir:
         corrections = review.load(Path(project.data_dir))
         if corrections:
