@@ -113,6 +113,11 @@ def _go(page: Page, label: str) -> None:
     page.get_by_role("link", name=re.compile(label)).first.click()
 
 
+def _idle(page: Page) -> None:
+    """Wait until the script run the last click started has finished."""
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=120_000)
+
+
 def _predict_py_matches_the_app(bundle: Path, tmp_path: Path, workspace: Path) -> None:
     """The bundle's predict.py, run alone on the demo's validation pictures, in both formats,
     gives the app's answer for every picture the app scored."""
@@ -121,7 +126,7 @@ def _predict_py_matches_the_app(bundle: Path, tmp_path: Path, workspace: Path) -
     from tl_core.store import Store
 
     store = Store(workspace)
-    run = [r for r in store.runs() if r.result][-1]
+    run = [r for r in store.runs() if r.result and r.config.get("pretrained", True)][-1]
     preds = load_predictions(Path(run.run_dir))
     source = {i.file: i.source for i in DatasetManifest.load(Path(run.data_dir)).items}
     app = {
@@ -161,7 +166,8 @@ def test_walk_the_wizard_on_the_demo_set(
     expect(page.get_by_text("Input size")).to_be_visible(timeout=120_000)
     expect(page.get_by_text("Sorted right before any training")).to_be_visible(timeout=120_000)
     page.get_by_role("button", name="Compare the models on my images").click()
-    expect(page.get_by_text("accuracy from frozen features")).to_be_visible(timeout=180_000)
+    expect(page.get_by_text("Best on your images:")).to_be_visible(timeout=180_000)
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
     page.screenshot(path=SHOTS / "2-model.png", full_page=True)
 
     _go(page, "Train")
@@ -170,9 +176,11 @@ def test_walk_the_wizard_on_the_demo_set(
     slider.focus()
     page.keyboard.press("ArrowRight")  # let the last layer group learn too
     expect(page.get_by_text("last 1 group").first).to_be_visible()
+    _idle(page)
     page.get_by_text("Advanced settings").click()
     epochs = page.get_by_label("Epochs (passes over your images)")
     epochs.fill("2")
+    _idle(page)
     page.get_by_role("button", name="Save settings").click()
     expect(page.get_by_text("2 epochs ·")).to_be_visible()
     page.screenshot(path=SHOTS / "3-train-ready.png", full_page=True)
@@ -197,7 +205,7 @@ def test_walk_the_wizard_on_the_demo_set(
     page.screenshot(path=SHOTS / "5-finished.png", full_page=True)
 
     _go(page, "Evaluate")
-    expect(page.get_by_text("Validation accuracy")).to_be_visible()
+    expect(page.get_by_text("Validation accuracy", exact=True)).to_be_visible()
     expect(page.get_by_text("95% confidence interval")).to_be_visible()
     page.screenshot(path=SHOTS / "6-evaluate.png", full_page=True)
     page.get_by_role("tab", name="Confusion matrix").click()
@@ -211,6 +219,17 @@ def test_walk_the_wizard_on_the_demo_set(
     page.get_by_role("tab", name="Calibration").click()
     expect(page.get_by_text("Calibration error as trained")).to_be_visible()
     page.screenshot(path=SHOTS / "9-calibration.png", full_page=True)
+
+    # The same run from random weights, then both curves on one chart.
+    page.get_by_role("tab", name="Learning curves").click()
+    page.get_by_role("button", name="Train the same from scratch").click()
+    expect(page.get_by_text(re.compile(r"Finished: .* validation accuracy"))).to_be_visible(
+        timeout=300_000
+    )
+    _go(page, "Evaluate")
+    expect(page.get_by_text("How much is the pretrained start worth here?")).to_be_visible()
+    expect(page.get_by_text("Higher end")).to_be_visible(timeout=60_000)
+    page.screenshot(path=SHOTS / "9b-versus-scratch.png", full_page=True)
 
     _go(page, "Try it")
     picture = next((DEMO / "val" / "sneaker").iterdir())

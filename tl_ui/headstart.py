@@ -148,6 +148,10 @@ def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
         },
     )
     best = ranking[0]
+    st.markdown(
+        f"Best on your images: **{best.title}** ({best.probe_accuracy:.0%} from frozen "
+        "features alone; training usually adds a few points)."
+    )
     if project.settings.get("model") != best.key and st.button(
         f"Use {best.title}", type="primary", key="use_best"
     ):
