@@ -177,7 +177,7 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
                     f"**{ev.classes[ev.preds[i]]}** ({ev.probs[i].max():.0%} sure)"
                 )
                 current = corrections.relabel.get(file)
-                widgets[file] = (
+                widgets[file, ev.classes[ev.labels[i]]] = (
                     st.selectbox(
                         "Correct label",
                         choices,
@@ -190,9 +190,9 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
                     ),
                 )
         if st.form_submit_button("Save review", icon=":material/save:"):
-            for file, (label, leave_out, suspect) in widgets.items():
+            for (file, true), (label, leave_out, suspect) in widgets.items():
                 corrections.relabel.pop(file, None)
-                if label != "(keep)" and label != ev.classes[ev.labels[ev.files.index(file)]]:
+                if label not in ("(keep)", true):
                     corrections.relabel[file] = label
                 (corrections.exclude.add if leave_out else corrections.exclude.discard)(file)
                 (corrections.suspect.add if suspect else corrections.suspect.discard)(file)

@@ -34,7 +34,6 @@ def page() -> None:
         return
     _, run = picked
     calibration = load_calibration(Path(run.run_dir))
-    classes = list((run.result or {}).get("classes") or run.config.get("classes") or [])
     threshold = st.slider(
         "Say 'not sure' when the top class is below",
         0.0,
@@ -68,7 +67,7 @@ def page() -> None:
         return
     with st.spinner(f"Looking at {len(named)} picture(s)…"):
         results = _predict(run.run_dir, named, calibration.temperature)
-    classes = classes or trained_model(run.run_dir).classes
+    classes = trained_model(run.run_dir).classes
     if len(results) == 1:
         name, probs, error = results[0]
         if error:

@@ -1,6 +1,7 @@
 """Decode one untrusted image and normalise it: upright, RGB, long side capped, hashed.
 
-Used by :mod:`tl_core.data`; only Pillow, numpy and the standard library.
+Used by :mod:`tl_core.data`; only Pillow, numpy, the standard library and the
+stand-alone :mod:`tl_core.bundle_predict` (which shares its colour conversion).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The bundle's stand-alone predict.py opens pictures exactly as imports do: one definition.
+from tl_core.bundle_predict import to_rgb
+
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "GIF", "TIFF"})
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
@@ -42,32 +44,6 @@ def _too_large(width: int, height: int, max_pixels: int) -> ImageSkip:
         f"image too large ({width}x{height} pixels); the limit is {max_pixels // 1_000_000} "
         "megapixels"
     )
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit and 32-bit grey images scaled to 8 bits (mode L), keeping relative brightness."""
-    a = np.asarray(img).astype(np.float64)
-    if img.mode.startswith("I;16"):
-        a = a / 257.0
-    elif img.mode == "F" and a.size and a.min() >= 0.0 and a.max() <= 1.0:
-        a = a * 255.0
-    elif img.mode == "I" and a.size and a.min() >= 0 and a.max() <= 65535:
-        a = a / (257.0 if a.max() > 255 else 1.0)
-    else:  # unknown range: stretch what is there to 0..255
-        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode as RGB; transparency is composited on white."""
-    if img.mode.startswith("I") or img.mode == "F":
-        img = _to_8bit(img)
-    if img.mode in _ALPHA_MODES or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def prepare(src: Path | BinaryIO, max_side: int, max_pixels: int) -> Prepared:
