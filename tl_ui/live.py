@@ -67,7 +67,7 @@ def _render(run_id: str) -> None:
             f"Finished: {title} reached {acc:.1%} validation accuracy "
             f"(best epoch {(run.result or {}).get('best_epoch')})."
         )
-        st.page_link("pages/results.py", label="See the results", icon=":material/insights:")
+        st.page_link("pages/evaluate.py", label="See how good it is", icon=":material/insights:")
     elif run.status == "stopped":
         best = (run.result or {}).get("best_epoch")
         st.info(
