@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from tl_core import alarms, comparison, review
+from tl_core import alarms, catalog, comparison, review, transfer
 from tl_core.charts import (
     TRAIN_COLOR,
     VAL_COLOR,
@@ -17,12 +17,14 @@ from tl_core.charts import (
     curves_figure,
     reliability_figure,
 )
+from tl_core.data import split_dataset
 from tl_core.engine import TrainConfig, scratch_config
 from tl_core.evaluation import RunEvaluation, evaluate_run
 from tl_core.store import Project, Run
+from tl_ui.alarms import show_alarm
 from tl_ui.models import model_info
 from tl_ui.runs import pick_run, submit_training, trained_model
-from tl_ui.session import get_store
+from tl_ui.session import get_store, load_manifest
 
 PER_PAGE = 12
 
@@ -39,7 +41,59 @@ def _heat(run_dir: str, image: str, target: int) -> Image.Image:
     return overlay(heatmap(trained_model(run_dir), Path(image), target_class=target))
 
 
-def _headline(run: Run, ev: RunEvaluation) -> None:
+@st.cache_data(max_entries=16, show_spinner="Scoring the frozen pretrained features…")
+def _frozen_accuracy(data_dir: str, model: str, val_fraction: float, seed: int) -> float:
+    """A linear classifier on the run's model's frozen features, on the run's split."""
+    manifest = load_manifest(data_dir)
+    feats = transfer.frozen_features(manifest, split_dataset(manifest, val_fraction, seed), model)
+    return transfer.probe_accuracy(feats)[0]
+
+
+def _baselines(project: Project, run: Run) -> tuple[float | None, float | None]:
+    """(from scratch, frozen features) accuracies to hold this run against, where they exist."""
+    cfg = run.config
+    if not cfg.get("pretrained", True):
+        return None, None
+    scratch = next(
+        (
+            (r.result or {}).get("val_accuracy")
+            for r in reversed(get_store().runs(project.id))
+            if r.config.get("baseline_of") == run.id and r.status == "finished"
+        ),
+        None,
+    )
+    frozen = None
+    spec = catalog.get_spec(cfg["model"])
+    if int(cfg.get("trainable_groups", 0)) > 0 and catalog.weights_status(spec) != "needs download":
+        frozen = _frozen_accuracy(
+            run.data_dir,
+            spec.key,
+            float(cfg.get("val_fraction", 0.2)),
+            int(cfg.get("seed", 0)),
+        )
+    return scratch, frozen
+
+
+def _alarms(project: Project, run: Run, ev: RunEvaluation) -> None:
+    """Overfitting, negative transfer and too little data: each with what to do."""
+    acc, n_val = ev.summary.accuracy, ev.summary.total
+    scratch, frozen = _baselines(project, run)
+    show_alarm(alarms.overfitting(get_store().metrics(run.id, "epoch")))
+    show_alarm(alarms.negative_transfer(acc, n_val, scratch, frozen))
+    little = alarms.too_little_data(
+        n_val, acc, [acc - other for other in (scratch, frozen) if other is not None]
+    )
+    show_alarm(little)
+    if little is None and ev.warning:
+        st.warning(ev.warning, icon=":material/warning:")
+    if frozen is not None:
+        st.caption(
+            f"A classifier on the frozen pretrained features alone reaches {frozen:.0%} on "
+            f"these images; letting layer groups learn changed that by {acc - frozen:+.0%}."
+        )
+
+
+def _headline(project: Project, run: Run, ev: RunEvaluation) -> None:
     result = run.result or {}
     s = ev.summary
     c1, c2, c3, c4 = st.columns(4)
@@ -56,13 +110,7 @@ def _headline(run: Run, ev: RunEvaluation) -> None:
     )
     c3.metric("Best epoch", f"{result.get('best_epoch')} of {result.get('epochs_done')}")
     c4.metric("Training time", f"{result.get('seconds', 0):.0f} s")
-    if ev.warning:
-        st.warning(ev.warning, icon=":material/warning:")
-    alarm = alarms.overfitting(get_store().metrics(run.id, "epoch"))
-    if alarm is not None:
-        st.warning(
-            f"**{alarm.title}.** {alarm.explanation} {alarm.action}", icon=":material/warning:"
-        )
+    _alarms(project, run, ev)
     worst = [c for c in ev.worst_classes(2) if c.recall < 1.0]
     if worst:
         names = " and ".join(f"'{ev.classes[c.index]}' ({c.recall:.0%} found)" for c in worst)
@@ -315,7 +363,7 @@ def page() -> None:
         st.info("This run stopped before its predictions were scored.")
         return
     root = Path(run.data_dir)
-    _headline(run, ev)
+    _headline(project, run, ev)
     tabs = st.tabs(["Learning curves", "Per class", "Confusion matrix", "Mistakes", "Calibration"])
     with tabs[0]:
         store = get_store()

@@ -102,6 +102,11 @@ def negative_transfer(
     )
 
 
+def _points(share: float) -> str:
+    """0.02 -> '2%', 0.005 -> '0.5%': small differences keep their one decimal."""
+    return f"{share * 100:.1f}".rstrip("0").rstrip(".") + "%"
+
+
 def too_little_data(n_val: int, accuracy: float, differences: Sequence[float] = ()) -> Alarm | None:
     """The validation set is too small to tell the shown differences apart (or to trust one
     number): its 95% interval is wider than 20 points, or wider than the smallest difference."""
@@ -113,7 +118,7 @@ def too_little_data(n_val: int, accuracy: float, differences: Sequence[float] = 
     if width <= 0.2 and (smallest is None or width / 2 <= smallest):
         return None
     about = (
-        f"differences of {smallest:.0%} between runs are within that noise"
+        f"differences of {_points(smallest)} between runs are within that noise"
         if smallest is not None and width / 2 > smallest
         else "one number says little"
     )
