@@ -8,14 +8,18 @@ from pathlib import Path
 import streamlit as st
 
 from tl_core import catalog, review
+from tl_core.advice import depth_label
 from tl_core.charts import stages_figure
 from tl_core.engine import AUGMENT_LEVELS, TrainConfig
 from tl_core.errors import RunError
-from tl_core.freezing import freeze_sentence
+from tl_core.freezing import ModelInfo, freeze_sentence
+from tl_core.store import Project, Run
+from tl_ui.headstart import advice_for
 from tl_ui.live import run_panel
 from tl_ui.models import model_info
 from tl_ui.runs import submit_training
-from tl_ui.session import get_store, latest_run, project_with_data
+from tl_ui.session import get_store, project_with_data
+from tl_ui.sweep import advice_box, sweep_panel
 
 AUGMENT_HELP = {
     "none": "none: the images as they are",
@@ -25,8 +29,7 @@ AUGMENT_HELP = {
 }
 
 
-def _freeze_picker(project_id: str, settings: dict, key: str, n_classes: int) -> int:
-    info = model_info(key, n_classes)
+def _freeze_picker(project_id: str, settings: dict, info: ModelInfo) -> int:
     n = info.n_backbone
     current = min(int(settings.get("trainable_groups", 0)), n)
     trainable = st.select_slider(
@@ -34,11 +37,7 @@ def _freeze_picker(project_id: str, settings: dict, key: str, n_classes: int) ->
         options=list(range(n + 1)),
         value=current,
         key="trainable_groups",
-        format_func=lambda k: (
-            "only the new head"
-            if k == 0
-            else ("everything" if k == n else f"last {k} group{'s' if k > 1 else ''}")
-        ),
+        format_func=lambda k: depth_label(k, n),
         help="Layer groups come from the model's own grouping (timm). Frozen groups keep "
         "what they learned on ImageNet; the others adapt to your images.",
     )
@@ -55,7 +54,7 @@ def _freeze_picker(project_id: str, settings: dict, key: str, n_classes: int) ->
     return trainable
 
 
-def _advanced(project_id: str, settings: dict) -> TrainConfig:
+def _advanced(project_id: str, settings: dict) -> None:
     defaults = TrainConfig()
     with st.expander("Advanced settings"), st.form("advanced"):
         c1, c2, c3 = st.columns(3)
@@ -93,7 +92,13 @@ def _advanced(project_id: str, settings: dict) -> TrainConfig:
                 seed=int(seed),
             )
             st.rerun()
-    return TrainConfig.from_dict({**asdict(defaults), **settings})
+
+
+def _watched_run(project: Project) -> Run | None:
+    """The run that is training now, else the newest (a sweep queues several at once)."""
+    runs = get_store().runs(project.id)
+    training = [r for r in runs if r.status in ("starting", "running")]
+    return (training or runs or [None])[-1]
 
 
 def page() -> None:
@@ -107,10 +112,17 @@ def page() -> None:
     st.markdown(
         f"Model: **{spec.title}** · {len(manifest.items)} images in {len(manifest.classes)} classes"
     )
-    trainable = _freeze_picker(project.id, settings, key, len(manifest.classes))
-    config = _advanced(project.id, settings)
+    info = model_info(key, len(manifest.classes))
+    trainable = _freeze_picker(project.id, settings, info)
+    advice, head_start = advice_for(project, manifest, key, info.n_backbone)
+    advice_box(project, advice, trainable, info.n_backbone)
+    config = TrainConfig.from_dict({**asdict(TrainConfig()), **settings})
     config.trainable_groups = trainable
     config.model = key
+    run = _watched_run(project)
+    busy = run is not None and run.active
+    sweep_panel(project, config, advice, info.n_backbone, busy, head_start)
+    _advanced(project.id, settings)
     st.caption(
         f"{config.epochs} epochs · learning rate {config.lr:g} · batch {config.batch_size} · "
         f"augmentation {config.augment} · seed {config.seed}"
@@ -129,8 +141,6 @@ def page() -> None:
             "Change it on the Evaluate page.",
             icon=":material/rule:",
         )
-    run = latest_run(project)
-    busy = run is not None and run.active
     if st.button(
         "Train",
         type="primary",

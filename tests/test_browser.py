@@ -183,14 +183,23 @@ def test_walk_the_wizard_on_the_demo_set(
     _idle(page)
     page.get_by_role("button", name="Save settings").click()
     expect(page.get_by_text("2 epochs ·")).to_be_visible()
+    expect(page.get_by_text("Suggested:")).to_be_visible()
     page.screenshot(path=SHOTS / "3-train-ready.png", full_page=True)
+
+    # The freeze advice, measured: three short runs in the queue, one after another.
+    page.get_by_text("Not sure? Measure it on your images").click()
+    page.get_by_role("button", name="Run the quick sweep").click()
+    expect(page.get_by_text(re.compile(r"^Best in this sweep: "))).to_be_visible(timeout=600_000)
+    _idle(page)
+    page.screenshot(path=SHOTS / "3-sweep.png", full_page=True)
 
     page.get_by_role("button", name="Train", exact=True).click()
     expect(page.get_by_test_id("stMain").get_by_role("button", name="Stop")).to_be_visible(
         timeout=60_000
     )
     expect(page.get_by_text(re.compile(r"step \d+/\d+"))).to_be_visible(timeout=120_000)
-    expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=60_000)  # stages+curves
+    # the layer groups, the sweep and the live curves
+    expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=60_000)
     page.screenshot(path=SHOTS / "4-training.png", full_page=True)
 
     page.reload()  # a refresh mid-run finds the same run still going

@@ -273,3 +273,92 @@ def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -
     at.button(key=f"resume_{run.id}").click().run()
     assert store.run(run.id).status == "starting" and store.run(run.id).resume
     assert spawned == [run.id]
+
+
+def test_train_page_suggests_a_depth_and_runs_a_quick_sweep(workspace, demo_import, monkeypatch):
+    from tl_core.advice import SWEEP_EPOCHS
+
+    spawned: list[str] = []
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
+    at = _app("pages/train.py", project_id)
+    assert not at.exception
+    advice = next(m.value for m in at.markdown if "Suggested:" in m.value)
+    # 500 training images in 10 classes, a head start far above chance: a shallow depth.
+    assert "(50 per class)" in advice and "sorted right before any training" in advice
+    at.button(key="use_advice").click().run()
+    suggested = Store(workspace).project(project_id).settings["trainable_groups"]
+    assert at.select_slider(key="trainable_groups").value == suggested
+    assert 0 <= suggested <= 2 and not any(b.key == "use_advice" for b in at.button)
+
+    at.button(key="sweep").click().run()
+    assert not at.exception
+    store = Store(workspace)
+    runs = store.runs(project_id)
+    depths = [r.config["trainable_groups"] for r in runs]
+    assert len(runs) == 3 and 0 in depths and suggested in depths
+    assert {r.config["epochs"] for r in runs} == {SWEEP_EPOCHS}
+    assert len({r.config["sweep"] for r in runs}) == 1
+    assert spawned == [runs[0].id]  # one at a time: the others wait in the queue
+    assert at.button(key="sweep").disabled and at.button(key="start").disabled
+
+    for run, acc in zip(runs, (0.84, 0.86, 0.70), strict=True):
+        Path(run.run_dir).mkdir(parents=True, exist_ok=True)
+        rows = [{"file": str(i)} for i in range(200)]
+        (Path(run.run_dir) / "predictions.json").write_text(json.dumps({"rows": rows}))
+        store.update_run(run.id, status="finished", result={"val_accuracy": acc, "seconds": 9})
+    at = _app("pages/train.py", project_id)
+    assert not at.exception
+    text = _texts(at)
+    assert "Best in this sweep:" in text and "(86%)" in text
+    assert "Too few validation images to judge" in text  # 84% vs 86% on 200 images
+    assert len(at.get("plotly_chart")) >= 2  # the layer groups and the sweep
+    best = runs[1].config["trainable_groups"]
+    at.button(key="use_sweep_best").click().run()
+    assert Store(workspace).project(project_id).settings["trainable_groups"] == best
+
+
+def test_model_page_raises_the_domain_alarm_on_images_unlike_photos(workspace, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "noise"
+    for label in ("a", "b"):
+        (src / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(src / label / f"{i}.png")
+    manifest = import_folder(src, tmp_path / "data")
+    project_id = _project_with_data(workspace, manifest.root)
+    at = _app("pages/model.py", project_id)
+    assert not at.exception
+    text = _texts(at)
+    assert "Your images are far from what the model saw before" in text
+    assert "Too few validation images to judge" in text  # 24 images: one number says little
+
+
+def test_evaluate_page_holds_the_run_against_scratch_and_frozen_features(workspace, trained):
+    from tl_core import transfer
+    from tl_core.data import DatasetManifest, split_dataset
+
+    data_dir, run_dir, raw = trained
+    project_id = _project_with_data(workspace, data_dir, model="efficientnet_lite0")
+    store = Store(workspace)
+    config = {**raw["config"], "trainable_groups": 2}  # as if two groups had learned
+    run = store.create_run(project_id, config, data_dir, run_dir=run_dir)
+    store.update_run(run.id, status="finished", result=raw["result"])
+    scratch = store.create_run(
+        project_id, {**config, "pretrained": False, "baseline_of": run.id}, data_dir
+    )
+    store.update_run(scratch.id, status="finished", result={"val_accuracy": 0.995})
+    at = _app("pages/evaluate.py", project_id)  # the baseline has no predictions: not listed
+    assert not at.exception
+    text = _texts(at)
+    assert "The pretrained start is not helping" in text
+    assert "Training from scratch reached 100%" in text or "reached 99%" in text
+    manifest = DatasetManifest.load(data_dir)
+    frozen, _ = transfer.probe_accuracy(
+        transfer.frozen_features(manifest, split_dataset(manifest), "efficientnet_lite0")
+    )
+    assert f"frozen pretrained features alone reaches {frozen:.0%}" in text

@@ -295,3 +295,45 @@ def comparison_figure(
         legend={"orientation": "h", "y": -0.25},
     )
     return fig
+
+
+def depth_sweep_figure(
+    labels: Sequence[str],
+    accuracies: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    frozen_accuracy: float | None = None,
+) -> go.Figure:
+    """Validation accuracy against how much of the network learns, with 95% intervals."""
+    fig = go.Figure(
+        go.Scatter(
+            x=list(labels),
+            y=list(accuracies),
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [h - a for a, h in zip(accuracies, highs, strict=True)],
+                "arrayminus": [a - lo for a, lo in zip(accuracies, lows, strict=True)],
+            },
+            mode="lines+markers",
+            name="short run",
+            line={"color": TRAIN_COLOR, "width": 2},
+            marker={"size": 10},
+            hovertemplate="%{x}: %{y:.1%}<extra></extra>",
+        )
+    )
+    if frozen_accuracy is not None:
+        fig.add_hline(
+            y=frozen_accuracy,
+            line={"dash": "dot", "color": FROZEN_COLOR},
+            annotation_text="before any training",
+            annotation_position="bottom left",
+        )
+    fig.update_layout(
+        height=300,
+        margin={"t": 10, "b": 10, "l": 10, "r": 10},
+        xaxis={"title": "how much of the network learns", "type": "category"},
+        yaxis={"title": "validation accuracy", "tickformat": ".0%"},
+        showlegend=False,
+    )
+    return fig

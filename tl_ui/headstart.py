@@ -10,10 +10,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from tl_core import transfer
+from tl_core import alarms, catalog, transfer
+from tl_core.advice import FreezeAdvice, freeze_advice
 from tl_core.charts import TRAIN_COLOR
 from tl_core.data import DatasetManifest, split_dataset
 from tl_core.store import Project
+from tl_ui.alarms import show_alarm
 from tl_ui.session import get_store
 
 
@@ -70,8 +72,10 @@ def head_start_panel(project: Project, manifest: DatasetManifest, key: str) -> N
     c2.metric("Guessing at random", f"{hs.chance:.0%}")
     c3.metric("Always the biggest class", f"{hs.majority:.0%}")
     st.markdown(hs.sentence)
+    show_alarm(alarms.too_little_data(hs.images, hs.ncm_accuracy))
     if feats.entropy is not None:
         gauge = transfer.domain_gauge(feats)
+        show_alarm(alarms.domain_mismatch(gauge.level, gauge.mean_entropy))
         icon = {"close": ":material/check_circle:", "far": ":material/warning:"}.get(
             gauge.level, ":material/info:"
         )
@@ -94,6 +98,29 @@ def head_start_panel(project: Project, manifest: DatasetManifest, key: str) -> N
         curve = transfer.learning_curve(feats)
         st.plotly_chart(_curve_figure(curve), key="learning_curve")
         st.markdown(curve.reading())
+
+
+def advice_for(
+    project: Project, manifest: DatasetManifest, key: str, n_backbone: int
+) -> tuple[FreezeAdvice, float | None]:
+    """Freeze advice from the data size, the head start and the domain gauge of model ``key``.
+
+    Returns the advice and the head-start accuracy (None when the model's weights still
+    need a download, so only the data size speaks).
+    """
+    n_classes = len(manifest.classes)
+    if catalog.weights_status(catalog.get_spec(key)) == "needs download":
+        split = split_dataset(
+            manifest,
+            float(project.settings.get("val_fraction", 0.2)),
+            int(project.settings.get("seed", 0)),
+        )
+        return freeze_advice(len(split.train), n_classes, n_backbone), None
+    feats = _features(manifest, project, key)
+    hs = transfer.head_start(feats)
+    level = transfer.domain_gauge(feats).level if feats.entropy is not None else None
+    advice = freeze_advice(feats.n_train, n_classes, n_backbone, hs.ncm_accuracy, hs.chance, level)
+    return advice, hs.ncm_accuracy
 
 
 def recommend_panel(project: Project, manifest: DatasetManifest) -> None:

@@ -28,6 +28,8 @@ def run_label(run: Run) -> str:
     fixes = " · reviewed labels" if run.config.get("corrections") else ""
     if not run.config.get("pretrained", True):
         fixes += " · from scratch"
+    if run.config.get("sweep"):
+        fixes += " · quick sweep"
     return f"{when} · {title} · {what}{fixes}{score}"
 
 
@@ -49,14 +51,13 @@ def pick_run(what: str) -> tuple[Project, Run] | None:
     return project, run
 
 
-def submit_training(project: Project, config: TrainConfig, baseline_of: str | None = None) -> Run:
+def submit_training(project: Project, config: TrainConfig, **tags: str) -> Run:
     """Queue a run with the project's current label review snapshotted into its config.
 
-    ``baseline_of``: the run this one is the from-scratch baseline of.
+    ``tags`` are stored in the run's config: ``baseline_of`` (the run this one is the
+    from-scratch baseline of), ``sweep`` (the id of the depth sweep it belongs to).
     """
-    raw = asdict(config)
-    if baseline_of:
-        raw["baseline_of"] = baseline_of
+    raw = {**asdict(config), **tags}
     if project.data_dir:
         corrections = review.load(Path(project.data_dir))
         if corrections:
