@@ -87,9 +87,15 @@ def _alarms(project: Project, run: Run, ev: RunEvaluation) -> None:
     if little is None and ev.warning:
         st.warning(ev.warning, icon=":material/warning:")
     if frozen is not None:
+        change = acc - frozen
+        effect = (
+            "made no difference"
+            if round(change * 100) == 0
+            else f"{'added' if change > 0 else 'cost'} {abs(change) * 100:.0f} points"
+        )
         st.caption(
             f"A classifier on the frozen pretrained features alone reaches {frozen:.0%} on "
-            f"these images; letting layer groups learn changed that by {acc - frozen:+.0%}."
+            f"these images; letting layer groups learn {effect}."
         )
 
 

@@ -216,6 +216,11 @@ def test_walk_the_wizard_on_the_demo_set(
     _go(page, "Evaluate")
     expect(page.get_by_text("Validation accuracy", exact=True)).to_be_visible()
     expect(page.get_by_text("95% confidence interval")).to_be_visible()
+    # the run let one group learn: it is held against the frozen features alone
+    expect(page.get_by_text("A classifier on the frozen pretrained features alone")).to_be_visible(
+        timeout=120_000
+    )
+    _idle(page)
     page.screenshot(path=SHOTS / "6-evaluate.png", full_page=True)
     page.get_by_role("tab", name="Confusion matrix").click()
     expect(page.get_by_text(re.compile(r"image\(s\): true '"))).to_be_visible()

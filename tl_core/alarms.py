@@ -118,7 +118,7 @@ def too_little_data(n_val: int, accuracy: float, differences: Sequence[float] = 
     if width <= 0.2 and (smallest is None or width / 2 <= smallest):
         return None
     about = (
-        f"differences of {_points(smallest)} between runs are within that noise"
+        f"differences of {_points(smallest)} between the results shown are within that noise"
         if smallest is not None and width / 2 > smallest
         else "one number says little"
     )
