@@ -362,3 +362,11 @@ def test_evaluate_page_holds_the_run_against_scratch_and_frozen_features(workspa
         transfer.frozen_features(manifest, split_dataset(manifest), "efficientnet_lite0")
     )
     assert f"frozen pretrained features alone reaches {frozen:.0%}" in text
+
+
+def test_train_page_advises_from_the_data_size_alone_before_a_download(workspace, demo_import):
+    project_id = _project_with_data(workspace, demo_import, model="resnet50")
+    at = _app("pages/train.py", project_id)
+    assert not at.exception
+    advice = next(m.value for m in at.markdown if "Suggested:" in m.value)
+    assert "(50 per class)" in advice and "sorted right" not in advice
