@@ -192,3 +192,17 @@ def test_domain_gauge_puts_generated_noise_farther_than_the_demo(
     random = frozen_features(demo, split_dataset(demo), "efficientnet_lite0", pretrained=False)
     with pytest.raises(ValueError, match="ImageNet"):
         domain_gauge(random)
+
+
+def test_domain_gauge_gives_no_verdict_where_its_cut_offs_were_not_measured(
+    demo_features: Features,
+) -> None:
+    from dataclasses import replace
+
+    from tl_core.alarms import domain_mismatch
+
+    # The same entropies, as if from ResNet-50 (a BCE-trained model whose scale differs).
+    other = domain_gauge(replace(demo_features, model_key="resnet50"))
+    assert other.level is None and "no verdict" in other.sentence
+    assert other.mean_entropy == domain_gauge(demo_features).mean_entropy
+    assert domain_mismatch(other.level, 0.99) is None

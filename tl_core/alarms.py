@@ -131,7 +131,7 @@ def too_little_data(n_val: int, accuracy: float, differences: Sequence[float] = 
     )
 
 
-def domain_mismatch(level: str, score: float) -> Alarm | None:
+def domain_mismatch(level: str | None, score: float) -> Alarm | None:
     """The images look unlike the pretraining photos (``level`` from the domain gauge)."""
     if level != "far":
         return None

@@ -656,6 +656,9 @@ Level = Literal["close", "some distance", "far"]
 # the handwriting. Other model families (other training losses) may need other cuts.
 CLOSE_BELOW = 0.54
 FAR_FROM = 0.68
+# The models the cuts were measured on. Others (a ResNet-50 trained with a BCE loss, say) give
+# softer predictions on every image, so their entropy gets a number but no verdict.
+GAUGED_MODELS = frozenset({"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"})
 
 
 @dataclass(frozen=True)
@@ -672,7 +675,7 @@ class DomainGauge:
     """How far the images are from the photos the model was pretrained on."""
 
     mean_entropy: float  # 0: each image is one confident ImageNet class; 1: no idea at all
-    level: Level
+    level: Level | None  # None: no cut-offs measured for this model
     most_like_imagenet: list[Example]
     least_like_imagenet: list[Example]
     sentence: str
@@ -687,21 +690,33 @@ def domain_gauge(features: Features, examples: int = 3) -> DomainGauge:
     info = ImageNetInfo()
     entropy = features.entropy.astype(np.float64)
     mean = float(entropy.mean())
-    level: Level = "close" if mean < CLOSE_BELOW else "far" if mean >= FAR_FROM else "some distance"
+    level: Level | None = (
+        None
+        if features.model_key not in GAUGED_MODELS
+        else "close"
+        if mean < CLOSE_BELOW
+        else "far"
+        if mean >= FAR_FROM
+        else "some distance"
+    )
     order = np.argsort(entropy, kind="stable")
 
     def example(i: int) -> Example:
         name = info.index_to_description(int(features.imagenet_top[i])).split(",")[0]
         return Example(features.files[i], float(entropy[i]), name)
 
-    sentence = {
+    sentences = {
+        None: "How unsure the model's ImageNet classifier is about your images: higher means "
+        "less like the photos it learned from. Where this model's scale turns from close to far "
+        "has not been measured, so there is no verdict.",
         "close": "Your images look like the photos the model learned from: its pretrained "
         "knowledge should carry over well.",
         "some distance": "Your images differ somewhat from the photos the model learned from: "
         "training the last layer groups too may help.",
         "far": "Your images look unlike the photos the model learned from: expect to need more "
         "images and to train more of the network.",
-    }[level]
+    }
+    sentence = sentences[level]
     return DomainGauge(
         mean_entropy=mean,
         level=level,

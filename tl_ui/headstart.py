@@ -79,7 +79,8 @@ def head_start_panel(project: Project, manifest: DatasetManifest, key: str) -> N
         icon = {"close": ":material/check_circle:", "far": ":material/warning:"}.get(
             gauge.level, ":material/info:"
         )
-        with st.expander(f"How close are your images to everyday photos? {gauge.level}"):
+        verdict = gauge.level or f"{gauge.mean_entropy:.0%} unsure"
+        with st.expander(f"How close are your images to everyday photos? {verdict}"):
             st.markdown(f"{icon} {gauge.sentence}")
             st.progress(
                 min(max(gauge.mean_entropy, 0.0), 1.0),
