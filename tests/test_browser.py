@@ -240,6 +240,9 @@ def test_walk_the_wizard_on_the_demo_set(
     expect(page.get_by_text(re.compile(r"Finished: .* validation accuracy"))).to_be_visible(
         timeout=300_000
     )
+    expect(page.get_by_text("The pretrained start against this run from random")).to_be_visible()
+    _idle(page)
+    page.screenshot(path=SHOTS / "9a-scratch-on-train.png", full_page=True)
     _go(page, "Evaluate")
     expect(page.get_by_text("How much is the pretrained start worth here?")).to_be_visible()
     expect(page.get_by_text("Higher end")).to_be_visible(timeout=60_000)

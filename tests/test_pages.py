@@ -218,6 +218,9 @@ def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
     text = _texts(at)
     assert "78% with the pretrained start against 20% from scratch." in text
     assert "Higher end" in text and "Faster rise" in text
+    train = _app("pages/train.py", project_id)  # the baseline's own panel draws both curves
+    assert not train.exception
+    assert "The pretrained start against this run from random weights" in _texts(train)
 
 
 def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(

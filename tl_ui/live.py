@@ -7,7 +7,7 @@ import re
 import streamlit as st
 
 from tl_core import catalog, jobs
-from tl_core.charts import curves_figure
+from tl_core.charts import comparison_figure, curves_figure
 from tl_core.errors import RunError
 from tl_core.store import Run
 from tl_ui.session import get_store
@@ -66,6 +66,8 @@ def _render(run_id: str) -> None:
         st.success(
             f"Finished: {title} reached {acc:.1%} validation accuracy "
             f"(best epoch {(run.result or {}).get('best_epoch')})."
+            if acc is not None
+            else f"Finished: {title} (no validation score was recorded)."
         )
         st.page_link("pages/evaluate.py", label="See how good it is", icon=":material/insights:")
     elif run.status == "stopped":
@@ -96,6 +98,13 @@ def _render(run_id: str) -> None:
             st.rerun(scope="app")
     if steps or epochs:
         st.plotly_chart(curves_figure(steps, epochs, epochs_total), key=f"curves_{run.id}")
+    transfer_id = run.config.get("baseline_of")
+    if transfer_id and epochs:  # a from-scratch baseline: draw it against its pretrained twin
+        st.markdown("**The pretrained start against this run from random weights**")
+        st.plotly_chart(
+            comparison_figure(store.metrics(transfer_id, "epoch"), epochs),
+            key=f"versus_{run.id}",
+        )
     if run.active:
         jobs.pump(store)  # a page that is watching also keeps the queue moving
     elif st.session_state.get("_polling") == run.id:
