@@ -13,18 +13,23 @@ import streamlit as st
 from tl_core import alarms, catalog, transfer
 from tl_core.advice import FreezeAdvice, freeze_advice
 from tl_core.charts import TRAIN_COLOR
-from tl_core.data import DatasetManifest, split_dataset
+from tl_core.data import DatasetManifest, Split, split_dataset
 from tl_core.store import Project
 from tl_ui.alarms import show_alarm
 from tl_ui.session import get_store
 
 
-def _features(manifest: DatasetManifest, project: Project, key: str) -> transfer.Features:
-    split = split_dataset(
+def _split(manifest: DatasetManifest, project: Project) -> Split:
+    """The project's training/validation split, as its runs will use it."""
+    return split_dataset(
         manifest,
         float(project.settings.get("val_fraction", 0.2)),
         int(project.settings.get("seed", 0)),
     )
+
+
+def _features(manifest: DatasetManifest, project: Project, key: str) -> transfer.Features:
+    split = _split(manifest, project)
     bar = st.progress(0.0, text="Looking at your images with the pretrained model…")
 
     def progress(done: int, total: int) -> None:
@@ -111,12 +116,7 @@ def advice_for(
     """
     n_classes = len(manifest.classes)
     if catalog.weights_status(catalog.get_spec(key)) == "needs download":
-        split = split_dataset(
-            manifest,
-            float(project.settings.get("val_fraction", 0.2)),
-            int(project.settings.get("seed", 0)),
-        )
-        return freeze_advice(len(split.train), n_classes, n_backbone), None
+        return freeze_advice(len(_split(manifest, project).train), n_classes, n_backbone), None
     feats = _features(manifest, project, key)
     hs = transfer.head_start(feats)
     level = transfer.domain_gauge(feats).level if feats.entropy is not None else None
@@ -134,11 +134,7 @@ def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
     )
     state_key = f"ranking_{project.id}"
     if st.button("Compare the models on my images", icon=":material/leaderboard:"):
-        split = split_dataset(
-            manifest,
-            float(project.settings.get("val_fraction", 0.2)),
-            int(project.settings.get("seed", 0)),
-        )
+        split = _split(manifest, project)
         bar = st.progress(0.0, text="Scoring the models…")
         keys = transfer.offline_models()
 
