@@ -118,6 +118,14 @@ def _idle(page: Page) -> None:
     expect(page.get_by_test_id("stStatusWidget")).to_have_count(0, timeout=120_000)
 
 
+def _run_ended(page: Page) -> None:
+    """Wait for the whole-page refresh that follows the end of a run (Train is enabled again);
+    a click on another page before it can be undone by that refresh."""
+    train = page.get_by_test_id("stMain").get_by_role("button", name="Train", exact=True)
+    expect(train).to_be_enabled(timeout=60_000)
+    _idle(page)
+
+
 def _predict_py_matches_the_app(bundle: Path, tmp_path: Path, workspace: Path) -> None:
     """The bundle's predict.py, run alone on the demo's validation pictures, in both formats,
     gives the app's answer for every picture the app scored."""
@@ -190,7 +198,7 @@ def test_walk_the_wizard_on_the_demo_set(
     page.get_by_text("Not sure? Measure it on your images").click()
     page.get_by_role("button", name="Run the quick sweep").click()
     expect(page.get_by_text(re.compile(r"^Best in this sweep: "))).to_be_visible(timeout=600_000)
-    _idle(page)
+    _run_ended(page)
     page.screenshot(path=SHOTS / "3-sweep.png", full_page=True)
 
     page.get_by_role("button", name="Train", exact=True).click()
@@ -211,6 +219,7 @@ def test_walk_the_wizard_on_the_demo_set(
     expect(page.get_by_text(re.compile(r"Finished: .* validation accuracy"))).to_be_visible(
         timeout=300_000
     )
+    _run_ended(page)
     page.screenshot(path=SHOTS / "5-finished.png", full_page=True)
 
     _go(page, "Evaluate")
@@ -241,7 +250,7 @@ def test_walk_the_wizard_on_the_demo_set(
         timeout=300_000
     )
     expect(page.get_by_text("The pretrained start against this run from random")).to_be_visible()
-    _idle(page)
+    _run_ended(page)
     page.screenshot(path=SHOTS / "9a-scratch-on-train.png", full_page=True)
     _go(page, "Evaluate")
     expect(page.get_by_text("How much is the pretrained start worth here?")).to_be_visible()
