@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import timm.data
 import torch
-from cli_run import train_cli
+from cli_run import data_sets, train_cli
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -30,7 +30,6 @@ from sklearn.preprocessing import StandardScaler
 
 from tl_core.catalog import create_model, get_spec
 
-ROOT = Path(__file__).resolve().parent.parent
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -68,15 +67,7 @@ def engine_run(train: Path, test: Path) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if argv:
-        sets = [Path(a) for a in argv]
-    else:
-        shared = ROOT.parent / "shared" / "datasets"
-        sets = (
-            sorted(p for p in shared.iterdir() if (p / "train").is_dir())
-            if shared.is_dir()
-            else [ROOT / "assets" / "demo" / "fashion_mnist"]
-        )
+    sets = data_sets(argv)
     rows = []
     for ds in sets:
         test = ds / "test" if (ds / "test").is_dir() else ds / "val"

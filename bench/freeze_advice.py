@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cli_run import train_cli
+from cli_run import data_sets, train_cli
 
 from tl_core import transfer
 from tl_core.advice import SWEEP_EPOCHS, freeze_advice
@@ -29,7 +29,6 @@ from tl_core.data import split_dataset
 from tl_core.freezing import describe_model
 from tl_core.metrics import wilson_interval
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
 
 
@@ -73,15 +72,7 @@ def measure(root: Path) -> dict[str, object]:
 
 
 def main(argv: list[str]) -> None:
-    if argv:
-        sets = [Path(a) for a in argv]
-    else:
-        shared = ROOT.parent / "shared" / "datasets"
-        sets = (
-            sorted(p for p in shared.iterdir() if (p / "train").is_dir())
-            if shared.is_dir()
-            else [ROOT / "assets" / "demo" / "fashion_mnist"]
-        )
+    sets = data_sets(argv)
     rows = []
     for root in sets:
         row = measure(root)

@@ -49,18 +49,28 @@ def _frozen_accuracy(data_dir: str, model: str, val_fraction: float, seed: int) 
     return transfer.probe_accuracy(feats)[0]
 
 
+def _baseline_run(project: Project, run: Run) -> Run | None:
+    """The newest from-scratch run started as this run's baseline, if any."""
+    return next(
+        (
+            r
+            for r in reversed(get_store().runs(project.id))
+            if r.config.get("baseline_of") == run.id
+        ),
+        None,
+    )
+
+
 def _baselines(project: Project, run: Run) -> tuple[float | None, float | None]:
     """(from scratch, frozen features) accuracies to hold this run against, where they exist."""
     cfg = run.config
     if not cfg.get("pretrained", True):
         return None, None
-    scratch = next(
-        (
-            (r.result or {}).get("val_accuracy")
-            for r in reversed(get_store().runs(project.id))
-            if r.config.get("baseline_of") == run.id and r.status == "finished"
-        ),
-        None,
+    baseline = _baseline_run(project, run)
+    scratch = (
+        (baseline.result or {}).get("val_accuracy")
+        if baseline is not None and baseline.status == "finished"
+        else None
     )
     frozen = None
     spec = catalog.get_spec(cfg["model"])
@@ -275,10 +285,7 @@ def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
         st.info("This run learned from random weights: the baseline for transfer learning.")
         return
     store = get_store()
-    baseline = next(
-        (r for r in reversed(store.runs(project.id)) if r.config.get("baseline_of") == run.id),
-        None,
-    )
+    baseline = _baseline_run(project, run)
     st.markdown("**How much is the pretrained start worth here?**")
     if baseline is None:
         st.caption(

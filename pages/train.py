@@ -13,7 +13,7 @@ from tl_core.charts import stages_figure
 from tl_core.engine import AUGMENT_LEVELS, TrainConfig
 from tl_core.errors import RunError
 from tl_core.freezing import ModelInfo, freeze_sentence
-from tl_core.store import Project, Run
+from tl_core.store import ACTIVE, Project, Run
 from tl_ui.headstart import advice_for
 from tl_ui.live import run_panel
 from tl_ui.models import model_info
@@ -97,7 +97,7 @@ def _advanced(project_id: str, settings: dict) -> None:
 def _watched_run(project: Project) -> Run | None:
     """The run that is training now, else the newest (a sweep queues several at once)."""
     runs = get_store().runs(project.id)
-    training = [r for r in runs if r.status in ("starting", "running")]
+    training = [r for r in runs if r.status in ACTIVE]
     return (training or runs or [None])[-1]
 
 

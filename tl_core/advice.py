@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from tl_core.metrics import wilson_interval
+from tl_core.store import UNFINISHED
 
 if TYPE_CHECKING:
     from tl_core.engine import TrainConfig
@@ -183,6 +184,11 @@ class SweepPoint:
     seconds: float | None
 
     @property
+    def pending(self) -> bool:
+        """Still waiting in the queue or training."""
+        return self.status in UNFINISHED
+
+    @property
     def interval(self) -> tuple[float, float] | None:
         if self.accuracy is None or not self.n_val:
             return None
@@ -230,9 +236,7 @@ def sweep_reading(points: Sequence[SweepPoint], n_backbone: int) -> str | None:
     low, _ = best.interval or (best.accuracy, best.accuracy)
     clear = runner.accuracy < low
     name = depth_label(best.trainable_groups, n_backbone)
-    waiting = any(
-        p.accuracy is None and p.status in ("queued", "starting", "running") for p in points
-    )
+    waiting = any(p.pending for p in points)
     text = (
         f"{'So far, best' if waiting else 'Best'} in this sweep: {name} "
         f"({best.accuracy:.0%}), against "

@@ -690,22 +690,16 @@ def domain_gauge(features: Features, examples: int = 3) -> DomainGauge:
     info = ImageNetInfo()
     entropy = features.entropy.astype(np.float64)
     mean = float(entropy.mean())
-    level: Level | None = (
-        None
-        if features.model_key not in GAUGED_MODELS
-        else "close"
-        if mean < CLOSE_BELOW
-        else "far"
-        if mean >= FAR_FROM
-        else "some distance"
-    )
+    level: Level | None = None
+    if features.model_key in GAUGED_MODELS:
+        level = "close" if mean < CLOSE_BELOW else "far" if mean >= FAR_FROM else "some distance"
     order = np.argsort(entropy, kind="stable")
 
     def example(i: int) -> Example:
         name = info.index_to_description(int(features.imagenet_top[i])).split(",")[0]
         return Example(features.files[i], float(entropy[i]), name)
 
-    sentences = {
+    sentence = {
         None: "How unsure the model's ImageNet classifier is about your images: higher means "
         "less like the photos it learned from. Where this model's scale turns from close to far "
         "has not been measured, so there is no verdict.",
@@ -715,8 +709,7 @@ def domain_gauge(features: Features, examples: int = 3) -> DomainGauge:
         "training the last layer groups too may help.",
         "far": "Your images look unlike the photos the model learned from: expect to need more "
         "images and to train more of the network.",
-    }
-    sentence = sentences[level]
+    }[level]
     return DomainGauge(
         mean_entropy=mean,
         level=level,

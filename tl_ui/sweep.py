@@ -15,7 +15,7 @@ from tl_core.advice import (
 )
 from tl_core.charts import depth_sweep_figure
 from tl_core.engine import TrainConfig
-from tl_core.store import UNFINISHED, Project
+from tl_core.store import Project
 from tl_ui.alarms import show_alarm
 from tl_ui.runs import submit_training
 from tl_ui.session import get_store
@@ -82,7 +82,7 @@ def _results(project_id: str, n_backbone: int, head_start: float | None) -> None
             on_click=use_depth,
             args=(project_id, best.trainable_groups),
         )
-    if any(p.status in UNFINISHED for p in points):
+    if any(p.pending for p in points):
         jobs.pump(store)
     elif st.session_state.get("_sweep_polling"):
         st.session_state["_sweep_polling"] = False
@@ -117,7 +117,7 @@ def sweep_panel(
                 submit_training(project, TrainConfig.from_dict(raw), sweep=str(raw["sweep"]))
             st.rerun()
         points = latest_sweep(get_store().runs(project.id))
-        active = any(p.status in UNFINISHED for p in points)
+        active = any(p.pending for p in points)
         if active:
             st.session_state["_sweep_polling"] = True
         st.fragment(_results, run_every=POLL_S if active else None)(
