@@ -2,11 +2,24 @@
 
 import streamlit as st
 
-from tl_ui.session import active_project, sidebar
+from tl_core.store import StoreDamagedError
+from tl_ui.session import active_project, get_store, repaired_notice, sidebar, store_trouble
 
 
 def run() -> None:
     st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧠", layout="wide")
+    try:
+        get_store()
+    except StoreDamagedError as exc:  # one page instead of the studio: what is wrong, a way on
+        error = exc
+
+        def trouble() -> None:
+            store_trouble(error)
+
+        st.navigation(
+            [st.Page(trouble, title="Repair", url_path="repair")], position="hidden"
+        ).run()
+        return
     pages = [
         st.Page(
             "pages/data.py", title="1. Your images", icon=":material/photo_library:", default=True
@@ -18,8 +31,12 @@ def run() -> None:
         st.Page("pages/export.py", title="6. Export", icon=":material/download:"),
     ]
     nav = st.navigation(pages)
-    sidebar(active_project())
-    nav.run()
+    repaired_notice()
+    try:
+        sidebar(active_project())
+        nav.run()
+    except StoreDamagedError as exc:  # damage found while the page was being drawn
+        store_trouble(exc)
 
 
 run()

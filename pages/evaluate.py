@@ -19,7 +19,8 @@ from tl_core.charts import (
 )
 from tl_core.data import split_dataset
 from tl_core.engine import TrainConfig, scratch_config
-from tl_core.evaluation import RunEvaluation, evaluate_run
+from tl_core.errors import StudioError
+from tl_core.evaluation import RunEvaluation, Verdict, evaluate_run, verify_run
 from tl_core.store import Project, Run
 from tl_ui.alarms import show_alarm
 from tl_ui.models import model_info
@@ -32,6 +33,39 @@ PER_PAGE = 12
 @st.cache_data(max_entries=8, show_spinner="Scoring the validation images…")
 def _evaluation(run_dir: str, mtime: float) -> RunEvaluation | None:
     return evaluate_run(Path(run_dir))
+
+
+@st.cache_data(max_entries=16, show_spinner="Checking the saved model against its predictions…")
+def _verdict(run_dir: str, data_dir: str, stamp: tuple[float, int, float]) -> Verdict:
+    """Load best.pt and re-score the validation images: once per run and version of its files."""
+    return verify_run(Path(run_dir), Path(data_dir))
+
+
+def _files_stamp(run_dir: Path) -> tuple[float, int, float]:
+    """best.pt's mtime and size and predictions.json's mtime: the verdict's cache key."""
+    best, preds = run_dir / "best.pt", run_dir / "predictions.json"
+    size = best.stat().st_size if best.is_file() else -1
+    return (best.stat().st_mtime if best.is_file() else 0.0, size, preds.stat().st_mtime)
+
+
+def _show_verdict(run: Run) -> bool:
+    """The saved model's verdict above the scores; False when no score may be shown.
+
+    As on the command line, scores are shown only for a model that loads and reproduces
+    the recorded predictions on the validation images.
+    """
+    verdict = _verdict(run.run_dir, run.data_dir, _files_stamp(Path(run.run_dir)))
+    if verdict.status in ("unusable", "differs"):
+        st.error(verdict.sentence, icon=":material/error:")
+        return False
+    if verdict.status == "unchecked":
+        st.warning(
+            f"{verdict.sentence} Its scores are shown once its images are back in place.",
+            icon=":material/warning:",
+        )
+        return False
+    st.caption(f":material/verified: {verdict.sentence}")
+    return True
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -371,9 +405,15 @@ def page() -> None:
         return
     project, run = picked
     preds_file = Path(run.run_dir) / "predictions.json"
-    ev = _evaluation(run.run_dir, preds_file.stat().st_mtime)
+    try:
+        ev = _evaluation(run.run_dir, preds_file.stat().st_mtime)
+    except StudioError as exc:  # a damaged or foreign predictions.json
+        st.error(str(exc), icon=":material/error:")
+        return
     if ev is None:
         st.info("This run stopped before its predictions were scored.")
+        return
+    if not _show_verdict(run):
         return
     root = Path(run.data_dir)
     _headline(project, run, ev)

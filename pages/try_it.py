@@ -33,7 +33,12 @@ def page() -> None:
     if picked is None:
         return
     _, run = picked
-    calibration = load_calibration(Path(run.run_dir))
+    try:  # a damaged predictions.json or best.pt: one sentence instead of a traceback
+        calibration = load_calibration(Path(run.run_dir))
+        trained_model(run.run_dir)
+    except StudioError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return
     threshold = st.slider(
         "Say 'not sure' when the top class is below",
         0.0,

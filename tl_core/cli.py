@@ -101,7 +101,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run_dir", type=Path, help="the run's folder (holding best.pt)")
     evaluate.add_argument(
-        "--data", type=Path, default=None, help="another labelled folder to score instead"
+        "--data",
+        type=Path,
+        default=None,
+        help="another labelled folder to score instead, or the run's imported data set "
+        "(holding manifest.json) to re-check the saved model on",
+    )
+
+    sub.add_parser(
+        "repair",
+        help="move a damaged studio.db aside and rebuild the index from the folders",
+        description="Check the workspace's index (studio.db). When it is damaged, not a "
+        "database, another program's or a newer version's, move it aside as "
+        "studio.db.damaged-<time>; then add every project and run folder (project.json, "
+        "run.json) that the index lacks. Prints a JSON summary as the last line.",
     )
 
     worker = sub.add_parser("worker", help="(internal) run one queued run of the app")
@@ -217,26 +230,45 @@ def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], 
 
 
 def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
+    """Scores only for a model that loads, and for recorded predictions it reproduces.
+
+    ``--data`` names either another labelled folder (scored afresh by the loaded model) or
+    the run's imported data set (a folder with manifest.json, to re-check the run on).
+    The workspace's index is not needed: run.json in the run folder names the data set.
+    """
     from tl_core import evaluation
-    from tl_core.export import find_data_root
+    from tl_core.results import load_predictions
 
     run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise StudioError(f"There is no run folder at {run_dir}.")
     if not (run_dir / "best.pt").is_file():
         raise StudioError(f"There is no trained model in {run_dir} (best.pt is missing).")
-    if args.data is not None:
-        result = evaluation.evaluate_folder(run_dir, args.data)
-        summary = {**result.summary_json(), "data": str(args.data), "parity_ok": None}
+    data = Path(args.data) if args.data is not None else None
+    if data is not None and not (data / "manifest.json").is_file():
+        result = evaluation.evaluate_folder(run_dir, data)  # the loaded model scores it now
+        summary = {**result.summary_json(), "data": str(data), "parity_ok": None}
+        summary["verified"] = True
     else:
+        preds = load_predictions(run_dir)
+        if preds is None:
+            raise StudioError(f"The run in {run_dir} has no validation predictions.")
+        trained = evaluation.load_model_checked(run_dir, preds)
+        root = (
+            data if data is not None else evaluation.locate_data_root(run_dir, store.workspace)[0]
+        )
+        verdict = evaluation.verify_run(run_dir, root, trained, preds)
+        if not verdict.verified:
+            hint = (
+                " Pass the run's data set folder with --data to re-check it."
+                if verdict.status == "unchecked"
+                else ""
+            )
+            raise StudioError(verdict.sentence + hint)
         result = evaluation.evaluate_run(run_dir)
         if result is None:
             raise StudioError(f"The run in {run_dir} has no validation predictions.")
-        summary = {**result.summary_json(), "data": "validation split"}
-        root = find_data_root(run_dir, store.workspace)
-        if root is not None:  # the saved model gives the recorded predictions again
-            ok, diff = evaluation.reproduces_predictions(run_dir, root)
-            summary.update(parity_ok=ok, parity_max_prob_diff=diff)
-        else:
-            summary.update(parity_ok=None)
+        summary = {**result.summary_json(), "data": "validation split", **verdict.summary()}
     summary["per_class"] = {
         result.classes[c.index]: {"recall": c.recall, "precision": c.precision, "f1": c.f1}
         for c in result.per_class
@@ -261,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "recommend":
             print(json.dumps(_recommend(args)))
+            return 0
+        if args.command == "repair":
+            from tl_core.store import repair
+
+            report = repair(store.workspace)
+            print(report.sentence(), file=sys.stderr)
+            print(json.dumps(report.summary()))
             return 0
         if args.command == "evaluate":
             print(json.dumps(_evaluate(store, args)))

@@ -4,6 +4,9 @@ Everything here works from the validation predictions a run wrote (``predictions
 included), or from a fresh pass over another labelled folder. The fitted temperature and the
 "not sure" threshold are kept in the run folder (``calibration.json``) for the Try page and
 the export.
+
+Before any score is reported, the run's saved model is loaded (:func:`load_model_checked`) and
+checked against the recorded predictions on the validation images (:func:`verify_run`).
 """
 
 from __future__ import annotations
@@ -11,11 +14,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tl_core import metrics
-from tl_core.results import Predictions, load_predictions
+from tl_core.errors import RunError, StudioError
+from tl_core.results import Predictions, PredictionsError, load_predictions
+
+if TYPE_CHECKING:
+    from tl_core.device import ComputePlan
+    from tl_core.inference import TrainedModel
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -161,9 +170,8 @@ def evaluate_folder(run_dir: Path, folder: Path) -> RunEvaluation:
     """The run's best model scored on another labelled folder (one sub-folder per class)."""
     from tl_core.data import IMAGE_SUFFIXES
     from tl_core.errors import DataError
-    from tl_core.inference import load_trained
 
-    trained = load_trained(Path(run_dir))
+    trained = load_model_checked(Path(run_dir))
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"There is no folder at {folder}.")
@@ -184,20 +192,166 @@ def evaluate_folder(run_dir: Path, folder: Path) -> RunEvaluation:
     return evaluate_logits(trained.classes, names, logits, np.asarray(labels))
 
 
+class ModelLoadError(RunError):
+    """A run's saved model cannot be loaded: damaged, cut short, foreign, or not its own."""
+
+
+REPRODUCE_TOLERANCE = 1e-3  # probabilities: predictions.json keeps 6 decimals
+
+
+def load_model_checked(
+    run_dir: Path, predictions: Predictions | None = None, plan: ComputePlan | None = None
+) -> TrainedModel:
+    """The run's best.pt as a model, or ModelLoadError with one sentence.
+
+    Whatever reading the file raises (random bytes, a cut-off file, another program's
+    pickle or state dict, a model of another shape) becomes that one error. With
+    ``predictions``, the model must also know the same classes as those predictions.
+    """
+    from tl_core.inference import load_trained
+
+    path = Path(run_dir) / "best.pt"
+    if not path.is_file():
+        raise ModelLoadError(f"There is no trained model in {run_dir} (best.pt is missing).")
+    try:
+        trained = load_trained(Path(run_dir), plan=plan)
+    except Exception:  # torch, pickle, zip and timm each raise their own kinds
+        raise ModelLoadError(
+            f"The saved model {path} cannot be loaded: the file is damaged, cut short or not a "
+            "model saved by this app, so no score is given for it."
+        ) from None
+    classes = trained.classes
+    if not all(isinstance(c, str) for c in classes) or len(classes) < 2:
+        raise ModelLoadError(f"The saved model {path} has no usable list of class names.")
+    if predictions is not None and list(predictions.classes) != list(classes):
+        raise ModelLoadError(
+            f"The saved model {path} ({len(classes)} classes) and the run's predictions "
+            f"({len(predictions.classes)} classes) do not belong together, so no score is given."
+        )
+    return trained
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Does the saved model give the recorded validation predictions again?"""
+
+    status: str  # "verified" | "differs" | "unchecked" (images not at hand) | "unusable"
+    sentence: str  # one plain sentence for the user
+    images: int = 0  # validation images re-scored
+    top1_agree: int | None = None
+    max_prob_diff: float | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.status == "verified"
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "verified": self.verified,
+            "verdict": self.status,
+            "parity_ok": self.verified if self.status in ("verified", "differs") else None,
+            "parity_max_prob_diff": self.max_prob_diff,
+        }
+
+
+def locate_data_root(run_dir: Path, workspace: Path | None = None) -> tuple[Path | None, str]:
+    """The imported data set the run was validated on, and where it was looked for.
+
+    First the ``data_dir`` the run folder's run.json records, then the workspace's index
+    (which may be damaged or not know the run: then only run.json counts).
+    """
+    from tl_core.store import StoreDamagedError, read_run_record
+
+    record = read_run_record(Path(run_dir))
+    recorded = Path(record["data_dir"]) if record else None
+    if recorded is not None and recorded.is_dir():
+        return recorded, str(recorded)
+    try:
+        from tl_core.export import find_data_root
+
+        found = find_data_root(Path(run_dir), workspace)
+    except StoreDamagedError:
+        found = None
+    if found is not None and found.is_dir():
+        return found, str(found)
+    where = str(recorded or found) if (recorded or found) else "the run folder or the workspace"
+    return None, where
+
+
+def verify_run(
+    run_dir: Path,
+    data_root: Path | None,
+    trained: TrainedModel | None = None,
+    predictions: Predictions | None = None,
+) -> Verdict:
+    """Load best.pt and score the recorded validation images with it again.
+
+    Never raises for a damaged or foreign file: that is the verdict "unusable".
+    ``data_root`` is the run's imported data set (None: not found, the verdict "unchecked").
+    """
+    run_dir = Path(run_dir)
+    try:
+        preds = predictions or load_predictions(run_dir)
+        if preds is None:
+            raise PredictionsError(f"The run in {run_dir} has no validation predictions.")
+        model = trained or load_model_checked(run_dir, preds)
+    except StudioError as exc:
+        return Verdict("unusable", str(exc))
+    n = len(preds.files)
+    if data_root is None or not Path(data_root).is_dir():
+        where = f" at {data_root}" if data_root is not None else ""
+        return Verdict(
+            "unchecked",
+            f"The saved model loads, but the run's validation images are not here{where}, so "
+            "it could not be re-checked against its recorded predictions.",
+        )
+    files = [Path(data_root) / f for f in preds.files]
+    missing = sum(not f.is_file() for f in files)
+    if missing:
+        return Verdict(
+            "unchecked",
+            f"The saved model loads, but {missing} of the {n} validation images are missing "
+            f"from {data_root}, so it could not be re-checked against its recorded predictions.",
+        )
+    try:
+        probs = model.predict(files).astype(np.float64)
+    except StudioError as exc:
+        return Verdict(
+            "unchecked",
+            f"The saved model loads, but a validation image could not be read ({exc}), so it "
+            "could not be re-checked.",
+        )
+    recorded = np.asarray(preds.probs, dtype=np.float64)
+    diff = float(np.abs(probs - recorded).max())
+    agree = int((probs.argmax(1) == np.asarray(preds.preds)).sum())
+    if agree == n and diff <= REPRODUCE_TOLERANCE:
+        return Verdict(
+            "verified",
+            f"The saved model reproduces the recorded predictions on all {n} validation images "
+            f"(largest probability difference {diff:.1e}).",
+            n,
+            agree,
+            diff,
+        )
+    return Verdict(
+        "differs",
+        f"The saved model does not reproduce the run's recorded predictions ({n - agree} of {n} "
+        f"answers differ, probabilities by up to {diff:.2f}), so its scores cannot be trusted; "
+        "train the run again.",
+        n,
+        agree,
+        diff,
+    )
+
+
 def reproduces_predictions(run_dir: Path, data_root: Path) -> tuple[bool, float]:
     """Does the saved best model give the recorded validation predictions again?
 
     (same top-1 on every image and probabilities within 1e-3, largest difference).
     """
-    from tl_core.inference import load_trained
-
-    preds = load_predictions(Path(run_dir))
-    if preds is None or not preds.files:
-        return False, float("nan")
-    probs = load_trained(Path(run_dir)).predict([Path(data_root) / f for f in preds.files])
-    diff = float(np.abs(probs - np.asarray(preds.probs)).max())
-    same = bool((probs.argmax(1) == np.asarray(preds.preds)).all())
-    return same and diff <= 1e-3, diff
+    verdict = verify_run(Path(run_dir), Path(data_root))
+    diff = verdict.max_prob_diff
+    return verdict.verified, float("nan") if diff is None else diff
 
 
 def card_sections(ev: RunEvaluation | None) -> dict[str, str]:

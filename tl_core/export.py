@@ -43,7 +43,7 @@ from tl_core.freezing import freeze_sentence, max_trainable_groups
 from tl_core.inference import TrainedModel, load_trained
 from tl_core.inputs import Normalize, cache_side
 from tl_core.results import Predictions, load_predictions
-from tl_core.store import Run, Store, default_workspace
+from tl_core.store import Run, Store, StoreDamagedError, default_workspace
 
 Progress = Callable[[str], None]
 
@@ -267,7 +267,11 @@ def _store_run(run_dir: Path, workspace: Path | None) -> Run | None:
     for ws in candidates:
         if ws is None or not (Path(ws) / "studio.db").is_file():
             continue
-        for run in Store(Path(ws)).runs():
+        try:
+            runs = Store(Path(ws)).runs()
+        except StoreDamagedError:  # a run folder alone is enough: its data set is then passed
+            continue
+        for run in runs:
             if Path(run.run_dir).resolve() == target:
                 return run
     return None

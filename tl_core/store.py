@@ -4,9 +4,16 @@ Layout under the workspace folder::
 
     studio.db                       projects, runs, metrics (WAL mode: one writer, many readers)
     projects/<project id>/data-N/   an imported data set (manifest.json + images/)
-    runs/<run id>/                  best.pt, last.pt, predictions.json, worker.log
+    runs/<run id>/                  best.pt, last.pt, predictions.json, worker.log, run.json
 
 Workers write; pages only read (and ask for a stop). Every write is one short transaction.
+
+The folders describe themselves, so the index can be rebuilt from them (:func:`repair`):
+each project folder holds ``project.json`` (id, name, data set, settings) and a pointer
+``runs/<run id>.json`` per run; each run folder holds ``run.json`` (id, project, config, data
+set, status, result, epoch metrics), rewritten when the run's status changes. The database is
+opened, and checked, on first use: a file that is not a database, a damaged one, another
+program's or a newer version's raises :class:`StoreDamagedError`.
 """
 
 from __future__ import annotations
@@ -15,15 +22,19 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_core.errors import StudioError
+
 ACTIVE = ("starting", "running")
 UNFINISHED = ("queued", "starting", "running")
+_RECORDED_FIELDS = {"status", "result", "error", "finished", "config", "resume"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -47,6 +58,39 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics(run_id, kind, step);
 """
+SCHEMA_VERSION = 1  # PRAGMA user_version of an index this version writes
+DB_NAME = "studio.db"
+RUN_RECORD = "run.json"
+PROJECT_RECORD = "project.json"
+REPAIR_HINT = (
+    "run `python -m tl_core repair` (or press Repair in the app) to move it aside and rebuild "
+    "the index from the project and run folders"
+)
+
+
+class StoreDamagedError(StudioError):
+    """studio.db cannot be used: not a database, damaged, another program's or too new."""
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return True
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def _expected_columns() -> dict[str, list[tuple[str, str, int, str | None]]]:
+    """(name, type, not null, default) of each column of each table, as _SCHEMA makes them."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(_SCHEMA)
+        return {
+            table: [(r[1], r[2], r[3], r[4]) for r in db.execute(f"PRAGMA table_info({table})")]
+            for table in ("projects", "runs", "metrics")
+        }
+    finally:
+        db.close()
 
 
 def default_workspace() -> Path:
@@ -94,10 +138,20 @@ class Run:
         return self.status in UNFINISHED
 
 
+def _json(text: str, what: str) -> Any:
+    """A JSON column's value; StoreDamagedError when the row holds no valid JSON."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise StoreDamagedError(
+            f"The workspace index studio.db holds a damaged {what} (not valid JSON); {REPAIR_HINT}."
+        ) from None
+
+
 def _run(row: sqlite3.Row) -> Run:
     d = dict(row)
-    d["config"] = json.loads(d["config"])
-    d["result"] = json.loads(d["result"]) if d["result"] else None
+    d["config"] = _json(d["config"], "run configuration")
+    d["result"] = _json(d["result"], "run result") if d["result"] else None
     d["stop_requested"] = bool(d["stop_requested"])
     d["resume"] = bool(d["resume"])
     return Run(**d)
@@ -107,20 +161,119 @@ class Store:
     """All reads and writes of the workspace's SQLite index."""
 
     def __init__(self, workspace: Path | None = None) -> None:
+        """The store of ``workspace``; the database is opened and checked on first use."""
         self.workspace = Path(workspace or default_workspace())
         self.workspace.mkdir(parents=True, exist_ok=True)
-        self.path = self.workspace / "studio.db"
-        with self._connect() as db:
+        self.path = self.workspace / DB_NAME
+        self._opened = False
+        self._open_lock = threading.Lock()
+
+    def check(self) -> None:
+        """Open the index now; StoreDamagedError when it cannot be used."""
+        with self._connect():
+            pass
+
+    def _damaged(self, what: str) -> StoreDamagedError:
+        return StoreDamagedError(f"The workspace index {self.path} {what}; {REPAIR_HINT}.")
+
+    def _open(self) -> None:
+        """Check the file, create the tables of a new index, add columns an older one lacks."""
+        with self._open_lock:
+            if self._opened:
+                return
+            if self.path.is_dir():
+                raise self._damaged("is a folder, not a database file")
+            size = self.path.stat().st_size if self.path.is_file() else 0
+            if self.path.is_file() and size == 0 and self._has_folders():
+                raise self._damaged("is empty (cut short to 0 bytes) while projects exist")
+            if size:
+                with open(self.path, "rb") as f:
+                    head = f.read(16)
+                if head != b"SQLite format 3\x00":
+                    raise self._damaged("is not a database file (another kind of file or damaged)")
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout=30000")
+                self._prepare(db)
+            except sqlite3.DatabaseError as exc:
+                if _is_damage(exc):
+                    raise self._damaged("is damaged (cut short or with broken pages)") from None
+                raise
+            finally:
+                db.close()
+            self._opened = True
+
+    def _has_folders(self) -> bool:
+        return any(
+            any(True for _ in (self.workspace / sub).iterdir())
+            for sub in ("projects", "runs")
+            if (self.workspace / sub).is_dir()
+        )
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and not {"projects", "runs"} <= tables:
+            names = ", ".join(sorted(tables)[:5])
+            raise self._damaged(f"is not this app's index (it holds the tables {names})")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise self._damaged("was written by a newer version of this app")
+        if tables:
+            check = [r[0] for r in db.execute("PRAGMA quick_check")]
+            if check != ["ok"]:
+                raise self._damaged("is damaged (its integrity check failed)")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            statements = [t.strip() for t in _SCHEMA.split(";") if t.strip()]
+            for stmt in statements:  # tables first, then the columns they lack, then indexes
+                if stmt.startswith("CREATE TABLE"):
+                    db.execute(stmt)
+            self._migrate(db)
+            for stmt in statements:
+                if not stmt.startswith("CREATE TABLE"):
+                    db.execute(stmt)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Add the columns an index of an older version lacks; refuse unknown ones."""
+        for table, expected in _expected_columns().items():
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            known = {c[0] for c in expected}
+            extra = sorted(have - known)
+            if extra:
+                raise self._damaged(
+                    f"has columns this version does not know ({table}.{extra[0]}): it was "
+                    "written by another version or program"
+                )
+            for name, kind, notnull, default in expected:
+                if name in have:
+                    continue
+                if notnull and default is None:
+                    raise self._damaged(f"is an older index that lacks {table}.{name}")
+                sql = f"ALTER TABLE {table} ADD COLUMN {name} {kind}"
+                if default is not None:
+                    sql += f"{' NOT NULL' if notnull else ''} DEFAULT {default}"
+                db.execute(sql)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        if not self._opened:
+            self._open()
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout=30000")
         try:
+            db.execute("PRAGMA busy_timeout=30000")
             yield db
+        except sqlite3.DatabaseError as exc:
+            if _is_damage(exc):
+                raise self._damaged("is damaged") from None
+            raise
         finally:
             db.close()
 
@@ -146,6 +299,7 @@ class Store:
                 (pid, name, time.time()),
             )
         (self.workspace / "projects" / pid).mkdir(parents=True, exist_ok=True)
+        self._write_project_record(pid)
         return self.project(pid)  # type: ignore[return-value]
 
     def project(self, project_id: str) -> Project | None:
@@ -154,7 +308,7 @@ class Store:
         if row is None:
             return None
         d = dict(row)
-        d["settings"] = json.loads(d["settings"])
+        d["settings"] = _json(d["settings"], "project's settings")
         return Project(**d)
 
     def project_dir(self, project_id: str) -> Path:
@@ -173,6 +327,7 @@ class Store:
                 "UPDATE projects SET data_dir = ? WHERE id = ?",
                 (None if data_dir is None else str(data_dir), project_id),
             )
+        self._write_project_record(project_id)
 
     def update_settings(self, project_id: str, **changes: Any) -> dict[str, Any]:
         with self.transaction() as db:
@@ -181,6 +336,7 @@ class Store:
             db.execute(
                 "UPDATE projects SET settings = ? WHERE id = ?", (json.dumps(settings), project_id)
             )
+        self._write_project_record(project_id)
         return settings
 
     # ------------------------------------------------------------------ runs
@@ -214,6 +370,7 @@ class Store:
                     source,
                 ),
             )
+        self._write_run_record(rid, new=True)
         return self.run(rid)  # type: ignore[return-value]
 
     def run(self, run_id: str) -> Run | None:
@@ -242,6 +399,8 @@ class Store:
             values.append(json.dumps(value) if isinstance(value, dict) else value)
         with self._connect() as db:
             db.execute(f"UPDATE runs SET {', '.join(cols)} WHERE id = ?", (*values, run_id))
+        if _RECORDED_FIELDS & fields.keys():
+            self._write_run_record(run_id)
 
     def queue_position(self, run_id: str) -> int | None:
         """1 for the next run to start; None when the run is not waiting."""
@@ -256,6 +415,29 @@ class Store:
                 (row["queued_at"],),
             ).fetchone()[0]
         return int(ahead) + 1
+
+    # ------------------------------------------------------------------ self-describing folders
+
+    def _write_project_record(self, project_id: str) -> None:
+        """projects/<id>/project.json: what a rebuilt index needs to know of the project."""
+        project = self.project(project_id)
+        if project is not None:
+            _write_json(
+                self.project_dir(project_id) / PROJECT_RECORD, {"format": 1, **asdict(project)}
+            )
+
+    def _write_run_record(self, run_id: str, new: bool = False) -> None:
+        """run.json in the run folder (and, for a new run, a pointer in its project folder)."""
+        run = self.run(run_id)
+        if run is None:
+            return
+        record = {"format": 1, **asdict(run), "epochs": self.metrics(run_id, "epoch")}
+        for key in ("pid", "heartbeat", "stop_requested"):
+            record.pop(key)
+        _write_json(Path(run.run_dir) / RUN_RECORD, record)
+        if new:
+            pointer = self.project_dir(run.project_id) / "runs" / f"{run_id}.json"
+            _write_json(pointer, {"run_dir": run.run_dir}, make_parent=True)
 
     # ------------------------------------------------------------------ metrics
 
@@ -309,3 +491,247 @@ class Store:
         """Forget metrics of epochs after ``epoch`` (a resumed run replays them)."""
         with self._connect() as db:
             db.execute("DELETE FROM metrics WHERE run_id = ? AND epoch > ?", (run_id, epoch))
+
+
+# ---------------------------------------------------------------------- records and repair
+
+
+def _write_json(path: Path, value: dict[str, Any], make_parent: bool = False) -> None:
+    """Write atomically. A folder that cannot take its record is only harder to rebuild later,
+    so a failure here never fails the store operation that asked for it."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if make_parent:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(value, indent=1, default=str), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run folder's run.json, or None when it is missing or not one of ours."""
+    record = _read_json(Path(run_dir) / RUN_RECORD)
+    if record is None:
+        return None
+    shape = {
+        "id": str,
+        "project_id": str,
+        "status": str,
+        "config": dict,
+        "data_dir": str,
+        "created": (int, float),
+    }
+    if not all(isinstance(record.get(k), t) for k, t in shape.items()):
+        return None
+    return record
+
+
+@dataclass
+class RepairReport:
+    """What :func:`repair` did."""
+
+    problem: str | None  # why the old index was moved aside (None: it was sound)
+    moved_to: Path | None
+    projects: int  # projects added to the index
+    runs: int  # runs added to the index
+    skipped: list[str] = field(default_factory=list)  # folders that could not be read back
+
+    def sentence(self) -> str:
+        start = (
+            f"The damaged index was moved to {self.moved_to.name}; "
+            if self.moved_to
+            else "The index was sound; "
+        )
+        line = (
+            f"{start}{self.projects} project(s) and {self.runs} run(s) were added from their "
+            "folders."
+        )
+        if self.skipped:
+            line += f" {len(self.skipped)} folder(s) could not be read back (no run.json)."
+        return line
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "repaired": self.moved_to is not None,
+            "problem": self.problem,
+            "moved_to": str(self.moved_to) if self.moved_to else None,
+            "projects_added": self.projects,
+            "runs_added": self.runs,
+            "skipped": self.skipped,
+        }
+
+
+def _move_aside(path: Path) -> Path:
+    """studio.db (with its -wal and -shm files) → studio.db.damaged-<timestamp>."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, target.with_name(target.name + suffix))
+    return target
+
+
+def _run_folders(workspace: Path) -> list[Path]:
+    """runs/<id>/ folders and the folders the projects' run pointers name, each once."""
+    found: dict[Path, None] = {}
+    runs = workspace / "runs"
+    if runs.is_dir():
+        for folder in sorted(runs.iterdir()):
+            if folder.is_dir():
+                found[folder.resolve()] = None
+    for pointer in sorted((workspace / "projects").glob("*/runs/*.json")):
+        target = (_read_json(pointer) or {}).get("run_dir")
+        if isinstance(target, str) and Path(target).is_dir():
+            found[Path(target).resolve()] = None
+    return list(found)
+
+
+def _project_rows(workspace: Path) -> dict[str, dict[str, Any]]:
+    """A row for each project folder: from its project.json, else from its newest data set."""
+    rows: dict[str, dict[str, Any]] = {}
+    base = workspace / "projects"
+    if not base.is_dir():
+        return rows
+    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+        record = _read_json(folder / PROJECT_RECORD) or {}
+        imports = sorted(
+            (p.parent for p in folder.glob("data-*/manifest.json")),
+            key=lambda p: int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else 0,
+        )
+        data_dir = record.get("data_dir")
+        if not isinstance(data_dir, str):
+            data_dir = str(imports[-1]) if imports else None
+        settings = record.get("settings")
+        created = record.get("created")
+        rows[folder.name] = {
+            "id": folder.name,
+            "name": str(record.get("name") or "Recovered project"),
+            "created": float(created)
+            if isinstance(created, int | float)
+            else folder.stat().st_mtime,
+            "data_dir": data_dir,
+            "settings": json.dumps(settings if isinstance(settings, dict) else {}),
+        }
+    return rows
+
+
+def _read_everything(store: Store) -> None:
+    """Open the index and decode every row: StoreDamagedError at the first damage."""
+    store.runs()
+    with store._connect() as db:
+        ids = [r[0] for r in db.execute("SELECT id FROM projects")]
+    for pid in ids:
+        store.project(pid)
+
+
+_EPOCH_COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "elapsed")
+
+
+def repair(workspace: Path | None = None) -> RepairReport:
+    """Move a damaged studio.db aside, then add every project and run folder to the index.
+
+    A sound index is kept and only completed with what its folders hold and it lacks (a
+    deleted studio.db is rebuilt the same way). Runs that were unfinished become
+    ``interrupted``; their step metrics are gone, their epoch metrics come from run.json.
+    """
+    store = Store(workspace)
+    problem = moved = None
+    try:
+        _read_everything(store)
+    except StoreDamagedError as exc:
+        problem = str(exc)
+        moved = _move_aside(store.path)
+        store = Store(store.workspace)
+        store.check()
+    projects = _project_rows(store.workspace)
+    added_projects: list[str] = []
+    added_runs: list[str] = []
+    skipped: list[str] = []
+    records = []
+    for folder in _run_folders(store.workspace):
+        record = read_run_record(folder)
+        if record is None:
+            skipped.append(str(folder))
+        else:
+            records.append((folder, record))
+    with store.transaction() as db:
+        for _, record in records:
+            pid = record["project_id"]
+            projects.setdefault(
+                pid,
+                {
+                    "id": pid,
+                    "name": "Recovered project",
+                    "created": float(record["created"]),
+                    "data_dir": record["data_dir"],
+                    "settings": json.dumps(record["config"]),
+                },
+            )
+        for row in projects.values():
+            cur = db.execute(
+                "INSERT OR IGNORE INTO projects (id, name, created, data_dir, settings) "
+                "VALUES (:id, :name, :created, :data_dir, :settings)",
+                row,
+            )
+            if cur.rowcount:
+                added_projects.append(row["id"])
+        for folder, record in records:
+            status = record["status"]
+            message = str(record.get("message") or "")
+            if status in UNFINISHED:
+                status, message = (
+                    "interrupted",
+                    "Interrupted: found unfinished when the index was rebuilt",
+                )
+            result = record.get("result")
+            cur = db.execute(
+                "INSERT OR IGNORE INTO runs (id, project_id, created, queued_at, status, config,"
+                " data_dir, run_dir, source, started, finished, message, error, result)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record["id"],
+                    record["project_id"],
+                    float(record["created"]),
+                    record.get("queued_at") or float(record["created"]),
+                    status,
+                    json.dumps(record["config"]),
+                    record["data_dir"],
+                    str(folder),
+                    str(record.get("source") or "app"),
+                    record.get("started"),
+                    record.get("finished"),
+                    message,
+                    record.get("error"),
+                    json.dumps(result) if isinstance(result, dict) else None,
+                ),
+            )
+            if not cur.rowcount:
+                continue
+            added_runs.append(record["id"])
+            for m in record.get("epochs") or []:
+                if isinstance(m, dict):
+                    db.execute(
+                        "INSERT INTO metrics (run_id, kind, epoch, step, loss, accuracy, val_loss,"
+                        " val_accuracy, elapsed) VALUES (?, 'epoch', ?, ?, ?, ?, ?, ?, ?)",
+                        (record["id"], *(m.get(c) for c in _EPOCH_COLUMNS)),
+                    )
+    for pid in added_projects:
+        store._write_project_record(pid)
+    for rid in added_runs:
+        store._write_run_record(rid)  # the run folder may have moved: record where it is now
+    return RepairReport(problem, moved, len(added_projects), len(added_runs), skipped)

@@ -67,7 +67,10 @@ def submit_training(project: Project, config: TrainConfig, **tags: str) -> Run:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the trained model…")
 def trained_model(run_dir: str) -> TrainedModel:
-    """The run's best model, loaded once per server and shared by sessions."""
-    from tl_core.inference import load_trained
+    """The run's best model, loaded once per server and shared by sessions.
 
-    return load_trained(Path(run_dir))
+    Raises ModelLoadError (one sentence) when best.pt is damaged or not this app's.
+    """
+    from tl_core.evaluation import load_model_checked
+
+    return load_model_checked(Path(run_dir))

@@ -10,7 +10,8 @@ import streamlit as st
 from tl_core import jobs
 from tl_core.catalog import get_spec
 from tl_core.data import DatasetManifest
-from tl_core.store import Project, Run, Store
+from tl_core.errors import StudioError
+from tl_core.store import Project, Run, Store, StoreDamagedError, repair
 
 _KEY = "studio"
 DONE = ":material/check_circle:"
@@ -31,12 +32,44 @@ def get_store() -> Store:
 
     torch and timm are imported here, once and in one thread: importing them from two
     threads at the same time can fail halfway, and later pages then open at once.
+    Raises StoreDamagedError (not cached) when studio.db cannot be used.
     """
     import tl_core.freezing  # noqa: F401
 
     store = Store()
+    store.check()
     jobs.recover(store)
     return store
+
+
+_REPAIRED = "store_repaired"
+
+
+def store_trouble(error: StoreDamagedError) -> None:
+    """The page shown instead of the studio when its index cannot be used: what and a way on."""
+    st.title("Transfer Learning Studio")
+    st.error(str(error), icon=":material/database:")
+    st.markdown(
+        "Nothing has been deleted. **Repair** renames the damaged file (it is kept beside the "
+        "new one as `studio.db.damaged-<time>`) and builds a new index from your project and "
+        "run folders, so your imported images and trained models come back."
+    )
+    if st.button("Repair", type="primary", icon=":material/build:", key="repair_store"):
+        try:
+            report = repair()
+        except (StudioError, OSError) as exc:
+            st.error(f"The repair did not succeed: {exc}")
+            return
+        get_store.clear()
+        st.session_state[_REPAIRED] = report.sentence()
+        st.rerun()
+
+
+def repaired_notice() -> None:
+    """Once, after a repair: what it did."""
+    sentence = st.session_state.pop(_REPAIRED, None)
+    if sentence:
+        st.success(sentence, icon=":material/build:")
 
 
 def session() -> StudioSession:
