@@ -16,7 +16,8 @@ from typing import Any
 from tl_core.errors import StudioError
 
 PREDICTIONS_FILE = "predictions.json"
-_PROB_TOLERANCE = 2e-3  # probabilities are stored with 6 decimals, logits with 5
+_ROUNDING = 2e-3  # probabilities are stored with 6 decimals, logits with 5
+_CONSISTENCY = 1e-2  # between fields: probabilities scored in bfloat16 round to ~4e-3
 
 
 class PredictionsError(StudioError):
@@ -87,12 +88,13 @@ def _row_problem(row: Any, n: int) -> str | None:
     probs = row["probs"]
     if not _numbers(probs, n):
         return f"does not give {n} probabilities as numbers (one per class)"
-    if min(probs) < 0 or max(probs) > 1 or abs(sum(probs) - 1) > _PROB_TOLERANCE + n * 1e-6:
+    outside = min(probs) < -_ROUNDING or max(probs) > 1 + _ROUNDING
+    if outside or abs(sum(probs) - 1) > _CONSISTENCY + n * 1e-5:
         return "has probabilities that are not between 0 and 1 or do not add up to 1"
-    if probs[row["pred"]] < max(probs) - _PROB_TOLERANCE:
+    if probs[row["pred"]] < max(probs) - _CONSISTENCY:
         return "names a predicted class that is not its most probable one"
     if "confidence" in row and not (
-        _is_number(row["confidence"]) and abs(row["confidence"] - max(probs)) <= _PROB_TOLERANCE
+        _is_number(row["confidence"]) and abs(row["confidence"] - max(probs)) <= _CONSISTENCY
     ):
         return "has a confidence that is not its top probability"
     logits = row.get("logits")
@@ -102,7 +104,7 @@ def _row_problem(row: Any, n: int) -> str | None:
         top = max(logits)
         exp = [math.exp(z - top) for z in logits]
         total = sum(exp)
-        if max(abs(e / total - p) for e, p in zip(exp, probs, strict=True)) > _PROB_TOLERANCE:
+        if max(abs(e / total - p) for e, p in zip(exp, probs, strict=True)) > _CONSISTENCY:
             return "has logits that do not give its probabilities"
     return None
 

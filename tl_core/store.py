@@ -187,8 +187,11 @@ class Store:
             if self.path.is_file() and size == 0 and self._has_folders():
                 raise self._damaged("is empty (cut short to 0 bytes) while projects exist")
             if size:
-                with open(self.path, "rb") as f:
-                    head = f.read(16)
+                try:
+                    with open(self.path, "rb") as f:
+                        head = f.read(16)
+                except OSError as exc:
+                    raise self._damaged(f"cannot be read ({exc.strerror or exc})") from None
                 if head != b"SQLite format 3\x00":
                     raise self._damaged("is not a database file (another kind of file or damaged)")
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -198,6 +201,8 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 if _is_damage(exc):
                     raise self._damaged("is damaged (cut short or with broken pages)") from None
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN:
+                    raise self._damaged("cannot be opened") from None
                 raise
             finally:
                 db.close()
@@ -499,7 +504,7 @@ class Store:
 def _write_json(path: Path, value: dict[str, Any], make_parent: bool = False) -> None:
     """Write atomically. A folder that cannot take its record is only harder to rebuild later,
     so a failure here never fails the store operation that asked for it."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         if make_parent:
             path.parent.mkdir(parents=True, exist_ok=True)
