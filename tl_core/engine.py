@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tl_core.catalog import DataConfig, create_model, get_spec
+from tl_core.config import (  # noqa: F401 - re-exported: older imports keep working
+    AUGMENT_LEVELS,
+    SCRATCH_LR,
+    TrainConfig,
+    scratch_config,
+)
 from tl_core.data import Split
 from tl_core.device import ComputePlan, plan_compute
 from tl_core.errors import RunError
@@ -37,59 +43,6 @@ from tl_core.inputs import (
     make_transforms,
 )
 from tl_core.prefixcache import CachedPhase, StopRequested, cache_phase
-
-AUGMENT_LEVELS = ("none", "light", "medium", "strong")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; stored with it and enough to repeat it."""
-
-    model: str = "efficientnet_lite0"
-    trainable_groups: int = 0
-    epochs: int = 20
-    lr: float = 1e-2
-    batch_size: int = 32
-    augment: str = "none"
-    seed: int = 0
-    val_fraction: float = 0.2
-    head_epochs: int = 1
-    pretrained: bool = True
-    weight_decay: float = 0.01
-    aug_views: int = 4  # augmented copies of each image whose frozen-prefix output is cached
-    cache: bool = True  # decode once and cache frozen-prefix outputs (False: the plain loop)
-
-    def validate(self) -> None:
-        """Raise RunError with a plain message for settings that cannot work."""
-        if self.epochs < 1:
-            raise RunError("Train for at least 1 epoch.")
-        if not 1 <= self.batch_size <= 1024:
-            raise RunError("Batch size must be between 1 and 1024.")
-        if not 0 < self.lr < 1:
-            raise RunError("The learning rate must be between 0 and 1 (try 0.002).")
-        if self.augment not in AUGMENT_LEVELS:
-            raise RunError(f"Augmentation must be one of {', '.join(AUGMENT_LEVELS)}.")
-        if self.trainable_groups < 0:
-            raise RunError("The number of trainable layer groups cannot be negative.")
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
-
-SCRATCH_LR = 2e-3  # AdamW from random weights: the usual rate; the fine-tuning 1e-2 is too high
-
-
-def scratch_config(cfg: TrainConfig, n_backbone: int) -> TrainConfig:
-    """The same run from random weights: every layer learns from the start, same epochs."""
-    return replace(
-        cfg,
-        pretrained=False,
-        trainable_groups=n_backbone,
-        head_epochs=0,
-        lr=min(cfg.lr, SCRATCH_LR),
-    )
 
 
 @dataclass(frozen=True)
