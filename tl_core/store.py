@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_core.errors import RunError
+
 ACTIVE = ("starting", "running")
 UNFINISHED = ("queued", "starting", "running")
 
@@ -193,15 +195,32 @@ class Store:
         run_dir: Path | None = None,
         source: str = "app",
         status: str = "queued",
+        pid: int | None = None,
     ) -> Run:
+        """A new run record and its folder (``run_dir``, or ``runs/<id>`` of the workspace).
+
+        Two runs never share a folder: ``run_dir`` must be new or empty and no other run may
+        use it, else RunError. ``pid`` marks a queued run that its own process (the command
+        line) starts when its turn comes, instead of a worker.
+        """
         rid = new_id()
-        folder = Path(run_dir) if run_dir else self.workspace / "runs" / rid
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = (Path(run_dir) if run_dir else self.workspace / "runs" / rid).resolve()
         now = time.time()
-        with self._connect() as db:
+        with self.transaction() as db:
+            owner = db.execute("SELECT id FROM runs WHERE run_dir = ?", (str(folder),)).fetchone()
+            if owner is not None:
+                raise RunError(
+                    f"The folder '{folder}' already holds the run {owner['id']}; two runs "
+                    "cannot share a folder. Choose another one."
+                )
+            if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+                raise RunError(
+                    f"The folder '{folder}' is not a new or empty folder; choose another one "
+                    "for the run's files."
+                )
             db.execute(
                 "INSERT INTO runs (id, project_id, created, queued_at, status, config, data_dir,"
-                " run_dir, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " run_dir, source, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rid,
                     project_id,
@@ -210,10 +229,12 @@ class Store:
                     status,
                     json.dumps(config),
                     str(data_dir),
-                    str(folder.resolve()),
+                    str(folder),
                     source,
+                    pid,
                 ),
             )
+            folder.mkdir(parents=True, exist_ok=True)  # fails before COMMIT: no record
         return self.run(rid)  # type: ignore[return-value]
 
     def run(self, run_id: str) -> Run | None:

@@ -11,7 +11,7 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from tl_core import review
+from tl_core import interrupt, review
 from tl_core.data import DatasetManifest, split_dataset
 from tl_core.engine import EpochMetrics, StepMetrics, TrainConfig, TrainResult, fit
 from tl_core.errors import StudioError
@@ -28,6 +28,12 @@ class StoreCallbacks:
         self.run_id = run_id
         self._checked = 0.0
         self._stop = False
+        self.interrupted: int | None = None  # the signal that asked this run to stop
+
+    def interrupt(self, signum: int) -> None:
+        """A signal came: stop at the next step; the run is then marked interrupted."""
+        self.interrupted = signum
+        self._stop = True
 
     def on_status(self, message: str) -> None:
         self.store.update_run(self.run_id, message=message, heartbeat=time.time())
@@ -82,39 +88,49 @@ def run_worker(store: Store, run_id: str) -> TrainResult | None:
     )
     config = TrainConfig.from_dict(run.config)
     callbacks = StoreCallbacks(store, run_id)
-    try:
-        manifest = DatasetManifest.load(Path(run.data_dir))
-        split = split_dataset(manifest, config.val_fraction, config.seed)
-        corrections = review.Corrections.from_dict(run.config.get("corrections"))
-        if corrections:
-            split = review.apply(split, corrections, manifest.classes)
-            callbacks.on_log(f"Label review applied: {corrections.describe()}.")
-        if run.resume:  # forget the steps of the epoch that was cut off; it is replayed
-            done = [m["epoch"] for m in store.metrics(run_id, "epoch")]
-            store.drop_metrics_after(run_id, max(done, default=0))
-        result = fit(
-            config,
-            split,
-            manifest.root,
-            manifest.classes,
-            Path(run.run_dir),
-            callbacks,
-            resume=run.resume,
-        )
-    except StudioError as exc:
-        store.update_run(
-            run_id, status="failed", error=str(exc), finished=time.time(), message="Failed"
-        )
-        return None
-    except KeyboardInterrupt:
+
+    def interrupted(signum: int) -> interrupt.Interrupted:
         store.update_run(
             run_id,
             status="interrupted",
+            pid=None,
             finished=time.time(),
-            message="Interrupted: the server was stopped",
+            message=interrupt.message(signum),
         )
-        raise
+        return interrupt.Interrupted(signum)
+
+    try:
+        with interrupt.graceful(callbacks.interrupt):
+            manifest = DatasetManifest.load(Path(run.data_dir))
+            split = split_dataset(manifest, config.val_fraction, config.seed)
+            corrections = review.Corrections.from_dict(run.config.get("corrections"))
+            if corrections:
+                split = review.apply(split, corrections, manifest.classes)
+                callbacks.on_log(f"Label review applied: {corrections.describe()}.")
+            if run.resume:  # forget the steps of the epoch that was cut off; it is replayed
+                done = [m["epoch"] for m in store.metrics(run_id, "epoch")]
+                store.drop_metrics_after(run_id, max(done, default=0))
+            result = fit(
+                config,
+                split,
+                manifest.root,
+                manifest.classes,
+                Path(run.run_dir),
+                callbacks,
+                resume=run.resume,
+            )
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, cut short: last.pt is from before
+        interrupt.hold()
+        raise interrupted(callbacks.interrupted or interrupt.signum_of(exc)) from None
     except Exception as exc:
+        if callbacks.interrupted is not None:  # the stop a signal asked for ended it
+            interrupt.hold()
+            raise interrupted(callbacks.interrupted) from None
+        if isinstance(exc, StudioError):
+            store.update_run(
+                run_id, status="failed", error=str(exc), finished=time.time(), message="Failed"
+            )
+            return None
         traceback.print_exc()
         store.update_run(
             run_id,
@@ -125,6 +141,9 @@ def run_worker(store: Store, run_id: str) -> TrainResult | None:
             f"Details are in {Path(run.run_dir) / 'worker.log'}.",
         )
         return None
+    if callbacks.interrupted is not None and result.status == "stopped":  # last.pt saved
+        interrupt.hold()
+        raise interrupted(callbacks.interrupted)
     store.update_run(
         run_id,
         status=result.status,
