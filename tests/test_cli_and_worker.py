@@ -151,7 +151,8 @@ def test_train_command_with_val_never_trains_on_the_validation_folder(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     preds = json.loads((Path(summary["run_dir"]) / "predictions.json").read_text())
     assert len(preds["rows"]) == 12  # exactly the validation folder
-    assert summary["train_images"] == 30
+    assert summary["train_images"] == 30 and summary["val_images"] == 12
+    assert summary["validation"] == "folder"
 
 
 def test_train_command_explains_bad_input(tmp_path):
@@ -167,6 +168,8 @@ def test_train_command_explains_bad_input(tmp_path):
     assert proc.returncode == 2
     assert "error" in json.loads(proc.stdout.strip().splitlines()[-1])
     assert "Traceback" not in proc.stderr
+    assert Store(tmp_path / "ws").runs() == []  # and no project left behind
+    assert not any((tmp_path / "ws" / "projects").glob("*"))
     proc = _cli(
         "train", "--data", str(tmp_path), "--model", "nonexistent_net", workspace=tmp_path / "ws"
     )

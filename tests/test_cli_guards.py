@@ -484,7 +484,9 @@ def test_two_runs_never_share_a_folder_in_the_store(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- failures
 
 
-@pytest.mark.parametrize("case", ["one class", "no images", "unknown model", "bad fraction"])
+@pytest.mark.parametrize(
+    "case", ["one class", "no images", "unknown model", "bad fraction", "too many groups"]
+)
 def test_a_failed_import_or_setting_leaves_nothing(case: str, tmp_path: Path) -> None:
     data = make_shapes(tmp_path / "data", per_class=10)
     args = [*FAST]
@@ -497,10 +499,16 @@ def test_a_failed_import_or_setting_leaves_nothing(case: str, tmp_path: Path) ->
             p.rename(p.with_suffix(".txt"))
     elif case == "unknown model":
         args[1] = "no_such_net"
-    else:
+    elif case == "bad fraction":
         args += ["--val-fraction", "1.5"]
+    else:  # the run starts and fails in the engine, before its first epoch
+        args += ["--trainable-groups", "99"]
     proc = _cli("train", "--data", str(data), *args, workspace=tmp_path / "ws")
-    _refused(proc, heavy_ok=True)
+    if case == "too many groups":
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "layer groups" in json.loads(proc.stdout.strip().splitlines()[-1])["error"]
+    else:
+        _refused(proc, heavy_ok=True)
     _nothing_created(tmp_path / "ws")
 
 
