@@ -64,6 +64,11 @@ def is_disk_full(exc: BaseException) -> bool:
     )
 
 
+def _io_error(exc: BaseException) -> bool:
+    """SQLite says "disk I/O error" when it cannot grow its shared-memory file on a full disk."""
+    return isinstance(exc, sqlite3.OperationalError) and "disk I/O error" in str(exc)
+
+
 def check_free(path: Path, needed: int) -> None:
     """Raise DiskFullError when the disk holding ``path`` has less than ``needed`` bytes free."""
     if free_bytes(path) < needed:
@@ -95,7 +100,7 @@ def guard(path: Path, needed: int = 0, cleanup: Iterable[Path] = ()) -> Iterator
         raise
     except BaseException as exc:
         _remove(cleanup)
-        if is_disk_full(exc):
+        if is_disk_full(exc) or (_io_error(exc) and free_bytes(path) < MB):
             raise disk_full_error(path, needed) from None
         raise
 

@@ -422,6 +422,9 @@ def _check_disk(
     need = diskspace.run_need(
         n, len(split.val), len(classes), side, params, trainable, steps, cached_bytes=decoded
     )
+    # A resumed run replaces its checkpoints: the space they take is counted already.
+    need -= diskspace.files_bytes(run_dir / name for name in (checkpoint.BEST, checkpoint.LAST))
+    need = max(need, diskspace.MARGIN_BYTES)
     if os.stat(run_dir).st_dev == os.stat(data_root).st_dev:
         diskspace.check_free(run_dir, need + max(to_cache, 0))
     else:  # the decoded cache sits beside the data set, on another disk
