@@ -10,7 +10,7 @@ import streamlit as st
 from tl_core import catalog
 from tl_core import data as tl_data
 from tl_core.charts import class_counts_figure
-from tl_core.errors import DataError
+from tl_core.errors import DataError, DiskFullError
 from tl_ui.session import active_project, get_store, open_project, project_manifest
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo" / "fashion_mnist"
@@ -21,10 +21,14 @@ def _import(kind: str, source: object) -> None:
     """Import into a fresh folder of the (possibly new) project; on error nothing changes."""
     store = get_store()
     project = active_project()
-    if project is None:
-        project = store.create_project()
-        store.update_settings(project.id, model=catalog.DEFAULT_MODEL)
-    dest = store.new_data_dir(project.id)
+    try:
+        if project is None:
+            project = store.create_project()
+            store.update_settings(project.id, model=catalog.DEFAULT_MODEL)
+        dest = store.new_data_dir(project.id)
+    except DiskFullError as exc:
+        st.error(str(exc))
+        return
     bar = st.progress(0.0, text="Checking and preparing your images…")
 
     def progress(done: int, total: int) -> None:
@@ -38,13 +42,13 @@ def _import(kind: str, source: object) -> None:
         else:
             files = [(f.name, f.getvalue()) for f in source]  # type: ignore[attr-defined]
             manifest = tl_data.import_files(files, dest, progress)
-    except DataError as exc:
+        store.set_data_dir(project.id, manifest.root)
+    except (DataError, DiskFullError) as exc:
         bar.empty()
         shutil.rmtree(dest, ignore_errors=True)
         st.error(str(exc))
         return
     bar.empty()
-    store.set_data_dir(project.id, manifest.root)
     open_project(project)
     st.rerun()
 

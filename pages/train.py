@@ -11,7 +11,7 @@ from tl_core import catalog, review
 from tl_core.advice import depth_label
 from tl_core.charts import stages_figure
 from tl_core.engine import AUGMENT_LEVELS, TrainConfig
-from tl_core.errors import RunError
+from tl_core.errors import StudioError
 from tl_core.freezing import ModelInfo, freeze_sentence
 from tl_core.store import ACTIVE, Project, Run
 from tl_ui.headstart import advice_for
@@ -151,9 +151,10 @@ def page() -> None:
         try:
             config.validate()
             submit_training(project, config)
-        except RunError as exc:
+        except StudioError as exc:  # bad settings, a full disk
             st.error(str(exc))
-        st.rerun()
+        else:
+            st.rerun()
     if run is not None:
         run_panel(run.id)
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from tl_core import diskspace
 from tl_core.datalayout import Entry, Plan, folder_entries, is_junk, nfc, plan_layout
 from tl_core.errors import DataError
 from tl_core.imageprep import ImageSkip, Prepared, prepare
@@ -222,8 +223,13 @@ def _import(
     progress: Progress | None,
     what: str,
     skipped: list[SkippedFile] | None = None,
+    source_bytes: int | None = None,
 ) -> DatasetManifest:
-    """Shared pipeline: plan, normalise, dedupe, check, save; ``dest`` vanishes on failure."""
+    """Shared pipeline: plan, normalise, dedupe, check, save; ``dest`` vanishes on failure.
+
+    ``source_bytes`` (the sources' total size) sizes the free-space check; a full disk,
+    before or during the import, is a DiskFullError.
+    """
     skipped = list(skipped or [])
     images: list[Entry] = []
     for e in entries:
@@ -247,16 +253,20 @@ def _import(
     created = not dest.exists()
     if not created and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"{dest} must be a new or empty folder")
+    need = diskspace.import_need(len(plan.todo), source_bytes or 0)
+    diskspace.check_free(dest, need)
     try:
         manifest = _convert(plan, dest, progress, skipped)
         manifest.save()
         return manifest
-    except BaseException:
+    except BaseException as exc:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
         else:
             for child in dest.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if diskspace.is_disk_full(exc):  # measured after the clean-up freed the space
+            raise diskspace.disk_full_error(dest, need) from None
         raise
 
 
@@ -384,7 +394,9 @@ def import_folder(src: Path, dest: Path, progress: Progress | None = None) -> Da
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"The folder '{src}' does not exist. Choose a folder of images.")
-    return _import(folder_entries(src, dest), dest, progress, "The folder")
+    entries = folder_entries(src, dest)
+    size = diskspace.files_bytes(src / e.source for e in entries)
+    return _import(entries, dest, progress, "The folder", source_bytes=size)
 
 
 def import_zip(
@@ -405,7 +417,8 @@ def import_zip(
             if parts and not is_junk(parts):
                 fetch = lambda i=info: extract_member(zf, i, budget, tmp)  # noqa: E731
                 entries.append(Entry(parts, info.filename, fetch))
-        return _import(entries, Path(dest), progress, "The .zip file")
+        size = sum(i.file_size for i in infos)
+        return _import(entries, Path(dest), progress, "The .zip file", source_bytes=size)
 
 
 def import_files(
@@ -418,13 +431,15 @@ def import_files(
     """
     entries: list[Entry] = []
     skipped: list[SkippedFile] = []
+    size = 0
     for name, data in files:
+        size += len(data)
         parts = safe_parts(name.lstrip("/\\"))
         if parts is None:
             skipped.append(SkippedFile(name, "unsafe file name"))
         elif not is_junk(parts):
             entries.append(Entry(nfc(parts), name, lambda d=data: io.BytesIO(d)))
-    return _import(entries, Path(dest), progress, "The uploaded folder", skipped)
+    return _import(entries, Path(dest), progress, "The uploaded folder", skipped, size)
 
 
 # --------------------------------------------------------------------------- split

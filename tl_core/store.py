@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_core import diskspace
 from tl_core.errors import RunError
 
 ACTIVE = ("starting", "running")
@@ -110,21 +111,30 @@ class Store:
 
     def __init__(self, workspace: Path | None = None) -> None:
         self.workspace = Path(workspace or default_workspace())
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        with diskspace.guard(self.workspace, diskspace.MB):
+            self.workspace.mkdir(parents=True, exist_ok=True)
         self.path = self.workspace / "studio.db"
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+        # One idle connection for the store's lifetime keeps studio.db's -wal and -shm files in
+        # place, so that reads still work when the disk fills up later (opening the database
+        # afresh would have to create them).
+        with diskspace.guard(self.workspace, diskspace.MB):
+            self._keeper = sqlite3.connect(self.path, check_same_thread=False)
+            self._keeper.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout=30000")
-        try:
-            yield db
-        finally:
-            db.close()
+        """A connection; "database or disk is full" becomes DiskFullError."""
+        with diskspace.guard(self.workspace, diskspace.MB):
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            try:
+                db.execute("PRAGMA busy_timeout=30000")
+                yield db
+            finally:
+                db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -142,12 +152,14 @@ class Store:
 
     def create_project(self, name: str = "My project") -> Project:
         pid = new_id()
-        with self._connect() as db:
+        folder = self.workspace / "projects" / pid
+        with diskspace.guard(self.workspace, diskspace.MB, cleanup=[folder]):
+            folder.mkdir(parents=True, exist_ok=True)
+        with diskspace.guard(self.workspace, diskspace.MB, cleanup=[folder]), self._connect() as db:
             db.execute(
                 "INSERT INTO projects (id, name, created) VALUES (?, ?, ?)",
                 (pid, name, time.time()),
             )
-        (self.workspace / "projects" / pid).mkdir(parents=True, exist_ok=True)
         return self.project(pid)  # type: ignore[return-value]
 
     def project(self, project_id: str) -> Project | None:
@@ -205,8 +217,12 @@ class Store:
         """
         rid = new_id()
         folder = (Path(run_dir) if run_dir else self.workspace / "runs" / rid).resolve()
+        created = not folder.exists()
         now = time.time()
-        with self.transaction() as db:
+        with (
+            diskspace.guard(folder, diskspace.MB, cleanup=[folder] if created else []),
+            self.transaction() as db,
+        ):
             owner = db.execute("SELECT id FROM runs WHERE run_dir = ?", (str(folder),)).fetchone()
             if owner is not None:
                 raise RunError(
