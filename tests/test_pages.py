@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -160,11 +161,18 @@ def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
     return manifest.root, root / "run", {"config": asdict(cfg), "result": asdict(result)}
 
 
+def _register_run(store: Store, project_id: str, config: dict, data_dir: Path, files: Path):
+    """A run record in its own new folder, holding a copy of an already trained run's files."""
+    run = store.create_run(project_id, config, data_dir)
+    shutil.copytree(files, run.run_dir, dirs_exist_ok=True)
+    return run
+
+
 def _project_with_run(workspace: Path, trained) -> tuple[str, str]:
     data_dir, run_dir, raw = trained
     project_id = _project_with_data(workspace, data_dir, model="efficientnet_lite0")
     store = Store(workspace)
-    run = store.create_run(project_id, raw["config"], data_dir, run_dir=run_dir)
+    run = _register_run(store, project_id, raw["config"], data_dir, run_dir)
     store.update_run(run.id, status="finished", result=raw["result"])
     return project_id, run.id
 
@@ -349,7 +357,7 @@ def test_evaluate_page_holds_the_run_against_scratch_and_frozen_features(workspa
     project_id = _project_with_data(workspace, data_dir, model="efficientnet_lite0")
     store = Store(workspace)
     config = {**raw["config"], "trainable_groups": 2}  # as if two groups had learned
-    run = store.create_run(project_id, config, data_dir, run_dir=run_dir)
+    run = _register_run(store, project_id, config, data_dir, run_dir)
     store.update_run(run.id, status="finished", result=raw["result"])
     scratch = store.create_run(
         project_id, {**config, "pretrained": False, "baseline_of": run.id}, data_dir

@@ -204,12 +204,12 @@ def test_a_planted_last_pt_is_refused_on_resume(trained, tmp_path, kind) -> None
 @pytest.mark.parametrize("kind", ["evil-open", "evil-shell", "truncated"])
 def test_resume_through_the_worker_fails_the_run_with_the_message(trained, tmp_path, kind):
     base, data = trained
-    run_dir = _copy(base / "cut", tmp_path / "run")
-    marker = tmp_path / "marker"
-    _plant(run_dir / "last.pt", kind, marker)
     store = Store(tmp_path / "ws")
     project = store.create_project()
-    run = store.create_run(project.id, asdict(CFG), data, run_dir=run_dir)
+    run = store.create_run(project.id, asdict(CFG), data, run_dir=tmp_path / "run")
+    run_dir = Path(shutil.copytree(base / "cut", run.run_dir, dirs_exist_ok=True))
+    marker = tmp_path / "marker"
+    _plant(run_dir / "last.pt", kind, marker)
     store.update_run(run.id, status="stopped", resume=1)
     assert run_worker(store, run.id) is None
     after = store.run(run.id)
