@@ -147,6 +147,7 @@ def _recommend(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
+    from tl_core.neardup import run_summary
     from tl_core.worker import run_worker
 
     config = TrainConfig(
@@ -190,6 +191,9 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         if manifest.has_explicit_val
         else None,
         "classes": manifest.classes,
+        "near_duplicates": run_summary(
+            manifest, config.val_fraction, config.seed, stream=sys.stderr
+        ),
         "status": result.status,
         "compute": result.compute,
         "project_id": project.id,
