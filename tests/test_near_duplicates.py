@@ -163,9 +163,11 @@ def test_old_manifests_without_hashes_still_get_checked(tmp_path, demo_dir) -> N
     assert (old.root / neardup.CACHE_NAME).is_file()  # found once, then read back
 
 
-def test_the_block_search_equals_the_brute_force_pairs() -> None:
+def test_the_block_search_equals_the_brute_force_pairs(monkeypatch) -> None:
+    monkeypatch.setattr(neardup, "TILE_ROWS", 128)
+    monkeypatch.setattr(neardup, "TILE_COLS", 300)
     rng = np.random.default_rng(0)
-    n = 2 * neardup.BLOCK + 37  # crosses block edges
+    n = 128 * 6 + 37  # crosses tile edges both ways
     base = rng.integers(0, 2**63, (40, len(neardup.VIEWS)), dtype=np.uint64)
     hashes = base[rng.integers(0, 40, n)]
     flips = np.left_shift(np.uint64(1), rng.integers(0, 64, hashes.shape).astype(np.uint64))

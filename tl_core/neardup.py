@@ -73,7 +73,7 @@ WORK_SIDE = 128  # every view is cut from this reduction of the image (fast, and
 MAX_BITS = 10
 MIN_SIMILARITY = 0.99
 MAX_CANDIDATES = 100_000  # closest first, if a data set has more
-BLOCK = 512
+TILE_ROWS, TILE_COLS = 256, 4096
 CACHE_NAME = "near_duplicates.json"
 _VERSION = 1
 
@@ -138,34 +138,59 @@ def _hash_array(hashes: Sequence[str]) -> np.ndarray:
     return out
 
 
+_Buffers = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _tile_distances(
+    hashes: np.ndarray, views_t: np.ndarray, rows: slice, cols: slice, buf: _Buffers
+) -> np.ndarray:
+    """Closest-view distances of one tile of pairs, into preallocated buffers."""
+    full = hashes[:, 0]
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    xor, count, best = (b[: shape[0], : shape[1]] for b in buf)
+    np.bitwise_xor(full[rows, None], full[None, cols], out=xor)
+    np.bitwise_count(xor, out=best)
+    for v in range(1, hashes.shape[1]):  # view 0 is the image itself: done above
+        for left, right in (
+            (full[rows, None], views_t[v, None, cols]),
+            (hashes[rows, v, None], full[None, cols]),
+        ):
+            np.bitwise_xor(left, right, out=xor)
+            np.bitwise_count(xor, out=count)
+            np.minimum(best, count, out=best)
+    return best
+
+
 def candidates(hashes: np.ndarray, max_bits: int = MAX_BITS) -> np.ndarray:
     """Pairs (i, j, bits) with i < j whose closest views differ in at most ``max_bits``.
 
     ``hashes`` is (n, views) uint64 with the image itself in column 0; the distance of two
     images is the smallest over "one image against any view of the other", both ways.
-    Runs in blocks of rows; at most :data:`MAX_CANDIDATES` pairs (the closest) are kept.
+    Runs in tiles of TILE_ROWS x TILE_COLS pairs (small enough to stay in the CPU's cache);
+    at most :data:`MAX_CANDIDATES` pairs (the closest) are kept.
     """
     n = len(hashes)
-    full = hashes[:, 0]
+    views_t = np.ascontiguousarray(hashes.T)
+    buf: _Buffers = (
+        np.empty((TILE_ROWS, TILE_COLS), np.uint64),
+        np.empty((TILE_ROWS, TILE_COLS), np.uint8),
+        np.empty((TILE_ROWS, TILE_COLS), np.uint8),
+    )
     found: list[np.ndarray] = []
     kept = 0
     limit = max_bits
-    for start in range(0, n - 1, BLOCK):
-        rows = slice(start, min(start + BLOCK, n))
-        cols = slice(start, n)
-        best = np.full((rows.stop - start, n - start), 255, np.uint8)
-        for v in range(hashes.shape[1]):
-            np.minimum(best, np.bitwise_count(full[rows, None] ^ hashes[None, cols, v]), out=best)
-            if v:  # view 0 is the image itself: already compared
-                np.minimum(
-                    best, np.bitwise_count(hashes[rows, v, None] ^ full[None, cols]), out=best
-                )
-        i, j = np.nonzero(best <= limit)
-        upper = j > i  # columns start at the block's first row
-        i, j = i[upper], j[upper]
-        if len(i):
-            found.append(np.stack([i + start, j + start, best[i, j]], 1).astype(np.int64))
-            kept += len(i)
+    for r0 in range(0, n - 1, TILE_ROWS):
+        rows = slice(r0, min(r0 + TILE_ROWS, n))
+        for c0 in range(r0, n, TILE_COLS):
+            cols = slice(c0, min(c0 + TILE_COLS, n))
+            best = _tile_distances(hashes, views_t, rows, cols, buf)
+            i, j = np.nonzero(best <= limit)
+            i, j = i + r0, j + c0
+            upper = j > i
+            if upper.any():
+                i, j = i[upper], j[upper]
+                found.append(np.stack([i, j, best[i - r0, j - c0]], 1).astype(np.int64))
+                kept += len(i)
         if kept > MAX_CANDIDATES:  # tighten: keep the closest
             allp = np.concatenate(found)
             allp = allp[np.argsort(allp[:, 2], kind="stable")[:MAX_CANDIDATES]]
