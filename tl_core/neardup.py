@@ -275,7 +275,7 @@ def manifest_pairs(manifest: DatasetManifest) -> list[NearPair]:
             img.load()
             return img
 
-    pairs = find_pairs([getattr(i, "phash", None) for i in items], load, [i.file for i in items])
+    pairs = find_pairs([i.phash for i in items], load, [i.file for i in items])
     data = {"signature": signature, "pairs": [p.__dict__ for p in pairs]}
     try:
         tmp = cache.with_suffix(".tmp")
