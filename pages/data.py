@@ -11,6 +11,7 @@ from tl_core import catalog
 from tl_core import data as tl_data
 from tl_core.charts import class_counts_figure
 from tl_core.errors import DataError, DiskFullError
+from tl_ui.neardup import near_duplicates_panel
 from tl_ui.session import active_project, get_store, open_project, project_manifest
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo" / "fashion_mnist"
@@ -162,6 +163,7 @@ def page() -> None:
     assert project is not None
     _summary(manifest)
     _split(project.id, manifest, project.settings)
+    near_duplicates_panel(project.id, manifest)
     st.page_link("pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:")
     with st.expander("Bring different images"):
         _ways_in(has_data=True)

@@ -362,6 +362,7 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
             run_id,
             lambda place: print(f"waiting: place {place} in the queue", file=sys.stderr),
         )
+        from tl_core.neardup import run_summary
         from tl_core.worker import run_worker
 
         result = run_worker(store, run_id)
@@ -398,6 +399,9 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         "pretrained": config.pretrained,
         **_counts(split, manifest),
         "classes": manifest.classes,
+        "near_duplicates": run_summary(
+            manifest, config.val_fraction, config.seed, stream=sys.stderr
+        ),
         "status": result.status,
         "compute": result.compute,
         "project_id": project_id,

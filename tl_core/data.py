@@ -18,7 +18,7 @@ import shutil
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -26,6 +26,7 @@ from tl_core import diskspace
 from tl_core.datalayout import Entry, Plan, folder_entries, is_junk, nfc, plan_layout
 from tl_core.errors import DataError
 from tl_core.imageprep import ImageSkip, Prepared, prepare
+from tl_core.neardup import image_hash
 from tl_core.zipsafe import ByteBudget, check_zip, extract_member, open_zip, safe_parts
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -52,6 +53,7 @@ class ImageItem:
     sha256: str
     width: int
     height: int
+    phash: str | None = None  # perceptual hash for near-duplicates (tl_core.neardup)
 
 
 @dataclass(frozen=True)
@@ -350,7 +352,9 @@ def _convert(
                 (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
                 (dest / rel).write_bytes(encoded)
                 img = prepared.image
+                phash = image_hash(img)  # near-duplicates are looked for later (tl_core.neardup)
                 item = ImageItem(rel, label, subset, entry.source, prepared.sha256, *img.size)
+                item = replace(item, phash=phash)
                 first[prepared.sha256] = item
                 items.append(item)
         if progress:
