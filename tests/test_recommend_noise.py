@@ -191,3 +191,11 @@ def test_model_page_says_when_the_leaders_are_tied(tmp_path, monkeypatch) -> Non
     assert list(table["as good as the best"]) == ["yes", "yes"]
     at.button(key="use_best").click().run()
     assert Store(tmp_path / "ws").project(project.id).settings["model"] == "efficientnet_lite0"
+
+
+@pytest.mark.parametrize("n", [6, 11, 21, 153, 1999])
+def test_the_interval_always_holds_the_score(n) -> None:
+    for correct in (0, 1, n // 2, n - 1, n):
+        low, high = metrics.wilson_interval(correct, n)
+        assert 0.0 <= low <= correct / n <= high <= 1.0
+    assert metrics.wilson_interval(n, n)[1] == 1.0 and metrics.wilson_interval(0, n)[0] == 0.0

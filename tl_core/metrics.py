@@ -38,7 +38,9 @@ def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, f
     denom = 1 + z**2 / total
     centre = (p + z**2 / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if correct <= 0 else max(0.0, centre - half)  # exact ends, not rounding error
+    high = 1.0 if correct >= total else min(1.0, centre + half)
+    return min(low, p), max(high, p)
 
 
 @dataclass(frozen=True)
