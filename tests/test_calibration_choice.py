@@ -225,8 +225,12 @@ def _calibration_tab(scale: float, n: int, seed: int) -> AppTest:
         ev = evaluate_logits(list("abcd"), [f"{i}.png" for i in range(n)], scale * z, labels)
         import tl_ui.runs
 
+        real = tl_ui.runs.pick_run
         tl_ui.runs.pick_run = lambda what: None  # the page's own body draws nothing
-        page = runpy.run_path(f"{root}/pages/evaluate.py")
+        try:
+            page = runpy.run_path(f"{root}/pages/evaluate.py")
+        finally:
+            tl_ui.runs.pick_run = real  # the same process runs the other tests
         page["_calibration"](ev)
 
     at = AppTest.from_function(script, args=(scale, n, seed, str(ROOT)), default_timeout=120)
@@ -254,3 +258,11 @@ def test_the_calibration_tab_says_which_probabilities_the_try_page_uses(
         assert "uses the probabilities as trained" in captions
         assert any("kept as trained" in i.value for i in at.info)
     assert ("the calibration error itself is uncertain" in captions) is (n < 100)
+
+
+def test_the_page_helper_leaves_the_run_picker_as_it_was() -> None:
+    import tl_ui.runs
+
+    before = tl_ui.runs.pick_run
+    _calibration_tab(1.0, 50, 0)
+    assert tl_ui.runs.pick_run is before
