@@ -2,11 +2,13 @@
 
 import streamlit as st
 
+from tl_ui.access import require_access_code
 from tl_ui.session import active_project, sidebar
 
 
 def run() -> None:
     st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧠", layout="wide")
+    require_access_code()  # when a code is set, nothing runs until it is given
     pages = [
         st.Page(
             "pages/data.py", title="1. Your images", icon=":material/photo_library:", default=True

@@ -311,6 +311,14 @@ def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
         st.markdown(f"{icon[gain.holds]} **{gain.name.capitalize()}**: {gain.sentence}")
 
 
+def _ece_text(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "—"
+
+
+def _ece_interval(ci: list[float] | None) -> str | None:
+    return f"95% interval {ci[0]:.1%}–{ci[1]:.1%}" if ci else None
+
+
 def _calibration(ev: RunEvaluation) -> None:
     cal = ev.calibration
     st.markdown(
@@ -328,7 +336,7 @@ def _calibration(ev: RunEvaluation) -> None:
                     VAL_COLOR,
                 ),
                 (
-                    "calibrated",
+                    "temperature-scaled (held-out halves)",
                     ev.reliability_after.confidence,
                     ev.reliability_after.accuracy,
                     ev.reliability_after.count,
@@ -342,25 +350,53 @@ def _calibration(ev: RunEvaluation) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric(
         "Calibration error as trained",
-        f"{cal.ece_before:.1%}" if cal.ece_before is not None else "—",
+        _ece_text(cal.ece_before),
+        delta=_ece_interval(cal.ece_before_ci),
+        delta_color="off",
+        delta_arrow="off",
         help="Expected calibration error: the average gap between how sure the model says "
-        "it is and how often it is right (10 bins).",
+        "it is and how often it is right (10 bins). The interval shows how much it could "
+        "change with other validation images of the same kind (bootstrap).",
     )
     c2.metric(
         "After calibration",
-        f"{cal.ece_after:.1%}" if cal.ece_after is not None else "—",
+        _ece_text(cal.ece_after),
+        delta=_ece_interval(cal.ece_after_ci),
+        delta_color="off",
+        delta_arrow="off",
         help="Temperature scaling fitted on one half of the validation images and scored on "
         "the other, both ways round: an honest estimate.",
     )
+    fitted = cal.fitted_temperature if cal.fitted_temperature is not None else cal.temperature
     c3.metric(
         "Temperature",
-        f"{cal.temperature:.2f}",
-        help="Above 1: the model was over-confident and its probabilities are softened.",
+        f"{fitted:.2f}",
+        delta="used" if cal.calibrated else "not used",
+        delta_color="off",
+        delta_arrow="off",
+        help="Above 1: the model was over-confident and its probabilities would be softened. "
+        "It is used only when it lowers the calibration error by more than the noise of the "
+        "validation images.",
     )
+    if cal.calibrated:
+        st.success(cal.reason(), icon=":material/check:")
+        used = (
+            "The Try page uses the calibrated probabilities (the exported files give the raw "
+            "ones; the model card says how to calibrate them)."
+        )
+    else:
+        st.info(cal.reason(), icon=":material/info:")
+        used = (
+            "The Try page uses the probabilities as trained, as the exported files do "
+            "(temperature 1.00)."
+        )
+    if cal.images and cal.images < 100:
+        st.caption(
+            f"With {cal.images} validation images the calibration error itself is uncertain "
+            "(see the intervals): more validation images give a firmer reading."
+        )
     st.caption(
-        "The Try page uses the calibrated probabilities (the exported files give the raw "
-        f"ones; the model card says how to calibrate them). Below {cal.threshold:.0%} it says "
-        "'not sure' (chosen on the validation images)."
+        f"{used} Below {cal.threshold:.0%} it says 'not sure' (chosen on the validation images)."
     )
 
 

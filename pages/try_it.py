@@ -11,7 +11,7 @@ from PIL import Image
 
 from tl_core.charts import top_classes_figure
 from tl_core.errors import StudioError
-from tl_core.evaluation import load_calibration
+from tl_core.evaluation import Calibration, load_calibration
 from tl_ui.runs import pick_run, trained_model
 
 
@@ -25,6 +25,20 @@ def _predict(run_dir: str, named: list[tuple[str, bytes]], temperature: float):
         except StudioError as exc:
             out.append((name, None, str(exc)))
     return out
+
+
+def _probabilities_note(calibration: Calibration) -> str:
+    """Which probabilities the page shows, and why."""
+    if calibration.calibrated:
+        return (
+            "Probabilities are calibrated on the validation images (temperature "
+            f"{calibration.temperature:.2f}): temperature scaling lowered the calibration "
+            "error there by more than its noise."
+        )
+    return (
+        "Probabilities are as trained (temperature 1.00): temperature scaling did not lower "
+        "the calibration error on the validation images by more than its noise."
+    )
 
 
 def page() -> None:
@@ -59,11 +73,8 @@ def page() -> None:
         shot = st.camera_input("Take a photo", key="try_camera")
         if shot is not None:
             named = [("camera.jpg", shot.getvalue())]
+    st.caption(_probabilities_note(calibration))
     if not named:
-        st.caption(
-            "Probabilities are calibrated on the validation images (temperature "
-            f"{calibration.temperature:.2f})."
-        )
         return
     with st.spinner(f"Looking at {len(named)} picture(s)…"):
         results = _predict(run.run_dir, named, calibration.temperature)

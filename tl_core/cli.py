@@ -253,7 +253,7 @@ def _warn(manifest: DatasetManifest) -> None:
 
 def _recommend(args: argparse.Namespace) -> dict[str, object]:
     _check_folders(args)
-    from tl_core.transfer import recommend
+    from tl_core.transfer import recommend, suggested, verdict
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _import(args.data, args.val, Path(tmp) / "data")
@@ -268,11 +268,18 @@ def _recommend(args: argparse.Namespace) -> dict[str, object]:
         )
     for r in ranking:
         print(
-            f"{r.rank}. {r.title}: probe accuracy {r.probe_accuracy:.1%}, LogME {r.logme:.3f}, "
-            f"{r.params_m:g} M parameters, ~{r.images_per_s} images/s, scored in {r.seconds:.1f} s"
+            f"{r.rank}. {r.title}: probe accuracy {r.probe_accuracy:.1%} (95% interval "
+            f"{r.ci_low:.1%}-{r.ci_high:.1%}), LogME {r.logme:.3f}, {r.params_m:g} M parameters, "
+            f"~{r.images_per_s} images/s, scored in {r.seconds:.1f} s"
+            + (" [as good as the best]" if r.tied and r.rank > 1 else "")
         )
+    best = suggested(ranking)
+    if best is not None:
+        print(verdict(ranking).replace("**", ""))
     return {
-        "best": ranking[0].key if ranking else None,
+        "best": best.key if best else None,
+        "tied_with": [r.key for r in ranking if r.tied and best and r.key != best.key],
+        "images": ranking[0].images if ranking else 0,
         "ranking": [asdict(r) for r in ranking],
         **_counts(split, manifest),
     }

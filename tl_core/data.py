@@ -35,6 +35,9 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 MIN_IMAGES_PER_CLASS = 10
 MAX_SIDE = 640
 MAX_SOURCE_PIXELS = 100_000_000
+# The most a .zip may unpack to, in MiB; the app's upload limit (.streamlit/config.toml
+# server.maxUploadSize) is the same number.
+MAX_IMPORT_MB = 4096
 MANIFEST_NAME = "manifest.json"
 IMBALANCE_RATIO = 5
 _UNSAFE_DIR_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
@@ -407,7 +410,7 @@ def import_zip(
     zip_file: Path | BinaryIO,
     dest: Path,
     progress: Progress | None = None,
-    max_total_bytes: int = 4 * 1024**3,
+    max_total_bytes: int = MAX_IMPORT_MB * 1024**2,
     max_files: int = 100_000,
 ) -> DatasetManifest:
     """Import a .zip; unsafe or oversized archives are refused before anything is unpacked."""
