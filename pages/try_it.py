@@ -13,6 +13,7 @@ from tl_core.charts import top_classes_figure
 from tl_core.errors import StudioError
 from tl_core.evaluation import load_calibration
 from tl_ui.runs import pick_run, trained_model
+from tl_ui.text import literal, plot_literal
 
 
 def _predict(run_dir: str, named: list[tuple[str, bytes]], temperature: float):
@@ -71,21 +72,21 @@ def page() -> None:
     if len(results) == 1:
         name, probs, error = results[0]
         if error:
-            st.error(f"{name}: {error}")
+            st.error(f"{literal(name)}: {literal(error)}")
             return
         c1, c2 = st.columns([1, 2])
         c1.image(Image.open(io.BytesIO(named[0][1])), caption=name, width="stretch")
         with c2:
             top = int(probs.argmax())
             if probs[top] >= threshold:
-                st.success(f"**{classes[top]}** ({probs[top]:.0%})")
+                st.success(f"**{literal(classes[top])}** ({probs[top]:.0%})")
             else:
                 st.warning(
-                    f"Not sure: the best guess is '{classes[top]}' at only {probs[top]:.0%}. "
-                    "The picture may show none of your classes."
+                    f"Not sure: the best guess is '{literal(classes[top])}' at only "
+                    f"{probs[top]:.0%}. The picture may show none of your classes."
                 )
             st.plotly_chart(
-                top_classes_figure(classes, probs.tolist(), threshold),
+                top_classes_figure(plot_literal(classes), probs.tolist(), threshold),
                 key="try_bars",
                 config={"displayModeBar": False},
             )

@@ -526,8 +526,11 @@ def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: in
             f"{val_fraction}); 0.2 is a good start."
         )
     val_files: set[str] = set()
+    by_label: dict[str, list[str]] = {}
+    for item in manifest.items:
+        by_label.setdefault(item.label, []).append(item.file)
     for label in manifest.classes:
-        files = sorted(i.file for i in manifest.items if i.label == label)
+        files = sorted(by_label.get(label, []))
         random.Random(f"{seed}:{label}").shuffle(files)
         n_val = min(max(round(len(files) * val_fraction), 1), len(files) - 1)
         val_files.update(files[:n_val])

@@ -228,7 +228,8 @@ def label_key(name: str) -> str:
 
 def clean_name(name: str) -> str:
     """A class name without control, zero-width or direction characters; spaces collapsed."""
-    kept = "".join(ch for ch in name if unicodedata.category(ch) not in ("Cc", "Cf", "Co"))
+    spaced = "".join(" " if ch.isspace() else ch for ch in name)
+    kept = "".join(ch for ch in spaced if unicodedata.category(ch) not in ("Cc", "Cf", "Co"))
     return " ".join(kept.split())
 
 
@@ -323,7 +324,7 @@ def _where(prefix: tuple[str, ...], name: str) -> str:
 
 def _refuse_nested(todo: list[tuple[Entry, str, str | None]], depth: int) -> None:
     """A class folder holding 'val' or 'train': a split laid out the other way round."""
-    for entry, _, subset in todo:
+    for entry, _, subset in sorted(todo, key=lambda t: t[0].parts):
         start = depth + (2 if subset else 1)
         inner = entry.parts[start:-1]
         hit = next((p for p in inner if p.casefold() in SPLIT_FOLDER_NAMES), None)
