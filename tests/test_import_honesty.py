@@ -300,6 +300,17 @@ def test_an_unreadable_folder_and_file_are_listed_as_permission_denied(
     assert manifest.counts() == {"cat": 2, "dog": 2}
 
 
+def test_an_unreadable_chosen_folder_is_a_plain_message(tmp_path, monkeypatch) -> None:
+    src = write(tmp_path / "src", images("", {"cat": 2, "dog": 2}))
+
+    def scandir(path=".", *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(datalayout.os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"cannot be opened \(permission denied: the folder could"):
+        import_folder(src, tmp_path / "d")
+
+
 def _as_nobody(work: Callable[[], object]) -> object:
     """Run ``work`` in a forked child under the 'nobody' user; its JSON result comes back."""
     read, write_end = os.pipe()

@@ -96,16 +96,18 @@ def test_the_data_page_shows_markdown_and_html_class_names_literally(tmp_path, m
 
 
 def test_the_data_page_with_many_classes_stays_short(tmp_path, monkeypatch) -> None:
-    names = [f"class {k:03d}" for k in range(300)]
+    names = [f"class {k:03d}" for k in range(1000)]
     data_dir = _dataset(tmp_path, names, 2)
-    start = time.perf_counter()
     at = _data_page(tmp_path, monkeypatch, data_dir)
+    start = time.perf_counter()
+    at.run()  # a rerun, as after any click: the first run also pays for imports
     seconds = time.perf_counter() - start
-    assert len(at.warning) == 1 and "300 classes have fewer than 10 images" in at.warning[0].value
+    print(f"Data page with 1,000 classes: {seconds:.1f} s a run")
+    assert len(at.warning) == 1 and "1,000 classes have fewer than 10 images" in at.warning[0].value
     thumbs = [m for m in at.markdown if " · 2 images" in m.value]
     assert len(thumbs) == 24
-    assert any("276 more classes are not shown here" in c.value for c in at.caption)
-    assert seconds < 30, seconds
+    assert any("976 more classes are not shown here" in c.value for c in at.caption)
+    assert not at.exception and seconds < 10, seconds
 
 
 def test_class_names_reach_markdown_only_through_literal() -> None:

@@ -443,7 +443,13 @@ def import_folder(src: Path, dest: Path, progress: Progress | None = None) -> Da
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"The folder '{src}' does not exist. Choose a folder of images.")
-    found = folder_entries(src, dest)
+    try:
+        found = folder_entries(src, dest)
+    except OSError as exc:
+        raise DataError(
+            f"The folder '{src}' cannot be opened ({os_reason(exc, 'folder')}). Choose a folder "
+            "you can read, or copy the images somewhere you can."
+        ) from None
     skipped = [SkippedFile(source, reason) for source, reason in found.skipped]
     return _import(found.entries, dest, progress, "The folder", skipped, found.folders)
 
