@@ -20,6 +20,7 @@ from tl_ui.models import model_info
 from tl_ui.runs import submit_training
 from tl_ui.session import get_store, project_with_data
 from tl_ui.sweep import advice_box, sweep_panel
+from tl_ui.text import literal
 
 AUGMENT_HELP = {
     "none": "none: the images as they are",
@@ -152,7 +153,7 @@ def page() -> None:
             config.validate()
             submit_training(project, config)
         except RunError as exc:
-            st.error(str(exc))
+            st.error(literal(exc))
         st.rerun()
     if run is not None:
         run_panel(run.id)

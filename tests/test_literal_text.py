@@ -37,6 +37,14 @@ PAYLOADS = [
     "| a | b |",
     "> quoted",
     "back\\slash",
+    "- item",
+    "+ item",
+    "2) second",
+    "=== x",
+    "www.example.com",
+    "mail a@b.com",
+    "http://e.com",
+    ":smile: :material/home:",
 ]
 
 
