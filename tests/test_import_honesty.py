@@ -277,7 +277,7 @@ def test_an_unreadable_folder_and_file_are_listed_as_permission_denied(
     tmp_path, monkeypatch
 ) -> None:
     src = write(tmp_path / "src", {**images("", {"cat": 2, "dog": 2}), **images("bird", {"x": 2})})
-    write(src, {"dog/secret.png": png(9)})
+    write(src, {"dog/secret.png": png(9), "dog/secret.xyz": png(10)})
     real_scandir, real_open = os.scandir, builtins.open
 
     def scandir(path=".", *a, **k):
@@ -286,7 +286,7 @@ def test_an_unreadable_folder_and_file_are_listed_as_permission_denied(
         return real_scandir(path, *a, **k)
 
     def fake_open(file, *a, **k):
-        if str(file).endswith("secret.png"):
+        if str(file).endswith(("secret.png", "secret.xyz")):
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *a, **k)
 
@@ -296,6 +296,7 @@ def test_an_unreadable_folder_and_file_are_listed_as_permission_denied(
     assert reasons(manifest) == {
         "bird/": "permission denied: the folder could not be opened",
         "dog/secret.png": "permission denied: the file could not be read",
+        "dog/secret.xyz": "permission denied: the file could not be read",
     }
     assert manifest.counts() == {"cat": 2, "dog": 2}
 

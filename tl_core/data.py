@@ -247,22 +247,25 @@ def _check(
     return out
 
 
-def _sniff(entry: Entry) -> str | None:
-    """The picture format of a file whose name does not say it, or None."""
+def _not_a_picture(entry: Entry) -> str | None:
+    """Why a file whose name has no picture type is not imported; None when it is a picture."""
+    kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+    suffix = Path(entry.parts[-1]).suffix.lower()
     try:
         src = entry.head() if entry.head else entry.fetch()
         if isinstance(src, Path):
             with open(src, "rb") as fh:
                 src = io.BytesIO(fh.read(_SNIFF_BYTES))
-        with src, Image.open(src) as img:
-            return img.format if img.format in SNIFFED_FORMATS else None
+    except OSError as exc:
+        return os_reason(exc)
     except Exception:
-        return None
-
-
-def _unsupported(entry: Entry) -> str:
-    kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-    suffix = Path(entry.parts[-1]).suffix.lower()
+        src = io.BytesIO()
+    try:
+        with src, Image.open(src) as img:
+            if img.format in SNIFFED_FORMATS:
+                return None
+    except Exception:
+        pass
     if not suffix:
         return f"not an image file (its name has no file type; supported: {kinds})"
     return f"file type '{suffix}' is not supported (supported: {kinds})"
@@ -280,10 +283,11 @@ def _import(
     skipped = list(skipped or [])
     images: list[Entry] = []
     for e in entries:
-        if Path(e.parts[-1]).suffix.lower() in IMAGE_SUFFIXES or _sniff(e):
+        why = None if Path(e.parts[-1]).suffix.lower() in IMAGE_SUFFIXES else _not_a_picture(e)
+        if why is None:
             images.append(e)
         else:
-            skipped.append(SkippedFile(e.source, _unsupported(e)))
+            skipped.append(SkippedFile(e.source, why))
     if not entries and not skipped:
         raise DataError(f"{what} is empty. Put one folder of images per class in it.")
     if not images:
