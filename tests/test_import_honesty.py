@@ -227,7 +227,7 @@ def test_classes_named_train_and_val_holding_images_directly_are_classes(
 SPLITS = [("train", "val"), ("Train", "Validation"), ("TRAIN", "test"), ("training", "valid")]
 
 
-@pytest.mark.parametrize(("train", "val"), SPLITS, ids="-".join)
+@pytest.mark.parametrize(("train", "val"), SPLITS, ids=[f"{t}-{v}" for t, v in SPLITS])
 @pytest.mark.parametrize("wrap", ["", "flowers/", "a/b/"])
 def test_a_split_is_train_and_val_each_holding_class_folders(tmp_path, way, train, val, wrap):
     files = {**images(wrap + train, {"rose": 3, "tulip": 3}), **images(wrap + val, {"rose": 1})}
