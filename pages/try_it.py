@@ -10,6 +10,7 @@ import streamlit as st
 from PIL import Image
 
 from tl_core.charts import top_classes_figure
+from tl_core.data import IMAGE_SUFFIXES
 from tl_core.errors import StudioError
 from tl_core.evaluation import load_calibration
 from tl_ui.runs import pick_run, trained_model
@@ -51,7 +52,7 @@ def page() -> None:
     if source == "Upload":
         files = st.file_uploader(
             "Drop one or more pictures",
-            type=["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"],
+            type=sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES),  # as at import
             accept_multiple_files=True,
             key="try_upload",
         )
