@@ -179,8 +179,6 @@ def test_a_split_whose_validation_images_cannot_be_used_as_given_is_refused(
     tmp_path, way, case
 ) -> None:
     files, dirs, message = REFUSED[case]
-    if way is via_upload and case == "two-train-folders":
-        pytest.skip("the same upload, once per spelling, is covered by the zip")
     with pytest.raises(DataError, match=message):
         way(tmp_path, files, dirs)
     assert not (tmp_path / "d").exists()
