@@ -25,6 +25,7 @@ from tl_ui.alarms import show_alarm
 from tl_ui.models import model_info
 from tl_ui.runs import pick_run, submit_training, trained_model
 from tl_ui.session import get_store, load_manifest
+from tl_ui.text import literal, plot_literal
 
 PER_PAGE = 12
 
@@ -129,7 +130,9 @@ def _headline(project: Project, run: Run, ev: RunEvaluation) -> None:
     _alarms(project, run, ev)
     worst = [c for c in ev.worst_classes(2) if c.recall < 1.0]
     if worst:
-        names = " and ".join(f"'{ev.classes[c.index]}' ({c.recall:.0%} found)" for c in worst)
+        names = " and ".join(
+            f"'{literal(ev.classes[c.index])}' ({c.recall:.0%} found)" for c in worst
+        )
         st.markdown(f"Weakest classes: {names}.")
 
 
@@ -169,7 +172,7 @@ def _thumbs(root: Path, ev: RunEvaluation, rows: list[int], cols: int = 6) -> No
         with grid[k % cols]:
             st.image(str(root / ev.files[i]), width="stretch")
             st.caption(
-                f"{ev.classes[ev.labels[i]]} → **{ev.classes[ev.preds[i]]}** "
+                f"{literal(ev.classes[ev.labels[i]])} → **{literal(ev.classes[ev.preds[i]])}** "
                 f"({ev.probs[i].max():.0%})"
             )
 
@@ -181,7 +184,7 @@ def _confusion(root: Path, ev: RunEvaluation) -> None:
         "cell below to see its images."
     )
     st.plotly_chart(
-        confusion_figure(ev.confusion.tolist(), ev.classes),
+        confusion_figure(ev.confusion.tolist(), plot_literal(ev.classes)),
         key="confusion",
         config={"displayModeBar": False},
     )
@@ -200,7 +203,10 @@ def _confusion(root: Path, ev: RunEvaluation) -> None:
     if not rows:
         st.info("No validation image falls in this cell.")
         return
-    st.markdown(f"**{len(rows)}** image(s): true '{ev.classes[true]}', said '{ev.classes[pred]}'.")
+    st.markdown(
+        f"**{len(rows)}** image(s): true '{literal(ev.classes[true])}', said "
+        f"'{literal(ev.classes[pred])}'."
+    )
     _thumbs(root, ev, rows[: 4 * PER_PAGE])
 
 
@@ -237,8 +243,8 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
                 else:
                     st.image(str(root / file), width="stretch")
                 st.markdown(
-                    f"labelled **{ev.classes[ev.labels[i]]}**, model said "
-                    f"**{ev.classes[ev.preds[i]]}** ({ev.probs[i].max():.0%} sure)"
+                    f"labelled **{literal(ev.classes[ev.labels[i]])}**, model said "
+                    f"**{literal(ev.classes[ev.preds[i]])}** ({ev.probs[i].max():.0%} sure)"
                 )
                 current = corrections.relabel.get(file)
                 widgets[file, ev.classes[ev.labels[i]]] = (

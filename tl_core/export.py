@@ -595,6 +595,7 @@ def _requirements() -> str:
             "# --format onnx needs only numpy, pillow and onnxruntime.",
             line("numpy"),
             line("pillow"),
+            line("pillow-heif"),  # HEIC/HEIF photos (predict.py runs without it otherwise)
             line("onnxruntime"),
             "# --format safetensors (timm/PyTorch):",
             line("torch"),
