@@ -349,6 +349,7 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         store.update_settings(project_id, **{jobs.CLI_PENDING: os.getpid()})
         data_dir = store.new_data_dir(project_id)
         os.replace(staging, data_dir)
+        manifest.root = data_dir  # what reads its files later looks here
         store.set_data_dir(project_id, data_dir)
         store.update_settings(project_id, **asdict(config))
         if previous is not None:  # --overwrite: that run's record goes with its files
