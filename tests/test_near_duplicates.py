@@ -96,11 +96,13 @@ def _stems(manifest: DatasetManifest) -> dict[str, str]:
     return {i.file: Path(i.source).stem.removeprefix("copy") for i in manifest.items}
 
 
-@pytest.mark.parametrize("scale", [1, 4], ids=["28px", "112px"])
-@pytest.mark.parametrize("copy", list(COPIES))
+# Every copy at 112 px; at 28 px all but the half-size copy, whose 14 pixels keep too little
+# to tell it from alike clothing (its measured catch rate is in docs/PERFORMANCE.md).
+CASES = [(c, s) for s in (1, 4) for c in COPIES if not (s == 1 and c == "resize_0.5x")]
+
+
+@pytest.mark.parametrize(("copy", "scale"), CASES, ids=[f"{c}-{28 * s}px" for c, s in CASES])
 def test_near_copies_across_train_and_validation_are_found(tmp_path, demo_dir, copy, scale):
-    if copy == "resize_0.5x" and scale == 1:
-        pytest.skip("a 14-pixel copy of a 28-pixel image: see docs/PERFORMANCE.md")
     manifest = import_folder(_layout(tmp_path / "src", demo_dir, copy, scale), tmp_path / "d")
     assert all(i.phash for i in manifest.items)
     findings = neardup.classify(neardup.manifest_pairs(manifest), split_dataset(manifest))
