@@ -3,11 +3,13 @@
 import streamlit as st
 
 from tl_core.store import StoreDamagedError
+from tl_ui.access import require_access_code
 from tl_ui.session import active_project, get_store, repaired_notice, sidebar, store_trouble
 
 
 def run() -> None:
     st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧠", layout="wide")
+    require_access_code()  # when a code is set, nothing runs until it is given
     try:
         get_store()
     except StoreDamagedError as exc:  # one page instead of the studio: what is wrong, a way on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import streamlit as st
@@ -10,21 +11,28 @@ import streamlit as st
 from tl_core import catalog
 from tl_core import data as tl_data
 from tl_core.charts import class_counts_figure
-from tl_core.errors import DataError
+from tl_core.errors import DataError, DiskFullError
+from tl_ui.neardup import near_duplicates_panel
 from tl_ui.session import active_project, get_store, open_project, project_manifest
+from tl_ui.text import literal, plot_literal
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo" / "fashion_mnist"
 THUMBS_PER_CLASS = 6
+THUMB_CLASSES = 24  # classes shown with thumbnails; the rest are in the tables
 
 
 def _import(kind: str, source: object) -> None:
     """Import into a fresh folder of the (possibly new) project; on error nothing changes."""
     store = get_store()
     project = active_project()
-    if project is None:
-        project = store.create_project()
-        store.update_settings(project.id, model=catalog.DEFAULT_MODEL)
-    dest = store.new_data_dir(project.id)
+    try:
+        if project is None:
+            project = store.create_project()
+            store.update_settings(project.id, model=catalog.DEFAULT_MODEL)
+        dest = store.new_data_dir(project.id)
+    except DiskFullError as exc:
+        st.error(str(exc))
+        return
     bar = st.progress(0.0, text="Checking and preparing your images…")
 
     def progress(done: int, total: int) -> None:
@@ -38,13 +46,13 @@ def _import(kind: str, source: object) -> None:
         else:
             files = [(f.name, f.getvalue()) for f in source]  # type: ignore[attr-defined]
             manifest = tl_data.import_files(files, dest, progress)
-    except DataError as exc:
+        store.set_data_dir(project.id, manifest.root)
+    except (DataError, DiskFullError) as exc:
         bar.empty()
         shutil.rmtree(dest, ignore_errors=True)
-        st.error(str(exc))
+        st.error(literal(exc))
         return
     bar.empty()
-    store.set_data_dir(project.id, manifest.root)
     open_project(project)
     st.rerun()
 
@@ -86,8 +94,9 @@ def _summary(manifest: tl_data.DatasetManifest) -> None:
     c2.metric("Classes", len(manifest.classes))
     c3.metric("Skipped files", len(manifest.skipped))
     for warning in manifest.warnings:
-        st.warning(warning)
-    st.plotly_chart(class_counts_figure(counts, tl_data.MIN_IMAGES_PER_CLASS), key="class_counts")
+        st.warning(literal(warning))
+    shown = dict(zip(plot_literal(counts), counts.values(), strict=True))
+    st.plotly_chart(class_counts_figure(shown, tl_data.MIN_IMAGES_PER_CLASS), key="class_counts")
     if manifest.skipped:
         with st.expander(f"{len(manifest.skipped)} file(s) were skipped — why"):
             st.dataframe(
@@ -99,10 +108,19 @@ def _summary(manifest: tl_data.DatasetManifest) -> None:
                 [{"left out": a, "same as": b} for a, b in manifest.duplicates], hide_index=True
             )
     st.subheader("A few images of each class")
-    for label in manifest.classes:
-        items = [i for i in manifest.items if i.label == label][:THUMBS_PER_CLASS]
-        st.markdown(f"**{label}** · {counts[label]} images")
-        st.image([str(manifest.root / i.file) for i in items], width=96)
+    firsts: dict[str, list[tl_data.ImageItem]] = {}
+    for item in manifest.items:
+        kept = firsts.setdefault(item.label, [])
+        if len(kept) < THUMBS_PER_CLASS:
+            kept.append(item)
+    for label in manifest.classes[:THUMB_CLASSES]:
+        st.markdown(f"**{literal(label)}** · {counts[label]} images")
+        st.image([str(manifest.root / i.file) for i in firsts.get(label, [])], width=96)
+    if len(manifest.classes) > THUMB_CLASSES:
+        st.caption(
+            f"{len(manifest.classes) - THUMB_CLASSES:,} more classes are not shown here; the "
+            "tables list them all."
+        )
 
 
 def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -> None:
@@ -136,14 +154,8 @@ def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -
         if fraction != settings.get("val_fraction") or seed != settings.get("seed"):
             get_store().update_settings(project_id, val_fraction=fraction, seed=seed)
     split = tl_data.split_dataset(manifest, fraction, seed)
-    rows = [
-        {
-            "class": c,
-            "train": sum(i.label == c for i in split.train),
-            "validation": sum(i.label == c for i in split.val),
-        }
-        for c in manifest.classes
-    ]
+    n_train, n_val = Counter(i.label for i in split.train), Counter(i.label for i in split.val)
+    rows = [{"class": c, "train": n_train[c], "validation": n_val[c]} for c in manifest.classes]
     st.dataframe(rows, hide_index=True)
 
 
@@ -158,6 +170,7 @@ def page() -> None:
     assert project is not None
     _summary(manifest)
     _split(project.id, manifest, project.settings)
+    near_duplicates_panel(project.id, manifest)
     st.page_link("pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:")
     with st.expander("Bring different images"):
         _ways_in(has_data=True)

@@ -26,6 +26,7 @@ from tl_ui.alarms import show_alarm
 from tl_ui.models import model_info
 from tl_ui.runs import pick_run, submit_training, trained_model
 from tl_ui.session import get_store, load_manifest
+from tl_ui.text import literal, plot_literal
 
 PER_PAGE = 12
 
@@ -163,7 +164,9 @@ def _headline(project: Project, run: Run, ev: RunEvaluation) -> None:
     _alarms(project, run, ev)
     worst = [c for c in ev.worst_classes(2) if c.recall < 1.0]
     if worst:
-        names = " and ".join(f"'{ev.classes[c.index]}' ({c.recall:.0%} found)" for c in worst)
+        names = " and ".join(
+            f"'{literal(ev.classes[c.index])}' ({c.recall:.0%} found)" for c in worst
+        )
         st.markdown(f"Weakest classes: {names}.")
 
 
@@ -203,7 +206,7 @@ def _thumbs(root: Path, ev: RunEvaluation, rows: list[int], cols: int = 6) -> No
         with grid[k % cols]:
             st.image(str(root / ev.files[i]), width="stretch")
             st.caption(
-                f"{ev.classes[ev.labels[i]]} → **{ev.classes[ev.preds[i]]}** "
+                f"{literal(ev.classes[ev.labels[i]])} → **{literal(ev.classes[ev.preds[i]])}** "
                 f"({ev.probs[i].max():.0%})"
             )
 
@@ -215,7 +218,7 @@ def _confusion(root: Path, ev: RunEvaluation) -> None:
         "cell below to see its images."
     )
     st.plotly_chart(
-        confusion_figure(ev.confusion.tolist(), ev.classes),
+        confusion_figure(ev.confusion.tolist(), plot_literal(ev.classes)),
         key="confusion",
         config={"displayModeBar": False},
     )
@@ -234,7 +237,10 @@ def _confusion(root: Path, ev: RunEvaluation) -> None:
     if not rows:
         st.info("No validation image falls in this cell.")
         return
-    st.markdown(f"**{len(rows)}** image(s): true '{ev.classes[true]}', said '{ev.classes[pred]}'.")
+    st.markdown(
+        f"**{len(rows)}** image(s): true '{literal(ev.classes[true])}', said "
+        f"'{literal(ev.classes[pred])}'."
+    )
     _thumbs(root, ev, rows[: 4 * PER_PAGE])
 
 
@@ -271,8 +277,8 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
                 else:
                     st.image(str(root / file), width="stretch")
                 st.markdown(
-                    f"labelled **{ev.classes[ev.labels[i]]}**, model said "
-                    f"**{ev.classes[ev.preds[i]]}** ({ev.probs[i].max():.0%} sure)"
+                    f"labelled **{literal(ev.classes[ev.labels[i]])}**, model said "
+                    f"**{literal(ev.classes[ev.preds[i]])}** ({ev.probs[i].max():.0%} sure)"
                 )
                 current = corrections.relabel.get(file)
                 widgets[file, ev.classes[ev.labels[i]]] = (
@@ -345,6 +351,14 @@ def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
         st.markdown(f"{icon[gain.holds]} **{gain.name.capitalize()}**: {gain.sentence}")
 
 
+def _ece_text(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "—"
+
+
+def _ece_interval(ci: list[float] | None) -> str | None:
+    return f"95% interval {ci[0]:.1%}–{ci[1]:.1%}" if ci else None
+
+
 def _calibration(ev: RunEvaluation) -> None:
     cal = ev.calibration
     st.markdown(
@@ -362,7 +376,7 @@ def _calibration(ev: RunEvaluation) -> None:
                     VAL_COLOR,
                 ),
                 (
-                    "calibrated",
+                    "temperature-scaled (held-out halves)",
                     ev.reliability_after.confidence,
                     ev.reliability_after.accuracy,
                     ev.reliability_after.count,
@@ -376,25 +390,53 @@ def _calibration(ev: RunEvaluation) -> None:
     c1, c2, c3 = st.columns(3)
     c1.metric(
         "Calibration error as trained",
-        f"{cal.ece_before:.1%}" if cal.ece_before is not None else "—",
+        _ece_text(cal.ece_before),
+        delta=_ece_interval(cal.ece_before_ci),
+        delta_color="off",
+        delta_arrow="off",
         help="Expected calibration error: the average gap between how sure the model says "
-        "it is and how often it is right (10 bins).",
+        "it is and how often it is right (10 bins). The interval shows how much it could "
+        "change with other validation images of the same kind (bootstrap).",
     )
     c2.metric(
         "After calibration",
-        f"{cal.ece_after:.1%}" if cal.ece_after is not None else "—",
+        _ece_text(cal.ece_after),
+        delta=_ece_interval(cal.ece_after_ci),
+        delta_color="off",
+        delta_arrow="off",
         help="Temperature scaling fitted on one half of the validation images and scored on "
         "the other, both ways round: an honest estimate.",
     )
+    fitted = cal.fitted_temperature if cal.fitted_temperature is not None else cal.temperature
     c3.metric(
         "Temperature",
-        f"{cal.temperature:.2f}",
-        help="Above 1: the model was over-confident and its probabilities are softened.",
+        f"{fitted:.2f}",
+        delta="used" if cal.calibrated else "not used",
+        delta_color="off",
+        delta_arrow="off",
+        help="Above 1: the model was over-confident and its probabilities would be softened. "
+        "It is used only when it lowers the calibration error by more than the noise of the "
+        "validation images.",
     )
+    if cal.calibrated:
+        st.success(cal.reason(), icon=":material/check:")
+        used = (
+            "The Try page uses the calibrated probabilities (the exported files give the raw "
+            "ones; the model card says how to calibrate them)."
+        )
+    else:
+        st.info(cal.reason(), icon=":material/info:")
+        used = (
+            "The Try page uses the probabilities as trained, as the exported files do "
+            "(temperature 1.00)."
+        )
+    if cal.images and cal.images < 100:
+        st.caption(
+            f"With {cal.images} validation images the calibration error itself is uncertain "
+            "(see the intervals): more validation images give a firmer reading."
+        )
     st.caption(
-        "The Try page uses the calibrated probabilities (the exported files give the raw "
-        f"ones; the model card says how to calibrate them). Below {cal.threshold:.0%} it says "
-        "'not sure' (chosen on the validation images)."
+        f"{used} Below {cal.threshold:.0%} it says 'not sure' (chosen on the validation images)."
     )
 
 

@@ -11,6 +11,7 @@ import streamlit as st
 from tl_core.errors import StudioError
 from tl_core.store import Project, Run
 from tl_ui.runs import pick_run
+from tl_ui.text import literal
 
 BUNDLE_PARTS = """
 - `model/`: the weights as **safetensors** with timm's `config.json` (class names, input size,
@@ -89,7 +90,7 @@ def page() -> None:
                 )
             except StudioError as exc:
                 status.update(label="The bundle could not be built", state="error")
-                st.error(str(exc))
+                st.error(literal(exc))
                 return
             report_file.write_text(json.dumps(report.summary()))
             status.update(label="Bundle ready", state="complete", expanded=False)

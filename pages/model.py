@@ -9,6 +9,7 @@ from tl_core.errors import ModelUnavailableError
 from tl_ui.headstart import head_start_panel, recommend_panel
 from tl_ui.models import model_info
 from tl_ui.session import get_store, project_with_data
+from tl_ui.text import literal
 
 BADGES = {
     "ready": ":green[:material/offline_pin: ready offline]",
@@ -52,7 +53,7 @@ def page() -> None:
                 try:
                     catalog.download_weights(spec)
                 except ModelUnavailableError as exc:
-                    st.error(str(exc))
+                    st.error(literal(exc))
                 else:
                     st.success("Downloaded: it is ready offline from now on.")
 

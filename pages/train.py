@@ -10,8 +10,8 @@ import streamlit as st
 from tl_core import catalog, review
 from tl_core.advice import depth_label
 from tl_core.charts import stages_figure
-from tl_core.engine import AUGMENT_LEVELS, TrainConfig
-from tl_core.errors import RunError
+from tl_core.config import AUGMENT_LEVELS, TrainConfig
+from tl_core.errors import StudioError
 from tl_core.freezing import ModelInfo, freeze_sentence
 from tl_core.store import ACTIVE, Project, Run
 from tl_ui.headstart import advice_for
@@ -20,6 +20,7 @@ from tl_ui.models import model_info
 from tl_ui.runs import submit_training
 from tl_ui.session import get_store, project_with_data
 from tl_ui.sweep import advice_box, sweep_panel
+from tl_ui.text import literal
 
 AUGMENT_HELP = {
     "none": "none: the images as they are",
@@ -151,9 +152,10 @@ def page() -> None:
         try:
             config.validate()
             submit_training(project, config)
-        except RunError as exc:
-            st.error(str(exc))
-        st.rerun()
+        except StudioError as exc:  # bad settings, a full disk
+            st.error(literal(exc))
+        else:
+            st.rerun()
     if run is not None:
         run_panel(run.id)
 

@@ -10,9 +10,11 @@ import streamlit as st
 from PIL import Image
 
 from tl_core.charts import top_classes_figure
+from tl_core.data import IMAGE_SUFFIXES
 from tl_core.errors import StudioError
-from tl_core.evaluation import load_calibration
+from tl_core.evaluation import Calibration, load_calibration
 from tl_ui.runs import pick_run, trained_model
+from tl_ui.text import literal, plot_literal
 
 
 def _predict(run_dir: str, named: list[tuple[str, bytes]], temperature: float):
@@ -25,6 +27,20 @@ def _predict(run_dir: str, named: list[tuple[str, bytes]], temperature: float):
         except StudioError as exc:
             out.append((name, None, str(exc)))
     return out
+
+
+def _probabilities_note(calibration: Calibration) -> str:
+    """Which probabilities the page shows, and why."""
+    if calibration.calibrated:
+        return (
+            "Probabilities are calibrated on the validation images (temperature "
+            f"{calibration.temperature:.2f}): temperature scaling lowered the calibration "
+            "error there by more than its noise."
+        )
+    return (
+        "Probabilities are as trained (temperature 1.00): temperature scaling did not lower "
+        "the calibration error on the validation images by more than its noise."
+    )
 
 
 def page() -> None:
@@ -55,7 +71,7 @@ def page() -> None:
     if source == "Upload":
         files = st.file_uploader(
             "Drop one or more pictures",
-            type=["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"],
+            type=sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES),  # as at import
             accept_multiple_files=True,
             key="try_upload",
         )
@@ -64,11 +80,8 @@ def page() -> None:
         shot = st.camera_input("Take a photo", key="try_camera")
         if shot is not None:
             named = [("camera.jpg", shot.getvalue())]
+    st.caption(_probabilities_note(calibration))
     if not named:
-        st.caption(
-            "Probabilities are calibrated on the validation images (temperature "
-            f"{calibration.temperature:.2f})."
-        )
         return
     with st.spinner(f"Looking at {len(named)} picture(s)…"):
         results = _predict(run.run_dir, named, calibration.temperature)
@@ -76,21 +89,21 @@ def page() -> None:
     if len(results) == 1:
         name, probs, error = results[0]
         if error:
-            st.error(f"{name}: {error}")
+            st.error(f"{literal(name)}: {literal(error)}")
             return
         c1, c2 = st.columns([1, 2])
         c1.image(Image.open(io.BytesIO(named[0][1])), caption=name, width="stretch")
         with c2:
             top = int(probs.argmax())
             if probs[top] >= threshold:
-                st.success(f"**{classes[top]}** ({probs[top]:.0%})")
+                st.success(f"**{literal(classes[top])}** ({probs[top]:.0%})")
             else:
                 st.warning(
-                    f"Not sure: the best guess is '{classes[top]}' at only {probs[top]:.0%}. "
-                    "The picture may show none of your classes."
+                    f"Not sure: the best guess is '{literal(classes[top])}' at only "
+                    f"{probs[top]:.0%}. The picture may show none of your classes."
                 )
             st.plotly_chart(
-                top_classes_figure(classes, probs.tolist(), threshold),
+                top_classes_figure(plot_literal(classes), probs.tolist(), threshold),
                 key="try_bars",
                 config={"displayModeBar": False},
             )

@@ -21,6 +21,7 @@ from PIL import Image, PngImagePlugin
 
 from tl_core import zipsafe
 from tl_core.data import (
+    IMAGE_SUFFIXES,
     MAX_SIDE,
     DatasetManifest,
     ImageItem,
@@ -33,6 +34,8 @@ from tl_core.data import (
 from tl_core.errors import DataError
 
 # ------------------------------------------------------------------------- helpers
+
+KINDS = "supported: " + ", ".join(sorted(IMAGE_SUFFIXES))
 
 
 def noise(seed: int, size: tuple[int, int] = (16, 12)) -> Image.Image:
@@ -206,7 +209,7 @@ def _truncated_jpeg() -> bytes:
             lambda: b"Dear friend, this is text.",
             "not an image (the file's contents are not a picture)",
         ),
-        ("cat/notes.txt", lambda: b"some notes", "not an image file"),
+        ("cat/notes.txt", lambda: b"some notes", f"file type '.txt' is not supported ({KINDS})"),
         ("loose.png", lambda: encode(noise(77)), "not inside a class folder"),
         (
             "cat/huge.png",  # a header claiming 20000x20000: refused before any decoding
@@ -327,7 +330,7 @@ def test_directory_upload_names_are_untrusted_and_descended(tmp_path) -> None:
     assert manifest.counts() == {"cat": 3, "dog": 3}
     assert manifest.skipped == [
         SkippedFile("../../etc/evil.png", "unsafe file name"),
-        SkippedFile("photos/notes.txt", "not an image file"),
+        SkippedFile("photos/notes.txt", f"file type '.txt' is not supported ({KINDS})"),
     ]
     assert not (tmp_path / "etc").exists()
 
@@ -346,7 +349,10 @@ def test_explicit_train_and_validation_folders_are_honoured(tmp_path) -> None:
     text = " ".join(manifest.warnings)
     assert "1 image in 'Validation' was an exact copy of training images" in text
     assert "no images of class 'c'" in text and "class 'd' that the 'train' folder lacks" in text
-    assert "Class 'c' has 2 images; at least 10 are recommended." in manifest.warnings
+    assert (
+        "3 classes have fewer than 10 images: 'c' (2), 'a' (4), 'b' (4). At least 10 per class "
+        "are recommended." in manifest.warnings
+    )
     split = split_dataset(manifest, 0.9, seed=3)
     assert {i.source for i in split.val} == {"Validation/a/0.png", "Validation/b/0.png"}
     assert len(split.train) == 8 and all(i.subset == "train" for i in split.train)

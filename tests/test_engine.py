@@ -66,7 +66,7 @@ def test_fit_learns_reports_every_step_and_keeps_the_best(shapes, tmp_path) -> N
     best = max(rec.epochs, key=lambda m: (m.val_accuracy, -m.val_loss))
     assert result.best_epoch == best.epoch and result.val_accuracy == best.val_accuracy
     assert result.val_accuracy > 0.6  # chance is 1/3
-    ckpt = torch.load(tmp_path / "best.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
     assert ckpt["meta"]["epoch"] == best.epoch and ckpt["meta"]["classes"] == manifest.classes
     preds = json.loads((tmp_path / "predictions.json").read_text())
     assert len(preds["rows"]) == len(split.val)

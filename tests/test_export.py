@@ -320,7 +320,7 @@ def test_predict_py_is_standalone_and_matches_the_app_constants():
     assert "tl_core" not in imported
     assert imported <= {
         "__future__", "argparse", "csv", "json", "os", "sys", "warnings", "collections", "pathlib",
-        "typing", "numpy", "PIL", "timm", "torch", "onnxruntime",
+        "typing", "numpy", "PIL", "pillow_heif", "timm", "torch", "onnxruntime",
     }  # fmt: skip
     assert bundle_predict.MAX_SIDE == MAX_SIDE
     assert bundle_predict.MAX_SOURCE_PIXELS == MAX_SOURCE_PIXELS

@@ -28,8 +28,18 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 from PIL import Image, ImageOps
 
+try:  # iPhone photos (HEIC/HEIF); Pillow itself reads AVIF
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - predict.py without pillow-heif installed
+    pass
+else:
+    register_heif_opener()
+
 HERE = Path(__file__).resolve().parent
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    | {".heic", ".heif", ".avif"}
+)
 MAX_SIDE = 640  # the app shrinks every picture to at most this many pixels a side
 MAX_SOURCE_PIXELS = 100_000_000  # larger pictures are refused, as in the app
 BATCH = 32

@@ -1,9 +1,8 @@
 """The headless commands: the same engine and store as the app.
 
-``python -m tl_core train --data DIR [--val DIR] --model NAME [--trainable-groups K]
-[--epochs N] [--seed S] [--out RUN_DIR]`` imports the folder into a project of the workspace,
-trains, and prints one JSON object as its last line. The run shows up in the app under the
-printed project link.
+``python -m tl_core train --data DIR [--val DIR] [--model NAME] [--out RUN_DIR]`` imports the
+folder into a project of the workspace, trains (waiting its turn when the queue is full) and
+prints one JSON object as its last line. The run shows up in the app under the printed link.
 
 ``python -m tl_core evaluate RUN_DIR [--data DIR]`` scores a run (accuracy with its 95%
 interval, per-class scores, calibration) and prints a JSON summary as its last line.
@@ -11,54 +10,121 @@ interval, per-class scores, calibration) and prints a JSON summary as its last l
 ``python -m tl_core export RUN_DIR --out FILE.zip [--data DIR]`` writes the run's best model
 as a bundle that predicts the same elsewhere (see :mod:`tl_core.export`) and prints a JSON
 summary, with ``parity_ok``, as its last line.
+
+Bad input ends with exit code 2, one plain sentence on stderr and ``{"error": ...}`` as the
+last line, checked before torch is imported and before anything is created. Ctrl-C and
+SIGTERM end a run as ``interrupted`` (resumable in the app) with exit code 130 or 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tl_core import interrupt, jobs, paths
 from tl_core.catalog import DEFAULT_MODEL, get_spec
-from tl_core.engine import SCRATCH_LR, TrainConfig, scratch_config
-from tl_core.errors import StudioError
-from tl_core.store import Store
+from tl_core.config import AUGMENT_LEVELS, SCRATCH_LR, TrainConfig, scratch_config
+from tl_core.errors import DataError, RunError, StudioError
+from tl_core.store import Run, Store, new_id
 
 if TYPE_CHECKING:
-    from tl_core.data import DatasetManifest
+    from tl_core.data import DatasetManifest, Split
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the line breaks of descriptions; help lines wrap as usual."""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tl_core", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m tl_core",
+        description=__doc__,
+        formatter_class=_Formatter,
+    )
     parser.add_argument(
         "--workspace",
         type=Path,
         default=None,
         help="workspace folder (default: $TL_STUDIO_HOME or ~/.tl-studio)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train a model on a folder of labelled images")
+    train = sub.add_parser(
+        "train",
+        help="train a model on a folder of labelled images",
+        description="Import --data (and --val) into a new project of the workspace, train, and "
+        "print a JSON summary as the last line. When TL_STUDIO_MAX_RUNS runs already train, the "
+        "run waits its turn in the queue the app uses.",
+    )
     defaults = TrainConfig()
     train.add_argument(
         "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
     )
     train.add_argument(
-        "--val", type=Path, default=None, help="validation folder (same classes); never trained on"
+        "--val",
+        type=Path,
+        default=None,
+        help="a separate validation folder with the same class sub-folders, never trained on "
+        "(default: hold back --val-fraction of --data)",
     )
-    train.add_argument("--model", default=DEFAULT_MODEL)
-    train.add_argument("--trainable-groups", type=int, default=defaults.trainable_groups)
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--lr", type=float, default=defaults.lr)
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--augment", default=defaults.augment)
-    train.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    train.add_argument("--out", type=Path, default=None, help="folder for the run's files")
+    train.add_argument(
+        "--model", default=DEFAULT_MODEL, help="catalog name of the model (default: %(default)s)"
+    )
+    train.add_argument(
+        "--trainable-groups",
+        type=int,
+        default=defaults.trainable_groups,
+        help="how many of the backbone's layer groups learn, counted from the top; 0 trains "
+        "the new head only (default: %(default)s)",
+    )
+    train.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help="epochs (default: %(default)s)"
+    )
+    train.add_argument(
+        "--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)"
+    )
+    train.add_argument(
+        "--lr", type=float, default=defaults.lr, help="learning rate (default: %(default)s)"
+    )
+    train.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="images per step (default: %(default)s)",
+    )
+    train.add_argument(
+        "--augment",
+        default=defaults.augment,
+        help=f"how strongly training images are varied: {', '.join(AUGMENT_LEVELS)} "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--val-fraction",
+        type=float,
+        default=defaults.val_fraction,
+        help="share of --data held back for validation when --val is not given "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="a new or empty folder for the run's files (default: a folder in the workspace)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out be a folder that is not empty: what is in it is deleted first; a "
+        "finished run of the workspace in that folder is forgotten, a run that is training "
+        "or waiting is never replaced",
+    )
     train.add_argument(
         "--from-scratch",
         action="store_true",
@@ -73,8 +139,15 @@ def _parser() -> argparse.ArgumentParser:
         "cross-validated probe on frozen features (and LogME); print the ranking and, as the "
         "last line, a JSON object.",
     )
-    recommend.add_argument("--data", type=Path, required=True, help="one sub-folder per class")
-    recommend.add_argument("--val", type=Path, default=None, help="validation folder")
+    recommend.add_argument(
+        "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
+    )
+    recommend.add_argument(
+        "--val",
+        type=Path,
+        default=None,
+        help="a separate validation folder with the same class sub-folders",
+    )
 
     export = sub.add_parser(
         "export",
@@ -95,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser(
         "evaluate",
-        help="score a run: accuracy with its 95% interval, per-class scores, calibration",
+        help="score a run: accuracy with its 95%% interval, per-class scores, calibration",
         description="Score RUN_DIR's best model on its validation pictures (or on --data, a "
         "folder with one sub-folder per class) and print a JSON summary as the last line.",
     )
@@ -117,10 +190,30 @@ def _parser() -> argparse.ArgumentParser:
         "run.json) that the index lacks. Prints a JSON summary as the last line.",
     )
 
-    worker = sub.add_parser("worker", help="(internal) run one queued run of the app")
-    worker.add_argument("run_id")
-    worker.add_argument("--workspace", type=Path, default=None, dest="worker_workspace")
+    worker = sub.add_parser(
+        "worker",
+        help="(internal) run one queued run of the app",
+        description="Train one run the app queued; the app starts this in its own process.",
+    )
+    worker.add_argument("run_id", help="the id of the queued run")
+    worker.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        dest="worker_workspace",
+        help="workspace folder of the run (default: the one given before the command)",
+    )
     return parser
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def _check_folders(args: argparse.Namespace) -> None:
+    """--data and --val, before anything is imported (torch-free)."""
+    paths.check_data_folder(args.data)
+    if args.val is not None:
+        paths.check_val_folder(args.data, args.val)
 
 
 def _import(data: Path, val: Path | None, dest: Path) -> DatasetManifest:
@@ -135,33 +228,107 @@ def _import(data: Path, val: Path | None, dest: Path) -> DatasetManifest:
         return import_folder(Path(tmp), dest)
 
 
-def _recommend(args: argparse.Namespace) -> dict[str, object]:
+def _split(manifest: DatasetManifest, val: Path | None, fraction: float, seed: int) -> Split:
+    """The split training will use; a named validation folder must give it every image."""
     from tl_core.data import split_dataset
-    from tl_core.transfer import recommend
+
+    split = split_dataset(manifest, fraction, seed)
+    if val is None:
+        return split
+    if not manifest.has_explicit_val:
+        raise DataError(f"The validation folder '{val}' could not be used as given.")
+    if not split.val:
+        copies = [a for a, _ in manifest.duplicates if a.startswith("val/")]
+        skipped = [s for s in manifest.skipped if s.source.startswith("val/")]
+        why = (
+            "every one of them is an exact copy of a training image (leakage)"
+            if copies and not skipped
+            else f"e.g. '{skipped[0].source[4:]}': {skipped[0].reason}"
+            if skipped
+            else "it holds no images the importer can read"
+        )
+        raise DataError(f"No image of the validation folder '{val}' can be used: {why}.")
+    return split
+
+
+def _counts(split: Split, manifest: DatasetManifest) -> dict[str, object]:
+    return {
+        "train_images": len(split.train),
+        "val_images": len(split.val),
+        "validation": "folder" if manifest.has_explicit_val else "split",
+    }
+
+
+def _warn(manifest: DatasetManifest) -> None:
+    for warning in manifest.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _recommend(args: argparse.Namespace) -> dict[str, object]:
+    _check_folders(args)
+    from tl_core.transfer import recommend, suggested, verdict
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _import(args.data, args.val, Path(tmp) / "data")
+        _warn(manifest)
+        split = _split(manifest, args.val, 0.2, 0)
         ranking = recommend(
             manifest,
-            split_dataset(manifest),
+            split,
             progress=lambda key, done, total: (
                 print(f"{key}: {done}/{total}", file=sys.stderr) if done == total else None
             ),
         )
     for r in ranking:
         print(
-            f"{r.rank}. {r.title}: probe accuracy {r.probe_accuracy:.1%}, LogME {r.logme:.3f}, "
-            f"{r.params_m:g} M parameters, ~{r.images_per_s} images/s, scored in {r.seconds:.1f} s"
+            f"{r.rank}. {r.title}: probe accuracy {r.probe_accuracy:.1%} (95% interval "
+            f"{r.ci_low:.1%}-{r.ci_high:.1%}), LogME {r.logme:.3f}, {r.params_m:g} M parameters, "
+            f"~{r.images_per_s} images/s, scored in {r.seconds:.1f} s"
+            + (" [as good as the best]" if r.tied and r.rank > 1 else "")
         )
+    best = suggested(ranking)
+    if best is not None:
+        print(verdict(ranking).replace("**", ""))
     return {
-        "best": ranking[0].key if ranking else None,
+        "best": best.key if best else None,
+        "tied_with": [r.key for r in ranking if r.tied and best and r.key != best.key],
+        "images": ranking[0].images if ranking else 0,
         "ranking": [asdict(r) for r in ranking],
+        **_counts(split, manifest),
     }
 
 
-def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
-    from tl_core.worker import run_worker
+def _run_in_folder(store: Store, folder: Path) -> Run | None:
+    target = str(folder.resolve())
+    return next((r for r in store.runs() if r.run_dir == target), None)
 
+
+def _check_out(store: Store, args: argparse.Namespace) -> tuple[bool, Run | None]:
+    """--out: (whether it must be emptied first, the finished run it replaces)."""
+    if args.out is None:
+        return False, None
+    clear = paths.check_out_folder(
+        args.out, args.overwrite, keep=(store.workspace, args.data, args.val)
+    )
+    previous = _run_in_folder(store, args.out)
+    if previous is not None and previous.active:
+        raise RunError(
+            f"The folder '{args.out}' belongs to a run that is still training or waiting; "
+            "choose another --out folder."
+        )
+    if previous is not None and not args.overwrite:
+        raise RunError(
+            f"The folder '{args.out}' belongs to the run {previous.id} of this workspace; "
+            "choose another --out folder, or add --overwrite to replace that run."
+        )
+    return clear, previous
+
+
+class _Kept(StudioError):
+    """A run that ended early but saved an epoch: the message says how to go on."""
+
+
+def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
     config = TrainConfig(
         model=args.model,
         trainable_groups=args.trainable_groups,
@@ -174,23 +341,75 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
     )
     config.validate()
     get_spec(config.model)  # an unknown name fails before any work
-    project = store.create_project(name=args.data.resolve().name)
-    data_dir = store.new_data_dir(project.id)
-    manifest = _import(args.data, args.val, data_dir)
-    if args.from_scratch:
-        from tl_core.freezing import describe_model
+    _check_folders(args)
+    clear, previous = _check_out(store, args)
 
-        n_backbone = describe_model(config.model, len(manifest.classes)).n_backbone
-        config = scratch_config(config, n_backbone)
-    store.set_data_dir(project.id, data_dir)
-    store.update_settings(project.id, **asdict(config))
-    run = store.create_run(
-        project.id, asdict(config), data_dir, run_dir=args.out, source="cli", status="starting"
-    )
-    result = run_worker(store, run.id)
-    final = store.run(run.id)
-    if result is None or final is None:
-        raise StudioError(final.error if final and final.error else "Training failed.")
+    interrupt.install("cli")
+    jobs.recover(store)  # leftovers of killed processes go first
+    staging = store.workspace / "incoming" / f"{os.getpid()}-{new_id()}"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    project_id = run_id = None
+    try:
+        manifest = _import(args.data, args.val, staging)
+        _warn(manifest)
+        split = _split(manifest, args.val, config.val_fraction, config.seed)
+        if args.from_scratch:
+            from tl_core.freezing import describe_model
+
+            n_backbone = describe_model(config.model, len(manifest.classes)).n_backbone
+            config = scratch_config(config, n_backbone)
+        project_id = store.create_project(name=args.data.resolve().name).id
+        store.update_settings(project_id, **{jobs.CLI_PENDING: os.getpid()})
+        data_dir = store.new_data_dir(project_id)
+        os.replace(staging, data_dir)
+        manifest.root = data_dir  # what reads its files later looks here
+        store.set_data_dir(project_id, data_dir)
+        store.update_settings(project_id, **asdict(config))
+        if previous is not None:  # --overwrite: that run's record goes with its files
+            jobs.discard_run(store, previous.id, remove_folder=False)
+        if clear:
+            paths.empty_folder(args.out)
+        run_id = store.create_run(
+            project_id,
+            asdict(config),
+            data_dir,
+            run_dir=args.out,
+            source="cli",
+            status="queued",
+            pid=os.getpid(),
+        ).id
+        jobs.wait_for_turn(
+            store,
+            run_id,
+            lambda place: print(f"waiting: place {place} in the queue", file=sys.stderr),
+        )
+        from tl_core.neardup import run_summary
+        from tl_core.worker import run_worker
+
+        result = run_worker(store, run_id)
+        final = store.run(run_id)
+        if result is None or final is None:
+            raise StudioError(final.error if final and final.error else "Training failed.")
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            interrupt.hold()
+        run = store.run(run_id) if run_id else None
+        if run is not None and (Path(run.run_dir) / "last.pt").exists():  # resumable: kept
+            jobs.settle_cli_project(store, run.project_id, force=True)
+            note = f" The run was kept; resume it in the app: ?project={run.project_id}"
+            if isinstance(exc, KeyboardInterrupt):
+                exc.add_note(note)
+                raise
+            raise _Kept(f"{exc}{note}") from None
+        if run is not None:
+            jobs.discard_run(store, run.id)
+        if project_id is not None:
+            jobs.discard_project(store, project_id)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    jobs.settle_cli_project(store, project_id, force=True)
+    jobs.pump(store)  # hand the freed slot to the next waiting run
     return {
         "val_accuracy": result.val_accuracy,
         "epochs": result.epochs_done,
@@ -199,16 +418,17 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         "model": config.model,
         "trainable_groups": config.trainable_groups,
         "pretrained": config.pretrained,
-        "train_images": sum(1 for i in manifest.items if i.subset != "val")
-        if manifest.has_explicit_val
-        else None,
+        **_counts(split, manifest),
         "classes": manifest.classes,
+        "near_duplicates": run_summary(
+            manifest, config.val_fraction, config.seed, stream=sys.stderr
+        ),
         "status": result.status,
         "compute": result.compute,
-        "project_id": project.id,
-        "run_id": run.id,
+        "project_id": project_id,
+        "run_id": run_id,
         "run_dir": final.run_dir,
-        "app_link": f"?project={project.id}",
+        "app_link": f"?project={project_id}",
     }
 
 
@@ -278,18 +498,23 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
     return summary
 
 
+def _fail(message: str, code: int, **fields: object) -> int:
+    print(json.dumps({"error": message, **fields}))
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workspace = getattr(args, "worker_workspace", None) or args.workspace
-    store = Store(workspace)
     try:
+        store = Store(workspace)
         if args.command == "worker":
+            interrupt.install("worker")
             from tl_core.worker import run_worker
 
             run_worker(store, args.run_id)
-            from tl_core.jobs import pump
-
-            pump(store)  # hand the freed slot to the next waiting run
+            jobs.pump(store)  # hand the freed slot to the next waiting run
             return 0
         if args.command == "recommend":
             print(json.dumps(_recommend(args)))
@@ -309,9 +534,15 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(summary))
             return code
         summary = _train(store, args)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run is marked, no traceback
+        interrupt.hold()
+        signum = interrupt.signum_of(exc)
+        message = interrupt.message(signum) + "".join(getattr(exc, "__notes__", []))
+        return _fail(message, 128 + signum, status="interrupted")
     except StudioError as exc:
-        print(json.dumps({"error": str(exc)}))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), 2)
+    except OSError as exc:  # a folder that cannot be read or written, a full disk
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}.", 2)
     print(json.dumps(summary))
     return 0

@@ -15,24 +15,45 @@ import os
 import random
 import re
 import shutil
+import zipfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from tl_core.datalayout import Entry, Plan, folder_entries, is_junk, nfc, plan_layout
+from PIL import Image
+
+from tl_core import diskspace
+from tl_core.bundle_predict import IMAGE_SUFFIXES
+from tl_core.datalayout import (
+    Entry,
+    Plan,
+    folder_entries,
+    is_junk,
+    nfc,
+    os_reason,
+    plan_layout,
+    screen,
+    some,
+)
 from tl_core.errors import DataError
 from tl_core.imageprep import ImageSkip, Prepared, prepare
+from tl_core.neardup import image_hash
 from tl_core.zipsafe import ByteBudget, check_zip, extract_member, open_zip, safe_parts
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-)
+# IMAGE_SUFFIXES (from bundle_predict) is also what predict.py accepts: one definition.
+# A file whose name has another (or no) file type is still imported when its contents are a
+# picture in one of these formats (e.g. 'photo.jpg.download', 'IMG_0001' from a phone).
+SNIFFED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "HEIF", "AVIF"})
+_SNIFF_BYTES = 1024 * 1024
 MIN_IMAGES_PER_CLASS = 10
 MAX_SIDE = 640
 MAX_SOURCE_PIXELS = 100_000_000
+# The most a .zip may unpack to, in MiB; the app's upload limit (.streamlit/config.toml
+# server.maxUploadSize) is the same number.
+MAX_IMPORT_MB = 4096
 MANIFEST_NAME = "manifest.json"
 IMBALANCE_RATIO = 5
 _UNSAFE_DIR_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
@@ -51,6 +72,7 @@ class ImageItem:
     sha256: str
     width: int
     height: int
+    phash: str | None = None  # perceptual hash for near-duplicates (tl_core.neardup)
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,7 @@ def _check(
     items: list[ImageItem],
     skipped: list[SkippedFile],
     skipped_in: dict[str, list[SkippedFile]],
+    leaks: int = 0,
 ) -> list[str]:
     """Refuse data sets that cannot be trained on; return the plain-words warnings."""
     wanted = _classes(plan)
@@ -186,12 +209,19 @@ def _check(
             )
     out = list(plan.warnings)
     counts = Counter(i.label for i in items)
-    out += [
-        f"Class '{c}' has {_n(counts[c], 'image')}; at least {MIN_IMAGES_PER_CLASS} are "
-        "recommended."
-        for c in wanted
-        if counts[c] < MIN_IMAGES_PER_CLASS
-    ]
+    few = sorted((c for c in wanted if counts[c] < MIN_IMAGES_PER_CLASS), key=lambda c: counts[c])
+    if len(few) == 1:
+        out.append(
+            f"Class '{few[0]}' has {_n(counts[few[0]], 'image')}; at least "
+            f"{MIN_IMAGES_PER_CLASS} are recommended."
+        )
+    elif few:
+        named = ", ".join(f"'{c}' ({counts[c]})" for c in few[:3])
+        named += f" and {len(few) - 3:,} more" if len(few) > 3 else ""
+        out.append(
+            f"{len(few):,} classes have fewer than {MIN_IMAGES_PER_CLASS} images: {named}. At "
+            f"least {MIN_IMAGES_PER_CLASS} per class are recommended."
+        )
     big, small = max(wanted, key=lambda c: counts[c]), min(wanted, key=lambda c: counts[c])
     if counts[big] > IMBALANCE_RATIO * counts[small]:
         out.append(
@@ -201,19 +231,50 @@ def _check(
         )
     if plan.explicit:
         val_counts = Counter(i.label for i in items if i.subset == "val")
+        if not val_counts and leaks:
+            raise DataError(
+                f"Every image in '{plan.val_dir}' is a copy of a training image, so it cannot "
+                "check the model. Put other pictures in it, or remove it so that part of the "
+                "training images is held back instead."
+            )
         if not val_counts:
             raise DataError(
                 f"The '{plan.val_dir}' folder has no usable images. Add images to it (one folder "
                 "per class), or remove it so that part of the training images is held back "
                 "instead."
             )
-        out += [
-            f"The '{plan.val_dir}' folder has no images of class '{c}', so the model will not "
-            "be checked on that class."
-            for c in wanted
-            if val_counts[c] == 0
-        ]
+        missing = [c for c in wanted if val_counts[c] == 0]
+        if missing:
+            out.append(
+                f"The '{plan.val_dir}' folder has no images of "
+                f"{'class' if len(missing) == 1 else 'classes'} {some(missing)}, so the model "
+                f"will not be checked on {'that class' if len(missing) == 1 else 'those'}."
+            )
     return out
+
+
+def _not_a_picture(entry: Entry) -> str | None:
+    """Why a file whose name has no picture type is not imported; None when it is a picture."""
+    kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+    suffix = Path(entry.parts[-1]).suffix.lower()
+    try:
+        src = entry.head() if entry.head else entry.fetch()
+        if isinstance(src, Path):
+            with open(src, "rb") as fh:
+                src = io.BytesIO(fh.read(_SNIFF_BYTES))
+    except OSError as exc:
+        return os_reason(exc)
+    except Exception:
+        src = io.BytesIO()
+    try:
+        with src, Image.open(src) as img:
+            if img.format in SNIFFED_FORMATS:
+                return None
+    except Exception:
+        pass
+    if not suffix:
+        return f"not an image file (its name has no file type; supported: {kinds})"
+    return f"file type '{suffix}' is not supported (supported: {kinds})"
 
 
 def _import(
@@ -222,21 +283,30 @@ def _import(
     progress: Progress | None,
     what: str,
     skipped: list[SkippedFile] | None = None,
+    folders: Iterable[tuple[str, ...]] = (),
+    source_bytes: int | None = None,
 ) -> DatasetManifest:
-    """Shared pipeline: plan, normalise, dedupe, check, save; ``dest`` vanishes on failure."""
+    """Shared pipeline: plan, normalise, dedupe, check, save; ``dest`` vanishes on failure.
+
+    ``source_bytes`` (the sources' total size) sizes the free-space check; a full disk,
+    before or during the import, is a DiskFullError.
+    """
     skipped = list(skipped or [])
     images: list[Entry] = []
     for e in entries:
-        if Path(e.parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
+        why = None if Path(e.parts[-1]).suffix.lower() in IMAGE_SUFFIXES else _not_a_picture(e)
+        if why is None:
             images.append(e)
         else:
-            skipped.append(SkippedFile(e.source, "not an image file"))
+            skipped.append(SkippedFile(e.source, why))
     if not entries and not skipped:
         raise DataError(f"{what} is empty. Put one folder of images per class in it.")
     if not images:
         kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise DataError(f"No images were found in {what.lower()}. Supported kinds: {kinds}.")
-    plan = plan_layout(images)
+        why = f" ({_examples(skipped)})" if skipped else ""
+        raise DataError(f"No images were found in {what.lower()}{why}. Supported kinds: {kinds}.")
+    folders = list(folders) + [e.parts[:-1] for e in entries if len(e.parts) > 1]
+    plan = plan_layout(images, folders)
     skipped += [SkippedFile(source, reason) for source, reason in plan.skipped]
     if not plan.todo:
         raise DataError(
@@ -247,16 +317,20 @@ def _import(
     created = not dest.exists()
     if not created and (not dest.is_dir() or any(dest.iterdir())):
         raise FileExistsError(f"{dest} must be a new or empty folder")
+    need = diskspace.import_need(len(plan.todo), source_bytes or 0)
+    diskspace.check_free(dest, need)
     try:
         manifest = _convert(plan, dest, progress, skipped)
         manifest.save()
         return manifest
-    except BaseException:
+    except BaseException as exc:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
         else:
             for child in dest.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if diskspace.is_disk_full(exc):  # measured after the clean-up freed the space
+            raise diskspace.disk_full_error(dest, need) from None
         raise
 
 
@@ -264,7 +338,11 @@ def _prepare_and_encode(src: Path | BinaryIO) -> tuple[Prepared, bytes] | ImageS
     """Decode, normalise and re-encode one image (runs in a worker thread)."""
     try:
         try:
-            if _is_empty(src):
+            try:
+                empty = _is_empty(src)
+            except OSError as exc:
+                raise ImageSkip(os_reason(exc)) from None
+            if empty:
                 raise ImageSkip("empty file (0 bytes)")
             prepared = prepare(src, MAX_SIDE, MAX_SOURCE_PIXELS)
         finally:
@@ -340,13 +418,15 @@ def _convert(
                 (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
                 (dest / rel).write_bytes(encoded)
                 img = prepared.image
+                phash = image_hash(img)  # near-duplicates are looked for later (tl_core.neardup)
                 item = ImageItem(rel, label, subset, entry.source, prepared.sha256, *img.size)
+                item = replace(item, phash=phash)
                 first[prepared.sha256] = item
                 items.append(item)
         if progress:
             progress(done, total)
     shutil.rmtree(dest / ".incoming", ignore_errors=True)
-    warnings = _check(plan, items, skipped, skipped_in)
+    warnings = _check(plan, items, skipped, skipped_in, leaks)
     if duplicates:
         warnings.append(
             f"{_n(len(duplicates), 'exact duplicate image', 'was', 'were')} left out "
@@ -384,14 +464,25 @@ def import_folder(src: Path, dest: Path, progress: Progress | None = None) -> Da
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"The folder '{src}' does not exist. Choose a folder of images.")
-    return _import(folder_entries(src, dest), dest, progress, "The folder")
+    try:
+        found = folder_entries(src, dest)
+    except OSError as exc:
+        raise DataError(
+            f"The folder '{src}' cannot be opened ({os_reason(exc, 'folder')}). Choose a folder "
+            "you can read, or copy the images somewhere you can."
+        ) from None
+    skipped = [SkippedFile(source, reason) for source, reason in found.skipped]
+    size = diskspace.files_bytes(src / e.source for e in found.entries)
+    return _import(
+        found.entries, dest, progress, "The folder", skipped, found.folders, source_bytes=size
+    )
 
 
 def import_zip(
     zip_file: Path | BinaryIO,
     dest: Path,
     progress: Progress | None = None,
-    max_total_bytes: int = 4 * 1024**3,
+    max_total_bytes: int = MAX_IMPORT_MB * 1024**2,
     max_files: int = 100_000,
 ) -> DatasetManifest:
     """Import a .zip; unsafe or oversized archives are refused before anything is unpacked."""
@@ -401,11 +492,31 @@ def import_zip(
         tmp = Path(dest) / ".incoming"
         entries = []
         for info in infos:
-            parts = nfc(safe_parts(info.filename) or ())
-            if parts and not is_junk(parts):
+            raw = safe_parts(info.filename) or ()
+            if raw:
                 fetch = lambda i=info: extract_member(zf, i, budget, tmp)  # noqa: E731
-                entries.append(Entry(parts, info.filename, fetch))
-        return _import(entries, Path(dest), progress, "The .zip file")
+                head = lambda i=info: _zip_head(zf, i)  # noqa: E731
+                entries.append(Entry(nfc(raw), info.filename, fetch, raw, head))
+        entries, hidden = screen(entries)
+        skipped = [SkippedFile(source, reason) for source, reason in hidden]
+        folders = [
+            parts
+            for i in zf.infolist()
+            if i.is_dir()
+            and (parts := nfc(safe_parts(i.filename) or ()))
+            and not is_junk(parts)
+            and not any(p.startswith(".") for p in parts)
+        ]
+        size = sum(i.file_size for i in infos)
+        return _import(
+            entries, Path(dest), progress, "The .zip file", skipped, folders, source_bytes=size
+        )
+
+
+def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> BinaryIO:
+    """The first megabyte of a member, to tell whether it is a picture (not counted)."""
+    with zf.open(info) as member:
+        return io.BytesIO(member.read(_SNIFF_BYTES))
 
 
 def import_files(
@@ -418,13 +529,17 @@ def import_files(
     """
     entries: list[Entry] = []
     skipped: list[SkippedFile] = []
+    size = 0
     for name, data in files:
+        size += len(data)
         parts = safe_parts(name.lstrip("/\\"))
         if parts is None:
             skipped.append(SkippedFile(name, "unsafe file name"))
-        elif not is_junk(parts):
-            entries.append(Entry(nfc(parts), name, lambda d=data: io.BytesIO(d)))
-    return _import(entries, Path(dest), progress, "The uploaded folder", skipped)
+        elif parts:
+            entries.append(Entry(nfc(parts), name, lambda d=data: io.BytesIO(d), parts))
+    entries, hidden = screen(entries)
+    skipped += [SkippedFile(source, reason) for source, reason in hidden]
+    return _import(entries, Path(dest), progress, "The uploaded folder", skipped, source_bytes=size)
 
 
 # --------------------------------------------------------------------------- split
@@ -446,8 +561,11 @@ def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: in
             f"{val_fraction}); 0.2 is a good start."
         )
     val_files: set[str] = set()
+    by_label: dict[str, list[str]] = {}
+    for item in manifest.items:
+        by_label.setdefault(item.label, []).append(item.file)
     for label in manifest.classes:
-        files = sorted(i.file for i in manifest.items if i.label == label)
+        files = sorted(by_label.get(label, []))
         random.Random(f"{seed}:{label}").shuffle(files)
         n_val = min(max(round(len(files) * val_fraction), 1), len(files) - 1)
         val_files.update(files[:n_val])

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,7 +24,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tl_core import checkpoint, diskspace
 from tl_core.catalog import DataConfig, create_model, get_spec
+from tl_core.config import (  # noqa: F401 - re-exported: older imports keep working
+    AUGMENT_LEVELS,
+    SCRATCH_LR,
+    TrainConfig,
+    scratch_config,
+)
 from tl_core.data import Split
 from tl_core.device import ComputePlan, plan_compute
 from tl_core.errors import RunError
@@ -37,59 +45,6 @@ from tl_core.inputs import (
     make_transforms,
 )
 from tl_core.prefixcache import CachedPhase, StopRequested, cache_phase
-
-AUGMENT_LEVELS = ("none", "light", "medium", "strong")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run; stored with it and enough to repeat it."""
-
-    model: str = "efficientnet_lite0"
-    trainable_groups: int = 0
-    epochs: int = 20
-    lr: float = 1e-2
-    batch_size: int = 32
-    augment: str = "none"
-    seed: int = 0
-    val_fraction: float = 0.2
-    head_epochs: int = 1
-    pretrained: bool = True
-    weight_decay: float = 0.01
-    aug_views: int = 4  # augmented copies of each image whose frozen-prefix output is cached
-    cache: bool = True  # decode once and cache frozen-prefix outputs (False: the plain loop)
-
-    def validate(self) -> None:
-        """Raise RunError with a plain message for settings that cannot work."""
-        if self.epochs < 1:
-            raise RunError("Train for at least 1 epoch.")
-        if not 1 <= self.batch_size <= 1024:
-            raise RunError("Batch size must be between 1 and 1024.")
-        if not 0 < self.lr < 1:
-            raise RunError("The learning rate must be between 0 and 1 (try 0.002).")
-        if self.augment not in AUGMENT_LEVELS:
-            raise RunError(f"Augmentation must be one of {', '.join(AUGMENT_LEVELS)}.")
-        if self.trainable_groups < 0:
-            raise RunError("The number of trainable layer groups cannot be negative.")
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
-
-SCRATCH_LR = 2e-3  # AdamW from random weights: the usual rate; the fine-tuning 1e-2 is too high
-
-
-def scratch_config(cfg: TrainConfig, n_backbone: int) -> TrainConfig:
-    """The same run from random weights: every layer learns from the start, same epochs."""
-    return replace(
-        cfg,
-        pretrained=False,
-        trainable_groups=n_backbone,
-        head_epochs=0,
-        lr=min(cfg.lr, SCRATCH_LR),
-    )
 
 
 @dataclass(frozen=True)
@@ -321,11 +276,10 @@ class _Checkpoints:
             self.write()
 
     def write(self) -> None:
-        for name, state in (("best.pt", self.best if self.dirty else None), ("last.pt", self.last)):
+        best = self.best if self.dirty else None
+        for name, state in ((checkpoint.BEST, best), (checkpoint.LAST, self.last)):
             if state is not None:
-                tmp = self.run_dir / f"{name}.tmp"
-                torch.save(state, tmp)
-                tmp.replace(self.run_dir / name)
+                checkpoint.save(self.run_dir / name, state)
         self.dirty = False
         self.written = time.monotonic()
 
@@ -384,6 +338,59 @@ class _Inputs:
         self.used_bytes = 0 if decoded is None else decoded.numel()
 
 
+_RESUME_ADVICE = "start the run again instead of resuming it"
+
+
+def _resume_state(last: Path, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
+    """last.pt read safely; the model's weights and every random state restored from it."""
+    saved = checkpoint.load(last, _RESUME_ADVICE)
+    checkpoint.load_weights(model, saved["model"], last, _RESUME_ADVICE)
+    try:
+        checkpoint.set_rng_state(saved["rng"], generator)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+        raise checkpoint.unreadable(last, _RESUME_ADVICE) from None
+    return saved
+
+
+def _check_disk(
+    cfg: TrainConfig,
+    split: Split,
+    data_root: Path,
+    classes: list[str],
+    model: nn.Module,
+    data_cfg: DataConfig,
+    run_dir: Path,
+    steps: int,
+) -> None:
+    """Refuse to start when the run's files (decoded cache, checkpoints, ...) would not fit."""
+    n = len(split.train) + len(split.val)
+    side = cache_side(data_cfg)
+    decoded = n * 3 * side * side
+    to_cache = decoded - _decoded_on_disk(data_root, side, data_cfg.interpolation)
+    if not cfg.cache or decoded > cache_budget_bytes() // 2:
+        to_cache = 0  # nothing is written to the cache
+    params = sum(p.numel() for p in model.parameters())
+    apply_freeze(model, cfg.trainable_groups)  # each phase sets its own freeze again
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    need = diskspace.run_need(
+        n, len(split.val), len(classes), side, params, trainable, steps, cached_bytes=decoded
+    )
+    # A resumed run replaces its checkpoints: the space they take is counted already.
+    need -= diskspace.files_bytes(run_dir / name for name in (checkpoint.BEST, checkpoint.LAST))
+    need = max(need, diskspace.MARGIN_BYTES)
+    if os.stat(run_dir).st_dev == os.stat(data_root).st_dev:
+        diskspace.check_free(run_dir, need + max(to_cache, 0))
+    else:  # the decoded cache sits beside the data set, on another disk
+        diskspace.check_free(run_dir, need)
+        diskspace.check_free(data_root, max(to_cache, 0) + diskspace.MARGIN_BYTES)
+
+
+def _decoded_on_disk(root: Path, side: int, interpolation: str) -> int:
+    """Bytes of decoded images already cached for this size (0 when none are)."""
+    data = Path(root) / "cache" / f"decoded-{side}-{interpolation}.u8"
+    return data.stat().st_size if data.is_file() else 0
+
+
 def fit(
     cfg: TrainConfig,
     split: Split,
@@ -423,9 +430,11 @@ def fit(
 
     if not split.train or not split.val:
         raise RunError("Both the training and the validation set need at least one image.")
+    drop_last = len(split.train) > cfg.batch_size
+    n_steps = cfg.epochs * max(len(split.train) // cfg.batch_size, 1)
+    _check_disk(cfg, split, data_root, classes, model, data_cfg, run_dir, n_steps)
     budget = cache_budget_bytes()
     inputs = _Inputs(cfg, split, data_root, classes, data_cfg, callbacks, budget)
-    drop_last = len(split.train) > cfg.batch_size
     train_loader = DataLoader(
         inputs.train,
         batch_size=cfg.batch_size,
@@ -445,20 +454,14 @@ def fit(
     }
 
     epoch, step, best_acc, best_loss, best_epoch = 0, 0, -1.0, math.inf, None
-    checkpoint = None
+    saved = None
     if resume:
-        last = run_dir / "last.pt"
+        last = run_dir / checkpoint.LAST
         if not last.exists():
             raise RunError("This run has no saved epoch to resume from; start it again instead.")
-        checkpoint = torch.load(last, map_location=plan.device, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        epoch, step = checkpoint["epoch"], checkpoint["step"]
-        best_acc, best_loss = checkpoint["best_acc"], checkpoint["best_loss"]
-        best_epoch = checkpoint["best_epoch"]
-        torch.set_rng_state(checkpoint["torch_rng"])
-        random.setstate(checkpoint["py_rng"])
-        np.random.set_state(checkpoint["np_rng"])
-        generator.set_state(checkpoint["loader_rng"])
+        saved = _resume_state(last, model, generator)
+        epoch, step = saved["epoch"], saved["step"]
+        best_acc, best_loss, best_epoch = saved["best_acc"], saved["best_loss"], saved["best_epoch"]
 
     status = "finished"
     trainable_params = 0
@@ -502,9 +505,10 @@ def fit(
                 notes.append(message)
             net = cached.net if cached else full
             trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            if checkpoint is not None and checkpoint["phase_start"] == phase_start:
-                optimizer.load_state_dict(checkpoint["optimizer"])
-                scheduler.load_state_dict(checkpoint["scheduler"])
+            if saved is not None and saved["phase_start"] == phase_start:
+                last = run_dir / checkpoint.LAST
+                checkpoint.load_weights(optimizer, saved["optimizer"], last, _RESUME_ADVICE)
+                checkpoint.load_weights(scheduler, saved["scheduler"], last, _RESUME_ADVICE)
             callbacks.on_status("Training")
             while epoch < phase_end:
                 epoch += 1
@@ -548,10 +552,7 @@ def fit(
                         "best_acc": best_acc,
                         "best_loss": best_loss,
                         "best_epoch": best_epoch,
-                        "torch_rng": torch.get_rng_state(),
-                        "py_rng": random.getstate(),
-                        "np_rng": np.random.get_state(),
-                        "loader_rng": generator.get_state(),
+                        "rng": checkpoint.rng_state(generator),
                         "meta": meta,
                     },
                     force=epoch == phase_end,
@@ -631,5 +632,7 @@ def write_predictions(
         for item, p, z, y in zip(val_items, probs, logits, labels, strict=True)
     ]
     tmp = run_dir / "predictions.json.tmp"
-    tmp.write_text(json.dumps({"classes": classes, "rows": rows}))
-    tmp.replace(run_dir / "predictions.json")
+    text = json.dumps({"classes": classes, "rows": rows})
+    with diskspace.guard(run_dir, len(text) + diskspace.MB, cleanup=[tmp]):
+        tmp.write_text(text)
+        tmp.replace(run_dir / "predictions.json")

@@ -17,3 +17,11 @@ class ModelUnavailableError(StudioError):
 
 class RunError(StudioError):
     """A training run cannot start or continue (missing project, bad settings, no checkpoint)."""
+
+
+class CheckpointError(RunError):
+    """A saved model or checkpoint cannot be read: damaged, cut short, or not made by this app."""
+
+
+class DiskFullError(StudioError):
+    """The disk holding the workspace has too little free space for what was asked."""

@@ -12,7 +12,7 @@ checked against the recorded predictions on the validation images (:func:`verify
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,14 +29,57 @@ if TYPE_CHECKING:
 CALIBRATION_FILE = "calibration.json"
 
 
+# Temperature scaling is used only when it lowers the calibration error beyond its noise: the
+# paired bootstrap 95% interval of ECE(as trained) - ECE(scaled, cross-fitted) lies above 0.
+MIN_SCALING_IMAGES = 10  # fewer cannot be split into two halves to fit and score on
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Temperature for the logits and the top-probability under which to say "not sure"."""
+    """Temperature for the logits and the top-probability under which to say "not sure".
+
+    ``temperature`` is the one the app uses (Try page, export's model card): the fitted one
+    when scaling helps beyond noise, else 1.0 (the probabilities as trained).
+    """
 
     temperature: float = 1.0
     threshold: float = 0.5
     ece_before: float | None = None
     ece_after: float | None = None  # cross-fitted: each half scored with the other's temperature
+    fitted_temperature: float | None = None  # fitted on all validation images
+    used: bool | None = None  # scaling applied; None: a file written before this was decided
+    images: int = 0
+    ece_before_ci: list[float] | None = None  # 95% bootstrap interval over the images
+    ece_after_ci: list[float] | None = None
+    gain_ci: list[float] | None = None  # of ece_before - ece_after (paired bootstrap)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the probabilities the app gives are temperature-scaled."""
+        return self.used if self.used is not None else self.temperature != 1.0
+
+    def reason(self) -> str:
+        """Why the probabilities are scaled or kept as trained, in one plain sentence."""
+        if self.calibrated:
+            return (
+                f"Temperature scaling (T = {self.temperature:.2f}) lowers the calibration error "
+                "by more than its noise on the validation images, so the probabilities are "
+                "calibrated."
+            )
+        if self.images and self.images < MIN_SCALING_IMAGES:
+            return (
+                f"With {self.images} validation images there are too few to check temperature "
+                "scaling, so the probabilities are kept as trained."
+            )
+        if self.ece_before is not None and self.ece_after is not None:
+            return (
+                "Temperature scaling does not lower the calibration error beyond its noise on "
+                f"the validation images ({self.ece_before:.1%} as trained, {self.ece_after:.1%} "
+                "scaled), so the probabilities are kept as trained."
+            )
+        return "The probabilities are as trained."
 
 
 @dataclass
@@ -45,7 +88,7 @@ class RunEvaluation:
     files: list[str]
     labels: np.ndarray
     preds: np.ndarray
-    probs: np.ndarray  # calibrated
+    probs: np.ndarray  # the probabilities the app uses: scaled only when that helps
     raw_probs: np.ndarray
     summary: metrics.AccuracySummary
     warning: str | None
@@ -53,7 +96,7 @@ class RunEvaluation:
     confusion: np.ndarray
     calibration: Calibration
     reliability_before: metrics.Reliability
-    reliability_after: metrics.Reliability
+    reliability_after: metrics.Reliability  # temperature-scaled, cross-fitted
     wrong_by_loss: list[int]
 
     def worst_classes(self, n: int = 3) -> list[metrics.ClassReport]:
@@ -73,26 +116,63 @@ class RunEvaluation:
             "images": self.summary.total,
             "ece": self.calibration.ece_before,
             "ece_calibrated": self.calibration.ece_after,
+            "ece_interval": self.calibration.ece_before_ci,
+            "ece_calibrated_interval": self.calibration.ece_after_ci,
             "temperature": self.calibration.temperature,
+            "fitted_temperature": self.calibration.fitted_temperature,
+            "probabilities": "calibrated" if self.calibration.calibrated else "as trained",
             "not_sure_threshold": self.calibration.threshold,
             "macro_f1": metrics.macro_average(self.per_class).f1,
         }
 
 
-def _cross_fitted_ece(logits: np.ndarray, labels: np.ndarray) -> float:
-    """ECE after temperature scaling, each half scored with the temperature of the other."""
+def _cross_fitted_probs(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Temperature-scaled probabilities, each half scored with the temperature of the other.
+
+    With fewer than MIN_SCALING_IMAGES images, scaled with the temperature of all of them.
+    """
     n = len(labels)
-    if n < 10:
-        return metrics.expected_calibration_error(
-            metrics.softmax(logits, metrics.fit_temperature(logits, labels)), labels
-        )
+    if n < MIN_SCALING_IMAGES:
+        return metrics.softmax(logits, metrics.fit_temperature(logits, labels))
     order = np.random.default_rng(0).permutation(n)
     halves = order[: n // 2], order[n // 2 :]
     probs = np.empty_like(logits, dtype=np.float64)
     for fit_on, score_on in (halves, halves[::-1]):
         t = metrics.fit_temperature(logits[fit_on], labels[fit_on])
         probs[score_on] = metrics.softmax(logits[score_on], t)
-    return metrics.expected_calibration_error(probs, labels)
+    return probs
+
+
+def choose_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[Calibration, np.ndarray]:
+    """The calibration to use and the probabilities it gives.
+
+    Temperature scaling is used when it lowers the cross-fitted ECE beyond its noise: the
+    95% paired bootstrap interval (BOOTSTRAP_RESAMPLES resamples of the validation images,
+    seeded) of ECE(as trained) - ECE(scaled) lies entirely above 0. Otherwise, and with fewer
+    than MIN_SCALING_IMAGES images, the probabilities stay as trained (temperature 1.0).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    raw = metrics.softmax(logits)
+    fitted = metrics.fit_temperature(logits, labels) if len(labels) else 1.0
+    scaled = _cross_fitted_probs(logits, labels) if len(labels) else raw
+    cmp = metrics.compare_ece(raw, scaled, labels, n_boot=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+    used = len(labels) >= MIN_SCALING_IMAGES and cmp.difference_interval[0] > 0
+    temperature = float(fitted) if used else 1.0
+    probs = metrics.softmax(logits, temperature)
+    calibration = Calibration(
+        temperature=temperature,
+        threshold=float(metrics.not_sure_threshold(probs, labels)),
+        ece_before=float(cmp.ece_a),
+        ece_after=float(cmp.ece_b),
+        fitted_temperature=float(fitted),
+        used=bool(used),
+        images=len(labels),
+        ece_before_ci=list(cmp.a_interval),
+        ece_after_ci=list(cmp.b_interval),
+        gain_ci=list(cmp.difference_interval),
+    )
+    return calibration, probs
 
 
 def evaluate_logits(
@@ -104,15 +184,9 @@ def evaluate_logits(
     n_classes = len(classes)
     raw = metrics.softmax(logits)
     preds = raw.argmax(1) if len(labels) else np.zeros(0, dtype=np.int64)
-    temperature = metrics.fit_temperature(logits, labels) if len(labels) else 1.0
-    probs = metrics.softmax(logits, temperature)
+    calibration, probs = choose_calibration(logits, labels)
+    scaled = _cross_fitted_probs(logits, labels) if len(labels) else raw
     summary = metrics.accuracy_summary(labels, preds)
-    calibration = Calibration(
-        temperature=float(temperature),
-        threshold=float(metrics.not_sure_threshold(probs, labels)),
-        ece_before=float(metrics.expected_calibration_error(raw, labels)),
-        ece_after=float(_cross_fitted_ece(logits, labels)),
-    )
     return RunEvaluation(
         classes=classes,
         files=files,
@@ -126,7 +200,7 @@ def evaluate_logits(
         confusion=metrics.confusion_matrix(labels, preds, n_classes),
         calibration=calibration,
         reliability_before=metrics.reliability_curve(raw, labels),
-        reliability_after=metrics.reliability_curve(probs, labels),
+        reliability_after=metrics.reliability_curve(scaled, labels),  # cross-fitted
         wrong_by_loss=metrics.misclassified_by_loss(probs, labels),
     )
 
@@ -155,15 +229,26 @@ def save_calibration(run_dir: Path, calibration: Calibration) -> None:
 
 
 def load_calibration(run_dir: Path) -> Calibration:
-    """The run's calibration: fitted now when it has predictions but no calibration yet."""
+    """The run's calibration: fitted now when it has predictions but no calibration yet.
+
+    A file written before scaling was checked against its noise (no ``used`` field) is
+    decided again from the predictions when they are there, else read as it is.
+    """
     path = Path(run_dir) / CALIBRATION_FILE
+    saved: Calibration | None = None
     if path.exists():
         try:
-            return Calibration(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            pass
+            data = json.loads(path.read_text())
+            known = {f.name for f in fields(Calibration)}
+            saved = Calibration(**{k: v for k, v in data.items() if k in known})
+        except (OSError, ValueError, TypeError, AttributeError):
+            saved = None
+    if saved is not None and saved.used is not None:
+        return saved
     result = evaluate_run(Path(run_dir))
-    return result.calibration if result else Calibration()
+    if result is not None:
+        return result.calibration
+    return saved or Calibration()
 
 
 def evaluate_folder(run_dir: Path, folder: Path) -> RunEvaluation:
@@ -376,11 +461,35 @@ def card_sections(ev: RunEvaluation | None) -> dict[str, str]:
         "Accuracy and its uncertainty": "\n\n".join(lines),
         "Per class": "\n".join(table),
         "Weakest classes": f"The classes it most often misses: {worst}.",
-        "Calibration": (
-            f"Expected calibration error {cal.ece_before:.1%} as trained; temperature "
-            f"scaling (T = {cal.temperature:.2f}, fitted on the validation images) brings it "
-            f"to {cal.ece_after:.1%} (scored on held-out halves). Below a top probability of "
-            f"{cal.threshold:.0%}, treat the answer as 'not sure'. The exported files give "
-            "uncalibrated probabilities: divide the logits by T for calibrated ones."
-        ),
+        "Calibration": _card_calibration(cal),
     }
+
+
+def _card_calibration(cal: Calibration) -> str:
+    """The model card's calibration lines: the error, its noise, which probabilities are used."""
+
+    def with_ci(value: float | None, ci: list[float] | None) -> str:
+        if value is None:
+            return "not measured"
+        return f"{value:.1%}" + (f" (95% interval {ci[0]:.1%} to {ci[1]:.1%})" if ci else "")
+
+    fitted = cal.fitted_temperature if cal.fitted_temperature is not None else cal.temperature
+    lines = (
+        f"Expected calibration error {with_ci(cal.ece_before, cal.ece_before_ci)} as trained; "
+        f"with temperature scaling (fitted T = {fitted:.2f}) "
+        f"{with_ci(cal.ece_after, cal.ece_after_ci)}, scored on held-out halves of the "
+        "validation images. "
+    )
+    if cal.calibrated:
+        lines += (
+            f"{cal.reason()} The app uses T = {cal.temperature:.2f}; the exported files give "
+            "the probabilities as trained: divide the logits by T for calibrated ones."
+        )
+    else:
+        lines += (
+            f"{cal.reason()} The app uses T = {cal.temperature:.2f}, the same probabilities "
+            "as the exported files give."
+        )
+    return lines + (
+        f" Below a top probability of {cal.threshold:.0%}, treat the answer as 'not sure'."
+    )

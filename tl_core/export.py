@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tl_core import bundle_predict
+from tl_core import bundle_predict, checkpoint
 from tl_core.catalog import DataConfig, get_spec
 from tl_core.data import MAX_SIDE, DatasetManifest, split_dataset
 from tl_core.device import ComputePlan
@@ -599,6 +599,7 @@ def _requirements() -> str:
             "# --format onnx needs only numpy, pillow and onnxruntime.",
             line("numpy"),
             line("pillow"),
+            line("pillow-heif"),  # HEIC/HEIF photos (predict.py runs without it otherwise)
             line("onnxruntime"),
             "# --format safetensors (timm/PyTorch):",
             line("torch"),
@@ -619,11 +620,7 @@ def _say(progress: Progress | None, message: str) -> None:
 
 
 def _read_meta(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "best.pt"
-    try:
-        return dict(torch.load(path, map_location="cpu", weights_only=True)["meta"])
-    except Exception as exc:
-        raise RunError(f"The trained model {path} cannot be read ({exc}).") from None
+    return dict(checkpoint.load(run_dir / checkpoint.BEST)["meta"])  # weights only: no code
 
 
 def _evaluation_sections(run_dir: Path) -> dict[str, str]:

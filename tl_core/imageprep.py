@@ -13,12 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-# The bundle's stand-alone predict.py opens pictures exactly as imports do: one definition.
+# The bundle's stand-alone predict.py opens pictures exactly as imports do: one definition
+# (it also registers the HEIC/HEIF reader of pillow-heif; Pillow reads AVIF itself).
 from tl_core.bundle_predict import to_rgb
+from tl_core.datalayout import os_reason
 
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "GIF", "TIFF"})
+# Pillow refuses PNG text and colour-profile (iCCP) chunks that unpack to over 1 MB; print and
+# camera profiles can be larger. Raised to 32 MB (total text stays capped by MAX_TEXT_MEMORY).
+# The profile itself is then ignored: pixels are used as stored (see docs/ARCHITECTURE.md).
+MAX_PROFILE_BYTES = 32 * 1024 * 1024
+PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, MAX_PROFILE_BYTES)
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
@@ -52,6 +59,17 @@ def prepare(src: Path | BinaryIO, max_side: int, max_pixels: int) -> Prepared:
     Raises :class:`ImageSkip` with a plain reason for anything that is not a usable image.
     The header's size is checked before any pixel is decoded.
     """
+    if isinstance(src, Path):
+        try:
+            fh = open(src, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise ImageSkip(os_reason(exc)) from None
+        with fh:
+            return _prepare(fh, max_side, max_pixels)
+    return _prepare(src, max_side, max_pixels)
+
+
+def _prepare(src: BinaryIO, max_side: int, max_pixels: int) -> Prepared:
     with warnings.catch_warnings():
         # Pillow warns above ~89 megapixels; our own limit (max_pixels) is the one enforced.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -65,6 +83,13 @@ def prepare(src: Path | BinaryIO, max_side: int, max_pixels: int) -> Prepared:
             ) from None
         except UnidentifiedImageError:
             raise ImageSkip("not an image (the file's contents are not a picture)") from None
+        except ValueError as exc:
+            if "MAX_TEXT_CHUNK" in str(exc):
+                raise ImageSkip(
+                    "its embedded colour profile or text is too large (over "
+                    f"{MAX_PROFILE_BYTES // 1024**2} MB); save the picture again without it"
+                ) from None
+            raise ImageSkip("image is damaged or cut off") from None
         except Exception:
             raise ImageSkip("image is damaged or cut off") from None
         with img:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from tl_core import checkpoint
 from tl_core.catalog import DataConfig, create_model, get_spec
 from tl_core.data import MAX_SIDE, MAX_SOURCE_PIXELS
 from tl_core.device import ComputePlan, plan_compute
@@ -128,24 +129,21 @@ def load_trained(
 
     Raises RunError when the run has no readable checkpoint.
     """
-    path = Path(run_dir) / "best.pt"
+    path = Path(run_dir) / checkpoint.BEST
     if not path.is_file():
         raise RunError(f"This run has no trained model yet ({path} is missing).")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        meta = state["meta"]
-        key = meta["config"]["model"]
-        classes = list(meta["classes"])
-    except Exception as exc:
-        raise RunError(f"The trained model {path} cannot be read ({exc}).") from None
+    state = checkpoint.load(path)  # weights only: a crafted file runs no code
+    meta = state["meta"]
+    key = meta["config"]["model"]
+    classes = [str(c) for c in meta["classes"]]
     plan = plan or plan_compute(device or "auto").exact()  # as the run's final scores
     model = create_model(get_spec(key), num_classes=len(classes), pretrained=False)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise RunError(f"The trained model {path} does not fit {key}: {exc}") from None
+    checkpoint.load_weights(model, state["model"], path)
     raw = meta.get("data_config")
-    data_config = _data_config(raw) if raw else DataConfig.of(model)
+    try:
+        data_config = _data_config(raw) if raw else DataConfig.of(model)
+    except (TypeError, ValueError):
+        raise checkpoint.unreadable(path) from None
     full = nn.Sequential(Normalize(data_config), model).to(plan.device).eval()
     if plan.channels_last:
         full = full.to(memory_format=torch.channels_last)

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as tvf
 
+from tl_core import diskspace
 from tl_core.catalog import DataConfig
 from tl_core.data import ImageItem
 
@@ -84,7 +85,37 @@ def decode_all(
         arr = np.memmap(data, dtype=np.uint8, mode="c", shape=(n, 3, side, side))
         return torch.from_numpy(np.asarray(arr))
     tmp = data.with_suffix(".tmp")
-    arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, 3, side, side))
+    index.unlink(missing_ok=True)  # from here on the cache is incomplete
+    with diskspace.guard(folder, nbytes + diskspace.MB, cleanup=[tmp, data]):
+        _fill(tmp, root, items, side, interpolation, progress)
+        tmp.replace(data)
+        index.write_text(json.dumps(files))  # written last: its presence means "complete"
+    arr = np.memmap(data, dtype=np.uint8, mode="c", shape=(n, 3, side, side))
+    return torch.from_numpy(np.asarray(arr))
+
+
+def _fill(
+    tmp: Path,
+    root: Path,
+    items: Sequence[ImageItem],
+    side: int,
+    interpolation: str,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Decode every item into the new memory-mapped file ``tmp``."""
+    n = len(items)
+    with open(tmp, "wb") as f:
+        # Reserve the blocks first: writing a sparse memory map on a full disk is a SIGBUS
+        # crash; running out here is an OSError (ENOSPC) that can be reported.
+        f.truncate(n * 3 * side * side)
+        try:
+            os.posix_fallocate(f.fileno(), 0, n * 3 * side * side)
+        except AttributeError:  # pragma: no cover - not POSIX
+            pass
+        except OSError as exc:
+            if diskspace.is_disk_full(exc):
+                raise
+    arr = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(n, 3, side, side))
 
     def fill(i: int) -> None:
         arr[i] = load_square(root / items[i].file, side, interpolation).numpy()
@@ -94,12 +125,7 @@ def decode_all(
         for done, _ in enumerate(pool.map(fill, range(n)), 1):
             if progress is not None:
                 progress(done, n)
-    arr.flush()
-    del arr
-    tmp.replace(data)
-    index.write_text(json.dumps(files))  # written last: its presence means "complete"
-    arr = np.memmap(data, dtype=np.uint8, mode="c", shape=(n, 3, side, side))
-    return torch.from_numpy(np.asarray(arr))
+    arr.flush()  # the memory map closes when ``arr`` goes
 
 
 def make_transforms(cfg: DataConfig, augment: str) -> tuple[Transform, Transform]:

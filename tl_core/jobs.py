@@ -8,19 +8,29 @@ worker, the command line) may ``pump`` it.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tl_core.errors import RunError
-from tl_core.store import ACTIVE, Run, Store
+from tl_core.store import ACTIVE, UNFINISHED, Run, Store
 
 # A worker that has not written for this long while its process is gone or hung is interrupted.
 STALE_AFTER_S = 600.0
+# Leftovers of a killed process are removed at start-up once they are this old (seconds): a
+# data folder without manifest.json (an import cut off), a ``*.tmp`` file in a run folder.
+PARTIAL_IMPORT_AGE_S = 3600.0
+TMP_FILE_AGE_S = 120.0
+# The settings key that marks a project the command line is still setting up (its pid).
+CLI_PENDING = "cli_pid"
 
 # glibc malloc tuning for the worker: keep freed memory instead of returning it to the OS
 # between steps; measured to speed up CPU training and inference (docs/PERFORMANCE.md).
@@ -67,28 +77,140 @@ def _pid_alive(pid: int | None) -> bool:
         return True
 
 
+def _has_checkpoint(run: Run) -> bool:
+    return (Path(run.run_dir) / "last.pt").exists()
+
+
+def discard_run(store: Store, run_id: str, remove_folder: bool = True) -> None:
+    """Forget a run: its record, its metrics and (by default) its folder."""
+    run = store.run(run_id)
+    with store.transaction() as db:
+        db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+        db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+    if run is not None and remove_folder:
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+
+
+def discard_project(store: Store, project_id: str) -> None:
+    """Forget a project with everything in it (its runs, their folders, its data)."""
+    for run in store.runs(project_id):
+        discard_run(store, run.id)
+    with store.transaction() as db:
+        db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+    shutil.rmtree(store.project_dir(project_id), ignore_errors=True)
+
+
+def settle_cli_project(store: Store, project_id: str, force: bool = False) -> None:
+    """A project the command line was setting up, once its process is gone (or ``force``):
+    removed when none of its runs is left, else kept as an ordinary project."""
+    project = store.project(project_id)
+    pid = project.settings.get(CLI_PENDING) if project else None
+    if not pid or not (force or not _pid_alive(int(pid))):
+        return
+    if store.runs(project_id):
+        store.update_settings(project_id, **{CLI_PENDING: None})
+    else:
+        discard_project(store, project_id)
+
+
 def recover(store: Store) -> list[str]:
-    """Mark runs whose worker is gone as interrupted; return their ids."""
+    """Mark runs whose worker is gone as interrupted; return their ids.
+
+    A command-line run whose process is gone before it saved an epoch (still waiting in the
+    queue, or killed in its first epoch) is removed: there is nothing to resume. The first
+    call in a process also sweeps the leftovers of killed processes (:func:`sweep`).
+    """
     now = time.time()
     lost = []
-    for run in store.runs(statuses=ACTIVE):
+    for run in store.runs(statuses=UNFINISHED):
+        if run.status == "queued":  # held by a waiting command-line process?
+            if run.pid is not None and not _pid_alive(run.pid):
+                discard_run(store, run.id)
+                settle_cli_project(store, run.project_id)
+            continue
         last_sign = run.heartbeat or run.started or run.created
         if not _pid_alive(run.pid) or now - last_sign > STALE_AFTER_S:
             # A run claimed a moment ago may not have its pid yet: give it a grace period.
             if run.pid is None and now - last_sign < 30:
                 continue
+            if run.source == "cli" and not run.resume and not _has_checkpoint(run):
+                discard_run(store, run.id)
+                settle_cli_project(store, run.project_id)
+                continue
             store.update_run(
                 run.id,
                 status="interrupted",
                 pid=None,
-                message="The training process stopped unexpectedly (server restart or crash).",
+                message="The command-line run stopped unexpectedly (its process was killed)."
+                if run.source == "cli" and not run.resume
+                else "The training process stopped unexpectedly (server restart or crash).",
             )
             lost.append(run.id)
+    if store.workspace.resolve() not in _swept:
+        _swept.add(store.workspace.resolve())
+        sweep(store)
     return lost
 
 
-def _claim_next(store: Store, limit: int) -> Run | None:
-    """Atomically move the oldest queued run to 'starting' if fewer than ``limit`` are active."""
+_swept: set[Path] = set()
+
+
+def _newest_change(folder: Path) -> float:
+    """The latest modification time of ``folder`` or any folder inside it."""
+    newest = 0.0
+    for dirpath, _, _ in os.walk(folder):
+        with contextlib.suppress(OSError):
+            newest = max(newest, os.stat(dirpath).st_mtime)
+    return newest
+
+
+def sweep(store: Store) -> None:
+    """Remove what a killed process left behind; never anything of a live run or import.
+
+    - projects the command line was setting up when its process died (no run survives);
+    - staging folders of command-line imports whose process is gone;
+    - ``data-N`` folders without manifest.json that nothing uses and nothing has written to
+      for ``PARTIAL_IMPORT_AGE_S`` (an import cut off);
+    - ``*.tmp`` files older than ``TMP_FILE_AGE_S`` in the folders of runs not training.
+    """
+    now = time.time()
+    with store.transaction() as db:
+        rows = db.execute("SELECT id, data_dir, settings FROM projects").fetchall()
+    projects = {r["id"]: (r["data_dir"], json.loads(r["settings"] or "{}")) for r in rows}
+    runs = store.runs()
+    for project_id in projects:
+        settle_cli_project(store, project_id)
+    staging = store.workspace / "incoming"
+    for folder in staging.glob("*") if staging.is_dir() else []:
+        owner = folder.name.split("-", 1)[0]
+        if not (owner.isdigit() and _pid_alive(int(owner))):
+            shutil.rmtree(folder, ignore_errors=True)
+    used = {str(Path(d).resolve()) for d, _ in projects.values() if d}
+    used |= {str(Path(r.data_dir).resolve()) for r in runs}
+    for data_dir in (store.workspace / "projects").glob("*/data-*"):
+        if (
+            data_dir.is_dir()
+            and not (data_dir / "manifest.json").exists()
+            and str(data_dir.resolve()) not in used
+            and now - _newest_change(data_dir) > PARTIAL_IMPORT_AGE_S
+        ):
+            shutil.rmtree(data_dir, ignore_errors=True)
+    for run in runs:
+        if run.status in ACTIVE:
+            continue
+        for tmp in Path(run.run_dir).glob("*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > TMP_FILE_AGE_S and tmp.is_file():
+                    tmp.unlink()
+
+
+def _claim_next(store: Store, limit: int, run_id: str | None = None) -> Run | None:
+    """Atomically move the oldest queued run to 'starting' if fewer than ``limit`` are active.
+
+    A queued run with a ``pid`` belongs to a waiting command-line process: only that process
+    claims it (passing its ``run_id``), when it is the oldest in the queue; until then the
+    runs behind it wait too, first come first served.
+    """
     with store.transaction() as db:
         active = db.execute(
             f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(ACTIVE))})", ACTIVE
@@ -96,9 +218,9 @@ def _claim_next(store: Store, limit: int) -> Run | None:
         if active >= limit:
             return None
         row = db.execute(
-            "SELECT id FROM runs WHERE status = 'queued' ORDER BY queued_at LIMIT 1"
+            "SELECT id, pid FROM runs WHERE status = 'queued' ORDER BY queued_at LIMIT 1"
         ).fetchone()
-        if row is None:
+        if row is None or (row["id"] != run_id if run_id else row["pid"] is not None):
             return None
         now = time.time()
         db.execute(
@@ -107,6 +229,33 @@ def _claim_next(store: Store, limit: int) -> Run | None:
             (now, now, row["id"]),
         )
     return store.run(row["id"])
+
+
+def wait_for_turn(
+    store: Store,
+    run_id: str,
+    on_wait: Callable[[int], None],
+    poll_s: float = 0.5,
+    limit: int | None = None,
+) -> Run:
+    """Block until ``run_id`` (queued with this process's pid) may start; claim it.
+
+    ``on_wait(place)`` is called whenever its place in the queue changes (1: next). Raises
+    RunError when the run leaves the queue otherwise (cancelled in the app).
+    """
+    place = None
+    while True:
+        recover(store)  # a worker that died frees its slot
+        run = _claim_next(store, limit or max_parallel_runs(), run_id)
+        if run is not None:
+            return run
+        now = store.queue_position(run_id)
+        if now is None:
+            raise RunError("The run was cancelled while it waited in the queue.")
+        if now != place:
+            place = now
+            on_wait(now)
+        time.sleep(poll_s)
 
 
 def worker_command(store: Store, run_id: str) -> list[str]:

@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_core.errors import StudioError
+from tl_core import diskspace
+from tl_core.errors import RunError, StudioError
 
 ACTIVE = ("starting", "running")
 UNFINISHED = ("queued", "starting", "running")
@@ -163,8 +164,10 @@ class Store:
     def __init__(self, workspace: Path | None = None) -> None:
         """The store of ``workspace``; the database is opened and checked on first use."""
         self.workspace = Path(workspace or default_workspace())
-        self.workspace.mkdir(parents=True, exist_ok=True)
+        with diskspace.guard(self.workspace, diskspace.MB):
+            self.workspace.mkdir(parents=True, exist_ok=True)
         self.path = self.workspace / DB_NAME
+        self._keeper: sqlite3.Connection | None = None
         self._opened = False
         self._open_lock = threading.Lock()
 
@@ -206,6 +209,12 @@ class Store:
                 raise
             finally:
                 db.close()
+            # One idle connection for the store's lifetime keeps studio.db's -wal and -shm
+            # files in place, so that reads still work when the disk fills up later (opening
+            # the database afresh would have to create them).
+            with diskspace.guard(self.workspace, diskspace.MB):
+                self._keeper = sqlite3.connect(self.path, check_same_thread=False)
+                self._keeper.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
             self._opened = True
 
     def _has_folders(self) -> bool:
@@ -268,19 +277,22 @@ class Store:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection; damage is StoreDamagedError, "database or disk is full" DiskFullError."""
         if not self._opened:
-            self._open()
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        except sqlite3.DatabaseError as exc:
-            if _is_damage(exc):
-                raise self._damaged("is damaged") from None
-            raise
-        finally:
-            db.close()
+            with diskspace.guard(self.workspace, diskspace.MB):
+                self._open()
+        with diskspace.guard(self.workspace, diskspace.MB):
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            try:
+                db.execute("PRAGMA busy_timeout=30000")
+                yield db
+            except sqlite3.DatabaseError as exc:
+                if _is_damage(exc):
+                    raise self._damaged("is damaged") from None
+                raise
+            finally:
+                db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -298,12 +310,14 @@ class Store:
 
     def create_project(self, name: str = "My project") -> Project:
         pid = new_id()
-        with self._connect() as db:
+        folder = self.workspace / "projects" / pid
+        with diskspace.guard(self.workspace, diskspace.MB, cleanup=[folder]):
+            folder.mkdir(parents=True, exist_ok=True)
+        with diskspace.guard(self.workspace, diskspace.MB, cleanup=[folder]), self._connect() as db:
             db.execute(
                 "INSERT INTO projects (id, name, created) VALUES (?, ?, ?)",
                 (pid, name, time.time()),
             )
-        (self.workspace / "projects" / pid).mkdir(parents=True, exist_ok=True)
         self._write_project_record(pid)
         return self.project(pid)  # type: ignore[return-value]
 
@@ -354,15 +368,36 @@ class Store:
         run_dir: Path | None = None,
         source: str = "app",
         status: str = "queued",
+        pid: int | None = None,
     ) -> Run:
+        """A new run record and its folder (``run_dir``, or ``runs/<id>`` of the workspace).
+
+        Two runs never share a folder: ``run_dir`` must be new or empty and no other run may
+        use it, else RunError. ``pid`` marks a queued run that its own process (the command
+        line) starts when its turn comes, instead of a worker.
+        """
         rid = new_id()
-        folder = Path(run_dir) if run_dir else self.workspace / "runs" / rid
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = (Path(run_dir) if run_dir else self.workspace / "runs" / rid).resolve()
+        created = not folder.exists()
         now = time.time()
-        with self._connect() as db:
+        with (
+            diskspace.guard(folder, diskspace.MB, cleanup=[folder] if created else []),
+            self.transaction() as db,
+        ):
+            owner = db.execute("SELECT id FROM runs WHERE run_dir = ?", (str(folder),)).fetchone()
+            if owner is not None:
+                raise RunError(
+                    f"The folder '{folder}' already holds the run {owner['id']}; two runs "
+                    "cannot share a folder. Choose another one."
+                )
+            if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+                raise RunError(
+                    f"The folder '{folder}' is not a new or empty folder; choose another one "
+                    "for the run's files."
+                )
             db.execute(
                 "INSERT INTO runs (id, project_id, created, queued_at, status, config, data_dir,"
-                " run_dir, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " run_dir, source, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rid,
                     project_id,
@@ -371,10 +406,12 @@ class Store:
                     status,
                     json.dumps(config),
                     str(data_dir),
-                    str(folder.resolve()),
+                    str(folder),
                     source,
+                    pid,
                 ),
             )
+            folder.mkdir(parents=True, exist_ok=True)  # fails before COMMIT: no record
         self._write_run_record(rid, new=True)
         return self.run(rid)  # type: ignore[return-value]
 

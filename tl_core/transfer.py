@@ -7,7 +7,8 @@ those vectors, before any training:
   majority-class level;
 - :func:`logme`: LogME (You et al., ICML 2021), a transferability score without training;
 - :func:`learning_curve`: accuracy with 25/50/75/100% of the training images;
-- :func:`recommend`: every model available offline, scored and ranked this way;
+- :func:`recommend`: every model available offline, scored and ranked this way, the models
+  within noise of the best marked as tied and the fastest of them suggested;
 - :func:`domain_gauge`: how far the images are from ImageNet, by the entropy of the pretrained
   ImageNet classifier's predictions.
 """
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tl_core import metrics
 from tl_core.catalog import (
     DataConfig,
     ModelSpec,
@@ -577,6 +579,11 @@ def learning_curve(
 # ------------------------------------------------------------------------------ recommend
 
 
+# Models whose per-image results differ less than this (McNemar's test, two-sided) are "as
+# good as each other": the gap is within the noise of the images scored.
+TIE_P_VALUE = 0.05
+
+
 @dataclass(frozen=True)
 class Recommendation:
     """One model scored on the user's images, for a table."""
@@ -592,6 +599,112 @@ class Recommendation:
     params_m: float
     images_per_s: int  # the catalog's speed figure (reference 2-core CPU)
     weights: str  # "ready" or "downloaded"
+    images: int = 0  # images the probe was scored on (the same for every model)
+    ci_low: float = 0.0  # 95% Wilson interval of probe_accuracy
+    ci_high: float = 1.0
+    p_vs_leader: float = 1.0  # McNemar's test against the rank-1 model on the same images
+    tied: bool = True  # within the noise of the rank-1 model (the rank-1 model itself too)
+    suggested: bool = False  # the one to use: the fastest of the tied models
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """What :func:`rank_models` needs of one model: per-image probe results and catalog facts."""
+
+    key: str
+    title: str
+    correct: np.ndarray  # (images,) bool: the probe was right on this image
+    logme: float
+    params_m: float
+    images_per_s: int
+    ncm_accuracy: float = 0.0
+    cross_validated: bool = False
+    seconds: float = 0.0
+    weights: str = "ready"
+
+
+def rank_models(scores: Sequence[ModelScore]) -> list[Recommendation]:
+    """Rank by probe accuracy (then LogME), find the models tied with the leader, pick one.
+
+    All models are scored on the same images in the same order, so they are compared image by
+    image: going down the ranking, each model is tied with the leader while McNemar's test
+    finds no difference (p >= TIE_P_VALUE); the first clearly worse model ends the tied group.
+    The suggested model is the fastest of the group (catalog images/s, then fewer parameters).
+    """
+    if not scores:
+        return []
+    sizes = {len(s.correct) for s in scores}
+    if len(sizes) != 1:
+        raise ValueError("every model must be scored on the same images")
+    total = sizes.pop()
+
+    def accuracy(s: ModelScore) -> float:
+        return float(np.mean(s.correct)) if total else 0.0
+
+    ordered = sorted(scores, key=lambda s: (-accuracy(s), -s.logme))
+    leader = ordered[0]
+    p_values = [metrics.mcnemar_p(leader.correct, s.correct) for s in ordered]
+    tied = [True] * len(ordered)
+    for i in range(1, len(ordered)):
+        tied[i] = tied[i - 1] and p_values[i] >= TIE_P_VALUE
+    group = [i for i in range(len(ordered)) if tied[i]]
+    pick = min(group, key=lambda i: (-ordered[i].images_per_s, ordered[i].params_m, i))
+    out = []
+    for i, s in enumerate(ordered):
+        low, high = wilson_interval(int(np.sum(s.correct)), total)
+        out.append(
+            Recommendation(
+                rank=i + 1,
+                key=s.key,
+                title=s.title,
+                probe_accuracy=accuracy(s),
+                ncm_accuracy=s.ncm_accuracy,
+                logme=s.logme,
+                cross_validated=s.cross_validated,
+                seconds=s.seconds,
+                params_m=s.params_m,
+                images_per_s=s.images_per_s,
+                weights=s.weights,
+                images=total,
+                ci_low=low,
+                ci_high=high,
+                p_vs_leader=p_values[i],
+                tied=tied[i],
+                suggested=i == pick,
+            )
+        )
+    return out
+
+
+def suggested(ranking: Sequence[Recommendation]) -> Recommendation | None:
+    """The model to use: the fastest of those tied with the leader."""
+    return next((r for r in ranking if r.suggested), ranking[0] if ranking else None)
+
+
+def verdict(ranking: Sequence[Recommendation]) -> str:
+    """The ranking's reading in plain words (Markdown; model titles are catalog text)."""
+    best = suggested(ranking)
+    if best is None:
+        return "No model could be scored."
+    group = [r for r in ranking if r.tied]
+    images = f"{best.images} image" + ("" if best.images == 1 else "s")
+    if len(group) > 1:
+        names = ", ".join(f"{r.title} ({r.probe_accuracy:.1%})" for r in group)
+        return (
+            f"These models are as good as each other on your images (within the noise of "
+            f"{images}): {names}. The fastest of them is **{best.title}** (about "
+            f"{best.images_per_s} images/s, {best.params_m:g} M parameters): use it."
+        )
+    rest = (
+        " The others are clearly behind on these images."
+        if len(ranking) > 1
+        else " It is the only model that could be scored."
+    )
+    return (
+        f"Best on your images: **{best.title}** ({best.probe_accuracy:.1%} from frozen "
+        f"features alone, 95% interval {best.ci_low:.1%}–{best.ci_high:.1%} on {images}; "
+        f"training usually adds a few points).{rest}"
+    )
 
 
 def offline_models() -> list[str]:
@@ -599,10 +712,16 @@ def offline_models() -> list[str]:
     return [s.key for s in visible_specs() if weights_status(s) in ("ready", "downloaded")]
 
 
+def _probe_correct(features: Features) -> tuple[np.ndarray, int]:
+    """(per-image correctness, folds) of :func:`probe_predict`, scored as in :func:`head_start`."""
+    labels, preds, folds = _evaluate(features, probe_predict)
+    return np.asarray(preds == labels, dtype=bool), folds
+
+
 def probe_accuracy(features: Features) -> tuple[float, int]:
     """(accuracy, folds) of :func:`probe_predict`, scored as in :func:`head_start`."""
-    labels, preds, folds = _evaluate(features, probe_predict)
-    return (float((preds == labels).mean()) if len(labels) else 0.0), folds
+    correct, folds = _probe_correct(features)
+    return (float(correct.mean()) if len(correct) else 0.0), folds
 
 
 def recommend(
@@ -615,35 +734,32 @@ def recommend(
     """Score every model available offline (or ``keys``) on the images; best first.
 
     Ranked by linear-probe accuracy on the frozen features (validation images, or k-fold over
-    all images when they are few), ties broken by LogME. ``progress(model_key, done, total)``
-    reports each model's feature pass.
+    all images when they are few), ties broken by LogME; models within the noise of the
+    leader are marked tied and the fastest of them suggested (:func:`rank_models`).
+    ``progress(model_key, done, total)`` reports each model's feature pass.
     """
     plan = plan or plan_compute()
-    scored = []
+    scores = []
     for key in keys if keys is not None else offline_models():
         spec = get_spec(key)
         report = (lambda d, t, k=spec.key: progress(k, d, t)) if progress else None
         feats = frozen_features(manifest, split, spec.key, plan=plan, progress=report)
-        probe, folds = probe_accuracy(feats)
-        head = head_start(feats)
-        scored.append((probe, logme(feats.vectors, feats.labels), spec, head, folds, feats))
-    scored.sort(key=lambda r: (-r[0], -r[1]))
-    return [
-        Recommendation(
-            rank=rank,
-            key=spec.key,
-            title=spec.title,
-            probe_accuracy=probe,
-            ncm_accuracy=head.ncm_accuracy,
-            logme=score,
-            cross_validated=folds > 0,
-            seconds=feats.seconds,
-            params_m=spec.params_m,
-            images_per_s=spec.images_per_s,
-            weights=weights_status(spec),
+        correct, folds = _probe_correct(feats)
+        scores.append(
+            ModelScore(
+                key=spec.key,
+                title=spec.title,
+                correct=correct,
+                logme=logme(feats.vectors, feats.labels),
+                params_m=spec.params_m,
+                images_per_s=spec.images_per_s,
+                ncm_accuracy=head_start(feats).ncm_accuracy,
+                cross_validated=folds > 0,
+                seconds=feats.seconds,
+                weights=weights_status(spec),
+            )
         )
-        for rank, (probe, score, spec, head, folds, feats) in enumerate(scored, 1)
-    ]
+    return rank_models(scores)
 
 
 # ---------------------------------------------------------------------------- domain gauge

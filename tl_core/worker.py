@@ -11,10 +11,10 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from tl_core import review
+from tl_core import diskspace, interrupt, review
 from tl_core.data import DatasetManifest, split_dataset
 from tl_core.engine import EpochMetrics, StepMetrics, TrainConfig, TrainResult, fit
-from tl_core.errors import StudioError
+from tl_core.errors import DiskFullError, StudioError
 from tl_core.store import Store
 
 STOP_POLL_S = 0.25  # how often the stop flag is read: Stop acts within about a second
@@ -28,6 +28,12 @@ class StoreCallbacks:
         self.run_id = run_id
         self._checked = 0.0
         self._stop = False
+        self.interrupted: int | None = None  # the signal that asked this run to stop
+
+    def interrupt(self, signum: int) -> None:
+        """A signal came: stop at the next step; the run is then marked interrupted."""
+        self.interrupted = signum
+        self._stop = True
 
     def on_status(self, message: str) -> None:
         self.store.update_run(self.run_id, message=message, heartbeat=time.time())
@@ -36,7 +42,10 @@ class StoreCallbacks:
         """A line of the run's log (what the engine decided and why), kept beside its files."""
         run = self.store.run(self.run_id)
         if run is not None:
-            with open(Path(run.run_dir) / "run.log", "a", encoding="utf-8") as log:
+            with (
+                diskspace.guard(Path(run.run_dir), len(message) + diskspace.MB),
+                open(Path(run.run_dir) / "run.log", "a", encoding="utf-8") as log,
+            ):
                 log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
     def on_step(self, m: StepMetrics) -> None:
@@ -65,6 +74,42 @@ class StoreCallbacks:
         return self._stop
 
 
+def _record(store: Store, run_id: str, run_dir: Path, **fields: object) -> None:
+    """``store.update_run``; on a full disk free the run's temporary files and try once more."""
+    try:
+        store.update_run(run_id, **fields)
+    except DiskFullError:
+        diskspace.remove_temporary(run_dir)
+        store.update_run(run_id, **fields)
+
+
+def _mark_failed(store: Store, run_id: str, run_dir: Path, error: str) -> None:
+    _record(
+        store, run_id, run_dir, status="failed", error=error, finished=time.time(), message="Failed"
+    )
+
+
+def _check_disk(run_dir: Path, manifest: DatasetManifest, config: TrainConfig) -> None:
+    """A first check before the model loads: checkpoints and results must fit.
+
+    The engine checks again before it writes the decoded images, with the model's own sizes.
+    """
+    from tl_core.catalog import get_spec
+
+    params = int(get_spec(config.model).params_m * 1e6)
+    n = len(manifest.items)
+    need = diskspace.run_need(
+        n,
+        int(n * config.val_fraction),
+        len(manifest.classes),
+        0,  # the decoded images: counted by the engine, which knows their size
+        params,
+        params if config.trainable_groups else 0,
+        config.epochs * max(n // config.batch_size, 1),
+    )
+    diskspace.check_free(run_dir, need)
+
+
 def run_worker(store: Store, run_id: str) -> TrainResult | None:
     """Train the run ``run_id``; its final status and result land in the store."""
     import os
@@ -72,61 +117,85 @@ def run_worker(store: Store, run_id: str) -> TrainResult | None:
     run = store.run(run_id)
     if run is None:
         raise StudioError(f"No run with id {run_id}.")
-    store.update_run(
-        run_id,
-        status="running",
-        pid=os.getpid(),
-        heartbeat=time.time(),
-        started=run.started or time.time(),
-        message="Preparing",
-    )
+    run_dir = Path(run.run_dir)
+    try:
+        store.update_run(
+            run_id,
+            status="running",
+            pid=os.getpid(),
+            heartbeat=time.time(),
+            started=run.started or time.time(),
+            message="Preparing",
+        )
+    except DiskFullError as exc:
+        _mark_failed(store, run_id, run_dir, str(exc))
+        return None
     config = TrainConfig.from_dict(run.config)
     callbacks = StoreCallbacks(store, run_id)
-    try:
-        manifest = DatasetManifest.load(Path(run.data_dir))
-        split = split_dataset(manifest, config.val_fraction, config.seed)
-        corrections = review.Corrections.from_dict(run.config.get("corrections"))
-        if corrections:
-            split = review.apply(split, corrections, manifest.classes)
-            callbacks.on_log(f"Label review applied: {corrections.describe()}.")
-        if run.resume:  # forget the steps of the epoch that was cut off; it is replayed
-            done = [m["epoch"] for m in store.metrics(run_id, "epoch")]
-            store.drop_metrics_after(run_id, max(done, default=0))
-        result = fit(
-            config,
-            split,
-            manifest.root,
-            manifest.classes,
-            Path(run.run_dir),
-            callbacks,
-            resume=run.resume,
-        )
-    except StudioError as exc:
-        store.update_run(
-            run_id, status="failed", error=str(exc), finished=time.time(), message="Failed"
-        )
-        return None
-    except KeyboardInterrupt:
-        store.update_run(
+
+    def interrupted(signum: int) -> interrupt.Interrupted:
+        _record(
+            store,
             run_id,
+            run_dir,
             status="interrupted",
+            pid=None,
             finished=time.time(),
-            message="Interrupted: the server was stopped",
+            message=interrupt.message(signum),
         )
-        raise
+        return interrupt.Interrupted(signum)
+
+    try:
+        with interrupt.graceful(callbacks.interrupt):
+            manifest = DatasetManifest.load(Path(run.data_dir))
+            _check_disk(run_dir, manifest, config)
+            split = split_dataset(manifest, config.val_fraction, config.seed)
+            corrections = review.Corrections.from_dict(run.config.get("corrections"))
+            if corrections:
+                split = review.apply(split, corrections, manifest.classes)
+                callbacks.on_log(f"Label review applied: {corrections.describe()}.")
+            if run.resume:  # forget the steps of the epoch that was cut off; it is replayed
+                done = [m["epoch"] for m in store.metrics(run_id, "epoch")]
+                store.drop_metrics_after(run_id, max(done, default=0))
+            result = fit(
+                config,
+                split,
+                manifest.root,
+                manifest.classes,
+                Path(run.run_dir),
+                callbacks,
+                resume=run.resume,
+            )
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, cut short: last.pt is from before
+        interrupt.hold()
+        raise interrupted(callbacks.interrupted or interrupt.signum_of(exc)) from None
     except Exception as exc:
+        if callbacks.interrupted is not None:  # the stop a signal asked for ended it
+            interrupt.hold()
+            raise interrupted(callbacks.interrupted) from None
+        if isinstance(exc, StudioError):
+            _mark_failed(store, run_id, run_dir, str(exc))
+            return None
+        if diskspace.is_disk_full(exc):  # a write no guard covered
+            diskspace.remove_temporary(run_dir)
+            _mark_failed(store, run_id, run_dir, str(diskspace.disk_full_error(run_dir)))
+            return None
         traceback.print_exc()
-        store.update_run(
+        _mark_failed(
+            store,
             run_id,
-            status="failed",
-            finished=time.time(),
-            message="Failed",
-            error=f"Training failed unexpectedly ({type(exc).__name__}: {exc}). "
-            f"Details are in {Path(run.run_dir) / 'worker.log'}.",
+            run_dir,
+            f"Training failed unexpectedly ({type(exc).__name__}: {exc}). "
+            f"Details are in {run_dir / 'worker.log'}.",
         )
         return None
-    store.update_run(
+    if callbacks.interrupted is not None and result.status == "stopped":  # last.pt saved
+        interrupt.hold()
+        raise interrupted(callbacks.interrupted)
+    _record(
+        store,
         run_id,
+        run_dir,
         status=result.status,
         result=asdict(result),
         finished=time.time(),

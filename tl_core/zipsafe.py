@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import tempfile
 import zipfile
@@ -121,7 +122,12 @@ def extract_member(
     except NotImplementedError:
         out.close()
         raise ImageSkip("packed in a way that cannot be read; zip it again normally") from None
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError):
+    except OSError as exc:
+        out.close()
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk is full, not the .zip damaged
+            raise
+        raise ImageSkip("could not be unpacked: this part of the .zip is damaged") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):
         out.close()
         raise ImageSkip("could not be unpacked: this part of the .zip is damaged") from None
     except BaseException:

@@ -125,7 +125,10 @@ def advice_for(
 
 
 def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
-    """Rank every model available offline on the user's images; one click picks the winner."""
+    """Rank every model available offline on the user's images; one click picks the suggestion.
+
+    When the leaders are within noise of each other, it says so and suggests the fastest.
+    """
     st.subheader("Which model should I use?")
     st.caption(
         "Scores each model that is on this computer with a quick classifier on its frozen "
@@ -155,6 +158,8 @@ def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
                 "rank": r.rank,
                 "model": r.title,
                 "accuracy from frozen features": r.probe_accuracy,
+                "95% interval": f"{r.ci_low:.1%}–{r.ci_high:.1%}",
+                "as good as the best": "yes" if r.tied else "no",
                 "LogME": round(r.logme, 3),
                 "parameters (M)": r.params_m,
                 "images/s on a laptop CPU": r.images_per_s,
@@ -168,16 +173,19 @@ def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
         column_config={
             "accuracy from frozen features": st.column_config.ProgressColumn(
                 format="percent", min_value=0.0, max_value=1.0
-            )
+            ),
+            "as good as the best": st.column_config.TextColumn(
+                help="Within the noise of the images scored: the two models' image-by-image "
+                "results differ no more than chance would (McNemar's test, 5% level)."
+            ),
         },
     )
-    best = ranking[0]
-    st.markdown(
-        f"Best on your images: **{best.title}** ({best.probe_accuracy:.0%} from frozen "
-        "features alone; training usually adds a few points)."
-    )
-    if project.settings.get("model") != best.key and st.button(
-        f"Use {best.title}", type="primary", key="use_best"
+    best = transfer.suggested(ranking)
+    st.markdown(transfer.verdict(ranking))
+    if (
+        best is not None
+        and project.settings.get("model") != best.key
+        and st.button(f"Use {best.title}", type="primary", key="use_best")
     ):
         get_store().update_settings(project.id, model=best.key)
         st.session_state.pop("model_choice", None)

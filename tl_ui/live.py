@@ -11,6 +11,7 @@ from tl_core.charts import comparison_figure, curves_figure
 from tl_core.errors import RunError
 from tl_core.store import Run
 from tl_ui.session import get_store
+from tl_ui.text import literal
 
 POLL_S = 1.0
 _PREPARING = re.compile(r"(?P<done>\d+)/(?P<total>\d+)$")
@@ -93,7 +94,7 @@ def _render(run_id: str) -> None:
         try:
             jobs.resume(store, run.id)
         except RunError as exc:
-            st.error(str(exc))
+            st.error(literal(exc))
         else:
             st.rerun(scope="app")
     if steps or epochs:

@@ -12,6 +12,7 @@ from tl_core.catalog import get_spec
 from tl_core.data import DatasetManifest
 from tl_core.errors import StudioError
 from tl_core.store import Project, Run, Store, StoreDamagedError, repair
+from tl_ui.access import require_access_code
 
 _KEY = "studio"
 DONE = ":material/check_circle:"
@@ -73,6 +74,7 @@ def repaired_notice() -> None:
 
 
 def session() -> StudioSession:
+    require_access_code()  # also guards a page opened by its own address
     if _KEY not in st.session_state:
         st.session_state[_KEY] = StudioSession()
     return st.session_state[_KEY]

@@ -1,0 +1,387 @@
+"""Near-duplicate images: the same picture resized, re-compressed, re-saved, slightly cropped
+or brightened.
+
+Exact copies are caught at import (:mod:`tl_core.data`, by pixel hash). Near-copies are
+found in two stages, both vectorised with numpy:
+
+1. **Perceptual hash** (computed once at import, :func:`image_hash`): a 64-bit DCT pHash of
+   the grayscale image, plus the pHash of five slightly cropped views (3% off all sides, or
+   off two adjacent sides), so that a cropped copy still matches one view. Pairs whose
+   closest views differ in at most :data:`MAX_BITS` bits are candidates; the search runs in
+   blocks of XOR + popcount, never pair by pair in Python.
+2. **Confirmation**: for candidates only, 16x16 grayscale thumbnails of one image and of
+   21 cropped views of the other (0-6% off all sides in steps of 1.5%, off two adjacent
+   sides, off one side) are compared by correlation (brightness and contrast do not count); at least
+   :data:`MIN_SIMILARITY` makes a near-duplicate. Small grayscale sets (clothing, handwritten
+   characters) hold many distinct pictures within a few pHash bits of each other: the second
+   stage keeps those apart (figures in docs/PERFORMANCE.md).
+
+All pairs of a data set are found once and kept in ``near_duplicates.json`` beside the
+manifest; which of them matter (across training and validation, or across classes) depends on
+the split a run uses and is decided by :func:`classify`. No torch here: pages import this.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TextIO
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    from tl_core.data import DatasetManifest, ImageItem, Split
+    from tl_core.review import Corrections
+
+CROP = 0.03
+# (left, top, right, bottom) fractions cut off: the image itself first, then cropped views.
+VIEWS: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 0.0, 0.0, 0.0),
+    (CROP, CROP, CROP, CROP),
+    (CROP, CROP, 0.0, 0.0),
+    (0.0, CROP, CROP, 0.0),
+    (0.0, 0.0, CROP, CROP),
+    (CROP, 0.0, 0.0, CROP),
+)
+
+
+def _corners(c: float) -> list[tuple[float, float, float, float]]:
+    return [(c, c, 0.0, 0.0), (0.0, c, c, 0.0), (0.0, 0.0, c, c), (c, 0.0, 0.0, c)]
+
+
+# The second stage compares more views, finer steps of 1.5% up to 6%: a thumbnail is less
+# forgiving of a crop between two views than the hash's lowest frequencies are.
+THUMB_VIEWS: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 0.0, 0.0, 0.0),
+    *((c, c, c, c) for c in (0.015, 0.03, 0.045, 0.06)),
+    *(v for c in (0.015, 0.03, 0.045) for v in _corners(c)),
+    (CROP, 0.0, 0.0, 0.0),
+    (0.0, CROP, 0.0, 0.0),
+    (0.0, 0.0, CROP, 0.0),
+    (0.0, 0.0, 0.0, CROP),
+)
+HASH_SIDE = 32  # the grayscale image the DCT is taken of
+HASH_LOW = 8  # 8x8 lowest frequencies -> 64 bits
+THUMB_SIDE = 16  # the thumbnails the second stage correlates
+WORK_SIDE = 128  # every view is cut from this reduction of the image (fast, and the same
+# whether the picture came from memory at import or from its stored file later)
+MAX_BITS = 10
+MIN_SIMILARITY = 0.99
+MAX_CANDIDATES = 100_000  # closest first, if a data set has more
+TILE_ROWS, TILE_COLS = 256, 4096
+CACHE_NAME = "near_duplicates.json"
+_VERSION = 1
+
+Kind = Literal["train_val", "cross_class"]
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    x = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2 / n)
+    m[0] /= np.sqrt(2)
+    return m
+
+
+_DCT = _dct_matrix(HASH_SIDE)
+
+
+def _work(img: Image.Image) -> Image.Image:
+    gray = img.convert("L")
+    if max(gray.size) > WORK_SIDE:
+        gray = gray.copy()
+        gray.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX, reducing_gap=2.0)
+    return gray
+
+
+def _view(gray: Image.Image, side: int, cut: tuple[float, float, float, float]) -> np.ndarray:
+    w, h = gray.size
+    left, top, right, bottom = cut
+    box = (left * w, top * h, w - right * w, h - bottom * h)
+    resized = gray.resize((side, side), Image.Resampling.LANCZOS, box=box)
+    return np.asarray(resized, dtype=np.float64)
+
+
+def _phash(pixels: np.ndarray) -> int:
+    low = (_DCT @ pixels @ _DCT.T)[:HASH_LOW, :HASH_LOW].ravel()
+    bits = low > np.median(low[1:])
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def image_hash(img: Image.Image) -> str:
+    """The perceptual hash of one (normalised) image and its cropped views, as hex text."""
+    gray = _work(img)
+    return "".join(f"{_phash(_view(gray, HASH_SIDE, cut)):016x}" for cut in VIEWS)
+
+
+def _thumbs(img: Image.Image) -> np.ndarray:
+    """One zero-mean, unit-length thumbnail per view: (views, THUMB_SIDE**2) float16."""
+    gray = _work(img)
+    out = np.empty((len(THUMB_VIEWS), THUMB_SIDE * THUMB_SIDE), np.float16)
+    for v, cut in enumerate(THUMB_VIEWS):
+        a = _view(gray, THUMB_SIDE, cut).ravel()
+        a -= a.mean()
+        out[v] = a / max(float(np.linalg.norm(a)), 1e-6)
+    return out
+
+
+def _hash_array(hashes: Sequence[str]) -> np.ndarray:
+    n = len(VIEWS)
+    out = np.empty((len(hashes), n), np.uint64)
+    for i, text in enumerate(hashes):
+        out[i] = [int(text[16 * v : 16 * v + 16], 16) for v in range(n)]
+    return out
+
+
+_Buffers = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _tile_distances(
+    hashes: np.ndarray, views_t: np.ndarray, rows: slice, cols: slice, buf: _Buffers
+) -> np.ndarray:
+    """Closest-view distances of one tile of pairs, into preallocated buffers."""
+    full = hashes[:, 0]
+    shape = (rows.stop - rows.start, cols.stop - cols.start)
+    xor, count, best = (b[: shape[0], : shape[1]] for b in buf)
+    np.bitwise_xor(full[rows, None], full[None, cols], out=xor)
+    np.bitwise_count(xor, out=best)
+    for v in range(1, hashes.shape[1]):  # view 0 is the image itself: done above
+        for left, right in (
+            (full[rows, None], views_t[v, None, cols]),
+            (hashes[rows, v, None], full[None, cols]),
+        ):
+            np.bitwise_xor(left, right, out=xor)
+            np.bitwise_count(xor, out=count)
+            np.minimum(best, count, out=best)
+    return best
+
+
+def candidates(hashes: np.ndarray, max_bits: int = MAX_BITS) -> np.ndarray:
+    """Pairs (i, j, bits) with i < j whose closest views differ in at most ``max_bits``.
+
+    ``hashes`` is (n, views) uint64 with the image itself in column 0; the distance of two
+    images is the smallest over "one image against any view of the other", both ways.
+    Runs in tiles of TILE_ROWS x TILE_COLS pairs (small enough to stay in the CPU's cache);
+    at most :data:`MAX_CANDIDATES` pairs (the closest) are kept.
+    """
+    n = len(hashes)
+    views_t = np.ascontiguousarray(hashes.T)
+    buf: _Buffers = (
+        np.empty((TILE_ROWS, TILE_COLS), np.uint64),
+        np.empty((TILE_ROWS, TILE_COLS), np.uint8),
+        np.empty((TILE_ROWS, TILE_COLS), np.uint8),
+    )
+    found: list[np.ndarray] = []
+    kept = 0
+    limit = max_bits
+    for r0 in range(0, n - 1, TILE_ROWS):
+        rows = slice(r0, min(r0 + TILE_ROWS, n))
+        for c0 in range(r0, n, TILE_COLS):
+            cols = slice(c0, min(c0 + TILE_COLS, n))
+            best = _tile_distances(hashes, views_t, rows, cols, buf)
+            i, j = np.nonzero(best <= limit)
+            i, j = i + r0, j + c0
+            upper = j > i
+            if upper.any():
+                i, j = i[upper], j[upper]
+                found.append(np.stack([i, j, best[i - r0, j - c0]], 1).astype(np.int64))
+                kept += len(i)
+        if kept > MAX_CANDIDATES:  # tighten: keep the closest
+            allp = np.concatenate(found)
+            allp = allp[np.argsort(allp[:, 2], kind="stable")[:MAX_CANDIDATES]]
+            limit = int(allp[-1, 2])
+            found, kept = [allp], len(allp)
+    if not found:
+        return np.empty((0, 3), np.int64)
+    return np.concatenate(found)
+
+
+def confirm(pairs: np.ndarray, thumbs: dict[int, np.ndarray]) -> np.ndarray:
+    """The similarity (correlation of the closest views) of each candidate pair."""
+    if not len(pairs):
+        return np.empty(0, np.float32)
+    out = np.empty(len(pairs), np.float32)
+    for start in range(0, len(pairs), 2048):
+        chunk = pairs[start : start + 2048]
+        a = np.stack([thumbs[int(i)] for i in chunk[:, 0]]).astype(np.float32)
+        b = np.stack([thumbs[int(j)] for j in chunk[:, 1]]).astype(np.float32)
+        ab = np.einsum("pvd,pd->pv", b, a[:, 0]).max(1)
+        ba = np.einsum("pvd,pd->pv", a, b[:, 0]).max(1)
+        out[start : start + len(chunk)] = np.maximum(ab, ba)
+    return out
+
+
+@dataclass(frozen=True)
+class NearPair:
+    """Two imported images that show the same picture; files relative to the data folder."""
+
+    a: str
+    b: str
+    bits: int  # pHash distance of the closest views, of 64
+    similarity: float  # correlation of the closest thumbnails, 1.0 = identical
+
+
+def find_pairs(
+    hashes: Sequence[str | None],
+    load: Callable[[int], Image.Image],
+    files: Sequence[str],
+) -> list[NearPair]:
+    """All near-duplicate pairs among images; ``load(i)`` opens image i (for missing hashes
+    and for confirming candidates)."""
+    filled = [h if h else image_hash(load(i)) for i, h in enumerate(hashes)]
+    if len(filled) < 2:
+        return []
+    cand = candidates(_hash_array(filled))
+    needed = sorted({int(x) for x in cand[:, :2].ravel()})
+    thumbs = {i: _thumbs(load(i)) for i in needed}
+    sims = confirm(cand, thumbs)
+    keep = sims >= MIN_SIMILARITY
+    pairs = [
+        NearPair(files[int(i)], files[int(j)], int(bits), round(float(s), 4))
+        for (i, j, bits), s in zip(cand[keep], sims[keep], strict=True)
+    ]
+    return sorted(pairs, key=lambda p: (-p.similarity, p.bits, p.a, p.b))
+
+
+def _signature(manifest: DatasetManifest) -> str:
+    digest = hashlib.sha256(
+        f"{_VERSION}:{MAX_BITS}:{MIN_SIMILARITY}:{THUMB_SIDE}:{VIEWS}:{THUMB_VIEWS}".encode()
+    )
+    for item in manifest.items:
+        digest.update(f"{item.file}\0{item.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def manifest_pairs(manifest: DatasetManifest) -> list[NearPair]:
+    """The near-duplicate pairs of an imported data set, found once and then read back."""
+    root = Path(manifest.root)
+    cache = root / CACHE_NAME
+    signature = _signature(manifest)
+    try:
+        raw = json.loads(cache.read_text(encoding="utf-8"))
+        if raw.get("signature") == signature:
+            return [NearPair(**p) for p in raw["pairs"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    items = manifest.items
+
+    def load(i: int) -> Image.Image:
+        with Image.open(root / items[i].file) as img:
+            img.load()
+            return img
+
+    pairs = find_pairs([i.phash for i in items], load, [i.file for i in items])
+    data = {"signature": signature, "pairs": [p.__dict__ for p in pairs]}
+    try:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:  # a read-only data folder: found again next time
+        pass
+    return pairs
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A near-duplicate pair that matters for a run: ``a``/``b`` as that run sees them."""
+
+    kind: Kind
+    a: ImageItem
+    b: ImageItem
+    a_subset: str  # "train" / "val"
+    b_subset: str
+    bits: int
+    similarity: float
+
+    @property
+    def val_side(self) -> ImageItem | None:
+        """The validation-side copy of a train/validation pair."""
+        if self.a_subset == self.b_subset:
+            return None
+        return self.a if self.a_subset == "val" else self.b
+
+
+def classify(
+    pairs: Sequence[NearPair], split: Split, corrections: Corrections | None = None
+) -> list[Finding]:
+    """The pairs that cross the split's train/validation boundary or two classes.
+
+    Images the corrections leave out are gone; fixed labels count. A pair in two classes is a
+    label conflict (``cross_class``) wherever its images are; otherwise a pair with one image
+    on each side of the boundary is a leak (``train_val``). Pairs within one class and one
+    side are harmless and not listed.
+    """
+    exclude = corrections.exclude if corrections else set()
+    relabel = corrections.relabel if corrections else {}
+    where: dict[str, tuple[ImageItem, str]] = {}
+    for subset, items in (("train", split.train), ("val", split.val)):
+        for item in items:
+            if item.file not in exclude:
+                where[item.file] = (item, subset)
+    out: list[Finding] = []
+    for p in pairs:
+        if p.a not in where or p.b not in where:
+            continue
+        (a, sa), (b, sb) = where[p.a], where[p.b]
+        if relabel.get(a.file, a.label) != relabel.get(b.file, b.label):
+            kind: Kind = "cross_class"
+        elif sa != sb:
+            kind = "train_val"
+            if sa == "val":  # the training copy first
+                (a, sa), (b, sb) = (b, sb), (a, sa)
+        else:
+            continue
+        out.append(Finding(kind, a, b, sa, sb, p.bits, p.similarity))
+    return out
+
+
+def counts(findings: Sequence[Finding]) -> dict[str, int]:
+    """``train_val``: validation images that are near-copies of training images (pairs);
+    ``cross_class``: pairs of near-copies labelled with two different classes."""
+    return {
+        "train_val": sum(f.kind == "train_val" for f in findings),
+        "cross_class": sum(f.kind == "cross_class" for f in findings),
+    }
+
+
+def warning(found: dict[str, int]) -> str | None:
+    """One plain sentence about the near-duplicates of a run, or None when there are none."""
+    parts = []
+    if found["train_val"]:
+        n = found["train_val"]
+        parts.append(
+            f"{n} validation image{'s are near-copies' if n != 1 else ' is a near-copy'} of "
+            "training images (resized, re-compressed or re-saved), so the validation accuracy "
+            "looks better than it is"
+        )
+    if found["cross_class"]:
+        n = found["cross_class"]
+        parts.append(f"{n} picture{'s appear' if n != 1 else ' appears'} in two different classes")
+    if not parts:
+        return None
+    return "; ".join(parts) + ". Leave them out on the Data page and train again."
+
+
+def run_summary(
+    manifest: DatasetManifest,
+    val_fraction: float,
+    seed: int,
+    corrections: Corrections | None = None,
+    *,
+    stream: TextIO | None = None,
+) -> dict[str, object]:
+    """The near-duplicates of the split a run with these settings uses, for a JSON summary;
+    the warning sentence is also written to ``stream`` when there are any."""
+    from tl_core.data import split_dataset
+
+    split = split_dataset(manifest, val_fraction, seed)
+    found = counts(classify(manifest_pairs(manifest), split, corrections))
+    text = warning(found)
+    if text and stream is not None:
+        print(f"warning: {text}", file=stream)
+    return {**found, **({"warning": text} if text else {})}

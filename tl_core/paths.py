@@ -1,0 +1,245 @@
+"""Checks on the folders a user names (``--data``, ``--val``, ``--out``), before any work.
+
+Cheap and torch-free: a walk of names and file identities (device and inode numbers), so a
+command refuses with one plain sentence before it imports anything or creates a project.
+The app can call the same checks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import unicodedata
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tl_core.datalayout import VAL_FOLDER_NAMES, is_junk
+from tl_core.errors import DataError, RunError
+
+# Every kind the importer may read (a superset of tl_core.data.IMAGE_SUFFIXES, checked by a
+# test): a folder without any of these certainly holds nothing to import.
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+)
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Files under ``root`` as the importer sees them: symlinked folders followed once,
+    hidden and clutter names left out."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not is_junk((d,))]
+        for name in filenames:
+            if not is_junk((name,)):
+                yield Path(dirpath, name)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what ``path`` points to: equal for hard links and symlinks."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    """Whether ``inner`` is ``outer`` or lies below it (compared by identity, so symlinks,
+    relative paths, trailing slashes and case-insensitive disks do not hide it)."""
+    target = _identity(outer)
+    if target is None:
+        return False
+    here = Path(os.path.realpath(inner))
+    return any(_identity(folder) == target for folder in (here, *here.parents))
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def check_data_folder(data: Path) -> None:
+    """``--data`` must be an existing folder."""
+    if not data.exists():
+        raise DataError(f"The folder '{data}' does not exist. Choose a folder of images.")
+    if not data.is_dir():
+        raise DataError(
+            f"'{data}' is a file, not a folder. Choose a folder with one sub-folder of images "
+            "per class."
+        )
+
+
+def _class_folders(root: Path) -> dict[str, Path]:
+    return {
+        _nfc(p.name): p for p in sorted(_entries(root)) if p.is_dir() and not is_junk((p.name,))
+    }
+
+
+def check_val_folder(data: Path, val: Path) -> None:
+    """Raise DataError unless ``val`` can be the validation set exactly as given.
+
+    Refused: missing, not a folder, empty or without images, the same folder as ``data``,
+    inside it or containing it, any file shared with it (hard links, symlinks), classes that
+    ``data`` lacks, images outside class folders, and a ``data`` that has its own split.
+    """
+    if not val.exists():
+        broken = " (a broken link)" if val.is_symlink() else ""
+        raise DataError(f"The validation folder '{val}' does not exist{broken}.")
+    if not val.is_dir():
+        raise DataError(
+            f"'{val}' is a file, not a folder: --val needs a folder with one sub-folder of "
+            "images per class."
+        )
+    if _within(val, data) and _within(data, val):
+        raise DataError(
+            f"--val names the same folder as --data ('{val}'); give a separate folder of "
+            "validation images, or leave out --val to hold back a share of --data."
+        )
+    if _within(val, data):
+        raise DataError(
+            f"The validation folder '{val}' lies inside the data folder '{data}', so its "
+            "images would be trained on; move it out of the data folder."
+        )
+    if _within(data, val):
+        raise DataError(
+            f"The validation folder '{val}' contains the data folder '{data}'; give a "
+            "validation folder that is separate from the training images."
+        )
+    val_files = list(_walk_files(val))
+    images = [p for p in val_files if _is_image(p)]
+    if not val_files:
+        hidden = sorted(p.name for p in _entries(val) if is_junk((p.name,)))
+        folders = [p for p in _entries(val) if p.is_dir() and p.name not in hidden]
+        why = (
+            f"holds only hidden files or folders (e.g. '{hidden[0]}'), which are not imported"
+            if hidden
+            else "has only empty class folders"
+            if folders
+            else "is empty"
+        )
+        raise DataError(
+            f"The validation folder '{val}' {why}; put one sub-folder of images per class in it."
+        )
+    if not images:
+        raise DataError(
+            f"The validation folder '{val}' holds no image files; put one sub-folder of "
+            "images per class in it."
+        )
+    loose = [p for p in images if p.parent == val]
+    if loose:
+        raise DataError(
+            f"The validation folder '{val}' has {_n(len(loose), 'image')} outside class "
+            f"folders (e.g. '{loose[0].name}'); put each image in the sub-folder of its class."
+        )
+    data_classes = _class_folders(data)
+    names = {n.casefold() for n in data_classes}
+    if any(n.casefold() == "train" for n in names) and names & set(VAL_FOLDER_NAMES):
+        split = [
+            n for n in data_classes if n.casefold() == "train" or n.casefold() in VAL_FOLDER_NAMES
+        ]
+        if all(any(c.is_dir() for c in _entries(data_classes[n])) for n in split):
+            raise DataError(
+                f"The data folder '{data}' already has its own '{split[0]}' and '{split[1]}' "
+                "folders; leave out --val, or point --data at its training folder."
+            )
+    val_classes = {
+        _nfc(p.relative_to(val).parts[0]) for p in images if len(p.relative_to(val).parts) > 1
+    }
+    missing = sorted(val_classes - set(data_classes))
+    if missing:
+        listed = ", ".join(f"'{m}'" for m in missing[:3]) + (" …" if len(missing) > 3 else "")
+        raise DataError(
+            f"The validation folder '{val}' has classes the data folder lacks ({listed}); "
+            "use the same class folder names in both."
+        )
+    data_ids = {i: p for p in _walk_files(data) if (i := _identity(p)) is not None}
+    shared = [(p, data_ids[i]) for p in images if (i := _identity(p)) in data_ids]
+    if shared:
+        v, d = shared[0]
+        verb = "is" if len(shared) == 1 else "are"
+        raise DataError(
+            f"{_n(len(shared), 'file')} of the validation folder {verb} "
+            f"also in the data folder (e.g. '{v}' is the same file as '{d}', through a link); "
+            "validation images must be separate from the training images."
+        )
+
+
+def _nearest_existing(path: Path) -> Path:
+    for folder in (path, *path.parents):
+        if os.path.lexists(folder):
+            return folder
+    return Path("/")
+
+
+def check_out_folder(out: Path, overwrite: bool, keep: Iterable[Path | None] = ()) -> bool:
+    """Raise RunError unless ``out`` can hold a new run; True when it must be emptied first.
+
+    ``out`` must be new or an empty folder; a non-empty folder only with ``overwrite``, and
+    never one that holds (or is) a folder in ``keep`` (the workspace, the data), the home
+    folder or the filesystem root.
+    """
+    if os.path.lexists(out) and not out.is_dir():
+        what = "a broken link" if not out.exists() else "a file"
+        raise RunError(
+            f"'{out}' is {what}, not a folder; --out needs a new or empty folder for the "
+            "run's files."
+        )
+    if not out.exists():
+        parent = _nearest_existing(out.parent)
+        if not parent.is_dir():
+            raise RunError(
+                f"The folder '{out}' cannot be made because '{parent}' is a file; choose "
+                "another --out folder."
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunError(f"You cannot write in '{parent}'; choose another --out folder.")
+        return False
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise RunError(f"You cannot write in '{out}'; choose another --out folder.")
+    try:
+        entries = sorted(p.name for p in out.iterdir())
+    except OSError as exc:
+        raise RunError(f"The folder '{out}' cannot be read ({exc.strerror}).") from None
+    if not entries:
+        return False
+    if not overwrite:
+        shown = ", ".join(entries[:3]) + (" …" if len(entries) > 3 else "")
+        raise RunError(
+            f"The folder '{out}' is not empty (it holds {shown}); choose a new or empty "
+            "folder, or add --overwrite to replace what is in it."
+        )
+    for folder in (Path.home(), Path("/"), *(k for k in keep if k is not None)):
+        if _within(folder, out):
+            raise RunError(
+                f"--overwrite would delete '{folder}', which lies in '{out}'; choose another "
+                "--out folder."
+            )
+    return True
+
+
+def empty_folder(folder: Path) -> None:
+    """Delete everything inside ``folder`` (links are removed, never followed)."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
