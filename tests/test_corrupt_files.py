@@ -303,7 +303,7 @@ def test_the_command_line_refuses_a_foreign_best_pt_as_a_process(run_copy) -> No
     _truncated(run_copy / "best.pt")
     proc = _cli("--workspace", str(run_copy.parent / "ws"), "evaluate", str(run_copy))
     line = _one_sentence_error(proc.returncode, proc.stdout, proc.stderr)
-    assert "cannot be loaded" in line
+    assert "cannot be read" in line
 
 
 # ------------------------------------------------------------------- a run folder on its own
@@ -356,6 +356,7 @@ def _real_db(ws: Path) -> bytes:
         run = store.create_run(project.id, {"model": "m", "pad": "x" * 2000}, ws)
         for k in range(5):
             store.add_step(run.id, 1, k, 10, 0.5, 0.5, 0.1, 1.0)
+    store.close()
     db = sqlite3.connect(store.path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()

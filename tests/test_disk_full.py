@@ -47,7 +47,9 @@ def _full() -> OSError:
 
 
 def _assert_message(exc: BaseException | str) -> None:
-    assert MESSAGE.match(str(exc)), str(exc)
+    """The sentence; page text comes Markdown-escaped (tl_ui.text.literal), so unescape it."""
+    text = re.sub(r"\\(.)", r"\1", exc) if isinstance(exc, str) else str(exc)
+    assert MESSAGE.match(text), text
 
 
 # ------------------------------------------------------------------- a small disk

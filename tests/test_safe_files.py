@@ -145,10 +145,6 @@ def _via_export(run: Path, data: Path) -> None:
     export.export_run(run, run.parent / "out.zip", data)
 
 
-def _via_reproduces(run: Path, data: Path) -> None:
-    evaluation.reproduces_predictions(run, data)
-
-
 def _via_gradcam(run: Path, data: Path) -> None:  # the Evaluate page's Grad-CAM
     heatmap(load_trained(run), next((data / "images").rglob("*.png")), target_class=0)
 
@@ -161,7 +157,6 @@ READERS = [
     _via_load_trained,
     _via_export_meta,
     _via_export,
-    _via_reproduces,
     _via_gradcam,
     _via_evaluate_folder,
 ]
@@ -181,6 +176,18 @@ def test_a_planted_best_pt_runs_no_code_and_says_so(trained, tmp_path, kind, rea
         reader(run, data)
     assert not marker.exists()
     _assert_plain(info.value, run / "best.pt")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_planted_best_pt_is_an_unusable_verdict_not_a_score(trained, tmp_path, kind) -> None:
+    base, data = trained
+    run = _copy(base / "done", tmp_path / "run")
+    marker = tmp_path / "marker"
+    _plant(run / "best.pt", kind, marker)
+    verdict = evaluation.verify_run(run, data)
+    assert verdict.status == "unusable" and not marker.exists()
+    assert evaluation.reproduces_predictions(run, data)[0] is False
+    assert f"The saved model in {run / 'best.pt'} cannot be read" in verdict.sentence
 
 
 # -------------------------------------------------------------- last.pt: Resume

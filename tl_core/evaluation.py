@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tl_core import metrics
-from tl_core.errors import RunError, StudioError
+from tl_core.errors import CheckpointError, StudioError
 from tl_core.results import Predictions, PredictionsError, load_predictions
 
 if TYPE_CHECKING:
@@ -277,7 +277,7 @@ def evaluate_folder(run_dir: Path, folder: Path) -> RunEvaluation:
     return evaluate_logits(trained.classes, names, logits, np.asarray(labels))
 
 
-class ModelLoadError(RunError):
+class ModelLoadError(CheckpointError):
     """A run's saved model cannot be loaded: damaged, cut short, foreign, or not its own."""
 
 
@@ -300,9 +300,11 @@ def load_model_checked(
         raise ModelLoadError(f"There is no trained model in {run_dir} (best.pt is missing).")
     try:
         trained = load_trained(Path(run_dir), plan=plan)
+    except CheckpointError as exc:  # already one plain sentence about the file
+        raise ModelLoadError(str(exc)) from None
     except Exception:  # torch, pickle, zip and timm each raise their own kinds
         raise ModelLoadError(
-            f"The saved model {path} cannot be loaded: the file is damaged, cut short or not a "
+            f"The saved model in {path} cannot be read: the file is damaged, cut short or not a "
             "model saved by this app, so no score is given for it."
         ) from None
     classes = trained.classes

@@ -171,6 +171,14 @@ class Store:
         self._opened = False
         self._open_lock = threading.Lock()
 
+    def close(self) -> None:
+        """Let go of the idle connection (the next use opens the index again)."""
+        with self._open_lock:
+            if self._keeper is not None:
+                self._keeper.close()
+                self._keeper = None
+            self._opened = False
+
     def check(self) -> None:
         """Open the index now; StoreDamagedError when it cannot be used."""
         with self._connect():
