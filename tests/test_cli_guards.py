@@ -20,7 +20,7 @@ from helpers import make_shapes
 
 from tl_core import jobs, paths
 from tl_core.cli import _parser
-from tl_core.errors import RunError
+from tl_core.errors import RunError, StudioError
 from tl_core.store import Store
 
 HEAVY = ("torch", "timm", "numpy", "PIL")
@@ -154,6 +154,22 @@ def test_the_pre_check_knows_every_kind_the_importer_reads() -> None:
     from tl_core.data import IMAGE_SUFFIXES
 
     assert IMAGE_SUFFIXES <= paths.IMAGE_SUFFIXES
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_the_pre_check_accepts_pictures_whose_names_say_nothing(tmp_path, fmt) -> None:
+    from PIL import Image
+
+    data, val = tmp_path / "data", tmp_path / "val"
+    for root in (data, val):
+        for label in ("a", "b"):
+            (root / label).mkdir(parents=True)
+            Image.new("RGB", (16, 16), (200, 10, 10)).save(root / label / "IMG_0001", fmt)
+    paths.check_val_folder(data, val)  # no refusal: the importer reads these by content
+    for label in ("a", "b"):
+        (val / label / "IMG_0001").write_text("not a picture")
+    with pytest.raises(StudioError):
+        paths.check_val_folder(data, val)
 
 
 # ------------------------------------------------------------------------------- --val

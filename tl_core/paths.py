@@ -17,10 +17,16 @@ from tl_core.datalayout import VAL_FOLDER_NAMES, is_junk
 from tl_core.errors import DataError, RunError
 
 # Every kind the importer may read (a superset of tl_core.data.IMAGE_SUFFIXES, checked by a
-# test): a folder without any of these certainly holds nothing to import.
+# test). The importer also reads pictures whose names say nothing (``IMG_0001``), so a file
+# without one of these is still looked at: its first bytes against the formats' signatures.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif"}
+    {
+        *(".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp"),
+        *(".tif", ".tiff", ".heic", ".heif", ".avif"),
+    }
 )
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+_HEIF_BRANDS = (b"heic", b"heix", b"heif", b"mif1", b"msf1", b"avif", b"avis", b"hevc")
 
 
 def _walk_files(root: Path) -> Iterator[Path]:
@@ -40,7 +46,19 @@ def _walk_files(root: Path) -> Iterator[Path]:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+    """A picture kind the importer reads, by its name or else by its first bytes."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return (
+        head.startswith(_SIGNATURES)
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+        or (head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS)
+    )
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
