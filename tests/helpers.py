@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
 
 
 def make_shapes(root: Path, per_class: int = 30, size: int = 48, seed: int = 0) -> Path:
@@ -24,3 +27,15 @@ def make_shapes(root: Path, per_class: int = 30, size: int = 48, seed: int = 0) 
                 img[(yy // 6) % 2 == 0] += 100
             Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / label / f"{i}.png")
     return root
+
+
+def app_test(page: str | None = None, project: str | None = None, timeout: float = 120) -> AppTest:
+    """The app after its first run (on ``project`` when given), switched to ``page``."""
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    if project:
+        at.query_params["project"] = project
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    return at

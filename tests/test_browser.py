@@ -174,7 +174,9 @@ def test_walk_the_wizard_on_the_demo_set(
     expect(page.get_by_text("Input size")).to_be_visible(timeout=120_000)
     expect(page.get_by_text("Sorted right before any training")).to_be_visible(timeout=120_000)
     page.get_by_role("button", name="Compare the models on my images").click()
-    expect(page.get_by_text("Best on your images:")).to_be_visible(timeout=180_000)
+    # a clear winner, or the leaders within noise of each other and the fastest of them named
+    verdict = re.compile("Best on your images:|as good as each other on your images")
+    expect(page.get_by_text(verdict)).to_be_visible(timeout=180_000)
     expect(page.get_by_test_id("stDataFrame")).to_be_visible()
     page.screenshot(path=SHOTS / "2-model.png", full_page=True)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import streamlit as st
 import torch
-from helpers import make_shapes
+from helpers import app_test, make_shapes
 from streamlit.testing.v1 import AppTest
 
 from tl_core import cli
@@ -632,14 +632,7 @@ def app_env(monkeypatch):
 
 
 def _app(page: str | None = None, project: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    if project:
-        at.query_params["project"] = project
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    return at
+    return app_test(page, project)
 
 
 @pytest.mark.parametrize(

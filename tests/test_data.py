@@ -235,6 +235,17 @@ def test_unusable_files_are_skipped_with_a_plain_reason(tmp_path, name, data, re
     assert "1 file was skipped; the list of skipped files says why." in manifest.warnings
 
 
+@pytest.mark.filterwarnings("error")
+def test_large_images_decoded_on_several_threads_all_get_the_true_reason(tmp_path) -> None:
+    """Pillow's bomb warning is filtered per call; threads must not undo each other's filter."""
+    bomb = bilevel_png(10_000, 9_500, with_pixels=True)  # 95 megapixels: over Pillow's warning
+    files = {**tree({"cat": 12, "dog": 12}), **{f"cat/big{k}.png": bomb for k in range(6)}}
+    write(tmp_path / "src", files)
+    manifest = import_folder(tmp_path / "src", tmp_path / "d")
+    assert manifest.skipped == []  # within the 100-megapixel limit: imported, not "damaged"
+    assert len(manifest.items) == 24 + 1 and len(manifest.duplicates) == 5
+
+
 # --------------------------------------------------------------------- unsafe zips
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import make_shapes
+from helpers import app_test, make_shapes
 from PIL import Image
 
 from tl_core import checkpoint, diskspace, inputs, zipsafe
@@ -436,25 +436,15 @@ def test_estimates() -> None:
 
 # ------------------------------------------------------------------------- the app
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
-
 
 def _app(workspace: Path, monkeypatch, page: str | None = None, project: str | None = None):
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("TL_STUDIO_HOME", str(workspace))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     st.cache_resource.clear()
     st.cache_data.clear()
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    if project:
-        at.query_params["project"] = project
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    return at
+    return app_test(page, project)
 
 
 @pytest.mark.parametrize("free_kib", [0, 300])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
+from helpers import app_test
 from PIL import Image, ImageEnhance
 from streamlit.testing.v1 import AppTest
 
@@ -187,23 +187,11 @@ def test_the_block_search_equals_the_brute_force_pairs(monkeypatch) -> None:
 # ------------------------------------------------------------------- app and runs
 
 
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    return tmp_path / "ws"
-
-
 def _data_page(workspace: Path, data_dir: Path) -> tuple[AppTest, str]:
     store = Store(workspace)
     project = store.create_project()
     store.set_data_dir(project.id, data_dir)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.query_params["project"] = project.id
-    at.run()
-    return at, project.id
+    return app_test(project=project.id), project.id
 
 
 def _page_text(at: AppTest) -> str:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import streamlit as st
+from helpers import app_test
 from streamlit.testing.v1 import AppTest
 
 from tl_core import jobs
@@ -17,15 +17,6 @@ from tl_core.store import Store
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
 TIMEOUT = 120
-
-
-@pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    return tmp_path / "ws"
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +37,7 @@ def _project_with_data(workspace: Path, data_dir: Path, **settings) -> str:
 
 
 def _app(page: str | None = None, project: str | None = None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    if project:
-        at.query_params["project"] = project
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    return at
+    return app_test(page, project, TIMEOUT)
 
 
 def _texts(at: AppTest) -> str:

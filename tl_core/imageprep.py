@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,54 +70,63 @@ def prepare(src: Path | BinaryIO, max_side: int, max_pixels: int) -> Prepared:
     return _prepare(src, max_side, max_pixels)
 
 
-def _prepare(src: BinaryIO, max_side: int, max_pixels: int) -> Prepared:
-    with warnings.catch_warnings():
-        # Pillow warns above ~89 megapixels; our own limit (max_pixels) is the one enforced.
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(src: BinaryIO) -> Image.Image:
+    """``Image.open`` without Pillow's bomb warning (above ~89 megapixels): our own limit,
+    max_pixels, is the one enforced. ``warnings.catch_warnings`` changes process-wide state,
+    so imports decoding on several threads take turns here (opening reads only the header)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(src)
-        except Image.DecompressionBombError as exc:
-            found = _BOMB_PIXELS.search(str(exc))
-            size = f"{int(found.group(1)) // 1_000_000} megapixels" if found else "far too many"
+        return Image.open(src)
+
+
+def _prepare(src: BinaryIO, max_side: int, max_pixels: int) -> Prepared:
+    try:
+        img = _open(src)
+    except Image.DecompressionBombError as exc:
+        found = _BOMB_PIXELS.search(str(exc))
+        size = f"{int(found.group(1)) // 1_000_000} megapixels" if found else "far too many"
+        raise ImageSkip(
+            f"image too large ({size}); the limit is {max_pixels // 1_000_000} megapixels"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageSkip("not an image (the file's contents are not a picture)") from None
+    except ValueError as exc:
+        if "MAX_TEXT_CHUNK" in str(exc):
             raise ImageSkip(
-                f"image too large ({size}); the limit is {max_pixels // 1_000_000} megapixels"
+                "its embedded colour profile or text is too large (over "
+                f"{MAX_PROFILE_BYTES // 1024**2} MB); save the picture again without it"
             ) from None
-        except UnidentifiedImageError:
-            raise ImageSkip("not an image (the file's contents are not a picture)") from None
-        except ValueError as exc:
-            if "MAX_TEXT_CHUNK" in str(exc):
-                raise ImageSkip(
-                    "its embedded colour profile or text is too large (over "
-                    f"{MAX_PROFILE_BYTES // 1024**2} MB); save the picture again without it"
-                ) from None
-            raise ImageSkip("image is damaged or cut off") from None
+        raise ImageSkip("image is damaged or cut off") from None
+    except Exception:
+        raise ImageSkip("image is damaged or cut off") from None
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise _too_large(width, height, max_pixels)
+        lossless = img.format in LOSSLESS_FORMATS
+        try:
+            if img.format == "JPEG":
+                img.draft("RGB", (max_side, max_side))
+            img.load()
+        except Image.DecompressionBombError:
+            raise _too_large(width, height, max_pixels) from None
         except Exception:
             raise ImageSkip("image is damaged or cut off") from None
-        with img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise _too_large(width, height, max_pixels)
-            lossless = img.format in LOSSLESS_FORMATS
-            try:
-                if img.format == "JPEG":
-                    img.draft("RGB", (max_side, max_side))
-                img.load()
-            except Image.DecompressionBombError:
-                raise _too_large(width, height, max_pixels) from None
-            except Exception:
-                raise ImageSkip("image is damaged or cut off") from None
-            if img.size[0] * img.size[1] > max_pixels:  # e.g. a GIF frame bigger than its header
-                raise _too_large(*img.size, max_pixels)
-            try:
-                upright = ImageOps.exif_transpose(img)
-            except Exception:  # unreadable EXIF: keep the image as stored
-                upright = img
-            try:
-                rgb = to_rgb(upright)
-            except (ValueError, OSError):
-                raise ImageSkip(f"colour format not supported ({img.mode})") from None
-            if rgb is img:  # never hand out the source image, which is closed below
-                rgb = rgb.copy()
+        if img.size[0] * img.size[1] > max_pixels:  # e.g. a GIF frame bigger than its header
+            raise _too_large(*img.size, max_pixels)
+        try:
+            upright = ImageOps.exif_transpose(img)
+        except Exception:  # unreadable EXIF: keep the image as stored
+            upright = img
+        try:
+            rgb = to_rgb(upright)
+        except (ValueError, OSError):
+            raise ImageSkip(f"colour format not supported ({img.mode})") from None
+        if rgb is img:  # never hand out the source image, which is closed below
+            rgb = rgb.copy()
     rgb.info = {}  # no EXIF, ICC or transparency carried into the saved file
     rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
