@@ -313,6 +313,12 @@ def test_a_validation_folder_that_cannot_be_used_as_given_is_refused(
     assert _tree_digest(data) == before
 
 
+def test_the_refusal_gives_the_importers_own_reason_for_what_it_would_skip(tmp_path) -> None:
+    data = make_shapes(tmp_path / "data", per_class=4)
+    with pytest.raises(StudioError, match=r"hidden folder '\.cache' \(1 file\) ignored"):
+        paths.check_val_folder(data, _only_hidden(tmp_path, data))
+
+
 def test_a_data_folder_with_its_own_split_and_val_is_refused(demo_dir: Path, tmp_path: Path):
     val = make_shapes(tmp_path / "val", per_class=2)
     proc = _cli("train", "--data", str(demo_dir), "--val", str(val), workspace=tmp_path / "ws")

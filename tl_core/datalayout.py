@@ -152,14 +152,14 @@ def _count_files(path: str) -> int:
     return sum(len(files) for _, _, files in os.walk(path))
 
 
-def folder_entries(src: Path, dest: Path) -> Found:
+def folder_entries(src: Path, dest: Path | None = None) -> Found:
     """Every file under ``src`` (following symlinked folders once, never into ``dest``).
 
     Files and folders that cannot be read are listed in ``skipped`` with the true reason
     (permission denied, path too long, broken link, link loop, hidden, not a regular file).
     """
     found = Found()
-    skip_real = os.path.realpath(dest)
+    skip_real = None if dest is None else os.path.realpath(dest)
     seen: dict[str, str] = {}  # real path -> where it was first read
     stack: list[tuple[str, tuple[str, ...]]] = [(os.fspath(src), ())]
     while stack:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
-from tl_core.datalayout import VAL_FOLDER_NAMES, is_junk
+from tl_core.datalayout import VAL_FOLDER_NAMES, folder_entries, is_junk, os_reason
 from tl_core.errors import DataError, RunError
 
 # Every kind the importer may read (a superset of tl_core.data.IMAGE_SUFFIXES, checked by a
@@ -29,20 +29,16 @@ _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00
 _HEIF_BRANDS = (b"heic", b"heix", b"heif", b"mif1", b"msf1", b"avif", b"avis", b"hevc")
 
 
-def _walk_files(root: Path) -> Iterator[Path]:
-    """Files under ``root`` as the importer sees them: symlinked folders followed once,
-    hidden and clutter names left out."""
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not is_junk((d,))]
-        for name in filenames:
-            if not is_junk((name,)):
-                yield Path(dirpath, name)
+def _files(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files the importer would read under ``root`` (its own walk: symlinked folders once,
+    clutter and hidden files left out), and what it would skip, with the reasons."""
+    try:
+        found = folder_entries(root)
+    except OSError as exc:
+        raise DataError(
+            f"The folder '{root}' cannot be opened ({os_reason(exc, 'folder')})."
+        ) from None
+    return [Path(e.fetch()) for e in found.entries], found.skipped
 
 
 def _is_image(path: Path) -> bool:
@@ -108,7 +104,9 @@ def check_data_folder(data: Path) -> None:
 
 def _class_folders(root: Path) -> dict[str, Path]:
     return {
-        _nfc(p.name): p for p in sorted(_entries(root)) if p.is_dir() and not is_junk((p.name,))
+        _nfc(p.name): p
+        for p in sorted(_entries(root))
+        if p.is_dir() and not is_junk((p.name,)) and not p.name.startswith(".")
     }
 
 
@@ -142,14 +140,13 @@ def check_val_folder(data: Path, val: Path) -> None:
             f"The validation folder '{val}' contains the data folder '{data}'; give a "
             "validation folder that is separate from the training images."
         )
-    val_files = list(_walk_files(val))
+    val_files, skipped = _files(val)
     images = [p for p in val_files if _is_image(p)]
     if not val_files:
-        hidden = sorted(p.name for p in _entries(val) if is_junk((p.name,)))
-        folders = [p for p in _entries(val) if p.is_dir() and p.name not in hidden]
+        folders = [p for p in _entries(val) if p.is_dir()]
         why = (
-            f"holds only hidden files or folders (e.g. '{hidden[0]}'), which are not imported"
-            if hidden
+            f"has no file that can be imported (e.g. '{skipped[0][0]}': {skipped[0][1]})"
+            if skipped
             else "has only empty class folders"
             if folders
             else "is empty"
@@ -189,7 +186,7 @@ def check_val_folder(data: Path, val: Path) -> None:
             f"The validation folder '{val}' has classes the data folder lacks ({listed}); "
             "use the same class folder names in both."
         )
-    data_ids = {i: p for p in _walk_files(data) if (i := _identity(p)) is not None}
+    data_ids = {i: p for p in _files(data)[0] if (i := _identity(p)) is not None}
     shared = [(p, data_ids[i]) for p in images if (i := _identity(p)) in data_ids]
     if shared:
         v, d = shared[0]
