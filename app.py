@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from tl_core.store import StoreDamagedError
+from tl_core.runs.store import StoreDamagedError
 from tl_ui.access import require_access_code
 from tl_ui.session import active_project, get_store, repaired_notice, sidebar, store_trouble
 

@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tl_core.catalog import create_model, get_spec
+from tl_core.models.catalog import create_model, get_spec
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 

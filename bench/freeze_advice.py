@@ -22,12 +22,12 @@ from pathlib import Path
 
 from cli_run import data_sets, train_cli
 
-from tl_core import transfer
-from tl_core.advice import SWEEP_EPOCHS, freeze_advice
+from tl_core.analysis import transfer
+from tl_core.analysis.advice import SWEEP_EPOCHS, freeze_advice
+from tl_core.analysis.metrics import wilson_interval
 from tl_core.cli import _import
-from tl_core.data import split_dataset
-from tl_core.freezing import describe_model
-from tl_core.metrics import wilson_interval
+from tl_core.data.dataset import split_dataset
+from tl_core.models.freezing import describe_model
 
 MODEL = "efficientnet_lite0"
 

@@ -4,7 +4,7 @@ distinct images, and the time the pair search takes at 50,000 images.
 For each data set (``<name>/train/<class>/*`` and ``<name>/test/<class>/*``):
 
 - false positives: every image of the set (train and test together) is imported as a
-  training image; each pair :mod:`tl_core.neardup` reports is a false positive (the sets hold
+  training image; each pair :mod:`tl_core.data.neardup` reports is a false positive (the sets hold
   no known copies; the closest pairs found are printed so they can be looked at);
 - true positives: for each transformation, a copy of every image goes into a ``val/``
   folder next to the originals; a copy counts as caught when the import left it out as an
@@ -32,8 +32,8 @@ import numpy as np
 from cli_run import data_sets
 from PIL import Image, ImageEnhance
 
-from tl_core import neardup
-from tl_core.data import IMAGE_SUFFIXES, DatasetManifest, import_folder, split_dataset
+from tl_core.data import neardup
+from tl_core.data.dataset import IMAGE_SUFFIXES, DatasetManifest, import_folder, split_dataset
 from tl_core.errors import DataError
 
 

@@ -2,7 +2,7 @@
 
 Runs in one process, side by side, with the same model, seed, epochs and freeze:
 
-- the engine (``tl_core.engine.fit``: decode once, cached frozen prefix, bf16/channels_last
+- the engine (``tl_core.training.engine.fit``: decode once, cached frozen prefix, bf16/channels_last
   where the CPU has them), with the whole backbone frozen and with the last two groups
   trainable; each engine run starts from a fresh import of the folder, so it pays for every
   decode it needs;
@@ -42,11 +42,18 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tl_core.catalog import create_model, get_spec
-from tl_core.data import MAX_SIDE, import_folder, split_dataset
-from tl_core.device import plan_compute
-from tl_core.engine import TrainConfig, _phase_optimizer, evaluate, fit, phases, seed_everything
-from tl_core.freezing import set_train_mode
+from tl_core.data.dataset import MAX_SIDE, import_folder, split_dataset
+from tl_core.models.catalog import create_model, get_spec
+from tl_core.models.device import plan_compute
+from tl_core.models.freezing import set_train_mode
+from tl_core.training.engine import (
+    TrainConfig,
+    _phase_optimizer,
+    evaluate,
+    fit,
+    phases,
+    seed_everything,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"

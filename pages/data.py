@@ -8,10 +8,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import catalog
-from tl_core import data as tl_data
-from tl_core.charts import class_counts_figure
+from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError
+from tl_core.models import catalog
+from tl_ui.charts import class_counts_figure
 from tl_ui.neardup import near_duplicates_panel
 from tl_ui.session import active_project, get_store, open_project, project_manifest
 from tl_ui.text import literal, plot_literal

@@ -8,8 +8,16 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from tl_core import alarms, catalog, comparison, review, transfer
-from tl_core.charts import (
+from tl_core.analysis import alarms, comparison, transfer
+from tl_core.analysis.evaluation import RunEvaluation, Verdict, evaluate_run, verify_run
+from tl_core.data import review
+from tl_core.data.dataset import split_dataset
+from tl_core.errors import StudioError
+from tl_core.models import catalog
+from tl_core.runs.store import Project, Run
+from tl_core.training.engine import TrainConfig, scratch_config
+from tl_ui.alarms import show_alarm
+from tl_ui.charts import (
     TRAIN_COLOR,
     VAL_COLOR,
     comparison_figure,
@@ -17,12 +25,6 @@ from tl_core.charts import (
     curves_figure,
     reliability_figure,
 )
-from tl_core.data import split_dataset
-from tl_core.engine import TrainConfig, scratch_config
-from tl_core.errors import StudioError
-from tl_core.evaluation import RunEvaluation, Verdict, evaluate_run, verify_run
-from tl_core.store import Project, Run
-from tl_ui.alarms import show_alarm
 from tl_ui.models import model_info
 from tl_ui.runs import pick_run, submit_training, trained_model
 from tl_ui.session import get_store, load_manifest
@@ -71,7 +73,7 @@ def _show_verdict(run: Run) -> bool:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _heat(run_dir: str, image: str, target: int) -> Image.Image:
-    from tl_core.gradcam import heatmap, overlay
+    from tl_core.analysis.gradcam import heatmap, overlay
 
     return overlay(heatmap(trained_model(run_dir), Path(image), target_class=target))
 

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from tl_core.errors import StudioError
-from tl_core.store import Project, Run
+from tl_core.runs.store import Project, Run
 from tl_ui.runs import pick_run
 from tl_ui.text import literal
 
@@ -80,7 +80,7 @@ def page() -> None:
         icon=":material/package_2:",
         key="build_bundle",
     ):
-        from tl_core.export import export_run
+        from tl_core.export.bundle import export_run
 
         bundle.parent.mkdir(parents=True, exist_ok=True)
         with st.status("Building the bundle…", expanded=True) as status:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import catalog
 from tl_core.errors import ModelUnavailableError
+from tl_core.models import catalog
 from tl_ui.headstart import head_start_panel, recommend_panel
 from tl_ui.models import model_info
 from tl_ui.session import get_store, project_with_data

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import catalog, review
-from tl_core.advice import depth_label
-from tl_core.charts import stages_figure
+from tl_core.analysis.advice import depth_label
 from tl_core.config import AUGMENT_LEVELS, TrainConfig
+from tl_core.data import review
 from tl_core.errors import StudioError
-from tl_core.freezing import ModelInfo, freeze_sentence
-from tl_core.store import ACTIVE, Project, Run
+from tl_core.models import catalog
+from tl_core.models.freezing import ModelInfo, freeze_sentence
+from tl_core.runs.store import ACTIVE, Project, Run
+from tl_ui.charts import stages_figure
 from tl_ui.headstart import advice_for
 from tl_ui.live import run_panel
 from tl_ui.models import model_info

@@ -9,10 +9,10 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from tl_core.charts import top_classes_figure
-from tl_core.data import IMAGE_SUFFIXES
+from tl_core.analysis.evaluation import Calibration, load_calibration
+from tl_core.data.dataset import IMAGE_SUFFIXES
 from tl_core.errors import StudioError
-from tl_core.evaluation import Calibration, load_calibration
+from tl_ui.charts import top_classes_figure
 from tl_ui.runs import pick_run, trained_model
 from tl_ui.text import literal, plot_literal
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tl_core.advice import (
+from tl_core.analysis.advice import (
     SWEEP_EPOCHS,
     depth_label,
     freeze_advice,
@@ -16,8 +16,8 @@ from tl_core.advice import (
     sweep_depths,
     sweep_reading,
 )
-from tl_core.engine import TrainConfig
-from tl_core.store import Store
+from tl_core.runs.store import Store
+from tl_core.training.engine import TrainConfig
 
 
 def test_few_everyday_photos_train_only_the_head() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 
-from tl_core import alarms
-from tl_core.data import import_folder, split_dataset
-from tl_core.device import plan_compute
-from tl_core.engine import EpochMetrics, QuietCallbacks, TrainConfig, fit
-from tl_core.freezing import describe_model
+from tl_core.analysis import alarms
+from tl_core.data.dataset import import_folder, split_dataset
+from tl_core.models.device import plan_compute
+from tl_core.models.freezing import describe_model
+from tl_core.training.engine import EpochMetrics, QuietCallbacks, TrainConfig, fit
 
 
 def _epochs(train_acc, val_acc, train_loss, val_loss):

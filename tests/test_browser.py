@@ -129,9 +129,9 @@ def _run_ended(page: Page) -> None:
 def _predict_py_matches_the_app(bundle: Path, tmp_path: Path, workspace: Path) -> None:
     """The bundle's predict.py, run alone on the demo's validation pictures, in both formats,
     gives the app's answer for every picture the app scored."""
-    from tl_core.data import DatasetManifest
-    from tl_core.results import load_predictions
-    from tl_core.store import Store
+    from tl_core.analysis.results import load_predictions
+    from tl_core.data.dataset import DatasetManifest
+    from tl_core.runs.store import Store
 
     store = Store(workspace)
     run = [r for r in store.runs() if r.result and r.config.get("pretrained", True)][-1]

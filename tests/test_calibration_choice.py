@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_core import metrics
-from tl_core.evaluation import (
+from tl_core.analysis import metrics
+from tl_core.analysis.evaluation import (
     CALIBRATION_FILE,
     Calibration,
     card_sections,
@@ -215,8 +215,8 @@ def _calibration_tab(scale: float, n: int, seed: int) -> AppTest:
 
         import numpy as np
 
-        from tl_core import metrics
-        from tl_core.evaluation import evaluate_logits
+        from tl_core.analysis import metrics
+        from tl_core.analysis.evaluation import evaluate_logits
 
         rng = np.random.default_rng(seed)
         z = rng.normal(0, 2.0, (n, 4))

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from tl_core import catalog
 from tl_core.errors import ModelUnavailableError
+from tl_core.models import catalog
 
 
 def test_visible_catalog_lists_offline_models_first_with_plain_descriptions() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from helpers import make_shapes
 
-from tl_core import jobs
-from tl_core.data import import_folder
-from tl_core.freezing import describe_model
-from tl_core.store import Store
+from tl_core.data.dataset import import_folder
+from tl_core.models.freezing import describe_model
+from tl_core.runs import jobs
+from tl_core.runs.store import Store
 
 
 def _cli(*args: str, workspace: Path) -> subprocess.CompletedProcess[str]:

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from helpers import make_shapes
 
-from tl_core import jobs, paths
 from tl_core.cli import _parser
+from tl_core.data import paths
 from tl_core.errors import RunError, StudioError
-from tl_core.store import Store
+from tl_core.runs import jobs
+from tl_core.runs.store import Store
 
 HEAVY = ("torch", "timm", "numpy", "PIL")
 # Runs the command line as ``python -m tl_core`` does and reports the heavy modules it loaded.
@@ -134,7 +135,7 @@ def test_every_help_works_and_every_option_has_a_help_line(command: str) -> None
 def test_the_cli_module_imports_without_torch() -> None:
     code = (
         "import sys, time; t = time.perf_counter(); import tl_core.cli, tl_core.config, "
-        "tl_core.paths, tl_core.jobs; print(time.perf_counter() - t); "
+        "tl_core.data.paths, tl_core.runs.jobs; print(time.perf_counter() - t); "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -143,7 +144,8 @@ def test_the_cli_module_imports_without_torch() -> None:
 
 
 def test_engine_still_exports_the_config() -> None:
-    from tl_core import config, engine
+    from tl_core import config
+    from tl_core.training import engine
 
     assert engine.TrainConfig is config.TrainConfig
     assert engine.scratch_config is config.scratch_config
@@ -151,7 +153,7 @@ def test_engine_still_exports_the_config() -> None:
 
 
 def test_the_pre_check_knows_every_kind_the_importer_reads() -> None:
-    from tl_core.data import IMAGE_SUFFIXES
+    from tl_core.data.dataset import IMAGE_SUFFIXES
 
     assert IMAGE_SUFFIXES <= paths.IMAGE_SUFFIXES
 
@@ -656,7 +658,7 @@ def test_a_signal_during_a_cli_run_marks_it_interrupted_and_resume_works(
 
 
 def test_sigterm_to_an_app_worker_says_the_server_stopped_it(shapes: Path, tmp_path: Path):
-    from tl_core.data import import_folder
+    from tl_core.data.dataset import import_folder
 
     store = Store(tmp_path / "ws")
     project = store.create_project()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tl_core.comparison import gains
+from tl_core.analysis.comparison import gains
 
 
 def _rows(values):

@@ -24,9 +24,9 @@ from helpers import app_test, make_shapes
 from streamlit.testing.v1 import AppTest
 
 from tl_core import cli
-from tl_core.evaluation import ModelLoadError, evaluate_run, load_model_checked, verify_run
-from tl_core.results import PredictionsError, load_predictions
-from tl_core.store import (
+from tl_core.analysis.evaluation import ModelLoadError, evaluate_run, load_model_checked, verify_run
+from tl_core.analysis.results import PredictionsError, load_predictions
+from tl_core.runs.store import (
     RUN_RECORD,
     Store,
     StoreDamagedError,

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tl_core import zipsafe
-from tl_core.data import (
+from tl_core.data import zipsafe
+from tl_core.data.dataset import (
     IMAGE_SUFFIXES,
     MAX_SIDE,
     DatasetManifest,

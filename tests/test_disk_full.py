@@ -24,13 +24,21 @@ import torch
 from helpers import app_test, make_shapes
 from PIL import Image
 
-from tl_core import checkpoint, diskspace, inputs, zipsafe
-from tl_core.data import DatasetManifest, import_files, import_folder, import_zip, split_dataset
-from tl_core.device import ComputePlan
-from tl_core.engine import TrainConfig, fit, write_predictions
+from tl_core import diskspace
+from tl_core.data import zipsafe
+from tl_core.data.dataset import (
+    DatasetManifest,
+    import_files,
+    import_folder,
+    import_zip,
+    split_dataset,
+)
 from tl_core.errors import DiskFullError
-from tl_core.store import Store
-from tl_core.worker import StoreCallbacks, run_worker
+from tl_core.models.device import ComputePlan
+from tl_core.runs.store import Store
+from tl_core.runs.worker import StoreCallbacks, run_worker
+from tl_core.training import checkpoint, inputs
+from tl_core.training.engine import TrainConfig, fit, write_predictions
 
 CPU = ComputePlan("cpu", None, False, 2)
 MESSAGE = re.compile(
@@ -211,7 +219,7 @@ def test_a_run_that_fills_the_disk_fails_with_the_message_and_no_temporary_files
     run = store.create_run(project_id, asdict(cfg), data_dir)
     _fill(disk, free_kib * 1024)
     monkeypatch.setattr(diskspace, "check_free", lambda path, needed: None)  # estimate missed
-    monkeypatch.setattr("tl_core.engine._Checkpoints.__init__.__defaults__", (0.0,))
+    monkeypatch.setattr("tl_core.training.engine._Checkpoints.__init__.__defaults__", (0.0,))
     assert run_worker(store, run.id) is None
     _assert_failed_cleanly(disk, run.id)
 
@@ -238,7 +246,7 @@ def test_the_status_write_gets_through_after_the_temporary_files_go(
         raise diskspace.disk_full_error(run_dir, 10 * diskspace.MB)
 
     monkeypatch.setattr(Store, "update_run", update_run)
-    monkeypatch.setattr("tl_core.worker.fit", full_fit)
+    monkeypatch.setattr("tl_core.runs.worker.fit", full_fit)
     assert run_worker(store, run.id) is None
     assert calls["n"] == 1
     _assert_failed_cleanly(disk, run.id)
@@ -462,7 +470,7 @@ def test_the_data_page_says_the_disk_is_full(tiny_disk, monkeypatch, free_kib) -
 
 
 def test_the_train_page_says_the_disk_is_full(tiny_disk, tmp_path, monkeypatch) -> None:
-    from tl_core import jobs
+    from tl_core.runs import jobs
 
     spawned: list[str] = []
     monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))

@@ -9,9 +9,16 @@ import pytest
 import torch
 from helpers import make_shapes
 
-from tl_core.data import import_folder, split_dataset
-from tl_core.device import plan_compute
-from tl_core.engine import EpochMetrics, QuietCallbacks, StepMetrics, TrainConfig, fit, phases
+from tl_core.data.dataset import import_folder, split_dataset
+from tl_core.models.device import plan_compute
+from tl_core.training.engine import (
+    EpochMetrics,
+    QuietCallbacks,
+    StepMetrics,
+    TrainConfig,
+    fit,
+    phases,
+)
 
 CPU = plan_compute("cpu")
 

@@ -20,22 +20,29 @@ import torch
 from helpers import make_shapes
 from PIL import Image
 
-from tl_core import bundle_predict, cli
-from tl_core.data import IMAGE_SUFFIXES, MAX_SIDE, MAX_SOURCE_PIXELS, import_folder, split_dataset
-from tl_core.device import ComputePlan
-from tl_core.engine import TrainConfig, fit
-from tl_core.evaluation import evaluate_run
-from tl_core.export import (
+from tl_core import cli
+from tl_core.analysis.evaluation import evaluate_run
+from tl_core.analysis.results import load_predictions
+from tl_core.data.dataset import (
+    IMAGE_SUFFIXES,
+    MAX_SIDE,
+    MAX_SOURCE_PIXELS,
+    import_folder,
+    split_dataset,
+)
+from tl_core.export import bundle_predict
+from tl_core.export.bundle import (
     ONNX_TOLERANCE,
     SAFETENSORS_TOLERANCE,
     OnnxPipeline,
     _check_parity,
     export_run,
 )
-from tl_core.inference import load_trained, upright_rgb
-from tl_core.inputs import Normalize
-from tl_core.results import load_predictions
-from tl_core.store import Store
+from tl_core.models.device import ComputePlan
+from tl_core.models.inference import load_trained, upright_rgb
+from tl_core.runs.store import Store
+from tl_core.training.engine import TrainConfig, fit
+from tl_core.training.inputs import Normalize
 
 BUNDLE_FILES = {
     "README.md",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_core import catalog
-from tl_core.freezing import (
+from tl_core.models import catalog
+from tl_core.models.freezing import (
     apply_freeze,
     describe_model,
     freeze_sentence,

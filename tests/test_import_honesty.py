@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from tl_core import datalayout
-from tl_core.data import (
+from tl_core.data import layout as datalayout
+from tl_core.data.dataset import (
     IMAGE_SUFFIXES,
     DatasetManifest,
     SkippedFile,

@@ -10,15 +10,15 @@ import timm
 import torch
 from PIL import Image
 
-from tl_core.catalog import DataConfig, create_model, get_spec
-from tl_core.data import import_folder, split_dataset
-from tl_core.device import plan_compute
-from tl_core.engine import TrainConfig, fit
+from tl_core.analysis.gradcam import heatmap, overlay
+from tl_core.analysis.results import load_predictions
+from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.errors import DataError, RunError
-from tl_core.gradcam import heatmap, overlay
-from tl_core.inference import TrainedModel, load_trained
-from tl_core.inputs import Normalize
-from tl_core.results import load_predictions
+from tl_core.models.catalog import DataConfig, create_model, get_spec
+from tl_core.models.device import plan_compute
+from tl_core.models.inference import TrainedModel, load_trained
+from tl_core.training.engine import TrainConfig, fit
+from tl_core.training.inputs import Normalize
 
 CPU = plan_compute("cpu")  # bf16 inference on CPUs with bf16 units, else fp32
 COLOURS = {"red": (230, 30, 30), "blue": (30, 30, 230)}

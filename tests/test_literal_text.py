@@ -16,8 +16,8 @@ from markdown_it import MarkdownIt
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tl_core.data import import_zip
-from tl_core.store import Store
+from tl_core.data.dataset import import_zip
+from tl_core.runs.store import Store
 from tl_ui.text import literal, plot_literal
 
 ROOT = Path(__file__).resolve().parent.parent

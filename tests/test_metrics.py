@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import precision_recall_fscore_support
 
-from tl_core import metrics
-from tl_core.evaluation import evaluate_logits
+from tl_core.analysis import metrics
+from tl_core.analysis.evaluation import evaluate_logits
 
 
 def _summary(correct: int, total: int) -> metrics.AccuracySummary:

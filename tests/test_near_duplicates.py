@@ -16,12 +16,13 @@ from helpers import app_test
 from PIL import Image, ImageEnhance
 from streamlit.testing.v1 import AppTest
 
-from tl_core import cli, neardup, review
-from tl_core.data import DatasetManifest, import_folder, split_dataset
-from tl_core.engine import TrainConfig
-from tl_core.results import load_predictions
-from tl_core.store import Store
-from tl_core.worker import run_worker
+from tl_core import cli
+from tl_core.analysis.results import load_predictions
+from tl_core.data import neardup, review
+from tl_core.data.dataset import DatasetManifest, import_folder, split_dataset
+from tl_core.runs.store import Store
+from tl_core.runs.worker import run_worker
+from tl_core.training.engine import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ("ankle_boot", "bag", "trouser")

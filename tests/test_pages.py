@@ -10,9 +10,9 @@ import pytest
 from helpers import app_test
 from streamlit.testing.v1 import AppTest
 
-from tl_core import jobs
-from tl_core.data import import_folder
-from tl_core.store import Store
+from tl_core.data.dataset import import_folder
+from tl_core.runs import jobs
+from tl_core.runs.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
@@ -135,8 +135,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
     """A real 2-epoch run on its own import of the demo set: (data dir, run dir, result)."""
     from dataclasses import asdict
 
-    from tl_core.data import split_dataset
-    from tl_core.engine import TrainConfig, fit
+    from tl_core.data.dataset import split_dataset
+    from tl_core.training.engine import TrainConfig, fit
 
     root = tmp_path_factory.mktemp("trained")
     manifest = import_folder(DEMO, root / "data")
@@ -241,7 +241,7 @@ def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
 
 
 def test_try_page_uses_the_calibrated_threshold(workspace, trained) -> None:
-    from tl_core.evaluation import load_calibration
+    from tl_core.analysis.evaluation import load_calibration
 
     project_id, _ = _project_with_run(workspace, trained)
     at = _app("pages/try_it.py", project_id)
@@ -273,7 +273,7 @@ def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -
 
 
 def test_train_page_suggests_a_depth_and_runs_a_quick_sweep(workspace, demo_import, monkeypatch):
-    from tl_core.advice import SWEEP_EPOCHS
+    from tl_core.analysis.advice import SWEEP_EPOCHS
 
     spawned: list[str] = []
     monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
@@ -336,8 +336,8 @@ def test_model_page_raises_the_domain_alarm_on_images_unlike_photos(workspace, t
 
 
 def test_evaluate_page_holds_the_run_against_scratch_and_frozen_features(workspace, trained):
-    from tl_core import transfer
-    from tl_core.data import DatasetManifest, split_dataset
+    from tl_core.analysis import transfer
+    from tl_core.data.dataset import DatasetManifest, split_dataset
 
     data_dir, run_dir, raw = trained
     project_id = _project_with_data(workspace, data_dir, model="efficientnet_lite0")

@@ -10,8 +10,8 @@ from helpers import make_shapes
 from scipy.stats import binomtest
 from streamlit.testing.v1 import AppTest
 
-from tl_core import metrics
-from tl_core.transfer import ModelScore, rank_models, suggested, verdict
+from tl_core.analysis import metrics
+from tl_core.analysis.transfer import ModelScore, rank_models, suggested, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 # (images/s, parameters in M) as in the catalog: Lite0 is the fastest and smallest.
@@ -155,8 +155,8 @@ def test_mcnemar_on_many_images_uses_the_normal_approximation() -> None:
 def test_model_page_says_when_the_leaders_are_tied(tmp_path, monkeypatch) -> None:
     import streamlit as st
 
-    from tl_core.data import import_folder
-    from tl_core.store import Store
+    from tl_core.data.dataset import import_folder
+    from tl_core.runs.store import Store
 
     monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

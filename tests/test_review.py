@@ -7,13 +7,13 @@ from dataclasses import asdict
 import pytest
 from helpers import make_shapes
 
-from tl_core import review
-from tl_core.data import import_folder, split_dataset
-from tl_core.engine import TrainConfig
+from tl_core.analysis.results import load_predictions
+from tl_core.data import review
+from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.errors import DataError
-from tl_core.results import load_predictions
-from tl_core.store import Store
-from tl_core.worker import run_worker
+from tl_core.runs.store import Store
+from tl_core.runs.worker import run_worker
+from tl_core.training.engine import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,17 @@ import pytest
 import torch
 from helpers import make_shapes
 
-from tl_core import checkpoint, evaluation, export
-from tl_core.data import DatasetManifest, import_folder, split_dataset
-from tl_core.device import ComputePlan
-from tl_core.engine import QuietCallbacks, TrainConfig, fit
+from tl_core.analysis import evaluation
+from tl_core.analysis.gradcam import heatmap
+from tl_core.data.dataset import DatasetManifest, import_folder, split_dataset
 from tl_core.errors import CheckpointError, StudioError
-from tl_core.gradcam import heatmap
-from tl_core.inference import load_trained
-from tl_core.store import Store
-from tl_core.worker import run_worker
+from tl_core.export import bundle as export
+from tl_core.models.device import ComputePlan
+from tl_core.models.inference import load_trained
+from tl_core.runs.store import Store
+from tl_core.runs.worker import run_worker
+from tl_core.training import checkpoint
+from tl_core.training.engine import QuietCallbacks, TrainConfig, fit
 
 CPU = ComputePlan("cpu", None, False, 2)
 CFG = TrainConfig(

@@ -18,7 +18,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from tl_core.data import MAX_IMPORT_MB
+from tl_core.data.dataset import MAX_IMPORT_MB
 from tl_ui import access
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def test_config_binds_to_localhost_and_sends_nothing() -> None:
 def test_upload_limit_is_what_the_importer_accepts() -> None:
     import inspect
 
-    from tl_core.data import import_zip
+    from tl_core.data.dataset import import_zip
 
     assert _config()["server"]["maxUploadSize"] == MAX_IMPORT_MB
     default = inspect.signature(import_zip).parameters["max_total_bytes"].default

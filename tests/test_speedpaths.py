@@ -6,12 +6,12 @@ import pytest
 import torch
 from helpers import make_shapes
 
-from tl_core import inputs
-from tl_core.data import import_folder, split_dataset
-from tl_core.device import plan_compute
-from tl_core.engine import QuietCallbacks, TrainConfig, fit
-from tl_core.freezing import describe_model
-from tl_core.stages import split_model
+from tl_core.data.dataset import import_folder, split_dataset
+from tl_core.models.device import plan_compute
+from tl_core.models.freezing import describe_model
+from tl_core.models.stages import split_model
+from tl_core.training import inputs
+from tl_core.training.engine import QuietCallbacks, TrainConfig, fit
 
 CPU = plan_compute("cpu")
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from tl_core import jobs
-from tl_core.store import Store
+from tl_core.runs import jobs
+from tl_core.runs.store import Store
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tl_core import transfer
-from tl_core.catalog import get_spec
-from tl_core.data import DatasetManifest, Split, import_folder, split_dataset
-from tl_core.transfer import (
+from tl_core.analysis import transfer
+from tl_core.analysis.transfer import (
     Features,
     LearningCurve,
     domain_gauge,
@@ -23,6 +21,8 @@ from tl_core.transfer import (
     offline_models,
     recommend,
 )
+from tl_core.data.dataset import DatasetManifest, Split, import_folder, split_dataset
+from tl_core.models.catalog import get_spec
 
 BUNDLED = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
@@ -199,7 +199,7 @@ def test_domain_gauge_gives_no_verdict_where_its_cut_offs_were_not_measured(
 ) -> None:
     from dataclasses import replace
 
-    from tl_core.alarms import domain_mismatch
+    from tl_core.analysis.alarms import domain_mismatch
 
     # The same entropies, as if from ResNet-50 (a BCE-trained model whose scale differs).
     other = domain_gauge(replace(demo_features, model_key="resnet50"))

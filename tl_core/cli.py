@@ -8,7 +8,7 @@ prints one JSON object as its last line. The run shows up in the app under the p
 interval, per-class scores, calibration) and prints a JSON summary as its last line.
 
 ``python -m tl_core export RUN_DIR --out FILE.zip [--data DIR]`` writes the run's best model
-as a bundle that predicts the same elsewhere (see :mod:`tl_core.export`) and prints a JSON
+as a bundle that predicts the same elsewhere (see :mod:`tl_core.export.bundle`) and prints a JSON
 summary, with ``parity_ok``, as its last line.
 
 Bad input ends with exit code 2, one plain sentence on stderr and ``{"error": ...}`` as the
@@ -28,14 +28,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tl_core import interrupt, jobs, paths
-from tl_core.catalog import DEFAULT_MODEL, get_spec
 from tl_core.config import AUGMENT_LEVELS, SCRATCH_LR, TrainConfig, scratch_config
+from tl_core.data import paths
 from tl_core.errors import DataError, RunError, StudioError
-from tl_core.store import Run, Store, new_id
+from tl_core.models.catalog import DEFAULT_MODEL, get_spec
+from tl_core.runs import interrupt, jobs
+from tl_core.runs.store import Run, Store, new_id
 
 if TYPE_CHECKING:
-    from tl_core.data import DatasetManifest, Split
+    from tl_core.data.dataset import DatasetManifest, Split
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -218,7 +219,7 @@ def _check_folders(args: argparse.Namespace) -> None:
 
 def _import(data: Path, val: Path | None, dest: Path) -> DatasetManifest:
     """Import ``data`` (and ``val``, kept as the validation set) into ``dest``."""
-    from tl_core.data import import_folder
+    from tl_core.data.dataset import import_folder
 
     if val is None:
         return import_folder(data, dest)
@@ -230,7 +231,7 @@ def _import(data: Path, val: Path | None, dest: Path) -> DatasetManifest:
 
 def _split(manifest: DatasetManifest, val: Path | None, fraction: float, seed: int) -> Split:
     """The split training will use; a named validation folder must give it every image."""
-    from tl_core.data import split_dataset
+    from tl_core.data.dataset import split_dataset
 
     split = split_dataset(manifest, fraction, seed)
     if val is None:
@@ -266,7 +267,7 @@ def _warn(manifest: DatasetManifest) -> None:
 
 def _recommend(args: argparse.Namespace) -> dict[str, object]:
     _check_folders(args)
-    from tl_core.transfer import recommend, suggested, verdict
+    from tl_core.analysis.transfer import recommend, suggested, verdict
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = _import(args.data, args.val, Path(tmp) / "data")
@@ -354,7 +355,7 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         _warn(manifest)
         split = _split(manifest, args.val, config.val_fraction, config.seed)
         if args.from_scratch:
-            from tl_core.freezing import describe_model
+            from tl_core.models.freezing import describe_model
 
             n_backbone = describe_model(config.model, len(manifest.classes)).n_backbone
             config = scratch_config(config, n_backbone)
@@ -383,8 +384,8 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
             run_id,
             lambda place: print(f"waiting: place {place} in the queue", file=sys.stderr),
         )
-        from tl_core.neardup import run_summary
-        from tl_core.worker import run_worker
+        from tl_core.data.neardup import run_summary
+        from tl_core.runs.worker import run_worker
 
         result = run_worker(store, run_id)
         final = store.run(run_id)
@@ -433,7 +434,7 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
 
 
 def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], int]:
-    from tl_core.export import export_run
+    from tl_core.export.bundle import export_run
 
     report = export_run(
         args.run_dir,
@@ -442,7 +443,7 @@ def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], 
         progress=lambda message: print(message, file=sys.stderr),
         workspace=store.workspace,
     )
-    from tl_core.evaluation import evaluate_run
+    from tl_core.analysis.evaluation import evaluate_run
 
     scores = evaluate_run(Path(args.run_dir))
     summary = {**(scores.summary_json() if scores else {}), **report.summary()}
@@ -456,8 +457,8 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
     the run's imported data set (a folder with manifest.json, to re-check the run on).
     The workspace's index is not needed: run.json in the run folder names the data set.
     """
-    from tl_core import evaluation
-    from tl_core.results import load_predictions
+    from tl_core.analysis import evaluation
+    from tl_core.analysis.results import load_predictions
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -511,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(workspace)
         if args.command == "worker":
             interrupt.install("worker")
-            from tl_core.worker import run_worker
+            from tl_core.runs.worker import run_worker
 
             run_worker(store, args.run_id)
             jobs.pump(store)  # hand the freed slot to the next waiting run
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_recommend(args)))
             return 0
         if args.command == "repair":
-            from tl_core.store import repair
+            from tl_core.runs.store import repair
 
             report = repair(store.workspace)
             print(report.sentence(), file=sys.stderr)

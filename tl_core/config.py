@@ -1,7 +1,7 @@
 """What defines a training run, without torch: the command line and pages import it cheaply.
 
-:mod:`tl_core.engine` re-exports everything here, so ``from tl_core.engine import TrainConfig``
-keeps working.
+:mod:`tl_core.training.engine` re-exports everything here, so
+``from tl_core.training.engine import TrainConfig`` keeps working.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core.alarms import Alarm
+from tl_core.analysis.alarms import Alarm
 
 ICONS = {
     "overfitting": ":material/warning:",

@@ -1,6 +1,6 @@
 """What the pretrained model already knows about the user's images, and which model to use.
 
-Both come from frozen features (tl_core.transfer), cached on disk beside the data set, so
+Both come from frozen features (tl_core.analysis.transfer), cached on disk beside the data set, so
 they take seconds the first time and nothing afterwards.
 """
 
@@ -10,12 +10,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from tl_core import alarms, catalog, transfer
-from tl_core.advice import FreezeAdvice, freeze_advice
-from tl_core.charts import TRAIN_COLOR
-from tl_core.data import DatasetManifest, Split, split_dataset
-from tl_core.store import Project
+from tl_core.analysis import alarms, transfer
+from tl_core.analysis.advice import FreezeAdvice, freeze_advice
+from tl_core.data.dataset import DatasetManifest, Split, split_dataset
+from tl_core.models import catalog
+from tl_core.runs.store import Project
 from tl_ui.alarms import show_alarm
+from tl_ui.charts import TRAIN_COLOR
 from tl_ui.session import get_store
 
 

@@ -6,10 +6,11 @@ import re
 
 import streamlit as st
 
-from tl_core import catalog, jobs
-from tl_core.charts import comparison_figure, curves_figure
 from tl_core.errors import RunError
-from tl_core.store import Run
+from tl_core.models import catalog
+from tl_core.runs import jobs
+from tl_core.runs.store import Run
+from tl_ui.charts import comparison_figure, curves_figure
 from tl_ui.session import get_store
 from tl_ui.text import literal
 

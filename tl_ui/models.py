@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core.freezing import ModelInfo, describe_model
+from tl_core.models.freezing import ModelInfo, describe_model
 
 
 @st.cache_data(max_entries=64, show_spinner="Reading the model's structure…")

@@ -1,6 +1,6 @@
 """The Data page's near-duplicate panel: pairs side by side, and one click to leave them out.
 
-Leaving out goes through the label review (:mod:`tl_core.review`), so it is stored in the
+Leaving out goes through the label review (:mod:`tl_core.data.review`), so it is stored in the
 data folder's ``corrections.json``, applies to the next run and never deletes a file.
 """
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import data as tl_data
-from tl_core import neardup, review
+from tl_core.data import dataset as tl_data
+from tl_core.data import neardup, review
 from tl_ui.session import get_store
 
 PER_PAGE = 8

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from tl_core import catalog, jobs, review
-from tl_core.engine import TrainConfig
-from tl_core.store import Project, Run
+from tl_core.data import review
+from tl_core.models import catalog
+from tl_core.runs import jobs
+from tl_core.runs.store import Project, Run
+from tl_core.training.engine import TrainConfig
 from tl_ui.session import active_project, get_store
 
 if TYPE_CHECKING:
-    from tl_core.inference import TrainedModel
+    from tl_core.models.inference import TrainedModel
 
 
 def run_label(run: Run) -> str:
@@ -71,6 +73,6 @@ def trained_model(run_dir: str) -> TrainedModel:
 
     Raises ModelLoadError (one sentence) when best.pt is damaged or not this app's.
     """
-    from tl_core.evaluation import load_model_checked
+    from tl_core.analysis.evaluation import load_model_checked
 
     return load_model_checked(Path(run_dir))

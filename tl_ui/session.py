@@ -7,11 +7,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_core import jobs
-from tl_core.catalog import get_spec
-from tl_core.data import DatasetManifest
+from tl_core.data.dataset import DatasetManifest
 from tl_core.errors import StudioError
-from tl_core.store import Project, Run, Store, StoreDamagedError, repair
+from tl_core.models.catalog import get_spec
+from tl_core.runs import jobs
+from tl_core.runs.store import Project, Run, Store, StoreDamagedError, repair
 from tl_ui.access import require_access_code
 
 _KEY = "studio"
@@ -35,7 +35,7 @@ def get_store() -> Store:
     threads at the same time can fail halfway, and later pages then open at once.
     Raises StoreDamagedError (not cached) when studio.db cannot be used.
     """
-    import tl_core.freezing  # noqa: F401
+    import tl_core.models.freezing  # noqa: F401
 
     store = Store()
     store.check()

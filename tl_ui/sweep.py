@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core import alarms, jobs
-from tl_core.advice import (
+from tl_core.analysis import alarms
+from tl_core.analysis.advice import (
     SWEEP_EPOCHS,
     FreezeAdvice,
     depth_label,
@@ -13,10 +13,11 @@ from tl_core.advice import (
     sweep_configs,
     sweep_reading,
 )
-from tl_core.charts import depth_sweep_figure
-from tl_core.engine import TrainConfig
-from tl_core.store import Project
+from tl_core.runs import jobs
+from tl_core.runs.store import Project
+from tl_core.training.engine import TrainConfig
 from tl_ui.alarms import show_alarm
+from tl_ui.charts import depth_sweep_figure
 from tl_ui.runs import submit_training
 from tl_ui.session import get_store
 

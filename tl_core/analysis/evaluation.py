@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tl_core import metrics
+from tl_core.analysis import metrics
+from tl_core.analysis.results import Predictions, PredictionsError, load_predictions
 from tl_core.errors import CheckpointError, StudioError
-from tl_core.results import Predictions, PredictionsError, load_predictions
 
 if TYPE_CHECKING:
-    from tl_core.device import ComputePlan
-    from tl_core.inference import TrainedModel
+    from tl_core.models.device import ComputePlan
+    from tl_core.models.inference import TrainedModel
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -253,7 +253,7 @@ def load_calibration(run_dir: Path) -> Calibration:
 
 def evaluate_folder(run_dir: Path, folder: Path) -> RunEvaluation:
     """The run's best model scored on another labelled folder (one sub-folder per class)."""
-    from tl_core.data import IMAGE_SUFFIXES
+    from tl_core.data.dataset import IMAGE_SUFFIXES
     from tl_core.errors import DataError
 
     trained = load_model_checked(Path(run_dir))
@@ -293,7 +293,7 @@ def load_model_checked(
     pickle or state dict, a model of another shape) becomes that one error. With
     ``predictions``, the model must also know the same classes as those predictions.
     """
-    from tl_core.inference import load_trained
+    from tl_core.models.inference import load_trained
 
     path = Path(run_dir) / "best.pt"
     if not path.is_file():
@@ -347,14 +347,14 @@ def locate_data_root(run_dir: Path, workspace: Path | None = None) -> tuple[Path
     First the ``data_dir`` the run folder's run.json records, then the workspace's index
     (which may be damaged or not know the run: then only run.json counts).
     """
-    from tl_core.store import StoreDamagedError, read_run_record
+    from tl_core.runs.store import StoreDamagedError, read_run_record
 
     record = read_run_record(Path(run_dir))
     recorded = Path(record["data_dir"]) if record else None
     if recorded is not None and recorded.is_dir():
         return recorded, str(recorded)
     try:
-        from tl_core.export import find_data_root
+        from tl_core.export.bundle import find_data_root
 
         found = find_data_root(Path(run_dir), workspace)
     except StoreDamagedError:

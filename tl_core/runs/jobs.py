@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core.errors import RunError
-from tl_core.store import ACTIVE, UNFINISHED, Run, Store
+from tl_core.runs.store import ACTIVE, UNFINISHED, Run, Store
 
 # A worker that has not written for this long while its process is gone or hung is interrupted.
 STALE_AFTER_S = 600.0

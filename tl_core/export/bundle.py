@@ -33,17 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tl_core import bundle_predict, checkpoint
-from tl_core.catalog import DataConfig, get_spec
-from tl_core.data import MAX_SIDE, DatasetManifest, split_dataset
-from tl_core.device import ComputePlan
-from tl_core.engine import TrainConfig
+from tl_core.analysis.results import Predictions, load_predictions
+from tl_core.data.dataset import MAX_SIDE, DatasetManifest, split_dataset
 from tl_core.errors import DataError, RunError
-from tl_core.freezing import freeze_sentence, max_trainable_groups
-from tl_core.inference import TrainedModel, load_trained
-from tl_core.inputs import Normalize, cache_side
-from tl_core.results import Predictions, load_predictions
-from tl_core.store import Run, Store, StoreDamagedError, default_workspace
+from tl_core.export import bundle_predict
+from tl_core.models.catalog import DataConfig, get_spec
+from tl_core.models.device import ComputePlan
+from tl_core.models.freezing import freeze_sentence, max_trainable_groups
+from tl_core.models.inference import TrainedModel, load_trained
+from tl_core.runs.store import Run, Store, StoreDamagedError, default_workspace
+from tl_core.training import checkpoint
+from tl_core.training.engine import TrainConfig
+from tl_core.training.inputs import Normalize, cache_side
 
 Progress = Callable[[str], None]
 
@@ -303,7 +304,7 @@ def _data_facts(
         split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
     except DataError:
         return _DataFacts(None, val, None)
-    from tl_core import review
+    from tl_core.data import review
 
     fixes = review.Corrections.from_dict(corrections)
     if fixes:
@@ -625,7 +626,7 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
 
 def _evaluation_sections(run_dir: Path) -> dict[str, str]:
     """Interval, per-class scores and calibration for the model card (from predictions.json)."""
-    from tl_core.evaluation import card_sections, evaluate_run
+    from tl_core.analysis.evaluation import card_sections, evaluate_run
 
     return card_sections(evaluate_run(run_dir))
 

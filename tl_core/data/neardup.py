@@ -1,7 +1,7 @@
 """Near-duplicate images: the same picture resized, re-compressed, re-saved, slightly cropped
 or brightened.
 
-Exact copies are caught at import (:mod:`tl_core.data`, by pixel hash). Near-copies are
+Exact copies are caught at import (:mod:`tl_core.data.dataset`, by pixel hash). Near-copies are
 found in two stages, both vectorised with numpy:
 
 1. **Perceptual hash** (computed once at import, :func:`image_hash`): a 64-bit DCT pHash of
@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from tl_core.data import DatasetManifest, ImageItem, Split
-    from tl_core.review import Corrections
+    from tl_core.data.dataset import DatasetManifest, ImageItem, Split
+    from tl_core.data.review import Corrections
 
 CROP = 0.03
 # (left, top, right, bottom) fractions cut off: the image itself first, then cropped views.
@@ -377,7 +377,7 @@ def run_summary(
 ) -> dict[str, object]:
     """The near-duplicates of the split a run with these settings uses, for a JSON summary;
     the warning sentence is also written to ``stream`` when there are any."""
-    from tl_core.data import split_dataset
+    from tl_core.data.dataset import split_dataset
 
     split = split_dataset(manifest, val_fraction, seed)
     found = counts(classify(manifest_pairs(manifest), split, corrections))

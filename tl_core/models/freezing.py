@@ -156,7 +156,7 @@ def describe_model(key: str, num_classes: int) -> ModelInfo:
     """
     from dataclasses import asdict
 
-    from tl_core.catalog import DataConfig, create_model, get_spec
+    from tl_core.models.catalog import DataConfig, create_model, get_spec
 
     model = create_model(get_spec(key), num_classes=num_classes, pretrained=False)
     groups = layer_groups(model)

@@ -1,7 +1,7 @@
 """Decode one untrusted image and normalise it: upright, RGB, long side capped, hashed.
 
-Used by :mod:`tl_core.data`; only Pillow, numpy, the standard library and the
-stand-alone :mod:`tl_core.bundle_predict` (which shares its colour conversion).
+Used by :mod:`tl_core.data.dataset`; only Pillow, numpy, the standard library and the
+stand-alone :mod:`tl_core.export.bundle_predict` (which shares its colour conversion).
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from tl_core.data.layout import os_reason
+
 # The bundle's stand-alone predict.py opens pictures exactly as imports do: one definition
 # (it also registers the HEIC/HEIF reader of pillow-heif; Pillow reads AVIF itself).
-from tl_core.bundle_predict import to_rgb
-from tl_core.datalayout import os_reason
+from tl_core.export.bundle_predict import to_rgb
 
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "GIF", "TIFF"})
 # Pillow refuses PNG text and colour-profile (iCCP) chunks that unpack to over 1 MB; print and

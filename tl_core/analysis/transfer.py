@@ -34,8 +34,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tl_core import metrics
-from tl_core.catalog import (
+from tl_core.analysis import metrics
+from tl_core.analysis.metrics import wilson_interval
+from tl_core.data.dataset import DatasetManifest, ImageItem, Split
+from tl_core.models.catalog import (
     DataConfig,
     ModelSpec,
     _bundled_weights_file,
@@ -44,9 +46,8 @@ from tl_core.catalog import (
     visible_specs,
     weights_status,
 )
-from tl_core.data import DatasetManifest, ImageItem, Split
-from tl_core.device import ComputePlan, plan_compute
-from tl_core.inputs import (
+from tl_core.models.device import ComputePlan, plan_compute
+from tl_core.training.inputs import (
     ImageTensors,
     Normalize,
     cache_budget_bytes,
@@ -54,8 +55,7 @@ from tl_core.inputs import (
     decode_all,
     make_transforms,
 )
-from tl_core.metrics import wilson_interval
-from tl_core.prefixcache import _Pooled, _run_prefix
+from tl_core.training.prefixcache import _Pooled, _run_prefix
 
 Progress = Callable[[int, int], None]
 _FORMAT = 1  # bump when the cached features' content changes

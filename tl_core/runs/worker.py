@@ -11,11 +11,13 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from tl_core import diskspace, interrupt, review
-from tl_core.data import DatasetManifest, split_dataset
-from tl_core.engine import EpochMetrics, StepMetrics, TrainConfig, TrainResult, fit
+from tl_core import diskspace
+from tl_core.data import review
+from tl_core.data.dataset import DatasetManifest, split_dataset
 from tl_core.errors import DiskFullError, StudioError
-from tl_core.store import Store
+from tl_core.runs import interrupt
+from tl_core.runs.store import Store
+from tl_core.training.engine import EpochMetrics, StepMetrics, TrainConfig, TrainResult, fit
 
 STOP_POLL_S = 0.25  # how often the stop flag is read: Stop acts within about a second
 
@@ -94,7 +96,7 @@ def _check_disk(run_dir: Path, manifest: DatasetManifest, config: TrainConfig) -
 
     The engine checks again before it writes the decoded images, with the model's own sizes.
     """
-    from tl_core.catalog import get_spec
+    from tl_core.models.catalog import get_spec
 
     params = int(get_spec(config.model).params_m * 1e6)
     n = len(manifest.items)

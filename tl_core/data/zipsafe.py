@@ -10,8 +10,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
+from tl_core.data.imageprep import ImageSkip
 from tl_core.errors import DataError
-from tl_core.imageprep import ImageSkip
 
 _CHUNK = 1024 * 1024
 _SPOOL_BYTES = 32 * 1024 * 1024  # members up to this size stay in memory

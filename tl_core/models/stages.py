@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tl_core.freezing import layer_groups, set_train_mode
+from tl_core.models.freezing import layer_groups, set_train_mode
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tl_core.metrics import wilson_interval
+from tl_core.analysis.metrics import wilson_interval
 
 
 @dataclass(frozen=True)

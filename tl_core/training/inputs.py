@@ -23,8 +23,8 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as tvf
 
 from tl_core import diskspace
-from tl_core.catalog import DataConfig
-from tl_core.data import ImageItem
+from tl_core.data.dataset import ImageItem
+from tl_core.models.catalog import DataConfig
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 _INTERP = {

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from tl_core.device import ComputePlan
-from tl_core.stages import split_model
+from tl_core.models.device import ComputePlan
+from tl_core.models.stages import split_model
 
 
 class StopRequested(Exception):

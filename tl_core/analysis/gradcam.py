@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from tl_core.errors import RunError
-from tl_core.inference import ImageInput, TrainedModel
+from tl_core.models.inference import ImageInput, TrainedModel
 
 
 def _turbo(x: np.ndarray) -> np.ndarray:

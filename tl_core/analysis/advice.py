@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tl_core.metrics import wilson_interval
-from tl_core.store import UNFINISHED
+from tl_core.analysis.metrics import wilson_interval
+from tl_core.runs.store import UNFINISHED
 
 if TYPE_CHECKING:
-    from tl_core.engine import TrainConfig
-    from tl_core.store import Run
+    from tl_core.runs.store import Run
+    from tl_core.training.engine import TrainConfig
 
 FEW_PER_CLASS = 40  # under this many training images per class: "few"
 MANY_PER_CLASS = 250  # from this many: "many"
@@ -112,8 +112,8 @@ def freeze_advice(
     """Suggest how many backbone groups should learn, with a one-sentence reason.
 
     ``head_start_accuracy``/``chance``: nearest-class-mean accuracy of the frozen features and
-    the chance level (from :func:`tl_core.transfer.head_start`); ``domain_level``: the domain
-    gauge's "close", "some distance" or "far" (None when the model has no ImageNet head).
+    the chance level (from :func:`tl_core.analysis.transfer.head_start`); ``domain_level``:
+    the domain gauge's "close", "some distance" or "far" (None when the model has no ImageNet head).
     """
     per_class = n_train / max(n_classes, 1)
     size: Size = (

@@ -26,8 +26,8 @@ from typing import BinaryIO
 from PIL import Image
 
 from tl_core import diskspace
-from tl_core.bundle_predict import IMAGE_SUFFIXES
-from tl_core.datalayout import (
+from tl_core.data.imageprep import ImageSkip, Prepared, prepare
+from tl_core.data.layout import (
     Entry,
     Plan,
     folder_entries,
@@ -38,10 +38,10 @@ from tl_core.datalayout import (
     screen,
     some,
 )
+from tl_core.data.neardup import image_hash
+from tl_core.data.zipsafe import ByteBudget, check_zip, extract_member, open_zip, safe_parts
 from tl_core.errors import DataError
-from tl_core.imageprep import ImageSkip, Prepared, prepare
-from tl_core.neardup import image_hash
-from tl_core.zipsafe import ByteBudget, check_zip, extract_member, open_zip, safe_parts
+from tl_core.export.bundle_predict import IMAGE_SUFFIXES
 
 # IMAGE_SUFFIXES (from bundle_predict) is also what predict.py accepts: one definition.
 # A file whose name has another (or no) file type is still imported when its contents are a
@@ -72,7 +72,7 @@ class ImageItem:
     sha256: str
     width: int
     height: int
-    phash: str | None = None  # perceptual hash for near-duplicates (tl_core.neardup)
+    phash: str | None = None  # perceptual hash for near-duplicates (tl_core.data.neardup)
 
 
 @dataclass(frozen=True)
@@ -418,7 +418,9 @@ def _convert(
                 (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
                 (dest / rel).write_bytes(encoded)
                 img = prepared.image
-                phash = image_hash(img)  # near-duplicates are looked for later (tl_core.neardup)
+                phash = image_hash(
+                    img
+                )  # near-duplicates are looked for later (tl_core.data.neardup)
                 item = ImageItem(rel, label, subset, entry.source, prepared.sha256, *img.size)
                 item = replace(item, phash=phash)
                 first[prepared.sha256] = item

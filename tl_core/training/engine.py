@@ -24,19 +24,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tl_core import checkpoint, diskspace
-from tl_core.catalog import DataConfig, create_model, get_spec
+from tl_core import diskspace
 from tl_core.config import (  # noqa: F401 - re-exported: older imports keep working
     AUGMENT_LEVELS,
     SCRATCH_LR,
     TrainConfig,
     scratch_config,
 )
-from tl_core.data import Split
-from tl_core.device import ComputePlan, plan_compute
+from tl_core.data.dataset import Split
 from tl_core.errors import RunError
-from tl_core.freezing import apply_freeze, layer_groups, set_train_mode, trainable_param_groups
-from tl_core.inputs import (
+from tl_core.models.catalog import DataConfig, create_model, get_spec
+from tl_core.models.device import ComputePlan, plan_compute
+from tl_core.models.freezing import (
+    apply_freeze,
+    layer_groups,
+    set_train_mode,
+    trainable_param_groups,
+)
+from tl_core.training import checkpoint
+from tl_core.training.inputs import (
     ImageTensors,
     Normalize,
     cache_budget_bytes,
@@ -44,7 +50,7 @@ from tl_core.inputs import (
     decode_all,
     make_transforms,
 )
-from tl_core.prefixcache import CachedPhase, StopRequested, cache_phase
+from tl_core.training.prefixcache import CachedPhase, StopRequested, cache_phase
 
 
 @dataclass(frozen=True)

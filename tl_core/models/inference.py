@@ -18,13 +18,13 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from tl_core import checkpoint
-from tl_core.catalog import DataConfig, create_model, get_spec
-from tl_core.data import MAX_SIDE, MAX_SOURCE_PIXELS
-from tl_core.device import ComputePlan, plan_compute
+from tl_core.data.dataset import MAX_SIDE, MAX_SOURCE_PIXELS
+from tl_core.data.imageprep import ImageSkip, prepare, to_rgb
 from tl_core.errors import DataError, RunError
-from tl_core.imageprep import ImageSkip, prepare, to_rgb
-from tl_core.inputs import Normalize, Transform, cache_side, make_transforms, square_of
+from tl_core.models.catalog import DataConfig, create_model, get_spec
+from tl_core.models.device import ComputePlan, plan_compute
+from tl_core.training import checkpoint
+from tl_core.training.inputs import Normalize, Transform, cache_side, make_transforms, square_of
 
 ImageInput = Image.Image | Path | str | bytes
 

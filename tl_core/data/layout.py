@@ -1,6 +1,6 @@
 """Where a user's images are and what class each belongs to: files found, layout detected.
 
-Used by :mod:`tl_core.data`; names and folders are untrusted and only ever read. Nothing is
+Used by :mod:`tl_core.data.dataset`; names and folders are untrusted and only ever read. Nothing is
 dropped without a word: every file that is not used is listed with its reason, except
 operating-system clutter (``.DS_Store``, ``Thumbs.db``, ``__MACOSX``, …), which nobody puts
 in an image folder on purpose.
