@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from tl_core.errors import RunError
@@ -63,3 +63,64 @@ def scratch_config(cfg: TrainConfig, n_backbone: int) -> TrainConfig:
         head_epochs=0,
         lr=min(cfg.lr, SCRATCH_LR),
     )
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A training run's stored record: its settings plus the tags that say why it exists.
+
+    ``baseline_of``: the run this one is the from-scratch baseline of; ``sweep``: the id of
+    the depth sweep it belongs to; ``corrections``: the label review it was trained with (the
+    review's own dict form, see :mod:`tl_core.data.review`).
+    """
+
+    config: TrainConfig
+    baseline_of: str | None = None
+    sweep: str | None = None
+    corrections: dict[str, Any] | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunSpec:
+        return cls(
+            TrainConfig.from_dict(raw),
+            baseline_of=raw.get("baseline_of"),
+            sweep=raw.get("sweep"),
+            corrections=raw.get("corrections") or None,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat dict stored in the run's ``config`` column (settings and tags side by side)."""
+        tags = {"baseline_of": self.baseline_of, "sweep": self.sweep}
+        if self.corrections:
+            tags["corrections"] = self.corrections  # type: ignore[assignment]
+        return {**asdict(self.config), **{k: v for k, v in tags.items() if v is not None}}
+
+
+JOB_KINDS = ("train", "features", "recommend", "verify", "export", "predict")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job as an executor receives it: everything the worker may use, nothing more.
+
+    ``params`` depends on ``kind`` (for ``train``, :meth:`RunSpec.to_dict`); ``data_dir`` is
+    the data version it reads, ``folder`` the job's own folder for what it writes (a run's
+    checkpoints and predictions, an export's bundle); ``threads`` how many CPU threads it
+    may use; ``resume`` continues a training run from its last checkpoint.
+    """
+
+    id: str
+    kind: str
+    project_id: str
+    params: dict[str, Any]
+    data_dir: str
+    folder: str
+    resume: bool = False
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> JobSpec:
+        return cls(**raw)

@@ -61,6 +61,51 @@ def submit(
     return store.run(run.id) or run
 
 
+def submit_job(
+    store: Store,
+    project_id: str,
+    kind: str,
+    params: dict[str, Any],
+    data_dir: Path | str,
+    key: str | None = None,
+    inputs: list[tuple[str, bytes]] | None = None,
+) -> Run:
+    """Queue a job of ``kind`` (config.JOB_KINDS) and start it when its turn comes.
+
+    A job with a ``key`` is computed once: when the project has a job with the same key that
+    is waiting, running or finished, that job is returned instead of a new one (a refresh or
+    a second tab finds the same job; a second visit is instant). ``inputs`` are files the job
+    reads (pictures to predict), written to ``<job folder>/inputs/`` before it is queued.
+    """
+    if key is not None:
+        found = find_job(store, project_id, key)
+        if found is not None and found.status in (*UNFINISHED, "finished"):
+            return found
+    job = store.create_run(
+        project_id,
+        params,
+        Path(data_dir),
+        status="held" if inputs else "queued",
+        kind=kind,
+        key=key,
+    )
+    if inputs:
+        folder = Path(job.run_dir) / "inputs"
+        folder.mkdir()
+        for i, (name, data) in enumerate(inputs):
+            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(name).name)
+            (folder / f"{i:05d}-{safe}"[:200]).write_bytes(data)
+        store.update_run(job.id, status="queued", queued_at=time.time())
+    pump(store)
+    return store.run(job.id) or job
+
+
+def find_job(store: Store, project_id: str, key: str) -> Run | None:
+    """The project's newest job with ``key`` (any status), or None."""
+    found = store.jobs(project_id, key=key)
+    return found[-1] if found else None
+
+
 def _pid_alive(pid: int | None) -> bool:
     if not pid:
         return False

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core import diskspace
+from tl_core.config import RunSpec
 from tl_core.errors import RunError, StudioError
 
 ACTIVE = ("starting", "running")
@@ -48,10 +49,11 @@ CREATE TABLE IF NOT EXISTS runs (
     run_dir TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'app', pid INTEGER,
     heartbeat REAL, started REAL, finished REAL, stop_requested INTEGER NOT NULL DEFAULT 0,
     resume INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', error TEXT,
-    result TEXT, queued_at REAL
+    result TEXT, queued_at REAL, kind TEXT NOT NULL DEFAULT 'train', key TEXT, progress REAL
 );
 CREATE INDEX IF NOT EXISTS runs_by_project ON runs(project_id, created);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, created);
+CREATE INDEX IF NOT EXISTS runs_by_key ON runs(project_id, key);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(id), kind TEXT NOT NULL, epoch INTEGER NOT NULL,
     step INTEGER NOT NULL, total_steps INTEGER, loss REAL, accuracy REAL, val_loss REAL,
@@ -133,10 +135,18 @@ class Run:
     error: str | None
     result: dict[str, Any] | None
     queued_at: float | None
+    kind: str = "train"  # one of config.JOB_KINDS: every long job is a row of this table
+    key: str | None = None  # what a feature-like job computes: equal keys, equal results
+    progress: float | None = None  # 0..1 of the job's current phase, when it knows
 
     @property
     def active(self) -> bool:
         return self.status in UNFINISHED
+
+    @property
+    def spec(self) -> RunSpec:
+        """The typed form of ``config`` for a training run: settings and tags."""
+        return RunSpec.from_dict(self.config)
 
 
 def _json(text: str, what: str) -> Any:
@@ -377,6 +387,8 @@ class Store:
         source: str = "app",
         status: str = "queued",
         pid: int | None = None,
+        kind: str = "train",
+        key: str | None = None,
     ) -> Run:
         """A new run record and its folder (``run_dir``, or ``runs/<id>`` of the workspace).
 
@@ -385,7 +397,8 @@ class Store:
         line) starts when its turn comes, instead of a worker.
         """
         rid = new_id()
-        folder = (Path(run_dir) if run_dir else self.workspace / "runs" / rid).resolve()
+        home = "runs" if kind == "train" else "jobs"
+        folder = (Path(run_dir) if run_dir else self.workspace / home / rid).resolve()
         created = not folder.exists()
         now = time.time()
         with (
@@ -405,7 +418,7 @@ class Store:
                 )
             db.execute(
                 "INSERT INTO runs (id, project_id, created, queued_at, status, config, data_dir,"
-                " run_dir, source, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " run_dir, source, pid, kind, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     rid,
                     project_id,
@@ -417,10 +430,13 @@ class Store:
                     str(folder),
                     source,
                     pid,
+                    kind,
+                    key,
                 ),
             )
             folder.mkdir(parents=True, exist_ok=True)  # fails before COMMIT: no record
-        self._write_run_record(rid, new=True)
+        if kind == "train":  # other jobs are recomputed, never repaired
+            self._write_run_record(rid, new=True)
         return self.run(rid)  # type: ignore[return-value]
 
     def run(self, run_id: str) -> Run | None:
@@ -428,9 +444,18 @@ class Store:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         return None if row is None else _run(row)
 
-    def runs(self, project_id: str | None = None, statuses: tuple[str, ...] = ()) -> list[Run]:
-        """Runs, oldest first, filtered by project and status."""
+    def runs(
+        self,
+        project_id: str | None = None,
+        statuses: tuple[str, ...] = (),
+        kind: str | None = "train",
+    ) -> list[Run]:
+        """Training runs (or jobs of ``kind``; None: every job), oldest first, filtered by
+        project and status."""
         sql, args = "SELECT * FROM runs WHERE 1=1", []
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
         if project_id is not None:
             sql += " AND project_id = ?"
             args.append(project_id)
@@ -451,6 +476,17 @@ class Store:
             db.execute(f"UPDATE runs SET {', '.join(cols)} WHERE id = ?", (*values, run_id))
         if _RECORDED_FIELDS & fields.keys():
             self._write_run_record(run_id)
+
+    def jobs(
+        self,
+        project_id: str | None = None,
+        statuses: tuple[str, ...] = (),
+        kind: str | None = None,
+        key: str | None = None,
+    ) -> list[Run]:
+        """Jobs of every kind (or one), oldest first; ``key`` picks those computing one thing."""
+        jobs = self.runs(project_id, statuses, kind)
+        return jobs if key is None else [j for j in jobs if j.key == key]
 
     def queue_position(self, run_id: str) -> int | None:
         """1 for the next run to start; None when the run is not waiting."""
@@ -479,7 +515,7 @@ class Store:
     def _write_run_record(self, run_id: str, new: bool = False) -> None:
         """run.json in the run folder (and, for a new run, a pointer in its project folder)."""
         run = self.run(run_id)
-        if run is None:
+        if run is None or run.kind != "train":
             return
         record = {"format": 1, **asdict(run), "epochs": self.metrics(run_id, "epoch")}
         for key in ("pid", "heartbeat", "stop_requested"):
