@@ -10,6 +10,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = ROOT / "assets" / "demo" / "fashion_mnist"
 
 
+@pytest.fixture(autouse=True)
+def _no_queue_left_behind(monkeypatch):
+    """Pages serve the job queue from the test process: no worker is started ahead of a
+    job, and every supervisor a test started is stopped after it."""
+    monkeypatch.setenv("TL_STUDIO_PREWARM", "0")
+    yield
+    from tl_core.runs import supervisor
+
+    supervisor.shutdown_all()
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch) -> Path:
     """An empty workspace for the app (TL_STUDIO_HOME), offline, with Streamlit's caches clear."""

@@ -36,7 +36,7 @@ from tl_core.data.dataset import (
 from tl_core.errors import DiskFullError
 from tl_core.models.device import ComputePlan
 from tl_core.runs.store import Store
-from tl_core.runs.worker import StoreCallbacks, run_worker
+from tl_core.runs.worker import StoreSink, run_worker
 from tl_core.training import checkpoint, inputs
 from tl_core.training.engine import TrainConfig, fit, write_predictions
 
@@ -246,7 +246,7 @@ def test_the_status_write_gets_through_after_the_temporary_files_go(
         raise diskspace.disk_full_error(run_dir, 10 * diskspace.MB)
 
     monkeypatch.setattr(Store, "update_run", update_run)
-    monkeypatch.setattr("tl_core.runs.worker.fit", full_fit)
+    monkeypatch.setattr("tl_core.training.engine.fit", full_fit)
     assert run_worker(store, run.id) is None
     assert calls["n"] == 1
     _assert_failed_cleanly(disk, run.id)
@@ -325,7 +325,7 @@ def test_run_log_on_a_full_disk(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr("builtins.open", full_open)
     with pytest.raises(DiskFullError):
-        StoreCallbacks(store, run.id).on_log("hello")
+        StoreSink(store, run).emit({"t": "log", "text": "hello"})
 
 
 @pytest.mark.parametrize("site", ["image", "manifest", "zip-member"])

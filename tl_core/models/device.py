@@ -76,6 +76,8 @@ def plan_compute(prefer: str = "auto", threads: int | None = None) -> ComputePla
             choice = "mps"
         else:
             choice = "cpu"
+    if threads is None and os.environ.get("TL_STUDIO_THREADS", "").isdigit():
+        threads = max(1, int(os.environ["TL_STUDIO_THREADS"]))  # what the job runner allows
     if threads is None:
         affinity = getattr(os, "sched_getaffinity", None)
         threads = len(affinity(0)) if affinity else (os.cpu_count() or 1)

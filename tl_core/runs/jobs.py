@@ -1,9 +1,11 @@
-"""The job queue: start training workers as subprocesses, at most N at once.
+"""The job queue: every long job (training, feature work, export, batch prediction) waits
+here, in the store's ``runs`` table, and starts when the fair queue gives it a slot.
 
-A worker is ``python -m tl_core worker RUN_ID``: the same entry point a user can run, in its
-own process, so a crash or an out-of-memory kill never takes the web server down. Nothing here
-keeps state in memory: the queue is the ``runs`` table, and any process (a page, a finishing
-worker, the command line) may ``pump`` it.
+In the app server, a :class:`~tl_core.runs.supervisor.Supervisor` (started by :func:`serve`)
+claims jobs and runs them on warm worker processes. Any other process that pumps the queue
+(the command line, a test) while no server is running starts a lone worker per job instead:
+``python -m tl_core worker JOB_ID``, the same entry point a user can run. Either way a crash
+or an out-of-memory kill never takes the web server down.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core.errors import RunError
-from tl_core.runs.store import ACTIVE, UNFINISHED, Run, Store
+from tl_core.runs.store import ACTIVE, UNFINISHED, Run, Store, fair_order
 
 # A worker that has not written for this long while its process is gone or hung is interrupted.
 STALE_AFTER_S = 600.0
@@ -32,19 +34,39 @@ TMP_FILE_AGE_S = 120.0
 # The settings key that marks a project the command line is still setting up (its pid).
 CLI_PENDING = "cli_pid"
 
-# glibc malloc tuning for the worker: keep freed memory instead of returning it to the OS
-# between steps; measured to speed up CPU training and inference (docs/PERFORMANCE.md).
-WORKER_ENV = {
-    "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736",
-}
+# What one job is expected to take, in seconds, until this workspace has measured its own.
+TYPICAL_S = {"train": 60.0, "features": 20.0, "recommend": 60.0, "verify": 10.0, "export": 30.0}
+JOB_MEMORY_GB = 2.5  # what one worker with a model and a data set may take
+
+
+def cpu_count() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
+
+
+def _available_gb() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        return int(info.get("MemAvailable", info["MemTotal"])) / 1e6
+    except (OSError, KeyError, ValueError, IndexError):
+        return 8.0
+
+
+def machine_slots() -> int:
+    """How many jobs this machine holds at once: a share of the cores (at least two, so a
+    quick job need not wait behind a long one) as far as the memory allows."""
+    by_cores = max(2, cpu_count() // 4)
+    by_memory = int(_available_gb() // JOB_MEMORY_GB)
+    return max(1, min(by_cores, by_memory))
 
 
 def max_parallel_runs() -> int:
-    """How many runs may train at once: ``TL_STUDIO_MAX_RUNS``, default 1."""
+    """How many jobs may run at once: ``TL_STUDIO_MAX_RUNS``, default :func:`machine_slots`."""
     try:
-        return max(1, int(os.environ.get("TL_STUDIO_MAX_RUNS", "1")))
-    except ValueError:
-        return 1
+        return max(1, int(os.environ["TL_STUDIO_MAX_RUNS"]))
+    except (KeyError, ValueError):
+        return machine_slots()
 
 
 def submit(
@@ -138,7 +160,7 @@ def discard_run(store: Store, run_id: str, remove_folder: bool = True) -> None:
 
 def discard_project(store: Store, project_id: str) -> None:
     """Forget a project with everything in it (its runs, their folders, its data)."""
-    for run in store.runs(project_id):
+    for run in store.runs(project_id, kind=None):
         discard_run(store, run.id)
     with store.transaction() as db:
         db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
@@ -167,7 +189,7 @@ def recover(store: Store) -> list[str]:
     """
     now = time.time()
     lost = []
-    for run in store.runs(statuses=UNFINISHED):
+    for run in store.runs(statuses=UNFINISHED, kind=None):
         if run.status == "queued":  # held by a waiting command-line process?
             if run.pid is not None and not _pid_alive(run.pid):
                 discard_run(store, run.id)
@@ -222,7 +244,7 @@ def sweep(store: Store) -> None:
     with store.transaction() as db:
         rows = db.execute("SELECT id, data_dir, settings FROM projects").fetchall()
     projects = {r["id"]: (r["data_dir"], json.loads(r["settings"] or "{}")) for r in rows}
-    runs = store.runs()
+    runs = store.runs(kind=None)
     for project_id in projects:
         settle_cli_project(store, project_id)
     staging = store.workspace / "incoming"
@@ -250,30 +272,80 @@ def sweep(store: Store) -> None:
 
 
 def _claim_next(store: Store, limit: int, run_id: str | None = None) -> Run | None:
-    """Atomically move the oldest queued run to 'starting' if fewer than ``limit`` are active.
+    """Atomically move the next job of the fair queue to 'starting' if fewer than ``limit``
+    are active (:func:`~tl_core.runs.store.fair_order`).
 
-    A queued run with a ``pid`` belongs to a waiting command-line process: only that process
-    claims it (passing its ``run_id``), when it is the oldest in the queue; until then the
-    runs behind it wait too, first come first served.
+    A queued job with a ``pid`` belongs to a waiting command-line process: only that process
+    claims it (passing its ``run_id``), when its turn comes; until then nothing else starts.
     """
     with store.transaction() as db:
-        active = db.execute(
-            f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(ACTIVE))})", ACTIVE
-        ).fetchone()[0]
-        if active >= limit:
+        active = dict(
+            db.execute(
+                "SELECT project_id, COUNT(*) FROM runs WHERE status IN (?, ?) GROUP BY project_id",
+                ACTIVE,
+            ).fetchall()
+        )
+        if sum(active.values()) >= limit:
             return None
-        row = db.execute(
-            "SELECT id, pid FROM runs WHERE status = 'queued' ORDER BY queued_at LIMIT 1"
-        ).fetchone()
-        if row is None or (row["id"] != run_id if run_id else row["pid"] is not None):
+        queued = [
+            store.row_to_run(r) for r in db.execute("SELECT * FROM runs WHERE status = 'queued'")
+        ]
+        order = fair_order(queued, active)
+        if not order:
+            return None
+        nxt = order[0]
+        if nxt.id != run_id if run_id else nxt.pid is not None:
             return None
         now = time.time()
         db.execute(
             "UPDATE runs SET status = 'starting', message = 'Starting', started = ?,"
-            " heartbeat = ? WHERE id = ?",
-            (now, now, row["id"]),
+            " heartbeat = ?, pid = ? WHERE id = ?",
+            (now, now, nxt.pid or os.getpid(), nxt.id),
         )
-    return store.run(row["id"])
+    return store.run(nxt.id)
+
+
+def _durations(store: Store) -> dict[str, float]:
+    """The median duration of the last finished jobs of each kind (seconds)."""
+    with store.transaction() as db:
+        rows = db.execute(
+            "SELECT kind, finished - started AS took FROM runs WHERE status = 'finished'"
+            " AND started IS NOT NULL AND finished IS NOT NULL ORDER BY finished DESC LIMIT 200"
+        ).fetchall()
+    took: dict[str, list[float]] = {}
+    for row in rows:
+        took.setdefault(row["kind"], []).append(max(0.0, float(row["took"])))
+    typical = dict(TYPICAL_S)
+    for kind, values in took.items():
+        values.sort()
+        typical[kind] = values[len(values) // 2]
+    return typical
+
+
+def estimated_wait(store: Store, run_id: str) -> float | None:
+    """Seconds until the waiting job ``run_id`` starts, from measured job durations.
+
+    The running jobs free their slots after their kind's median duration (less what they
+    have run); each job ahead then takes the earliest free slot. None when not waiting.
+    """
+    order = store.queue_order()
+    ids = [j.id for j in order]
+    if run_id not in ids:
+        return None
+    typical = _durations(store)
+    now = time.time()
+    slots = [
+        max(1.0, typical.get(j.kind, 60.0) - (now - (j.started or now)))
+        for j in store.runs(statuses=ACTIVE, kind=None)
+    ]
+    slots = sorted(slots)[: max_parallel_runs()]
+    slots += [0.0] * (max_parallel_runs() - len(slots))
+    for job in order:
+        free = min(slots)
+        if job.id == run_id:
+            return free
+        slots[slots.index(free)] = free + typical.get(job.kind, 60.0)
+    return None
 
 
 def wait_for_turn(
@@ -308,6 +380,9 @@ def worker_command(store: Store, run_id: str) -> list[str]:
 
 
 def _spawn(store: Store, run: Run) -> None:
+    """A lone worker process for one job (no server is running to give it a warm one)."""
+    from tl_core.runs.executor import WORKER_ENV
+
     log = open(Path(run.run_dir) / "worker.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(
@@ -318,7 +393,7 @@ def _spawn(store: Store, run: Run) -> None:
             env={**os.environ, **WORKER_ENV},
         )
     except OSError as exc:
-        store.update_run(run.id, status="failed", error=f"Could not start training: {exc}")
+        store.update_run(run.id, status="failed", error=f"Could not start the job: {exc}")
         return
     finally:
         log.close()
@@ -327,9 +402,30 @@ def _spawn(store: Store, run: Run) -> None:
     threading.Thread(target=proc.wait, daemon=True).start()
 
 
+def serve(store: Store, prewarm: bool | None = None) -> None:
+    """Run this workspace's queue from this process (the app server): warm workers, fair
+    claims, every event written here. Idempotent; ``prewarm`` starts a worker at once
+    (default: unless ``TL_STUDIO_PREWARM=0``)."""
+    from tl_core.runs.supervisor import supervisor
+
+    supervisor(store.workspace, prewarm).poke()
+
+
 def pump(store: Store, limit: int | None = None) -> list[str]:
-    """Start queued runs while slots are free; return the ids started."""
+    """Keep the queue moving; return the ids of the jobs this call started.
+
+    In a process that serves the queue (:func:`serve`), this wakes its supervisor. Elsewhere,
+    when no server serves this workspace, queued jobs start in lone worker processes.
+    """
+    from tl_core.runs import supervisor as sup
+
+    here = sup.running_here(store.workspace)
+    if here is not None:
+        here.poke()
+        return []
     recover(store)
+    if sup.served_elsewhere(store.workspace):
+        return []
     started = []
     while (run := _claim_next(store, limit or max_parallel_runs())) is not None:
         _spawn(store, run)

@@ -96,6 +96,31 @@ def _expected_columns() -> dict[str, list[tuple[str, str, int, str | None]]]:
         db.close()
 
 
+def fair_order(queued: list[Run], active: dict[str, int]) -> list[Run]:
+    """Waiting jobs in the order they start: round-robin across projects.
+
+    The next job is the oldest waiting one of the project with the fewest jobs running, ties
+    broken by how long that project has waited; so one student's sweep of three runs or
+    model comparison never holds the others up, and a project runs more than one job at
+    once only when nobody else is waiting.
+    """
+    running = dict(active)
+    waiting: dict[str, list[Run]] = {}
+    for job in sorted(queued, key=lambda j: (j.queued_at or j.created, j.created)):
+        waiting.setdefault(job.project_id, []).append(job)
+    order = []
+    while waiting:
+        project = min(
+            waiting,
+            key=lambda p: (running.get(p, 0), waiting[p][0].queued_at or waiting[p][0].created),
+        )
+        order.append(waiting[project].pop(0))
+        running[project] = running.get(project, 0) + 1
+        if not waiting[project]:
+            del waiting[project]
+    return order
+
+
 def default_workspace() -> Path:
     """``TL_STUDIO_HOME`` if set, else ~/.tl-studio: shared by the app and the command line."""
     return Path(os.environ.get("TL_STUDIO_HOME") or Path.home() / ".tl-studio").expanduser()
@@ -488,19 +513,26 @@ class Store:
         jobs = self.runs(project_id, statuses, kind)
         return jobs if key is None else [j for j in jobs if j.key == key]
 
-    def queue_position(self, run_id: str) -> int | None:
-        """1 for the next run to start; None when the run is not waiting."""
+    @staticmethod
+    def row_to_run(row: sqlite3.Row) -> Run:
+        """A ``runs`` row read through :meth:`transaction`, as a Run."""
+        return _run(row)
+
+    def queue_order(self) -> list[Run]:
+        """The waiting jobs in the order the fair queue starts them (:func:`fair_order`)."""
         with self._connect() as db:
-            row = db.execute(
-                "SELECT status, queued_at FROM runs WHERE id = ?", (run_id,)
-            ).fetchone()
-            if row is None or row["status"] != "queued":
-                return None
-            ahead = db.execute(
-                "SELECT COUNT(*) FROM runs WHERE status = 'queued' AND queued_at < ?",
-                (row["queued_at"],),
-            ).fetchone()[0]
-        return int(ahead) + 1
+            queued = [_run(r) for r in db.execute("SELECT * FROM runs WHERE status = 'queued'")]
+            active = db.execute(
+                "SELECT project_id, COUNT(*) AS n FROM runs WHERE status IN (?, ?)"
+                " GROUP BY project_id",
+                ACTIVE,
+            ).fetchall()
+        return fair_order(queued, {r["project_id"]: r["n"] for r in active})
+
+    def queue_position(self, run_id: str) -> int | None:
+        """1 for the next job to start; None when the job is not waiting."""
+        order = [r.id for r in self.queue_order()]
+        return order.index(run_id) + 1 if run_id in order else None
 
     # ------------------------------------------------------------------ self-describing folders
 

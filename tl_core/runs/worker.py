@@ -1,97 +1,123 @@
-"""Run one queued training run to its end, writing everything to the store.
+"""Run one job to its end: the same code in a warm pool worker, a lone worker and the CLI.
 
-``python -m tl_core worker RUN_ID`` calls ``run_worker``; so does the ``train`` command, in
-its own process. The page never trains: it reads what this writes.
+A job runs as :func:`execute` (a :class:`~tl_core.config.JobSpec` in, events out through a
+:class:`Sink`); it never opens the store. What it reports is applied to the store by
+:func:`record`, in the process that owns the store: the app server for pool workers (the
+events travel over the worker's pipe, see :mod:`tl_core.runs.executor`), or the process
+itself for ``python -m tl_core train`` and ``python -m tl_core worker JOB_ID``.
+
+A pool worker (:data:`POOL_COMMAND`): it imports torch once, then runs the jobs
+it is sent one after another (:func:`serve`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import queue
+import re
+import sys
+import threading
 import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Protocol
 
 from tl_core import diskspace
-from tl_core.data import review
-from tl_core.data.dataset import DatasetManifest, split_dataset
+from tl_core.config import JobSpec, RunSpec, TrainConfig
 from tl_core.errors import DiskFullError, StudioError
 from tl_core.runs import interrupt
-from tl_core.runs.store import Store
-from tl_core.training.engine import EpochMetrics, StepMetrics, TrainConfig, TrainResult, fit
+from tl_core.runs.store import Run, Store
 
+__all__ = [
+    "POOL_COMMAND",
+    "STOP_POLL_S",
+    "JobContext",
+    "Sink",
+    "StoreSink",
+    "execute",
+    "job_spec",
+    "record",
+    "run_worker",
+    "serve",
+]
+
+POOL_COMMAND = ["-c", "from tl_core.runs.worker import serve; raise SystemExit(serve())"]
 STOP_POLL_S = 0.25  # how often the stop flag is read: Stop acts within about a second
+PROGRESS_EVERY_S = 0.2  # progress events are thinned to this rate
+_COUNTED = re.compile(r"(?P<done>\d+)/(?P<total>\d+)$")  # "Decoding 12/300": a phase's progress
+# A pool worker leaves once it has been idle this long or grown past this many MB.
+IDLE_EXIT_S = float(os.environ.get("TL_STUDIO_WORKER_IDLE_S", "1800"))
+MEMORY_CEILING_MB = float(os.environ.get("TL_STUDIO_WORKER_MAX_MB", "3000"))
 
 
-class StoreCallbacks:
-    """Engine callbacks that write progress to the store and read the stop flag from it."""
+class Sink(Protocol):
+    """Where a running job's events go, and where its stop request comes from."""
 
-    def __init__(self, store: Store, run_id: str) -> None:
-        self.store = store
-        self.run_id = run_id
+    def emit(self, event: dict[str, Any]) -> None: ...
+
+    def stop_asked(self) -> bool: ...
+
+
+class JobContext:
+    """What a job sees of the world: progress, log lines, metrics out; the stop flag in.
+
+    It is also the engine's callbacks object for training jobs (on_status, on_log,
+    on_step, on_epoch, should_stop).
+    """
+
+    def __init__(self, spec: JobSpec, sink: Sink) -> None:
+        self.spec = spec
+        self.sink = sink
         self._checked = 0.0
+        self._sent = 0.0
         self._stop = False
-        self.interrupted: int | None = None  # the signal that asked this run to stop
+        self.interrupted: int | None = None  # the signal that asked this job to stop
 
     def interrupt(self, signum: int) -> None:
-        """A signal came: stop at the next step; the run is then marked interrupted."""
+        """A signal came: stop at the next step; the job is then marked interrupted."""
         self.interrupted = signum
         self._stop = True
 
+    def progress(self, done: int, total: int, text: str) -> None:
+        now = time.monotonic()
+        if done < total and now - self._sent < PROGRESS_EVERY_S:
+            return
+        self._sent = now
+        self.sink.emit({"t": "status", "message": text, "progress": done / max(total, 1)})
+
     def on_status(self, message: str) -> None:
-        self.store.update_run(self.run_id, message=message, heartbeat=time.time())
+        counted = _COUNTED.search(message)
+        if counted:
+            done, total = int(counted["done"]), int(counted["total"])
+            self.progress(done, total, message)
+        else:
+            self.sink.emit({"t": "status", "message": message, "progress": None})
 
-    def on_log(self, message: str) -> None:
-        """A line of the run's log (what the engine decided and why), kept beside its files."""
-        run = self.store.run(self.run_id)
-        if run is not None:
-            with (
-                diskspace.guard(Path(run.run_dir), len(message) + diskspace.MB),
-                open(Path(run.run_dir) / "run.log", "a", encoding="utf-8") as log,
-            ):
-                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+    def log(self, text: str) -> None:
+        self.sink.emit({"t": "log", "text": text})
 
-    def on_step(self, m: StepMetrics) -> None:
-        self.store.add_step(
-            self.run_id, m.epoch, m.step, m.total_steps, m.loss, m.accuracy, m.lr, m.elapsed_s
-        )
+    on_log = log
 
-    def on_epoch(self, m: EpochMetrics) -> None:
-        self.store.add_epoch(
-            self.run_id,
-            m.epoch,
-            m.step,
-            m.train_loss,
-            m.train_accuracy,
-            m.val_loss,
-            m.val_accuracy,
-            m.elapsed_s,
-        )
+    def on_step(self, m: Any) -> None:
+        self.sink.emit({"t": "step", **asdict(m)})
+
+    def on_epoch(self, m: Any) -> None:
+        self.sink.emit({"t": "epoch", **asdict(m)})
 
     def should_stop(self) -> bool:
         now = time.monotonic()
         if not self._stop and now - self._checked >= STOP_POLL_S:
             self._checked = now
-            run = self.store.run(self.run_id)
-            self._stop = run is None or run.stop_requested
+            self._stop = self.sink.stop_asked()
         return self._stop
 
 
-def _record(store: Store, run_id: str, run_dir: Path, **fields: object) -> None:
-    """``store.update_run``; on a full disk free the run's temporary files and try once more."""
-    try:
-        store.update_run(run_id, **fields)
-    except DiskFullError:
-        diskspace.remove_temporary(run_dir)
-        store.update_run(run_id, **fields)
+# ---------------------------------------------------------------------------- the job itself
 
 
-def _mark_failed(store: Store, run_id: str, run_dir: Path, error: str) -> None:
-    _record(
-        store, run_id, run_dir, status="failed", error=error, finished=time.time(), message="Failed"
-    )
-
-
-def _check_disk(run_dir: Path, manifest: DatasetManifest, config: TrainConfig) -> None:
+def _check_disk(folder: Path, n_images: int, n_classes: int, config: TrainConfig) -> None:
     """A first check before the model loads: checkpoints and results must fit.
 
     The engine checks again before it writes the decoded images, with the model's own sizes.
@@ -99,109 +125,336 @@ def _check_disk(run_dir: Path, manifest: DatasetManifest, config: TrainConfig) -
     from tl_core.models.catalog import get_spec
 
     params = int(get_spec(config.model).params_m * 1e6)
-    n = len(manifest.items)
     need = diskspace.run_need(
-        n,
-        int(n * config.val_fraction),
-        len(manifest.classes),
+        n_images,
+        int(n_images * config.val_fraction),
+        n_classes,
         0,  # the decoded images: counted by the engine, which knows their size
         params,
         params if config.trainable_groups else 0,
-        config.epochs * max(n // config.batch_size, 1),
+        config.epochs * max(n_images // config.batch_size, 1),
     )
-    diskspace.check_free(run_dir, need)
+    diskspace.check_free(folder, need)
 
 
-def run_worker(store: Store, run_id: str) -> TrainResult | None:
-    """Train the run ``run_id``; its final status and result land in the store."""
-    import os
+def _train(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+    from tl_core.data import review
+    from tl_core.data.dataset import DatasetManifest, split_dataset
+    from tl_core.training.engine import fit
 
-    run = store.run(run_id)
-    if run is None:
-        raise StudioError(f"No run with id {run_id}.")
-    run_dir = Path(run.run_dir)
+    run = RunSpec.from_dict(spec.params)
+    manifest = DatasetManifest.load(Path(spec.data_dir))
+    _check_disk(Path(spec.folder), len(manifest.items), len(manifest.classes), run.config)
+    split = split_dataset(manifest, run.config.val_fraction, run.config.seed)
+    corrections = review.Corrections.from_dict(run.corrections)
+    if corrections:
+        split = review.apply(split, corrections, manifest.classes)
+        ctx.log(f"Label review applied: {corrections.describe()}.")
+    result = fit(
+        run.config,
+        split,
+        manifest.root,
+        manifest.classes,
+        Path(spec.folder),
+        ctx,
+        resume=spec.resume,
+    )
+    return result.status, asdict(result)
+
+
+def _task(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+    from tl_core.runs.tasks import TASKS
+
+    task = TASKS.get(spec.kind)
+    if task is None:
+        raise StudioError(f"This version of the app cannot run '{spec.kind}' jobs.")
+    result = task(spec, ctx)
+    return ("stopped" if ctx.should_stop() else "finished"), result
+
+
+def _failure(spec: JobSpec, exc: Exception) -> str:
+    """The one sentence a failed job leaves for the user."""
+    folder = Path(spec.folder)
+    if isinstance(exc, StudioError):
+        return str(exc)
+    if diskspace.is_disk_full(exc):  # a write no guard covered
+        diskspace.remove_temporary(folder)
+        return str(diskspace.disk_full_error(folder))
+    print(f"job {spec.id} ({spec.kind}) failed:", file=sys.stderr)
+    traceback.print_exc()
+    what = "Training" if spec.kind == "train" else "The job"
+    return (
+        f"{what} failed unexpectedly ({type(exc).__name__}: {exc}). "
+        f"Details are in {folder / 'worker.log'}."
+    )
+
+
+def execute(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
+    """Run ``spec`` to its end; return its ``end`` event (status, result, error, message).
+
+    A signal that cut the job short is in ``end["signal"]``: the process should then exit.
+    """
+    if spec.threads > 0:
+        os.environ["TL_STUDIO_THREADS"] = str(spec.threads)
+    end: dict[str, Any] = {"t": "end"}
     try:
-        store.update_run(
-            run_id,
-            status="running",
-            pid=os.getpid(),
-            heartbeat=time.time(),
-            started=run.started or time.time(),
-            message="Preparing",
-        )
-    except DiskFullError as exc:
-        _mark_failed(store, run_id, run_dir, str(exc))
-        return None
-    config = TrainConfig.from_dict(run.config)
-    callbacks = StoreCallbacks(store, run_id)
-
-    def interrupted(signum: int) -> interrupt.Interrupted:
-        _record(
-            store,
-            run_id,
-            run_dir,
-            status="interrupted",
-            pid=None,
-            finished=time.time(),
-            message=interrupt.message(signum),
-        )
-        return interrupt.Interrupted(signum)
-
-    try:
-        with interrupt.graceful(callbacks.interrupt):
-            manifest = DatasetManifest.load(Path(run.data_dir))
-            _check_disk(run_dir, manifest, config)
-            split = split_dataset(manifest, config.val_fraction, config.seed)
-            corrections = review.Corrections.from_dict(run.config.get("corrections"))
-            if corrections:
-                split = review.apply(split, corrections, manifest.classes)
-                callbacks.on_log(f"Label review applied: {corrections.describe()}.")
-            if run.resume:  # forget the steps of the epoch that was cut off; it is replayed
-                done = [m["epoch"] for m in store.metrics(run_id, "epoch")]
-                store.drop_metrics_after(run_id, max(done, default=0))
-            result = fit(
-                config,
-                split,
-                manifest.root,
-                manifest.classes,
-                Path(run.run_dir),
-                callbacks,
-                resume=run.resume,
-            )
+        status, result = _train(spec, ctx) if spec.kind == "train" else _task(spec, ctx)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, cut short: last.pt is from before
         interrupt.hold()
-        raise interrupted(callbacks.interrupted or interrupt.signum_of(exc)) from None
+        signum = ctx.interrupted or interrupt.signum_of(exc)
+        return {
+            **end,
+            "status": "interrupted",
+            "message": interrupt.message(signum),
+            "signal": signum,
+        }
     except Exception as exc:
-        if callbacks.interrupted is not None:  # the stop a signal asked for ended it
+        if ctx.interrupted is not None:  # the stop a signal asked for ended it
             interrupt.hold()
-            raise interrupted(callbacks.interrupted) from None
-        if isinstance(exc, StudioError):
-            _mark_failed(store, run_id, run_dir, str(exc))
-            return None
-        if diskspace.is_disk_full(exc):  # a write no guard covered
-            diskspace.remove_temporary(run_dir)
-            _mark_failed(store, run_id, run_dir, str(diskspace.disk_full_error(run_dir)))
-            return None
-        traceback.print_exc()
-        _mark_failed(
-            store,
-            run_id,
-            run_dir,
-            f"Training failed unexpectedly ({type(exc).__name__}: {exc}). "
-            f"Details are in {run_dir / 'worker.log'}.",
-        )
-        return None
-    if callbacks.interrupted is not None and result.status == "stopped":  # last.pt saved
+            message = interrupt.message(ctx.interrupted)
+            return {**end, "status": "interrupted", "message": message, "signal": ctx.interrupted}
+        return {**end, "status": "failed", "error": _failure(spec, exc), "message": "Failed"}
+    if ctx.interrupted is not None and status == "stopped":  # last.pt saved
         interrupt.hold()
-        raise interrupted(callbacks.interrupted)
-    _record(
-        store,
-        run_id,
-        run_dir,
-        status=result.status,
-        result=asdict(result),
-        finished=time.time(),
-        message="Finished" if result.status == "finished" else "Stopped",
-        stop_requested=0,
+        message = interrupt.message(ctx.interrupted)
+        return {**end, "status": "interrupted", "message": message, "signal": ctx.interrupted}
+    message = "Finished" if status == "finished" else "Stopped"
+    return {**end, "status": status, "result": result, "message": message}
+
+
+# ---------------------------------------------------------------------------- the store's side
+
+
+def job_spec(store: Store, job: Run, threads: int = 0) -> JobSpec:
+    """What the worker gets for ``job``; a resumed run forgets its cut-off epoch's steps."""
+    if job.kind == "train" and job.resume:
+        done = [m["epoch"] for m in store.metrics(job.id, "epoch")]
+        store.drop_metrics_after(job.id, max(done, default=0))
+    return JobSpec(
+        id=job.id,
+        kind=job.kind,
+        project_id=job.project_id,
+        params=job.config,
+        data_dir=job.data_dir,
+        folder=job.run_dir,
+        resume=job.resume,
+        threads=threads,
     )
-    return result
+
+
+def _update(store: Store, job_id: str, folder: Path, **fields: Any) -> None:
+    """``store.update_run``; on a full disk free the job's temporary files and try once more."""
+    try:
+        store.update_run(job_id, **fields)
+    except DiskFullError:
+        diskspace.remove_temporary(folder)
+        store.update_run(job_id, **fields)
+
+
+def _append_log(folder: Path, text: str) -> None:
+    with (
+        diskspace.guard(folder, len(text) + diskspace.MB),
+        open(folder / "run.log", "a", encoding="utf-8") as log,
+    ):
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> None:
+    """Apply one event of a running job to the store: the store's one writer for jobs."""
+    kind, now = event["t"], time.time()
+    if kind == "status":
+        store.update_run(
+            job_id, message=event["message"], progress=event.get("progress"), heartbeat=now
+        )
+    elif kind == "log":
+        _append_log(folder, event["text"])
+    elif kind == "step":
+        store.add_step(
+            job_id,
+            event["epoch"],
+            event["step"],
+            event["total_steps"],
+            event["loss"],
+            event["accuracy"],
+            event["lr"],
+            event["elapsed_s"],
+        )
+    elif kind == "epoch":
+        store.add_epoch(
+            job_id,
+            event["epoch"],
+            event["step"],
+            event["train_loss"],
+            event["train_accuracy"],
+            event["val_loss"],
+            event["val_accuracy"],
+            event["elapsed_s"],
+        )
+    elif kind == "started":
+        job = store.run(job_id)
+        _update(
+            store,
+            job_id,
+            folder,
+            status="running",
+            pid=event["pid"],
+            heartbeat=now,
+            started=(job.started if job else None) or now,
+            message="Preparing",
+            progress=None,
+            error=None,
+        )
+    elif kind == "end":
+        fields: dict[str, Any] = {
+            "status": event["status"],
+            "finished": now,
+            "message": event.get("message", ""),
+            "stop_requested": 0,
+            "progress": None,
+        }
+        if event["status"] == "interrupted":
+            fields["pid"] = None
+        if "result" in event:
+            fields["result"] = event["result"]
+        if event.get("error"):
+            fields["error"] = event["error"]
+        _update(store, job_id, folder, **fields)
+
+
+class StoreSink:
+    """Events applied to the store at once: for a job run by the store's own process."""
+
+    def __init__(self, store: Store, job: Run) -> None:
+        self.store = store
+        self.job_id = job.id
+        self.folder = Path(job.run_dir)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        record(self.store, self.job_id, self.folder, event)
+
+    def stop_asked(self) -> bool:
+        job = self.store.run(self.job_id)
+        return job is None or job.stop_requested
+
+
+def run_worker(store: Store, run_id: str) -> Any:
+    """Run the job ``run_id`` in this process; its status and result land in the store.
+
+    Returns the TrainResult of a training run that ended (None when it failed). A signal
+    that cut it short is raised again as :class:`~tl_core.runs.interrupt.Interrupted` once
+    the run is marked interrupted.
+    """
+    job = store.run(run_id)
+    if job is None:
+        raise StudioError(f"No run with id {run_id}.")
+    sink = StoreSink(store, job)
+    try:
+        sink.emit({"t": "started", "pid": os.getpid()})
+    except DiskFullError as exc:
+        sink.emit({"t": "end", "status": "failed", "error": str(exc), "message": "Failed"})
+        return None
+    spec = job_spec(store, job)
+    ctx = JobContext(spec, sink)
+    with interrupt.graceful(ctx.interrupt):
+        end = execute(spec, ctx)
+    sink.emit(end)
+    if end.get("signal"):
+        raise interrupt.Interrupted(end["signal"])
+    if end["status"] == "failed" or spec.kind != "train":
+        return end.get("result") if end["status"] != "failed" else None
+    from tl_core.training.engine import TrainResult
+
+    return TrainResult(**end["result"])
+
+
+# ---------------------------------------------------------------------------- the pool worker
+
+
+class _PipeSink:
+    """Events sent to the server over the worker's pipe; stops come back the same way."""
+
+    def __init__(self, job_id: str, send: Any, stops: set[str]) -> None:
+        self.job_id = job_id
+        self._send = send
+        self._stops = stops
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self._send({**event, "id": self.job_id})
+
+    def stop_asked(self) -> bool:
+        return self.job_id in self._stops or "*" in self._stops
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError):
+        return 0.0
+
+
+def warm_up() -> None:
+    """Import what every job needs, so the first job of this worker starts at once."""
+    import torch  # noqa: F401
+
+    from tl_core.training import engine  # noqa: F401
+
+
+def serve() -> int:
+    """A pool worker: JSON lines in on stdin (``job``, ``stop``, ``quit``), events out.
+
+    Standard output carries only the events; anything printed goes to standard error (the
+    worker's log). The worker leaves when its server goes (end of stdin), when it has been
+    idle for ``IDLE_EXIT_S``, or after a job that left it above ``MEMORY_CEILING_MB``.
+    """
+    out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    interrupt.install("worker")
+    lock = threading.Lock()
+
+    def send(event: dict[str, Any]) -> None:
+        with lock:
+            out.write(json.dumps(event) + "\n")
+            out.flush()
+
+    inbox: queue.Queue[JobSpec | None] = queue.Queue()
+    stops: set[str] = set()
+
+    def read() -> None:
+        for line in sys.stdin:
+            msg = json.loads(line)
+            if msg["t"] == "job":
+                inbox.put(JobSpec.from_dict(msg["spec"]))
+            elif msg["t"] == "stop":
+                stops.add(msg["id"])
+            elif msg["t"] == "quit":
+                break
+        stops.add("*")  # the server is gone or asked us to leave: stop what runs
+        inbox.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    warm_up()
+    send({"t": "ready", "pid": os.getpid()})
+    while True:
+        try:
+            spec = inbox.get(timeout=IDLE_EXIT_S)
+        except queue.Empty:
+            send({"t": "bye", "reason": "idle"})
+            return 0
+        if spec is None:
+            return 0
+        sink = _PipeSink(spec.id, send, stops)
+        sink.emit({"t": "started", "pid": os.getpid()})
+        ctx = JobContext(spec, sink)
+        with interrupt.graceful(ctx.interrupt):
+            end = execute(spec, ctx)
+        if "*" in stops and end["status"] == "stopped":  # the server went, not the user
+            end = {**end, "status": "interrupted", "message": interrupt.message(2)}
+        sink.emit(end)
+        if end.get("signal") or "*" in stops:
+            return 0
+        if _rss_mb() > MEMORY_CEILING_MB:
+            send({"t": "bye", "reason": f"memory ({_rss_mb():.0f} MB)"})
+            return 0
+        send({"t": "ready", "pid": os.getpid()})

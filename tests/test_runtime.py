@@ -1,0 +1,168 @@
+"""The job runtime: the fair queue, its estimates, warm workers, Stop and crash isolation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from helpers import make_shapes
+
+from tl_core.config import TrainConfig
+from tl_core.data.dataset import import_folder
+from tl_core.runs import jobs, supervisor
+from tl_core.runs.store import Run, Store, fair_order
+
+FAST = TrainConfig(epochs=1, batch_size=16, head_epochs=1)
+
+
+def _job(project: str, queued_at: float, pid: int | None = None) -> Run:
+    return Run(
+        id=f"{project}-{queued_at}",
+        project_id=project,
+        created=queued_at,
+        status="queued",
+        config={},
+        data_dir="",
+        run_dir="",
+        source="app",
+        pid=pid,
+        heartbeat=None,
+        started=None,
+        finished=None,
+        stop_requested=False,
+        resume=False,
+        message="",
+        error=None,
+        result=None,
+        queued_at=queued_at,
+    )
+
+
+@pytest.mark.parametrize(
+    ("queued", "active", "expected"),
+    [
+        # one student's sweep of three runs does not hold the others up
+        ([("a", 1), ("a", 2), ("a", 3), ("b", 4), ("c", 5)], {}, ["a", "b", "c", "a", "a"]),
+        # a project with a job running goes after those with none
+        ([("a", 1), ("b", 2)], {"a": 1}, ["b", "a"]),
+        # among projects with nothing running: the one waiting longest first
+        ([("b", 2), ("a", 1), ("c", 3)], {}, ["a", "b", "c"]),
+        # two running for a, one for b: b's next job first, then turns again
+        ([("a", 1), ("b", 2), ("b", 3)], {"a": 2, "b": 1}, ["b", "a", "b"]),
+        ([], {"a": 1}, []),
+    ],
+)
+def test_fair_order_is_round_robin_across_projects(queued, active, expected) -> None:
+    order = fair_order([_job(p, t) for p, t in queued], active)
+    assert [j.project_id for j in order] == expected
+    assert sorted(j.queued_at for j in order) == sorted(t for _, t in queued)
+
+
+def test_max_runs_follows_the_machine_and_the_setting(monkeypatch) -> None:
+    monkeypatch.delenv("TL_STUDIO_MAX_RUNS", raising=False)
+    assert jobs.max_parallel_runs() == jobs.machine_slots() >= 1
+    monkeypatch.setattr(jobs, "cpu_count", lambda: 16)
+    monkeypatch.setattr(jobs, "_available_gb", lambda: 64.0)
+    assert jobs.machine_slots() == 4
+    monkeypatch.setattr(jobs, "_available_gb", lambda: 3.0)  # memory holds one
+    assert jobs.machine_slots() == 1
+    monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "3")
+    assert jobs.max_parallel_runs() == 3
+
+
+def _project(tmp_path: Path, name: str = "p") -> tuple[Store, str, Path]:
+    store = Store(tmp_path / "ws")
+    project = store.create_project(name)
+    data = store.new_data_dir(project.id)
+    import_folder(make_shapes(tmp_path / f"src-{name}", per_class=12, size=32), data)
+    store.set_data_dir(project.id, data)
+    return store, project.id, data
+
+
+def test_queue_places_and_estimated_waits_follow_measured_durations(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")
+    store, pid, data = _project(tmp_path)
+    other = store.create_project("other").id
+    done = store.create_run(pid, asdict(FAST), data)
+    store.update_run(done.id, status="finished", started=100.0, finished=130.0)  # took 30 s
+    running = store.create_run(pid, asdict(FAST), data)
+    store.update_run(running.id, status="running", started=time.time() - 10, pid=os.getpid())
+    mine = [store.create_run(pid, asdict(FAST), data) for _ in range(2)]
+    theirs = store.create_run(other, asdict(FAST), data)
+    # the other project's job goes first: it has nothing running
+    assert [store.queue_position(j.id) for j in (theirs, *mine)] == [1, 2, 3]
+    waits = [jobs.estimated_wait(store, j.id) for j in (theirs, *mine)]
+    assert waits[0] == pytest.approx(20, abs=2)  # 30 s median, 10 s already run
+    assert waits[1] == pytest.approx(50, abs=2)
+    assert waits[2] == pytest.approx(80, abs=2)
+    assert jobs.estimated_wait(store, running.id) is None
+
+
+def _wait(store: Store, run_id: str, statuses: tuple[str, ...], timeout: float = 240) -> Run:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = store.run(run_id)
+        if run is not None and run.status in statuses:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"{run_id} is still {store.run(run_id)}")
+
+
+def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")
+    store, pid, data = _project(tmp_path)
+    jobs.serve(store, prewarm=True)
+    sup = supervisor.running_here(store.workspace)
+    assert sup is not None and len(sup.executor.pids()) == 1
+    assert jobs.pump(store) == []  # served here: a page's pump only wakes the supervisor
+
+    first = jobs.submit(store, pid, asdict(FAST), data)
+    second = jobs.submit(store, pid, asdict(FAST), data)
+    assert store.queue_position(second.id) in (1, 2)  # behind the first until it starts
+    a = _wait(store, first.id, ("finished", "failed"))
+    b = _wait(store, second.id, ("finished", "failed"))
+    assert (a.status, b.status) == ("finished", "finished"), (a.error, b.error)
+    assert a.pid is None or a.pid == b.pid  # the same warm process ran both
+    assert len(store.metrics(b.id, "epoch")) == 1
+    assert (Path(b.run_dir) / "run.log").read_text().count("Computing on") == 1
+
+    # Stop: a long run ends 'stopped' within about a second of the request once it trains
+    long = jobs.submit(store, pid, asdict(TrainConfig(epochs=200, batch_size=4)), data)
+    _wait_for_steps(store, long.id)
+    jobs.request_stop(store, long.id)
+    asked = time.monotonic()
+    stopped = _wait(store, long.id, ("stopped", "finished", "failed"), timeout=30)
+    assert stopped.status == "stopped"
+    assert time.monotonic() - asked < 5
+
+    # A worker killed mid-run: the run is interrupted with a message, the server goes on
+    crash = jobs.submit(store, pid, asdict(TrainConfig(epochs=200, batch_size=4)), data)
+    _wait_for_steps(store, crash.id)
+    os.kill(store.run(crash.id).pid, signal.SIGKILL)
+    lost = _wait(store, crash.id, ("interrupted", "failed"), timeout=30)
+    assert lost.status == "interrupted"
+    assert "killed" in lost.message
+    after = jobs.submit(store, pid, asdict(FAST), data)
+    assert _wait(store, after.id, ("finished", "failed")).status == "finished"
+
+
+def _wait_for_steps(store: Store, run_id: str) -> None:
+    deadline = time.monotonic() + 240
+    while not store.metrics(run_id, "step"):
+        assert time.monotonic() < deadline, store.run(run_id)
+        time.sleep(0.1)
+
+
+def test_another_process_leaves_the_queue_to_the_server(tmp_path, monkeypatch) -> None:
+    store, pid, data = _project(tmp_path)
+    (store.workspace / supervisor.RUNTIME_FILE).write_text(f'{{"pid": {os.getppid()}}}')
+    run = jobs.submit(store, pid, asdict(FAST), data)
+    assert store.run(run.id).status == "queued"  # not started by this process
+    (store.workspace / supervisor.RUNTIME_FILE).write_text('{"pid": 999999999}')
+    assert jobs.pump(store) == [run.id]  # a server that is gone: start it here
