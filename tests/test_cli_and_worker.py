@@ -179,7 +179,10 @@ def test_train_command_explains_bad_input(tmp_path):
     assert proc.returncode == 2 and "Choose one of" in proc.stderr
 
 
-def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(shapes_dir, tmp_path):
+def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(
+    shapes_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")
     store = Store(tmp_path / "ws")
     project = store.create_project()
     data_dir = store.new_data_dir(project.id)
