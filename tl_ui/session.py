@@ -27,19 +27,17 @@ class StudioSession:
     project_id: str | None = None
 
 
-@st.cache_resource(show_spinner="Starting the studio (loading PyTorch, once)…")
+@st.cache_resource(show_spinner="Starting the studio…")
 def get_store() -> Store:
-    """One store per server process; at start, runs whose worker is gone become interrupted.
+    """One store per server process; at start, runs whose worker is gone become interrupted,
+    and this process starts serving the job queue (warm workers, see tl_core.runs.jobs.serve).
 
-    torch and timm are imported here, once and in one thread: importing them from two
-    threads at the same time can fail halfway, and later pages then open at once.
     Raises StoreDamagedError (not cached) when studio.db cannot be used.
     """
-    import tl_core.models.freezing  # noqa: F401
-
     store = Store()
     store.check()
     jobs.recover(store)
+    jobs.serve(store)
     return store
 
 

@@ -211,6 +211,11 @@ class LocalExecutor:
             if now - worker.idle_since > idle_s:
                 worker.send({"t": "quit"})
 
+    def ready_count(self) -> int:
+        """Workers started and waiting for a job."""
+        with self._lock:
+            return sum(1 for w in self._workers if w.job is None and w.ready.is_set())
+
     def pids(self) -> list[int]:
         with self._lock:
             return [w.proc.pid for w in self._workers if w.proc.poll() is None]
