@@ -760,6 +760,74 @@ def _read_everything(store: Store) -> None:
 _EPOCH_COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "elapsed")
 
 
+def _insert_projects(
+    db: sqlite3.Connection, projects: dict[str, dict[str, Any]], records: list[tuple[Path, dict]]
+) -> list[str]:
+    """Add the projects the index lacks (also those only a run's record names)."""
+    for _, record in records:
+        pid = record["project_id"]
+        projects.setdefault(
+            pid,
+            {
+                "id": pid,
+                "name": "Recovered project",
+                "created": float(record["created"]),
+                "data_dir": record["data_dir"],
+                "settings": json.dumps(record["config"]),
+            },
+        )
+    added = []
+    for row in projects.values():
+        cur = db.execute(
+            "INSERT OR IGNORE INTO projects (id, name, created, data_dir, settings) "
+            "VALUES (:id, :name, :created, :data_dir, :settings)",
+            row,
+        )
+        if cur.rowcount:
+            added.append(row["id"])
+    return added
+
+
+def _insert_run(db: sqlite3.Connection, folder: Path, record: dict[str, Any]) -> bool:
+    """Add one run from its run.json (with its epoch metrics); False when it was there."""
+    status = record["status"]
+    message = str(record.get("message") or "")
+    if status in UNFINISHED:
+        status, message = "interrupted", "Interrupted: found unfinished when the index was rebuilt"
+    result = record.get("result")
+    cur = db.execute(
+        "INSERT OR IGNORE INTO runs (id, project_id, created, queued_at, status, config,"
+        " data_dir, run_dir, source, started, finished, message, error, result)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record["id"],
+            record["project_id"],
+            float(record["created"]),
+            record.get("queued_at") or float(record["created"]),
+            status,
+            json.dumps(record["config"]),
+            record["data_dir"],
+            str(folder),
+            str(record.get("source") or "app"),
+            record.get("started"),
+            record.get("finished"),
+            message,
+            record.get("error"),
+            json.dumps(result) if isinstance(result, dict) else None,
+        ),
+    )
+    if not cur.rowcount:
+        return False
+    for m in record.get("epochs") or []:
+        if isinstance(m, dict):
+            db.execute(
+                "INSERT INTO metrics (run_id, kind, epoch, step, loss, accuracy, val_loss,"
+                " val_accuracy, elapsed) VALUES (?, 'epoch', ?, ?, ?, ?, ?, ?, ?)",
+                (record["id"], *(m.get(c) for c in _EPOCH_COLUMNS)),
+            )
+    return True
+
+
 def repair(workspace: Path | None = None) -> RepairReport:
     """Move a damaged studio.db aside, then add every project and run folder to the index.
 
@@ -777,8 +845,6 @@ def repair(workspace: Path | None = None) -> RepairReport:
         store = Store(store.workspace)
         store.check()
     projects = _project_rows(store.workspace)
-    added_projects: list[str] = []
-    added_runs: list[str] = []
     skipped: list[str] = []
     records = []
     for folder in _run_folders(store.workspace):
@@ -788,66 +854,8 @@ def repair(workspace: Path | None = None) -> RepairReport:
         else:
             records.append((folder, record))
     with store.transaction() as db:
-        for _, record in records:
-            pid = record["project_id"]
-            projects.setdefault(
-                pid,
-                {
-                    "id": pid,
-                    "name": "Recovered project",
-                    "created": float(record["created"]),
-                    "data_dir": record["data_dir"],
-                    "settings": json.dumps(record["config"]),
-                },
-            )
-        for row in projects.values():
-            cur = db.execute(
-                "INSERT OR IGNORE INTO projects (id, name, created, data_dir, settings) "
-                "VALUES (:id, :name, :created, :data_dir, :settings)",
-                row,
-            )
-            if cur.rowcount:
-                added_projects.append(row["id"])
-        for folder, record in records:
-            status = record["status"]
-            message = str(record.get("message") or "")
-            if status in UNFINISHED:
-                status, message = (
-                    "interrupted",
-                    "Interrupted: found unfinished when the index was rebuilt",
-                )
-            result = record.get("result")
-            cur = db.execute(
-                "INSERT OR IGNORE INTO runs (id, project_id, created, queued_at, status, config,"
-                " data_dir, run_dir, source, started, finished, message, error, result)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record["id"],
-                    record["project_id"],
-                    float(record["created"]),
-                    record.get("queued_at") or float(record["created"]),
-                    status,
-                    json.dumps(record["config"]),
-                    record["data_dir"],
-                    str(folder),
-                    str(record.get("source") or "app"),
-                    record.get("started"),
-                    record.get("finished"),
-                    message,
-                    record.get("error"),
-                    json.dumps(result) if isinstance(result, dict) else None,
-                ),
-            )
-            if not cur.rowcount:
-                continue
-            added_runs.append(record["id"])
-            for m in record.get("epochs") or []:
-                if isinstance(m, dict):
-                    db.execute(
-                        "INSERT INTO metrics (run_id, kind, epoch, step, loss, accuracy, val_loss,"
-                        " val_accuracy, elapsed) VALUES (?, 'epoch', ?, ?, ?, ?, ?, ?, ?)",
-                        (record["id"], *(m.get(c) for c in _EPOCH_COLUMNS)),
-                    )
+        added_projects = _insert_projects(db, projects, records)
+        added_runs = [r["id"] for folder, r in records if _insert_run(db, folder, r)]
     for pid in added_projects:
         store._write_project_record(pid)
     for rid in added_runs:
