@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import app_test
+from jobrunner import inline_spawn
 from streamlit.testing.v1 import AppTest
 
 from tl_core.data.dataset import import_folder
@@ -25,6 +26,12 @@ def demo_import(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("demo") / "data-1"
     import_folder(DEMO, dest)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _inline_jobs(monkeypatch) -> list[str]:
+    """No worker processes: jobs that are not training runs run at once, in the test."""
+    return inline_spawn(monkeypatch)
 
 
 def _project_with_data(workspace: Path, data_dir: Path, **settings) -> str:
@@ -112,8 +119,7 @@ def test_pages_guard_against_missing_data(workspace) -> None:
 
 
 def test_train_page_shows_the_freeze_plan_and_queues_a_run(workspace, demo_import, monkeypatch):
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
     at = _app("pages/train.py", project_id)
     assert not at.exception
@@ -191,8 +197,7 @@ def test_evaluate_page_raises_the_overfitting_alarm(workspace, trained) -> None:
 def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
     workspace, trained, monkeypatch
 ) -> None:
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     project_id, run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
     for epoch, acc in enumerate([0.78, 0.8], 1):
@@ -218,8 +223,7 @@ def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
 def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
     workspace, trained, monkeypatch
 ):
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     data_dir = trained[0]
     project_id, _ = _project_with_run(workspace, trained)
     at = _app("pages/evaluate.py", project_id)
@@ -254,8 +258,7 @@ def test_try_page_uses_the_calibrated_threshold(workspace, trained) -> None:
 
 
 def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -> None:
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
     store = Store(workspace)
     run = store.create_run(
@@ -275,8 +278,7 @@ def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -
 def test_train_page_suggests_a_depth_and_runs_a_quick_sweep(workspace, demo_import, monkeypatch):
     from tl_core.analysis.advice import SWEEP_EPOCHS
 
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
     at = _app("pages/train.py", project_id)
     assert not at.exception
