@@ -64,7 +64,7 @@ def finish_jobs(workspace: Path, kinds: tuple[str, ...] | None = None) -> list[R
     return done
 
 
-def inline_spawn(monkeypatch) -> list[str]:  # noqa: ANN001 - pytest's MonkeyPatch
+def inline_spawn(monkeypatch) -> list[str]:
     """Workers replaced: a claimed training run is only recorded (its id in the list
     returned); any other job runs to its end right away, in this process."""
     from tl_core.runs import jobs

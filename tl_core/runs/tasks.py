@@ -9,6 +9,7 @@ The pages rebuild the results into the analysis dataclasses (their fields are th
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,18 @@ class _Stopped(Exception):
 
 
 STOPPED: dict[str, Any] = {"stopped": True}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it comes back from the store's JSON column (tuples as lists, numpy
+    numbers as Python ones), so the worker returns exactly what the page later reads."""
+
+    def default(obj: Any) -> Any:
+        if hasattr(obj, "tolist"):  # numpy scalars and arrays
+            return obj.tolist()
+        raise TypeError(f"{type(obj).__name__} is not JSON")
+
+    return json.loads(json.dumps(value, default=default))
 
 
 def _split(spec: JobSpec):
@@ -74,15 +87,17 @@ def features(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         return STOPPED
     ctx.progress(1, 1, "Scoring the head start")
     gauge = transfer.domain_gauge(feats) if feats.entropy is not None else None
-    return {
-        "model": feats.model_key,
-        "n_train": feats.n_train,
-        "head_start": asdict(transfer.head_start(feats)),
-        "gauge": asdict(gauge) if gauge is not None else None,
-        "curve": asdict(transfer.learning_curve(feats)),
-        "probe_accuracy": transfer.probe_accuracy(feats)[0],
-        "seconds": feats.seconds,
-    }
+    return _plain(
+        {
+            "model": feats.model_key,
+            "n_train": feats.n_train,
+            "head_start": asdict(transfer.head_start(feats)),
+            "gauge": asdict(gauge) if gauge is not None else None,
+            "curve": asdict(transfer.learning_curve(feats)),
+            "probe_accuracy": transfer.probe_accuracy(feats)[0],
+            "seconds": feats.seconds,
+        }
+    )
 
 
 def recommend(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
@@ -104,7 +119,7 @@ def recommend(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         ranking = transfer.recommend(manifest, split, keys=keys, progress=progress)
     except _Stopped:
         return STOPPED
-    return {"ranking": [asdict(r) for r in ranking]}
+    return _plain({"ranking": [asdict(r) for r in ranking]})
 
 
 def verify(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
@@ -113,7 +128,7 @@ def verify(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
 
     ctx.progress(0, 1, "Checking the saved model against its predictions")
     verdict = verify_run(Path(spec.params["run_dir"]), Path(spec.data_dir))
-    return asdict(verdict)
+    return _plain(asdict(verdict))
 
 
 def export(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
@@ -138,7 +153,7 @@ def export(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         Path(spec.data_dir) if Path(spec.data_dir).is_dir() else None,
         progress=progress,
     )
-    return {**report.summary(), "bundle": str(out), "name": name}
+    return _plain({**report.summary(), "bundle": str(out), "name": name})
 
 
 def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
