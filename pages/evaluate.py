@@ -78,9 +78,9 @@ def _frozen_accuracy(project: Project, run: Run) -> float | None:
     """A linear classifier on the run's model's frozen features, on the run's split: the
     features job's probe accuracy (shared with the model page); None until it has finished."""
     cfg = run.spec.config
-    job = service.submit_features(get_store(), project, cfg.model, cfg.val_fraction, cfg.seed)
-    if job is not None and Path(job.data_dir).resolve() != Path(run.data_dir).resolve():
-        job = None  # the project has new images since: not this run's
+    job = service.submit_features(
+        get_store(), project, cfg.model, cfg.val_fraction, cfg.seed, data_dir=run.data_dir
+    )
     done = watch(job, "Scoring the frozen pretrained features")
     return float((done.result or {})["probe_accuracy"]) if done is not None else None
 

@@ -193,10 +193,17 @@ def features_key(data_dir: str, model: str, val_fraction: float, seed: int) -> s
 
 
 def submit_features(
-    store: Store, project: Project, model: str, val_fraction: float, seed: int, submit: bool = True
+    store: Store,
+    project: Project,
+    model: str,
+    val_fraction: float,
+    seed: int,
+    submit: bool = True,
+    data_dir: str | None = None,
 ) -> Run | None:
-    """The frozen-features job (head start, gauge, curve, probe) of ``model`` on the images."""
-    data_dir = project.data_dir or ""
+    """The frozen-features job (head start, gauge, curve, probe) of ``model`` on the images
+    (the project's current ones, or ``data_dir``: a run's own data version)."""
+    data_dir = data_dir or project.data_dir or ""
     params = {"model": model, "val_fraction": float(val_fraction), "seed": int(seed)}
     key = features_key(data_dir, model, val_fraction, seed)
     return job_for(store, project.id, "features", params, data_dir, key, submit)
