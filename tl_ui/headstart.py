@@ -1,7 +1,8 @@
 """What the pretrained model already knows about the user's images, and which model to use.
 
-Both come from frozen features (tl_core.analysis.transfer), cached on disk beside the data set, so
-they take seconds the first time and nothing afterwards.
+Both come from frozen features, computed by queue jobs in a worker (``features`` and
+``recommend``, tl_core.runs.tasks); the features are cached beside the data set and a finished
+job is found again by its key, so a second visit is instant. The page only draws the results.
 """
 
 from __future__ import annotations

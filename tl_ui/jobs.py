@@ -80,6 +80,8 @@ def watch(job: Run | None, what: str) -> Run | None:
     waiting or working) and None."""
     if job is None:
         return None
+    if not job.active:  # this full run already shows the end: no second refresh
+        st.session_state.pop(f"_watching_{job.id}", None)
     if job.status == "finished" and job.result is not None and not job.result.get("stopped"):
         return job
     if job.active:

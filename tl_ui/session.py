@@ -182,6 +182,8 @@ def sidebar(project: Project | None) -> None:
         if run is None:
             st.markdown(f"{TODO} Training: not started")
         else:
+            if not run.active:  # this full run already shows the end: no second refresh
+                st.session_state["_sidebar_polling"] = None
             st.fragment(_training_line, run_every=POLL_S if run.active else None)(run.id)
         st.caption("Bookmark this page's address to come back to this project.")
         st.code(f"?project={project.id}", language=None)
