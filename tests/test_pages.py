@@ -508,21 +508,27 @@ def test_evaluate_page_shows_a_failed_model_check(workspace, trained, monkeypatc
 
 
 def test_export_page_builds_the_bundle_as_a_job_and_a_second_visit_finds_it(
-    workspace, trained
+    workspace, trained, monkeypatch
 ) -> None:
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # the worker: run_job below
     project_id, _run_id = _project_with_run(workspace, trained)
+    store = Store(workspace)
     at = _app("pages/export.py", project_id)
     assert not at.exception
-    assert not Store(workspace).jobs(project_id, kind="export")  # nothing until asked
+    assert not store.jobs(project_id, kind="export")  # nothing until asked
     at.button(key="build_bundle").click().run()
     assert not at.exception
-    (job,) = Store(workspace).jobs(project_id, kind="export")
+    (job,) = store.jobs(project_id, kind="export")
+    assert at.button(key=f"stop_job_{job.id}")  # building: progress and Stop
+    job = run_job(store, store.run(job.id))
     assert job.status == "finished" and Path(job.result["bundle"]).is_file()
     assert Path(job.result["bundle"]).parent == Path(job.run_dir)
-    assert "Parity check passed" in _texts(at)
     again = _app("pages/export.py", project_id)  # another visit: the same bundle, at once
+    assert not again.exception
+    assert "Parity check passed" in _texts(again)
     assert any(b.label.startswith("Download") for b in again.get("download_button"))
     assert again.button(key="build_bundle").label == "Build it again"
+    assert [j.id for j in store.jobs(project_id, kind="export")] == [job.id]
 
 
 @pytest.mark.parametrize("count", [2, 5])
