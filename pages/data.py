@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import streamlit as st
 
+from tl_core import service
 from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError
-from tl_core.models import catalog
 from tl_ui.charts import class_counts_figure
 from tl_ui.neardup import near_duplicates_panel
 from tl_ui.session import active_project, get_store, open_project, project_manifest
@@ -23,33 +22,19 @@ THUMB_CLASSES = 24  # classes shown with thumbnails; the rest are in the tables
 
 def _import(kind: str, source: object) -> None:
     """Import into a fresh folder of the (possibly new) project; on error nothing changes."""
-    store = get_store()
-    project = active_project()
-    try:
-        if project is None:
-            project = store.create_project()
-            store.update_settings(project.id, model=catalog.DEFAULT_MODEL)
-        dest = store.new_data_dir(project.id)
-    except DiskFullError as exc:
-        st.error(str(exc))
-        return
     bar = st.progress(0.0, text="Checking and preparing your images…")
 
     def progress(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"Checking and preparing images: {done}/{total}")
 
+    if kind == "files":
+        source = [(f.name, f.getvalue()) for f in source]  # type: ignore[attr-defined]
     try:
-        if kind == "demo":
-            manifest = tl_data.import_folder(DEMO_DIR, dest, progress)
-        elif kind == "zip":
-            manifest = tl_data.import_zip(source, dest, progress)  # type: ignore[arg-type]
-        else:
-            files = [(f.name, f.getvalue()) for f in source]  # type: ignore[attr-defined]
-            manifest = tl_data.import_files(files, dest, progress)
-        store.set_data_dir(project.id, manifest.root)
+        project = service.import_data(
+            get_store(), active_project(), kind, source, progress, demo_dir=DEMO_DIR
+        )
     except (DataError, DiskFullError) as exc:
         bar.empty()
-        shutil.rmtree(dest, ignore_errors=True)
         st.error(literal(exc))
         return
     bar.empty()

@@ -8,14 +8,13 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from tl_core.analysis import alarms, comparison, transfer
-from tl_core.analysis.evaluation import RunEvaluation, Verdict, evaluate_run, verify_run
+from tl_core import service
+from tl_core.analysis import alarms, comparison
+from tl_core.analysis.evaluation import RunEvaluation, Verdict, evaluate_run
 from tl_core.data import review
-from tl_core.data.dataset import split_dataset
-from tl_core.errors import StudioError
+from tl_core.errors import RunError, StudioError
 from tl_core.models import catalog
 from tl_core.runs.store import Project, Run
-from tl_core.training.engine import TrainConfig, scratch_config
 from tl_ui.alarms import show_alarm
 from tl_ui.charts import (
     TRAIN_COLOR,
@@ -25,9 +24,10 @@ from tl_ui.charts import (
     curves_figure,
     reliability_figure,
 )
+from tl_ui.jobs import watch
 from tl_ui.models import model_info
-from tl_ui.runs import pick_run, submit_training, trained_model
-from tl_ui.session import get_store, load_manifest
+from tl_ui.runs import pick_run, trained_model
+from tl_ui.session import get_store
 from tl_ui.text import literal, plot_literal
 
 PER_PAGE = 12
@@ -38,17 +38,11 @@ def _evaluation(run_dir: str, mtime: float) -> RunEvaluation | None:
     return evaluate_run(Path(run_dir))
 
 
-@st.cache_data(max_entries=16, show_spinner="Checking the saved model against its predictions…")
-def _verdict(run_dir: str, data_dir: str, stamp: tuple[float, int, float]) -> Verdict:
-    """Load best.pt and re-score the validation images: once per run and version of its files."""
-    return verify_run(Path(run_dir), Path(data_dir))
-
-
-def _files_stamp(run_dir: Path) -> tuple[float, int, float]:
-    """best.pt's mtime and size and predictions.json's mtime: the verdict's cache key."""
-    best, preds = run_dir / "best.pt", run_dir / "predictions.json"
-    size = best.stat().st_size if best.is_file() else -1
-    return (best.stat().st_mtime if best.is_file() else 0.0, size, preds.stat().st_mtime)
+def _verdict(run: Run) -> Verdict | None:
+    """The saved model's check, a job of the queue keyed by the run's file stamps (once per
+    run and version of its files); None while it waits or works (its panel shows)."""
+    done = watch(service.submit_verify(get_store(), run), "Checking the saved model")
+    return Verdict(**done.result) if done is not None and done.result else None
 
 
 def _show_verdict(run: Run) -> bool:
@@ -57,7 +51,9 @@ def _show_verdict(run: Run) -> bool:
     As on the command line, scores are shown only for a model that loads and reproduces
     the recorded predictions on the validation images.
     """
-    verdict = _verdict(run.run_dir, run.data_dir, _files_stamp(Path(run.run_dir)))
+    verdict = _verdict(run)
+    if verdict is None:
+        return False
     if verdict.status in ("unusable", "differs"):
         st.error(verdict.sentence, icon=":material/error:")
         return False
@@ -78,46 +74,27 @@ def _heat(run_dir: str, image: str, target: int) -> Image.Image:
     return overlay(heatmap(trained_model(run_dir), Path(image), target_class=target))
 
 
-@st.cache_data(max_entries=16, show_spinner="Scoring the frozen pretrained features…")
-def _frozen_accuracy(data_dir: str, model: str, val_fraction: float, seed: int) -> float:
-    """A linear classifier on the run's model's frozen features, on the run's split."""
-    manifest = load_manifest(data_dir)
-    feats = transfer.frozen_features(manifest, split_dataset(manifest, val_fraction, seed), model)
-    return transfer.probe_accuracy(feats)[0]
-
-
-def _baseline_run(project: Project, run: Run) -> Run | None:
-    """The newest from-scratch run started as this run's baseline, if any."""
-    return next(
-        (
-            r
-            for r in reversed(get_store().runs(project.id))
-            if r.config.get("baseline_of") == run.id
-        ),
-        None,
+def _frozen_accuracy(project: Project, run: Run) -> float | None:
+    """A linear classifier on the run's model's frozen features, on the run's split: the
+    features job's probe accuracy (shared with the model page); None until it has finished."""
+    cfg = run.spec.config
+    job = service.submit_features(
+        get_store(), project, cfg.model, cfg.val_fraction, cfg.seed, data_dir=run.data_dir
     )
+    done = watch(job, "Scoring the frozen pretrained features")
+    return float((done.result or {})["probe_accuracy"]) if done is not None else None
 
 
 def _baselines(project: Project, run: Run) -> tuple[float | None, float | None]:
     """(from scratch, frozen features) accuracies to hold this run against, where they exist."""
-    cfg = run.config
-    if not cfg.get("pretrained", True):
+    cfg = run.spec.config
+    if not cfg.pretrained:
         return None, None
-    baseline = _baseline_run(project, run)
-    scratch = (
-        (baseline.result or {}).get("val_accuracy")
-        if baseline is not None and baseline.status == "finished"
-        else None
-    )
+    scratch = service.scratch_accuracy(get_store(), project.id, run)
     frozen = None
-    spec = catalog.get_spec(cfg["model"])
-    if int(cfg.get("trainable_groups", 0)) > 0 and catalog.weights_status(spec) != "needs download":
-        frozen = _frozen_accuracy(
-            run.data_dir,
-            spec.key,
-            float(cfg.get("val_fraction", 0.2)),
-            int(cfg.get("seed", 0)),
-        )
+    spec = catalog.get_spec(cfg.model)
+    if cfg.trainable_groups > 0 and catalog.weights_status(spec) != "needs download":
+        frozen = _frozen_accuracy(project, run)
     return scratch, frozen
 
 
@@ -296,12 +273,10 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
                     ),
                 )
         if st.form_submit_button("Save review", icon=":material/save:"):
-            for (file, true), (label, leave_out, suspect) in widgets.items():
-                corrections.relabel.pop(file, None)
-                if label not in ("(keep)", true):
-                    corrections.relabel[file] = label
-                (corrections.exclude.add if leave_out else corrections.exclude.discard)(file)
-                (corrections.suspect.add if suspect else corrections.suspect.discard)(file)
+            service.merge_review(
+                corrections,
+                [service.ReviewEdit(f, true, *choice) for (f, true), choice in widgets.items()],
+            )
             review.save(data_dir, corrections)
             st.toast("Review saved")
     if explain:
@@ -313,21 +288,21 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
     if corrections and st.button(
         "Retrain with these changes", type="primary", icon=":material/replay:"
     ):
-        active = [r for r in get_store().runs(project.id) if r.active]
-        if active:
-            st.warning("A run is already training; wait for it to finish.")
+        try:
+            service.retrain(get_store(), project, run)
+        except RunError as exc:
+            st.warning(literal(exc))
         else:
-            submit_training(project, TrainConfig.from_dict(run.config))
             st.switch_page("pages/train.py")
 
 
 def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
     """The same run from random weights, on one chart with this one, and the three gains."""
-    if not run.config.get("pretrained", True):
+    if not run.spec.config.pretrained:
         st.info("This run learned from random weights: the baseline for transfer learning.")
         return
     store = get_store()
-    baseline = _baseline_run(project, run)
+    baseline = service.baseline_run(store, project.id, run)
     st.markdown("**How much is the pretrained start worth here?**")
     if baseline is None:
         st.caption(
@@ -335,12 +310,12 @@ def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
             "layer learning, and compare the curves. It runs in the background queue."
         )
         if st.button("Train the same from scratch", icon=":material/compare_arrows:"):
-            if any(r.active for r in store.runs(project.id)):
-                st.warning("A run is already training; wait for it to finish.")
+            n_backbone = model_info(run.spec.config.model, len(ev.classes)).n_backbone
+            try:
+                service.train_scratch_baseline(store, project, run, n_backbone)
+            except RunError as exc:
+                st.warning(literal(exc))
                 return
-            n_backbone = model_info(run.config["model"], len(ev.classes)).n_backbone
-            config = scratch_config(TrainConfig.from_dict(run.config), n_backbone)
-            submit_training(project, config, baseline_of=run.id)
             st.switch_page("pages/train.py")
         return
     scratch = store.metrics(baseline.id, "epoch")
@@ -468,7 +443,7 @@ def page() -> None:
             curves_figure(
                 store.metrics(run.id, "step"),
                 store.metrics(run.id, "epoch"),
-                int(run.config.get("epochs", 1)),
+                run.spec.config.epochs,
             ),
             key="final_curves",
         )

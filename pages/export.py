@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from tl_core.errors import StudioError
-from tl_core.runs.store import Project, Run
+from tl_core import service
+from tl_ui.jobs import watch
 from tl_ui.runs import pick_run
-from tl_ui.text import literal
+from tl_ui.session import get_store
 
 BUNDLE_PARTS = """
 - `model/`: the weights as **safetensors** with timm's `config.json` (class names, input size,
@@ -25,12 +24,8 @@ BUNDLE_PARTS = """
 """
 
 
-def _bundle_path(project: Project, run: Run) -> Path:
-    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in (project.name or "model"))
-    return Path(run.run_dir) / "export" / f"{name.strip('-') or 'model'}-{run.config['model']}.zip"
-
-
 def _show_report(summary: dict, bundle: Path) -> None:
+    """The parity table and the download of a finished export job's bundle."""
     ok = summary["parity_ok"]
     rows = []
     for name, f in summary["formats"].items():
@@ -72,30 +67,25 @@ def page() -> None:
         return
     project, run = picked
     st.markdown("One zip with everything needed to use the model outside this app:" + BUNDLE_PARTS)
-    bundle = _bundle_path(project, run)
-    report_file = bundle.with_suffix(".json")
+    store = get_store()
+    job = service.submit_export(store, project, run, submit=False)
+    built = job is not None and job.status == "finished"
     if st.button(
-        "Build the bundle" if not bundle.exists() else "Build it again",
-        type="secondary" if bundle.exists() else "primary",
+        "Build it again" if built else "Build the bundle",
+        type="secondary" if built else "primary",
         icon=":material/package_2:",
         key="build_bundle",
+        disabled=job is not None and job.active,
     ):
-        from tl_core.export.bundle import export_run
-
-        bundle.parent.mkdir(parents=True, exist_ok=True)
-        with st.status("Building the bundle…", expanded=True) as status:
-            try:
-                report = export_run(
-                    Path(run.run_dir), bundle, Path(run.data_dir), progress=status.write
-                )
-            except StudioError as exc:
-                status.update(label="The bundle could not be built", state="error")
-                st.error(literal(exc))
-                return
-            report_file.write_text(json.dumps(report.summary()))
-            status.update(label="Bundle ready", state="complete", expanded=False)
-    if bundle.exists() and report_file.exists():
-        _show_report(json.loads(report_file.read_text()), bundle)
+        job = service.rebuild_export(store, project, run)
+    done = watch(job, "Building the bundle")
+    if done is None or not done.result:
+        return
+    bundle = Path(done.result["bundle"])
+    if not bundle.is_file():
+        st.warning("The bundle file is gone from the disk; build it again.")
+        return
+    _show_report(done.result, bundle)
 
 
 page()

@@ -5,28 +5,41 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from tl_core import service
 from tl_core.analysis.evaluation import Calibration, load_calibration
 from tl_core.data.dataset import IMAGE_SUFFIXES
 from tl_core.errors import StudioError
+from tl_core.runs.store import Run
 from tl_ui.charts import top_classes_figure
+from tl_ui.jobs import watch
 from tl_ui.runs import pick_run, trained_model
+from tl_ui.session import get_store
 from tl_ui.text import literal, plot_literal
 
 
-def _predict(run_dir: str, named: list[tuple[str, bytes]], temperature: float):
-    """(name, probabilities or None, error or None) for each picture."""
-    model = trained_model(run_dir)
-    out = []
-    for name, data in named:
-        try:
-            out.append((name, model.predict([data], temperature=temperature)[0], None))
-        except StudioError as exc:
-            out.append((name, None, str(exc)))
-    return out
+def _predict_one(run_dir: str, name: str, data: bytes, temperature: float):
+    """(name, probabilities or None, error or None) of one picture, in this process (fast)."""
+    try:
+        return name, trained_model(run_dir).predict([data], temperature=temperature)[0], None
+    except StudioError as exc:
+        return name, None, str(exc)
+
+
+def _predict_many(run: Run, named: list[tuple[str, bytes]], temperature: float):
+    """The same for many pictures, as a job of the queue; None while it waits or works."""
+    job = service.submit_predict(get_store(), run, named, temperature)
+    done = watch(job, f"Looking at {len(named)} pictures")
+    if done is None:
+        return None
+    return [
+        (r["name"], np.asarray(r["probs"]) if r["probs"] is not None else None, r["error"])
+        for r in (done.result or {}).get("rows", [])
+    ]
 
 
 def _probabilities_note(calibration: Calibration) -> str:
@@ -83,9 +96,15 @@ def page() -> None:
     st.caption(_probabilities_note(calibration))
     if not named:
         return
-    with st.spinner(f"Looking at {len(named)} picture(s)…"):
-        results = _predict(run.run_dir, named, calibration.temperature)
     classes = trained_model(run.run_dir).classes
+    if len(named) == 1:
+        with st.spinner("Looking at your picture…"):
+            results = [_predict_one(run.run_dir, *named[0], calibration.temperature)]
+    else:
+        found = _predict_many(run, named, calibration.temperature)
+        if found is None:
+            return
+        results = found
     if len(results) == 1:
         name, probs, error = results[0]
         if error:

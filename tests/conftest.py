@@ -12,8 +12,10 @@ DEMO_DIR = ROOT / "assets" / "demo" / "fashion_mnist"
 
 @pytest.fixture(autouse=True)
 def _no_queue_left_behind(monkeypatch):
-    """Pages serve the job queue from the test process: no worker is started ahead of a
-    job, and every supervisor a test started is stopped after it."""
+    """Pages opened by AppTest leave the queue to the test (tests/jobrunner.py runs jobs in
+    the test process); a test that serves it starts no worker ahead of a job, and every
+    supervisor a test started is stopped after it."""
+    monkeypatch.setenv("TL_STUDIO_SERVE", "0")
     monkeypatch.setenv("TL_STUDIO_PREWARM", "0")
     yield
     from tl_core.runs import supervisor

@@ -57,6 +57,8 @@ def app_url(tmp_path_factory, workspace: Path) -> Iterator[str]:
         **os.environ,
         "TL_STUDIO_HOME": str(workspace),
         "HF_HUB_OFFLINE": "1",
+        "TL_STUDIO_SERVE": "1",  # the server serves the queue with warm workers, as for users
+        "TL_STUDIO_PREWARM": "1",
     }
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import app_test
+from jobrunner import inline_spawn, run_job
 from streamlit.testing.v1 import AppTest
 
 from tl_core.data.dataset import import_folder
@@ -25,6 +26,12 @@ def demo_import(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("demo") / "data-1"
     import_folder(DEMO, dest)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _inline_jobs(monkeypatch) -> list[str]:
+    """No worker processes: jobs that are not training runs run at once, in the test."""
+    return inline_spawn(monkeypatch)
 
 
 def _project_with_data(workspace: Path, data_dir: Path, **settings) -> str:
@@ -112,8 +119,7 @@ def test_pages_guard_against_missing_data(workspace) -> None:
 
 
 def test_train_page_shows_the_freeze_plan_and_queues_a_run(workspace, demo_import, monkeypatch):
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
     at = _app("pages/train.py", project_id)
     assert not at.exception
@@ -191,8 +197,7 @@ def test_evaluate_page_raises_the_overfitting_alarm(workspace, trained) -> None:
 def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
     workspace, trained, monkeypatch
 ) -> None:
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     project_id, run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
     for epoch, acc in enumerate([0.78, 0.8], 1):
@@ -218,8 +223,7 @@ def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
 def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
     workspace, trained, monkeypatch
 ):
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     data_dir = trained[0]
     project_id, _ = _project_with_run(workspace, trained)
     at = _app("pages/evaluate.py", project_id)
@@ -254,8 +258,7 @@ def test_try_page_uses_the_calibrated_threshold(workspace, trained) -> None:
 
 
 def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -> None:
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
     store = Store(workspace)
     run = store.create_run(
@@ -275,8 +278,7 @@ def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -
 def test_train_page_suggests_a_depth_and_runs_a_quick_sweep(workspace, demo_import, monkeypatch):
     from tl_core.analysis.advice import SWEEP_EPOCHS
 
-    spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
     at = _app("pages/train.py", project_id)
     assert not at.exception
@@ -367,3 +369,227 @@ def test_train_page_advises_from_the_data_size_alone_before_a_download(workspace
     assert not at.exception
     advice = next(m.value for m in at.markdown if "Suggested:" in m.value)
     assert "(50 per class)" in advice and "sorted right" not in advice
+
+
+# ---------------------------------------------------------------------------- jobs of the queue
+
+
+def test_importing_the_service_does_not_load_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, tl_core.service; print('torch' in sys.modules, 'streamlit' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.split() == ["False", "False"]
+
+
+def _occupy_the_slot(store: Store, project_id: str, data_dir: Path, **config) -> str:
+    """A training run that holds the only slot (its worker: this live process)."""
+    import os
+    import time
+
+    run = store.create_run(
+        project_id, {"model": "efficientnet_lite0", **config}, data_dir, status="running"
+    )
+    store.update_run(run.id, pid=os.getpid(), heartbeat=time.time(), message="Training")
+    return run.id
+
+
+@pytest.mark.parametrize("wait", [None, 42.0, 300.0])
+def test_a_waiting_features_job_shows_its_place_wait_and_stop(
+    workspace, demo_import, monkeypatch, wait
+) -> None:
+    from tl_core.runs import jobs as job_queue
+
+    monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")
+    if wait is not None:
+        monkeypatch.setattr(job_queue, "estimated_wait", lambda s, i: wait, raising=False)
+    else:
+        monkeypatch.delattr(job_queue, "estimated_wait", raising=False)
+    project_id = _project_with_data(workspace, demo_import)
+    store = Store(workspace)
+    _occupy_the_slot(store, project_id, demo_import)
+    at = _app("pages/model.py", project_id)
+    assert not at.exception
+    (job,) = store.jobs(project_id, kind="features")
+    assert job.status == "queued"
+    info = " ".join(str(i.value) for i in at.info)
+    assert "place 1 in the queue" in info
+    if wait == 42.0:
+        assert "about 42 s" in info
+    elif wait == 300.0:
+        assert "about 5 min" in info
+    else:
+        assert "about" not in info
+    assert "Sorted right before any training" not in [m.label for m in at.metric]
+    again = _app("pages/model.py", project_id)  # a refresh or a second tab: the same job
+    assert [j.id for j in store.jobs(project_id, kind="features")] == [job.id]
+    again.button(key=f"stop_job_{job.id}").click().run()
+    assert store.run(job.id).status == "stopped"
+
+
+@pytest.mark.parametrize(
+    "error", ["The images could not be read; import them again.", "Out of memory; close others."]
+)
+def test_a_failed_features_job_shows_its_error_and_can_be_tried_again(
+    workspace, demo_import, error
+) -> None:
+    from tl_core import service
+
+    project_id = _project_with_data(workspace, demo_import)
+    store = Store(workspace)
+    key = service.features_key(str(demo_import), "efficientnet_lite0", 0.2, 0)
+    failed = store.create_run(
+        project_id, {"model": "efficientnet_lite0"}, demo_import, kind="features", key=key
+    )
+    store.update_run(failed.id, status="failed", error=error)
+    at = _app("pages/model.py", project_id)
+    assert not at.exception
+    assert error in [e.value for e in at.error]
+    assert len(store.jobs(project_id, kind="features")) == 1  # not started again by itself
+    at.button(key=f"retry_job_{failed.id}").click().run()
+    assert not at.exception
+    newest = store.jobs(project_id, kind="features")[-1]
+    assert newest.id != failed.id and newest.status == "finished"
+    assert "Sorted right before any training" in [m.label for m in at.metric]
+
+
+@pytest.mark.parametrize("epochs_done,total", [(20, 20), (3, 20), (0, 5)])
+def test_sidebar_and_run_panel_say_the_same(workspace, demo_import, epochs_done, total) -> None:
+    from tl_ui.session import run_state
+
+    project_id = _project_with_data(workspace, demo_import)
+    store = Store(workspace)
+    run_id = _occupy_the_slot(store, project_id, demo_import, epochs=total)
+    for epoch in range(1, epochs_done + 1):
+        store.add_epoch(run_id, epoch, epoch * 10, 0.5, 0.8, 0.5, 0.8, float(epoch))
+    at = _app("pages/train.py", project_id)
+    assert not at.exception
+    state = run_state(store, store.run(run_id))
+    assert f"epoch {min(epochs_done + 1, total)}/{total}" in state
+    home = _app(project=project_id)  # AppTest keeps the sidebar of the first page only
+    assert f"Training: {state}" in " ".join(m.value for m in home.sidebar.markdown)
+    progress = [p.proto.text for p in at.get("progress")]
+    assert any(t.startswith(state) for t in progress), progress
+
+
+def test_evaluate_page_waits_for_its_model_check_then_shows_scores(
+    workspace, trained, monkeypatch
+) -> None:
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # no worker picks it up
+    project_id, _run_id = _project_with_run(workspace, trained)
+    store = Store(workspace)
+    at = _app("pages/evaluate.py", project_id)
+    assert not at.exception
+    (check,) = store.jobs(project_id, kind="verify")
+    assert "Validation accuracy" not in [m.label for m in at.metric]  # no score before it
+    assert at.button(key=f"stop_job_{check.id}")
+    run_job(store, store.run(check.id))
+    at = _app("pages/evaluate.py", project_id)
+    assert not at.exception
+    assert "Validation accuracy" in [m.label for m in at.metric]
+    assert [j.id for j in store.jobs(project_id, kind="verify")] == [check.id]  # reused
+
+
+def test_evaluate_page_shows_a_failed_model_check(workspace, trained, monkeypatch) -> None:
+    from tl_core import service
+
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)
+    project_id, run_id = _project_with_run(workspace, trained)
+    store = Store(workspace)
+    service.submit_verify(store, store.run(run_id))
+    (check,) = store.jobs(project_id, kind="verify")
+    store.update_run(check.id, status="failed", error="The check could not run; try again.")
+    at = _app("pages/evaluate.py", project_id)
+    assert "The check could not run; try again." in [e.value for e in at.error]
+    assert "Validation accuracy" not in [m.label for m in at.metric]
+
+
+def test_export_page_builds_the_bundle_as_a_job_and_a_second_visit_finds_it(
+    workspace, trained, monkeypatch
+) -> None:
+    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # the worker: run_job below
+    project_id, _run_id = _project_with_run(workspace, trained)
+    store = Store(workspace)
+    at = _app("pages/export.py", project_id)
+    assert not at.exception
+    assert not store.jobs(project_id, kind="export")  # nothing until asked
+    at.button(key="build_bundle").click().run()
+    assert not at.exception
+    (job,) = store.jobs(project_id, kind="export")
+    assert at.button(key=f"stop_job_{job.id}")  # building: progress and Stop
+    job = run_job(store, store.run(job.id))
+    assert job.status == "finished" and Path(job.result["bundle"]).is_file()
+    assert Path(job.result["bundle"]).parent == Path(job.run_dir)
+    again = _app("pages/export.py", project_id)  # another visit: the same bundle, at once
+    assert not again.exception
+    assert "Parity check passed" in _texts(again)
+    assert any(b.label.startswith("Download") for b in again.get("download_button"))
+    assert again.button(key="build_bundle").label == "Build it again"
+    assert [j.id for j in store.jobs(project_id, kind="export")] == [job.id]
+
+
+@pytest.mark.parametrize("count", [2, 5])
+def test_many_pictures_are_predicted_in_one_job_and_the_same_pictures_reuse_it(
+    workspace, trained, count
+) -> None:
+    from tl_core import service
+
+    data_dir = trained[0]
+    _project_id, run_id = _project_with_run(workspace, trained)
+    store = Store(workspace)
+    files = sorted(data_dir.rglob("*.png"))[:count]
+    pictures = [(f"pic{i}.png", f.read_bytes()) for i, f in enumerate(files)]
+    pictures.append(("broken.png", b"not a picture"))
+    job = service.submit_predict(store, store.run(run_id), pictures, 1.0)
+    assert job.status == "finished"
+    rows = job.result["rows"]
+    assert [r["name"] for r in rows] == [n for n, _ in pictures]
+    assert all(r["probs"] is not None for r in rows[:-1]) and rows[-1]["error"]
+    assert service.submit_predict(store, store.run(run_id), pictures, 1.0).id == job.id
+
+
+@pytest.mark.parametrize("which", ["demo", "shapes"])
+def test_features_task_returns_what_the_pages_rebuild(demo_import, tmp_path, which) -> None:
+    from helpers import make_shapes
+    from jobrunner import FakeContext
+
+    from tl_core.config import JobSpec
+    from tl_core.runs import tasks
+    from tl_ui.headstart import readings
+
+    if which == "demo":
+        data, classes, n_train = demo_import, 10, 500
+    else:  # no validation folder, few images: the head start is cross-validated
+        data = import_folder(make_shapes(tmp_path / "src", per_class=12), tmp_path / "d").root
+        classes, n_train = 3, 30
+    params = {"model": "efficientnet_lite0", "val_fraction": 0.2, "seed": 0}
+    spec = JobSpec("j", "features", "p", params, str(data), str(tmp_path))
+    ctx = FakeContext()
+    result = tasks.features(spec, ctx)
+    assert json.loads(json.dumps(result)) == result  # JSON as it is stored
+    found = readings(result)
+    assert found.head_start.chance == pytest.approx(1 / classes) and found.n_train == n_train
+    assert found.head_start.cross_validated == (which == "shapes")
+    assert 1 / classes < found.probe_accuracy <= 1.0 and found.curve.reading()
+    assert ctx.steps and ctx.steps[-1][2]
+
+
+@pytest.mark.parametrize("kind", ["features", "recommend"])
+def test_a_stopped_task_returns_early(demo_import, tmp_path, kind) -> None:
+    import shutil as sh
+
+    from jobrunner import FakeContext
+
+    from tl_core.config import JobSpec
+    from tl_core.runs import tasks
+
+    data = tmp_path / "data"  # a copy: no cached features, so the pass must start
+    sh.copytree(demo_import, data)
+    for cached in data.rglob("*.npz"):
+        cached.unlink()
+    params = {"model": "efficientnet_lite0", "keys": ["efficientnet_lite0"]}
+    spec = JobSpec("j", kind, "p", params, str(data), str(tmp_path))
+    assert tasks.TASKS[kind](spec, FakeContext(stop=True)) == tasks.STOPPED

@@ -1,44 +1,74 @@
 """What the pretrained model already knows about the user's images, and which model to use.
 
-Both come from frozen features (tl_core.analysis.transfer), cached on disk beside the data set, so
-they take seconds the first time and nothing afterwards.
+Both come from frozen features, computed by queue jobs in a worker (``features`` and
+``recommend``, tl_core.runs.tasks); the features are cached beside the data set and a finished
+job is found again by its key, so a second visit is instant. The page only draws the results.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from tl_core import service
 from tl_core.analysis import alarms, transfer
 from tl_core.analysis.advice import FreezeAdvice, freeze_advice
-from tl_core.data.dataset import DatasetManifest, Split, split_dataset
+from tl_core.data.dataset import DatasetManifest, split_dataset
 from tl_core.models import catalog
-from tl_core.runs.store import Project
+from tl_core.runs.store import Project, Run
 from tl_ui.alarms import show_alarm
 from tl_ui.charts import TRAIN_COLOR
+from tl_ui.jobs import watch
 from tl_ui.session import get_store
 
 
-def _split(manifest: DatasetManifest, project: Project) -> Split:
-    """The project's training/validation split, as its runs will use it."""
-    return split_dataset(
-        manifest,
-        float(project.settings.get("val_fraction", 0.2)),
-        int(project.settings.get("seed", 0)),
+def _features_job(project: Project, key: str) -> Run | None:
+    """The project's frozen-features job for model ``key`` (submitted when there is none)."""
+    fraction, seed = service.split_settings(project)
+    return service.submit_features(get_store(), project, key, fraction, seed)
+
+
+@dataclass(frozen=True)
+class FeatureReadings:
+    """What a finished features job found, rebuilt from its JSON result."""
+
+    n_train: int
+    head_start: transfer.HeadStart
+    gauge: transfer.DomainGauge | None
+    curve: transfer.LearningCurve
+    probe_accuracy: float
+
+
+def readings(result: dict) -> FeatureReadings:
+    """A features job's result as the analysis dataclasses."""
+    hs = dict(result["head_start"])
+    hs["ncm_ci"] = tuple(hs["ncm_ci"])
+    gauge = result.get("gauge")
+    if gauge is not None:
+        gauge = transfer.DomainGauge(
+            **{
+                **gauge,
+                "most_like_imagenet": [transfer.Example(**e) for e in gauge["most_like_imagenet"]],
+                "least_like_imagenet": [
+                    transfer.Example(**e) for e in gauge["least_like_imagenet"]
+                ],
+            }
+        )
+    return FeatureReadings(
+        int(result["n_train"]),
+        transfer.HeadStart(**hs),
+        gauge,
+        transfer.LearningCurve(**result["curve"]),
+        float(result["probe_accuracy"]),
     )
 
 
-def _features(manifest: DatasetManifest, project: Project, key: str) -> transfer.Features:
-    split = _split(manifest, project)
-    bar = st.progress(0.0, text="Looking at your images with the pretrained model…")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Looking at your images: {done}/{total}")
-
-    feats = transfer.frozen_features(manifest, split, key, progress=progress)
-    bar.empty()
-    return feats
+def ranking_from(result: dict) -> list[transfer.Recommendation]:
+    """A recommend job's result as the ranking it computed."""
+    return [transfer.Recommendation(**r) for r in result.get("ranking", [])]
 
 
 def _curve_figure(curve: transfer.LearningCurve) -> go.Figure:
@@ -64,8 +94,11 @@ def _curve_figure(curve: transfer.LearningCurve) -> go.Figure:
 def head_start_panel(project: Project, manifest: DatasetManifest, key: str) -> None:
     """Head start, domain gauge and "would more data help?", for the chosen model."""
     st.subheader("What the pretrained model already knows about your classes")
-    feats = _features(manifest, project, key)
-    hs = transfer.head_start(feats)
+    done = watch(_features_job(project, key), "Looking at your images with the pretrained model")
+    if done is None:
+        return
+    found = readings(done.result or {})
+    hs = found.head_start
     c1, c2, c3 = st.columns(3)
     c1.metric(
         "Sorted right before any training",
@@ -79,8 +112,8 @@ def head_start_panel(project: Project, manifest: DatasetManifest, key: str) -> N
     c3.metric("Always the biggest class", f"{hs.majority:.0%}")
     st.markdown(hs.sentence)
     show_alarm(alarms.too_little_data(hs.images, hs.ncm_accuracy))
-    if feats.entropy is not None:
-        gauge = transfer.domain_gauge(feats)
+    gauge = found.gauge
+    if gauge is not None:
         show_alarm(alarms.domain_mismatch(gauge.level, gauge.mean_entropy))
         icon = {"close": ":material/check_circle:", "far": ":material/warning:"}.get(
             gauge.level, ":material/info:"
@@ -102,7 +135,7 @@ def head_start_panel(project: Project, manifest: DatasetManifest, key: str) -> N
                     col.image(str(manifest.root / ex.file), width="stretch")
                     col.caption(f"looks like: {ex.imagenet_class}")
     with st.expander("Would more images help?"):
-        curve = transfer.learning_curve(feats)
+        curve = found.curve
         st.plotly_chart(_curve_figure(curve), key="learning_curve")
         st.markdown(curve.reading())
 
@@ -116,12 +149,16 @@ def advice_for(
     need a download, so only the data size speaks).
     """
     n_classes = len(manifest.classes)
+    n_train = len(split_dataset(manifest, *service.split_settings(project)).train)
     if catalog.weights_status(catalog.get_spec(key)) == "needs download":
-        return freeze_advice(len(_split(manifest, project).train), n_classes, n_backbone), None
-    feats = _features(manifest, project, key)
-    hs = transfer.head_start(feats)
-    level = transfer.domain_gauge(feats).level if feats.entropy is not None else None
-    advice = freeze_advice(feats.n_train, n_classes, n_backbone, hs.ncm_accuracy, hs.chance, level)
+        return freeze_advice(n_train, n_classes, n_backbone), None
+    done = watch(_features_job(project, key), "Measuring the head start for the suggestion")
+    if done is None:  # until the head start is known, the data size alone speaks
+        return freeze_advice(n_train, n_classes, n_backbone), None
+    found = readings(done.result or {})
+    hs = found.head_start
+    level = found.gauge.level if found.gauge is not None else None
+    advice = freeze_advice(found.n_train, n_classes, n_backbone, hs.ncm_accuracy, hs.chance, level)
     return advice, hs.ncm_accuracy
 
 
@@ -136,21 +173,13 @@ def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
         "features (cross-validated when the validation set is small), with LogME as a "
         "second opinion. About 10 s per model the first time."
     )
-    state_key = f"ranking_{project.id}"
+    store = get_store()
+    keys = transfer.offline_models()
+    job = service.submit_recommend(store, project, keys, submit=False)
     if st.button("Compare the models on my images", icon=":material/leaderboard:"):
-        split = _split(manifest, project)
-        bar = st.progress(0.0, text="Scoring the models…")
-        keys = transfer.offline_models()
-
-        def progress(key: str, done: int, total: int) -> None:
-            i = keys.index(key) if key in keys else 0
-            bar.progress(
-                (i + done / max(total, 1)) / len(keys), text=f"Scoring {key}: {done}/{total}"
-            )
-
-        st.session_state[state_key] = transfer.recommend(manifest, split, progress=progress)
-        bar.empty()
-    ranking = st.session_state.get(state_key)
+        job = service.submit_recommend(store, project, keys)
+    done = watch(job, "Scoring the models")
+    ranking = ranking_from(done.result or {}) if done is not None else []
     if not ranking:
         return
     table = pd.DataFrame(

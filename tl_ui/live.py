@@ -11,7 +11,8 @@ from tl_core.models import catalog
 from tl_core.runs import jobs
 from tl_core.runs.store import Run
 from tl_ui.charts import comparison_figure, curves_figure
-from tl_ui.session import get_store
+from tl_ui.jobs import wait_text
+from tl_ui.session import get_store, run_state
 from tl_ui.text import literal
 
 POLL_S = 1.0
@@ -37,22 +38,22 @@ def _render(run_id: str) -> None:
     if run is None:
         st.warning("This run no longer exists.")
         return
-    epochs_total = int(run.config.get("epochs", 1))
+    spec = run.spec
+    epochs_total = spec.config.epochs
     steps = store.metrics(run.id, "step")
     epochs = store.metrics(run.id, "epoch")
-    title = catalog.get_spec(run.config["model"]).title
+    title = catalog.get_spec(spec.config.model).title
 
     if run.status == "queued":
-        place = store.queue_position(run.id)
+        wait = wait_text(store, run)
         st.info(
-            f"Waiting for a free slot: place {place} in the queue. Training starts by "
+            f"Waiting for a free slot: {wait or 'in the queue'}. Training starts by "
             "itself; you can leave this page."
         )
     elif run.active:
         prep = _PREPARING.search(run.message or "")
         if prep:  # decoding or the one pass through the frozen layers: its own bar
             st.progress(int(prep["done"]) / max(1, int(prep["total"])), text=run.message)
-        done = epochs[-1]["epoch"] if epochs else 0
         step_text = ""
         frac = 0.0
         if steps:
@@ -60,8 +61,7 @@ def _render(run_id: str) -> None:
             step_text = f" · step {steps[-1]['step']}/{steps[-1]['total_steps']}"
         st.progress(
             frac,
-            text=f"{run.message or 'Training'} · epoch {min(done + 1, epochs_total)}"
-            f"/{epochs_total}{step_text}{_eta(run, steps)}",
+            text=f"{run_state(store, run)}{step_text}{_eta(run, steps)}",
         )
     elif run.status == "finished":
         acc = (run.result or {}).get("val_accuracy")
@@ -100,7 +100,7 @@ def _render(run_id: str) -> None:
             st.rerun(scope="app")
     if steps or epochs:
         st.plotly_chart(curves_figure(steps, epochs, epochs_total), key=f"curves_{run.id}")
-    transfer_id = run.config.get("baseline_of")
+    transfer_id = spec.baseline_of
     if transfer_id and epochs:  # a from-scratch baseline: draw it against its pretrained twin
         st.markdown("**The pretrained start against this run from random weights**")
         st.plotly_chart(

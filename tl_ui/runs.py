@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from tl_core.data import review
+from tl_core import service
+from tl_core.config import TrainConfig
 from tl_core.models import catalog
-from tl_core.runs import jobs
 from tl_core.runs.store import Project, Run
-from tl_core.training.engine import TrainConfig
 from tl_ui.session import active_project, get_store
 
 if TYPE_CHECKING:
@@ -24,13 +22,14 @@ def run_label(run: Run) -> str:
     when = dt.datetime.fromtimestamp(run.created).strftime("%d %b %H:%M")
     acc = (run.result or {}).get("val_accuracy")
     score = f" · {acc:.1%}" if acc is not None else ""
-    title = catalog.get_spec(run.config["model"]).title
-    learn = int(run.config.get("trainable_groups", 0))
+    spec = run.spec
+    title = catalog.get_spec(spec.config.model).title
+    learn = spec.config.trainable_groups
     what = "head only" if learn == 0 else f"last {learn} group(s)"
-    fixes = " · reviewed labels" if run.config.get("corrections") else ""
-    if not run.config.get("pretrained", True):
+    fixes = " · reviewed labels" if spec.corrections else ""
+    if not spec.config.pretrained:
         fixes += " · from scratch"
-    if run.config.get("sweep"):
+    if spec.sweep:
         fixes += " · quick sweep"
     return f"{when} · {title} · {what}{fixes}{score}"
 
@@ -53,18 +52,12 @@ def pick_run(what: str) -> tuple[Project, Run] | None:
     return project, run
 
 
-def submit_training(project: Project, config: TrainConfig, **tags: str) -> Run:
-    """Queue a run with the project's current label review snapshotted into its config.
-
-    ``tags`` are stored in the run's config: ``baseline_of`` (the run this one is the
-    from-scratch baseline of), ``sweep`` (the id of the depth sweep it belongs to).
-    """
-    raw = {**asdict(config), **tags}
-    if project.data_dir:
-        corrections = review.load(Path(project.data_dir))
-        if corrections:
-            raw["corrections"] = corrections.to_dict()
-    return jobs.submit(get_store(), project.id, raw, project.data_dir)
+def submit_training(
+    project: Project, config: TrainConfig, baseline_of: str | None = None, sweep: str | None = None
+) -> Run:
+    """Queue a run with the project's current label review snapshotted into its record
+    (:func:`tl_core.service.submit_training`)."""
+    return service.submit_training(get_store(), project, config, baseline_of, sweep)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the trained model…")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def get_store() -> Store:
     store = Store()
     store.check()
     jobs.recover(store)
-    jobs.serve(store)
+    if os.environ.get("TL_STUDIO_SERVE", "1") != "0":  # 0: another process serves the queue
+        jobs.serve(store)
     return store
 
 
@@ -129,6 +131,38 @@ def latest_run(project: Project | None) -> Run | None:
     return runs[-1] if runs else None
 
 
+POLL_S = 1.0
+
+
+def run_state(store: Store, run: Run) -> str:
+    """What a training run is doing now, from its row and its epochs: the words the sidebar
+    and the run panel both use, so they never disagree."""
+    if run.status == "queued":
+        place = store.queue_position(run.id)
+        return f"waiting, place {place} in the queue" if place else "waiting"
+    if run.active:
+        epochs = store.metrics(run.id, "epoch")
+        total = run.spec.config.epochs
+        done = epochs[-1]["epoch"] if epochs else 0
+        return f"{run.message or run.status} · epoch {min(done + 1, total)}/{total}"
+    return run.status
+
+
+def _training_line(run_id: str) -> None:
+    """The sidebar's training line; re-read every second while the run is going."""
+    store = get_store()
+    run = store.run(run_id)
+    if run is None:
+        st.markdown(f"{TODO} Training: not started")
+        return
+    st.markdown(f"{BUSY if run.active else DONE} Training: {run_state(store, run)}")
+    if run.active:
+        st.session_state["_sidebar_polling"] = run.id
+    elif st.session_state.get("_sidebar_polling") == run.id:
+        st.session_state["_sidebar_polling"] = None
+        st.rerun(scope="app")  # the run just ended: stop polling, refresh the page once
+
+
 def sidebar(project: Project | None) -> None:
     """The wizard's progress: what is done, what is next."""
     with st.sidebar:
@@ -148,6 +182,8 @@ def sidebar(project: Project | None) -> None:
         if run is None:
             st.markdown(f"{TODO} Training: not started")
         else:
-            st.markdown(f"{BUSY if run.active else DONE} Training: {run.status}")
+            if not run.active:  # this full run already shows the end: no second refresh
+                st.session_state["_sidebar_polling"] = None
+            st.fragment(_training_line, run_every=POLL_S if run.active else None)(run.id)
         st.caption("Bookmark this page's address to come back to this project.")
         st.code(f"?project={project.id}", language=None)

@@ -13,9 +13,9 @@ from tl_core.analysis.advice import (
     sweep_configs,
     sweep_reading,
 )
+from tl_core.config import TrainConfig
 from tl_core.runs import jobs
 from tl_core.runs.store import Project
-from tl_core.training.engine import TrainConfig
 from tl_ui.alarms import show_alarm
 from tl_ui.charts import depth_sweep_figure
 from tl_ui.runs import submit_training

@@ -163,13 +163,13 @@ def _train(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
 
 
 def _task(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-    from tl_core.runs.tasks import TASKS
+    from tl_core.runs.tasks import STOPPED, TASKS
 
     task = TASKS.get(spec.kind)
     if task is None:
         raise StudioError(f"This version of the app cannot run '{spec.kind}' jobs.")
     result = task(spec, ctx)
-    return ("stopped" if ctx.should_stop() else "finished"), result
+    return ("stopped" if result == STOPPED or ctx.should_stop() else "finished"), result
 
 
 def _failure(spec: JobSpec, exc: Exception) -> str:

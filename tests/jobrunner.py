@@ -1,0 +1,81 @@
+"""Running queued jobs in the test process: what a worker does, without a worker."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tl_core.config import JobSpec
+from tl_core.errors import StudioError
+from tl_core.runs import tasks
+from tl_core.runs.store import Run, Store
+
+WAITING = ("queued", "starting", "running")
+
+
+@dataclass
+class FakeContext:
+    """A JobContext that records what the task reports."""
+
+    stop: bool = False
+    steps: list[tuple[int, int, str]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    def progress(self, done: int, total: int, text: str) -> None:
+        self.steps.append((done, total, text))
+
+    def log(self, text: str) -> None:
+        self.lines.append(text)
+
+    def should_stop(self) -> bool:
+        return self.stop
+
+
+def spec_of(job: Run) -> JobSpec:
+    return JobSpec(
+        id=job.id,
+        kind=job.kind,
+        project_id=job.project_id,
+        params=job.config,
+        data_dir=job.data_dir,
+        folder=job.run_dir,
+    )
+
+
+def run_job(store: Store, job: Run) -> Run:
+    """Run one job's task here and write its end as the worker would."""
+    try:
+        result = tasks.TASKS[job.kind](spec_of(job), FakeContext())
+    except StudioError as exc:
+        store.update_run(job.id, status="failed", error=str(exc), finished=time.time())
+    else:
+        store.update_run(job.id, status="finished", result=result, finished=time.time())
+    return store.run(job.id)  # type: ignore[return-value]
+
+
+def finish_jobs(workspace: Path, kinds: tuple[str, ...] | None = None) -> list[Run]:
+    """Run every waiting job that is not a training run (or of ``kinds``); return them."""
+    store = Store(workspace)
+    done = []
+    for job in store.runs(statuses=WAITING, kind=None):
+        if job.kind != "train" and (kinds is None or job.kind in kinds):
+            done.append(run_job(store, job))
+    return done
+
+
+def inline_spawn(monkeypatch) -> list[str]:
+    """Workers replaced: a claimed training run is only recorded (its id in the list
+    returned); any other job runs to its end right away, in this process."""
+    from tl_core.runs import jobs
+
+    spawned: list[str] = []
+
+    def spawn(store: Store, run: Run) -> None:
+        if run.kind == "train":
+            spawned.append(run.id)
+        else:
+            run_job(store, run)
+
+    monkeypatch.setattr(jobs, "_spawn", spawn)
+    return spawned

@@ -1,0 +1,192 @@
+"""The worker side of the jobs that are not training runs: one task function per kind.
+
+Each task is ``task(spec, ctx) -> dict``: it reads ``spec.data_dir`` (and the trained run's
+folder named in ``spec.params`` where it needs one), writes only in ``spec.folder``, reports
+through ``ctx`` (progress, log, stop flag) and returns a JSON-able result. It never opens the
+store. A task fails the job by raising a StudioError subclass with a one-sentence message.
+The pages rebuild the results into the analysis dataclasses (their fields are the dict keys).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from tl_core.config import JobSpec
+from tl_core.errors import RunError, StudioError
+
+__all__ = ["TASKS", "JobContextLike", "export", "features", "predict", "recommend", "verify"]
+
+
+class JobContextLike(Protocol):
+    """What a task may ask of the executor (tl_core.runs.worker.JobContext)."""
+
+    def progress(self, done: int, total: int, text: str) -> None: ...
+
+    def log(self, text: str) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class _Stopped(Exception):
+    """Raised inside a progress callback when the user pressed Stop."""
+
+
+STOPPED: dict[str, Any] = {"stopped": True}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it comes back from the store's JSON column (tuples as lists, numpy
+    numbers as Python ones), so the worker returns exactly what the page later reads."""
+
+    def default(obj: Any) -> Any:
+        if hasattr(obj, "tolist"):  # numpy scalars and arrays
+            return obj.tolist()
+        raise TypeError(f"{type(obj).__name__} is not JSON")
+
+    return json.loads(json.dumps(value, default=default))
+
+
+def _split(spec: JobSpec):
+    from tl_core.data.dataset import DatasetManifest, split_dataset
+
+    manifest = DatasetManifest.load(Path(spec.data_dir))
+    split = split_dataset(
+        manifest, float(spec.params.get("val_fraction", 0.2)), int(spec.params.get("seed", 0))
+    )
+    return manifest, split
+
+
+def _reporter(ctx: JobContextLike, what: str):
+    def progress(done: int, total: int) -> None:
+        if ctx.should_stop():
+            raise _Stopped
+        ctx.progress(done, total, f"{what}: {done}/{total}")
+
+    return progress
+
+
+def features(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
+    """Frozen features of one model: head start, domain gauge, learning curve, probe accuracy.
+
+    params: ``model``, ``val_fraction``, ``seed``. The features are cached beside the data set.
+    """
+    from tl_core.analysis import transfer
+
+    manifest, split = _split(spec)
+    try:
+        feats = transfer.frozen_features(
+            manifest,
+            split,
+            str(spec.params["model"]),
+            progress=_reporter(ctx, "Looking at your images"),
+        )
+    except _Stopped:
+        return STOPPED
+    ctx.progress(1, 1, "Scoring the head start")
+    gauge = transfer.domain_gauge(feats) if feats.entropy is not None else None
+    return _plain(
+        {
+            "model": feats.model_key,
+            "n_train": feats.n_train,
+            "head_start": asdict(transfer.head_start(feats)),
+            "gauge": asdict(gauge) if gauge is not None else None,
+            "curve": asdict(transfer.learning_curve(feats)),
+            "probe_accuracy": transfer.probe_accuracy(feats)[0],
+            "seconds": feats.seconds,
+        }
+    )
+
+
+def recommend(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
+    """Every model available offline (or params ``keys``), ranked on the images."""
+    from tl_core.analysis import transfer
+
+    manifest, split = _split(spec)
+    keys = list(spec.params.get("keys") or transfer.offline_models())
+
+    def progress(key: str, done: int, total: int) -> None:
+        if ctx.should_stop():
+            raise _Stopped
+        i = keys.index(key) if key in keys else 0
+        ctx.progress(
+            i * max(total, 1) + done, len(keys) * max(total, 1), f"Scoring {key}: {done}/{total}"
+        )
+
+    try:
+        ranking = transfer.recommend(manifest, split, keys=keys, progress=progress)
+    except _Stopped:
+        return STOPPED
+    return _plain({"ranking": [asdict(r) for r in ranking]})
+
+
+def verify(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
+    """Load the run's best.pt and re-score its validation images (params ``run_dir``)."""
+    from tl_core.analysis.evaluation import verify_run
+
+    ctx.progress(0, 1, "Checking the saved model against its predictions")
+    verdict = verify_run(Path(spec.params["run_dir"]), Path(spec.data_dir))
+    return _plain(asdict(verdict))
+
+
+def export(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
+    """The run's bundle and parity report in the job's folder.
+
+    params: ``run_dir`` (the trained run), ``name`` (the zip's file name).
+    """
+    from tl_core.export.bundle import export_run
+
+    name = Path(str(spec.params.get("name") or "model.zip")).name
+    out = Path(spec.folder) / name
+    steps = [0]
+
+    def progress(line: str) -> None:
+        steps[0] += 1
+        ctx.log(line)
+        ctx.progress(steps[0], steps[0] + 1, line)
+
+    report = export_run(
+        Path(spec.params["run_dir"]),
+        out,
+        Path(spec.data_dir) if Path(spec.data_dir).is_dir() else None,
+        progress=progress,
+    )
+    return _plain({**report.summary(), "bundle": str(out), "name": name})
+
+
+def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
+    """Class probabilities of every picture in ``<folder>/inputs/``.
+
+    params: ``run_dir`` (the trained run), ``temperature``. Each row: the picture's original
+    name, its probabilities (or None) and the reason it could not be read (or None).
+    """
+    from tl_core.analysis.evaluation import load_model_checked
+
+    model = load_model_checked(Path(spec.params["run_dir"]))
+    temperature = float(spec.params.get("temperature", 1.0))
+    files = sorted((Path(spec.folder) / "inputs").glob("*"))
+    rows: list[dict[str, Any]] = []
+    for done, file in enumerate(files):
+        if ctx.should_stop():
+            return STOPPED
+        name = file.name.split("-", 1)[1] if "-" in file.name else file.name
+        try:
+            probs = model.predict([file.read_bytes()], temperature=temperature)[0]
+            rows.append({"name": name, "probs": [float(p) for p in probs], "error": None})
+        except StudioError as exc:
+            rows.append({"name": name, "probs": None, "error": str(exc)})
+        ctx.progress(done + 1, len(files), f"Looking at your pictures: {done + 1}/{len(files)}")
+    if not files:
+        raise RunError("No pictures reached the job; upload them again.")
+    return {"classes": list(model.classes), "rows": rows}
+
+
+TASKS = {
+    "features": features,
+    "recommend": recommend,
+    "verify": verify,
+    "export": export,
+    "predict": predict,
+}

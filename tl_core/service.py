@@ -1,0 +1,304 @@
+"""What the pages do beyond laying out widgets, without torch: one import for the web server.
+
+Importing into a project, finding a run's baseline, merging label-review edits, starting a
+training run or a retrain, and submitting the other long jobs (frozen features, model
+comparison, the saved-model check, export, batch prediction) to the queue with keys that
+let a refresh, a second tab or a second visit find the same job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tl_core.config import RunSpec, TrainConfig, scratch_config
+from tl_core.data import dataset as tl_data
+from tl_core.data import review
+from tl_core.errors import DataError, DiskFullError, RunError
+from tl_core.runs import jobs
+from tl_core.runs.store import Project, Run, Store
+
+__all__ = [
+    "FINISHED_OR_WAITING",
+    "ReviewEdit",
+    "active_training",
+    "baseline_run",
+    "bundle_name",
+    "export_key",
+    "features_key",
+    "files_stamp",
+    "import_data",
+    "job_for",
+    "merge_review",
+    "rebuild_export",
+    "retrain",
+    "retry_job",
+    "scratch_accuracy",
+    "split_settings",
+    "submit_export",
+    "submit_features",
+    "submit_predict",
+    "submit_recommend",
+    "submit_training",
+    "submit_verify",
+    "train_scratch_baseline",
+]
+
+FINISHED_OR_WAITING = ("queued", "starting", "running", "held", "finished")
+
+
+# ------------------------------------------------------------------------------ importing
+
+
+def import_data(
+    store: Store,
+    project: Project | None,
+    kind: str,
+    source: Any,
+    progress: Callable[[int, int], None] | None = None,
+    demo_dir: Path | None = None,
+) -> Project:
+    """Import images into a fresh data folder of ``project`` (a new one when None).
+
+    ``kind`` is ``demo`` (the folder ``demo_dir``), ``zip`` (a file-like .zip) or ``files``
+    (a list of ``(name, bytes)``). On a DataError or DiskFullError the new folder is removed
+    and the error raised again; the project keeps its previous images.
+    """
+    import shutil
+
+    if project is None:
+        from tl_core.models.catalog import DEFAULT_MODEL
+
+        project = store.create_project()
+        store.update_settings(project.id, model=DEFAULT_MODEL)
+    dest = store.new_data_dir(project.id)
+    try:
+        if kind == "demo":
+            manifest = tl_data.import_folder(Path(demo_dir or ""), dest, progress)
+        elif kind == "zip":
+            manifest = tl_data.import_zip(source, dest, progress)
+        else:
+            manifest = tl_data.import_files(list(source), dest, progress)
+        store.set_data_dir(project.id, manifest.root)
+    except (DataError, DiskFullError):
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return store.project(project.id) or project
+
+
+# ------------------------------------------------------------------------------ training runs
+
+
+def active_training(store: Store, project_id: str) -> Run | None:
+    """The project's training run that is waiting or going, if any."""
+    return next((r for r in store.runs(project_id) if r.active), None)
+
+
+def submit_training(
+    store: Store,
+    project: Project,
+    config: TrainConfig,
+    baseline_of: str | None = None,
+    sweep: str | None = None,
+) -> Run:
+    """Queue a run with the project's current label review snapshotted into its record."""
+    corrections = review.load(Path(project.data_dir)) if project.data_dir else None
+    spec = RunSpec(
+        config,
+        baseline_of=baseline_of,
+        sweep=sweep,
+        corrections=corrections.to_dict() if corrections else None,
+    )
+    return jobs.submit(store, project.id, spec.to_dict(), Path(project.data_dir or ""))
+
+
+def retrain(store: Store, project: Project, run: Run) -> Run:
+    """The same settings as ``run`` with the current label review; RunError while one trains."""
+    if active_training(store, project.id) is not None:
+        raise RunError("A run is already training; wait for it to finish.")
+    return submit_training(store, project, run.spec.config)
+
+
+def train_scratch_baseline(store: Store, project: Project, run: Run, n_backbone: int) -> Run:
+    """The same run from random weights, tagged as ``run``'s baseline."""
+    if active_training(store, project.id) is not None:
+        raise RunError("A run is already training; wait for it to finish.")
+    config = scratch_config(run.spec.config, n_backbone)
+    return submit_training(store, project, config, baseline_of=run.id)
+
+
+def baseline_run(store: Store, project_id: str, run: Run) -> Run | None:
+    """The newest from-scratch run started as ``run``'s baseline, if any."""
+    return next((r for r in reversed(store.runs(project_id)) if r.spec.baseline_of == run.id), None)
+
+
+def scratch_accuracy(store: Store, project_id: str, run: Run) -> float | None:
+    """The finished baseline's validation accuracy, if there is one."""
+    baseline = baseline_run(store, project_id, run)
+    if baseline is None or baseline.status != "finished":
+        return None
+    return (baseline.result or {}).get("val_accuracy")
+
+
+# ------------------------------------------------------------------------------ label review
+
+
+@dataclass(frozen=True)
+class ReviewEdit:
+    """What the review form says about one image: its new label, left out, suspect."""
+
+    file: str
+    true_label: str
+    label: str  # "(keep)" or the true label: no change
+    leave_out: bool
+    suspect: bool
+
+
+def merge_review(corrections: review.Corrections, edits: Iterable[ReviewEdit]) -> None:
+    """Apply the form's edits to ``corrections`` in place (other images keep theirs)."""
+    for e in edits:
+        corrections.relabel.pop(e.file, None)
+        if e.label not in ("(keep)", e.true_label):
+            corrections.relabel[e.file] = e.label
+        (corrections.exclude.add if e.leave_out else corrections.exclude.discard)(e.file)
+        (corrections.suspect.add if e.suspect else corrections.suspect.discard)(e.file)
+
+
+# ------------------------------------------------------------------------------ other jobs
+
+
+def job_for(
+    store: Store,
+    project_id: str,
+    kind: str,
+    params: dict[str, Any],
+    data_dir: Path | str,
+    key: str,
+    submit: bool = True,
+) -> Run | None:
+    """The job computing ``key``: a waiting, running or finished one is reused; a failed or
+    stopped one is returned as it is (the page shows why and offers to try again), so a
+    failing job is not started again on every refresh. None when there is none and not
+    ``submit``."""
+    found = jobs.find_job(store, project_id, key)
+    if found is not None:
+        return found
+    return jobs.submit_job(store, project_id, kind, params, data_dir, key=key) if submit else None
+
+
+def features_key(data_dir: str, model: str, val_fraction: float, seed: int) -> str:
+    return f"features|{Path(data_dir).resolve()}|{model}|{float(val_fraction):g}|{int(seed)}"
+
+
+def submit_features(
+    store: Store,
+    project: Project,
+    model: str,
+    val_fraction: float,
+    seed: int,
+    submit: bool = True,
+    data_dir: str | None = None,
+) -> Run | None:
+    """The frozen-features job (head start, gauge, curve, probe) of ``model`` on the images
+    (the project's current ones, or ``data_dir``: a run's own data version)."""
+    data_dir = data_dir or project.data_dir or ""
+    params = {"model": model, "val_fraction": float(val_fraction), "seed": int(seed)}
+    key = features_key(data_dir, model, val_fraction, seed)
+    return job_for(store, project.id, "features", params, data_dir, key, submit)
+
+
+def split_settings(project: Project) -> tuple[float, int]:
+    """The project's (validation share, seed), as its runs use them."""
+    return float(project.settings.get("val_fraction", 0.2)), int(project.settings.get("seed", 0))
+
+
+def submit_recommend(
+    store: Store, project: Project, keys: list[str], submit: bool = True
+) -> Run | None:
+    """The model comparison over ``keys`` on the project's images and split."""
+    data_dir = project.data_dir or ""
+    fraction, seed = split_settings(project)
+    params = {"keys": list(keys), "val_fraction": fraction, "seed": seed}
+    key = f"recommend|{Path(data_dir).resolve()}|{fraction:g}|{seed}|{','.join(keys)}"
+    return job_for(store, project.id, "recommend", params, data_dir, key, submit)
+
+
+def files_stamp(run_dir: Path | str) -> str:
+    """best.pt's mtime and size and predictions.json's mtime: what a check depends on."""
+    best, preds = Path(run_dir) / "best.pt", Path(run_dir) / "predictions.json"
+    parts = [
+        best.stat().st_mtime if best.is_file() else 0.0,
+        best.stat().st_size if best.is_file() else -1,
+        preds.stat().st_mtime if preds.is_file() else 0.0,
+    ]
+    return ":".join(f"{p:.6f}" if isinstance(p, float) else str(p) for p in parts)
+
+
+def submit_verify(store: Store, run: Run) -> Run:
+    """The check that the run's saved model gives its recorded predictions again."""
+    key = f"verify|{run.id}|{files_stamp(run.run_dir)}"
+    params = {"run_dir": run.run_dir}
+    job = job_for(store, run.project_id, "verify", params, run.data_dir, key)
+    assert job is not None
+    return job
+
+
+def bundle_name(project: Project, run: Run) -> str:
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in (project.name or "model"))
+    return f"{name.strip('-') or 'model'}-{run.spec.config.model}.zip"
+
+
+def export_key(project: Project, run: Run) -> str:
+    return f"export|{run.id}|{files_stamp(run.run_dir)}|{bundle_name(project, run)}"
+
+
+def submit_export(store: Store, project: Project, run: Run, submit: bool = True) -> Run | None:
+    """The export job (bundle + parity check) of ``run``; ``submit=False`` only looks."""
+    params = {"run_dir": run.run_dir, "name": bundle_name(project, run)}
+    return job_for(
+        store, project.id, "export", params, run.data_dir, export_key(project, run), submit
+    )
+
+
+def rebuild_export(store: Store, project: Project, run: Run) -> Run:
+    """Forget the run's finished export and build it again."""
+    old = jobs.find_job(store, project.id, export_key(project, run))
+    if old is not None and not old.active:
+        jobs.discard_run(store, old.id)
+    job = submit_export(store, project, run)
+    assert job is not None
+    return job
+
+
+def submit_predict(
+    store: Store, run: Run, pictures: list[tuple[str, bytes]], temperature: float
+) -> Run:
+    """Predict many pictures with ``run``'s model in a worker; the same pictures, same job."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, data in pictures:
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    key = f"predict|{run.id}|{files_stamp(run.run_dir)}|{temperature:.6f}|{digest.hexdigest()}"
+    found = jobs.find_job(store, run.project_id, key)
+    if found is not None:
+        return found
+    params = {"run_dir": run.run_dir, "temperature": float(temperature)}
+    return jobs.submit_job(
+        store, run.project_id, "predict", params, run.data_dir, key=key, inputs=pictures
+    )
+
+
+def retry_job(store: Store, job: Run) -> Run:
+    """Queue a failed or stopped job again with the same params, key and input files."""
+    folder = Path(job.run_dir) / "inputs"
+    inputs = (
+        [(f.name.split("-", 1)[-1], f.read_bytes()) for f in sorted(folder.glob("*"))]
+        if folder.is_dir()
+        else None
+    )
+    return jobs.submit_job(
+        store, job.project_id, job.kind, job.config, job.data_dir, key=job.key, inputs=inputs
+    )
