@@ -486,9 +486,7 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
                 else ""
             )
             raise StudioError(verdict.sentence + hint)
-        result = evaluation.evaluate_run(run_dir)
-        if result is None:
-            raise StudioError(f"The run in {run_dir} has no validation predictions.")
+        result = evaluation.evaluate_predictions(preds)
         summary = {**result.summary_json(), "data": "validation split", **verdict.summary()}
     summary["per_class"] = {
         result.classes[c.index]: {"recall": c.recall, "precision": c.precision, "f1": c.f1}

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tl_core.analysis.metrics import wilson_interval
+from tl_core.analysis.metrics import validation_noise, wilson_interval
 from tl_core.runs.store import UNFINISHED
 
 if TYPE_CHECKING:
@@ -80,11 +80,13 @@ def _fit(head_lift: float | None, domain_level: str | None) -> Fit:
     return "far" if head_lift < WEAK_LIFT else "between"
 
 
-def depth_label(trainable_groups: int, n_backbone: int) -> str:
-    """'only the new head', 'last 2 groups', 'everything' (as the Train page's slider says)."""
+def depth_label(trainable_groups: int, n_backbone: int | None = None) -> str:
+    """How many layer groups learn, in the Train page slider's words: 'only the new head',
+    'last 2 groups', 'everything' (only when ``n_backbone``, the model's group count, is
+    known)."""
     if trainable_groups == 0:
         return "only the new head"
-    if trainable_groups >= n_backbone:
+    if n_backbone is not None and trainable_groups >= n_backbone:
         return "everything"
     return f"last {trainable_groups} group{'s' if trainable_groups > 1 else ''}"
 
@@ -233,8 +235,8 @@ def sweep_reading(points: Sequence[SweepPoint], n_backbone: int) -> str | None:
     others = [p for p in done if p is not best]
     runner = max(others, key=lambda p: p.accuracy or 0.0)
     assert best.accuracy is not None and runner.accuracy is not None
-    low, _ = best.interval or (best.accuracy, best.accuracy)
-    clear = runner.accuracy < low
+    noise = validation_noise(best.accuracy, best.n_val) if best.n_val else 0.0
+    clear = best.accuracy - runner.accuracy > noise
     name = depth_label(best.trainable_groups, n_backbone)
     waiting = any(p.pending for p in points)
     text = (

@@ -45,12 +45,11 @@ class Predictions:
         return self.correct / len(self.labels) if self.labels else 0.0
 
     def confusion(self) -> list[list[int]]:
-        """matrix[true][predicted] = number of images."""
-        n = len(self.classes)
-        matrix = [[0] * n for _ in range(n)]
-        for y, p in zip(self.labels, self.preds, strict=True):
-            matrix[y][p] += 1
-        return matrix
+        """matrix[true][predicted] = number of images
+        (:func:`~tl_core.analysis.metrics.confusion_matrix`)."""
+        from tl_core.analysis.metrics import confusion_matrix
+
+        return confusion_matrix(self.labels, self.preds, len(self.classes)).tolist()
 
 
 def _is_int(value: Any) -> bool:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tl_core.analysis import metrics
 from tl_core.analysis.results import Predictions, load_predictions
 from tl_core.data.dataset import MAX_SIDE, DatasetManifest, split_dataset
 from tl_core.errors import DataError, RunError
@@ -554,30 +555,30 @@ def model_card(
 def _weaknesses(preds: Predictions) -> list[str]:
     """The worst classes by recall and the most common mix-up, as Markdown lines."""
     classes, n = preds.classes, len(preds.labels)
-    matrix = np.asarray(preds.confusion())
-    support, hits = matrix.sum(1), np.diag(matrix)
-    missed = [c for c in range(len(classes)) if hits[c] < support[c]]
+    matrix = metrics.confusion_matrix(preds.labels, preds.preds, len(classes))
+    worst = metrics.weakest_classes(
+        metrics.per_class_report(preds.labels, preds.preds, len(classes))
+    )
     lines: list[str] = []
-    if not missed:
+    if not worst:
         lines.append(
             "It got every validation picture right. It will still make mistakes on new "
             "pictures, most likely on ones unlike those it learned from."
         )
     else:
-        worst = sorted(missed, key=lambda c: (hits[c] / support[c], -support[c]))[:3]
         lines += ["The classes it most often misses (on the validation pictures):", ""]
         lines += [
-            f"- {classes[c]}: found {hits[c]} of {support[c]} ({_pct(hits[c] / support[c])})"
-            for c in worst
+            f"- {classes[c.index]}: found {c.tp} of {c.support} ({_pct(c.recall)})" for c in worst
         ]
-        off = matrix - np.diag(hits)
+        off = matrix - np.diag(np.diag(matrix))
         true, pred = np.unravel_index(int(off.argmax()), off.shape)
         lines += [
             "",
             f"The most common mix-up: {classes[true]} taken for {classes[pred]} "
             f"({off[true, pred]} times).",
         ]
-    if n < 30:
+    summary = metrics.accuracy_summary(preds.labels, preds.preds)
+    if metrics.is_small_sample(summary.total, summary.ci_low, summary.ci_high):
         lines += ["", f"These numbers come from only {n} validation pictures: treat them as rough."]
     return lines
 
