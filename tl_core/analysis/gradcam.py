@@ -1,6 +1,7 @@
 """Grad-CAM: which parts of a picture pushed the model towards a class.
 
-Hand-written with one forward hook rather than captum, because captum (2 MB) requires
+Hand-written with one forward hook on a per-family target layer (:func:`target_layer`), whose
+output becomes a leaf so gradients are recorded from there on only, rather than captum, because captum (2 MB) requires
 matplotlib and its stack (about 56 MB more) for plotting the app does not use. Its
 LayerGradCam also averages every dimension after the first two as if it were space, so a
 ViT's (tokens, channels) output would still need the reshaping written here.
