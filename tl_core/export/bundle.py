@@ -420,6 +420,28 @@ def model_card(
     lines = [
         f"# {title}",
         "",
+        *_card_use(classes),
+        "## The data",
+        "",
+        *_card_data(cfg, classes, data),
+    ]
+    lines += _card_model(spec_title, timm_name, cfg, data_config, n_backbone, best_epoch)
+    lines += ["## How well it did", "", _card_accuracy(val_accuracy, preds), ""]
+    # Extra sections (e.g. accuracy intervals, per-class scores, calibration) go here.
+    for heading, body in (extra_sections or {}).items():
+        lines += [f"## {heading}", "", body.strip(), ""]
+    lines += ["## Known weaknesses", ""]
+    if preds is not None and preds.labels:
+        lines += _weaknesses(preds)
+    else:
+        lines.append("Not measured: the run has no validation predictions.")
+    lines += _card_limits_and_parity(report)
+    return "\n".join(lines)
+
+
+def _card_use(classes: list[str]) -> list[str]:
+    """The model card's opening and "How to use it"."""
+    return [
         f"An image classifier trained with Transfer Learning Studio. It sorts a picture into "
         f"one of {len(classes)} classes: {', '.join(classes)}.",
         "",
@@ -444,9 +466,12 @@ def model_card(
         "same (`open_image`). Feed other code's pictures through the same steps to get the "
         "app's exact answers.",
         "",
-        "## The data",
-        "",
     ]
+
+
+def _card_data(cfg: TrainConfig, classes: list[str], data: _DataFacts) -> list[str]:
+    """The model card's "The data": pictures per class and how validation was held back."""
+    lines: list[str] = []
     if data.train is not None:
         lines += ["| class | training pictures | validation pictures |", "| --- | ---: | ---: |"]
         lines += [f"| {c} | {data.train[c]} | {data.val[c]} |" for c in classes]
@@ -469,7 +494,19 @@ def model_card(
         )
     if data.note:
         lines.append(data.note)
-    lines += [
+    return lines
+
+
+def _card_model(
+    spec_title: str,
+    timm_name: str,
+    cfg: TrainConfig,
+    data_config: DataConfig,
+    n_backbone: int,
+    best_epoch: int | None,
+) -> list[str]:
+    """The model card's "The model" and "Settings"."""
+    return [
         "",
         "## The model",
         "",
@@ -491,28 +528,24 @@ def model_card(
         f"- Augmentation: {cfg.augment}",
         f"- Seed: {cfg.seed}",
         "",
-        "## How well it did",
-        "",
     ]
+
+
+def _card_accuracy(val_accuracy: float | None, preds: Predictions | None) -> str:
+    """The model card's validation accuracy line."""
     if preds is not None and preds.labels:
-        lines.append(
+        return (
             f"Validation accuracy: **{_pct(preds.accuracy)}** ({preds.correct} of "
             f"{len(preds.labels)} pictures right)."
         )
-    elif val_accuracy is not None:
-        lines.append(f"Validation accuracy: **{_pct(val_accuracy)}**.")
-    else:
-        lines.append("This run has no validation score.")
-    lines.append("")
-    # Extra sections (e.g. accuracy intervals, per-class scores, calibration) go here.
-    for heading, body in (extra_sections or {}).items():
-        lines += [f"## {heading}", "", body.strip(), ""]
-    lines += ["## Known weaknesses", ""]
-    if preds is not None and preds.labels:
-        lines += _weaknesses(preds)
-    else:
-        lines.append("Not measured: the run has no validation predictions.")
-    lines += [
+    if val_accuracy is not None:
+        return f"Validation accuracy: **{_pct(val_accuracy)}**."
+    return "This run has no validation score."
+
+
+def _card_limits_and_parity(report: ExportReport) -> list[str]:
+    """The model card's "What it must not be used for", parity table and file list."""
+    lines = [
         "",
         "## What it must not be used for",
         "",
@@ -549,7 +582,7 @@ def model_card(
         "- `predict.py`, `requirements.txt`: run the model on a folder of pictures",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _weaknesses(preds: Predictions) -> list[str]:
@@ -649,15 +682,7 @@ def export_run(
     Raises RunError when the run folder or its best.pt is missing or unreadable.
     """
     run_dir, out_zip = Path(run_dir), Path(out_zip)
-    if not run_dir.is_dir():
-        raise RunError(f"There is no run folder at {run_dir}.")
-    if not (run_dir / "best.pt").is_file():
-        raise RunError(f"The run in {run_dir} has no trained model yet (best.pt is missing).")
-    if out_zip.is_dir():
-        raise RunError(f"{out_zip} is a folder; give a file name ending in .zip.")
-    if data_root is not None and not Path(data_root).is_dir():
-        raise RunError(f"There is no data set folder at {data_root}.")
-
+    _check_export_paths(run_dir, out_zip, data_root)
     _say(progress, "Loading the trained model")
     meta = _read_meta(run_dir)
     cfg = TrainConfig.from_dict(meta.get("config", {}))
@@ -674,20 +699,7 @@ def export_run(
     with tempfile.TemporaryDirectory(prefix="tl-export-") as tmp:
         bundle = Path(tmp) / "bundle"
         bundle.mkdir()
-        _say(progress, "Writing the model for timm (safetensors)")
-        write_timm_folder(net, data_config, classes, bundle / "model")
-        _say(progress, "Converting the model to ONNX")
-        try:
-            export_onnx(net, data_config, classes, bundle / "model.onnx")
-        except RunError:
-            raise
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise RunError(
-                f"{spec.title} could not be converted to ONNX ({type(exc).__name__}: {first})."
-            ) from exc
-        shutil.copyfile(Path(bundle_predict.__file__), bundle / "predict.py")
-        (bundle / "requirements.txt").write_text(_requirements(), encoding="utf-8")
+        _write_model_files(bundle, net, data_config, classes, spec.title, progress)
 
         report = _check_parity(bundle, run_dir, trained, preds, data_root, progress)
         report.out_zip, report.model, report.timm_name = out_zip, spec.key, spec.timm_name
@@ -719,16 +731,58 @@ def export_run(
         (bundle / "README.md").write_text(card, encoding="utf-8")
 
         _say(progress, "Writing the zip")
-        out_zip.parent.mkdir(parents=True, exist_ok=True)
-        partial = out_zip.with_name(out_zip.name + ".partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(bundle.rglob("*")):
-                if path.is_file():
-                    path.chmod(0o644)  # safetensors writes 0600: readable for all once unzipped
-                    zf.write(path, path.relative_to(bundle).as_posix())
-        partial.replace(out_zip)
+        _write_zip(bundle, out_zip)
     report.bytes = out_zip.stat().st_size
     return report
+
+
+def _check_export_paths(run_dir: Path, out_zip: Path, data_root: Path | None) -> None:
+    """RunError unless the run has a best.pt, ``out_zip`` is no folder and ``data_root`` is."""
+    if not run_dir.is_dir():
+        raise RunError(f"There is no run folder at {run_dir}.")
+    if not (run_dir / "best.pt").is_file():
+        raise RunError(f"The run in {run_dir} has no trained model yet (best.pt is missing).")
+    if out_zip.is_dir():
+        raise RunError(f"{out_zip} is a folder; give a file name ending in .zip.")
+    if data_root is not None and not Path(data_root).is_dir():
+        raise RunError(f"There is no data set folder at {data_root}.")
+
+
+def _write_model_files(
+    bundle: Path,
+    net: nn.Module,
+    data_config: DataConfig,
+    classes: list[str],
+    title: str,
+    progress: Progress | None,
+) -> None:
+    """The timm folder, model.onnx, predict.py and requirements.txt in ``bundle``."""
+    _say(progress, "Writing the model for timm (safetensors)")
+    write_timm_folder(net, data_config, classes, bundle / "model")
+    _say(progress, "Converting the model to ONNX")
+    try:
+        export_onnx(net, data_config, classes, bundle / "model.onnx")
+    except RunError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(
+            f"{title} could not be converted to ONNX ({type(exc).__name__}: {first})."
+        ) from exc
+    shutil.copyfile(Path(bundle_predict.__file__), bundle / "predict.py")
+    (bundle / "requirements.txt").write_text(_requirements(), encoding="utf-8")
+
+
+def _write_zip(bundle: Path, out_zip: Path) -> None:
+    """Zip ``bundle`` into ``out_zip``, which appears only once complete."""
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_zip.with_name(out_zip.name + ".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(bundle.rglob("*")):
+            if path.is_file():
+                path.chmod(0o644)  # safetensors writes 0600: readable for all once unzipped
+                zf.write(path, path.relative_to(bundle).as_posix())
+    partial.replace(out_zip)
 
 
 def _check_parity(
