@@ -29,6 +29,24 @@ if TYPE_CHECKING:
     from tl_core.runs.store import Run
     from tl_core.training.engine import TrainConfig
 
+__all__ = [
+    "FEW_PER_CLASS",
+    "MANY_PER_CLASS",
+    "STRONG_LIFT",
+    "SWEEP_EPOCHS",
+    "WEAK_LIFT",
+    "Fit",
+    "FreezeAdvice",
+    "Size",
+    "SweepPoint",
+    "depth_label",
+    "freeze_advice",
+    "latest_sweep",
+    "sweep_configs",
+    "sweep_depths",
+    "sweep_reading",
+]
+
 FEW_PER_CLASS = 40  # under this many training images per class: "few"
 MANY_PER_CLASS = 250  # from this many: "many"
 STRONG_LIFT = 0.7  # head start this far from chance to perfect: the features already fit
@@ -63,7 +81,7 @@ class FreezeAdvice:
     sweep: tuple[int, ...]  # two or three depths worth measuring side by side
 
 
-def lift(accuracy: float, chance: float) -> float:
+def _lift(accuracy: float, chance: float) -> float:
     """Where ``accuracy`` sits between chance (0) and perfect (1)."""
     return (accuracy - chance) / (1 - chance) if chance < 1 else 0.0
 
@@ -122,7 +140,7 @@ def freeze_advice(
         "few" if per_class < FEW_PER_CLASS else "many" if per_class >= MANY_PER_CLASS else "some"
     )
     head_lift = (
-        lift(head_start_accuracy, chance if chance is not None else 1 / max(n_classes, 1))
+        _lift(head_start_accuracy, chance if chance is not None else 1 / max(n_classes, 1))
         if head_start_accuracy is not None
         else None
     )

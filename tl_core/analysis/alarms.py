@@ -13,6 +13,14 @@ from typing import Any
 
 from tl_core.analysis.metrics import is_small_sample, validation_noise, wilson_interval
 
+__all__ = [
+    "Alarm",
+    "domain_mismatch",
+    "negative_transfer",
+    "overfitting",
+    "too_little_data",
+]
+
 
 @dataclass(frozen=True)
 class Alarm:

@@ -13,6 +13,11 @@ from typing import Any
 
 from tl_core.analysis.metrics import validation_noise
 
+__all__ = [
+    "Gain",
+    "gains",
+]
+
 
 @dataclass(frozen=True)
 class Gain:

@@ -27,6 +27,29 @@ if TYPE_CHECKING:
     from tl_core.models.device import ComputePlan
     from tl_core.models.inference import TrainedModel
 
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CALIBRATION_FILE",
+    "MIN_SCALING_IMAGES",
+    "REPRODUCE_TOLERANCE",
+    "Calibration",
+    "ModelLoadError",
+    "RunEvaluation",
+    "Verdict",
+    "card_sections",
+    "choose_calibration",
+    "evaluate_folder",
+    "evaluate_logits",
+    "evaluate_predictions",
+    "evaluate_run",
+    "load_calibration",
+    "load_model_checked",
+    "locate_data_root",
+    "reproduces_predictions",
+    "verify_run",
+]
+
 CALIBRATION_FILE = "calibration.json"
 
 

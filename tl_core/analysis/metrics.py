@@ -12,6 +12,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = [
+    "SMALL_SAMPLE_IMAGES",
+    "SMALL_SAMPLE_WIDTH",
+    "AccuracySummary",
+    "ClassReport",
+    "EceComparison",
+    "MacroAverage",
+    "Reliability",
+    "accuracy_summary",
+    "compare_ece",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "fit_temperature",
+    "is_small_sample",
+    "macro_average",
+    "mcnemar_p",
+    "misclassified_by_loss",
+    "nll",
+    "not_sure_threshold",
+    "per_class_report",
+    "reliability_curve",
+    "small_sample_warning",
+    "softmax",
+    "validation_noise",
+    "weakest_classes",
+    "wilson_interval",
+]
+
 
 def _pair(labels: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both arrays as 1-D int64, checked to be the same length."""

@@ -15,6 +15,14 @@ from typing import Any
 
 from tl_core.errors import StudioError
 
+__all__ = [
+    "PREDICTIONS_FILE",
+    "Predictions",
+    "PredictionsError",
+    "check_predictions",
+    "load_predictions",
+]
+
 PREDICTIONS_FILE = "predictions.json"
 _ROUNDING = 2e-3  # probabilities are stored with 6 decimals, logits with 5
 _CONSISTENCY = 1e-2  # between fields: probabilities scored in bfloat16 round to ~4e-3

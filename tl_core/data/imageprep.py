@@ -22,6 +22,15 @@ from tl_core.data.layout import os_reason
 # (it also registers the HEIC/HEIF reader of pillow-heif; Pillow reads AVIF itself).
 from tl_core.export.bundle_predict import to_rgb
 
+__all__ = [
+    "LOSSLESS_FORMATS",
+    "MAX_PROFILE_BYTES",
+    "ImageSkip",
+    "Prepared",
+    "prepare",
+    "to_rgb",
+]
+
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "GIF", "TIFF"})
 # Pillow refuses PNG text and colour-profile (iCCP) chunks that unpack to over 1 MB; print and
 # camera profiles can be larger. Raised to 32 MB (total text stays capped by MAX_TEXT_MEMORY).

@@ -33,6 +33,25 @@ from typing import BinaryIO
 
 from tl_core.errors import DataError
 
+__all__ = [
+    "HIDDEN_FILE_REASON",
+    "SPLIT_FOLDER_NAMES",
+    "TRAIN_FOLDER_NAMES",
+    "UNNAMED_CLASS",
+    "VAL_FOLDER_NAMES",
+    "Entry",
+    "Found",
+    "Plan",
+    "folder_entries",
+    "is_junk",
+    "nfc",
+    "os_reason",
+    "plan_layout",
+    "screen",
+    "shown_raw",
+    "some",
+]
+
 TRAIN_FOLDER_NAMES = ("train", "training")
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")  # in order of preference
 SPLIT_FOLDER_NAMES = frozenset(TRAIN_FOLDER_NAMES + VAL_FOLDER_NAMES)
@@ -88,21 +107,21 @@ def nfc(parts: Iterable[str]) -> tuple[str, ...]:
     return tuple(unicodedata.normalize("NFC", p) for p in parts)
 
 
-def is_junk_name(name: str) -> bool:
+def _is_junk_name(name: str) -> bool:
     """Operating-system clutter: '.DS_Store', 'Thumbs.db', '__MACOSX', AppleDouble '._x'."""
     return name.casefold() in _JUNK or name.startswith("._")
 
 
 def is_junk(parts: tuple[str, ...]) -> bool:
     """True when any part of the path is operating-system clutter."""
-    return any(is_junk_name(p) for p in parts)
+    return any(_is_junk_name(p) for p in parts)
 
 
 def _files(n: int) -> str:
     return "1 file" if n == 1 else f"{n:,} files"
 
 
-def hidden_folder_reason(name: str, n_files: int) -> str:
+def _hidden_folder_reason(name: str, n_files: int) -> str:
     return f"hidden folder '{name}' ({_files(n_files)}) ignored"
 
 
@@ -144,7 +163,7 @@ def screen(entries: Iterable[Entry]) -> tuple[list[Entry], list[tuple[str, str]]
         else:
             hidden[e.parts[: at + 1]] += 1
             hidden_source.setdefault(e.parts[: at + 1], "/".join(e.raw_parts()[: at + 1]) + "/")
-    skipped += [(hidden_source[p], hidden_folder_reason(p[-1], n)) for p, n in hidden.items()]
+    skipped += [(hidden_source[p], _hidden_folder_reason(p[-1], n)) for p, n in hidden.items()]
     return kept, skipped
 
 
@@ -187,7 +206,7 @@ def folder_entries(src: Path, dest: Path | None = None) -> Found:
         for child in children:
             name, child_rel = child.name, (*rel, child.name)
             source = "/".join(child_rel)
-            if is_junk_name(name):
+            if _is_junk_name(name):
                 continue
             try:
                 is_dir = child.is_dir()  # follows symlinks
@@ -196,7 +215,7 @@ def folder_entries(src: Path, dest: Path | None = None) -> Found:
             if name.startswith("."):
                 if is_dir:
                     n = _count_files(child.path)
-                    found.skipped.append((source + "/", hidden_folder_reason(name, n)))
+                    found.skipped.append((source + "/", _hidden_folder_reason(name, n)))
                 else:
                     found.skipped.append((source, HIDDEN_FILE_REASON))
                 continue
@@ -221,12 +240,12 @@ def folder_entries(src: Path, dest: Path | None = None) -> Found:
 # -------------------------------------------------------------------------- labels
 
 
-def label_key(name: str) -> str:
+def _label_key(name: str) -> str:
     """What two class names are compared by: NFKC, case-folded (full-width, ligatures…)."""
     return unicodedata.normalize("NFKC", name).casefold()
 
 
-def clean_name(name: str) -> str:
+def _clean_name(name: str) -> str:
     """A class name without control, zero-width or direction characters; spaces collapsed."""
     spaced = "".join(" " if ch.isspace() else ch for ch in name)
     kept = "".join(ch for ch in spaced if unicodedata.category(ch) not in ("Cc", "Cf", "Co"))
@@ -257,7 +276,7 @@ def _labels(raw_names: dict[str, set[str]]) -> tuple[dict[str, str], list[str]]:
     dirty: list[str] = []
     blank: list[str] = []
     for name in sorted(raw_names):
-        label = clean_name(name)
+        label = _clean_name(name)
         if not label:
             blank.append(shown_raw(name))
             label = UNNAMED_CLASS
@@ -288,7 +307,7 @@ def _labels(raw_names: dict[str, set[str]]) -> tuple[dict[str, str], list[str]]:
         )
     by_key: defaultdict[str, list[str]] = defaultdict(list)
     for label in labels.values():
-        by_key[label_key(label)].append(label)
+        by_key[_label_key(label)].append(label)
     clashes = [" and ".join(f"'{x}'" for x in group) for group in by_key.values() if len(group) > 1]
     if clashes:
         extra = f" (and {len(clashes) - 3:,} more such groups)" if len(clashes) > 3 else ""
@@ -402,8 +421,8 @@ def _drop_orphans(
         )
     warnings: list[str] = []
     if orphans:
-        keys = {label_key(t): t for t in train_labels}
-        hints = [f"'{o}' (like '{keys[label_key(o)]}')" for o in orphans if label_key(o) in keys]
+        keys = {_label_key(t): t for t in train_labels}
+        hints = [f"'{o}' (like '{keys[_label_key(o)]}')" for o in orphans if _label_key(o) in keys]
         hint = f" Some differ only in capital letters: {', '.join(hints[:3])}." if hints else ""
         warnings.append(
             f"The '{val_dir}' folder has {'a class' if len(orphans) == 1 else 'classes'} "

@@ -16,6 +16,14 @@ from pathlib import Path
 from tl_core.data.layout import VAL_FOLDER_NAMES, folder_entries, is_junk, os_reason
 from tl_core.errors import DataError, RunError
 
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "check_data_folder",
+    "check_out_folder",
+    "check_val_folder",
+    "empty_folder",
+]
+
 # Every kind the importer may read (a superset of tl_core.data.dataset.IMAGE_SUFFIXES, checked by a
 # test). The importer also reads pictures whose names say nothing (``IMG_0001``), so a file
 # without one of these is still looked at: its first bytes against the formats' signatures.

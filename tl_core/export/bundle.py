@@ -47,6 +47,24 @@ from tl_core.training import checkpoint
 from tl_core.training.engine import TrainConfig
 from tl_core.training.inputs import Normalize, cache_side
 
+__all__ = [
+    "INPUT_NAME",
+    "ONNX_OPSET",
+    "ONNX_TOLERANCE",
+    "OUTPUT_NAMES",
+    "RECORDED_TOLERANCE",
+    "SAFETENSORS_TOLERANCE",
+    "ExportReport",
+    "FormatParity",
+    "OnnxPipeline",
+    "Progress",
+    "export_onnx",
+    "export_run",
+    "find_data_root",
+    "model_card",
+    "write_timm_folder",
+]
+
 Progress = Callable[[str], None]
 
 INPUT_NAME = "image"
@@ -125,7 +143,7 @@ class ExportReport:
 # ------------------------------------------------------------------------------- ONNX
 
 
-def crop_start(excess: int | torch.SymInt) -> int | torch.SymInt:
+def _crop_start(excess: int | torch.SymInt) -> int | torch.SymInt:
     """torchvision's centre-crop offset ``int(round(excess / 2))`` in integer arithmetic.
 
     Python rounds halves to even; written with // and % it also works on symbolic sizes.
@@ -165,10 +183,11 @@ class OnnxPipeline(nn.Module):
         new_h, new_w = self.side * height // short, self.side * width // short
         x = self._resize(x, (height, new_w))
         x = self._resize(x, (new_h, new_w))
-        x = x.narrow(2, crop_start(new_h - self.side), self.side)
-        x = x.narrow(3, crop_start(new_w - self.side), self.side)
+        x = x.narrow(2, _crop_start(new_h - self.side), self.side)
+        x = x.narrow(3, _crop_start(new_w - self.side), self.side)
         ch, cw = self.crop
-        return x.narrow(2, crop_start(self.side - ch), ch).narrow(3, crop_start(self.side - cw), cw)
+        x = x.narrow(2, _crop_start(self.side - ch), ch)
+        return x.narrow(3, _crop_start(self.side - cw), cw)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(self.normalize(self.preprocess(images)))

@@ -28,6 +28,25 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 from PIL import Image, ImageOps
 
+__all__ = [
+    "BATCH",
+    "HERE",
+    "IMAGE_SUFFIXES",
+    "MAX_SIDE",
+    "MAX_SOURCE_PIXELS",
+    "OnnxPredictor",
+    "Predictor",
+    "SafetensorsPredictor",
+    "find_images",
+    "load_predictor",
+    "main",
+    "open_image",
+    "predict_files",
+    "read_config",
+    "to_rgb",
+    "write_csv",
+]
+
 try:  # iPhone photos (HEIC/HEIF); Pillow itself reads AVIF
     from pillow_heif import register_heif_opener
 except ImportError:  # pragma: no cover - predict.py without pillow-heif installed
