@@ -116,3 +116,10 @@ def test_depth_labels_match_the_slider() -> None:
         "last 3 groups",
         "everything",
     ]
+
+
+@pytest.mark.parametrize(
+    ("k", "label"), [(0, "only the new head"), (1, "last 1 group"), (7, "last 7 groups")]
+)
+def test_the_depth_wording_works_without_the_group_count(k, label) -> None:
+    assert depth_label(k) == label  # a run's label knows the depth but not the model's groups

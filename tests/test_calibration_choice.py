@@ -165,13 +165,13 @@ def _write_predictions(run_dir: Path, logits: np.ndarray, labels: np.ndarray) ->
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
-def test_the_choice_is_saved_and_read_back(tmp_path, scale) -> None:
+def test_the_choice_is_computed_again_the_same_way(tmp_path, scale) -> None:
     z, labels = _sampled(400, 2)
     _write_predictions(tmp_path / "run", scale * z, labels)
     ev = evaluate_run(tmp_path / "run")
-    saved = json.loads((tmp_path / "run" / CALIBRATION_FILE).read_text())
-    assert saved["used"] is (scale > 1) and saved["temperature"] == ev.calibration.temperature
+    assert ev is not None and ev.calibration.used is (scale > 1)
     assert load_calibration(tmp_path / "run") == ev.calibration
+    assert not (tmp_path / "run" / CALIBRATION_FILE).exists()
 
 
 def test_an_old_calibration_file_is_decided_again_from_the_predictions(tmp_path) -> None:
@@ -181,7 +181,43 @@ def test_an_old_calibration_file_is_decided_again_from_the_predictions(tmp_path)
     (tmp_path / "run" / CALIBRATION_FILE).write_text(json.dumps(old))
     cal = load_calibration(tmp_path / "run")
     assert cal.used is False and cal.temperature == 1.0
-    assert json.loads((tmp_path / "run" / CALIBRATION_FILE).read_text())["used"] is False
+    assert json.loads((tmp_path / "run" / CALIBRATION_FILE).read_text()) == old  # left alone
+
+
+def _folder_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        p.relative_to(folder).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("scale", "old_file"),
+    [
+        (1.0, None),
+        (3.0, None),
+        (1.0, {"temperature": 1.08, "threshold": 0.5}),  # written before "used" was decided
+        (3.0, {"temperature": 2.5, "threshold": 0.6, "used": True}),
+        (1.0, "[1, 2"),  # damaged
+    ],
+)
+def test_reading_an_evaluation_writes_nothing(tmp_path, scale, old_file) -> None:
+    run_dir = tmp_path / "run"
+    z, labels = _sampled(200, 4)
+    _write_predictions(run_dir, scale * z, labels)
+    if old_file is not None:
+        text = old_file if isinstance(old_file, str) else json.dumps(old_file)
+        (run_dir / CALIBRATION_FILE).write_text(text)
+    before = _folder_state(run_dir)
+    dir_mtime = run_dir.stat().st_mtime_ns
+    for _ in range(2):
+        ev = evaluate_run(run_dir)
+        card_sections(ev)
+        load_calibration(run_dir)
+        assert _folder_state(run_dir) == before
+    assert run_dir.stat().st_mtime_ns == dir_mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 @pytest.mark.parametrize(

@@ -345,3 +345,32 @@ def test_cli_export_explains_bad_input(tmp_path, capsys):
     assert cli.main([*ws, "export", str(tmp_path / "empty-run"), "--out", str(out)]) == 2
     assert "best.pt is missing" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("labels", "preds"),
+    [
+        ([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 0, 0]),
+        ([0, 1, 2] * 20, [1, 1, 2] * 20),
+        ([0, 1, 2] * 200, [0, 1, 2] * 199 + [1, 1, 2]),
+    ],
+)
+def test_the_model_card_lists_the_weakest_classes_once(labels, preds) -> None:
+    from tl_core.analysis import metrics
+    from tl_core.analysis.evaluation import card_sections, evaluate_predictions
+    from tl_core.analysis.results import Predictions
+    from tl_core.export.bundle import _weaknesses
+
+    logits = (np.eye(3)[preds] * 5).tolist()
+    probs = metrics.softmax(np.asarray(logits)).tolist()
+    p = Predictions(list("abc"), [f"{i}.png" for i in range(len(labels))], labels, preds,
+                    [max(r) for r in probs], probs, logits)  # fmt: skip
+    assert p.confusion() == metrics.confusion_matrix(labels, preds, 3).tolist()
+    sections = card_sections(evaluate_predictions(p))
+    text = "\n".join([*sections.values(), *_weaknesses(p)])
+    assert text.count("most often misses") == 1
+    weakest = metrics.weakest_classes(metrics.per_class_report(labels, preds, 3))
+    for c in weakest:
+        assert f"- {'abc'[c.index]}: found {c.tp} of {c.support}" in text
+    s = metrics.accuracy_summary(labels, preds)
+    assert ("treat them as rough" in text) is metrics.is_small_sample(s.total, s.ci_low, s.ci_high)

@@ -255,3 +255,63 @@ def test_evaluation_keeps_accuracy_and_scores_calibration_honestly() -> None:
     assert ev.calibration.ece_after < ev.calibration.ece_before
     worst = ev.wrong_by_loss[0]
     assert worst in ev.cell(int(ev.labels[worst]), int(ev.preds[worst]))
+
+
+# ------------------------------------------------------------ one definition each, used by all
+
+
+@pytest.mark.parametrize(("accuracy", "n_val"), [(0.8, 12), (0.5, 100), (0.95, 400), (1.0, 30)])
+def test_the_validation_noise_is_one_rule_for_alarms_comparison_and_sweeps(accuracy, n_val) -> None:
+    from tl_core.analysis import alarms, comparison
+
+    noise = metrics.validation_noise(accuracy, n_val)
+    low, high = metrics.wilson_interval(round(accuracy * n_val), n_val)
+    assert noise == max((high - low) / 2, 1 / n_val)
+    above, within = accuracy + noise + 1e-9, accuracy + noise * 0.99
+    rivals = (above, within)
+    found = [alarms.negative_transfer(accuracy, n_val, scratch_accuracy=r) for r in rivals]
+    assert found[0] is not None and found[1] is None
+    epochs = [{"val_accuracy": accuracy}]
+    for rival, holds in ((above, False), (within, None)):
+        gains = comparison.gains(epochs, [{"val_accuracy": rival}], n_val)
+        assert gains[0].holds is holds
+
+
+@pytest.mark.parametrize(
+    ("correct", "total", "small"),
+    [
+        (0, 0, True),
+        (29, 29, True),
+        (20, 20, True),
+        (30, 60, True),
+        (50, 100, False),
+        (990, 1000, False),
+    ],
+)
+def test_the_small_sample_rule_is_one_rule_for_the_warning_and_the_alarm(
+    correct, total, small
+) -> None:
+    from tl_core.analysis import alarms
+
+    s = _summary(correct, total)
+    assert metrics.is_small_sample(s.total, s.ci_low, s.ci_high) is small
+    assert (metrics.small_sample_warning(s) is not None) is small
+    if total:
+        assert (alarms.too_little_data(total, correct / total) is not None) is small
+
+
+@pytest.mark.parametrize(
+    ("labels", "preds", "names"),
+    [
+        ([0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], []),  # nothing missed
+        ([0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 0, 0], [2, 0]),
+        ([0, 1, 1, 1, 1, 2], [1, 0, 0, 1, 1, 2], [0, 1]),
+        ([0, 0, 0, 1, 2, 3, 3], [1, 1, 2, 0, 2, 0, 1], [0, 3, 1]),  # ties: more images first
+    ],
+)
+def test_the_weakest_classes_are_one_rule(labels, preds, names) -> None:
+    reports = metrics.per_class_report(np.array(labels), np.array(preds), 4)
+    assert [c.index for c in metrics.weakest_classes(reports)] == names
+    logits = np.eye(4)[preds] * 5
+    ev = evaluate_logits(list("abcd"), [f"{i}.png" for i in labels], logits, np.array(labels))
+    assert [c.index for c in ev.worst_classes()] == names

@@ -24,9 +24,9 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tl_core.config import AUGMENT_LEVELS, SCRATCH_LR, TrainConfig, scratch_config
 from tl_core.data import paths
@@ -56,7 +56,16 @@ def _parser() -> argparse.ArgumentParser:
         help="workspace folder (default: $TL_STUDIO_HOME or ~/.tl-studio)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_recommend(sub)
+    _add_export(sub)
+    _add_evaluate(sub)
+    _add_repair(sub)
+    _add_worker(sub)
+    return parser
 
+
+def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = sub.add_parser(
         "train",
         help="train a model on a folder of labelled images",
@@ -133,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
         f"(learning rate at most {SCRATCH_LR:g})",
     )
 
+
+def _add_recommend(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     recommend = sub.add_parser(
         "recommend",
         help="rank the models available offline on your images, from frozen features",
@@ -150,6 +161,8 @@ def _parser() -> argparse.ArgumentParser:
         help="a separate validation folder with the same class sub-folders",
     )
 
+
+def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     export = sub.add_parser(
         "export",
         help="write a run's best model as a zip that predicts the same elsewhere",
@@ -167,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
         help="the run's imported data set folder (default: found through the workspace)",
     )
 
+
+def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     evaluate = sub.add_parser(
         "evaluate",
         help="score a run: accuracy with its 95%% interval, per-class scores, calibration",
@@ -182,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
         "(holding manifest.json) to re-check the saved model on",
     )
 
+
+def _add_repair(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sub.add_parser(
         "repair",
         help="move a damaged studio.db aside and rebuild the index from the folders",
@@ -191,6 +208,8 @@ def _parser() -> argparse.ArgumentParser:
         "run.json) that the index lacks. Prints a JSON summary as the last line.",
     )
 
+
+def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     worker = sub.add_parser(
         "worker",
         help="(internal) run one queued run of the app",
@@ -204,7 +223,6 @@ def _parser() -> argparse.ArgumentParser:
         dest="worker_workspace",
         help="workspace folder of the run (default: the one given before the command)",
     )
-    return parser
 
 
 # ---------------------------------------------------------------------------------- train
@@ -329,7 +347,8 @@ class _Kept(StudioError):
     """A run that ended early but saved an epoch: the message says how to go on."""
 
 
-def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
+def _config(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings from the command line, checked before any work."""
     config = TrainConfig(
         model=args.model,
         trainable_groups=args.trainable_groups,
@@ -342,6 +361,79 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
     )
     config.validate()
     get_spec(config.model)  # an unknown name fails before any work
+    return config
+
+
+@dataclass
+class _Training:
+    """What a command-line run has made so far (undone when it fails)."""
+
+    config: TrainConfig
+    staging: Path
+    project_id: str | None = None
+    run_id: str | None = None
+    manifest: DatasetManifest | None = None
+    split: Split | None = None
+
+
+def _queue_run(
+    store: Store, args: argparse.Namespace, t: _Training, clear: bool, previous: Run | None
+) -> None:
+    """Import the data into a new project and queue its run (ids kept in ``t``)."""
+    manifest = _import(args.data, args.val, t.staging)
+    _warn(manifest)
+    t.manifest = manifest
+    t.split = _split(manifest, args.val, t.config.val_fraction, t.config.seed)
+    if args.from_scratch:
+        from tl_core.models.freezing import describe_model
+
+        n_backbone = describe_model(t.config.model, len(manifest.classes)).n_backbone
+        t.config = scratch_config(t.config, n_backbone)
+    t.project_id = project_id = store.create_project(name=args.data.resolve().name).id
+    store.update_settings(project_id, **{jobs.CLI_PENDING: os.getpid()})
+    data_dir = store.new_data_dir(project_id)
+    os.replace(t.staging, data_dir)
+    manifest.root = data_dir  # what reads its files later looks here
+    store.set_data_dir(project_id, data_dir)
+    store.update_settings(project_id, **asdict(t.config))
+    if previous is not None:  # --overwrite: that run's record goes with its files
+        jobs.discard_run(store, previous.id, remove_folder=False)
+    if clear:
+        paths.empty_folder(args.out)
+    t.run_id = store.create_run(
+        project_id,
+        asdict(t.config),
+        data_dir,
+        run_dir=args.out,
+        source="cli",
+        status="queued",
+        pid=os.getpid(),
+    ).id
+
+
+def _undo(store: Store, t: _Training, exc: BaseException) -> None:
+    """After a failure: keep a resumable run (and say how to go on), else remove what was made.
+
+    Returns only when the caller should re-raise ``exc`` as it is.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        interrupt.hold()
+    run = store.run(t.run_id) if t.run_id else None
+    if run is not None and (Path(run.run_dir) / "last.pt").exists():  # resumable: kept
+        jobs.settle_cli_project(store, run.project_id, force=True)
+        note = f" The run was kept; resume it in the app: ?project={run.project_id}"
+        if isinstance(exc, KeyboardInterrupt):
+            exc.add_note(note)
+            return
+        raise _Kept(f"{exc}{note}") from None
+    if run is not None:
+        jobs.discard_run(store, run.id)
+    if t.project_id is not None:
+        jobs.discard_project(store, t.project_id)
+
+
+def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
+    config = _config(args)
     _check_folders(args)
     clear, previous = _check_out(store, args)
 
@@ -349,68 +441,37 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
     jobs.recover(store)  # leftovers of killed processes go first
     staging = store.workspace / "incoming" / f"{os.getpid()}-{new_id()}"
     staging.parent.mkdir(parents=True, exist_ok=True)
-    project_id = run_id = None
+    t = _Training(config, staging)
     try:
-        manifest = _import(args.data, args.val, staging)
-        _warn(manifest)
-        split = _split(manifest, args.val, config.val_fraction, config.seed)
-        if args.from_scratch:
-            from tl_core.models.freezing import describe_model
-
-            n_backbone = describe_model(config.model, len(manifest.classes)).n_backbone
-            config = scratch_config(config, n_backbone)
-        project_id = store.create_project(name=args.data.resolve().name).id
-        store.update_settings(project_id, **{jobs.CLI_PENDING: os.getpid()})
-        data_dir = store.new_data_dir(project_id)
-        os.replace(staging, data_dir)
-        manifest.root = data_dir  # what reads its files later looks here
-        store.set_data_dir(project_id, data_dir)
-        store.update_settings(project_id, **asdict(config))
-        if previous is not None:  # --overwrite: that run's record goes with its files
-            jobs.discard_run(store, previous.id, remove_folder=False)
-        if clear:
-            paths.empty_folder(args.out)
-        run_id = store.create_run(
-            project_id,
-            asdict(config),
-            data_dir,
-            run_dir=args.out,
-            source="cli",
-            status="queued",
-            pid=os.getpid(),
-        ).id
+        _queue_run(store, args, t, clear, previous)
+        assert t.run_id is not None
         jobs.wait_for_turn(
             store,
-            run_id,
+            t.run_id,
             lambda place: print(f"waiting: place {place} in the queue", file=sys.stderr),
         )
-        from tl_core.data.neardup import run_summary
         from tl_core.runs.worker import run_worker
 
-        result = run_worker(store, run_id)
-        final = store.run(run_id)
+        result = run_worker(store, t.run_id)
+        final = store.run(t.run_id)
         if result is None or final is None:
             raise StudioError(final.error if final and final.error else "Training failed.")
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            interrupt.hold()
-        run = store.run(run_id) if run_id else None
-        if run is not None and (Path(run.run_dir) / "last.pt").exists():  # resumable: kept
-            jobs.settle_cli_project(store, run.project_id, force=True)
-            note = f" The run was kept; resume it in the app: ?project={run.project_id}"
-            if isinstance(exc, KeyboardInterrupt):
-                exc.add_note(note)
-                raise
-            raise _Kept(f"{exc}{note}") from None
-        if run is not None:
-            jobs.discard_run(store, run.id)
-        if project_id is not None:
-            jobs.discard_project(store, project_id)
+        _undo(store, t, exc)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    jobs.settle_cli_project(store, project_id, force=True)
+    jobs.settle_cli_project(store, t.project_id, force=True)
     jobs.pump(store)  # hand the freed slot to the next waiting run
+    return _train_summary(t, result, final.run_dir)
+
+
+def _train_summary(t: _Training, result: Any, run_dir: str) -> dict[str, object]:
+    """The train command's JSON summary."""
+    from tl_core.data.neardup import run_summary
+
+    config, manifest, split = t.config, t.manifest, t.split
+    assert manifest is not None and split is not None
     return {
         "val_accuracy": result.val_accuracy,
         "epochs": result.epochs_done,
@@ -426,10 +487,10 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         ),
         "status": result.status,
         "compute": result.compute,
-        "project_id": project_id,
-        "run_id": run_id,
-        "run_dir": final.run_dir,
-        "app_link": f"?project={project_id}",
+        "project_id": t.project_id,
+        "run_id": t.run_id,
+        "run_dir": run_dir,
+        "app_link": f"?project={t.project_id}",
     }
 
 
@@ -486,9 +547,7 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
                 else ""
             )
             raise StudioError(verdict.sentence + hint)
-        result = evaluation.evaluate_run(run_dir)
-        if result is None:
-            raise StudioError(f"The run in {run_dir} has no validation predictions.")
+        result = evaluation.evaluate_predictions(preds)
         summary = {**result.summary_json(), "data": "validation split", **verdict.summary()}
     summary["per_class"] = {
         result.classes[c.index]: {"recall": c.recall, "precision": c.precision, "f1": c.f1}

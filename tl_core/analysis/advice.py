@@ -22,12 +22,30 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from tl_core.analysis.metrics import wilson_interval
+from tl_core.analysis.metrics import validation_noise, wilson_interval
 from tl_core.runs.store import UNFINISHED
 
 if TYPE_CHECKING:
     from tl_core.runs.store import Run
     from tl_core.training.engine import TrainConfig
+
+__all__ = [
+    "FEW_PER_CLASS",
+    "MANY_PER_CLASS",
+    "STRONG_LIFT",
+    "SWEEP_EPOCHS",
+    "WEAK_LIFT",
+    "Fit",
+    "FreezeAdvice",
+    "Size",
+    "SweepPoint",
+    "depth_label",
+    "freeze_advice",
+    "latest_sweep",
+    "sweep_configs",
+    "sweep_depths",
+    "sweep_reading",
+]
 
 FEW_PER_CLASS = 40  # under this many training images per class: "few"
 MANY_PER_CLASS = 250  # from this many: "many"
@@ -63,7 +81,7 @@ class FreezeAdvice:
     sweep: tuple[int, ...]  # two or three depths worth measuring side by side
 
 
-def lift(accuracy: float, chance: float) -> float:
+def _lift(accuracy: float, chance: float) -> float:
     """Where ``accuracy`` sits between chance (0) and perfect (1)."""
     return (accuracy - chance) / (1 - chance) if chance < 1 else 0.0
 
@@ -80,11 +98,13 @@ def _fit(head_lift: float | None, domain_level: str | None) -> Fit:
     return "far" if head_lift < WEAK_LIFT else "between"
 
 
-def depth_label(trainable_groups: int, n_backbone: int) -> str:
-    """'only the new head', 'last 2 groups', 'everything' (as the Train page's slider says)."""
+def depth_label(trainable_groups: int, n_backbone: int | None = None) -> str:
+    """How many layer groups learn, in the Train page slider's words: 'only the new head',
+    'last 2 groups', 'everything' (only when ``n_backbone``, the model's group count, is
+    known)."""
     if trainable_groups == 0:
         return "only the new head"
-    if trainable_groups >= n_backbone:
+    if n_backbone is not None and trainable_groups >= n_backbone:
         return "everything"
     return f"last {trainable_groups} group{'s' if trainable_groups > 1 else ''}"
 
@@ -120,7 +140,7 @@ def freeze_advice(
         "few" if per_class < FEW_PER_CLASS else "many" if per_class >= MANY_PER_CLASS else "some"
     )
     head_lift = (
-        lift(head_start_accuracy, chance if chance is not None else 1 / max(n_classes, 1))
+        _lift(head_start_accuracy, chance if chance is not None else 1 / max(n_classes, 1))
         if head_start_accuracy is not None
         else None
     )
@@ -233,8 +253,8 @@ def sweep_reading(points: Sequence[SweepPoint], n_backbone: int) -> str | None:
     others = [p for p in done if p is not best]
     runner = max(others, key=lambda p: p.accuracy or 0.0)
     assert best.accuracy is not None and runner.accuracy is not None
-    low, _ = best.interval or (best.accuracy, best.accuracy)
-    clear = runner.accuracy < low
+    noise = validation_noise(best.accuracy, best.n_val) if best.n_val else 0.0
+    clear = best.accuracy - runner.accuracy > noise
     name = depth_label(best.trainable_groups, n_backbone)
     waiting = any(p.pending for p in points)
     text = (

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tl_core.analysis.metrics import wilson_interval
+from tl_core.analysis.metrics import is_small_sample, validation_noise, wilson_interval
+
+__all__ = [
+    "Alarm",
+    "domain_mismatch",
+    "negative_transfer",
+    "overfitting",
+    "too_little_data",
+]
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,7 @@ def negative_transfer(
 
     Differences within the validation set's noise (a Wilson half-width) do not count.
     """
-    low, high = wilson_interval(round(transfer_accuracy * n_val), n_val)
-    noise = max((high - low) / 2, 1 / max(n_val, 1))
+    noise = validation_noise(transfer_accuracy, n_val)
     rivals = [
         (name, acc)
         for name, acc in (
@@ -109,13 +116,14 @@ def _points(share: float) -> str:
 
 def too_little_data(n_val: int, accuracy: float, differences: Sequence[float] = ()) -> Alarm | None:
     """The validation set is too small to tell the shown differences apart (or to trust one
-    number): its 95% interval is wider than 20 points, or wider than the smallest difference."""
+    number): a small sample (:func:`~tl_core.analysis.metrics.is_small_sample`), or an
+    interval wider than the smallest difference."""
     if n_val <= 0:
         return None
     low, high = wilson_interval(round(accuracy * n_val), n_val)
     width = high - low
     smallest = min((abs(d) for d in differences if d), default=None)
-    if width <= 0.2 and (smallest is None or width / 2 <= smallest):
+    if not is_small_sample(n_val, low, high) and (smallest is None or width / 2 <= smallest):
         return None
     about = (
         f"differences of {_points(smallest)} between the results shown are within that noise"

@@ -11,7 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tl_core.analysis.metrics import wilson_interval
+from tl_core.analysis.metrics import validation_noise
+
+__all__ = [
+    "Gain",
+    "gains",
+]
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,7 @@ def gains(
     t, s = _val(transfer_epochs), _val(scratch_epochs)
     if not t or not s:
         return []
-    low, high = wilson_interval(round(max(t) * n_val), n_val)
-    noise = max((high - low) / 2, 1 / max(n_val, 1))
+    noise = validation_noise(max(t), n_val)
 
     def verdict(diff: float) -> bool | None:
         return None if abs(diff) <= noise else diff > 0

@@ -1,9 +1,10 @@
 """How good is a trained run? Accuracy with its interval, per-class scores, calibration.
 
 Everything here works from the validation predictions a run wrote (``predictions.json``, logits
-included), or from a fresh pass over another labelled folder. The fitted temperature and the
-"not sure" threshold are kept in the run folder (``calibration.json``) for the Try page and
-the export.
+included), or from a fresh pass over another labelled folder. Reading writes nothing: the
+fitted temperature and the "not sure" threshold are a pure function of the predictions
+(seeded), so the Try page and the export compute the same ones again; a ``calibration.json``
+that an older version left in the run folder is still read.
 
 Before any score is reported, the run's saved model is loaded (:func:`load_model_checked`) and
 checked against the recorded predictions on the validation images (:func:`verify_run`).
@@ -12,7 +13,7 @@ checked against the recorded predictions on the validation images (:func:`verify
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,29 @@ from tl_core.errors import CheckpointError, StudioError
 if TYPE_CHECKING:
     from tl_core.models.device import ComputePlan
     from tl_core.models.inference import TrainedModel
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
+    "CALIBRATION_FILE",
+    "MIN_SCALING_IMAGES",
+    "REPRODUCE_TOLERANCE",
+    "Calibration",
+    "ModelLoadError",
+    "RunEvaluation",
+    "Verdict",
+    "card_sections",
+    "choose_calibration",
+    "evaluate_folder",
+    "evaluate_logits",
+    "evaluate_predictions",
+    "evaluate_run",
+    "load_calibration",
+    "load_model_checked",
+    "locate_data_root",
+    "reproduces_predictions",
+    "verify_run",
+]
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -100,9 +124,8 @@ class RunEvaluation:
     wrong_by_loss: list[int]
 
     def worst_classes(self, n: int = 3) -> list[metrics.ClassReport]:
-        """Classes with the lowest recall (the ones the model most often misses)."""
-        seen = [c for c in self.per_class if c.support > 0]
-        return sorted(seen, key=lambda c: (c.recall, -c.support))[:n]
+        """Classes with the lowest recall (:func:`~tl_core.analysis.metrics.weakest_classes`)."""
+        return metrics.weakest_classes(self.per_class, n)
 
     def cell(self, true: int, pred: int) -> list[int]:
         """Indices of the images behind one confusion-matrix cell."""
@@ -212,27 +235,20 @@ def evaluate_predictions(preds: Predictions) -> RunEvaluation:
 
 
 def evaluate_run(run_dir: Path) -> RunEvaluation | None:
-    """The run's evaluation on its validation images; its calibration is saved beside it."""
+    """The run's evaluation on its validation images (None without predictions); writes
+    nothing."""
     preds = load_predictions(Path(run_dir))
     if preds is None:
         return None
-    result = evaluate_predictions(preds)
-    save_calibration(Path(run_dir), result.calibration)
-    return result
-
-
-def save_calibration(run_dir: Path, calibration: Calibration) -> None:
-    path = run_dir / CALIBRATION_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(calibration), indent=1))
-    tmp.replace(path)
+    return evaluate_predictions(preds)
 
 
 def load_calibration(run_dir: Path) -> Calibration:
-    """The run's calibration: fitted now when it has predictions but no calibration yet.
+    """The run's calibration, computed from its predictions; writes nothing.
 
-    A file written before scaling was checked against its noise (no ``used`` field) is
-    decided again from the predictions when they are there, else read as it is.
+    A ``calibration.json`` an older version saved is read when it records whether scaling is
+    used; one written before that was decided (no ``used`` field) is decided again from the
+    predictions when they are there, else read as it is.
     """
     path = Path(run_dir) / CALIBRATION_FILE
     saved: Calibration | None = None
@@ -457,12 +473,10 @@ def card_sections(ev: RunEvaluation | None) -> dict[str, str]:
         f"| {ev.classes[c.index]} | {c.support} | {c.recall:.0%} | {c.precision:.0%} | {c.f1:.2f} |"
         for c in ev.per_class
     ]
-    worst = ", ".join(f"{ev.classes[c.index]} ({c.recall:.0%} found)" for c in ev.worst_classes(3))
     cal = ev.calibration
     return {
         "Accuracy and its uncertainty": "\n\n".join(lines),
         "Per class": "\n".join(table),
-        "Weakest classes": f"The classes it most often misses: {worst}.",
         "Calibration": _card_calibration(cal),
     }
 

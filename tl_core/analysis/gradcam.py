@@ -1,7 +1,8 @@
 """Grad-CAM: which parts of a picture pushed the model towards a class.
 
-Hand-written with one forward hook rather than captum, because captum (2 MB) requires
-matplotlib and its stack (about 56 MB more) for plotting the app does not use. Its
+Hand-written with one forward hook on a per-family target layer (:func:`target_layer`), whose
+output becomes a leaf so that gradients are recorded from there on only. Not captum: captum
+(2 MB) requires matplotlib and its stack (about 56 MB more) for plotting the app does not use. Its
 LayerGradCam also averages every dimension after the first two as if it were space, so a
 ViT's (tokens, channels) output would still need the reshaping written here.
 """
@@ -17,6 +18,14 @@ from torch import nn
 
 from tl_core.errors import RunError
 from tl_core.models.inference import ImageInput, TrainedModel
+
+__all__ = [
+    "TURBO",
+    "Heatmap",
+    "heatmap",
+    "overlay",
+    "target_layer",
+]
 
 
 def _turbo(x: np.ndarray) -> np.ndarray:

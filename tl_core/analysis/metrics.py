@@ -7,9 +7,38 @@ Labels and predictions are class indices; ``probs`` and ``logits`` are (images, 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+__all__ = [
+    "SMALL_SAMPLE_IMAGES",
+    "SMALL_SAMPLE_WIDTH",
+    "AccuracySummary",
+    "ClassReport",
+    "EceComparison",
+    "MacroAverage",
+    "Reliability",
+    "accuracy_summary",
+    "compare_ece",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "fit_temperature",
+    "is_small_sample",
+    "macro_average",
+    "mcnemar_p",
+    "misclassified_by_loss",
+    "nll",
+    "not_sure_threshold",
+    "per_class_report",
+    "reliability_curve",
+    "small_sample_warning",
+    "softmax",
+    "validation_noise",
+    "weakest_classes",
+    "wilson_interval",
+]
 
 
 def _pair(labels: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,15 +92,29 @@ def accuracy_summary(labels: np.ndarray, preds: np.ndarray) -> AccuracySummary:
     return AccuracySummary(correct / total if total else 0.0, correct, total, low, high)
 
 
-def small_sample_warning(
-    summary: AccuracySummary, max_width: float = 0.2, min_images: int = 30
-) -> str | None:
-    """A plain warning when the accuracy is too uncertain to trust; else None.
+SMALL_SAMPLE_IMAGES = 30  # fewer validation images than this: a small sample
+SMALL_SAMPLE_WIDTH = 0.2  # or a 95% interval wider than this (20 percentage points)
 
-    Warns when there are fewer than ``min_images`` images or the interval is wider than
-    ``max_width`` (0.2 = 20 percentage points).
+
+def validation_noise(accuracy: float, n_val: int) -> float:
+    """How far apart two accuracies on ``n_val`` images must be to count as different.
+
+    Half the 95% Wilson interval around ``accuracy``, and at least one image's worth.
     """
-    if summary.total >= min_images and summary.ci_high - summary.ci_low <= max_width:
+    low, high = wilson_interval(round(accuracy * n_val), n_val)
+    return max((high - low) / 2, 1 / max(n_val, 1))
+
+
+def is_small_sample(total: int, ci_low: float, ci_high: float) -> bool:
+    """Too few images to trust one accuracy: under SMALL_SAMPLE_IMAGES, or an interval wider
+    than SMALL_SAMPLE_WIDTH."""
+    return total < SMALL_SAMPLE_IMAGES or ci_high - ci_low > SMALL_SAMPLE_WIDTH
+
+
+def small_sample_warning(summary: AccuracySummary) -> str | None:
+    """A plain warning when the accuracy is too uncertain to trust (:func:`is_small_sample`);
+    else None."""
+    if not is_small_sample(summary.total, summary.ci_low, summary.ci_high):
         return None
     if summary.total == 0:
         return "There are no validation images, so the accuracy cannot be measured yet."
@@ -119,6 +162,13 @@ def per_class_report(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> l
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         out.append(ClassReport(c, support, predicted, tp, precision, recall, f1))
     return out
+
+
+def weakest_classes(reports: Sequence[ClassReport], n: int = 3) -> list[ClassReport]:
+    """The ``n`` classes the model most often misses: lowest recall first (more images first
+    on a tie); classes with no images or none missed are left out."""
+    missed = [c for c in reports if c.support > 0 and c.tp < c.support]
+    return sorted(missed, key=lambda c: (c.recall, -c.support))[:n]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,14 @@ from typing import Any
 
 from tl_core.errors import StudioError
 
+__all__ = [
+    "PREDICTIONS_FILE",
+    "Predictions",
+    "PredictionsError",
+    "check_predictions",
+    "load_predictions",
+]
+
 PREDICTIONS_FILE = "predictions.json"
 _ROUNDING = 2e-3  # probabilities are stored with 6 decimals, logits with 5
 _CONSISTENCY = 1e-2  # between fields: probabilities scored in bfloat16 round to ~4e-3
@@ -45,12 +53,11 @@ class Predictions:
         return self.correct / len(self.labels) if self.labels else 0.0
 
     def confusion(self) -> list[list[int]]:
-        """matrix[true][predicted] = number of images."""
-        n = len(self.classes)
-        matrix = [[0] * n for _ in range(n)]
-        for y, p in zip(self.labels, self.preds, strict=True):
-            matrix[y][p] += 1
-        return matrix
+        """matrix[true][predicted] = number of images
+        (:func:`~tl_core.analysis.metrics.confusion_matrix`)."""
+        from tl_core.analysis.metrics import confusion_matrix
+
+        return confusion_matrix(self.labels, self.preds, len(self.classes)).tolist()
 
 
 def _is_int(value: Any) -> bool:

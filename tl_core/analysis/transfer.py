@@ -57,6 +57,38 @@ from tl_core.training.inputs import (
 )
 from tl_core.training.prefixcache import _Pooled, _run_prefix
 
+__all__ = [
+    "CLOSE_BELOW",
+    "FAR_FROM",
+    "GAUGED_MODELS",
+    "MIN_VAL_IMAGES",
+    "MIN_VAL_PER_CLASS",
+    "RISING_POINTS",
+    "TIE_P_VALUE",
+    "DomainGauge",
+    "Example",
+    "Features",
+    "HeadStart",
+    "LearningCurve",
+    "Level",
+    "ModelScore",
+    "Predictor",
+    "Progress",
+    "Recommendation",
+    "domain_gauge",
+    "features_path",
+    "frozen_features",
+    "head_start",
+    "learning_curve",
+    "logme",
+    "offline_models",
+    "probe_accuracy",
+    "rank_models",
+    "recommend",
+    "suggested",
+    "verdict",
+]
+
 Progress = Callable[[int, int], None]
 _FORMAT = 1  # bump when the cached features' content changes
 _IMAGENET_CLASSES = 1000
@@ -274,7 +306,7 @@ def _normalised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
     return _unit(train - mean), _unit(test - mean)
 
 
-def ncm_predict(
+def _ncm_predict(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int
 ) -> np.ndarray:
     """Nearest class mean by cosine similarity; classes without training images never win."""
@@ -286,7 +318,7 @@ def ncm_predict(
     return scores.argmax(1)
 
 
-def knn_predict(
+def _knn_predict(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int, k: int = 5
 ) -> np.ndarray:
     """k nearest training images by cosine similarity; votes weighted by similarity."""
@@ -302,7 +334,7 @@ def knn_predict(
     return votes.argmax(1)
 
 
-def probe_predict(
+def _probe_predict(
     train_x: np.ndarray,
     train_y: np.ndarray,
     test_x: np.ndarray,
@@ -333,7 +365,7 @@ def probe_predict(
         return (test @ w + b).argmax(1).numpy()
 
 
-def stratified_folds(labels: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+def _stratified_folds(labels: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
     """A fold number per image, each class spread evenly over the folds."""
     rng = np.random.default_rng(seed)
     folds = np.zeros(len(labels), dtype=np.int64)
@@ -351,7 +383,7 @@ Predictor = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 def _cross_val_predict(
     x: np.ndarray, y: np.ndarray, n_classes: int, n_folds: int, predict: Predictor
 ) -> np.ndarray:
-    folds = stratified_folds(y, n_folds)
+    folds = _stratified_folds(y, n_folds)
     preds = np.zeros(len(y), dtype=np.int64)
     for f in range(n_folds):
         test = folds == f
@@ -405,8 +437,8 @@ def head_start(features: Features) -> HeadStart:
     """
     n_classes = len(features.classes)
     k = int(min(5, max(1, len(features.train_y) // n_classes)))
-    labels, ncm, folds = _evaluate(features, ncm_predict)
-    _, knn, _ = _evaluate(features, lambda tx, ty, x, n: knn_predict(tx, ty, x, n, k=k))
+    labels, ncm, folds = _evaluate(features, _ncm_predict)
+    _, knn, _ = _evaluate(features, lambda tx, ty, x, n: _knn_predict(tx, ty, x, n, k=k))
     total = len(labels)
     correct = int((ncm == labels).sum())
     accuracy = correct / total if total else 0.0
@@ -555,7 +587,7 @@ def learning_curve(
 ) -> LearningCurve:
     """Validation accuracy of a logistic-regression probe on stratified training subsets.
 
-    The probe (:func:`probe_predict`) is a linear classifier like the head the app trains.
+    The probe (:func:`_probe_predict`) is a linear classifier like the head the app trains.
     Each fraction below 1 is drawn ``draws`` times (different images) and averaged.
     """
     n_classes = len(features.classes)
@@ -565,7 +597,7 @@ def learning_curve(
         runs, counts = [], []
         for _ in range(draws if fraction < 1 else 1):
             rows = _subset(features.train_y, fraction, rng)
-            preds = probe_predict(
+            preds = _probe_predict(
                 features.train_x[rows], features.train_y[rows], features.val_x, n_classes
             )
             runs.append(float((preds == features.val_y).mean()) if len(preds) else 0.0)
@@ -713,13 +745,13 @@ def offline_models() -> list[str]:
 
 
 def _probe_correct(features: Features) -> tuple[np.ndarray, int]:
-    """(per-image correctness, folds) of :func:`probe_predict`, scored as in :func:`head_start`."""
-    labels, preds, folds = _evaluate(features, probe_predict)
+    """(per-image correctness, folds) of :func:`_probe_predict`, scored as in :func:`head_start`."""
+    labels, preds, folds = _evaluate(features, _probe_predict)
     return np.asarray(preds == labels, dtype=bool), folds
 
 
 def probe_accuracy(features: Features) -> tuple[float, int]:
-    """(accuracy, folds) of :func:`probe_predict`, scored as in :func:`head_start`."""
+    """(accuracy, folds) of :func:`_probe_predict`, scored as in :func:`head_start`."""
     correct, folds = _probe_correct(features)
     return (float(correct.mean()) if len(correct) else 0.0), folds
 

@@ -43,6 +43,26 @@ from tl_core.data.zipsafe import ByteBudget, check_zip, extract_member, open_zip
 from tl_core.errors import DataError
 from tl_core.export.bundle_predict import IMAGE_SUFFIXES
 
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "IMBALANCE_RATIO",
+    "MANIFEST_NAME",
+    "MAX_IMPORT_MB",
+    "MAX_SIDE",
+    "MAX_SOURCE_PIXELS",
+    "MIN_IMAGES_PER_CLASS",
+    "SNIFFED_FORMATS",
+    "DatasetManifest",
+    "ImageItem",
+    "Progress",
+    "SkippedFile",
+    "Split",
+    "import_files",
+    "import_folder",
+    "import_zip",
+    "split_dataset",
+]
+
 # IMAGE_SUFFIXES (from bundle_predict) is also what predict.py accepts: one definition.
 # A file whose name has another (or no) file type is still imported when its contents are a
 # picture in one of these formats (e.g. 'photo.jpg.download', 'IMG_0001' from a phone).

@@ -14,13 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from tl_core.data.layout import os_reason
 
 # The bundle's stand-alone predict.py opens pictures exactly as imports do: one definition
 # (it also registers the HEIC/HEIF reader of pillow-heif; Pillow reads AVIF itself).
-from tl_core.export.bundle_predict import to_rgb
+from tl_core.export.bundle_predict import to_rgb, upright_rgb
+
+__all__ = [
+    "LOSSLESS_FORMATS",
+    "MAX_PROFILE_BYTES",
+    "ImageSkip",
+    "Prepared",
+    "prepare",
+    "to_rgb",
+]
 
 LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "GIF", "TIFF"})
 # Pillow refuses PNG text and colour-profile (iCCP) chunks that unpack to over 1 MB; print and
@@ -118,16 +127,10 @@ def _prepare(src: BinaryIO, max_side: int, max_pixels: int) -> Prepared:
             raise ImageSkip("image is damaged or cut off") from None
         if img.size[0] * img.size[1] > max_pixels:  # e.g. a GIF frame bigger than its header
             raise _too_large(*img.size, max_pixels)
-        try:
-            upright = ImageOps.exif_transpose(img)
-        except Exception:  # unreadable EXIF: keep the image as stored
-            upright = img
-        try:
-            rgb = to_rgb(upright)
-        except (ValueError, OSError):
-            raise ImageSkip(f"colour format not supported ({img.mode})") from None
-        if rgb is img:  # never hand out the source image, which is closed below
-            rgb = rgb.copy()
+        try:  # a new image: never the source, which is closed below
+            rgb = upright_rgb(img)
+        except ValueError as exc:
+            raise ImageSkip(str(exc)) from None
     rgb.info = {}  # no EXIF, ICC or transparency carried into the saved file
     rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())

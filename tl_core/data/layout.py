@@ -33,6 +33,25 @@ from typing import BinaryIO
 
 from tl_core.errors import DataError
 
+__all__ = [
+    "HIDDEN_FILE_REASON",
+    "SPLIT_FOLDER_NAMES",
+    "TRAIN_FOLDER_NAMES",
+    "UNNAMED_CLASS",
+    "VAL_FOLDER_NAMES",
+    "Entry",
+    "Found",
+    "Plan",
+    "folder_entries",
+    "is_junk",
+    "nfc",
+    "os_reason",
+    "plan_layout",
+    "screen",
+    "shown_raw",
+    "some",
+]
+
 TRAIN_FOLDER_NAMES = ("train", "training")
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")  # in order of preference
 SPLIT_FOLDER_NAMES = frozenset(TRAIN_FOLDER_NAMES + VAL_FOLDER_NAMES)
@@ -88,21 +107,21 @@ def nfc(parts: Iterable[str]) -> tuple[str, ...]:
     return tuple(unicodedata.normalize("NFC", p) for p in parts)
 
 
-def is_junk_name(name: str) -> bool:
+def _is_junk_name(name: str) -> bool:
     """Operating-system clutter: '.DS_Store', 'Thumbs.db', '__MACOSX', AppleDouble '._x'."""
     return name.casefold() in _JUNK or name.startswith("._")
 
 
 def is_junk(parts: tuple[str, ...]) -> bool:
     """True when any part of the path is operating-system clutter."""
-    return any(is_junk_name(p) for p in parts)
+    return any(_is_junk_name(p) for p in parts)
 
 
 def _files(n: int) -> str:
     return "1 file" if n == 1 else f"{n:,} files"
 
 
-def hidden_folder_reason(name: str, n_files: int) -> str:
+def _hidden_folder_reason(name: str, n_files: int) -> str:
     return f"hidden folder '{name}' ({_files(n_files)}) ignored"
 
 
@@ -144,7 +163,7 @@ def screen(entries: Iterable[Entry]) -> tuple[list[Entry], list[tuple[str, str]]
         else:
             hidden[e.parts[: at + 1]] += 1
             hidden_source.setdefault(e.parts[: at + 1], "/".join(e.raw_parts()[: at + 1]) + "/")
-    skipped += [(hidden_source[p], hidden_folder_reason(p[-1], n)) for p, n in hidden.items()]
+    skipped += [(hidden_source[p], _hidden_folder_reason(p[-1], n)) for p, n in hidden.items()]
     return kept, skipped
 
 
@@ -187,7 +206,7 @@ def folder_entries(src: Path, dest: Path | None = None) -> Found:
         for child in children:
             name, child_rel = child.name, (*rel, child.name)
             source = "/".join(child_rel)
-            if is_junk_name(name):
+            if _is_junk_name(name):
                 continue
             try:
                 is_dir = child.is_dir()  # follows symlinks
@@ -196,7 +215,7 @@ def folder_entries(src: Path, dest: Path | None = None) -> Found:
             if name.startswith("."):
                 if is_dir:
                     n = _count_files(child.path)
-                    found.skipped.append((source + "/", hidden_folder_reason(name, n)))
+                    found.skipped.append((source + "/", _hidden_folder_reason(name, n)))
                 else:
                     found.skipped.append((source, HIDDEN_FILE_REASON))
                 continue
@@ -221,12 +240,12 @@ def folder_entries(src: Path, dest: Path | None = None) -> Found:
 # -------------------------------------------------------------------------- labels
 
 
-def label_key(name: str) -> str:
+def _label_key(name: str) -> str:
     """What two class names are compared by: NFKC, case-folded (full-width, ligatures…)."""
     return unicodedata.normalize("NFKC", name).casefold()
 
 
-def clean_name(name: str) -> str:
+def _clean_name(name: str) -> str:
     """A class name without control, zero-width or direction characters; spaces collapsed."""
     spaced = "".join(" " if ch.isspace() else ch for ch in name)
     kept = "".join(ch for ch in spaced if unicodedata.category(ch) not in ("Cc", "Cf", "Co"))
@@ -257,7 +276,7 @@ def _labels(raw_names: dict[str, set[str]]) -> tuple[dict[str, str], list[str]]:
     dirty: list[str] = []
     blank: list[str] = []
     for name in sorted(raw_names):
-        label = clean_name(name)
+        label = _clean_name(name)
         if not label:
             blank.append(shown_raw(name))
             label = UNNAMED_CLASS
@@ -288,7 +307,7 @@ def _labels(raw_names: dict[str, set[str]]) -> tuple[dict[str, str], list[str]]:
         )
     by_key: defaultdict[str, list[str]] = defaultdict(list)
     for label in labels.values():
-        by_key[label_key(label)].append(label)
+        by_key[_label_key(label)].append(label)
     clashes = [" and ".join(f"'{x}'" for x in group) for group in by_key.values() if len(group) > 1]
     if clashes:
         extra = f" (and {len(clashes) - 3:,} more such groups)" if len(clashes) > 3 else ""
@@ -338,6 +357,84 @@ def _refuse_nested(todo: list[tuple[Entry, str, str | None]], depth: int) -> Non
             )
 
 
+def _wrapping_prefix(
+    img_folders: set[tuple[str, ...]], all_folders: set[tuple[str, ...]]
+) -> tuple[str, ...]:
+    """The single wrapping folders above the classes ("flowers/<class>/…" -> ("flowers",))."""
+    prefix: tuple[str, ...] = ()
+    while True:
+        tops = _children(img_folders, prefix)
+        if len(tops) != 1:
+            return prefix
+        (top,) = tops
+        nested = any(
+            len(f) > len(prefix) + 1 and f[: len(prefix) + 1] == (*prefix, top) for f in img_folders
+        )
+        beside = _children(all_folders, prefix) - {top}
+        if not nested or any(b.casefold() in SPLIT_FOLDER_NAMES for b in beside):
+            return prefix
+        prefix = (*prefix, top)
+
+
+_Todo = list[tuple[Entry, str, str | None]]  # (image, class folder, "train" | "val" | None)
+
+
+def _assign(
+    under: list[Entry], depth: int, split: tuple[str | None, str | None] | None
+) -> tuple[_Todo, list[tuple[str, str]]]:
+    """Each image's class folder and subset; ``split`` = (train, val folder) when explicit."""
+    todo: _Todo = []
+    skipped: list[tuple[str, str]] = []
+    for e in under:
+        rel, subset = e.parts[depth:], None
+        if split is not None:
+            train_dir, val_dir = split
+            if rel[0] not in (train_dir, val_dir):
+                if rel[0].casefold() in VAL_FOLDER_NAMES:
+                    reason = (
+                        f"the '{rel[0]}' folder is not used: '{val_dir}' is the validation folder"
+                    )
+                else:
+                    reason = f"not inside the '{train_dir}' or '{val_dir}' folder"
+                skipped.append((e.source, reason))
+                continue
+            subset, rel = ("train" if rel[0] == train_dir else "val"), rel[1:]
+        if len(rel) < 2:
+            skipped.append((e.source, "not inside a class folder"))
+            continue
+        todo.append((e, rel[0], subset))
+    return todo, skipped
+
+
+def _drop_orphans(
+    todo: _Todo, train_dir: str | None, val_dir: str | None
+) -> tuple[_Todo, list[tuple[str, str]], list[str]]:
+    """Validation classes the training folder lacks: skipped with a warning (all: refused)."""
+    train_labels = {label for _, label, s in todo if s == "train"}
+    val_labels = {label for _, label, s in todo if s == "val"}
+    orphans = sorted(val_labels - train_labels)
+    if orphans and orphans == sorted(val_labels):
+        raise DataError(
+            f"None of the class folders in '{val_dir}' ({some(orphans)}) has a folder of "
+            f"the same name in '{train_dir}'. Name the validation class folders as the "
+            "training ones."
+        )
+    warnings: list[str] = []
+    if orphans:
+        keys = {_label_key(t): t for t in train_labels}
+        hints = [f"'{o}' (like '{keys[_label_key(o)]}')" for o in orphans if _label_key(o) in keys]
+        hint = f" Some differ only in capital letters: {', '.join(hints[:3])}." if hints else ""
+        warnings.append(
+            f"The '{val_dir}' folder has {'a class' if len(orphans) == 1 else 'classes'} "
+            f"{some(orphans)} that the '{train_dir}' folder lacks; "
+            f"{'its' if len(orphans) == 1 else 'their'} images were skipped. Add a training "
+            f"folder for each if you need them.{hint}"
+        )
+    reason = f"its class has no folder in '{train_dir}'"
+    skipped = [(e.source, reason) for e, label, _ in todo if label in orphans]
+    return [t for t in todo if t[1] not in orphans], skipped, warnings
+
+
 def plan_layout(images: list[Entry], folders: Iterable[tuple[str, ...]] = ()) -> Plan:
     """Find the classes: ``<class>/…`` or ``train/<class>/…`` + ``val/<class>/…``.
 
@@ -347,19 +444,7 @@ def plan_layout(images: list[Entry], folders: Iterable[tuple[str, ...]] = ()) ->
     """
     img_folders = {e.parts[:k] for e in images for k in range(1, len(e.parts))}
     all_folders = img_folders | {f for f in folders if f}
-    prefix: tuple[str, ...] = ()
-    while True:  # descend through single wrapping folders ("flowers/<class>/…")
-        tops = _children(img_folders, prefix)
-        if len(tops) != 1:
-            break
-        (top,) = tops
-        nested = any(
-            len(f) > len(prefix) + 1 and f[: len(prefix) + 1] == (*prefix, top) for f in img_folders
-        )
-        beside = _children(all_folders, prefix) - {top}
-        if not nested or any(b.casefold() in SPLIT_FOLDER_NAMES for b in beside):
-            break
-        prefix = (*prefix, top)
+    prefix = _wrapping_prefix(img_folders, all_folders)
     depth = len(prefix)
     under = [e for e in images if e.parts[:depth] == prefix]
     skipped = [(e.source, "not inside a class folder") for e in images if e.parts[:depth] != prefix]
@@ -380,51 +465,13 @@ def plan_layout(images: list[Entry], folders: Iterable[tuple[str, ...]] = ()) ->
     train_dir = val_dir = None
     if explicit:
         train_dir, val_dir = _check_split(prefix, trains, vals, has_sub, direct, under)
-    todo: list[tuple[Entry, str, str | None]] = []
-    for e in under:
-        rel, subset = e.parts[depth:], None
-        if explicit:
-            if rel[0] not in (train_dir, val_dir):
-                if rel[0].casefold() in VAL_FOLDER_NAMES:
-                    reason = (
-                        f"the '{rel[0]}' folder is not used: '{val_dir}' is the validation folder"
-                    )
-                else:
-                    reason = f"not inside the '{train_dir}' or '{val_dir}' folder"
-                skipped.append((e.source, reason))
-                continue
-            subset, rel = ("train" if rel[0] == train_dir else "val"), rel[1:]
-        if len(rel) < 2:
-            skipped.append((e.source, "not inside a class folder"))
-            continue
-        todo.append((e, rel[0], subset))
+    todo, assigned_skips = _assign(under, depth, (train_dir, val_dir) if explicit else None)
+    skipped += assigned_skips
     _refuse_nested(todo, depth)
     warnings: list[str] = []
     if explicit:
-        train_labels = {label for _, label, s in todo if s == "train"}
-        val_labels = {label for _, label, s in todo if s == "val"}
-        orphans = sorted(val_labels - train_labels)
-        if orphans and orphans == sorted(val_labels):
-            raise DataError(
-                f"None of the class folders in '{val_dir}' ({some(orphans)}) has a folder of "
-                f"the same name in '{train_dir}'. Name the validation class folders as the "
-                "training ones."
-            )
-        if orphans:
-            keys = {label_key(t): t for t in train_labels}
-            hints = [
-                f"'{o}' (like '{keys[label_key(o)]}')" for o in orphans if label_key(o) in keys
-            ]
-            hint = f" Some differ only in capital letters: {', '.join(hints[:3])}." if hints else ""
-            warnings.append(
-                f"The '{val_dir}' folder has {'a class' if len(orphans) == 1 else 'classes'} "
-                f"{some(orphans)} that the '{train_dir}' folder lacks; "
-                f"{'its' if len(orphans) == 1 else 'their'} images were skipped. Add a training "
-                f"folder for each if you need them.{hint}"
-            )
-        reason = f"its class has no folder in '{train_dir}'"
-        skipped += [(e.source, reason) for e, label, _ in todo if label in orphans]
-        todo = [t for t in todo if t[1] not in orphans]
+        todo, orphan_skips, warnings = _drop_orphans(todo, train_dir, val_dir)
+        skipped += orphan_skips
     raw: defaultdict[str, set[str]] = defaultdict(set)
     for e, label, subset in todo:
         raw[label].add(e.raw_parts()[depth + (1 if subset else 0)])

@@ -38,6 +38,30 @@ if TYPE_CHECKING:
     from tl_core.data.dataset import DatasetManifest, ImageItem, Split
     from tl_core.data.review import Corrections
 
+__all__ = [
+    "CACHE_NAME",
+    "CROP",
+    "HASH_LOW",
+    "HASH_SIDE",
+    "MAX_BITS",
+    "MAX_CANDIDATES",
+    "MIN_SIMILARITY",
+    "THUMB_SIDE",
+    "THUMB_VIEWS",
+    "VIEWS",
+    "WORK_SIDE",
+    "Finding",
+    "Kind",
+    "NearPair",
+    "candidates",
+    "classify",
+    "counts",
+    "image_hash",
+    "manifest_pairs",
+    "run_summary",
+    "warning",
+]
+
 CROP = 0.03
 # (left, top, right, bottom) fractions cut off: the image itself first, then cropped views.
 VIEWS: tuple[tuple[float, float, float, float], ...] = (
@@ -201,7 +225,7 @@ def candidates(hashes: np.ndarray, max_bits: int = MAX_BITS) -> np.ndarray:
     return np.concatenate(found)
 
 
-def confirm(pairs: np.ndarray, thumbs: dict[int, np.ndarray]) -> np.ndarray:
+def _confirm(pairs: np.ndarray, thumbs: dict[int, np.ndarray]) -> np.ndarray:
     """The similarity (correlation of the closest views) of each candidate pair."""
     if not len(pairs):
         return np.empty(0, np.float32)
@@ -226,7 +250,7 @@ class NearPair:
     similarity: float  # correlation of the closest thumbnails, 1.0 = identical
 
 
-def find_pairs(
+def _find_pairs(
     hashes: Sequence[str | None],
     load: Callable[[int], Image.Image],
     files: Sequence[str],
@@ -239,7 +263,7 @@ def find_pairs(
     cand = candidates(_hash_array(filled))
     needed = sorted({int(x) for x in cand[:, :2].ravel()})
     thumbs = {i: _thumbs(load(i)) for i in needed}
-    sims = confirm(cand, thumbs)
+    sims = _confirm(cand, thumbs)
     keep = sims >= MIN_SIMILARITY
     pairs = [
         NearPair(files[int(i)], files[int(j)], int(bits), round(float(s), 4))
@@ -275,7 +299,7 @@ def manifest_pairs(manifest: DatasetManifest) -> list[NearPair]:
             img.load()
             return img
 
-    pairs = find_pairs([i.phash for i in items], load, [i.file for i in items])
+    pairs = _find_pairs([i.phash for i in items], load, [i.file for i in items])
     data = {"signature": signature, "pairs": [p.__dict__ for p in pairs]}
     try:
         tmp = cache.with_suffix(".tmp")

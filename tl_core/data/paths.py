@@ -16,6 +16,14 @@ from pathlib import Path
 from tl_core.data.layout import VAL_FOLDER_NAMES, folder_entries, is_junk, os_reason
 from tl_core.errors import DataError, RunError
 
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "check_data_folder",
+    "check_out_folder",
+    "check_val_folder",
+    "empty_folder",
+]
+
 # Every kind the importer may read (a superset of tl_core.data.dataset.IMAGE_SUFFIXES, checked by a
 # test). The importer also reads pictures whose names say nothing (``IMG_0001``), so a file
 # without one of these is still looked at: its first bytes against the formats' signatures.
@@ -117,6 +125,34 @@ def check_val_folder(data: Path, val: Path) -> None:
     inside it or containing it, any file shared with it (hard links, symlinks), classes that
     ``data`` lacks, images outside class folders, and a ``data`` that has its own split.
     """
+    _check_val_place(data, val)
+    images = _val_images(val)
+    data_classes = _class_folders(data)
+    _refuse_second_split(data, data_classes)
+    val_classes = {
+        _nfc(p.relative_to(val).parts[0]) for p in images if len(p.relative_to(val).parts) > 1
+    }
+    missing = sorted(val_classes - set(data_classes))
+    if missing:
+        listed = ", ".join(f"'{m}'" for m in missing[:3]) + (" …" if len(missing) > 3 else "")
+        raise DataError(
+            f"The validation folder '{val}' has classes the data folder lacks ({listed}); "
+            "use the same class folder names in both."
+        )
+    data_ids = {i: p for p in _files(data)[0] if (i := _identity(p)) is not None}
+    shared = [(p, data_ids[i]) for p in images if (i := _identity(p)) in data_ids]
+    if shared:
+        v, d = shared[0]
+        verb = "is" if len(shared) == 1 else "are"
+        raise DataError(
+            f"{_n(len(shared), 'file')} of the validation folder {verb} "
+            f"also in the data folder (e.g. '{v}' is the same file as '{d}', through a link); "
+            "validation images must be separate from the training images."
+        )
+
+
+def _check_val_place(data: Path, val: Path) -> None:
+    """``val`` exists, is a folder, and is neither ``data`` nor inside or around it."""
     if not val.exists():
         broken = " (a broken link)" if val.is_symlink() else ""
         raise DataError(f"The validation folder '{val}' does not exist{broken}.")
@@ -140,6 +176,10 @@ def check_val_folder(data: Path, val: Path) -> None:
             f"The validation folder '{val}' contains the data folder '{data}'; give a "
             "validation folder that is separate from the training images."
         )
+
+
+def _val_images(val: Path) -> list[Path]:
+    """The validation folder's images, all inside class folders (else DataError)."""
     val_files, skipped = _files(val)
     images = [p for p in val_files if _is_image(p)]
     if not val_files:
@@ -165,7 +205,11 @@ def check_val_folder(data: Path, val: Path) -> None:
             f"The validation folder '{val}' has {_n(len(loose), 'image')} outside class "
             f"folders (e.g. '{loose[0].name}'); put each image in the sub-folder of its class."
         )
-    data_classes = _class_folders(data)
+    return images
+
+
+def _refuse_second_split(data: Path, data_classes: dict[str, Path]) -> None:
+    """A ``data`` folder with its own train/val split cannot take a ``--val`` as well."""
     names = {n.casefold() for n in data_classes}
     if any(n.casefold() == "train" for n in names) and names & set(VAL_FOLDER_NAMES):
         split = [
@@ -176,26 +220,6 @@ def check_val_folder(data: Path, val: Path) -> None:
                 f"The data folder '{data}' already has its own '{split[0]}' and '{split[1]}' "
                 "folders; leave out --val, or point --data at its training folder."
             )
-    val_classes = {
-        _nfc(p.relative_to(val).parts[0]) for p in images if len(p.relative_to(val).parts) > 1
-    }
-    missing = sorted(val_classes - set(data_classes))
-    if missing:
-        listed = ", ".join(f"'{m}'" for m in missing[:3]) + (" …" if len(missing) > 3 else "")
-        raise DataError(
-            f"The validation folder '{val}' has classes the data folder lacks ({listed}); "
-            "use the same class folder names in both."
-        )
-    data_ids = {i: p for p in _files(data)[0] if (i := _identity(p)) is not None}
-    shared = [(p, data_ids[i]) for p in images if (i := _identity(p)) in data_ids]
-    if shared:
-        v, d = shared[0]
-        verb = "is" if len(shared) == 1 else "are"
-        raise DataError(
-            f"{_n(len(shared), 'file')} of the validation folder {verb} "
-            f"also in the data folder (e.g. '{v}' is the same file as '{d}', through a link); "
-            "validation images must be separate from the training images."
-        )
 
 
 def _nearest_existing(path: Path) -> Path:

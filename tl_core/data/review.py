@@ -16,6 +16,14 @@ from typing import Any
 from tl_core.data.dataset import Split
 from tl_core.errors import DataError
 
+__all__ = [
+    "FILE_NAME",
+    "Corrections",
+    "apply",
+    "load",
+    "save",
+]
+
 FILE_NAME = "corrections.json"
 
 

@@ -13,6 +13,15 @@ from typing import BinaryIO
 from tl_core.data.imageprep import ImageSkip
 from tl_core.errors import DataError
 
+__all__ = [
+    "ByteBudget",
+    "check_zip",
+    "declared_size",
+    "extract_member",
+    "open_zip",
+    "safe_parts",
+]
+
 _CHUNK = 1024 * 1024
 _SPOOL_BYTES = 32 * 1024 * 1024  # members up to this size stay in memory
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -26,7 +35,7 @@ def safe_parts(name: str) -> tuple[str, ...] | None:
     return None if ".." in parts else parts
 
 
-def human_bytes(n: int) -> str:
+def _human_bytes(n: int) -> str:
     """1536 -> '1.5 KB'."""
     size = float(n)
     for unit in ("bytes", "KB", "MB", "GB"):
@@ -76,8 +85,8 @@ def check_zip(zf: zipfile.ZipFile, max_total_bytes: int, max_files: int) -> list
     total = declared_size(files)
     if total > max_total_bytes:
         raise DataError(
-            f"This .zip file would unpack to {human_bytes(total)}, more than the limit of "
-            f"{human_bytes(max_total_bytes)}. Import a smaller selection of images."
+            f"This .zip file would unpack to {_human_bytes(total)}, more than the limit of "
+            f"{_human_bytes(max_total_bytes)}. Import a smaller selection of images."
         )
     return files
 
@@ -93,7 +102,7 @@ class ByteBudget:
         self.used += n
         if self.used > self.limit:
             raise DataError(
-                f"This .zip file unpacks to more than {human_bytes(self.limit)}, more than its "
+                f"This .zip file unpacks to more than {_human_bytes(self.limit)}, more than its "
                 "headers say; it was refused as a possible 'zip bomb'. Make a new .zip of your "
                 "image folder and try again."
             )

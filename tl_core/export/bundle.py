@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tl_core.analysis import metrics
 from tl_core.analysis.results import Predictions, load_predictions
 from tl_core.data.dataset import MAX_SIDE, DatasetManifest, split_dataset
 from tl_core.errors import DataError, RunError
@@ -45,6 +46,24 @@ from tl_core.runs.store import Run, Store, StoreDamagedError, default_workspace
 from tl_core.training import checkpoint
 from tl_core.training.engine import TrainConfig
 from tl_core.training.inputs import Normalize, cache_side
+
+__all__ = [
+    "INPUT_NAME",
+    "ONNX_OPSET",
+    "ONNX_TOLERANCE",
+    "OUTPUT_NAMES",
+    "RECORDED_TOLERANCE",
+    "SAFETENSORS_TOLERANCE",
+    "ExportReport",
+    "FormatParity",
+    "OnnxPipeline",
+    "Progress",
+    "export_onnx",
+    "export_run",
+    "find_data_root",
+    "model_card",
+    "write_timm_folder",
+]
 
 Progress = Callable[[str], None]
 
@@ -124,7 +143,7 @@ class ExportReport:
 # ------------------------------------------------------------------------------- ONNX
 
 
-def crop_start(excess: int | torch.SymInt) -> int | torch.SymInt:
+def _crop_start(excess: int | torch.SymInt) -> int | torch.SymInt:
     """torchvision's centre-crop offset ``int(round(excess / 2))`` in integer arithmetic.
 
     Python rounds halves to even; written with // and % it also works on symbolic sizes.
@@ -164,10 +183,11 @@ class OnnxPipeline(nn.Module):
         new_h, new_w = self.side * height // short, self.side * width // short
         x = self._resize(x, (height, new_w))
         x = self._resize(x, (new_h, new_w))
-        x = x.narrow(2, crop_start(new_h - self.side), self.side)
-        x = x.narrow(3, crop_start(new_w - self.side), self.side)
+        x = x.narrow(2, _crop_start(new_h - self.side), self.side)
+        x = x.narrow(3, _crop_start(new_w - self.side), self.side)
         ch, cw = self.crop
-        return x.narrow(2, crop_start(self.side - ch), ch).narrow(3, crop_start(self.side - cw), cw)
+        x = x.narrow(2, _crop_start(self.side - ch), ch)
+        return x.narrow(3, _crop_start(self.side - cw), cw)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(self.normalize(self.preprocess(images)))
@@ -419,6 +439,28 @@ def model_card(
     lines = [
         f"# {title}",
         "",
+        *_card_use(classes),
+        "## The data",
+        "",
+        *_card_data(cfg, classes, data),
+    ]
+    lines += _card_model(spec_title, timm_name, cfg, data_config, n_backbone, best_epoch)
+    lines += ["## How well it did", "", _card_accuracy(val_accuracy, preds), ""]
+    # Extra sections (e.g. accuracy intervals, per-class scores, calibration) go here.
+    for heading, body in (extra_sections or {}).items():
+        lines += [f"## {heading}", "", body.strip(), ""]
+    lines += ["## Known weaknesses", ""]
+    if preds is not None and preds.labels:
+        lines += _weaknesses(preds)
+    else:
+        lines.append("Not measured: the run has no validation predictions.")
+    lines += _card_limits_and_parity(report)
+    return "\n".join(lines)
+
+
+def _card_use(classes: list[str]) -> list[str]:
+    """The model card's opening and "How to use it"."""
+    return [
         f"An image classifier trained with Transfer Learning Studio. It sorts a picture into "
         f"one of {len(classes)} classes: {', '.join(classes)}.",
         "",
@@ -443,9 +485,12 @@ def model_card(
         "same (`open_image`). Feed other code's pictures through the same steps to get the "
         "app's exact answers.",
         "",
-        "## The data",
-        "",
     ]
+
+
+def _card_data(cfg: TrainConfig, classes: list[str], data: _DataFacts) -> list[str]:
+    """The model card's "The data": pictures per class and how validation was held back."""
+    lines: list[str] = []
     if data.train is not None:
         lines += ["| class | training pictures | validation pictures |", "| --- | ---: | ---: |"]
         lines += [f"| {c} | {data.train[c]} | {data.val[c]} |" for c in classes]
@@ -468,7 +513,19 @@ def model_card(
         )
     if data.note:
         lines.append(data.note)
-    lines += [
+    return lines
+
+
+def _card_model(
+    spec_title: str,
+    timm_name: str,
+    cfg: TrainConfig,
+    data_config: DataConfig,
+    n_backbone: int,
+    best_epoch: int | None,
+) -> list[str]:
+    """The model card's "The model" and "Settings"."""
+    return [
         "",
         "## The model",
         "",
@@ -490,28 +547,24 @@ def model_card(
         f"- Augmentation: {cfg.augment}",
         f"- Seed: {cfg.seed}",
         "",
-        "## How well it did",
-        "",
     ]
+
+
+def _card_accuracy(val_accuracy: float | None, preds: Predictions | None) -> str:
+    """The model card's validation accuracy line."""
     if preds is not None and preds.labels:
-        lines.append(
+        return (
             f"Validation accuracy: **{_pct(preds.accuracy)}** ({preds.correct} of "
             f"{len(preds.labels)} pictures right)."
         )
-    elif val_accuracy is not None:
-        lines.append(f"Validation accuracy: **{_pct(val_accuracy)}**.")
-    else:
-        lines.append("This run has no validation score.")
-    lines.append("")
-    # Extra sections (e.g. accuracy intervals, per-class scores, calibration) go here.
-    for heading, body in (extra_sections or {}).items():
-        lines += [f"## {heading}", "", body.strip(), ""]
-    lines += ["## Known weaknesses", ""]
-    if preds is not None and preds.labels:
-        lines += _weaknesses(preds)
-    else:
-        lines.append("Not measured: the run has no validation predictions.")
-    lines += [
+    if val_accuracy is not None:
+        return f"Validation accuracy: **{_pct(val_accuracy)}**."
+    return "This run has no validation score."
+
+
+def _card_limits_and_parity(report: ExportReport) -> list[str]:
+    """The model card's "What it must not be used for", parity table and file list."""
+    lines = [
         "",
         "## What it must not be used for",
         "",
@@ -548,36 +601,36 @@ def model_card(
         "- `predict.py`, `requirements.txt`: run the model on a folder of pictures",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _weaknesses(preds: Predictions) -> list[str]:
     """The worst classes by recall and the most common mix-up, as Markdown lines."""
     classes, n = preds.classes, len(preds.labels)
-    matrix = np.asarray(preds.confusion())
-    support, hits = matrix.sum(1), np.diag(matrix)
-    missed = [c for c in range(len(classes)) if hits[c] < support[c]]
+    matrix = metrics.confusion_matrix(preds.labels, preds.preds, len(classes))
+    worst = metrics.weakest_classes(
+        metrics.per_class_report(preds.labels, preds.preds, len(classes))
+    )
     lines: list[str] = []
-    if not missed:
+    if not worst:
         lines.append(
             "It got every validation picture right. It will still make mistakes on new "
             "pictures, most likely on ones unlike those it learned from."
         )
     else:
-        worst = sorted(missed, key=lambda c: (hits[c] / support[c], -support[c]))[:3]
         lines += ["The classes it most often misses (on the validation pictures):", ""]
         lines += [
-            f"- {classes[c]}: found {hits[c]} of {support[c]} ({_pct(hits[c] / support[c])})"
-            for c in worst
+            f"- {classes[c.index]}: found {c.tp} of {c.support} ({_pct(c.recall)})" for c in worst
         ]
-        off = matrix - np.diag(hits)
+        off = matrix - np.diag(np.diag(matrix))
         true, pred = np.unravel_index(int(off.argmax()), off.shape)
         lines += [
             "",
             f"The most common mix-up: {classes[true]} taken for {classes[pred]} "
             f"({off[true, pred]} times).",
         ]
-    if n < 30:
+    summary = metrics.accuracy_summary(preds.labels, preds.preds)
+    if metrics.is_small_sample(summary.total, summary.ci_low, summary.ci_high):
         lines += ["", f"These numbers come from only {n} validation pictures: treat them as rough."]
     return lines
 
@@ -648,15 +701,7 @@ def export_run(
     Raises RunError when the run folder or its best.pt is missing or unreadable.
     """
     run_dir, out_zip = Path(run_dir), Path(out_zip)
-    if not run_dir.is_dir():
-        raise RunError(f"There is no run folder at {run_dir}.")
-    if not (run_dir / "best.pt").is_file():
-        raise RunError(f"The run in {run_dir} has no trained model yet (best.pt is missing).")
-    if out_zip.is_dir():
-        raise RunError(f"{out_zip} is a folder; give a file name ending in .zip.")
-    if data_root is not None and not Path(data_root).is_dir():
-        raise RunError(f"There is no data set folder at {data_root}.")
-
+    _check_export_paths(run_dir, out_zip, data_root)
     _say(progress, "Loading the trained model")
     meta = _read_meta(run_dir)
     cfg = TrainConfig.from_dict(meta.get("config", {}))
@@ -673,20 +718,7 @@ def export_run(
     with tempfile.TemporaryDirectory(prefix="tl-export-") as tmp:
         bundle = Path(tmp) / "bundle"
         bundle.mkdir()
-        _say(progress, "Writing the model for timm (safetensors)")
-        write_timm_folder(net, data_config, classes, bundle / "model")
-        _say(progress, "Converting the model to ONNX")
-        try:
-            export_onnx(net, data_config, classes, bundle / "model.onnx")
-        except RunError:
-            raise
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise RunError(
-                f"{spec.title} could not be converted to ONNX ({type(exc).__name__}: {first})."
-            ) from exc
-        shutil.copyfile(Path(bundle_predict.__file__), bundle / "predict.py")
-        (bundle / "requirements.txt").write_text(_requirements(), encoding="utf-8")
+        _write_model_files(bundle, net, data_config, classes, spec.title, progress)
 
         report = _check_parity(bundle, run_dir, trained, preds, data_root, progress)
         report.out_zip, report.model, report.timm_name = out_zip, spec.key, spec.timm_name
@@ -718,16 +750,58 @@ def export_run(
         (bundle / "README.md").write_text(card, encoding="utf-8")
 
         _say(progress, "Writing the zip")
-        out_zip.parent.mkdir(parents=True, exist_ok=True)
-        partial = out_zip.with_name(out_zip.name + ".partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(bundle.rglob("*")):
-                if path.is_file():
-                    path.chmod(0o644)  # safetensors writes 0600: readable for all once unzipped
-                    zf.write(path, path.relative_to(bundle).as_posix())
-        partial.replace(out_zip)
+        _write_zip(bundle, out_zip)
     report.bytes = out_zip.stat().st_size
     return report
+
+
+def _check_export_paths(run_dir: Path, out_zip: Path, data_root: Path | None) -> None:
+    """RunError unless the run has a best.pt, ``out_zip`` is no folder and ``data_root`` is."""
+    if not run_dir.is_dir():
+        raise RunError(f"There is no run folder at {run_dir}.")
+    if not (run_dir / "best.pt").is_file():
+        raise RunError(f"The run in {run_dir} has no trained model yet (best.pt is missing).")
+    if out_zip.is_dir():
+        raise RunError(f"{out_zip} is a folder; give a file name ending in .zip.")
+    if data_root is not None and not Path(data_root).is_dir():
+        raise RunError(f"There is no data set folder at {data_root}.")
+
+
+def _write_model_files(
+    bundle: Path,
+    net: nn.Module,
+    data_config: DataConfig,
+    classes: list[str],
+    title: str,
+    progress: Progress | None,
+) -> None:
+    """The timm folder, model.onnx, predict.py and requirements.txt in ``bundle``."""
+    _say(progress, "Writing the model for timm (safetensors)")
+    write_timm_folder(net, data_config, classes, bundle / "model")
+    _say(progress, "Converting the model to ONNX")
+    try:
+        export_onnx(net, data_config, classes, bundle / "model.onnx")
+    except RunError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunError(
+            f"{title} could not be converted to ONNX ({type(exc).__name__}: {first})."
+        ) from exc
+    shutil.copyfile(Path(bundle_predict.__file__), bundle / "predict.py")
+    (bundle / "requirements.txt").write_text(_requirements(), encoding="utf-8")
+
+
+def _write_zip(bundle: Path, out_zip: Path) -> None:
+    """Zip ``bundle`` into ``out_zip``, which appears only once complete."""
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_zip.with_name(out_zip.name + ".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(bundle.rglob("*")):
+            if path.is_file():
+                path.chmod(0o644)  # safetensors writes 0600: readable for all once unzipped
+                zf.write(path, path.relative_to(bundle).as_posix())
+    partial.replace(out_zip)
 
 
 def _check_parity(

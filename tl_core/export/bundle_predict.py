@@ -28,6 +28,26 @@ from typing import Any, Protocol, TextIO
 import numpy as np
 from PIL import Image, ImageOps
 
+__all__ = [
+    "BATCH",
+    "HERE",
+    "IMAGE_SUFFIXES",
+    "MAX_SIDE",
+    "MAX_SOURCE_PIXELS",
+    "OnnxPredictor",
+    "Predictor",
+    "SafetensorsPredictor",
+    "find_images",
+    "load_predictor",
+    "main",
+    "open_image",
+    "predict_files",
+    "read_config",
+    "to_rgb",
+    "upright_rgb",
+    "write_csv",
+]
+
 try:  # iPhone photos (HEIC/HEIF); Pillow itself reads AVIF
     from pillow_heif import register_heif_opener
 except ImportError:  # pragma: no cover - predict.py without pillow-heif installed
@@ -75,6 +95,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """A loaded picture turned upright (EXIF; unreadable EXIF: as stored) and made RGB, as a new
+    image. Raises ValueError when its colour format is not supported."""
+    try:
+        upright = ImageOps.exif_transpose(img)
+    except Exception:  # unreadable EXIF: keep the picture as stored
+        upright = img
+    try:
+        rgb = to_rgb(upright)
+    except (ValueError, OSError):
+        raise ValueError(f"colour format not supported ({img.mode})") from None
+    return rgb.copy() if rgb is img else rgb
+
+
 def open_image(path: Path) -> Image.Image:
     """Open a picture as the app does: upright, RGB, at most MAX_SIDE pixels a side.
 
@@ -96,16 +130,7 @@ def open_image(path: Path) -> Image.Image:
                 img.load()
             except Exception:
                 raise ValueError("picture is damaged or cut off") from None
-            try:
-                upright = ImageOps.exif_transpose(img)
-            except Exception:  # unreadable EXIF: keep the picture as stored
-                upright = img
-            try:
-                rgb = to_rgb(upright)
-            except (ValueError, OSError):
-                raise ValueError(f"colour format not supported ({img.mode})") from None
-            if rgb is img:
-                rgb = rgb.copy()
+            rgb = upright_rgb(img)
     rgb.info = {}
     rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0)
     return rgb
