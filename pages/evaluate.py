@@ -141,7 +141,7 @@ def _headline(project: Project, run: Run, ev: RunEvaluation) -> None:
     c3.metric("Best epoch", f"{result.get('best_epoch')} of {result.get('epochs_done')}")
     c4.metric("Training time", f"{result.get('seconds', 0):.0f} s")
     _alarms(project, run, ev)
-    worst = [c for c in ev.worst_classes(2) if c.recall < 1.0]
+    worst = ev.worst_classes(2)
     if worst:
         names = " and ".join(
             f"'{literal(ev.classes[c.index])}' ({c.recall:.0%} found)" for c in worst

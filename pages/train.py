@@ -125,13 +125,14 @@ def page() -> None:
     busy = run is not None and run.active
     sweep_panel(project, config, advice, info.n_backbone, busy, head_start)
     _advanced(project.id, settings)
+    head = min(config.head_epochs, config.epochs - 1)  # as the engine's phases() does
     st.caption(
         f"{config.epochs} epochs · learning rate {config.lr:g} · batch {config.batch_size} · "
         f"augmentation {config.augment} · seed {config.seed}"
         + (
-            " · the new head trains alone for the first epoch, then the chosen groups join "
-            "at lower learning rates"
-            if trainable and config.epochs > 1
+            f" · the new head trains alone for the first {head} epoch{'s' if head > 1 else ''},"
+            " then the chosen groups join at lower learning rates"
+            if trainable and head >= 1
             else ""
         )
     )

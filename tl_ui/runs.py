@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from tl_core import service
+from tl_core.analysis.advice import depth_label
 from tl_core.config import TrainConfig
 from tl_core.models import catalog
 from tl_core.runs.store import Project, Run
@@ -25,7 +26,7 @@ def run_label(run: Run) -> str:
     spec = run.spec
     title = catalog.get_spec(spec.config.model).title
     learn = spec.config.trainable_groups
-    what = "head only" if learn == 0 else f"last {learn} group(s)"
+    what = depth_label(learn)
     fixes = " · reviewed labels" if spec.corrections else ""
     if not spec.config.pretrained:
         fixes += " · from scratch"
