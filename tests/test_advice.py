@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tl_core import service
 from tl_core.analysis.advice import (
     SWEEP_EPOCHS,
     depth_label,
     freeze_advice,
-    latest_sweep,
     sweep_configs,
     sweep_depths,
     sweep_reading,
@@ -92,19 +92,19 @@ def test_the_newest_sweep_is_read_back_and_judged_against_the_noise(tmp_path) ->
     old = sweep_configs(TrainConfig(), (0, 1))
     new = sweep_configs(TrainConfig(), (0, 1, 3))
     ids = [store.create_run(project.id, raw, tmp_path).id for raw in (*old, *new)]
-    points = latest_sweep(store.runs(project.id))
+    points = service.latest_sweep(store.runs(project.id))
     assert [p.trainable_groups for p in points] == [0, 1, 3]
     assert sweep_reading(points, 8) is None  # nothing finished yet
     for run_id, acc in zip(ids[2:], (0.60, 0.85, 0.83), strict=True):
         _finish(store, run_id, acc, 400)
-    points = latest_sweep(store.runs(project.id))
+    points = service.latest_sweep(store.runs(project.id))
     assert [p.n_val for p in points] == [400, 400, 400]
     reading = sweep_reading(points, 8)
     assert reading is not None
     assert reading.startswith("Best in this sweep: last 1 group (85%)")
     assert "last 3 groups (83%) next" in reading and "within the validation set's noise" in reading
     _finish(store, ids[4], 0.70, 400)
-    reading = sweep_reading(latest_sweep(store.runs(project.id)), 8)
+    reading = sweep_reading(service.latest_sweep(store.runs(project.id)), 8)
     assert reading is not None and "larger than the validation set's noise" in reading
 
 

@@ -496,13 +496,15 @@ def _train_summary(t: _Training, result: Any, run_dir: str) -> dict[str, object]
 
 def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], int]:
     from tl_core.export.bundle import export_run
+    from tl_core.runs.lookup import find_run
 
+    run = find_run(Path(args.run_dir), store.workspace)
     report = export_run(
         args.run_dir,
         args.out,
-        data_root=args.data,
+        data_root=args.data or (Path(run.data_dir) if run else None),
         progress=lambda message: print(message, file=sys.stderr),
-        workspace=store.workspace,
+        corrections=run.spec.corrections if run else None,
     )
     from tl_core.analysis.evaluation import evaluate_run
 
@@ -520,6 +522,7 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
     """
     from tl_core.analysis import evaluation
     from tl_core.analysis.results import load_predictions
+    from tl_core.runs import lookup
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -536,9 +539,7 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
         if preds is None:
             raise StudioError(f"The run in {run_dir} has no validation predictions.")
         trained = evaluation.load_model_checked(run_dir, preds)
-        root = (
-            data if data is not None else evaluation.locate_data_root(run_dir, store.workspace)[0]
-        )
+        root = data if data is not None else lookup.locate_data_root(run_dir, store.workspace)[0]
         verdict = evaluation.verify_run(run_dir, root, trained, preds)
         if not verdict.verified:
             hint = (

@@ -96,6 +96,8 @@ class RunSpec:
         return {**asdict(self.config), **{k: v for k, v in tags.items() if v is not None}}
 
 
+ACTIVE = ("starting", "running")  # job states: claimed and working
+UNFINISHED = ("queued", *ACTIVE)  # waiting or working
 JOB_KINDS = ("train", "features", "recommend", "verify", "export", "predict")
 
 

@@ -8,11 +8,13 @@ let a refresh, a second tab or a second visit find the same job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_core.analysis.advice import SweepPoint
 from tl_core.config import RunSpec, TrainConfig, scratch_config
 from tl_core.data import dataset as tl_data
 from tl_core.data import review
@@ -256,7 +258,11 @@ def export_key(project: Project, run: Run) -> str:
 
 def submit_export(store: Store, project: Project, run: Run, submit: bool = True) -> Run | None:
     """The export job (bundle + parity check) of ``run``; ``submit=False`` only looks."""
-    params = {"run_dir": run.run_dir, "name": bundle_name(project, run)}
+    params = {
+        "run_dir": run.run_dir,
+        "name": bundle_name(project, run),
+        "corrections": run.spec.corrections,
+    }
     return job_for(
         store, project.id, "export", params, run.data_dir, export_key(project, run), submit
     )
@@ -302,3 +308,32 @@ def retry_job(store: Store, job: Run) -> Run:
     return jobs.submit_job(
         store, job.project_id, job.kind, job.config, job.data_dir, key=job.key, inputs=inputs
     )
+
+
+def _n_val(run: Run) -> int:
+    path = Path(run.run_dir) / "predictions.json"
+    try:
+        return len(json.loads(path.read_text())["rows"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def latest_sweep(runs: Sequence[Run]) -> list[SweepPoint]:
+    """The newest sweep among ``runs`` (in creation order), by depth."""
+    tagged = [r for r in runs if r.config.get("sweep")]
+    if not tagged:
+        return []
+    sweep_id = tagged[-1].config["sweep"]
+    points = [
+        SweepPoint(
+            trainable_groups=int(r.config.get("trainable_groups", 0)),
+            run_id=r.id,
+            status=r.status,
+            accuracy=(r.result or {}).get("val_accuracy"),
+            n_val=_n_val(r),
+            seconds=(r.result or {}).get("seconds"),
+        )
+        for r in tagged
+        if r.config["sweep"] == sweep_id
+    ]
+    return sorted(points, key=lambda p: p.trainable_groups)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from tl_core import service
 from tl_core.analysis import alarms
 from tl_core.analysis.advice import (
     SWEEP_EPOCHS,
     FreezeAdvice,
     depth_label,
-    latest_sweep,
     sweep_configs,
     sweep_reading,
 )
@@ -47,7 +47,7 @@ def advice_box(project: Project, advice: FreezeAdvice, trainable: int, n_backbon
 
 def _results(project_id: str, n_backbone: int, head_start: float | None) -> None:
     store = get_store()
-    points = latest_sweep(store.runs(project_id))
+    points = service.latest_sweep(store.runs(project_id))
     if not points:
         return
     lines = []
@@ -117,7 +117,7 @@ def sweep_panel(
             for raw in sweep_configs(config, advice.sweep):
                 submit_training(project, TrainConfig.from_dict(raw), sweep=str(raw["sweep"]))
             st.rerun()
-        points = latest_sweep(get_store().runs(project.id))
+        points = service.latest_sweep(get_store().runs(project.id))
         active = any(p.pending for p in points)
         if active:
             st.session_state["_sweep_polling"] = True

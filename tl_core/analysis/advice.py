@@ -15,18 +15,15 @@ two or three depths in the background queue and plots validation accuracy agains
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from tl_core.analysis.metrics import validation_noise, wilson_interval
-from tl_core.runs.store import UNFINISHED
+from tl_core.config import UNFINISHED
 
 if TYPE_CHECKING:
-    from tl_core.runs.store import Run
     from tl_core.training.engine import TrainConfig
 
 __all__ = [
@@ -41,7 +38,6 @@ __all__ = [
     "SweepPoint",
     "depth_label",
     "freeze_advice",
-    "latest_sweep",
     "sweep_configs",
     "sweep_depths",
     "sweep_reading",
@@ -213,35 +209,6 @@ class SweepPoint:
         if self.accuracy is None or not self.n_val:
             return None
         return wilson_interval(round(self.accuracy * self.n_val), self.n_val)
-
-
-def _n_val(run: Run) -> int:
-    path = Path(run.run_dir) / "predictions.json"
-    try:
-        return len(json.loads(path.read_text())["rows"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def latest_sweep(runs: Sequence[Run]) -> list[SweepPoint]:
-    """The newest sweep among ``runs`` (in creation order), by depth."""
-    tagged = [r for r in runs if r.config.get("sweep")]
-    if not tagged:
-        return []
-    sweep_id = tagged[-1].config["sweep"]
-    points = [
-        SweepPoint(
-            trainable_groups=int(r.config.get("trainable_groups", 0)),
-            run_id=r.id,
-            status=r.status,
-            accuracy=(r.result or {}).get("val_accuracy"),
-            n_val=_n_val(r),
-            seconds=(r.result or {}).get("seconds"),
-        )
-        for r in tagged
-        if r.config["sweep"] == sweep_id
-    ]
-    return sorted(points, key=lambda p: p.trainable_groups)
 
 
 def sweep_reading(points: Sequence[SweepPoint], n_backbone: int) -> str | None:

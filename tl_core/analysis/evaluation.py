@@ -45,7 +45,6 @@ __all__ = [
     "evaluate_run",
     "load_calibration",
     "load_model_checked",
-    "locate_data_root",
     "reproduces_predictions",
     "verify_run",
 ]
@@ -355,30 +354,6 @@ class Verdict:
             "parity_ok": self.verified if self.status in ("verified", "differs") else None,
             "parity_max_prob_diff": self.max_prob_diff,
         }
-
-
-def locate_data_root(run_dir: Path, workspace: Path | None = None) -> tuple[Path | None, str]:
-    """The imported data set the run was validated on, and where it was looked for.
-
-    First the ``data_dir`` the run folder's run.json records, then the workspace's index
-    (which may be damaged or not know the run: then only run.json counts).
-    """
-    from tl_core.runs.store import StoreDamagedError, read_run_record
-
-    record = read_run_record(Path(run_dir))
-    recorded = Path(record["data_dir"]) if record else None
-    if recorded is not None and recorded.is_dir():
-        return recorded, str(recorded)
-    try:
-        from tl_core.export.bundle import find_data_root
-
-        found = find_data_root(Path(run_dir), workspace)
-    except StoreDamagedError:
-        found = None
-    if found is not None and found.is_dir():
-        return found, str(found)
-    where = str(recorded or found) if (recorded or found) else "the run folder or the workspace"
-    return None, where
 
 
 def verify_run(

@@ -42,7 +42,6 @@ from tl_core.models.catalog import DataConfig, get_spec
 from tl_core.models.device import ComputePlan
 from tl_core.models.freezing import freeze_sentence, max_trainable_groups
 from tl_core.models.inference import TrainedModel, load_trained
-from tl_core.runs.store import Run, Store, StoreDamagedError, default_workspace
 from tl_core.training import checkpoint
 from tl_core.training.engine import TrainConfig
 from tl_core.training.inputs import Normalize, cache_side
@@ -60,7 +59,6 @@ __all__ = [
     "Progress",
     "export_onnx",
     "export_run",
-    "find_data_root",
     "model_card",
     "write_timm_folder",
 ]
@@ -270,32 +268,6 @@ def write_timm_folder(model: nn.Module, cfg: DataConfig, classes: list[str], fol
 
 
 # ------------------------------------------------------------------------------- data
-
-
-def find_data_root(run_dir: Path, workspace: Path | None = None) -> Path | None:
-    """The imported data set a run trained on, looked up in the workspace's store.
-
-    Tried in order: ``workspace``, the workspace that holds ``run_dir`` (runs/<id>/), the
-    default workspace. None when none of them knows the run.
-    """
-    run = _store_run(run_dir, workspace)
-    return Path(run.data_dir) if run is not None else None
-
-
-def _store_run(run_dir: Path, workspace: Path | None) -> Run | None:
-    target = Path(run_dir).resolve()
-    candidates = [workspace, target.parent.parent, default_workspace()]
-    for ws in candidates:
-        if ws is None or not (Path(ws) / "studio.db").is_file():
-            continue
-        try:
-            runs = Store(Path(ws)).runs()
-        except StoreDamagedError:  # a run folder alone is enough: its data set is then passed
-            continue
-        for run in runs:
-            if Path(run.run_dir).resolve() == target:
-                return run
-    return None
 
 
 @dataclass
@@ -690,13 +662,13 @@ def export_run(
     data_root: Path | None = None,
     progress: Progress | None = None,
     *,
-    workspace: Path | None = None,
+    corrections: dict[str, object] | None = None,
     extra_sections: dict[str, str] | None = None,
 ) -> ExportReport:
     """Write the run's best model as a zip bundle at ``out_zip`` and check it against the app.
 
-    ``data_root`` is the imported data set the run trained on (default: looked up in the
-    workspace's store, see :func:`find_data_root`); without it the parity check is skipped.
+    ``data_root`` is the imported data set the run trained on; without it the parity check
+    is skipped. ``corrections``: the label review the run was trained with (its dict form).
     ``progress`` receives plain status lines. ``extra_sections`` go into the model card.
     Raises RunError when the run folder or its best.pt is missing or unreadable.
     """
@@ -705,9 +677,6 @@ def export_run(
     _say(progress, "Loading the trained model")
     meta = _read_meta(run_dir)
     cfg = TrainConfig.from_dict(meta.get("config", {}))
-    store_run = _store_run(run_dir, workspace)
-    if data_root is None and store_run is not None:
-        data_root = Path(store_run.data_dir)
     plan = ComputePlan("cpu", None, False, torch.get_num_threads())  # fp32: the reference
     trained: TrainedModel = load_trained(run_dir, plan=plan)
     classes, data_config = trained.classes, trained.data_config
@@ -728,7 +697,7 @@ def export_run(
             preds,
             data_root,
             cfg,
-            store_run.config.get("corrections") if store_run else None,
+            corrections,
         )
         card = model_card(
             title=f"{spec.title} for {len(classes)} classes",

@@ -31,11 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from tl_core import diskspace
-from tl_core.config import RunSpec
+from tl_core.config import ACTIVE, UNFINISHED, RunSpec
 from tl_core.errors import RunError, StudioError
 
-ACTIVE = ("starting", "running")
-UNFINISHED = ("queued", "starting", "running")
 _RECORDED_FIELDS = {"status", "result", "error", "finished", "config", "resume"}
 
 _SCHEMA = """

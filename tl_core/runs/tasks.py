@@ -152,6 +152,7 @@ def export(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         out,
         Path(spec.data_dir) if Path(spec.data_dir).is_dir() else None,
         progress=progress,
+        corrections=spec.params.get("corrections"),
     )
     return _plain({**report.summary(), "bundle": str(out), "name": name})
 
