@@ -40,6 +40,7 @@ from tl_core.export.bundle import (
 )
 from tl_core.models.device import ComputePlan
 from tl_core.models.inference import load_trained, upright_rgb
+from tl_core.runs.lookup import find_data_root
 from tl_core.runs.store import Store
 from tl_core.training.engine import TrainConfig, fit
 from tl_core.training.inputs import Normalize
@@ -132,8 +133,8 @@ def test_lite0_bundle_predicts_like_the_app_in_a_fresh_process(tmp_path):
     report = export_run(
         run_dir,
         out,
+        find_data_root(run_dir, workspace),  # as the command line finds it
         progress=messages.append,
-        workspace=workspace,
         extra_sections={"Calibration": "Fitted temperature: 1.3."},
     )
     preds = load_predictions(run_dir)
