@@ -195,7 +195,7 @@ def predict(
         with plan.autocast():
             logits = model(plan.batch(images))
         probs.append(logits.float().cpu())
-        labels.append(y)
+        labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)
 
 
@@ -424,6 +424,7 @@ class _Run:
     scheduler: Any = None
     phase_end: int = 0
     trainable_params: int = 0
+    cached: CachedPhase | None = None  # the current phase's frozen outputs, if any
 
     @property
     def full(self) -> nn.Module:
@@ -526,7 +527,7 @@ def _train_phase(run: _Run, trainable: int, n_epochs: int, callbacks: Callbacks)
     run.optimizer, run.scheduler = _phase_optimizer(
         run.model, cfg, trainable, n_epochs, steps_per_epoch, run.groups
     )
-    cached = _cache_phase(run, trainable, callbacks)
+    cached = run.cached = _cache_phase(run, trainable, callbacks)
     net = cached.net if cached else run.full
     run.trainable_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     state.restore_phase(run.optimizer, run.scheduler)
@@ -583,8 +584,14 @@ def _score_best(run: _Run, best: dict[str, Any], result: TrainResult, callbacks:
     callbacks.on_status("Scoring the best model on the validation images")
     run.model.load_state_dict(best["model"])
     # Final answers in fp32 (bf16 served the epochs): they then match the Try page and the
-    # exported model exactly, on any machine.
-    logits, labels = predict(run.full, run.val_loader(run.inputs.val), run.plan.exact())
+    # exported model exactly, on any machine. The last phase's frozen part is frozen in every
+    # phase: when its validation outputs were cached in fp32, the trainable rest alone gives
+    # the whole network's answers without a second pass over the images.
+    if run.cached is not None and run.plan.amp_dtype is None:
+        net, val = run.cached.net, run.cached.val
+    else:
+        net, val = run.full, run.inputs.val
+    logits, labels = predict(net, run.val_loader(val), run.plan.exact())
     write_predictions(run.run_dir, run.classes, run.inputs.val_items, logits, labels)
     exact = (logits.argmax(1) == labels).float().mean().item()
     best_acc, amp = run.state.best_acc, run.plan.amp_dtype

@@ -26,7 +26,11 @@ class StopRequested(Exception):
 
 @dataclass
 class CachedPhase:
-    """The trainable part of the network and the prefix outputs it trains on."""
+    """The trainable part of the network and the prefix outputs it trains on.
+
+    Outputs are stored in the plan's inference dtype: with an fp32 plan, ``net`` on ``val``
+    gives exactly the whole network's answers on the validation images.
+    """
 
     net: nn.Module
     train_views: list[TensorDataset]  # view v feeds epochs v, v + V, v + 2V, ...
