@@ -304,15 +304,20 @@ def create_model(spec: ModelSpec, num_classes: int, pretrained: bool = True) -> 
     if not pretrained or spec.hidden:
         return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
     state = dict(pretrained_state(spec))  # timm drops a mismatched head from what it is given
+    # Bundled models are built with their ImageNet head and get the new one after, hub models
+    # with the new head at once: a seed then gives the same new head as it always did.
+    bundled = spec.source == "bundled"
     model = timm.create_model(
         spec.timm_name,
         pretrained=True,
-        num_classes=num_classes,
         pretrained_cfg_overlay={"state_dict": state, "source": ""},
+        **({} if bundled else {"num_classes": num_classes}),
     )
     for cfg in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)):
         if isinstance(cfg, dict):
             cfg.pop("state_dict", None)  # the model keeps its config, not a second weights copy
+    if bundled and num_classes != model.num_classes:
+        model.reset_classifier(num_classes)
     return model
 
 
