@@ -62,3 +62,44 @@ def test_data_config_comes_from_timm_per_model() -> None:
     a, b = catalog.DataConfig.of(resnet), catalog.DataConfig.of(effnet)
     assert a.input_size == (3, 160, 160)
     assert a.interpolation != b.interpolation or a.mean != b.mean
+
+
+def test_warm_models_are_independent_fresh_objects(monkeypatch) -> None:
+    spec = catalog.get_spec("efficientnet_lite0")
+    monkeypatch.setattr(catalog, "_warm", type(catalog._warm)())
+    reads = []
+    real = torch.load
+
+    def counted(*args, **kwargs):
+        reads.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counted)
+    torch.manual_seed(0)
+    cold = catalog.create_model(spec, num_classes=3)
+    torch.manual_seed(0)
+    warm = catalog.create_model(spec, num_classes=3)
+    assert len(reads) == 1  # the second build read no weights file
+    assert cold is not warm
+    # The same seed gives the same new head, whether the weights were warm or not.
+    torch.testing.assert_close(cold.state_dict(), warm.state_dict())
+    with torch.no_grad():
+        cold.conv_stem.weight.add_(1.0)
+        cold.bn1.running_var.mul_(3.0)
+    fresh = catalog.create_model(spec, num_classes=3)
+    for name, tensor in catalog.pretrained_state(spec).items():
+        if not name.startswith("classifier"):
+            assert torch.equal(fresh.state_dict()[name], tensor), name
+            assert torch.equal(warm.state_dict()[name], tensor), name
+    imagenet = catalog.create_model(spec, num_classes=1000)  # keeps ImageNet's own head
+    torch.testing.assert_close(imagenet.state_dict(), catalog.pretrained_state(spec))
+    assert "state_dict" not in imagenet.pretrained_cfg
+
+
+def test_warm_cache_keeps_the_last_few_models(monkeypatch) -> None:
+    monkeypatch.setattr(catalog, "_warm", type(catalog._warm)())
+    monkeypatch.setattr(catalog, "WARM_MODELS", 2)
+    keys = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite0", "efficientnet_lite2"]
+    for key in keys:
+        catalog.pretrained_state(catalog.get_spec(key))
+    assert list(catalog._warm) == ["efficientnet_lite0", "efficientnet_lite2"]

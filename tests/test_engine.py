@@ -152,3 +152,102 @@ def test_pretrained_features_are_real_a_random_backbone_is_not(demo_dir, tmp_pat
     assert accuracy[True] > 0.6, accuracy
     assert accuracy[False] < 0.3, accuracy
     assert accuracy[True] - accuracy[False] > 0.35, accuracy
+
+
+# ------------------------------------------------------------- TrainState and checkpoints
+
+
+def _tiny_cfg(**kw) -> TrainConfig:
+    base = dict(
+        model="test_efficientnet",
+        trainable_groups=2,
+        epochs=3,
+        batch_size=8,
+        augment="light",
+        pretrained=False,
+        seed=3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_state_round_trips_through_last_and_best(shapes, tmp_path) -> None:
+    from tl_core.training import checkpoint
+    from tl_core.training.checkpoint import TrainState
+
+    manifest, split = shapes
+    result = fit(_tiny_cfg(), split, manifest.root, manifest.classes, tmp_path, plan=CPU)
+    for name in (checkpoint.BEST, checkpoint.LAST):
+        state = torch.load(tmp_path / name, map_location="cpu", weights_only=True)
+        assert tuple(state) == checkpoint.KEYS[name]  # the schema old runs were written in
+    best = checkpoint.load(tmp_path / checkpoint.BEST)
+    assert best["meta"]["epoch"] == result.best_epoch
+    assert best["meta"]["classes"] == manifest.classes
+    import timm
+
+    model = timm.create_model("test_efficientnet", num_classes=len(manifest.classes))
+    gen = torch.Generator()
+    state = TrainState.resume(tmp_path / checkpoint.LAST, model, gen, best["meta"])
+    assert (state.epoch, state.best_epoch) == (3, result.best_epoch)
+    assert state.phase_start == 1 and state.step > 0  # the schedule's second phase
+    torch.testing.assert_close(
+        model.state_dict(), checkpoint.load(tmp_path / checkpoint.LAST)["model"]
+    )
+
+
+@pytest.mark.parametrize("drop", ["rng", "optimizer", "best_epoch", "meta"])
+def test_a_last_checkpoint_missing_a_key_is_refused_in_one_sentence(shapes, tmp_path, drop) -> None:
+    from tl_core.errors import CheckpointError
+    from tl_core.training import checkpoint
+
+    manifest, split = shapes
+    cfg = _tiny_cfg(epochs=1, trainable_groups=0)
+    fit(cfg, split, manifest.root, manifest.classes, tmp_path, plan=CPU)
+    last = tmp_path / checkpoint.LAST
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    del state[drop]
+    torch.save(state, last)
+    with pytest.raises(CheckpointError, match="cannot be read") as err:
+        fit(cfg, split, manifest.root, manifest.classes, tmp_path, resume=True, plan=CPU)
+    assert "resuming" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("trainable", "cache"), [(0, True), (2, True), (2, False)])
+def test_layer_groups_are_computed_once_per_run(shapes, tmp_path, monkeypatch, trainable, cache):
+    from tl_core.models import freezing, stages
+    from tl_core.training import engine
+
+    calls = []
+    real = freezing.layer_groups
+
+    def counted(model):
+        calls.append(1)
+        return real(model)
+
+    for module in (freezing, stages, engine):
+        monkeypatch.setattr(module, "layer_groups", counted)
+    manifest, split = shapes
+    cfg = _tiny_cfg(trainable_groups=trainable, cache=cache)
+    result = fit(cfg, split, manifest.root, manifest.classes, tmp_path, plan=CPU)
+    assert result.status == "finished"
+    assert len(calls) == 1
+
+
+def test_saving_the_best_is_a_callback_beside_the_users(shapes, tmp_path) -> None:
+    """The engine's checkpoint callback runs before the user's: at the end of a phase the
+    user's on_epoch finds best.pt and last.pt already written for that epoch."""
+    from tl_core.training import checkpoint
+
+    manifest, split = shapes
+    seen = []
+
+    class Watch(Recorder):
+        def on_epoch(self, metrics: EpochMetrics) -> None:
+            super().on_epoch(metrics)
+            if metrics.epoch in (1, 3):  # the ends of the two phases
+                best = checkpoint.load(tmp_path / checkpoint.BEST)["meta"]["epoch"]
+                last = checkpoint.load(tmp_path / checkpoint.LAST)["epoch"]
+                expected = max(m.epoch for m in self.epochs if m.is_best)
+                seen.append((best, last) == (expected, metrics.epoch))
+
+    fit(_tiny_cfg(), split, manifest.root, manifest.classes, tmp_path, Watch(), plan=CPU)
+    assert seen == [True, True]

@@ -75,3 +75,19 @@ def test_describe_model_and_sentences() -> None:
     assert info.data_config["input_size"] == (3, 224, 224)
     assert "only the new last layer" in freeze_sentence(0, info.n_backbone).lower()
     assert "whole network" in freeze_sentence(info.n_backbone, info.n_backbone)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("training", [True, False])
+def test_compute_plan_batch_puts_inputs_in_the_layout_and_dtype_of_the_step(dtype, training):
+    from tl_core.models.device import ComputePlan
+
+    plan = ComputePlan("cpu", torch.bfloat16, True, 1, train_amp_dtype=None)
+    images = plan.batch(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), training)
+    assert images.dtype == torch.uint8
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    feats = plan.batch(torch.zeros(2, 16, dtype=dtype), training)
+    # fp32 steps get fp32 inputs; bf16 inference keeps what autocast reads anyway.
+    assert feats.dtype == (torch.float32 if training else dtype)
+    model = plan.prepare_model(torch.nn.Conv2d(3, 4, 3))
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)

@@ -91,3 +91,26 @@ def test_over_budget_falls_back_to_the_plain_loop_and_says_so(shapes, tmp_path, 
     assert result.status == "finished"
     text = "\n".join(log.lines)
     assert "do not fit the memory budget" in text and "were not cached" in text
+
+
+@pytest.mark.parametrize(("trainable", "epochs"), [(0, 2), (2, 3)])
+def test_final_scores_from_cached_outputs_equal_a_full_pass(shapes, tmp_path, trainable, epochs):
+    """With an fp32 plan, predictions.json comes from the cached validation outputs: the same
+    answers as the whole best model on the pictures, as the Try page computes them."""
+    import json
+
+    from tl_core.models.inference import load_trained
+
+    manifest, split = shapes
+    cfg = TrainConfig(
+        model="efficientnet_lite0", trainable_groups=trainable, epochs=epochs, augment="none"
+    )
+    log = Log()
+    fit(cfg, split, manifest.root, manifest.classes, tmp_path, log, plan=CPU.exact())
+    assert any("Cached" in line for line in log.lines)
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    trained = load_trained(tmp_path, plan=CPU.exact())
+    files = [manifest.root / row["file"] for row in saved["rows"]]
+    logits = trained.logits(files)
+    expected = torch.tensor([row["logits"] for row in saved["rows"]])
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=2e-4, rtol=1e-4)

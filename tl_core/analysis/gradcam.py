@@ -96,9 +96,7 @@ def heatmap(trained: TrainedModel, image: ImageInput, target_class: int | None =
 
     handle = layer.register_forward_hook(keep)
     try:
-        x = crop[None].to(trained.plan.device)
-        if trained.plan.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = trained.plan.batch(crop[None])
         with torch.inference_mode(False), torch.no_grad(), trained.plan.autocast():
             logits = trained.model(x).float()
             probs = logits.detach().softmax(1)[0]

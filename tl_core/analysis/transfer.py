@@ -40,7 +40,6 @@ from tl_core.data.dataset import DatasetManifest, ImageItem, Split
 from tl_core.models.catalog import (
     DataConfig,
     ModelSpec,
-    _bundled_weights_file,
     create_model,
     get_spec,
     visible_specs,
@@ -146,13 +145,8 @@ def _imagenet_model(spec: ModelSpec, pretrained: bool) -> tuple[nn.Module, bool]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights are the same on every call
         model = create_model(spec, num_classes=_IMAGENET_CLASSES, pretrained=pretrained)
-    if not pretrained or spec.hidden:
-        return model, False
-    if spec.source == "bundled":  # create_model replaced the head: load the original again
-        state = torch.load(_bundled_weights_file(spec), map_location="cpu", weights_only=True)
-        keys = list(model.state_dict().keys())
-        model.load_state_dict(dict(zip(keys, state.values(), strict=True)), strict=True)
-    return model, True
+    # With 1000 classes, create_model keeps the pretrained ImageNet head itself.
+    return model, pretrained and not spec.hidden
 
 
 def _compute(
@@ -167,9 +161,7 @@ def _compute(
     torch.set_num_threads(plan.threads)
     model, has_head = _imagenet_model(spec, pretrained)
     data_cfg = DataConfig.of(model)
-    model = model.to(plan.device).eval()
-    if plan.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = plan.prepare_model(model).eval()
     n = len(items)
     side = cache_side(data_cfg)
 

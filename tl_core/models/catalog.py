@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -247,24 +248,77 @@ def download_weights(spec: ModelSpec) -> None:
         raise ModelUnavailableError(_offline_message(spec)) from exc
 
 
-def create_model(spec: ModelSpec, num_classes: int, pretrained: bool = True) -> torch.nn.Module:
-    """Build ``spec`` with a new ``num_classes`` head; ImageNet weights when ``pretrained``."""
+WARM_MODELS = 3  # pretrained weights kept in a long-lived process, most recently used last
+_warm: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+
+def _bundled_state(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The bundled ImageNet state dict under timm's own key names (a strict rename)."""
     import timm
     import torch
 
+    state = torch.load(_bundled_weights_file(spec), map_location="cpu", weights_only=True)
+    with torch.device("meta"):  # only the key names are needed: no memory, no init
+        own_keys = list(timm.create_model(spec.timm_name, pretrained=False).state_dict())
+    if len(own_keys) != len(state):
+        raise ModelUnavailableError(f"The bundled weights do not fit {spec.timm_name}.")
+    return dict(zip(own_keys, state.values(), strict=True))
+
+
+def _hub_state(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """timm's own pretrained weights (downloaded once into the Hugging Face cache)."""
+    import timm
+
+    download_weights(spec)
+    return timm.create_model(spec.timm_name, pretrained=True).state_dict()
+
+
+def pretrained_state(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of ``spec`` (with their 1000-class head), kept warm in the process.
+
+    The last :data:`WARM_MODELS` models stay in memory, so a second run of the same model in a
+    long-lived worker skips reading and converting its weights file. The tensors are never
+    changed: every model built from them gets its own copy.
+    """
+    import torch
+
+    state = _warm.get(spec.key)
+    if state is None:
+        with torch.random.fork_rng(devices=[]):  # a cold build draws no more random numbers
+            state = _bundled_state(spec) if spec.source == "bundled" else _hub_state(spec)
+        _warm[spec.key] = state
+        while len(_warm) > WARM_MODELS:
+            _warm.popitem(last=False)
+    _warm.move_to_end(spec.key)
+    return state
+
+
+def create_model(spec: ModelSpec, num_classes: int, pretrained: bool = True) -> torch.nn.Module:
+    """Build ``spec`` with a ``num_classes`` head; ImageNet weights when ``pretrained``.
+
+    Pretrained weights go through timm's own loader (``pretrained_cfg_overlay`` with a state
+    dict): a head of another size is new and random, a 1000-class head is ImageNet's own.
+    """
+    import timm
+
     if not pretrained or spec.hidden:
         return timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes)
-    if spec.source == "bundled":
-        model = timm.create_model(spec.timm_name, pretrained=False)
-        state = torch.load(_bundled_weights_file(spec), map_location="cpu", weights_only=True)
-        own_keys = list(model.state_dict().keys())
-        if len(own_keys) != len(state):
-            raise ModelUnavailableError(f"The bundled weights do not fit {spec.timm_name}.")
-        model.load_state_dict(dict(zip(own_keys, state.values(), strict=True)), strict=True)
+    state = dict(pretrained_state(spec))  # timm drops a mismatched head from what it is given
+    # Bundled models are built with their ImageNet head and get the new one after, hub models
+    # with the new head at once: a seed then gives the same new head as it always did.
+    bundled = spec.source == "bundled"
+    model = timm.create_model(
+        spec.timm_name,
+        pretrained=True,
+        pretrained_cfg_overlay={"state_dict": state, "source": ""},
+        **({} if bundled else {"num_classes": num_classes}),
+    )
+    for cfg in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)):
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)  # the model keeps its config, not a second weights copy
+    if bundled and num_classes != model.num_classes:
         model.reset_classifier(num_classes)
-        return model
-    download_weights(spec)
-    return timm.create_model(spec.timm_name, pretrained=True, num_classes=num_classes)
+    return model
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,12 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
+from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,26 @@ class ComputePlan:
             f"{self.device}, {name(self.amp_dtype)} inference, "
             f"{name(self.train_amp_dtype)} training{layout}, {self.threads} thread(s)"
         )
+
+    def prepare_model(self, model: M) -> M:
+        """``model`` on the plan's device, in its memory layout (channels_last where faster)."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def batch(self, x: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """A batch of inputs on the device, in the layout and dtype the model expects.
+
+        Images (4-d) go channels_last where the plan says so; floating inputs (cached
+        activations, stored in the inference dtype) become fp32 when this step runs in fp32.
+        """
+        x = x.to(self.device, non_blocking=True)
+        if x.is_floating_point() and (self.train_amp_dtype if training else self.amp_dtype) is None:
+            x = x.float()
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @contextlib.contextmanager
     def autocast(self, training: bool = False) -> Iterator[None]:

@@ -49,12 +49,15 @@ def max_trainable_groups(model: nn.Module) -> int:
     return len(layer_groups(model)) - 1
 
 
-def apply_freeze(model: nn.Module, trainable_groups: int) -> int:
+def apply_freeze(
+    model: nn.Module, trainable_groups: int, groups: list[LayerGroup] | None = None
+) -> int:
     """Freeze all but the head and the last ``trainable_groups`` backbone groups.
 
+    ``groups``: the model's :func:`layer_groups`, when the caller has them already.
     Returns the number of trainable parameters.
     """
-    groups = layer_groups(model)
+    groups = groups or layer_groups(model)
     n_backbone = len(groups) - 1
     if not 0 <= trainable_groups <= n_backbone:
         raise ValueError(f"trainable_groups must be between 0 and {n_backbone}")
@@ -82,13 +85,14 @@ def trainable_param_groups(
     lr: float,
     lr_ratio: float = 100.0,
     body_ratio: float = 5.0,
+    groups: list[LayerGroup] | None = None,
 ) -> list[dict[str, object]]:
     """Optimizer groups with discriminative learning rates, as fastai's ``fine_tune`` does.
 
     The new head learns at ``lr``. Pretrained groups learn slower: the last one at
     ``lr / body_ratio``, earlier ones geometrically slower down to ``lr / lr_ratio``.
     """
-    groups = layer_groups(model)
+    groups = groups or layer_groups(model)
     body = groups[len(groups) - 1 - trainable_groups : -1]
     params = dict(model.named_parameters())
     out: list[dict[str, object]] = []

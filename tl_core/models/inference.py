@@ -92,10 +92,7 @@ class TrainedModel:
         batch = self.plan.infer_batch
         for start in range(0, len(images), batch):
             chunk = range(start, min(start + batch, len(images)))
-            x = torch.stack([self.tensor(images[k], names[k]) for k in chunk])
-            x = x.to(self.plan.device)
-            if self.plan.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self.plan.batch(torch.stack([self.tensor(images[k], names[k]) for k in chunk]))
             with self.plan.autocast():
                 out.append(self.model(x).float().cpu())
         if not out:
@@ -144,7 +141,5 @@ def load_trained(
         data_config = _data_config(raw) if raw else DataConfig.of(model)
     except (TypeError, ValueError):
         raise checkpoint.unreadable(path) from None
-    full = nn.Sequential(Normalize(data_config), model).to(plan.device).eval()
-    if plan.channels_last:
-        full = full.to(memory_format=torch.channels_last)
+    full = plan.prepare_model(nn.Sequential(Normalize(data_config), model)).eval()
     return TrainedModel(full, classes, data_config, key, plan)

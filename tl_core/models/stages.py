@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tl_core.models.freezing import layer_groups, set_train_mode
+from tl_core.models.freezing import LayerGroup, layer_groups, set_train_mode
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
 
@@ -92,16 +92,19 @@ class Suffix(nn.Module):
         return self.model_ref[0].forward_head(x)
 
 
-def split_model(model: nn.Module, trainable_groups: int) -> tuple[nn.Sequential, Suffix] | None:
+def split_model(
+    model: nn.Module, trainable_groups: int, groups: list[LayerGroup] | None = None
+) -> tuple[nn.Sequential, Suffix] | None:
     """(prefix, suffix) with every parameter of the prefix in a frozen group.
 
     The prefix ends where the first trainable group begins; None when the model's family is
-    unknown or nothing can be cut off (everything trains).
+    unknown or nothing can be cut off (everything trains). ``groups``: the model's
+    :func:`layer_groups`, when the caller has them already.
     """
     stages = _stage_list(model)
     if stages is None:
         return None
-    groups = layer_groups(model)
+    groups = groups or layer_groups(model)
     group_of = {name: g.index for g in groups for name in g.param_names}
     first_trainable = len(groups) - 1 - trainable_groups
     cut, current = 0, 0

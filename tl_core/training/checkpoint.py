@@ -1,5 +1,9 @@
 """A run's checkpoints: best.pt and last.pt, written and read from one list of keys each.
 
+:class:`TrainState` is what a run carries from epoch to epoch and the one place that turns it
+into a checkpoint (:meth:`TrainState.best_checkpoint`, :meth:`TrainState.last_checkpoint`) and
+back (:meth:`TrainState.resume`); the functions below are its file layer.
+
 Files are read with ``torch.load(weights_only=True)``: only tensors and plain containers come
 back, so a crafted file cannot run code. Everything a checkpoint holds is therefore plain:
 the random-number states are stored as lists, ints and tensors (:func:`rng_state`).
@@ -11,8 +15,10 @@ failure) and a full disk becomes :class:`DiskFullError`. Any file that cannot be
 
 from __future__ import annotations
 
+import math
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +161,93 @@ def load_weights(
         module.load_state_dict(weights)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError):
         raise unreadable(path, advice) from None
+
+
+# --------------------------------------------------------------------------- the state
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: its position, its best epoch so far, and what it is about."""
+
+    meta: dict[str, Any]  # config, classes, data_config, timm_name: written into both files
+    epoch: int = 0
+    step: int = 0
+    phase_start: int = 0
+    best_acc: float = -1.0
+    best_loss: float = math.inf
+    best_epoch: int | None = None
+    resumed: dict[str, Any] | None = None  # last.pt's optimizer and scheduler, until used
+
+    def improve(self, val_acc: float, val_loss: float) -> bool:
+        """Record this epoch's validation scores; True when they are the best so far."""
+        better = val_acc > self.best_acc or (val_acc == self.best_acc and val_loss < self.best_loss)
+        if better:
+            self.best_acc, self.best_loss, self.best_epoch = val_acc, val_loss, self.epoch
+        return better
+
+    def best_checkpoint(self, model: nn.Module) -> dict[str, Any]:
+        """best.pt's content (:data:`BEST_KEYS`): the weights and what they are."""
+        meta = {**self.meta, "epoch": self.epoch, "val_accuracy": self.best_acc}
+        return {"model": model.state_dict(), "meta": meta}
+
+    def last_checkpoint(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        generator: torch.Generator,
+    ) -> dict[str, Any]:
+        """last.pt's content (:data:`LAST_KEYS`): everything a resume needs."""
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "phase_start": self.phase_start,
+            "best_acc": self.best_acc,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(generator),
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def resume(
+        cls, path: Path, model: nn.Module, generator: torch.Generator, meta: dict[str, Any]
+    ) -> TrainState:
+        """The state saved in last.pt; the model's weights and every random state restored."""
+        saved = load(path, RESUME_ADVICE)
+        load_weights(model, saved["model"], path, RESUME_ADVICE)
+        try:
+            set_rng_state(saved["rng"], generator)
+            return cls(
+                meta=meta,
+                epoch=int(saved["epoch"]),
+                step=int(saved["step"]),
+                phase_start=int(saved["phase_start"]),
+                best_acc=float(saved["best_acc"]),
+                best_loss=float(saved["best_loss"]),
+                best_epoch=None if saved["best_epoch"] is None else int(saved["best_epoch"]),
+                resumed={
+                    "phase_start": int(saved["phase_start"]),
+                    "optimizer": saved["optimizer"],
+                    "scheduler": saved["scheduler"],
+                    "path": path,
+                },
+            )
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
+            raise unreadable(path, RESUME_ADVICE) from None
+
+    def restore_phase(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Give the phase last.pt stopped in its optimizer and scheduler back (once)."""
+        saved = self.resumed
+        if saved is None or saved["phase_start"] != self.phase_start:
+            return
+        load_weights(optimizer, saved["optimizer"], saved["path"], RESUME_ADVICE)
+        load_weights(scheduler, saved["scheduler"], saved["path"], RESUME_ADVICE)
+        self.resumed = None
+
+
+RESUME_ADVICE = "start the run again instead of resuming it"

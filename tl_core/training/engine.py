@@ -10,7 +10,6 @@ discriminative learning rates.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -36,12 +35,14 @@ from tl_core.errors import RunError
 from tl_core.models.catalog import DataConfig, create_model, get_spec
 from tl_core.models.device import ComputePlan, plan_compute
 from tl_core.models.freezing import (
+    LayerGroup,
     apply_freeze,
     layer_groups,
     set_train_mode,
     trainable_param_groups,
 )
 from tl_core.training import checkpoint
+from tl_core.training.checkpoint import TrainState
 from tl_core.training.inputs import (
     ImageTensors,
     Normalize,
@@ -148,12 +149,8 @@ def train_one_epoch(
     for images, labels in loader:
         if callbacks.should_stop():
             raise StopRequested
-        images = images.to(plan.device, non_blocking=True)
+        images = plan.batch(images, training=True)  # cached activations may be bf16
         labels = labels.to(plan.device, non_blocking=True)
-        if images.is_floating_point() and plan.train_amp_dtype is None:
-            images = images.float()  # cached activations may be stored in bf16
-        if plan.channels_last and images.ndim == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
         with plan.autocast(training=True):
             logits = model(images)
             loss = nn.functional.cross_entropy(logits.float(), labels)
@@ -195,13 +192,10 @@ def predict(
     for images, y in loader:
         if should_stop is not None and should_stop():
             raise StopRequested
-        images = images.to(plan.device)
-        if plan.channels_last and images.ndim == 4:
-            images = images.contiguous(memory_format=torch.channels_last)
         with plan.autocast():
-            logits = model(images)
+            logits = model(plan.batch(images))
         probs.append(logits.float().cpu())
-        labels.append(y)
+        labels.append(y.cpu())
     return torch.cat(probs), torch.cat(labels)
 
 
@@ -218,20 +212,25 @@ def evaluate(
 
 
 def _phase_optimizer(
-    model: nn.Module, cfg: TrainConfig, trainable: int, epochs: int, steps_per_epoch: int
+    model: nn.Module,
+    cfg: TrainConfig,
+    trainable: int,
+    epochs: int,
+    steps_per_epoch: int,
+    groups: list[LayerGroup] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW with one-cycle learning rates over one phase of the schedule."""
-    apply_freeze(model, trainable)
+    apply_freeze(model, trainable, groups)
     # Head-only phases learn at the full rate; phases with a body at half of it, as fastai does.
     head_lr = cfg.lr if trainable == 0 else cfg.lr / 2
-    groups = trainable_param_groups(model, trainable, head_lr)
-    optimizer = torch.optim.AdamW(groups, lr=head_lr, weight_decay=cfg.weight_decay)
+    param_groups = trainable_param_groups(model, trainable, head_lr, groups=groups)
+    optimizer = torch.optim.AdamW(param_groups, lr=head_lr, weight_decay=cfg.weight_decay)
     total = epochs * steps_per_epoch
     if total < 3:  # too few steps for a warm-up and a decay: a constant rate
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=[g["lr"] for g in groups],
+        max_lr=[g["lr"] for g in param_groups],
         total_steps=total,
         pct_start=max(0.25, 2 / total),  # at least two warm-up steps (one would divide by 0)
     )
@@ -257,37 +256,65 @@ def _snapshot(state: Any) -> Any:
     return state
 
 
-class _Checkpoints:
-    """best.pt and last.pt: kept in memory every epoch, written at most every ``every_s``.
+class _Checkpoints(QuietCallbacks):
+    """The engine's own callback: keeps best.pt and last.pt, beside the user's callbacks.
 
-    Head-only epochs take milliseconds: writing two checkpoints each time would cost more than
-    the training. Stop, the end of training and a phase change always write.
+    Both are kept in memory every epoch and written at most every ``every_s``: head-only
+    epochs take milliseconds, and writing two checkpoints each time would cost more than the
+    training. The end of a phase, Stop and the end of training always write.
     """
 
-    def __init__(self, run_dir: Path, every_s: float = 15.0) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run: _Run, every_s: float = 15.0) -> None:
+        self.run = run
         self.every_s = every_s
         self.best: dict[str, Any] | None = None
         self.last: dict[str, Any] | None = None
         self.written = time.monotonic()
         self.dirty = False
 
-    def improved(self, model: nn.Module, meta: dict[str, Any]) -> None:
-        self.best = {"model": _snapshot(model.state_dict()), "meta": meta}
-        self.dirty = True
-
-    def epoch_done(self, last: dict[str, Any], force: bool = False) -> None:
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        run = self.run
+        if metrics.is_best:
+            self.best = _snapshot(run.state.best_checkpoint(run.model))
+            self.dirty = True
+        last = run.state.last_checkpoint(run.model, run.optimizer, run.scheduler, run.generator)
         self.last = _snapshot(last)
-        if force or time.monotonic() - self.written >= self.every_s:
+        if metrics.epoch == run.phase_end or time.monotonic() - self.written >= self.every_s:
             self.write()
 
     def write(self) -> None:
         best = self.best if self.dirty else None
         for name, state in ((checkpoint.BEST, best), (checkpoint.LAST, self.last)):
             if state is not None:
-                checkpoint.save(self.run_dir / name, state)
+                checkpoint.save(self.run.run_dir / name, state)
         self.dirty = False
         self.written = time.monotonic()
+
+
+class _Fanout:
+    """Several callbacks as one: every event goes to each in turn; any of them can stop."""
+
+    def __init__(self, *callbacks: Callbacks) -> None:
+        self.callbacks = callbacks
+
+    def on_status(self, message: str) -> None:
+        for c in self.callbacks:
+            c.on_status(message)
+
+    def on_log(self, message: str) -> None:
+        for c in self.callbacks:
+            c.on_log(message)
+
+    def on_step(self, metrics: StepMetrics) -> None:
+        for c in self.callbacks:
+            c.on_step(metrics)
+
+    def on_epoch(self, metrics: EpochMetrics) -> None:
+        for c in self.callbacks:
+            c.on_epoch(metrics)
+
+    def should_stop(self) -> bool:
+        return any(c.should_stop() for c in self.callbacks)
 
 
 class _Inputs:
@@ -344,31 +371,9 @@ class _Inputs:
         self.used_bytes = 0 if decoded is None else decoded.numel()
 
 
-_RESUME_ADVICE = "start the run again instead of resuming it"
-
-
-def _resume_state(last: Path, model: nn.Module, generator: torch.Generator) -> dict[str, Any]:
-    """last.pt read safely; the model's weights and every random state restored from it."""
-    saved = checkpoint.load(last, _RESUME_ADVICE)
-    checkpoint.load_weights(model, saved["model"], last, _RESUME_ADVICE)
-    try:
-        checkpoint.set_rng_state(saved["rng"], generator)
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):
-        raise checkpoint.unreadable(last, _RESUME_ADVICE) from None
-    return saved
-
-
-def _check_disk(
-    cfg: TrainConfig,
-    split: Split,
-    data_root: Path,
-    classes: list[str],
-    model: nn.Module,
-    data_cfg: DataConfig,
-    run_dir: Path,
-    steps: int,
-) -> None:
+def _check_disk(run: _Run, split: Split, data_root: Path, steps: int) -> None:
     """Refuse to start when the run's files (decoded cache, checkpoints, ...) would not fit."""
+    cfg, model, data_cfg, run_dir = run.cfg, run.model, run.data_cfg, run.run_dir
     n = len(split.train) + len(split.val)
     side = cache_side(data_cfg)
     decoded = n * 3 * side * side
@@ -376,10 +381,10 @@ def _check_disk(
     if not cfg.cache or decoded > cache_budget_bytes() // 2:
         to_cache = 0  # nothing is written to the cache
     params = sum(p.numel() for p in model.parameters())
-    apply_freeze(model, cfg.trainable_groups)  # each phase sets its own freeze again
+    apply_freeze(model, cfg.trainable_groups, run.groups)  # each phase sets its own freeze again
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     need = diskspace.run_need(
-        n, len(split.val), len(classes), side, params, trainable, steps, cached_bytes=decoded
+        n, len(split.val), len(run.classes), side, params, trainable, steps, cached_bytes=decoded
     )
     # A resumed run replaces its checkpoints: the space they take is counted already.
     need -= diskspace.files_bytes(run_dir / name for name in (checkpoint.BEST, checkpoint.LAST))
@@ -397,6 +402,209 @@ def _decoded_on_disk(root: Path, side: int, interpolation: str) -> int:
     return data.stat().st_size if data.is_file() else 0
 
 
+@dataclass
+class _Run:
+    """What one run works with; built once by ``fit``'s first phases, read by the others."""
+
+    cfg: TrainConfig
+    plan: ComputePlan
+    run_dir: Path
+    classes: list[str]
+    model: nn.Module  # the timm model, on the device
+    normalize: nn.Module
+    groups: list[LayerGroup]  # the model's layer groups: computed once per run
+    data_cfg: DataConfig
+    generator: torch.Generator
+    started: float
+    notes: list[str]
+    state: TrainState = field(init=False)
+    inputs: _Inputs = field(init=False)
+    budget: int = 0
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    phase_end: int = 0
+    trainable_params: int = 0
+    cached: CachedPhase | None = None  # the current phase's frozen outputs, if any
+
+    @property
+    def full(self) -> nn.Module:
+        """uint8 images in, logits out."""
+        return nn.Sequential(self.normalize, self.model)
+
+    @property
+    def drop_last(self) -> bool:
+        return len(self.inputs.train) > self.cfg.batch_size
+
+    def train_loader(self, data: Any) -> DataLoader:
+        return DataLoader(
+            data,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            generator=self.generator,
+            drop_last=self.drop_last,
+        )
+
+    def val_loader(self, data: Any) -> DataLoader:
+        return DataLoader(data, batch_size=self.plan.infer_batch)
+
+
+def _load_model(
+    cfg: TrainConfig, classes: list[str], plan: ComputePlan
+) -> tuple[nn.Module, list[LayerGroup], DataConfig]:
+    """Phase 1: the pretrained model on the device, its layer groups and its preprocessing."""
+    spec = get_spec(cfg.model)
+    model = create_model(spec, num_classes=len(classes), pretrained=cfg.pretrained)
+    groups = layer_groups(model)
+    n_backbone = len(groups) - 1
+    if cfg.trainable_groups > n_backbone:
+        raise RunError(f"{spec.title} has {n_backbone} layer groups; choose at most that many.")
+    return plan.prepare_model(model), groups, DataConfig.of(model)
+
+
+def _prepare_data(run: _Run, split: Split, data_root: Path, callbacks: Callbacks) -> None:
+    """Phase 2: check the disk, decode the images once, and set up the run's state."""
+    cfg = run.cfg
+    if not split.train or not split.val:
+        raise RunError("Both the training and the validation set need at least one image.")
+    n_steps = cfg.epochs * max(len(split.train) // cfg.batch_size, 1)
+    _check_disk(run, split, data_root, n_steps)
+    run.budget = cache_budget_bytes()
+    run.inputs = _Inputs(cfg, split, data_root, run.classes, run.data_cfg, callbacks, run.budget)
+
+
+def _start_state(run: _Run, resume: bool) -> TrainState:
+    """Phase 3: a fresh state, or the one last.pt holds (weights and random states too)."""
+    meta = {
+        "config": asdict(run.cfg),
+        "classes": run.classes,
+        "data_config": asdict(run.data_cfg),
+        "timm_name": get_spec(run.cfg.model).timm_name,
+    }
+    if not resume:
+        return TrainState(meta)
+    last = run.run_dir / checkpoint.LAST
+    if not last.exists():
+        raise RunError("This run has no saved epoch to resume from; start it again instead.")
+    return TrainState.resume(last, run.model, run.generator, meta)
+
+
+def _cache_phase(run: _Run, trainable: int, callbacks: Callbacks) -> CachedPhase | None:
+    """The frozen part's outputs for this phase, computed once (None: each step runs it)."""
+    cfg = run.cfg
+    if not cfg.cache:
+        return None
+    cached = cache_phase(
+        run.model,
+        run.normalize,
+        trainable,
+        run.inputs.train,
+        run.inputs.val,
+        1 if cfg.augment == "none" else cfg.aug_views,
+        run.plan,
+        run.budget - run.inputs.used_bytes,
+        callbacks.should_stop,
+        callbacks.on_status,
+        seed=cfg.seed * 1000 + run.state.phase_start,
+        groups=run.groups,
+    )
+    message = (
+        cached.note
+        if cached
+        else (
+            "The frozen layers' outputs were not cached (they would not fit the memory"
+            " budget, or nothing is frozen): each step runs the whole network."
+        )
+    )
+    callbacks.on_log(message)
+    run.notes.append(message)
+    return cached
+
+
+def _train_phase(run: _Run, trainable: int, n_epochs: int, callbacks: Callbacks) -> None:
+    """Phase 4, once per schedule phase: its optimizer, its cache, then its epochs."""
+    state, cfg = run.state, run.cfg
+    steps_per_epoch = len(run.train_loader(run.inputs.train))
+    run.optimizer, run.scheduler = _phase_optimizer(
+        run.model, cfg, trainable, n_epochs, steps_per_epoch, run.groups
+    )
+    cached = run.cached = _cache_phase(run, trainable, callbacks)
+    net = cached.net if cached else run.full
+    run.trainable_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    state.restore_phase(run.optimizer, run.scheduler)
+    callbacks.on_status("Training")
+    while state.epoch < run.phase_end:
+        state.epoch += 1
+        if cached:
+            view = cached.train_views[(state.epoch - 1) % len(cached.train_views)]
+            train, val = run.train_loader(view), run.val_loader(cached.val)
+        else:
+            train, val = run.train_loader(run.inputs.train), run.val_loader(run.inputs.val)
+        train_loss, train_acc, state.step = train_one_epoch(
+            net,
+            train,
+            run.optimizer,
+            run.scheduler,
+            run.plan,
+            state.epoch,
+            state.step,
+            steps_per_epoch * cfg.epochs,
+            run.started,
+            callbacks,
+        )
+        val_loss, val_acc = evaluate(net, val, run.plan, callbacks.should_stop)
+        is_best = state.improve(val_acc, val_loss)
+        elapsed = time.monotonic() - run.started
+        callbacks.on_epoch(
+            EpochMetrics(
+                state.epoch, state.step, train_loss, train_acc, val_loss, val_acc, elapsed, is_best
+            )
+        )
+        if callbacks.should_stop():
+            raise StopRequested
+
+
+def _train(run: _Run, callbacks: Callbacks) -> str:
+    """Phase 4: every phase of the schedule from where the state stands; the final status."""
+    state = run.state
+    try:
+        phase_start = 0
+        for trainable, n_epochs in phases(run.cfg):
+            run.phase_end = phase_start + n_epochs
+            if state.epoch < run.phase_end:
+                state.phase_start = phase_start
+                _train_phase(run, trainable, n_epochs, callbacks)
+            phase_start = run.phase_end
+    except StopRequested:
+        return "stopped"
+    return "finished"
+
+
+def _score_best(run: _Run, best: dict[str, Any], result: TrainResult, callbacks: Callbacks) -> None:
+    """Phase 5: the best weights scored in fp32 on the validation images (predictions.json)."""
+    callbacks.on_status("Scoring the best model on the validation images")
+    run.model.load_state_dict(best["model"])
+    # Final answers in fp32 (bf16 served the epochs): they then match the Try page and the
+    # exported model exactly, on any machine. The last phase's frozen part is frozen in every
+    # phase: when its validation outputs were cached in fp32, the trainable rest alone gives
+    # the whole network's answers without a second pass over the images.
+    if run.cached is not None and run.plan.amp_dtype is None:
+        net, val = run.cached.net, run.cached.val
+    else:
+        net, val = run.full, run.inputs.val
+    logits, labels = predict(net, run.val_loader(val), run.plan.exact())
+    write_predictions(run.run_dir, run.classes, run.inputs.val_items, logits, labels)
+    exact = (logits.argmax(1) == labels).float().mean().item()
+    best_acc, amp = run.state.best_acc, run.plan.amp_dtype
+    if amp is not None and abs(exact - best_acc) > 1e-9:
+        message = (
+            f"Final scoring in full precision: {exact:.1%} validation accuracy "
+            f"({best_acc:.1%} in {str(amp).removeprefix('torch.')} during training)."
+        )
+        callbacks.on_log(message)
+        result.notes.append(message)
+    result.val_accuracy = exact
+
+
 def fit(
     cfg: TrainConfig,
     split: Split,
@@ -412,205 +620,44 @@ def fit(
     With ``resume``, continue from run_dir/last.pt at the epoch after the one it holds.
     """
     cfg.validate()
-    callbacks = callbacks or QuietCallbacks()
+    user = callbacks or QuietCallbacks()
     plan = plan or plan_compute()
     torch.set_num_threads(plan.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     generator = seed_everything(cfg.seed)
     notes = [f"Computing on {plan.describe()}."]
-    callbacks.on_log(notes[0])
+    user.on_log(notes[0])
 
-    callbacks.on_status("Loading the model")
-    spec = get_spec(cfg.model)
-    model = create_model(spec, num_classes=len(classes), pretrained=cfg.pretrained)
-    n_backbone = len(layer_groups(model)) - 1
-    if cfg.trainable_groups > n_backbone:
-        raise RunError(f"{spec.title} has {n_backbone} layer groups; choose at most that many.")
-    data_cfg = DataConfig.of(model)
-    model = model.to(plan.device)
-    if plan.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    user.on_status("Loading the model")
+    model, groups, data_cfg = _load_model(cfg, classes, plan)
     normalize = Normalize(data_cfg).to(plan.device)
-    full = nn.Sequential(normalize, model)  # uint8 images in, logits out
-
-    if not split.train or not split.val:
-        raise RunError("Both the training and the validation set need at least one image.")
-    drop_last = len(split.train) > cfg.batch_size
-    n_steps = cfg.epochs * max(len(split.train) // cfg.batch_size, 1)
-    _check_disk(cfg, split, data_root, classes, model, data_cfg, run_dir, n_steps)
-    budget = cache_budget_bytes()
-    inputs = _Inputs(cfg, split, data_root, classes, data_cfg, callbacks, budget)
-    train_loader = DataLoader(
-        inputs.train,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=generator,
-        drop_last=drop_last,
+    run = _Run(
+        cfg, plan, run_dir, classes, model, normalize, groups, data_cfg, generator, started, notes
     )
-    val_loader = DataLoader(inputs.val, batch_size=plan.infer_batch)
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * cfg.epochs
+    _prepare_data(run, split, data_root, user)
     total_params = sum(p.numel() for p in model.parameters())
-    meta = {
-        "config": asdict(cfg),
-        "classes": classes,
-        "data_config": asdict(data_cfg),
-        "timm_name": spec.timm_name,
-    }
-
-    epoch, step, best_acc, best_loss, best_epoch = 0, 0, -1.0, math.inf, None
-    saved = None
-    if resume:
-        last = run_dir / checkpoint.LAST
-        if not last.exists():
-            raise RunError("This run has no saved epoch to resume from; start it again instead.")
-        saved = _resume_state(last, model, generator)
-        epoch, step = saved["epoch"], saved["step"]
-        best_acc, best_loss, best_epoch = saved["best_acc"], saved["best_loss"], saved["best_epoch"]
-
-    status = "finished"
-    trainable_params = 0
-    checkpoints = _Checkpoints(run_dir)
-    cached: CachedPhase | None = None
-    try:
-        phase_start = 0
-        for trainable, n_epochs in phases(cfg):
-            phase_end = phase_start + n_epochs
-            if epoch >= phase_end:
-                phase_start = phase_end
-                continue
-            optimizer, scheduler = _phase_optimizer(
-                model, cfg, trainable, n_epochs, steps_per_epoch
-            )
-            cached = None
-            if cfg.cache:
-                views = 1 if cfg.augment == "none" else cfg.aug_views
-                cached = cache_phase(
-                    model,
-                    normalize,
-                    trainable,
-                    inputs.train,
-                    inputs.val,
-                    views,
-                    plan,
-                    budget - inputs.used_bytes,
-                    callbacks.should_stop,
-                    callbacks.on_status,
-                    seed=cfg.seed * 1000 + phase_start,
-                )
-                message = (
-                    cached.note
-                    if cached
-                    else (
-                        "The frozen layers' outputs were not cached (they would not fit the memory"
-                        " budget, or nothing is frozen): each step runs the whole network."
-                    )
-                )
-                callbacks.on_log(message)
-                notes.append(message)
-            net = cached.net if cached else full
-            trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            if saved is not None and saved["phase_start"] == phase_start:
-                last = run_dir / checkpoint.LAST
-                checkpoint.load_weights(optimizer, saved["optimizer"], last, _RESUME_ADVICE)
-                checkpoint.load_weights(scheduler, saved["scheduler"], last, _RESUME_ADVICE)
-            callbacks.on_status("Training")
-            while epoch < phase_end:
-                epoch += 1
-                if cached:
-                    view = cached.train_views[(epoch - 1) % len(cached.train_views)]
-                    phase_train = DataLoader(
-                        view,
-                        batch_size=cfg.batch_size,
-                        shuffle=True,
-                        generator=generator,
-                        drop_last=drop_last,
-                    )
-                    phase_val = DataLoader(cached.val, batch_size=plan.infer_batch)
-                else:
-                    phase_train, phase_val = train_loader, val_loader
-                train_loss, train_acc, step = train_one_epoch(
-                    net,
-                    phase_train,
-                    optimizer,
-                    scheduler,
-                    plan,
-                    epoch,
-                    step,
-                    total_steps,
-                    started,
-                    callbacks,
-                )
-                val_loss, val_acc = evaluate(net, phase_val, plan, callbacks.should_stop)
-                is_best = val_acc > best_acc or (val_acc == best_acc and val_loss < best_loss)
-                if is_best:
-                    best_acc, best_loss, best_epoch = val_acc, val_loss, epoch
-                    checkpoints.improved(model, {**meta, "epoch": epoch, "val_accuracy": val_acc})
-                checkpoints.epoch_done(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch,
-                        "step": step,
-                        "phase_start": phase_start,
-                        "best_acc": best_acc,
-                        "best_loss": best_loss,
-                        "best_epoch": best_epoch,
-                        "rng": checkpoint.rng_state(generator),
-                        "meta": meta,
-                    },
-                    force=epoch == phase_end,
-                )
-                callbacks.on_epoch(
-                    EpochMetrics(
-                        epoch,
-                        step,
-                        train_loss,
-                        train_acc,
-                        val_loss,
-                        val_acc,
-                        time.monotonic() - started,
-                        is_best,
-                    )
-                )
-                if callbacks.should_stop():
-                    raise StopRequested
-            phase_start = phase_end
-    except StopRequested:
-        status = "stopped"
+    run.state = _start_state(run, resume)
+    checkpoints = _Checkpoints(run)
+    status = _train(run, _Fanout(checkpoints, user))
     checkpoints.write()  # whatever is newer in memory than on disk: Stop keeps the best
 
+    state = run.state
     result = TrainResult(
         status=status,
-        epochs_done=epoch,
-        best_epoch=best_epoch,
-        val_accuracy=None if best_epoch is None else best_acc,
-        val_loss=None if best_epoch is None else best_loss,
+        epochs_done=state.epoch,
+        best_epoch=state.best_epoch,
+        val_accuracy=None if state.best_epoch is None else state.best_acc,
+        val_loss=None if state.best_epoch is None else state.best_loss,
         seconds=time.monotonic() - started,
-        trainable_params=trainable_params,
+        trainable_params=run.trainable_params,
         total_params=total_params,
         compute=plan.describe(),
         classes=classes,
         notes=notes,
     )
     if checkpoints.best is not None and status == "finished":
-        callbacks.on_status("Scoring the best model on the validation images")
-        model.load_state_dict(checkpoints.best["model"])
-        # Final answers in fp32 (bf16 served the epochs): they then match the Try page and the
-        # exported model exactly, on any machine.
-        logits, labels = predict(full, val_loader, plan.exact())
-        write_predictions(run_dir, classes, inputs.val_items, logits, labels)
-        exact = (logits.argmax(1) == labels).float().mean().item()
-        if plan.amp_dtype is not None and abs(exact - best_acc) > 1e-9:
-            message = (
-                f"Final scoring in full precision: {exact:.1%} validation accuracy "
-                f"({best_acc:.1%} in {str(plan.amp_dtype).removeprefix('torch.')} during training)."
-            )
-            callbacks.on_log(message)
-            result.notes.append(message)
-        result.val_accuracy = exact
+        _score_best(run, checkpoints.best, result, user)
     return result
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tl_core.models.device import ComputePlan
+from tl_core.models.freezing import LayerGroup
 from tl_core.models.stages import split_model
 
 
@@ -25,7 +26,11 @@ class StopRequested(Exception):
 
 @dataclass
 class CachedPhase:
-    """The trainable part of the network and the prefix outputs it trains on."""
+    """The trainable part of the network and the prefix outputs it trains on.
+
+    Outputs are stored in the plan's inference dtype: with an fp32 plan, ``net`` on ``val``
+    gives exactly the whole network's answers on the validation images.
+    """
 
     net: nn.Module
     train_views: list[TensorDataset]  # view v feeds epochs v, v + V, v + 2V, ...
@@ -44,10 +49,12 @@ class _Pooled(nn.Module):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
 
 
-def _prefix_and_net(model: nn.Module, trainable: int) -> tuple[nn.Module, nn.Module] | None:
+def _prefix_and_net(
+    model: nn.Module, trainable: int, groups: list[LayerGroup] | None
+) -> tuple[nn.Module, nn.Module] | None:
     if trainable == 0:
         return _Pooled(model), model.get_classifier()
-    return split_model(model, trainable)
+    return split_model(model, trainable, groups)
 
 
 @torch.inference_mode()
@@ -63,11 +70,8 @@ def _run_prefix(
     for images, y in loader:
         if should_stop():
             raise StopRequested
-        images = images.to(plan.device)
-        if plan.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         with plan.autocast():
-            outs.append(prefix(images).to(dtype))
+            outs.append(prefix(plan.batch(images)).to(dtype))
         labels.append(y.to(plan.device))
         done += len(y)
         report(done)
@@ -86,6 +90,7 @@ def cache_phase(
     should_stop: Callable[[], bool],
     on_status: Callable[[str], None],
     seed: int = 0,
+    groups: list[LayerGroup] | None = None,
 ) -> CachedPhase | None:
     """Run the frozen prefix once per image and view; None when it cannot or should not be.
 
@@ -93,8 +98,9 @@ def cache_phase(
     fewer when they would not fit ``budget_bytes``, none at all when one would not. The views
     are drawn from their own ``seed``, apart from the global random stream (even a DataLoader
     draws from that): a resumed run caches the same views and continues identically.
+    ``groups``: the model's layer groups, when the caller has them already.
     """
-    parts = _prefix_and_net(model, trainable)
+    parts = _prefix_and_net(model, trainable, groups)
     if parts is None:
         return None
     prefix, net = parts
@@ -102,7 +108,7 @@ def cache_phase(
     dtype = plan.amp_dtype or torch.float32
     n_train, n_val = len(train_ds), len(val_ds)  # type: ignore[arg-type]
     with torch.inference_mode(), plan.autocast():
-        probe = prefix(val_ds[0][0][None].to(plan.device))  # no random draw
+        probe = prefix(plan.batch(val_ds[0][0][None]))  # no random draw
     per_image = probe[0].numel() * torch.tensor([], dtype=dtype).element_size()
     fit_views = (budget_bytes - per_image * n_val) // max(per_image * n_train, 1)
     if fit_views < 1:
