@@ -21,6 +21,7 @@ import pytest
 import streamlit as st
 import torch
 from helpers import app_test, make_shapes
+from jobrunner import finish_jobs
 from streamlit.testing.v1 import AppTest
 
 from tl_core import cli
@@ -632,7 +633,12 @@ def app_env(monkeypatch):
 
 
 def _app(page: str | None = None, project: str | None = None) -> AppTest:
-    return app_test(page, project)
+    """The page as a user sees it once the jobs it submitted (the Evaluate page's check of
+    the saved model) have run."""
+    at = app_test(page, project)
+    if page == "pages/evaluate.py" and finish_jobs(Path(os.environ["TL_STUDIO_HOME"])):
+        at = app_test(page, project)
+    return at
 
 
 @pytest.mark.parametrize(

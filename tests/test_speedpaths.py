@@ -114,3 +114,40 @@ def test_final_scores_from_cached_outputs_equal_a_full_pass(shapes, tmp_path, tr
     logits = trained.logits(files)
     expected = torch.tensor([row["logits"] for row in saved["rows"]])
     torch.testing.assert_close(torch.from_numpy(logits), expected, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("plan", [CPU, CPU.exact()], ids=["fast", "fp32"])
+def test_a_head_only_run_after_the_head_start_reuses_its_features(shapes, tmp_path, plan) -> None:
+    """The features job already ran every image through the frozen backbone: a head-only run
+    without augmentation trains on those outputs and scores in fp32 from the kept ones, with
+    the answers of a run that computes them itself."""
+    import json
+
+    from tl_core.analysis import transfer
+    from tl_core.training import featurecache
+
+    manifest, split = shapes
+    cfg = TrainConfig(model="efficientnet_lite0", epochs=3, batch_size=8)
+    computed, reused = Log(), Log()
+    for old in (manifest.root / "cache").glob("features-*.npz"):  # from another test
+        old.unlink()
+    fit(cfg, split, manifest.root, manifest.classes, tmp_path / "a", computed, plan=plan)
+    transfer.frozen_features(manifest, split, cfg.model, plan=plan, exact_val=True)
+    items = sorted([*split.train, *split.val], key=lambda i: i.file)
+    assert featurecache.features_path(manifest.root, items, cfg.model, True).exists()
+    fit(cfg, split, manifest.root, manifest.classes, tmp_path / "b", reused, plan=plan)
+    assert any("Reused the whole frozen backbone" in line for line in reused.lines)
+    assert not any("Reused" in line for line in computed.lines)
+
+    def rows(folder):
+        return json.loads((folder / "predictions.json").read_text())["rows"]
+
+    a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert [r["file"] for r in a] == [r["file"] for r in b]
+    agree = sum(r["pred"] == s["pred"] for r, s in zip(a, b, strict=True))
+    assert agree >= len(a) - 1  # bf16 batches may round one borderline image the other way
+    # with augmentation the views differ per epoch: nothing is reused
+    augmented = Log()
+    aug = TrainConfig(model="efficientnet_lite0", epochs=1, batch_size=8, augment="light")
+    fit(aug, split, manifest.root, manifest.classes, tmp_path / "c", augmented, plan=plan)
+    assert not any("Reused" in line for line in augmented.lines)

@@ -16,14 +16,8 @@ those vectors, before any training:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import json
 import math
-import os
-import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +40,7 @@ from tl_core.models.catalog import (
     weights_status,
 )
 from tl_core.models.device import ComputePlan, plan_compute
+from tl_core.training.featurecache import features_path, read_cache, write_cache
 from tl_core.training.inputs import (
     ImageTensors,
     Normalize,
@@ -54,7 +49,7 @@ from tl_core.training.inputs import (
     decode_all,
     make_transforms,
 )
-from tl_core.training.prefixcache import _Pooled, _run_prefix
+from tl_core.training.prefixcache import Pooled, run_prefix
 
 __all__ = [
     "CLOSE_BELOW",
@@ -89,7 +84,6 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]
-_FORMAT = 1  # bump when the cached features' content changes
 _IMAGENET_CLASSES = 1000
 
 
@@ -127,17 +121,6 @@ class Features:
     @property
     def val_y(self) -> np.ndarray:
         return self.labels[self.n_train :]
-
-
-def _digest(items: Sequence[ImageItem]) -> str:
-    text = json.dumps([_FORMAT, *([i.file, i.sha256] for i in items)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def features_path(root: Path, items: Sequence[ImageItem], model_key: str, pretrained: bool) -> Path:
-    """Where the features of ``items`` (sorted by file) are cached."""
-    kind = "pretrained" if pretrained else "random"
-    return Path(root) / "cache" / f"features-{model_key}-{kind}-{_digest(items)}.npz"
 
 
 def _imagenet_model(spec: ModelSpec, pretrained: bool) -> tuple[nn.Module, bool]:
@@ -180,9 +163,9 @@ def _compute(
     images = ImageTensors(
         decoded, range(n), root, items, [0] * n, eval_tf, side, data_cfg.interpolation
     )
-    prefix = nn.Sequential(Normalize(data_cfg).to(plan.device), _Pooled(model)).eval()
+    prefix = nn.Sequential(Normalize(data_cfg).to(plan.device), Pooled(model)).eval()
     loader = DataLoader(images, batch_size=plan.infer_batch)
-    feats, _ = _run_prefix(prefix, loader, plan, torch.float32, lambda: False, report(n))
+    feats, _ = run_prefix(prefix, loader, plan, torch.float32, lambda: False, report(n))
     entropy = top = None
     if has_head:
         with torch.inference_mode():
@@ -202,6 +185,7 @@ def frozen_features(
     pretrained: bool = True,
     plan: ComputePlan | None = None,
     progress: Progress | None = None,
+    exact_val: bool = False,
 ) -> Features:
     """Pooled penultimate features of every image in ``split``, computed once and cached.
 
@@ -210,14 +194,16 @@ def frozen_features(
     pretrained ImageNet classifier's prediction entropy per image. Cached as
     ``<data root>/cache/features-<model>-<pretrained|random>-<hash>.npz`` (per image, so any
     split of the same images reuses it). ``progress(done, total)``: preparing the images, then
-    running them through the model.
+    running them through the model. With ``exact_val`` and a plan in reduced precision, the
+    validation images' features are also kept in fp32 (``exact_files``/``exact_vectors``):
+    a head-only training run then gives its final fp32 scores without a pass of its own.
     """
     spec = get_spec(model_key)
     root = Path(manifest.root)
     items = sorted([*split.train, *split.val], key=lambda i: i.file)
     files = [i.file for i in items]
     path = features_path(root, items, spec.key, pretrained)
-    data = _read_cache(path, files)
+    data = read_cache(path, files)
     from_cache = data is not None
     if data is None:
         started = time.monotonic()
@@ -231,7 +217,17 @@ def frozen_features(
         }
         if entropy is not None and top is not None:
             data |= {"entropy": entropy, "imagenet_top": top}
-        _write_cache(path, data)
+        write_cache(path, data)
+    plan = plan or plan_compute()
+    val_files = [i.file for i in split.val]
+    if (
+        exact_val
+        and plan.amp_dtype is not None
+        and data.get("exact_files", np.array([])).tolist() != val_files
+    ):
+        exact, _, _ = _compute(spec, pretrained, root, split.val, plan.exact(), None)
+        data = {**data, "exact_files": np.array(val_files), "exact_vectors": exact}
+        write_cache(path, data)
     row = {f: r for r, f in enumerate(files)}
     ordered = [*split.train, *split.val]
     rows = np.array([row[i.file] for i in ordered], dtype=np.int64)
@@ -249,28 +245,6 @@ def frozen_features(
         seconds=float(data["seconds"]),
         from_cache=from_cache,
     )
-
-
-def _read_cache(path: Path, files: list[str]) -> dict[str, np.ndarray] | None:
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return None  # unreadable: computed again and rewritten
-    if "files" not in data or data["files"].tolist() != files:
-        return None
-    return data
-
-
-def _write_cache(path: Path, data: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, **data)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------- frozen classifiers

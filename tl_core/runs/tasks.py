@@ -82,6 +82,7 @@ def features(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
             split,
             str(spec.params["model"]),
             progress=_reporter(ctx, "Looking at your images"),
+            exact_val=True,  # so a head-only run after it needs no pass over the images
         )
     except _Stopped:
         return STOPPED

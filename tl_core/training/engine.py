@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from tl_core import diskspace
 from tl_core.config import (  # noqa: F401 - re-exported: older imports keep working
@@ -41,7 +41,7 @@ from tl_core.models.freezing import (
     set_train_mode,
     trainable_param_groups,
 )
-from tl_core.training import checkpoint
+from tl_core.training import checkpoint, featurecache
 from tl_core.training.checkpoint import TrainState
 from tl_core.training.inputs import (
     ImageTensors,
@@ -367,6 +367,8 @@ class _Inputs:
 
         self.train = dataset(split.train, train_tf)
         self.val = dataset(split.val, eval_tf)
+        self.root = root
+        self.train_items = split.train
         self.val_items = split.val
         self.used_bytes = 0 if decoded is None else decoded.numel()
 
@@ -488,12 +490,52 @@ def _start_state(run: _Run, resume: bool) -> TrainState:
     return TrainState.resume(last, run.model, run.generator, meta)
 
 
+def _head_start_outputs(run: _Run) -> CachedPhase | None:
+    """The whole frozen backbone's outputs as the features job (the head start) cached them:
+    the same pass over the same decoded images, so a head-only run without augmentation on
+    the same images need not run it again. None when there are none for these images."""
+    cfg, inputs = run.cfg, run.inputs
+    if cfg.augment != "none" or not cfg.pretrained or not inputs.train_items:
+        return None
+    found = featurecache.pooled_rows(
+        inputs.root, inputs.train_items, inputs.val_items, cfg.model, cfg.pretrained
+    )
+    if found is None:
+        return None
+    dtype = run.plan.amp_dtype or torch.float32
+
+    def tensors(rows: Any, data: ImageTensors) -> TensorDataset:
+        return TensorDataset(
+            torch.from_numpy(rows).to(run.plan.device, dtype),
+            torch.tensor(data.labels, device=run.plan.device),
+        )
+
+    train, val, exact = found
+    note = (
+        f"Reused the whole frozen backbone's output from the head start for {len(train)} "
+        f"training and {len(val)} validation images (no pass through the network)."
+    )
+    return CachedPhase(
+        run.model.get_classifier(),
+        [tensors(train, inputs.train)],
+        tensors(val, inputs.val),
+        note,
+        val_exact=None
+        if exact is None
+        else TensorDataset(
+            torch.from_numpy(exact).to(run.plan.device),
+            torch.tensor(inputs.val.labels, device=run.plan.device),
+        ),
+    )
+
+
 def _cache_phase(run: _Run, trainable: int, callbacks: Callbacks) -> CachedPhase | None:
     """The frozen part's outputs for this phase, computed once (None: each step runs it)."""
     cfg = run.cfg
     if not cfg.cache:
         return None
-    cached = cache_phase(
+    cached = _head_start_outputs(run) if trainable == 0 else None
+    cached = cached or cache_phase(
         run.model,
         run.normalize,
         trainable,
@@ -587,7 +629,9 @@ def _score_best(run: _Run, best: dict[str, Any], result: TrainResult, callbacks:
     # exported model exactly, on any machine. The last phase's frozen part is frozen in every
     # phase: when its validation outputs were cached in fp32, the trainable rest alone gives
     # the whole network's answers without a second pass over the images.
-    if run.cached is not None and run.plan.amp_dtype is None:
+    if run.cached is not None and run.cached.val_exact is not None:
+        net, val = run.cached.net, run.cached.val_exact  # fp32 outputs the head start kept
+    elif run.cached is not None and run.plan.amp_dtype is None:
         net, val = run.cached.net, run.cached.val
     else:
         net, val = run.full, run.inputs.val

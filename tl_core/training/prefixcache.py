@@ -36,9 +36,10 @@ class CachedPhase:
     train_views: list[TensorDataset]  # view v feeds epochs v, v + V, v + 2V, ...
     val: TensorDataset
     note: str
+    val_exact: TensorDataset | None = None  # the validation outputs in fp32, when known
 
 
-class _Pooled(nn.Module):
+class Pooled(nn.Module):
     """The whole frozen backbone: image -> pooled features (the classifier's input)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -53,12 +54,12 @@ def _prefix_and_net(
     model: nn.Module, trainable: int, groups: list[LayerGroup] | None
 ) -> tuple[nn.Module, nn.Module] | None:
     if trainable == 0:
-        return _Pooled(model), model.get_classifier()
+        return Pooled(model), model.get_classifier()
     return split_model(model, trainable, groups)
 
 
 @torch.inference_mode()
-def _run_prefix(
+def run_prefix(
     prefix: nn.Module,
     loader: DataLoader,
     plan: ComputePlan,
@@ -127,12 +128,12 @@ def cache_phase(
         torch.manual_seed(seed)
         for v in range(views):
             loader = DataLoader(train_ds, batch_size=batch)  # in order: rows match labels
-            feats, labels = _run_prefix(
+            feats, labels = run_prefix(
                 prefix, loader, plan, dtype, should_stop, report(v * n_train)
             )
             train_views.append(TensorDataset(feats, labels))
         loader = DataLoader(val_ds, batch_size=batch)
-        feats, labels = _run_prefix(
+        feats, labels = run_prefix(
             prefix, loader, plan, dtype, should_stop, report(views * n_train)
         )
     size_mb = per_image * (views * n_train + n_val) / 1024**2
