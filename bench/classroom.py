@@ -201,6 +201,7 @@ def _watch_browser_run(pg: Any, clicked: float, deadline: float, out: dict[str, 
 
 def simulated_student(workspace: Path, index: int, deadline: float) -> dict[str, Any]:
     """What the pages do for a student, through the store of the server's workspace."""
+    from tl_core import service
     from tl_core.config import TrainConfig
     from tl_core.data.dataset import import_folder
     from tl_core.models import catalog
@@ -218,13 +219,11 @@ def simulated_student(workspace: Path, index: int, deadline: float) -> dict[str,
     out["import_s"] = round(time.perf_counter() - t, 2)
     out["project_id"] = project.id
 
-    submit_features = _submit_features()
-    if submit_features is None:
-        out["head_start_s"] = None
-        out["head_start"] = "skipped: this version has no tl_core.service.submit_features"
-    else:
+    if True:  # the Model page's head start, as a job
         t = time.perf_counter()
-        job = submit_features(store, project.id)
+        project = store.project(project.id)
+        val_fraction, seed = service.split_settings(project)
+        job = service.submit_features(store, project, catalog.DEFAULT_MODEL, val_fraction, seed)
         end = _watch_job(store, job.id, t, deadline)
         out["head_start_queue"] = end["queue"]
         out["head_start_s"] = end.get("finish_s")
@@ -240,14 +239,6 @@ def simulated_student(workspace: Path, index: int, deadline: float) -> dict[str,
     if end.get("error"):
         out["error"] = end["error"]
     return out
-
-
-def _submit_features() -> Callable[..., Any] | None:
-    try:
-        from tl_core import service  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(service, "submit_features", None)
 
 
 def _watch_job(store: Any, job_id: str, clicked: float, deadline: float) -> dict[str, Any]:

@@ -166,3 +166,35 @@ def test_another_process_leaves_the_queue_to_the_server(tmp_path, monkeypatch) -
     assert store.run(run.id).status == "queued"  # not started by this process
     (store.workspace / supervisor.RUNTIME_FILE).write_text('{"pid": 999999999}')
     assert jobs.pump(store) == [run.id]  # a server that is gone: start it here
+
+
+def test_another_process_sees_what_a_process_with_two_stores_writes(tmp_path) -> None:
+    """The app server opens the workspace twice (pages and the job supervisor). A second
+    Store must not drop the first one's SQLite locks (closing any descriptor of studio.db
+    does, under POSIX): another process would then remove the -wal/-shm files this one still
+    uses, and the two would stop seeing each other's writes."""
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    first = Store(ws)
+    first.create_project("server")
+    jobs.serve(first, prewarm=False)  # the supervisor's own Store opens it again
+    second = Store(ws)
+    second.create_project("pages")
+    code = (
+        "import sys, time; from pathlib import Path; from tl_core.runs.store import Store; "
+        "s = Store(Path(sys.argv[1]))\n"
+        "for i in range(10):\n    s.create_project(f'p{i}'); time.sleep(0.3)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ws)])
+    seen = 0
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            with first.transaction() as db:
+                seen = max(seen, db.execute("SELECT COUNT(*) FROM projects").fetchone()[0] - 2)
+            time.sleep(0.1)
+    finally:
+        proc.wait(timeout=60)
+    assert seen >= 8  # this process saw the other one's projects while it wrote them

@@ -94,6 +94,9 @@ def _expected_columns() -> dict[str, list[tuple[str, str, int, str | None]]]:
         db.close()
 
 
+_OPENED_HERE: set[str] = set()  # studio.db files this process has open through SQLite
+
+
 def fair_order(queued: list[Run], active: dict[str, int]) -> list[Run]:
     """Waiting jobs in the order they start: round-robin across projects.
 
@@ -230,7 +233,11 @@ class Store:
             size = self.path.stat().st_size if self.path.is_file() else 0
             if self.path.is_file() and size == 0 and self._has_folders():
                 raise self._damaged("is empty (cut short to 0 bytes) while projects exist")
-            if size:
+            # Reading the header through a file of our own is safe only before this process
+            # has the database open: closing any descriptor of a file drops every POSIX lock
+            # the process holds on it, so another process would think nobody else has
+            # studio.db open and remove its -wal and -shm files under us.
+            if size and str(self.path.resolve()) not in _OPENED_HERE:
                 try:
                     with open(self.path, "rb") as f:
                         head = f.read(16)
@@ -256,6 +263,7 @@ class Store:
             with diskspace.guard(self.workspace, diskspace.MB):
                 self._keeper = sqlite3.connect(self.path, check_same_thread=False)
                 self._keeper.execute("SELECT 1 FROM runs LIMIT 1").fetchall()
+            _OPENED_HERE.add(str(self.path.resolve()))
             self._opened = True
 
     def _has_folders(self) -> bool:
