@@ -6,6 +6,7 @@ Screenshots land in test-artifacts/ for a person to look at.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shutil
@@ -206,10 +207,17 @@ def test_walk_the_wizard_on_the_demo_set(
     page.screenshot(path=SHOTS / "3-sweep.png", full_page=True)
 
     page.get_by_role("button", name="Train", exact=True).click()
+    clicked = time.monotonic()
     expect(page.get_by_test_id("stMain").get_by_role("button", name="Stop")).to_be_visible(
         timeout=60_000
     )
     expect(page.get_by_text(re.compile(r"step \d+/\d+"))).to_be_visible(timeout=120_000)
+    first_step = time.monotonic() - clicked
+    # the first epoch's point: the panel moves on to epoch 2 (or the run is already done)
+    expect(
+        page.get_by_text(re.compile(r"epoch 2/2|Finished: .* validation accuracy")).first
+    ).to_be_visible(timeout=120_000)
+    first_point = time.monotonic() - clicked
     # the layer groups, the sweep and the live curves
     expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=60_000)
     page.screenshot(path=SHOTS / "4-training.png", full_page=True)
@@ -223,11 +231,20 @@ def test_walk_the_wizard_on_the_demo_set(
     expect(page.get_by_text(re.compile(r"Finished: .* validation accuracy"))).to_be_visible(
         timeout=300_000
     )
+    finish = time.monotonic() - clicked
+    timings = {
+        "click_to_first_step_s": round(first_step, 1),
+        "click_to_first_point_s": round(first_point, 1),
+        "click_to_finish_s": round(finish, 1),
+        "note": "last group learning, 2 epochs, a page refresh mid-run",
+    }
+    print("browser walk timings:", json.dumps(timings))
+    (SHOTS / "timings.json").write_text(json.dumps(timings))
     _run_ended(page)
     page.screenshot(path=SHOTS / "5-finished.png", full_page=True)
 
-    _go(page, "Evaluate")
-    expect(page.get_by_text("Validation accuracy", exact=True)).to_be_visible()
+    _go(page, "Evaluate")  # scores appear once the check of the saved model (a job) is done
+    expect(page.get_by_text("Validation accuracy", exact=True)).to_be_visible(timeout=180_000)
     expect(page.get_by_text("95% confidence interval")).to_be_visible()
     # the run let one group learn: it is held against the frozen features alone
     expect(page.get_by_text("A classifier on the frozen pretrained features alone")).to_be_visible(
