@@ -23,6 +23,7 @@ from PIL import Image
 from tl_core import cli
 from tl_core.analysis.evaluation import evaluate_run
 from tl_core.analysis.results import load_predictions
+from tl_core.data import standalone_predict
 from tl_core.data.dataset import (
     IMAGE_SUFFIXES,
     MAX_SIDE,
@@ -30,7 +31,6 @@ from tl_core.data.dataset import (
     import_folder,
     split_dataset,
 )
-from tl_core.export import bundle_predict
 from tl_core.export.bundle import (
     ONNX_TOLERANCE,
     SAFETENSORS_TOLERANCE,
@@ -39,10 +39,10 @@ from tl_core.export.bundle import (
     export_run,
 )
 from tl_core.models.device import ComputePlan
-from tl_core.models.inference import load_trained, upright_rgb
 from tl_core.runs.lookup import find_data_root
 from tl_core.runs.store import Store
 from tl_core.training.engine import TrainConfig, fit
+from tl_core.training.inference import load_trained, upright_rgb
 from tl_core.training.inputs import Normalize
 
 BUNDLE_FILES = {
@@ -254,17 +254,17 @@ def _picture_files(folder: Path) -> list[Path]:
 
 def test_bundle_preprocessing_equals_the_app(shapes, tmp_path):
     files = _picture_files(tmp_path / "pictures")
-    predictor = bundle_predict.SafetensorsPredictor(shapes["bundle"])
+    predictor = standalone_predict.SafetensorsPredictor(shapes["bundle"])
     app = load_trained(shapes["run_dir"], plan=ComputePlan("cpu", None, False, 2))
     normalize = Normalize(app.data_config)
     for path in files:
-        opened = bundle_predict.open_image(path)
+        opened = standalone_predict.open_image(path)
         assert np.array_equal(np.asarray(opened), np.asarray(upright_rgb(path))), path.name
         timm_input = predictor.transform(opened)
         app_input = normalize(app.tensor(path)[None])[0]
         assert timm_input.shape == app_input.shape
         assert torch.allclose(timm_input, app_input, atol=1e-5), path.name
-    assert bundle_predict.open_image(files[4]).size == (443, 640)  # upright, long side 640
+    assert standalone_predict.open_image(files[4]).size == (443, 640)  # upright, long side 640
 
 
 def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp_path, monkeypatch):
@@ -314,7 +314,7 @@ def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp
 
 
 def test_predict_py_is_standalone_and_matches_the_app_constants():
-    tree = ast.parse(Path(bundle_predict.__file__).read_text())
+    tree = ast.parse(Path(standalone_predict.__file__).read_text())
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
@@ -330,9 +330,9 @@ def test_predict_py_is_standalone_and_matches_the_app_constants():
         "__future__", "argparse", "csv", "json", "os", "sys", "warnings", "collections", "pathlib",
         "typing", "numpy", "PIL", "pillow_heif", "timm", "torch", "onnxruntime",
     }  # fmt: skip
-    assert bundle_predict.MAX_SIDE == MAX_SIDE
-    assert bundle_predict.MAX_SOURCE_PIXELS == MAX_SOURCE_PIXELS
-    assert bundle_predict.IMAGE_SUFFIXES == IMAGE_SUFFIXES
+    assert standalone_predict.MAX_SIDE == MAX_SIDE
+    assert standalone_predict.MAX_SOURCE_PIXELS == MAX_SOURCE_PIXELS
+    assert standalone_predict.IMAGE_SUFFIXES == IMAGE_SUFFIXES
 
 
 def test_cli_export_explains_bad_input(tmp_path, capsys):

@@ -16,8 +16,8 @@ from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.errors import DataError, RunError
 from tl_core.models.catalog import DataConfig, create_model, get_spec
 from tl_core.models.device import plan_compute
-from tl_core.models.inference import TrainedModel, load_trained
 from tl_core.training.engine import TrainConfig, fit
+from tl_core.training.inference import TrainedModel, load_trained
 from tl_core.training.inputs import Normalize
 
 CPU = plan_compute("cpu")  # bf16 inference on CPUs with bf16 units, else fp32

@@ -99,7 +99,7 @@ def test_final_scores_from_cached_outputs_equal_a_full_pass(shapes, tmp_path, tr
     answers as the whole best model on the pictures, as the Try page computes them."""
     import json
 
-    from tl_core.models.inference import load_trained
+    from tl_core.training.inference import load_trained
 
     manifest, split = shapes
     cfg = TrainConfig(

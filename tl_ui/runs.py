@@ -16,7 +16,7 @@ from tl_core.runs.store import Project, Run
 from tl_ui.session import active_project, get_store
 
 if TYPE_CHECKING:
-    from tl_core.models.inference import TrainedModel
+    from tl_core.training.inference import TrainedModel
 
 
 def run_label(run: Run) -> str:

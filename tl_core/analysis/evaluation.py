@@ -25,7 +25,7 @@ from tl_core.errors import CheckpointError, StudioError
 
 if TYPE_CHECKING:
     from tl_core.models.device import ComputePlan
-    from tl_core.models.inference import TrainedModel
+    from tl_core.training.inference import TrainedModel
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -308,7 +308,7 @@ def load_model_checked(
     pickle or state dict, a model of another shape) becomes that one error. With
     ``predictions``, the model must also know the same classes as those predictions.
     """
-    from tl_core.models.inference import load_trained
+    from tl_core.training.inference import load_trained
 
     path = Path(run_dir) / "best.pt"
     if not path.is_file():

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from tl_core.errors import RunError
-from tl_core.models.inference import ImageInput, TrainedModel
+from tl_core.training.inference import ImageInput, TrainedModel
 
 __all__ = [
     "TURBO",

@@ -39,9 +39,9 @@ from tl_core.data.layout import (
     some,
 )
 from tl_core.data.neardup import image_hash
+from tl_core.data.standalone_predict import IMAGE_SUFFIXES
 from tl_core.data.zipsafe import ByteBudget, check_zip, extract_member, open_zip, safe_parts
 from tl_core.errors import DataError
-from tl_core.export.bundle_predict import IMAGE_SUFFIXES
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -63,7 +63,7 @@ __all__ = [
     "split_dataset",
 ]
 
-# IMAGE_SUFFIXES (from bundle_predict) is also what predict.py accepts: one definition.
+# IMAGE_SUFFIXES (from standalone_predict) is also what predict.py accepts: one definition.
 # A file whose name has another (or no) file type is still imported when its contents are a
 # picture in one of these formats (e.g. 'photo.jpg.download', 'IMG_0001' from a phone).
 SNIFFED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF", "HEIF", "AVIF"})

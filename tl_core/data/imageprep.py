@@ -1,7 +1,7 @@
 """Decode one untrusted image and normalise it: upright, RGB, long side capped, hashed.
 
 Used by :mod:`tl_core.data.dataset`; only Pillow, numpy, the standard library and the
-stand-alone :mod:`tl_core.export.bundle_predict` (which shares its colour conversion).
+stand-alone :mod:`tl_core.data.standalone_predict` (which shares its colour conversion).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tl_core.data.layout import os_reason
 
 # The bundle's stand-alone predict.py opens pictures exactly as imports do: one definition
 # (it also registers the HEIC/HEIF reader of pillow-heif; Pillow reads AVIF itself).
-from tl_core.export.bundle_predict import to_rgb, upright_rgb
+from tl_core.data.standalone_predict import to_rgb, upright_rgb
 
 __all__ = [
     "LOSSLESS_FORMATS",

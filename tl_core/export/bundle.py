@@ -35,15 +35,15 @@ from torch import nn
 
 from tl_core.analysis import metrics
 from tl_core.analysis.results import Predictions, load_predictions
+from tl_core.data import standalone_predict
 from tl_core.data.dataset import MAX_SIDE, DatasetManifest, split_dataset
 from tl_core.errors import DataError, RunError
-from tl_core.export import bundle_predict
 from tl_core.models.catalog import DataConfig, get_spec
 from tl_core.models.device import ComputePlan
 from tl_core.models.freezing import freeze_sentence, max_trainable_groups
-from tl_core.models.inference import TrainedModel, load_trained
 from tl_core.training import checkpoint
 from tl_core.training.engine import TrainConfig
+from tl_core.training.inference import TrainedModel, load_trained
 from tl_core.training.inputs import Normalize, cache_side
 
 __all__ = [
@@ -335,11 +335,11 @@ def _format_parity(
     reference: np.ndarray,
     preds: Predictions,
 ) -> FormatParity:
-    predictor = bundle_predict.load_predictor(bundle, name)
+    predictor = standalone_predict.load_predictor(bundle, name)
     if predictor.classes != preds.classes:
         return FormatParity(name, "failed", tolerance, reason="the class names differ")
     probs = [np.zeros((0, len(preds.classes)), dtype=np.float32)]
-    for path, p, problem in bundle_predict.predict_files(predictor, files):
+    for path, p, problem in standalone_predict.predict_files(predictor, files):
         if p is None:
             return FormatParity(name, "failed", tolerance, reason=f"{path.name}: {problem}")
         probs.append(p[None])
@@ -757,7 +757,7 @@ def _write_model_files(
         raise RunError(
             f"{title} could not be converted to ONNX ({type(exc).__name__}: {first})."
         ) from exc
-    shutil.copyfile(Path(bundle_predict.__file__), bundle / "predict.py")
+    shutil.copyfile(Path(standalone_predict.__file__), bundle / "predict.py")
     (bundle / "requirements.txt").write_text(_requirements(), encoding="utf-8")
 
 
