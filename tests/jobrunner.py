@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_core.config import JobSpec
 from tl_core.errors import StudioError
 from tl_core.runs import tasks
 from tl_core.runs.store import Run, Store
+from tl_core.runs.worker import job_spec
 
 WAITING = ("queued", "starting", "running")
 
@@ -32,21 +32,10 @@ class FakeContext:
         return self.stop
 
 
-def spec_of(job: Run) -> JobSpec:
-    return JobSpec(
-        id=job.id,
-        kind=job.kind,
-        project_id=job.project_id,
-        params=job.config,
-        data_dir=job.data_dir,
-        folder=job.run_dir,
-    )
-
-
 def run_job(store: Store, job: Run) -> Run:
     """Run one job's task here and write its end as the worker would."""
     try:
-        result = tasks.TASKS[job.kind](spec_of(job), FakeContext())
+        result = tasks.TASKS[job.kind](job_spec(store, job), FakeContext())
     except StudioError as exc:
         store.update_run(job.id, status="failed", error=str(exc), finished=time.time())
     else:
