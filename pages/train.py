@@ -126,11 +126,12 @@ def page() -> None:
     sweep_panel(project, config, advice, info.n_backbone, busy, head_start)
     _advanced(project.id, settings)
     head = min(config.head_epochs, config.epochs - 1)  # as the engine's phases() does
+    head_text = "epoch" if head == 1 else f"{head} epochs"
     st.caption(
         f"{config.epochs} epochs · learning rate {config.lr:g} · batch {config.batch_size} · "
         f"augmentation {config.augment} · seed {config.seed}"
         + (
-            f" · the new head trains alone for the first {head} epoch{'s' if head > 1 else ''},"
+            f" · the new head trains alone for the first {head_text},"
             " then the chosen groups join at lower learning rates"
             if trainable and head >= 1
             else ""
