@@ -17,6 +17,19 @@ def _no_queue_left_behind(monkeypatch):
     supervisor a test started is stopped after it."""
     monkeypatch.setenv("TL_STUDIO_SERVE", "0")
     monkeypatch.setenv("TL_STUDIO_PREWARM", "0")
+    from jobrunner import run_job
+
+    from tl_core.runs import jobs
+
+    real_spawn = jobs._spawn
+
+    def spawn(store, run) -> None:  # a page's job other than training: done at once, here
+        if run.kind == "train":
+            real_spawn(store, run)
+        else:
+            run_job(store, run)
+
+    monkeypatch.setattr(jobs, "_spawn", spawn)
     yield
     from tl_core.runs import supervisor
 

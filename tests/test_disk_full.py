@@ -473,7 +473,9 @@ def test_the_train_page_says_the_disk_is_full(tiny_disk, tmp_path, monkeypatch) 
     from tl_core.runs import jobs
 
     spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: spawned.append(run.id))
+    monkeypatch.setattr(
+        jobs, "_spawn", lambda store, run: spawned.append(run.id) if run.kind == "train" else None
+    )
     disk = tiny_disk("disk", 8192)
     store, project_id, _ = _workspace_with_data(disk, tmp_path)
     store.update_settings(project_id, model="test_efficientnet")

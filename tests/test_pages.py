@@ -278,6 +278,7 @@ def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -
 def test_train_page_suggests_a_depth_and_runs_a_quick_sweep(workspace, demo_import, monkeypatch):
     from tl_core.analysis.advice import SWEEP_EPOCHS
 
+    monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")  # one slot: the sweep's runs queue up
     spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
     at = _app("pages/train.py", project_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -176,9 +177,22 @@ def test_model_page_says_when_the_leaders_are_tied(tmp_path, monkeypatch) -> Non
         "efficientnet_lite0", "EfficientNet-Lite0", _correct(n, [5, 6, 7, 8]), 0, 4.7, 60
     )
     ranking = rank_models([lite2, lite0])
+    # the comparison as the recommend job left it (the page reads finished jobs)
+    from dataclasses import asdict
+
+    from tl_core import service
+    from tl_core.analysis import transfer
+
+    job = service.submit_recommend(
+        store, store.project(project.id), transfer.offline_models(), submit=False
+    ) or jobs_submit(store, project.id)
+    store.update_run(
+        job.id,
+        status="finished",
+        result=json.loads(json.dumps({"ranking": [asdict(r) for r in ranking]})),
+    )
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.query_params["project"] = project.id
-    at.session_state[f"ranking_{project.id}"] = ranking
     at.run()
     at.switch_page("pages/model.py").run()
     assert not at.exception
@@ -191,6 +205,24 @@ def test_model_page_says_when_the_leaders_are_tied(tmp_path, monkeypatch) -> Non
     assert list(table["as good as the best"]) == ["yes", "yes"]
     at.button(key="use_best").click().run()
     assert Store(tmp_path / "ws").project(project.id).settings["model"] == "efficientnet_lite0"
+
+
+def jobs_submit(store, project_id: str):
+    """A recommend job with the key the Model page looks for, not yet run."""
+    from tl_core import service
+    from tl_core.analysis import transfer
+    from tl_core.runs import jobs
+
+    project = store.project(project_id)
+    keys = transfer.offline_models()
+    fraction, seed = service.split_settings(project)
+    key = f"recommend|{Path(project.data_dir).resolve()}|{fraction:g}|{seed}|{','.join(keys)}"
+    params = {"keys": keys, "val_fraction": fraction, "seed": seed}
+    job = store.create_run(
+        project_id, params, Path(project.data_dir), status="held", kind="recommend", key=key
+    )
+    assert jobs.find_job(store, project_id, key) is not None
+    return job
 
 
 @pytest.mark.parametrize("n", [6, 11, 21, 153, 1999])
