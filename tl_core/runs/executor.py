@@ -65,6 +65,10 @@ class Executor(Protocol):
         """Stop every worker (their jobs end as interrupted)."""
         ...
 
+    def prewarm(self) -> None:
+        """Get a worker ready ahead of the first job (in the background; idempotent)."""
+        ...
+
 
 @dataclass
 class _Worker:

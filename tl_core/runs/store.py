@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_dir TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'app', pid INTEGER,
     heartbeat REAL, started REAL, finished REAL, stop_requested INTEGER NOT NULL DEFAULT 0,
     resume INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', error TEXT,
-    result TEXT, queued_at REAL, kind TEXT NOT NULL DEFAULT 'train', key TEXT, progress REAL
+    result TEXT, queued_at REAL, kind TEXT NOT NULL DEFAULT 'train', key TEXT, progress REAL,
+    placement TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_project ON runs(project_id, created);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, created);
@@ -164,6 +165,7 @@ class Run:
     kind: str = "train"  # one of config.JOB_KINDS: every long job is a row of this table
     key: str | None = None  # what a feature-like job computes: equal keys, equal results
     progress: float | None = None  # 0..1 of the job's current phase, when it knows
+    placement: str | None = None  # where it runs or ran: machine (or Ray node) and device
 
     @property
     def active(self) -> bool:
@@ -803,8 +805,8 @@ def _insert_run(db: sqlite3.Connection, folder: Path, record: dict[str, Any]) ->
     result = record.get("result")
     cur = db.execute(
         "INSERT OR IGNORE INTO runs (id, project_id, created, queued_at, status, config,"
-        " data_dir, run_dir, source, started, finished, message, error, result)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " data_dir, run_dir, source, started, finished, message, error, result, placement)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             record["id"],
             record["project_id"],
@@ -820,6 +822,7 @@ def _insert_run(db: sqlite3.Connection, folder: Path, record: dict[str, Any]) ->
             message,
             record.get("error"),
             json.dumps(result) if isinstance(result, dict) else None,
+            record.get("placement"),
         ),
     )
     if not cur.rowcount:

@@ -25,7 +25,14 @@ from tl_core.runs.executor import Executor, LocalExecutor
 from tl_core.runs.store import Store
 from tl_core.runs.worker import job_spec, record
 
-__all__ = ["Supervisor", "running_here", "served_elsewhere", "shutdown_all", "supervisor"]
+__all__ = [
+    "Supervisor",
+    "make_executor",
+    "running_here",
+    "served_elsewhere",
+    "shutdown_all",
+    "supervisor",
+]
 
 TICK_S = 0.25
 HEARTBEAT_S = 10.0  # a running job's heartbeat is renewed this often while its worker lives
@@ -41,14 +48,23 @@ def _key(workspace: Path) -> Path:
     return Path(workspace).expanduser().resolve()
 
 
+def make_executor(workspace: Path) -> Executor:
+    """A Ray cluster's executor when ``TL_STUDIO_RAY_ADDRESS`` names one, else warm local
+    worker processes (at most ``TL_STUDIO_MAX_RUNS`` at once)."""
+    from tl_core.runs.ray_executor import RayExecutor, ray_address
+
+    address = ray_address()
+    if address is not None:
+        return RayExecutor(address)
+    return LocalExecutor(jobs.max_parallel_runs(), workspace / "logs" / "workers")
+
+
 class Supervisor:
     """Claims, starts, watches and records the jobs of one workspace."""
 
     def __init__(self, workspace: Path, executor: Executor | None = None) -> None:
         self.store = Store(workspace)
-        self.executor = executor or LocalExecutor(
-            jobs.max_parallel_runs(), self.store.workspace / "logs" / "workers"
-        )
+        self.executor = executor or make_executor(self.store.workspace)
         self._folders: dict[str, Path] = {}
         self._stopping: set[str] = set()
         self._wake = threading.Event()
@@ -160,7 +176,7 @@ def supervisor(workspace: Path, prewarm: bool | None = None) -> Supervisor:
             sup = _here[key] = Supervisor(key)
     if prewarm is None:
         prewarm = os.environ.get("TL_STUDIO_PREWARM", "1") != "0"
-    if prewarm and isinstance(sup.executor, LocalExecutor):
+    if prewarm:
         sup.executor.prewarm()
     return sup
 

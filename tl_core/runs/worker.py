@@ -12,6 +12,7 @@ it is sent one after another (:func:`serve`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -50,6 +51,7 @@ _COUNTED = re.compile(r"(?P<done>\d+)/(?P<total>\d+)$")  # "Decoding 12/300": a 
 # A pool worker leaves once it has been idle this long or grown past this many MB.
 IDLE_EXIT_S = float(os.environ.get("TL_STUDIO_WORKER_IDLE_S", "1800"))
 MEMORY_CEILING_MB = float(os.environ.get("TL_STUDIO_WORKER_MAX_MB", "3000"))
+WORKER_NICE = 10  # pool workers' scheduling priority below the server's
 
 
 class Sink(Protocol):
@@ -106,6 +108,10 @@ class JobContext:
     def on_epoch(self, m: Any) -> None:
         self.sink.emit({"t": "epoch", **asdict(m)})
 
+    def rewind(self, epoch: int) -> None:
+        """A resumed run goes on from ``epoch``: what was recorded after it is replayed."""
+        self.sink.emit({"t": "rewind", "epoch": epoch})
+
     def should_stop(self) -> bool:
         now = time.monotonic()
         if not self._stop and now - self._checked >= STOP_POLL_S:
@@ -146,6 +152,12 @@ def _train(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
     manifest = DatasetManifest.load(Path(spec.data_dir))
     _check_disk(Path(spec.folder), len(manifest.items), len(manifest.classes), run.config)
     split = split_dataset(manifest, run.config.val_fraction, run.config.seed)
+    if spec.resume:  # last.pt may be older than the last epochs recorded (it is kept every
+        # few seconds): they are trained again, so each epoch is recorded once
+        from tl_core.training import checkpoint
+
+        last = checkpoint.load(Path(spec.folder) / checkpoint.LAST, "start the run again")
+        ctx.rewind(int(last["epoch"]))
     corrections = review.Corrections.from_dict(run.corrections)
     if corrections:
         split = review.apply(split, corrections, manifest.classes)
@@ -268,6 +280,8 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
         )
     elif kind == "log":
         _append_log(folder, event["text"])
+    elif kind == "rewind":
+        store.drop_metrics_after(job_id, int(event["epoch"]))
     elif kind == "step":
         store.add_step(
             job_id,
@@ -300,6 +314,7 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
             pid=event["pid"],
             heartbeat=now,
             started=(job.started if job else None) or now,
+            placement=event.get("placement"),
             message="Preparing",
             progress=None,
             error=None,
@@ -349,7 +364,7 @@ def run_worker(store: Store, run_id: str) -> Any:
         raise StudioError(f"No run with id {run_id}.")
     sink = StoreSink(store, job)
     try:
-        sink.emit({"t": "started", "pid": os.getpid()})
+        sink.emit({"t": "started", "pid": os.getpid(), "placement": placement()})
     except DiskFullError as exc:
         sink.emit({"t": "end", "status": "failed", "error": str(exc), "message": "Failed"})
         return None
@@ -393,11 +408,27 @@ def _rss_mb() -> float:
         return 0.0
 
 
+def placement(where: str = "this machine") -> str:
+    """Where a job runs, for its details: the machine and the device plan."""
+    import socket
+
+    from tl_core.models.device import plan_compute
+
+    return f"{where} ({socket.gethostname()}), {plan_compute().describe()}"
+
+
 def warm_up() -> None:
     """Import what every job needs, so the first job of this worker starts at once."""
     import torch  # noqa: F401
 
     from tl_core.training import engine  # noqa: F401
+
+
+def _yield_to_server() -> None:
+    """Run below the app server's priority: a page answers at once even while every core
+    trains (the jobs lose little: the server needs the CPU only in short bursts)."""
+    with contextlib.suppress(AttributeError, OSError):  # Windows, or not allowed
+        os.nice(WORKER_NICE)
 
 
 def serve() -> int:
@@ -411,6 +442,7 @@ def serve() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     interrupt.install("worker")
+    _yield_to_server()
     lock = threading.Lock()
 
     def send(event: dict[str, Any]) -> None:
@@ -445,7 +477,7 @@ def serve() -> int:
         if spec is None:
             return 0
         sink = _PipeSink(spec.id, send, stops)
-        sink.emit({"t": "started", "pid": os.getpid()})
+        sink.emit({"t": "started", "pid": os.getpid(), "placement": placement()})
         ctx = JobContext(spec, sink)
         with interrupt.graceful(ctx.interrupt):
             end = execute(spec, ctx)

@@ -1,0 +1,214 @@
+"""The Ray executor on a real local Ray cluster (``ray start --head`` on 127.0.0.1).
+
+The cluster is started once for this file; every test serves its own workspace's queue with
+``TL_STUDIO_RAY_ADDRESS`` pointing at it, so the app server's supervisor runs each job as a
+Ray task. The workspace is never read by the task: inputs travel through Ray's object store,
+events and files come back through the server's actor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from helpers import make_shapes
+
+from tl_core import service
+from tl_core.config import TrainConfig
+from tl_core.data.dataset import import_folder
+from tl_core.runs import jobs, supervisor
+from tl_core.runs.ray_executor import RayExecutor
+from tl_core.runs.store import Run, Store
+
+ray = pytest.importorskip("ray")  # in the test group; a plain install has no Ray
+
+RAY = Path(sys.executable).parent / "ray"
+ENDED = ("finished", "failed", "stopped", "interrupted")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    """A real one-machine Ray cluster: a head on 127.0.0.1 with 2 CPUs."""
+    port = _free_port()
+    temp = Path(f"/tmp/tl-ray-{os.getpid()}")  # short: Ray's socket paths have a length cap
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    subprocess.run(
+        [
+            str(RAY),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        supervisor.shutdown_all()
+        ray.shutdown()
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.fixture
+def served(cluster, tmp_path, monkeypatch) -> tuple[Store, str, Path]:
+    """A workspace whose queue this process serves on the cluster, with a small data set."""
+    monkeypatch.setenv("TL_STUDIO_RAY_ADDRESS", cluster)
+    store = Store(tmp_path / "ws")
+    project = store.create_project("p")
+    data = store.new_data_dir(project.id)
+    import_folder(make_shapes(tmp_path / "src", per_class=12, size=32), data)
+    store.set_data_dir(project.id, data)
+    jobs.serve(store, prewarm=True)
+    sup = supervisor.running_here(store.workspace)
+    assert sup is not None and isinstance(sup.executor, RayExecutor)
+    return store, project.id, data
+
+
+def _wait(store: Store, run_id: str, statuses: tuple[str, ...], timeout: float = 300) -> Run:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = store.run(run_id)
+        if run is not None and run.status in statuses:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"{run_id} is still {store.run(run_id)}")
+
+
+def _executor(store: Store) -> RayExecutor:
+    sup = supervisor.running_here(store.workspace)
+    assert sup is not None and isinstance(sup.executor, RayExecutor)
+    return sup.executor
+
+
+def _wait_for_epoch(store: Store, run_id: str, n: int = 1) -> None:
+    deadline = time.monotonic() + 300
+    while len(store.metrics(run_id, "epoch")) < n:
+        run = store.run(run_id)
+        assert run is not None and run.status not in ENDED, run
+        assert time.monotonic() < deadline, run
+        time.sleep(0.05)
+
+
+def test_a_run_trains_on_the_cluster_with_live_curves_and_its_files_back(served) -> None:
+    store, pid, data = served
+    config = TrainConfig(epochs=4, batch_size=8, head_epochs=1, trainable_groups=1)
+    run = jobs.submit(store, pid, asdict(config), data)
+    seen_running = []
+    deadline = time.monotonic() + 300
+    while (now := store.run(run.id)).status not in ENDED:
+        assert time.monotonic() < deadline, now
+        if now.status == "running":
+            seen_running.append(len(store.metrics(run.id, "epoch")))
+        time.sleep(0.05)
+    assert now.status == "finished", now.error
+    # The curve grew while the run was still training, epoch by epoch.
+    assert max(seen_running) >= 2, seen_running
+    assert [m["epoch"] for m in store.metrics(run.id, "epoch")] == [1, 2, 3, 4]
+    assert store.metrics(run.id, "step")
+    assert now.placement and now.placement.startswith("Ray node"), now.placement
+    assert "cpu" in now.placement
+    folder = Path(now.run_dir)
+    for name in ("best.pt", "last.pt", "predictions.json", "run.log"):
+        assert (folder / name).is_file(), name
+    assert "Computing on" in (folder / "run.log").read_text()
+    assert now.result and now.result["val_accuracy"] is not None
+
+
+def test_stop_acts_within_about_a_second_on_the_cluster(served) -> None:
+    store, pid, data = served
+    run = jobs.submit(store, pid, asdict(TrainConfig(epochs=200, batch_size=4)), data)
+    deadline = time.monotonic() + 300
+    while not store.metrics(run.id, "step"):
+        assert time.monotonic() < deadline, store.run(run.id)
+        time.sleep(0.05)
+    jobs.request_stop(store, run.id)
+    asked = time.monotonic()
+    steps_then = len(store.metrics(run.id, "step"))
+    stopped = _wait(store, run.id, ENDED, timeout=30)
+    took = time.monotonic() - asked
+    print(f"stop on the cluster: {took:.2f} s")
+    assert stopped.status == "stopped"
+    assert took < 3.0
+    assert len(store.metrics(run.id, "step")) <= steps_then + 20  # not trained on for long
+
+
+def test_a_killed_ray_worker_leaves_the_run_interrupted_and_resume_finishes_it(served) -> None:
+    store, pid, data = served
+    config = TrainConfig(epochs=6, batch_size=4, head_epochs=1, trainable_groups=1)
+    run = jobs.submit(store, pid, asdict(config), data)
+    _wait_for_epoch(store, run.id, 2)
+    folder = Path(run.run_dir)
+    deadline = time.monotonic() + 30
+    while not (folder / "last.pt").is_file():  # the checkpoint is on the server
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    worker = _executor(store).worker_pid(run.id)
+    assert worker is not None and worker != os.getpid()
+    os.kill(worker, signal.SIGKILL)
+    lost = _wait(store, run.id, ENDED, timeout=60)
+    assert lost.status == "interrupted", (lost.status, lost.message)
+    assert "Resume" in lost.message
+    done_before = [m["epoch"] for m in store.metrics(run.id, "epoch")]
+    assert 2 <= len(done_before) < 6
+
+    jobs.resume(store, run.id)
+    again = _wait(store, run.id, ENDED)
+    assert again.status == "finished", again.error
+    epochs = [m["epoch"] for m in store.metrics(run.id, "epoch")]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # each epoch recorded once
+    assert "Resumed" in (folder / "run.log").read_text() or again.resume
+
+
+def test_recommend_and_export_run_on_the_cluster(served) -> None:
+    store, pid, data = served
+    project = store.project(pid)
+    assert project is not None
+    ranking = service.submit_recommend(store, project, ["efficientnet_lite0"])
+    assert ranking is not None
+    run = jobs.submit(store, pid, asdict(TrainConfig(epochs=1, batch_size=16)), data)
+    rec = _wait(store, ranking.id, ENDED)
+    assert rec.status == "finished", rec.error
+    assert rec.placement and rec.placement.startswith("Ray node")
+    assert [r["key"] for r in rec.result["ranking"]] == ["efficientnet_lite0"]
+    # The frozen features it computed came back beside the data set.
+    assert list((Path(data) / "cache").glob("features-*"))
+
+    trained = _wait(store, run.id, ENDED)
+    assert trained.status == "finished", trained.error
+    export = service.submit_export(store, project, trained)
+    assert export is not None
+    done = _wait(store, export.id, ENDED)
+    assert done.status == "finished", done.error
+    bundle = Path(done.result["bundle"])
+    assert bundle.is_file() and bundle.parent == Path(done.run_dir)  # on the server
+    assert done.result["out"] == str(bundle)  # the node's paths were turned into the server's
+    assert done.result["parity_ok"] is True
+
+
+def test_a_job_bigger_than_any_machine_fails_with_a_message(served, monkeypatch) -> None:
+    store, pid, data = served
+    monkeypatch.setenv("TL_STUDIO_JOB_MEMORY_GB", "100000")
+    run = jobs.submit(store, pid, asdict(TrainConfig(epochs=1)), data)
+    failed = _wait(store, run.id, ENDED, timeout=60)
+    assert failed.status == "failed"
+    assert "memory" in (failed.error or "") and "largest" in (failed.error or "")
