@@ -13,6 +13,7 @@ from tl_core import service
 from tl_core.runs import jobs
 from tl_core.runs.store import Run, Store
 from tl_ui.session import get_store
+from tl_ui.text import literal
 
 POLL_S = 1.0
 
@@ -57,6 +58,8 @@ def _render(job_id: str, what: str) -> None:
         st.progress(
             min(max(job.progress or 0.0, 0.0), 1.0), text=f"{what}: {job.message or 'starting'}"
         )
+        if job.placement:
+            st.caption(f"Runs on {literal(job.placement)}.")
     elif job.status == "failed":
         st.error(job.error or f"{what} did not succeed.", icon=":material/error:")
     elif job.status in ("stopped", "interrupted"):

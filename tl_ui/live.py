@@ -87,6 +87,8 @@ def _render(run_id: str) -> None:
     elif run.status == "failed":
         st.error(run.error or "Training failed.")
 
+    if run.placement and run.status != "queued":
+        st.caption(f"{'Runs' if run.active else 'Ran'} on {literal(run.placement)}.")
     c1, c2, _ = st.columns([1, 1, 4])
     if run.active and c1.button("Stop", key=f"stop_{run.id}", disabled=run.stop_requested):
         jobs.request_stop(store, run.id)

@@ -358,23 +358,19 @@ class _Job:
 
 
 def _lost(kind: str, exc: BaseException) -> dict[str, Any]:
-    what = "training" if kind == "train" else "job"
+    """The end of a job whose Ray worker is gone: interrupted (training) or failed."""
     name = type(exc).__name__
     if "NodeDied" in name:
-        why = "the machine running it left the cluster"
+        why = "the machine running it left the Ray cluster"
     elif "OutOfMemory" in name:
         why = "its machine ran out of memory"
-    elif "Cancelled" in name:
-        why = "it was cancelled"
     else:
         why = "the Ray worker process running it was killed or crashed"
-    status = "interrupted" if kind == "train" else "failed"
     if kind == "train":
-        tail = " Its last saved epoch is kept: press Resume to continue on any machine."
-    else:
-        tail = " Press Try again."
-    message = f"The {what} stopped because {why}.{tail}"
-    return {"t": "end", "status": status, "message": message, "error": message}
+        message = f"The training stopped: {why}. Its last saved epoch is kept on the server."
+        return {"t": "end", "status": "interrupted", "message": message}
+    message = f"The job stopped: {why}. Press Try again."
+    return {"t": "end", "status": "failed", "message": "Failed", "error": message}
 
 
 class RayExecutor:
@@ -413,7 +409,7 @@ class RayExecutor:
             try:
                 ray = self._connect()
                 ray.remote(num_cpus=0, max_retries=0)(_warm_up).remote()
-            except Exception as exc:  # the first job says what is wrong
+            except BaseException as exc:  # the first job says what is wrong
                 self.error = str(exc)
 
         threading.Thread(target=warm, name="tl-studio-ray-warm", daemon=True).start()
