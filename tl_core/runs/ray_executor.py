@@ -83,6 +83,11 @@ def _import_ray() -> Any:
             f"{RAY_ADDRESS_ENV} is set but Ray is not installed here: install the app with "
             "the ray extra (uv sync --extra ray), or unset the setting to train on this machine."
         ) from None
+    with contextlib.suppress(ImportError, AttributeError):  # Ray imported before the setting
+        from ray._private import ray_constants
+
+        if os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] == "0":
+            ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
     return ray
 
 
