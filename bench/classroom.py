@@ -259,7 +259,7 @@ def _watch_job(store: Any, job_id: str, clicked: float, deadline: float) -> dict
             wait = jobs.estimated_wait(store, job_id)
             if not seen or seen[-1]["place"] != place:
                 seen.append({"t": round(now, 1), "place": place, "wait_s": wait and round(wait, 1)})
-        if end["first_point_s"] is None and store.metrics(job_id, "epoch"):
+        if end["first_point_s"] is None and store.epochs(job_id):
             end["first_point_s"] = round(now, 2)
         if run.status not in (*UNFINISHED, "held"):
             end.update(status=run.status, finish_s=round(now, 2), error=run.error)
