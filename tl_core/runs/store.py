@@ -596,6 +596,26 @@ class Store:
         with self._connect() as db:
             return _epoch_rows(db, run_id)
 
+    def training_epochs(self, recent: int = 20) -> dict[str, list[EpochRow]]:
+        """Epoch rows, by run id, of the training runs that show how fast training goes here:
+        those working or waiting to resume, and the ``recent`` ones that ran last."""
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT run_id, {', '.join(_EPOCH_COLUMNS.values())} FROM metrics"
+                " WHERE kind = 'epoch' AND run_id IN ("
+                "  SELECT id FROM runs WHERE kind = 'train' AND (status IN (?, ?)"
+                "   OR (status = 'queued' AND resume = 1))"
+                "  UNION SELECT * FROM (SELECT id FROM runs WHERE kind = 'train'"
+                "   AND status IN ('finished', 'stopped', 'interrupted') AND started IS NOT NULL"
+                "   ORDER BY created DESC LIMIT ?))"
+                " ORDER BY run_id, step",
+                (*ACTIVE, recent),
+            ).fetchall()
+        found: dict[str, list[EpochRow]] = {}
+        for r in rows:
+            found.setdefault(r[0], []).append(EpochRow(*r[1:]))
+        return found
+
     def drop_metrics_after(self, run_id: str, epoch: int) -> None:
         """Forget metrics of epochs after ``epoch`` (a resumed run replays them)."""
         with self._connect() as db:
