@@ -43,19 +43,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browserflags import CHROMIUM, FLAGS  # noqa: E402 - the browser walk's own settings
 
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [  # as in tests/test_browser.py
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 POLL_S = 0.5  # how often a page (and the prober) looks
 SLOW_CLICK_S = 2.0
 EPOCHS = 2
