@@ -43,19 +43,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browserflags import CHROMIUM, FLAGS  # noqa: E402 - the browser walk's own settings
 
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [  # as in tests/test_browser.py
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 POLL_S = 0.5  # how often a page (and the prober) looks
 SLOW_CLICK_S = 2.0
 EPOCHS = 2
@@ -259,7 +251,7 @@ def _watch_job(store: Any, job_id: str, clicked: float, deadline: float) -> dict
             wait = jobs.estimated_wait(store, job_id)
             if not seen or seen[-1]["place"] != place:
                 seen.append({"t": round(now, 1), "place": place, "wait_s": wait and round(wait, 1)})
-        if end["first_point_s"] is None and store.metrics(job_id, "epoch"):
+        if end["first_point_s"] is None and store.epochs(job_id):
             end["first_point_s"] = round(now, 2)
         if run.status not in (*UNFINISHED, "held"):
             end.update(status=run.status, finish_s=round(now, 2), error=run.error)

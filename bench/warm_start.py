@@ -49,7 +49,7 @@ def _click(store: Store, project_id: str, data: Path) -> dict[str, float | str]:
     while True:
         now = store.run(run.id)
         assert now is not None
-        if first is None and store.metrics(run.id, "epoch"):
+        if first is None and store.epochs(run.id):
             first = time.perf_counter() - clicked
         if not now.active:
             break

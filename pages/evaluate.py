@@ -102,7 +102,7 @@ def _alarms(project: Project, run: Run, ev: RunEvaluation) -> None:
     """Overfitting, negative transfer and too little data: each with what to do."""
     acc, n_val = ev.summary.accuracy, ev.summary.total
     scratch, frozen = _baselines(project, run)
-    show_alarm(alarms.overfitting(get_store().metrics(run.id, "epoch")))
+    show_alarm(alarms.overfitting(get_store().epochs(run.id)))
     show_alarm(alarms.negative_transfer(acc, n_val, scratch, frozen))
     little = alarms.too_little_data(
         n_val, acc, [acc - other for other in (scratch, frozen) if other is not None]
@@ -318,10 +318,10 @@ def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
                 return
             st.switch_page("pages/train.py")
         return
-    scratch = store.metrics(baseline.id, "epoch")
+    scratch = store.epochs(baseline.id)
     if baseline.active or not scratch:
         st.caption(f"The run from scratch is {baseline.status}; its curve appears here as it goes.")
-    transfer = store.metrics(run.id, "epoch")
+    transfer = store.epochs(run.id)
     st.plotly_chart(comparison_figure(transfer, scratch), key="versus_scratch")
     for gain in comparison.gains(transfer, scratch, ev.summary.total):
         icon = {True: ":material/check:", False: ":material/close:", None: ":material/remove:"}
@@ -441,8 +441,8 @@ def page() -> None:
         store = get_store()
         st.plotly_chart(
             curves_figure(
-                store.metrics(run.id, "step"),
-                store.metrics(run.id, "epoch"),
+                store.steps(run.id),
+                store.epochs(run.id),
                 run.spec.config.epochs,
             ),
             key="final_curves",

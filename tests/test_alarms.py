@@ -5,15 +5,16 @@ from __future__ import annotations
 import shutil
 
 from tl_core.analysis import alarms
+from tl_core.config import EpochRow
 from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.models.device import plan_compute
 from tl_core.models.freezing import describe_model
 from tl_core.training.engine import EpochMetrics, QuietCallbacks, TrainConfig, fit
 
 
-def _epochs(train_acc, val_acc, train_loss, val_loss):
+def _epochs(train_acc, val_acc, train_loss, val_loss) -> list[EpochRow]:
     return [
-        {"epoch": i + 1, "accuracy": a, "val_accuracy": va, "loss": lo, "val_loss": vl}
+        EpochRow(i + 1, 10 * (i + 1), lo, a, vl, va, float(i + 1))
         for i, (a, va, lo, vl) in enumerate(
             zip(train_acc, val_acc, train_loss, val_loss, strict=True)
         )
@@ -61,18 +62,10 @@ def test_too_little_data_and_domain_mismatch() -> None:
 
 class _Epochs(QuietCallbacks):
     def __init__(self) -> None:
-        self.rows: list[dict] = []
+        self.rows: list[EpochRow] = []
 
     def on_epoch(self, m: EpochMetrics) -> None:
-        self.rows.append(
-            {
-                "epoch": m.epoch,
-                "accuracy": m.train_accuracy,
-                "loss": m.train_loss,
-                "val_accuracy": m.val_accuracy,
-                "val_loss": m.val_loss,
-            }
-        )
+        self.rows.append(m)  # the engine's epoch event is a stored row (and is_best)
 
 
 def test_a_real_overfit_fires_and_a_healthy_run_does_not(demo_dir, tmp_path) -> None:

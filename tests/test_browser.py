@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,22 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browserflags import CHROMIUM, FLAGS
 from playwright.sync_api import Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts"
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=90_000)  # the first page that touches a model imports torch

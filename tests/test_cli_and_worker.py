@@ -71,7 +71,7 @@ def test_train_command_prints_json_and_the_run_appears_in_the_store(shapes_dir, 
     run = store.run(summary["run_id"])
     assert run is not None and run.status == "finished" and run.source == "cli"
     assert store.project(summary["project_id"]).data_dir
-    assert len(store.metrics(run.id, "epoch")) == 2
+    assert len(store.epochs(run.id)) == 2
 
 
 def test_evaluate_command_scores_a_run_and_checks_it_reproduces(shapes_dir, tmp_path):
@@ -200,7 +200,7 @@ def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(
     assert store.queue_position(second.id) == 1  # one slot: the second waits its turn
 
     # Crash the worker mid-run (as an out-of-memory kill would), after one finished epoch.
-    _wait_for(lambda: len(store.metrics(first.id, "epoch")) >= 1)
+    _wait_for(lambda: len(store.epochs(first.id)) >= 1)
     run = store.run(first.id)
     os.kill(run.pid, signal.SIGKILL)
     _wait_for(lambda: not jobs._pid_alive(run.pid))
@@ -210,11 +210,11 @@ def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(
     # The freed slot goes to the waiting run, which finishes; then resume the first one.
     jobs.pump(store)
     _wait_for(lambda: store.run(second.id).status == "finished", timeout=180)
-    epochs_before = len(store.metrics(first.id, "epoch"))
+    epochs_before = len(store.epochs(first.id))
     jobs.resume(store, first.id)
-    _wait_for(lambda: len(store.metrics(first.id, "epoch")) > epochs_before, timeout=180)
-    assert [m["epoch"] for m in store.metrics(first.id, "epoch")] == list(
-        range(1, len(store.metrics(first.id, "epoch")) + 1)
+    _wait_for(lambda: len(store.epochs(first.id)) > epochs_before, timeout=180)
+    assert [e.epoch for e in store.epochs(first.id)] == list(
+        range(1, len(store.epochs(first.id)) + 1)
     )
 
     # Stop takes effect within about a second and keeps the best checkpoint.

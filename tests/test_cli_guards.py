@@ -635,7 +635,7 @@ def test_a_signal_during_a_cli_run_marks_it_interrupted_and_resume_works(
     )
     try:
         run = _wait_for(lambda: next(iter(store.runs(statuses=("running",))), None))
-        _wait_for(lambda: store.metrics(run.id, "epoch"))
+        _wait_for(lambda: store.epochs(run.id))
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -647,13 +647,13 @@ def test_a_signal_during_a_cli_run_marks_it_interrupted_and_resume_works(
     assert run.status == "interrupted" and run.message == SIGNAL_MESSAGES[sig]
     assert (Path(run.run_dir) / "last.pt").exists()
     assert store.project(run.project_id).settings.get(jobs.CLI_PENDING) is None
-    done = len(store.metrics(run.id, "epoch"))
+    done = len(store.epochs(run.id))
 
     jobs.resume(store, run.id)
-    _wait_for(lambda: len(store.metrics(run.id, "epoch")) > done + 1)
+    _wait_for(lambda: len(store.epochs(run.id)) > done + 1)
     jobs.request_stop(store, run.id)
     _wait_for(lambda: store.run(run.id).status == "stopped", timeout=60)
-    epochs = [m["epoch"] for m in store.metrics(run.id, "epoch")]
+    epochs = [e.epoch for e in store.epochs(run.id)]
     assert epochs == list(range(1, len(epochs) + 1))
 
 
@@ -672,7 +672,7 @@ def test_sigterm_to_an_app_worker_says_the_server_stopped_it(shapes: Path, tmp_p
         "trainable_groups": 6,
     }
     run = jobs.submit(store, project.id, config, data_dir)
-    _wait_for(lambda: store.metrics(run.id, "epoch"))
+    _wait_for(lambda: store.epochs(run.id))
     pid = store.run(run.id).pid
     os.kill(pid, signal.SIGTERM)
     _wait_for(lambda: store.run(run.id).status == "interrupted", timeout=60)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from tl_core.analysis.comparison import gains
+from tl_core.config import EpochRow
 
 
-def _rows(values):
-    return [{"epoch": i + 1, "val_accuracy": v} for i, v in enumerate(values)]
+def _rows(values: list[float]) -> list[EpochRow]:
+    return [EpochRow(i + 1, 10 * (i + 1), 1.0, 0.5, 1.0, v, float(i)) for i, v in enumerate(values)]
 
 
 def test_a_pretrained_start_that_helps_wins_all_three() -> None:

@@ -27,6 +27,7 @@ from streamlit.testing.v1 import AppTest
 from tl_core import cli
 from tl_core.analysis.evaluation import ModelLoadError, evaluate_run, load_model_checked, verify_run
 from tl_core.analysis.results import PredictionsError, load_predictions
+from tl_core.config import StepRow
 from tl_core.runs.store import (
     RUN_RECORD,
     Store,
@@ -356,7 +357,7 @@ def _real_db(ws: Path) -> bytes:
     for _ in range(0 if (ws / "runs").is_dir() else 8):
         run = store.create_run(project.id, {"model": "m", "pad": "x" * 2000}, ws)
         for k in range(5):
-            store.add_step(run.id, 1, k, 10, 0.5, 0.5, 0.1, 1.0)
+            store.add_step(run.id, StepRow(1, k, 10, 0.5, 0.5, 0.1, 1.0))
     store.close()
     db = sqlite3.connect(store.path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -520,7 +521,7 @@ def test_a_db_of_an_older_version_is_brought_up_to_date(tmp_path) -> None:
     (run,) = store.runs()
     assert run.source == "app" and run.message == "" and not run.resume
     assert run.result == {"val_accuracy": 0.5}
-    assert store.metrics("r1", "epoch") == []
+    assert store.epochs("r1") == []
     store.update_run("r1", queued_at=3.0)
     assert Store(ws).run("r1").queued_at == 3.0
 
@@ -553,7 +554,7 @@ def test_run_folder_commands_work_and_repair_rebuilds_the_index(trained, tmp_pat
         moved = run.id == trained["run_id"]  # the copy of runs/<id>/ is where it is now
         assert again.run_dir == (str(run_dir.resolve()) if moved else run.run_dir)
         assert again.project_id == run.project_id
-        assert len(new.metrics(run.id, "epoch")) == len(old.metrics(run.id, "epoch")) == 1
+        assert new.epochs(run.id) == old.epochs(run.id) and len(new.epochs(run.id)) == 1
         project, before = new.project(run.project_id), old.project(run.project_id)
         assert project.data_dir == before.data_dir and project.settings == before.settings
         assert project.name == before.name

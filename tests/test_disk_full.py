@@ -25,6 +25,7 @@ from helpers import app_test, make_shapes
 from PIL import Image
 
 from tl_core import diskspace
+from tl_core.config import EpochRow, StepRow
 from tl_core.data import zipsafe
 from tl_core.data.dataset import (
     DatasetManifest,
@@ -390,8 +391,8 @@ def test_store_writes_on_a_full_disk(tmp_path, monkeypatch, message, write) -> N
     calls = {
         "create_project": lambda: store.create_project(),
         "update_run": lambda: store.update_run(run.id, status="failed"),
-        "add_step": lambda: store.add_step(run.id, 1, 1, 1, 0.1, 0.5, 0.01, 1.0),
-        "add_epoch": lambda: store.add_epoch(run.id, 1, 1, 0.1, 0.5, 0.1, 0.5, 1.0),
+        "add_step": lambda: store.add_step(run.id, StepRow(1, 1, 1, 0.1, 0.5, 0.01, 1.0)),
+        "add_epoch": lambda: store.add_epoch(run.id, EpochRow(1, 1, 0.1, 0.5, 0.1, 0.5, 1.0)),
     }
     with pytest.raises(DiskFullError) as info:
         calls[write]()

@@ -14,7 +14,7 @@ from tl_core.models.device import plan_compute
 from tl_core.training.engine import (
     EpochMetrics,
     QuietCallbacks,
-    StepMetrics,
+    StepRow,
     TrainConfig,
     fit,
     phases,
@@ -25,11 +25,11 @@ CPU = plan_compute("cpu")
 
 class Recorder(QuietCallbacks):
     def __init__(self, stop_after_steps: int | None = None) -> None:
-        self.steps: list[StepMetrics] = []
+        self.steps: list[StepRow] = []
         self.epochs: list[EpochMetrics] = []
         self.stop_after = stop_after_steps
 
-    def on_step(self, metrics: StepMetrics) -> None:
+    def on_step(self, metrics: StepRow) -> None:
         self.steps.append(metrics)
 
     def on_epoch(self, metrics: EpochMetrics) -> None:

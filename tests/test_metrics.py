@@ -263,6 +263,7 @@ def test_evaluation_keeps_accuracy_and_scores_calibration_honestly() -> None:
 @pytest.mark.parametrize(("accuracy", "n_val"), [(0.8, 12), (0.5, 100), (0.95, 400), (1.0, 30)])
 def test_the_validation_noise_is_one_rule_for_alarms_comparison_and_sweeps(accuracy, n_val) -> None:
     from tl_core.analysis import alarms, comparison
+    from tl_core.config import EpochRow
 
     noise = metrics.validation_noise(accuracy, n_val)
     low, high = metrics.wilson_interval(round(accuracy * n_val), n_val)
@@ -271,9 +272,12 @@ def test_the_validation_noise_is_one_rule_for_alarms_comparison_and_sweeps(accur
     rivals = (above, within)
     found = [alarms.negative_transfer(accuracy, n_val, scratch_accuracy=r) for r in rivals]
     assert found[0] is not None and found[1] is None
-    epochs = [{"val_accuracy": accuracy}]
+
+    def row(val_accuracy: float) -> EpochRow:
+        return EpochRow(1, 10, 1.0, 0.5, 1.0, val_accuracy, 1.0)
+
     for rival, holds in ((above, False), (within, None)):
-        gains = comparison.gains(epochs, [{"val_accuracy": rival}], n_val)
+        gains = comparison.gains([row(accuracy)], [row(rival)], n_val)
         assert gains[0].holds is holds
 
 

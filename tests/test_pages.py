@@ -11,6 +11,7 @@ from helpers import app_test
 from jobrunner import inline_spawn, run_job
 from streamlit.testing.v1 import AppTest
 
+from tl_core.config import EpochRow
 from tl_core.data.dataset import import_folder
 from tl_core.runs import jobs
 from tl_core.runs.store import Store
@@ -189,7 +190,9 @@ def test_evaluate_page_raises_the_overfitting_alarm(workspace, trained) -> None:
     assert "memorising" not in _texts(at)  # no epoch curves recorded: nothing to say
     store = Store(workspace)
     for epoch, (acc, val_acc) in enumerate([(0.7, 0.65), (0.95, 0.7), (1.0, 0.7)], 1):
-        store.add_epoch(run_id, epoch, epoch * 10, 1 - acc, acc, 0.9, val_acc, float(epoch))
+        store.add_epoch(
+            run_id, EpochRow(epoch, epoch * 10, 1 - acc, acc, 0.9, val_acc, float(epoch))
+        )
     at = _app("pages/evaluate.py", project_id)
     assert "The model is memorising your training images" in _texts(at)
 
@@ -201,7 +204,7 @@ def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
     project_id, run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
     for epoch, acc in enumerate([0.78, 0.8], 1):
-        store.add_epoch(run_id, epoch, epoch * 10, 0.6, acc, 0.6, acc, float(epoch))
+        store.add_epoch(run_id, EpochRow(epoch, epoch * 10, 0.6, acc, 0.6, acc, float(epoch)))
     at = _app("pages/evaluate.py", project_id)
     next(b for b in at.button if b.label == "Train the same from scratch").click().run()
     assert not at.exception
@@ -209,7 +212,7 @@ def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
     assert spawned == [baseline.id] and baseline.config["baseline_of"] == run_id
     assert baseline.config["pretrained"] is False and baseline.config["head_epochs"] == 0
     for epoch, acc in enumerate([0.2, 0.35], 1):
-        store.add_epoch(baseline.id, epoch, epoch * 10, 2.0, acc, 2.0, acc, float(epoch))
+        store.add_epoch(baseline.id, EpochRow(epoch, epoch * 10, 2.0, acc, 2.0, acc, float(epoch)))
     store.update_run(baseline.id, status="finished")
     at = _app("pages/evaluate.py", project_id)
     text = _texts(at)
@@ -465,7 +468,7 @@ def test_sidebar_and_run_panel_say_the_same(workspace, demo_import, epochs_done,
     store = Store(workspace)
     run_id = _occupy_the_slot(store, project_id, demo_import, epochs=total)
     for epoch in range(1, epochs_done + 1):
-        store.add_epoch(run_id, epoch, epoch * 10, 0.5, 0.8, 0.5, 0.8, float(epoch))
+        store.add_epoch(run_id, EpochRow(epoch, epoch * 10, 0.5, 0.8, 0.5, 0.8, float(epoch)))
     at = _app("pages/train.py", project_id)
     assert not at.exception
     state = run_state(store, store.run(run_id))

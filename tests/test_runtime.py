@@ -129,7 +129,7 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     b = _wait(store, second.id, ("finished", "failed"))
     assert (a.status, b.status) == ("finished", "finished"), (a.error, b.error)
     assert a.pid is None or a.pid == b.pid  # the same warm process ran both
-    assert len(store.metrics(b.id, "epoch")) == 1
+    assert len(store.epochs(b.id)) == 1
     assert (Path(b.run_dir) / "run.log").read_text().count("Computing on") == 1
 
     # Stop: a long run ends 'stopped' within about a second of the request once it trains
@@ -154,7 +154,7 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
 
 def _wait_for_steps(store: Store, run_id: str) -> None:
     deadline = time.monotonic() + 240
-    while not store.metrics(run_id, "step"):
+    while not store.steps(run_id):
         assert time.monotonic() < deadline, store.run(run_id)
         time.sleep(0.1)
 

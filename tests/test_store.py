@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from tl_core.config import EpochRow, JobSpec, StepRow
 from tl_core.runs import jobs
-from tl_core.runs.store import Store
+from tl_core.runs.store import Store, repair
+from tl_core.runs.worker import JobContext, StoreSink
 
 
 @pytest.fixture
@@ -73,3 +77,117 @@ def test_resume_needs_a_saved_epoch(store: Store) -> None:
     run = store.create_run(p.id, {}, store.workspace, status="interrupted")
     with pytest.raises(RunError, match="first epoch"):
         jobs.resume(store, run.id)
+
+
+STEPS = [
+    [StepRow(1, 1, 4, 1.5, 0.25, 0.01, 0.5)],
+    [StepRow(1, s, 6, 1.0 / s, 0.1 * s, 0.01, 0.2 * s) for s in range(1, 7)],
+    [StepRow(2, 5, 8, 0.0, 1.0, 1e-4, 3)],  # an int elapsed, a resumed run's later step
+]
+EPOCHS = [
+    [EpochRow(1, 4, 1.2, 0.5, 1.1, 0.55, 1.5)],
+    [EpochRow(e, 3 * e, 1.0 / e, 0.2 * e, 1.1 / e, 0.19 * e, 0.7 * e) for e in range(1, 5)],
+    [EpochRow(1, 1, 0.0, 1.0, 0.0, 1.0, 0)],
+]
+
+
+def _run(store: Store, tmp_path) -> str:
+    project = store.create_project()
+    return store.create_run(project.id, {"epochs": 4}, tmp_path / "data").id
+
+
+@pytest.mark.parametrize(("steps", "epochs"), list(zip(STEPS, EPOCHS, strict=True)))
+def test_metric_rows_come_back_typed_and_in_order(store: Store, tmp_path, steps, epochs) -> None:
+    run_id = _run(store, tmp_path)
+    other = _run(store, tmp_path)
+    for row in reversed(steps):
+        store.add_step(run_id, row)
+    for row in reversed(epochs):
+        store.add_epoch(run_id, row)
+    store.add_epoch(other, EpochRow(9, 99, 1.0, 0.0, 1.0, 0.0, 9.0))
+    assert store.steps(run_id) == steps and store.epochs(run_id) == epochs
+    assert all(isinstance(r, StepRow) for r in store.steps(run_id))
+    assert store.epochs(run_id)[0].val_accuracy == epochs[0].val_accuracy
+    store.drop_metrics_after(run_id, 1)
+    assert store.epochs(run_id) == [e for e in epochs if e.epoch <= 1]
+    assert not hasattr(store, "metrics")  # one way to read them: the typed readers
+
+
+@pytest.mark.parametrize("epochs", EPOCHS)
+def test_run_json_keeps_epochs_as_table_rows_and_repair_reads_them_back(
+    store: Store, tmp_path, epochs
+) -> None:
+    run_id = _run(store, tmp_path)
+    for row in epochs:
+        store.add_epoch(run_id, row)
+    store.update_run(run_id, status="finished")
+    record = json.loads((Path(store.run(run_id).run_dir) / "run.json").read_text())
+    first = epochs[0]
+    assert record["epochs"][0] == {
+        "run_id": run_id,
+        "kind": "epoch",
+        "epoch": first.epoch,
+        "step": first.step,
+        "total_steps": None,
+        "loss": first.train_loss,
+        "accuracy": first.train_accuracy,
+        "val_loss": first.val_loss,
+        "val_accuracy": first.val_accuracy,
+        "lr": None,
+        "elapsed": first.elapsed_s,
+    }
+    assert len(record["epochs"]) == len(epochs)
+    store.close()
+    for f in store.workspace.glob("studio.db*"):
+        f.unlink()
+    repair(store.workspace)
+    assert Store(store.workspace).epochs(run_id) == epochs
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a row",
+        {"epoch": 2, "step": 8},  # values missing
+        {"epoch": 2, "step": 8, "loss": "x", "accuracy": 0.5, "val_loss": 1.0,
+         "val_accuracy": 0.5, "elapsed": 2.0},
+        {"epoch": 2, "step": 8, "loss": 1.0, "accuracy": True, "val_loss": 1.0,
+         "val_accuracy": 0.5, "elapsed": 2.0},
+    ],
+)  # fmt: skip
+def test_repair_skips_epoch_entries_that_are_not_rows(store: Store, tmp_path, bad) -> None:
+    run_id = _run(store, tmp_path)
+    good = EpochRow(1, 4, 1.2, 0.5, 1.1, 0.55, 1.5)
+    store.add_epoch(run_id, good)
+    store.update_run(run_id, status="finished")
+    path = Path(store.run(run_id).run_dir) / "run.json"
+    record = json.loads(path.read_text())
+    record["epochs"].append(bad)
+    path.write_text(json.dumps(record))
+    store.close()
+    for f in store.workspace.glob("studio.db*"):
+        f.unlink()
+    repair(store.workspace)
+    assert Store(store.workspace).epochs(run_id) == [good]
+
+
+@pytest.mark.parametrize("through_a_pipe", [False, True])
+def test_engine_events_are_recorded_as_the_same_rows(store: Store, tmp_path, through_a_pipe):
+    """The engine's step and epoch objects are the store's rows: what a job reports on its
+    callbacks (as JSON over a worker's pipe or straight into the store) is what it reads."""
+    from tl_core.training.engine import EpochMetrics
+
+    run = store.run(_run(store, tmp_path))
+    sink = StoreSink(store, run)
+    if through_a_pipe:
+        emit = sink.emit
+        sink.emit = lambda event: emit(json.loads(json.dumps(event)))  # type: ignore[method-assign]
+    ctx = JobContext(JobSpec(run.id, "train", run.project_id, {}, "", run.run_dir), sink)
+    steps = STEPS[1]
+    for row in steps:
+        ctx.on_step(row)
+    epoch = EpochMetrics(1, 6, 0.5, 0.8, 0.6, 0.75, 1.2, is_best=True)
+    ctx.on_epoch(epoch)
+    assert store.steps(run.id) == steps
+    assert store.epochs(run.id) == [EpochRow(1, 6, 0.5, 0.8, 0.6, 0.75, 1.2)]
+    assert isinstance(epoch, EpochRow)

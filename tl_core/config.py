@@ -96,6 +96,32 @@ class RunSpec:
         return {**asdict(self.config), **{k: v for k, v in tags.items() if v is not None}}
 
 
+@dataclass(frozen=True)
+class StepRow:
+    """One training step: what the engine reports and the store's ``metrics`` table keeps."""
+
+    epoch: int  # 1-based
+    step: int  # global, 1-based
+    total_steps: int
+    loss: float  # of this batch
+    accuracy: float  # of this batch
+    lr: float  # of the last parameter group (the head)
+    elapsed_s: float  # since the run (or its resumed part) started
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One finished epoch: training scores over its batches, validation scores after it."""
+
+    epoch: int  # 1-based
+    step: int  # global step at the epoch's end
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    elapsed_s: float  # since the run (or its resumed part) started
+
+
 ACTIVE = ("starting", "running")  # job states: claimed and working
 UNFINISHED = ("queued", *ACTIVE)  # waiting or working
 JOB_KINDS = ("train", "features", "recommend", "verify", "export", "predict")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from tl_core.config import EpochRow, StepRow
 
 TRAIN_COLOR = "#1f77b4"
 VAL_COLOR = "#ff7f0e"
@@ -54,17 +55,16 @@ def _smooth(values: Sequence[float], alpha: float = 0.15) -> list[float]:
 
 
 def curves_figure(
-    steps: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]], total_epochs: int
+    steps: Sequence[StepRow], epochs: Sequence[EpochRow], total_epochs: int
 ) -> go.Figure:
     """Loss and accuracy against epochs: training per step (smoothed), validation per epoch."""
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("Loss (lower is better)", "Accuracy (higher is better)")
     )
     if steps:
-        per_epoch = max(1, steps[-1]["total_steps"]) / max(1, total_epochs)
-        x = [s["step"] / per_epoch for s in steps]
-        for col, key in ((1, "loss"), (2, "accuracy")):
-            raw = [s[key] for s in steps]
+        per_epoch = max(1, steps[-1].total_steps) / max(1, total_epochs)
+        x = [s.step / per_epoch for s in steps]
+        for col, raw in ((1, [s.loss for s in steps]), (2, [s.accuracy for s in steps])):
             fig.add_trace(
                 go.Scatter(
                     x=x,
@@ -92,12 +92,12 @@ def curves_figure(
                 col=col,
             )
     if epochs:
-        x = [e["epoch"] for e in epochs]
-        for col, key in ((1, "val_loss"), (2, "val_accuracy")):
+        x = [e.epoch for e in epochs]
+        for col, y in ((1, [e.val_loss for e in epochs]), (2, [e.val_accuracy for e in epochs])):
             fig.add_trace(
                 go.Scatter(
                     x=x,
-                    y=[e[key] for e in epochs],
+                    y=y,
                     mode="lines+markers",
                     name="validation",
                     line={"color": VAL_COLOR, "width": 2},
@@ -268,9 +268,7 @@ def top_classes_figure(
     return fig
 
 
-def comparison_figure(
-    transfer: Sequence[dict[str, Any]], scratch: Sequence[dict[str, Any]]
-) -> go.Figure:
+def comparison_figure(transfer: Sequence[EpochRow], scratch: Sequence[EpochRow]) -> go.Figure:
     """Validation accuracy per epoch: the pretrained start against learning from scratch."""
     fig = go.Figure()
     for name, rows, color in (
@@ -279,8 +277,8 @@ def comparison_figure(
     ):
         fig.add_trace(
             go.Scatter(
-                x=[r["epoch"] for r in rows],
-                y=[r["val_accuracy"] for r in rows],
+                x=[r.epoch for r in rows],
+                y=[r.val_accuracy for r in rows],
                 mode="lines+markers",
                 name=name,
                 line={"color": color, "width": 2},

@@ -6,10 +6,10 @@ import re
 
 import streamlit as st
 
+from tl_core.config import StepRow
 from tl_core.errors import RunError
 from tl_core.models import catalog
 from tl_core.runs import jobs
-from tl_core.runs.store import Run
 from tl_ui.charts import comparison_figure, curves_figure
 from tl_ui.jobs import wait_text
 from tl_ui.session import get_store, run_state
@@ -19,15 +19,14 @@ POLL_S = 1.0
 _PREPARING = re.compile(r"(?P<done>\d+)/(?P<total>\d+)$")
 
 
-def _eta(run: Run, steps: list[dict]) -> str:
+def _eta(steps: list[StepRow]) -> str:
     if not steps:
         return ""
-    last = steps[-1]
-    done, total = last["step"], last["total_steps"]
-    first = steps[0]
-    if done <= first["step"]:
+    first, last = steps[0], steps[-1]
+    done, total = last.step, last.total_steps
+    if done <= first.step:
         return ""
-    per_step = (last["elapsed"] - first["elapsed"]) / (done - first["step"])
+    per_step = (last.elapsed_s - first.elapsed_s) / (done - first.step)
     left = max(0.0, per_step * (total - done))
     return f" · about {left:.0f} s left" if left < 120 else f" · about {left / 60:.0f} min left"
 
@@ -40,8 +39,8 @@ def _render(run_id: str) -> None:
         return
     spec = run.spec
     epochs_total = spec.config.epochs
-    steps = store.metrics(run.id, "step")
-    epochs = store.metrics(run.id, "epoch")
+    steps = store.steps(run.id)
+    epochs = store.epochs(run.id)
     title = catalog.get_spec(spec.config.model).title
 
     if run.status == "queued":
@@ -57,11 +56,11 @@ def _render(run_id: str) -> None:
         step_text = ""
         frac = 0.0
         if steps:
-            frac = steps[-1]["step"] / max(1, steps[-1]["total_steps"])
-            step_text = f" · step {steps[-1]['step']}/{steps[-1]['total_steps']}"
+            frac = steps[-1].step / max(1, steps[-1].total_steps)
+            step_text = f" · step {steps[-1].step}/{steps[-1].total_steps}"
         st.progress(
             frac,
-            text=f"{run_state(store, run)}{step_text}{_eta(run, steps)}",
+            text=f"{run_state(store, run)}{step_text}{_eta(steps)}",
         )
     elif run.status == "finished":
         acc = (run.result or {}).get("val_accuracy")
@@ -106,7 +105,7 @@ def _render(run_id: str) -> None:
     if transfer_id and epochs:  # a from-scratch baseline: draw it against its pretrained twin
         st.markdown("**The pretrained start against this run from random weights**")
         st.plotly_chart(
-            comparison_figure(store.metrics(transfer_id, "epoch"), epochs),
+            comparison_figure(store.epochs(transfer_id), epochs),
             key=f"versus_{run.id}",
         )
     if run.active:

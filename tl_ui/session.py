@@ -141,9 +141,9 @@ def run_state(store: Store, run: Run) -> str:
         place = store.queue_position(run.id)
         return f"waiting, place {place} in the queue" if place else "waiting"
     if run.active:
-        epochs = store.metrics(run.id, "epoch")
+        epochs = store.epochs(run.id)
         total = run.spec.config.epochs
-        done = epochs[-1]["epoch"] if epochs else 0
+        done = epochs[-1].epoch if epochs else 0
         return f"{run.message or run.status} · epoch {min(done + 1, total)}/{total}"
     return run.status
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from tl_core.analysis.metrics import is_small_sample, validation_noise, wilson_interval
+from tl_core.config import EpochRow
 
 __all__ = [
     "Alarm",
@@ -31,39 +31,37 @@ class Alarm:
 
 
 def overfitting(
-    epochs: Sequence[dict[str, Any]], gap: float = 0.15, rise: float = 0.1, patience: int = 2
+    epochs: Sequence[EpochRow], gap: float = 0.15, rise: float = 0.1, patience: int = 2
 ) -> Alarm | None:
     """Training accuracy far above validation, or validation loss rising as training loss falls.
 
-    ``epochs``: the run's epoch rows (``accuracy``/``loss`` on training batches,
-    ``val_accuracy``/``val_loss``), in order. ``gap``: accuracy gap that counts as "far
+    ``epochs``: the run's epoch rows, in order. ``gap``: accuracy gap that counts as "far
     above"; ``rise``: relative rise of the validation loss above its best, held for at least
     ``patience`` epochs while the training loss kept falling.
     """
-    rows = [e for e in epochs if e.get("val_loss") is not None and e.get("loss") is not None]
-    if len(rows) < 2:
+    if len(epochs) < 2:
         return None
-    last = rows[-1]
-    acc_gap = float(last["accuracy"]) - float(last["val_accuracy"])
-    best = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
-    after = rows[best:]
+    last = epochs[-1]
+    acc_gap = last.train_accuracy - last.val_accuracy
+    best_at = min(range(len(epochs)), key=lambda i: epochs[i].val_loss)
+    best = epochs[best_at]
     rising = (
-        len(after) > patience
-        and float(last["val_loss"]) > float(rows[best]["val_loss"]) * (1 + rise)
-        and float(last["loss"]) < float(rows[best]["loss"])
+        len(epochs) - best_at > patience
+        and last.val_loss > best.val_loss * (1 + rise)
+        and last.train_loss < best.train_loss
     )
     if acc_gap <= gap and not rising:
         return None
     if rising:
-        grew = float(last["val_loss"]) / float(rows[best]["val_loss"]) - 1
+        grew = last.val_loss / best.val_loss - 1
         seen = (
-            f"Validation loss rose {grew:.0%} since epoch {rows[best]['epoch']} while the "
+            f"Validation loss rose {grew:.0%} since epoch {best.epoch} while the "
             "training loss kept falling"
         )
     else:
         seen = (
-            f"Training accuracy ({float(last['accuracy']):.0%}) is far above validation "
-            f"accuracy ({float(last['val_accuracy']):.0%})"
+            f"Training accuracy ({last.train_accuracy:.0%}) is far above validation "
+            f"accuracy ({last.val_accuracy:.0%})"
         )
     return Alarm(
         "overfitting",

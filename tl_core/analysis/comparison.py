@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from tl_core.analysis.metrics import validation_noise
+from tl_core.config import EpochRow
 
 __all__ = [
     "Gain",
@@ -28,8 +28,8 @@ class Gain:
     sentence: str
 
 
-def _val(epochs: Sequence[dict[str, Any]]) -> list[float]:
-    return [float(e["val_accuracy"]) for e in epochs if e.get("val_accuracy") is not None]
+def _val(epochs: Sequence[EpochRow]) -> list[float]:
+    return [e.val_accuracy for e in epochs]
 
 
 def _epochs_to(curve: list[float], target: float) -> int | None:
@@ -37,7 +37,7 @@ def _epochs_to(curve: list[float], target: float) -> int | None:
 
 
 def gains(
-    transfer_epochs: Sequence[dict[str, Any]], scratch_epochs: Sequence[dict[str, Any]], n_val: int
+    transfer_epochs: Sequence[EpochRow], scratch_epochs: Sequence[EpochRow], n_val: int
 ) -> list[Gain]:
     """The three gains of the pretrained start over random weights (epoch rows of each run)."""
     t, s = _val(transfer_epochs), _val(scratch_epochs)

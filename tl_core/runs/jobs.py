@@ -19,9 +19,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tl_core.config import EpochRow
 from tl_core.errors import RunError
 from tl_core.runs.store import ACTIVE, UNFINISHED, Run, Store, fair_order
 
@@ -322,29 +324,104 @@ def _durations(store: Store) -> dict[str, float]:
     return typical
 
 
-def estimated_wait(store: Store, run_id: str) -> float | None:
-    """Seconds until the waiting job ``run_id`` starts, from measured job durations.
+@dataclass(frozen=True)
+class _Speed:
+    """How fast training goes in this workspace: the first epoch of a start (with the
+    start-up: loading the model, decoding, the pass through the frozen layers) and each
+    epoch after it, in seconds."""
 
-    The running jobs free their slots after their kind's median duration (less what they
-    have run); each job ahead then takes the earliest free slot. None when not waiting.
+    first_s: float
+    epoch_s: float
+
+    def run_s(self, epochs: int) -> float:
+        return self.first_s + self.epoch_s * max(epochs - 1, 0)
+
+
+def _latest_start(rows: list[EpochRow]) -> list[EpochRow]:
+    """The epochs since the run last started: a resumed run's clock starts again."""
+    start = len(rows) - 1
+    while start > 0 and rows[start - 1].elapsed_s < rows[start].elapsed_s:
+        start -= 1
+    return rows[start:]
+
+
+def _epoch_s(rows: list[EpochRow]) -> float | None:
+    """Seconds per epoch after the first of the latest start; None with fewer than two."""
+    part = _latest_start(rows)
+    if len(part) < 2:
+        return None
+    return (part[-1].elapsed_s - part[0].elapsed_s) / max(part[-1].epoch - part[0].epoch, 1)
+
+
+def _speed(epochs: dict[str, list[EpochRow]]) -> _Speed | None:
+    """The median speed over the runs with epoch rows; None before any epoch ended."""
+    firsts = sorted(_latest_start(rows)[0].elapsed_s for rows in epochs.values() if rows)
+    if not firsts:
+        return None
+    first = firsts[len(firsts) // 2]
+    rates = sorted(r for rows in epochs.values() if (r := _epoch_s(rows)) is not None)
+    return _Speed(first, rates[len(rates) // 2] if rates else first)
+
+
+def _left_s(
+    job: Run, epochs: list[EpochRow], speed: _Speed | None, typical: dict[str, float], now: float
+) -> float:
+    """Seconds until the working ``job`` frees its slot, from what it has told so far."""
+    elapsed = now - (job.started or now)
+    if job.kind == "train":
+        total = job.spec.config.epochs
+        if epochs:  # per epoch of its own (or of the workspace) times the epochs left
+            own = _epoch_s(epochs)
+            per = own if own is not None else speed.epoch_s if speed else epochs[-1].elapsed_s
+            return max(1.0, per * (total - epochs[-1].epoch))
+        if speed is not None:
+            return max(1.0, speed.run_s(total) - elapsed)
+    elif job.progress:  # a job that counts its work: elapsed / fraction done
+        return max(1.0, elapsed / min(job.progress, 1.0) - elapsed)
+    return max(1.0, typical.get(job.kind, 60.0) - elapsed)
+
+
+def _takes_s(
+    job: Run, epochs: list[EpochRow], speed: _Speed | None, typical: dict[str, float]
+) -> float:
+    """Seconds the waiting ``job`` will run: a training run by its epochs (those left, when
+    it resumes) at the workspace's speed, other jobs their kind's measured duration."""
+    if job.kind == "train" and speed is not None:
+        done = epochs[-1].epoch if job.resume and epochs else 0
+        return speed.run_s(job.spec.config.epochs - done)
+    return typical.get(job.kind, 60.0)
+
+
+def estimated_wait(store: Store, run_id: str) -> float | None:
+    """Seconds until the waiting job ``run_id`` starts; None when it is not waiting.
+
+    Each working job frees its slot after what it has told so far says it still needs: a
+    training run its seconds per epoch times the epochs left, a job that reports a fraction
+    done its elapsed time / that fraction. Each job ahead then takes the earliest free slot
+    for as long as it will run: a training run its epochs at the speed epochs have run in
+    this workspace; a job of another kind (or a training run before any epoch ended here)
+    its kind's median measured duration, else a typical guess.
     """
     order = store.queue_order()
     ids = [j.id for j in order]
     if run_id not in ids:
         return None
     typical = _durations(store)
+    epochs = store.training_epochs()
+    speed = _speed(epochs)
     now = time.time()
     slots = [
-        max(1.0, typical.get(j.kind, 60.0) - (now - (j.started or now)))
+        _left_s(j, epochs.get(j.id, []), speed, typical, now)
         for j in store.runs(statuses=ACTIVE, kind=None)
     ]
-    slots = sorted(slots)[: max_parallel_runs()]
-    slots += [0.0] * (max_parallel_runs() - len(slots))
+    limit = max_parallel_runs()
+    slots = sorted(slots)[:limit]
+    slots += [0.0] * (limit - len(slots))
     for job in order:
         free = min(slots)
         if job.id == run_id:
             return free
-        slots[slots.index(free)] = free + typical.get(job.kind, 60.0)
+        slots[slots.index(free)] = free + _takes_s(job, epochs.get(job.id, []), speed, typical)
     return None
 
 

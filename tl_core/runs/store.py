@@ -26,12 +26,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from tl_core import diskspace
-from tl_core.config import ACTIVE, UNFINISHED, RunSpec
+from tl_core.config import ACTIVE, UNFINISHED, EpochRow, RunSpec, StepRow
 from tl_core.errors import RunError, StudioError
 
 _RECORDED_FIELDS = {"status", "result", "error", "finished", "config", "resume"}
@@ -557,7 +557,8 @@ class Store:
         run = self.run(run_id)
         if run is None or run.kind != "train":
             return
-        record = {"format": 1, **asdict(run), "epochs": self.metrics(run_id, "epoch")}
+        epochs = [_epoch_record(run_id, e) for e in self.epochs(run_id)]
+        record = {"format": 1, **asdict(run), "epochs": epochs}
         for key in ("pid", "heartbeat", "stop_requested"):
             record.pop(key)
         _write_json(Path(run.run_dir) / RUN_RECORD, record)
@@ -567,56 +568,115 @@ class Store:
 
     # ------------------------------------------------------------------ metrics
 
-    def add_step(
-        self,
-        run_id: str,
-        epoch: int,
-        step: int,
-        total_steps: int,
-        loss: float,
-        accuracy: float,
-        lr: float,
-        elapsed: float,
-    ) -> None:
-        now = time.time()
+    def add_step(self, run_id: str, row: StepRow) -> None:
+        """Keep one training step (and count it as the run's heartbeat)."""
         with self._connect() as db:
             db.execute(
-                "INSERT INTO metrics (run_id, kind, epoch, step, total_steps, loss, accuracy, lr,"
-                " elapsed) VALUES (?, 'step', ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, epoch, step, total_steps, loss, accuracy, lr, elapsed),
+                f"INSERT INTO metrics (run_id, kind, {', '.join(_STEP_COLUMNS.values())})"
+                f" VALUES (?, 'step', {', '.join('?' * len(_STEP_COLUMNS))})",
+                (run_id, *(getattr(row, f) for f in _STEP_COLUMNS)),
             )
-            db.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (now, run_id))
+            db.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
 
-    def add_epoch(
-        self,
-        run_id: str,
-        epoch: int,
-        step: int,
-        train_loss: float,
-        train_accuracy: float,
-        val_loss: float,
-        val_accuracy: float,
-        elapsed: float,
-    ) -> None:
+    def add_epoch(self, run_id: str, row: EpochRow) -> None:
+        """Keep one finished epoch."""
         with self._connect() as db:
-            db.execute(
-                "INSERT INTO metrics (run_id, kind, epoch, step, loss, accuracy, val_loss,"
-                " val_accuracy, elapsed) VALUES (?, 'epoch', ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, epoch, step, train_loss, train_accuracy, val_loss, val_accuracy, elapsed),
-            )
+            _insert_epoch(db, run_id, row)
 
-    def metrics(self, run_id: str, kind: str) -> list[dict[str, Any]]:
+    def steps(self, run_id: str) -> list[StepRow]:
+        """The run's training steps, in order."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT * FROM metrics WHERE run_id = ? AND kind = ? ORDER BY step",
-                (run_id, kind),
-            )
-            return [dict(r) for r in rows]
+                f"SELECT {', '.join(_STEP_COLUMNS.values())} FROM metrics"
+                " WHERE run_id = ? AND kind = 'step' ORDER BY step",
+                (run_id,),
+            ).fetchall()
+        return [StepRow(*r) for r in rows]
+
+    def epochs(self, run_id: str) -> list[EpochRow]:
+        """The run's finished epochs, in order."""
+        with self._connect() as db:
+            return _epoch_rows(db, run_id)
+
+    def training_epochs(self, recent: int = 20) -> dict[str, list[EpochRow]]:
+        """Epoch rows, by run id, of the training runs that show how fast training goes here:
+        those working or waiting to resume, and the ``recent`` ones that ran last."""
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT run_id, {', '.join(_EPOCH_COLUMNS.values())} FROM metrics"
+                " WHERE kind = 'epoch' AND run_id IN ("
+                "  SELECT id FROM runs WHERE kind = 'train' AND (status IN (?, ?)"
+                "   OR (status = 'queued' AND resume = 1))"
+                "  UNION SELECT * FROM (SELECT id FROM runs WHERE kind = 'train'"
+                "   AND status IN ('finished', 'stopped', 'interrupted') AND started IS NOT NULL"
+                "   ORDER BY created DESC LIMIT ?))"
+                " ORDER BY run_id, step",
+                (*ACTIVE, recent),
+            ).fetchall()
+        found: dict[str, list[EpochRow]] = {}
+        for r in rows:
+            found.setdefault(r[0], []).append(EpochRow(*r[1:]))
+        return found
 
     def drop_metrics_after(self, run_id: str, epoch: int) -> None:
         """Forget metrics of epochs after ``epoch`` (a resumed run replays them)."""
         with self._connect() as db:
             db.execute("DELETE FROM metrics WHERE run_id = ? AND epoch > ?", (run_id, epoch))
+
+
+# ---------------------------------------------------------------------- metric rows
+
+# The metrics table's column of each field of a row (one table holds steps and epochs).
+_STEP_COLUMNS = {f.name: f.name for f in fields(StepRow)} | {"elapsed_s": "elapsed"}
+_EPOCH_COLUMNS = {f.name: f.name for f in fields(EpochRow)} | {
+    "train_loss": "loss",
+    "train_accuracy": "accuracy",
+    "elapsed_s": "elapsed",
+}
+
+
+def _insert_epoch(db: sqlite3.Connection, run_id: str, row: EpochRow) -> None:
+    db.execute(
+        f"INSERT INTO metrics (run_id, kind, {', '.join(_EPOCH_COLUMNS.values())})"
+        f" VALUES (?, 'epoch', {', '.join('?' * len(_EPOCH_COLUMNS))})",
+        (run_id, *(getattr(row, f) for f in _EPOCH_COLUMNS)),
+    )
+
+
+def _epoch_rows(db: sqlite3.Connection, run_id: str) -> list[EpochRow]:
+    rows = db.execute(
+        f"SELECT {', '.join(_EPOCH_COLUMNS.values())} FROM metrics"
+        " WHERE run_id = ? AND kind = 'epoch' ORDER BY step",
+        (run_id,),
+    ).fetchall()
+    return [EpochRow(*r) for r in rows]
+
+
+def _epoch_record(run_id: str, row: EpochRow) -> dict[str, Any]:
+    """An epoch as run.json keeps it: the metrics table's row, column by column."""
+    return {
+        "run_id": run_id,
+        "kind": "epoch",
+        "epoch": row.epoch,
+        "step": row.step,
+        "total_steps": None,
+        "loss": row.train_loss,
+        "accuracy": row.train_accuracy,
+        "val_loss": row.val_loss,
+        "val_accuracy": row.val_accuracy,
+        "lr": None,
+        "elapsed": row.elapsed_s,
+    }
+
+
+def _epoch_from_record(raw: Any) -> EpochRow | None:
+    """An epoch of run.json as a row; None when it is not one (a damaged or foreign entry)."""
+    if not isinstance(raw, dict):
+        return None
+    values = {f: raw.get(c) for f, c in _EPOCH_COLUMNS.items()}
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values.values()):
+        return None
+    return EpochRow(**values)
 
 
 # ---------------------------------------------------------------------- records and repair
@@ -765,9 +825,6 @@ def _read_everything(store: Store) -> None:
         store.project(pid)
 
 
-_EPOCH_COLUMNS = ("epoch", "step", "loss", "accuracy", "val_loss", "val_accuracy", "elapsed")
-
-
 def _insert_projects(
     db: sqlite3.Connection, projects: dict[str, dict[str, Any]], records: list[tuple[Path, dict]]
 ) -> list[str]:
@@ -827,13 +884,11 @@ def _insert_run(db: sqlite3.Connection, folder: Path, record: dict[str, Any]) ->
     )
     if not cur.rowcount:
         return False
-    for m in record.get("epochs") or []:
-        if isinstance(m, dict):
-            db.execute(
-                "INSERT INTO metrics (run_id, kind, epoch, step, loss, accuracy, val_loss,"
-                " val_accuracy, elapsed) VALUES (?, 'epoch', ?, ?, ?, ?, ?, ?, ?)",
-                (record["id"], *(m.get(c) for c in _EPOCH_COLUMNS)),
-            )
+    epochs = record.get("epochs")
+    for raw in epochs if isinstance(epochs, list) else []:
+        row = _epoch_from_record(raw)
+        if row is not None:
+            _insert_epoch(db, record["id"], row)
     return True
 
 

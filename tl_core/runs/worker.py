@@ -21,12 +21,12 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tl_core import diskspace
-from tl_core.config import JobSpec, RunSpec, TrainConfig
+from tl_core.config import EpochRow, JobSpec, RunSpec, StepRow, TrainConfig
 from tl_core.errors import DiskFullError, StudioError
 from tl_core.runs import interrupt
 from tl_core.runs.store import Run, Store
@@ -43,6 +43,8 @@ __all__ = [
     "run_worker",
     "serve",
 ]
+
+_Row = TypeVar("_Row", StepRow, EpochRow)
 
 POOL_COMMAND = ["-c", "from tl_core.runs.worker import serve; raise SystemExit(serve())"]
 STOP_POLL_S = 0.25  # how often the stop flag is read: Stop acts within about a second
@@ -102,10 +104,10 @@ class JobContext:
 
     on_log = log
 
-    def on_step(self, m: Any) -> None:
+    def on_step(self, m: StepRow) -> None:
         self.sink.emit({"t": "step", **asdict(m)})
 
-    def on_epoch(self, m: Any) -> None:
+    def on_epoch(self, m: EpochRow) -> None:
         self.sink.emit({"t": "epoch", **asdict(m)})
 
     def rewind(self, epoch: int) -> None:
@@ -240,7 +242,7 @@ def execute(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
 def job_spec(store: Store, job: Run, threads: int = 0) -> JobSpec:
     """What the worker gets for ``job``; a resumed run forgets its cut-off epoch's steps."""
     if job.kind == "train" and job.resume:
-        done = [m["epoch"] for m in store.metrics(job.id, "epoch")]
+        done = [e.epoch for e in store.epochs(job.id)]
         store.drop_metrics_after(job.id, max(done, default=0))
     return JobSpec(
         id=job.id,
@@ -271,6 +273,11 @@ def _append_log(folder: Path, text: str) -> None:
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
 
+def _row(cls: type[_Row], event: dict[str, Any]) -> _Row:
+    """The metric row an event carries (its other keys, like ``t`` or ``is_best``, aside)."""
+    return cls(**{f.name: event[f.name] for f in fields(cls)})
+
+
 def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> None:
     """Apply one event of a running job to the store: the store's one writer for jobs."""
     kind, now = event["t"], time.time()
@@ -283,27 +290,9 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
     elif kind == "rewind":
         store.drop_metrics_after(job_id, int(event["epoch"]))
     elif kind == "step":
-        store.add_step(
-            job_id,
-            event["epoch"],
-            event["step"],
-            event["total_steps"],
-            event["loss"],
-            event["accuracy"],
-            event["lr"],
-            event["elapsed_s"],
-        )
+        store.add_step(job_id, _row(StepRow, event))
     elif kind == "epoch":
-        store.add_epoch(
-            job_id,
-            event["epoch"],
-            event["step"],
-            event["train_loss"],
-            event["train_accuracy"],
-            event["val_loss"],
-            event["val_accuracy"],
-            event["elapsed_s"],
-        )
+        store.add_epoch(job_id, _row(EpochRow, event))
     elif kind == "started":
         job = store.run(job_id)
         _update(

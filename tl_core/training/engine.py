@@ -27,6 +27,8 @@ from tl_core import diskspace
 from tl_core.config import (  # noqa: F401 - re-exported: older imports keep working
     AUGMENT_LEVELS,
     SCRATCH_LR,
+    EpochRow,
+    StepRow,
     TrainConfig,
     scratch_config,
 )
@@ -55,25 +57,9 @@ from tl_core.training.prefixcache import CachedPhase, StopRequested, cache_phase
 
 
 @dataclass(frozen=True)
-class StepMetrics:
-    epoch: int  # 1-based
-    step: int  # global, 1-based
-    total_steps: int
-    loss: float
-    accuracy: float
-    lr: float
-    elapsed_s: float
+class EpochMetrics(EpochRow):
+    """An epoch as the engine reports it: the stored row, and whether it is the best so far."""
 
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int
-    step: int
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    elapsed_s: float
     is_best: bool
 
 
@@ -97,7 +83,7 @@ class Callbacks(Protocol):
 
     def on_status(self, message: str) -> None: ...
     def on_log(self, message: str) -> None: ...
-    def on_step(self, metrics: StepMetrics) -> None: ...
+    def on_step(self, metrics: StepRow) -> None: ...
     def on_epoch(self, metrics: EpochMetrics) -> None: ...
     def should_stop(self) -> bool: ...
 
@@ -111,7 +97,7 @@ class QuietCallbacks:
     def on_log(self, message: str) -> None:
         pass
 
-    def on_step(self, metrics: StepMetrics) -> None:
+    def on_step(self, metrics: StepRow) -> None:
         pass
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
@@ -166,7 +152,7 @@ def train_one_epoch(
         correct += batch_correct
         seen += len(labels)
         callbacks.on_step(
-            StepMetrics(
+            StepRow(
                 epoch,
                 step,
                 total_steps,
@@ -305,7 +291,7 @@ class _Fanout:
         for c in self.callbacks:
             c.on_log(message)
 
-    def on_step(self, metrics: StepMetrics) -> None:
+    def on_step(self, metrics: StepRow) -> None:
         for c in self.callbacks:
             c.on_step(metrics)
 
