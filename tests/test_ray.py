@@ -103,7 +103,7 @@ def _executor(store: Store) -> RayExecutor:
 
 def _wait_for_epoch(store: Store, run_id: str, n: int = 1) -> None:
     deadline = time.monotonic() + 300
-    while len(store.metrics(run_id, "epoch")) < n:
+    while len(store.epochs(run_id)) < n:
         run = store.run(run_id)
         assert run is not None and run.status not in ENDED, run
         assert time.monotonic() < deadline, run
@@ -139,7 +139,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
     lost = _wait(store, run.id, ENDED, timeout=60)
     assert lost.status == "interrupted", (lost.status, lost.message)
     assert "killed" in lost.message and "saved epoch" in lost.message
-    assert 2 <= len(store.metrics(run.id, "epoch")) < 6
+    assert 2 <= len(store.epochs(run.id)) < 6
 
     jobs.resume(store, run.id)
     deadline = time.monotonic() + 300
@@ -157,7 +157,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
     jobs.resume(store, run.id)
     done = _wait(store, run.id, ENDED)
     assert done.status == "finished", done.error
-    assert [m["epoch"] for m in store.metrics(run.id, "epoch")] == [1, 2, 3, 4, 5, 6]
+    assert [m.epoch for m in store.epochs(run.id)] == [1, 2, 3, 4, 5, 6]
     for name in ("best.pt", "last.pt", "predictions.json", "run.log"):
         assert (folder / name).is_file(), name
     assert "Computing on" in (folder / "run.log").read_text()
@@ -239,12 +239,12 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
     finally:
         server.kill()
         server.wait()
-    recorded = len(store.metrics(run.id, "epoch"))
+    recorded = len(store.epochs(run.id))
     deadline = time.monotonic() + 60
     while _titles_naming(run.id):  # Ray ends the tasks of a driver that died
         assert time.monotonic() < deadline, "the orphaned task still runs"
         time.sleep(0.5)
-    assert len(store.metrics(run.id, "epoch")) == recorded  # nobody wrote after the server
+    assert len(store.epochs(run.id)) == recorded  # nobody wrote after the server
 
     jobs.serve(store, prewarm=False)  # the server starts again
     lost = _wait(store, run.id, ENDED, timeout=60)
@@ -252,7 +252,7 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
     jobs.resume(store, run.id)
     done = _wait(store, run.id, ENDED)
     assert done.status == "finished", done.error
-    assert [m["epoch"] for m in store.metrics(run.id, "epoch")] == [1, 2, 3, 4, 5, 6]
+    assert [m.epoch for m in store.epochs(run.id)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_the_train_page_trains_through_the_ray_executor(cluster, workspace, monkeypatch):
