@@ -155,3 +155,16 @@ def test_the_estimate_stays_cheap_with_a_long_history(store) -> None:
     assert wait == pytest.approx(20.0 - 5.0, abs=1)  # 1 s an epoch, 5 s already run
     assert per_call < 0.05, per_call
     assert running.active
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_the_estimate_counts_the_slots_of_the_serving_executor(store, slots) -> None:
+    """A cluster's server writes how many jobs it runs at once (runtime.json): waiting jobs
+    that fit in those slots start at once, the rest wait (the machine's own limit here is 1)."""
+    (store.workspace / "runtime.json").write_text(f'{{"pid": {os.getpid()}, "slots": {slots}}}')
+    running = _working(store, store.create_project("a").id, epochs=20)
+    _epochs(store, running.id, [10.0])  # 190 s to go
+    other = store.create_project("b").id
+    first = _train(store, other, 5)
+    assert jobs.serving_slots(store.workspace) == slots
+    assert jobs.estimated_wait(store, first.id) == pytest.approx(190.0 if slots == 1 else 0.0)

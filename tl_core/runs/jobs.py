@@ -71,6 +71,16 @@ def max_parallel_runs() -> int:
         return machine_slots()
 
 
+def serving_slots(workspace: Path) -> int:
+    """How many jobs run at once: what the serving process's executor holds (a cluster's
+    size, written in ``runtime.json``), else :func:`max_parallel_runs`."""
+    try:
+        record = json.loads((Path(workspace) / "runtime.json").read_text())
+        return max(1, int(record["slots"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return max_parallel_runs()
+
+
 def submit(
     store: Store,
     project_id: str,
@@ -414,7 +424,7 @@ def estimated_wait(store: Store, run_id: str) -> float | None:
         _left_s(j, epochs.get(j.id, []), speed, typical, now)
         for j in store.runs(statuses=ACTIVE, kind=None)
     ]
-    limit = max_parallel_runs()
+    limit = serving_slots(store.workspace)
     slots = sorted(slots)[:limit]
     slots += [0.0] * (limit - len(slots))
     for job in order:

@@ -71,6 +71,8 @@ class Supervisor:
         self._closed = threading.Event()
         self._beat = 0.0
         self._recovered = 0.0
+        self._since = time.time()
+        self._slots: int | None = None
         self._write_runtime_file()
         self._thread = threading.Thread(target=self._loop, name="tl-studio-jobs", daemon=True)
         self._thread.start()
@@ -93,11 +95,16 @@ class Supervisor:
         self.store.close()
 
     # ---------------------------------------------------------------- the loop
-    def _write_runtime_file(self) -> None:
+    def _write_runtime_file(self, slots: int | None = None) -> None:
+        """Name this process as the queue's server, with how many jobs its executor runs at
+        once (the waiting pages' estimates use it)."""
         path = self.store.workspace / RUNTIME_FILE
         self.store.workspace.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "since": time.time()}))
+        record: dict[str, Any] = {"pid": os.getpid(), "since": self._since}
+        if slots is not None:
+            record["slots"] = slots
+        tmp.write_text(json.dumps(record))
         tmp.replace(path)
 
     def _loop(self) -> None:
@@ -133,6 +140,9 @@ class Supervisor:
 
     def _claim(self, busy: int) -> None:
         capacity = self.executor.capacity()
+        if capacity != self._slots:  # a cluster grew or shrank
+            self._slots = capacity
+            self._write_runtime_file(capacity)
         while busy < capacity:
             job = jobs._claim_next(self.store, capacity)
             if job is None:
