@@ -231,6 +231,10 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
     supervisor.shutdown(store.workspace)  # the queue is served by the process below
     server = subprocess.Popen([sys.executable, "-c", _SERVER, str(store.workspace)])
     try:
+        deadline = time.monotonic() + 120
+        while not supervisor.served_elsewhere(store.workspace):  # it serves the queue
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
         config = TrainConfig(epochs=6, batch_size=4, head_epochs=1, trainable_groups=1)
         run = jobs.submit(store, pid, asdict(config), data)
         _wait_for_epoch(store, run.id, 2)
