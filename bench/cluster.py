@@ -14,10 +14,9 @@ actor, so the difference is what the cluster path costs. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,36 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from raycluster import local_cluster  # noqa: E402
 from warm_start import _click, _head_start, _project  # noqa: E402
 
 from tl_core.runs import jobs, supervisor  # noqa: E402
 from tl_core.runs.store import Store  # noqa: E402
-
-RAY = Path(sys.executable).parent / "ray"
-ENV = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-
-
-def _start_cluster() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run(
-        [
-            str(RAY),
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir=/tmp/tl-ray-bench-{os.getpid()}",
-        ],
-        check=True,
-        env=ENV,
-        capture_output=True,
-    )
-    return f"127.0.0.1:{port}"
 
 
 def _clicks(workspace: Path, source: Path) -> dict[str, object]:
@@ -78,17 +54,15 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", type=Path, default=ROOT / "assets/demo/fashion_mnist")
     parser.add_argument("--address", default=None, help="a running cluster (default: start one)")
     args = parser.parse_args()
-    address = args.address or _start_cluster()
-    out: dict[str, object] = {"data": str(args.folder), "address": address}
-    try:
+    out: dict[str, object] = {"data": str(args.folder)}
+    with contextlib.ExitStack() as stack:
+        address = args.address or stack.enter_context(local_cluster())
+        out["address"] = address
         with tempfile.TemporaryDirectory() as tmp:
             os.environ.pop("TL_STUDIO_RAY_ADDRESS", None)
             out["local"] = _clicks(Path(tmp) / "local", args.folder)
             os.environ["TL_STUDIO_RAY_ADDRESS"] = address
             out["ray"] = _clicks(Path(tmp) / "ray", args.folder)
-    finally:
-        if args.address is None:
-            subprocess.run([str(RAY), "stop", "--force"], env=ENV, capture_output=True)
     local, ray = out["local"], out["ray"]
     assert isinstance(local, dict) and isinstance(ray, dict)
     for key in ("first_point_s", "finish_s"):

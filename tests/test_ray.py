@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import raycluster
 from helpers import make_shapes
+from raycluster import local_cluster
 
 from tl_core import service
 from tl_core.config import TrainConfig
@@ -27,47 +28,21 @@ from tl_core.runs import jobs, supervisor
 from tl_core.runs.ray_executor import RayExecutor
 from tl_core.runs.store import Run, Store
 
-os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # nodes use this environment
+os.environ.update(raycluster.ENV)  # set before Ray is imported
 ray = pytest.importorskip("ray")  # in the test group; a plain install has no Ray
 
-RAY = Path(sys.executable).parent / "ray"
 ENDED = ("finished", "failed", "stopped", "interrupted")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def cluster() -> str:
     """A real one-machine Ray cluster: a head on 127.0.0.1 with 2 CPUs."""
-    port = _free_port()
-    temp = Path(f"/tmp/tl-ray-{os.getpid()}")  # short: Ray's socket paths have a length cap
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    subprocess.run(
-        [
-            str(RAY),
-            "start",
-            "--head",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp}",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        supervisor.shutdown_all()
-        ray.shutdown()
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True)
+    with local_cluster(num_cpus=2) as address:
+        try:
+            yield address
+        finally:
+            supervisor.shutdown_all()
+            ray.shutdown()
 
 
 @pytest.fixture
