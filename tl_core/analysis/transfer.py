@@ -26,7 +26,6 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from tl_core.analysis import metrics
 from tl_core.analysis.metrics import wilson_interval
@@ -164,7 +163,7 @@ def _compute(
         decoded, range(n), root, items, [0] * n, eval_tf, side, data_cfg.interpolation
     )
     prefix = nn.Sequential(Normalize(data_cfg).to(plan.device), Pooled(model)).eval()
-    loader = DataLoader(images, batch_size=plan.infer_batch)
+    loader = plan.loader(images)
     feats, _ = run_prefix(prefix, loader, plan, torch.float32, lambda: False, report(n))
     entropy = top = None
     if has_head:

@@ -26,7 +26,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from tl_core import diskspace
-from tl_core.data.imageprep import ImageSkip, Prepared, prepare
+from tl_core.data.imageprep import ImageSkip, Prepared, decode_workers, prepare
 from tl_core.data.layout import (
     Entry,
     Plan,
@@ -386,7 +386,7 @@ def _prepared_all(
     Sources are fetched here, one at a time (zip members share one budget); at most a few
     images per core are in memory at once.
     """
-    workers = max(1, min(4, os.cpu_count() or 1))
+    workers = decode_workers()
     window: deque[Future[tuple[Prepared, bytes] | ImageSkip]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="import") as pool:
         for entry, _, _ in todo:

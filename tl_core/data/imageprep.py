@@ -7,6 +7,7 @@ stand-alone :mod:`tl_core.data.standalone_predict` (which shares its colour conv
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import warnings
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_PROFILE_BYTES",
     "ImageSkip",
     "Prepared",
+    "decode_workers",
     "prepare",
     "to_rgb",
 ]
@@ -38,6 +40,16 @@ LOSSLESS_FORMATS = frozenset({"PNG", "BMP", "GIF", "TIFF"})
 MAX_PROFILE_BYTES = 32 * 1024 * 1024
 PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, MAX_PROFILE_BYTES)
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+# Decoding threads at most: past this, memory bandwidth, not cores, limits a host.
+MAX_DECODE_WORKERS = 32
+
+
+def decode_workers() -> int:
+    """Threads that decode images at once: one per core this process may use (Pillow decodes
+    and resizes outside the GIL), at least 1 and at most ``MAX_DECODE_WORKERS``."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    return max(1, min(MAX_DECODE_WORKERS, cores))
 
 
 class ImageSkip(Exception):

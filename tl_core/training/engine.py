@@ -424,7 +424,8 @@ class _Run:
         return len(self.inputs.train) > self.cfg.batch_size
 
     def train_loader(self, data: Any) -> DataLoader:
-        return DataLoader(
+        """The user's batch size (the optimiser's steps); pinned host batches on CUDA."""
+        return self.plan.loader(
             data,
             batch_size=self.cfg.batch_size,
             shuffle=True,
@@ -433,7 +434,8 @@ class _Run:
         )
 
     def val_loader(self, data: Any) -> DataLoader:
-        return DataLoader(data, batch_size=self.plan.infer_batch)
+        """The plan's inference batch: larger where the device has the memory."""
+        return self.plan.loader(data)
 
 
 def _load_model(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 from tl_core.data.dataset import MAX_SIDE, MAX_SOURCE_PIXELS
-from tl_core.data.imageprep import ImageSkip, prepare, to_rgb
+from tl_core.data.imageprep import ImageSkip, decode_workers, prepare, to_rgb
 from tl_core.errors import DataError, RunError
 from tl_core.models.catalog import DataConfig, create_model, get_spec
 from tl_core.models.device import ComputePlan, plan_compute
@@ -81,6 +82,14 @@ class TrainedModel:
         square = square_of(upright_rgb(image, name), cache_side(cfg), cfg.interpolation)
         return self._eval_tf(square)
 
+    def _tensors(self, images: Sequence[ImageInput], names: Sequence[str]) -> list[torch.Tensor]:
+        """:meth:`tensor` of each picture, decoded on every core at once (in order; the first
+        unreadable one raises its DataError, as one at a time would)."""
+        if len(images) < 2:
+            return [self.tensor(image, name) for image, name in zip(images, names, strict=True)]
+        with ThreadPoolExecutor(min(decode_workers(), len(images))) as pool:
+            return list(pool.map(self.tensor, images, names))
+
     @torch.inference_mode()
     def logits(
         self, images: Sequence[ImageInput], names: Sequence[str] | None = None
@@ -92,7 +101,8 @@ class TrainedModel:
         batch = self.plan.infer_batch
         for start in range(0, len(images), batch):
             chunk = range(start, min(start + batch, len(images)))
-            x = self.plan.batch(torch.stack([self.tensor(images[k], names[k]) for k in chunk]))
+            x = torch.stack(self._tensors([images[k] for k in chunk], [names[k] for k in chunk]))
+            x = self.plan.batch(x.pin_memory() if self.plan.pin_memory else x)
             with self.plan.autocast():
                 out.append(self.model(x).float().cpu())
         if not out:

@@ -24,6 +24,7 @@ from torchvision.transforms import functional as tvf
 
 from tl_core import diskspace
 from tl_core.data.dataset import ImageItem
+from tl_core.data.imageprep import decode_workers
 from tl_core.models.catalog import DataConfig
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -121,7 +122,7 @@ def _fill(
         arr[i] = load_square(root / items[i].file, side, interpolation).numpy()
 
     # Pillow decodes and resizes outside the GIL: one thread per core fills distinct rows.
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(decode_workers()) as pool:
         for done, _ in enumerate(pool.map(fill, range(n)), 1):
             if progress is not None:
                 progress(done, n)
@@ -189,10 +190,25 @@ class ImageTensors(Dataset[tuple[torch.Tensor, int]]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        row = self.rows[i]
+    def _square(self, row: int) -> torch.Tensor:
         if self.decoded is not None:
-            image = self.decoded[row]
+            return self.decoded[row]
+        return load_square(self.root / self.items[row].file, self.side, self.interpolation)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self._square(self.rows[i])), self.labels[i]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """A whole batch (the DataLoader asks for it so). Without the decoded tensor, the
+        images are decoded on every core at once; the transforms (random ones draw from the
+        global generator) then run in order, so results do not depend on the threads."""
+        rows = [self.rows[i] for i in indices]
+        if self.decoded is None and len(rows) > 1:
+            with ThreadPoolExecutor(min(decode_workers(), len(rows))) as pool:
+                squares = list(pool.map(self._square, rows))
         else:
-            image = load_square(self.root / self.items[row].file, self.side, self.interpolation)
-        return self.transform(image), self.labels[i]
+            squares = [self._square(row) for row in rows]
+        return [
+            (self.transform(square), self.labels[i])
+            for square, i in zip(squares, indices, strict=True)
+        ]

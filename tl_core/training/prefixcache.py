@@ -127,12 +127,12 @@ def cache_phase(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for v in range(views):
-            loader = DataLoader(train_ds, batch_size=batch)  # in order: rows match labels
+            loader = plan.loader(train_ds, batch)  # in order: rows match labels
             feats, labels = run_prefix(
                 prefix, loader, plan, dtype, should_stop, report(v * n_train)
             )
             train_views.append(TensorDataset(feats, labels))
-        loader = DataLoader(val_ds, batch_size=batch)
+        loader = plan.loader(val_ds, batch)
         feats, labels = run_prefix(
             prefix, loader, plan, dtype, should_stop, report(views * n_train)
         )
