@@ -15,11 +15,14 @@ Runs in one process, side by side, with the same model, seed, epochs and freeze:
 It prints one JSON object as its last line.
 
     uv run --group test python bench/train_speed.py [FOLDER] [--epochs 10]
-        [--photo-size 2048x1536] [--limit 400]
+        [--photo-size 2048x1536] [--limit 400] [--photos-dir DIR] [--frozen-only]
 
 FOLDER holds ``train/<class>/*`` and ``val/<class>/*`` (or ``test/``); default: the bundled
 demo set. ``--photo-size`` first writes JPEG copies at that size (ordinary camera photos cost
-far more to decode than the demo's 28x28 PNGs), ``--limit`` caps the training images.
+far more to decode than the demo's 28x28 PNGs), ``--limit`` caps the training images,
+``--photos-dir`` keeps those copies for the next run. ``engine_phases`` splits each engine run
+into its phases (the import, then ``fit``'s own, from its status lines), ``single_pass_phases``
+the inference pass.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from tl_core.models.catalog import create_model, get_spec
 from tl_core.models.device import plan_compute
 from tl_core.models.freezing import set_train_mode
 from tl_core.training.engine import (
+    QuietCallbacks,
     TrainConfig,
     _phase_optimizer,
     evaluate,
@@ -86,12 +90,46 @@ def make_photos(src: Path, dest: Path, size: tuple[int, int], limit: int | None)
     return dest
 
 
-def engine_run(folder: Path, cfg: TrainConfig, work: Path) -> tuple[float, float]:
+# The engine's status lines, by their first words, and the phase each one starts.
+PHASES = {
+    "Loading the model": "load_model",
+    "Preparing your images": "decode_cache",
+    "Running your images": "frozen_pass",
+    "Training": "train",
+    "Scoring the best model": "final_scoring",
+}
+
+
+class PhaseClock(QuietCallbacks):
+    """Seconds per phase of ``fit``, from the time each status line first appears."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, float]] = []
+
+    def on_status(self, message: str) -> None:
+        phase = next((v for k, v in PHASES.items() if message.startswith(k)), None)
+        if phase is not None and (not self.marks or self.marks[-1][0] != phase):
+            self.marks.append((phase, time.perf_counter()))
+
+    def seconds(self, end: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (phase, t), (_, t_next) in zip(self.marks, [*self.marks[1:], ("", end)], strict=True):
+            out[phase] = round(out.get(phase, 0.0) + t_next - t, 2)
+        return out
+
+
+def engine_run(folder: Path, cfg: TrainConfig, work: Path) -> tuple[float, float, dict[str, float]]:
+    """Import ``folder`` from scratch and train on it: (seconds, accuracy, seconds per phase)."""
     started = time.perf_counter()
     manifest = import_folder(_train_val(folder, work / "src"), work / "data")
     split = split_dataset(manifest)
-    result = fit(cfg, split, manifest.root, manifest.classes, work / "run")
-    return time.perf_counter() - started, float(result.val_accuracy or 0.0)
+    imported = time.perf_counter()
+    clock = PhaseClock()
+    result = fit(cfg, split, manifest.root, manifest.classes, work / "run", clock)
+    end = time.perf_counter()
+    phases_s = {"import": round(imported - started, 2), "fit_setup": 0.0, **clock.seconds(end)}
+    phases_s["fit_setup"] = round(clock.marks[0][1] - imported if clock.marks else 0.0, 2)
+    return end - started, float(result.val_accuracy or 0.0), phases_s
 
 
 def _train_val(folder: Path, dest: Path) -> Path:
@@ -138,12 +176,14 @@ def naive_run(folder: Path, cfg: TrainConfig) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def single_pass(folder: Path, model_key: str) -> float:
-    """Decode every training and validation image once and run the model on it."""
+def single_pass(folder: Path, model_key: str) -> tuple[float, dict[str, float]]:
+    """Decode every training and validation image once and run the model on it:
+    (seconds, seconds per phase)."""
     started = time.perf_counter()
     plan = plan_compute()
     model = create_model(get_spec(model_key), num_classes=2).eval()
     model = model.to(memory_format=torch.channels_last)
+    loaded = time.perf_counter()
     tf = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
     files = sorted((folder / "train").glob("*/*")) + sorted(_val_dir(folder).glob("*/*"))
 
@@ -159,7 +199,11 @@ def single_pass(folder: Path, model_key: str) -> float:
             x = torch.stack(batch).contiguous(memory_format=torch.channels_last)
             with plan.autocast():
                 model(x)
-    return time.perf_counter() - started
+    end = time.perf_counter()
+    return end - started, {
+        "load_model": round(loaded - started, 2),
+        "decode_and_forward": round(end - loaded, 2),
+    }
 
 
 def main() -> None:
@@ -171,6 +215,12 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--photo-size", default=None, help="e.g. 2048x1536")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument(
+        "--photos-dir",
+        type=Path,
+        default=None,
+        help="keep the generated photos here and reuse them when they are there already",
+    )
     parser.add_argument(
         "--frozen-only",
         action="store_true",
@@ -186,7 +236,11 @@ def main() -> None:
     folder = args.folder
     if args.photo_size:
         w, h = (int(v) for v in args.photo_size.lower().split("x"))
-        folder = make_photos(folder, work / "photos", (w, h), args.limit)
+        kept = args.photos_dir
+        if kept is not None and (kept / "train").is_dir() and (kept / "val").is_dir():
+            folder = kept
+        else:
+            folder = make_photos(folder, kept or work / "photos", (w, h), args.limit)
     n_images = sum(1 for _ in (folder / "train").glob("*/*"))
     n_val = sum(1 for _ in _val_dir(folder).glob("*/*"))
     out: dict[str, object] = {
@@ -201,7 +255,8 @@ def main() -> None:
     base = TrainConfig(model=args.model, epochs=args.epochs, augment="none", seed=0)
     for prefix, groups in (("", 0), ("partial_", 2)):
         cfg = TrainConfig(**{**base.__dict__, "trainable_groups": groups})
-        engine_s, engine_acc = engine_run(folder, cfg, work / f"engine{groups}")
+        engine_s, engine_acc, engine_phases = engine_run(folder, cfg, work / f"engine{groups}")
+        out[f"{prefix}engine_phases"] = engine_phases
         if args.frozen_only:
             out.update(
                 {"engine_seconds": round(engine_s, 2), "engine_val_accuracy": round(engine_acc, 4)}
@@ -221,8 +276,9 @@ def main() -> None:
             json.dumps({k: v for k, v in out.items() if k.startswith(prefix or "engine")}),
             flush=True,
         )
-    floor = single_pass(folder, args.model)
+    floor, floor_phases = single_pass(folder, args.model)
     out["single_pass_seconds"] = round(floor, 2)
+    out["single_pass_phases"] = floor_phases
     out["ratio_to_single_pass"] = round(float(out["engine_seconds"]) / floor, 2)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     shutil.rmtree(work, ignore_errors=True)

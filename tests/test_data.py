@@ -422,6 +422,34 @@ def test_large_images_are_downscaled_to_the_long_side_limit(tmp_path) -> None:
         assert img.size == (MAX_SIDE, 320) and img.format == "PNG"
 
 
+@pytest.mark.parametrize("size", [(1000, 500), (641, 480), (700, 1400), (1300, 901)])
+def test_large_images_are_shrunk_bilinearly_alike_by_import_try_page_and_bundle(
+    tmp_path, size
+) -> None:
+    """One downscale everywhere: the stored copy (lossless here), the Try page's reading of
+    the picture and the bundle's predict.py give the same pixels, Pillow's bilinear filter."""
+    from tl_core.data.standalone_predict import open_image
+    from tl_core.training.inference import upright_rgb
+
+    source = noise(3, size)
+    src = tmp_path / "big.png"
+    source.save(src)
+    files = {"a/big.png": src.read_bytes(), "a/small.png": encode(noise(4)), **tree({"b": 2})}
+    manifest = import_files(list(files.items()), tmp_path / "d")
+    item = by_source(manifest)["a/big.png"]
+    scale = MAX_SIDE / max(size)
+    expected_size = (item.width, item.height)
+    assert max(expected_size) == MAX_SIDE
+    expected = np.asarray(source.resize(expected_size, Image.Resampling.BILINEAR))
+    with Image.open(manifest.root / item.file) as img:
+        stored = np.asarray(img.convert("RGB"))
+    assert abs(expected_size[0] - size[0] * scale) <= 1
+    assert np.array_equal(stored, expected)
+    assert np.array_equal(np.asarray(upright_rgb(src)), expected)
+    assert np.array_equal(np.asarray(upright_rgb(Image.open(src))), expected)
+    assert np.array_equal(np.asarray(open_image(src)), expected)
+
+
 def _mode_images() -> dict[str, bytes]:
     rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red -> white
     rgba.putpixel((1, 0), (0, 0, 255, 255))

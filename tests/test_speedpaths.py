@@ -151,3 +151,96 @@ def test_a_head_only_run_after_the_head_start_reuses_its_features(shapes, tmp_pa
     aug = TrainConfig(model="efficientnet_lite0", epochs=1, batch_size=8, augment="light")
     fit(aug, split, manifest.root, manifest.classes, tmp_path / "c", augmented, plan=plan)
     assert not any("Reused" in line for line in augmented.lines)
+
+
+def _count_images_through_the_backbone(monkeypatch) -> list[int]:
+    """A list that grows by each batch's size whenever a model built by fit runs its body
+    (the whole network's forward runs it too)."""
+    from tl_core.training import engine
+
+    seen: list[int] = []
+    load = engine._load_model
+
+    def counting(*args, **kwargs):
+        model, groups, data_cfg = load(*args, **kwargs)
+        features = model.forward_features
+
+        def counted(x):
+            seen.append(len(x))
+            return features(x)
+
+        model.forward_features = counted
+        return model, groups, data_cfg
+
+    monkeypatch.setattr(engine, "_load_model", counting)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("model", "pretrained"),
+    [("efficientnet_lite0", True), ("test_resnet", False), ("test_efficientnet", False)],
+)
+@pytest.mark.parametrize("plan", [CPU, CPU.exact()], ids=["fast", "fp32"])
+def test_a_frozen_run_passes_each_image_once_and_scores_in_fp32(
+    shapes, tmp_path, monkeypatch, model, pretrained, plan
+) -> None:
+    """A wholly frozen run computes the validation features once, in fp32: its epochs and its
+    final scores (predictions.json) use them, with the answers of the whole best model on the
+    pictures in fp32, and no second pass over the validation images."""
+    import json
+
+    from tl_core.training.inference import load_trained
+
+    manifest, split = shapes
+    seen = _count_images_through_the_backbone(monkeypatch)
+    cfg = TrainConfig(model=model, epochs=3, augment="none", pretrained=pretrained, seed=2)
+    log = Log()
+    result = fit(cfg, split, manifest.root, manifest.classes, tmp_path, log, plan=plan)
+    probe = 1  # cache_phase sizes its cache from one validation image
+    assert sum(seen) == len(split.train) + len(split.val) + probe
+    assert not any("Final scoring in full precision" in line for line in log.lines)
+    saved = json.loads((tmp_path / "predictions.json").read_text())
+    trained = load_trained(tmp_path, plan=CPU.exact())
+    files = [manifest.root / row["file"] for row in saved["rows"]]
+    expected = torch.tensor([row["logits"] for row in saved["rows"]])
+    torch.testing.assert_close(
+        torch.from_numpy(trained.logits(files)), expected, atol=2e-4, rtol=1e-4
+    )
+    accuracy = sum(row["pred"] == row["label"] for row in saved["rows"]) / len(saved["rows"])
+    assert result.val_accuracy == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize("change", ["optimizer_step", "load_state_dict", "unfreeze"])
+def test_checkpoint_snapshots_copy_what_changed_and_keep_frozen_copies(change) -> None:
+    """Snapshots share the copy of a frozen weight that did not change, and copy anew what
+    changed: an earlier snapshot never sees a later change."""
+    from tl_core.training.engine import _Snapshots
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    for p in net[0].parameters():
+        p.requires_grad_(False)
+    copies = _Snapshots()
+    copies.begin(net)
+    first = copies.take(net.state_dict())
+    before = {k: v.clone() for k, v in first.items()}
+    if change == "optimizer_step":
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=0.1)
+        net(torch.randn(3, 4)).sum().backward()
+        opt.step()
+        changed = {"1.weight", "1.bias"}
+    elif change == "load_state_dict":
+        net.load_state_dict({k: v + 1 for k, v in net.state_dict().items()})
+        changed = set(first)
+    else:  # the next phase trains the first layer too
+        for p in net[0].parameters():
+            p.requires_grad_(True)
+        with torch.no_grad():
+            net[0].weight.mul_(2)
+        changed = {"0.weight", "0.bias"} | {"1.weight", "1.bias"}  # trainable: always copied
+    copies.begin(net)
+    second = copies.take(net.state_dict())
+    for key, value in second.items():
+        torch.testing.assert_close(value, net.state_dict()[key])
+        torch.testing.assert_close(first[key], before[key])  # the old snapshot is intact
+        shared = value.data_ptr() == first[key].data_ptr()
+        assert shared == (key not in changed and change != "unfreeze"), key

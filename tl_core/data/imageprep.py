@@ -21,7 +21,7 @@ from tl_core.data.layout import os_reason
 
 # The bundle's stand-alone predict.py opens pictures exactly as imports do: one definition
 # (it also registers the HEIC/HEIF reader of pillow-heif; Pillow reads AVIF itself).
-from tl_core.data.standalone_predict import to_rgb, upright_rgb
+from tl_core.data.standalone_predict import cap_side, to_rgb, upright_rgb
 
 __all__ = [
     "LOSSLESS_FORMATS",
@@ -144,7 +144,7 @@ def _prepare(src: BinaryIO, max_side: int, max_pixels: int) -> Prepared:
         except ValueError as exc:
             raise ImageSkip(str(exc)) from None
     rgb.info = {}  # no EXIF, ICC or transparency carried into the saved file
-    rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    cap_side(rgb, max_side)
     digest = hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode())
     digest.update(rgb.tobytes())
     return Prepared(rgb, lossless, digest.hexdigest())

@@ -37,6 +37,7 @@ __all__ = [
     "OnnxPredictor",
     "Predictor",
     "SafetensorsPredictor",
+    "cap_side",
     "find_images",
     "load_predictor",
     "main",
@@ -109,6 +110,15 @@ def upright_rgb(img: Image.Image) -> Image.Image:
     return rgb.copy() if rgb is img else rgb
 
 
+def cap_side(rgb: Image.Image, max_side: int = MAX_SIDE) -> None:
+    """Shrink ``rgb`` in place to at most ``max_side`` pixels a side, as every import does.
+
+    Bilinear (antialiased, as Pillow's resize always is): within a level or two of bicubic on
+    photos, in about 70% of its time.
+    """
+    rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
 def open_image(path: Path) -> Image.Image:
     """Open a picture as the app does: upright, RGB, at most MAX_SIDE pixels a side.
 
@@ -132,7 +142,7 @@ def open_image(path: Path) -> Image.Image:
                 raise ValueError("picture is damaged or cut off") from None
             rgb = upright_rgb(img)
     rgb.info = {}
-    rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    cap_side(rgb)
     return rgb
 
 

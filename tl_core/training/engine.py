@@ -231,15 +231,48 @@ def phases(cfg: TrainConfig) -> list[tuple[int, int]]:
     return [(0, head), (cfg.trainable_groups, cfg.epochs - head)]
 
 
-def _snapshot(state: Any) -> Any:
-    """A detached CPU copy of a (nested) state dict, so training can go on changing it."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().to("cpu", copy=True)
-    if isinstance(state, dict):
-        return {k: _snapshot(v) for k, v in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(_snapshot(v) for v in state)
-    return state
+class _Snapshots:
+    """Detached CPU copies of (nested) state dicts, so training can go on changing them.
+
+    A frozen parameter unchanged since the last round (same memory, same in-place version
+    counter) keeps its earlier copy: a head-only epoch then copies the head, not the whole
+    network. Everything else (trainable weights, buffers, optimizer state) is copied each
+    time: fused optimizers may change weights without counting a version. Copies are never
+    changed in place, so snapshots may share them. Each round (``begin``) forgets the tensors
+    the last round did not see.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._last: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._frozen: frozenset[int] = frozenset()
+
+    def begin(self, model: nn.Module) -> None:
+        """Start a round: ``model``'s frozen parameters are the ones copies may be kept of."""
+        self._last, self._seen = self._seen, {}
+        self._frozen = frozenset(p.data_ptr() for p in model.parameters() if not p.requires_grad)
+
+    def take(self, state: Any) -> Any:
+        if isinstance(state, torch.Tensor):
+            return self._tensor(state)
+        if isinstance(state, dict):
+            return {k: self.take(v) for k, v in state.items()}
+        if isinstance(state, list | tuple):
+            return type(state)(self.take(v) for v in state)
+        return state
+
+    def _tensor(self, t: torch.Tensor) -> torch.Tensor:
+        if t.is_inference() or t.numel() == 0 or t.data_ptr() not in self._frozen:
+            return t.detach().to("cpu", copy=True)
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.storage_offset())
+        # The source is held with its copy: its memory cannot be reused by another tensor.
+        known = self._seen.get(key) or self._last.get(key)
+        if known is not None and known[1] == t._version:
+            self._seen[key] = known
+            return known[2]
+        copy = t.detach().to("cpu", copy=True)
+        self._seen[key] = (t, t._version, copy)
+        return copy
 
 
 class _Checkpoints(QuietCallbacks):
@@ -247,7 +280,8 @@ class _Checkpoints(QuietCallbacks):
 
     Both are kept in memory every epoch and written at most every ``every_s``: head-only
     epochs take milliseconds, and writing two checkpoints each time would cost more than the
-    training. The end of a phase, Stop and the end of training always write.
+    training. The end of a phase, Stop and the end of training always write, each file only
+    when it changed since it was last written.
     """
 
     def __init__(self, run: _Run, every_s: float = 15.0) -> None:
@@ -257,23 +291,28 @@ class _Checkpoints(QuietCallbacks):
         self.last: dict[str, Any] | None = None
         self.written = time.monotonic()
         self.dirty = False
+        self.last_dirty = False
+        self.copies = _Snapshots()
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
         run = self.run
+        self.copies.begin(run.model)
         if metrics.is_best:
-            self.best = _snapshot(run.state.best_checkpoint(run.model))
+            self.best = self.copies.take(run.state.best_checkpoint(run.model))
             self.dirty = True
         last = run.state.last_checkpoint(run.model, run.optimizer, run.scheduler, run.generator)
-        self.last = _snapshot(last)
+        self.last = self.copies.take(last)
+        self.last_dirty = True
         if metrics.epoch == run.phase_end or time.monotonic() - self.written >= self.every_s:
             self.write()
 
     def write(self) -> None:
         best = self.best if self.dirty else None
-        for name, state in ((checkpoint.BEST, best), (checkpoint.LAST, self.last)):
+        last = self.last if self.last_dirty else None
+        for name, state in ((checkpoint.BEST, best), (checkpoint.LAST, last)):
             if state is not None:
                 checkpoint.save(self.run.run_dir / name, state)
-        self.dirty = False
+        self.dirty = self.last_dirty = False
         self.written = time.monotonic()
 
 
@@ -536,6 +575,10 @@ def _cache_phase(run: _Run, trainable: int, callbacks: Callbacks) -> CachedPhase
         callbacks.on_status,
         seed=cfg.seed * 1000 + run.state.phase_start,
         groups=run.groups,
+        # A wholly frozen run scores its epochs and its best model on fp32 features from
+        # this one pass. A partial fine-tune's head phase keeps the plan's precision: its
+        # epochs then compare as they always did.
+        exact_val=cfg.trainable_groups == 0,
     )
     message = (
         cached.note
@@ -559,6 +602,9 @@ def _train_phase(run: _Run, trainable: int, n_epochs: int, callbacks: Callbacks)
     )
     cached = run.cached = _cache_phase(run, trainable, callbacks)
     net = cached.net if cached else run.full
+    # fp32 validation outputs are scored in fp32 (the head alone: cheap), as the final scores.
+    exact = cached is not None and cached.val_exact is cached.val
+    eval_plan = run.plan.exact() if exact else run.plan
     run.trainable_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     state.restore_phase(run.optimizer, run.scheduler)
     callbacks.on_status("Training")
@@ -581,7 +627,7 @@ def _train_phase(run: _Run, trainable: int, n_epochs: int, callbacks: Callbacks)
             run.started,
             callbacks,
         )
-        val_loss, val_acc = evaluate(net, val, run.plan, callbacks.should_stop)
+        val_loss, val_acc = evaluate(net, val, eval_plan, callbacks.should_stop)
         is_best = state.improve(val_acc, val_loss)
         elapsed = time.monotonic() - run.started
         callbacks.on_epoch(
@@ -618,7 +664,7 @@ def _score_best(run: _Run, best: dict[str, Any], result: TrainResult, callbacks:
     # phase: when its validation outputs were cached in fp32, the trainable rest alone gives
     # the whole network's answers without a second pass over the images.
     if run.cached is not None and run.cached.val_exact is not None:
-        net, val = run.cached.net, run.cached.val_exact  # fp32 outputs the head start kept
+        net, val = run.cached.net, run.cached.val_exact  # fp32 outputs kept by the frozen pass
     elif run.cached is not None and run.plan.amp_dtype is None:
         net, val = run.cached.net, run.cached.val
     else:

@@ -21,6 +21,7 @@ from torch import nn
 
 from tl_core.data.dataset import MAX_SIDE, MAX_SOURCE_PIXELS
 from tl_core.data.imageprep import ImageSkip, decode_workers, prepare, to_rgb
+from tl_core.data.standalone_predict import cap_side
 from tl_core.errors import DataError, RunError
 from tl_core.models.catalog import DataConfig, create_model, get_spec
 from tl_core.models.device import ComputePlan, plan_compute
@@ -35,7 +36,7 @@ def upright_rgb(image: ImageInput, name: str = "picture") -> Image.Image:
     if isinstance(image, Image.Image):  # already decoded by the caller: prepare's later steps
         rgb = to_rgb(ImageOps.exif_transpose(image))
         rgb = rgb.copy() if rgb is image else rgb
-        rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        cap_side(rgb)
         return rgb
     if isinstance(image, bytes):
         if not image:

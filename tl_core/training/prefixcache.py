@@ -92,6 +92,7 @@ def cache_phase(
     on_status: Callable[[str], None],
     seed: int = 0,
     groups: list[LayerGroup] | None = None,
+    exact_val: bool = False,
 ) -> CachedPhase | None:
     """Run the frozen prefix once per image and view; None when it cannot or should not be.
 
@@ -99,7 +100,9 @@ def cache_phase(
     fewer when they would not fit ``budget_bytes``, none at all when one would not. The views
     are drawn from their own ``seed``, apart from the global random stream (even a DataLoader
     draws from that): a resumed run caches the same views and continues identically.
-    ``groups``: the model's layer groups, when the caller has them already.
+    ``groups``: the model's layer groups, when the caller has them already. With
+    ``exact_val`` the validation outputs are computed once in fp32 (no autocast) and serve as
+    both ``val`` and ``val_exact``: the final fp32 scores then need no second pass.
     """
     parts = _prefix_and_net(model, trainable, groups)
     if parts is None:
@@ -111,7 +114,9 @@ def cache_phase(
     with torch.inference_mode(), plan.autocast():
         probe = prefix(plan.batch(val_ds[0][0][None]))  # no random draw
     per_image = probe[0].numel() * torch.tensor([], dtype=dtype).element_size()
-    fit_views = (budget_bytes - per_image * n_val) // max(per_image * n_train, 1)
+    val_plan, val_dtype = (plan.exact(), torch.float32) if exact_val else (plan, dtype)
+    per_val = probe[0].numel() * torch.tensor([], dtype=val_dtype).element_size()
+    fit_views = (budget_bytes - per_val * n_val) // max(per_image * n_train, 1)
     if fit_views < 1:
         return None
     views = min(views, int(fit_views))
@@ -134,12 +139,13 @@ def cache_phase(
             train_views.append(TensorDataset(feats, labels))
         loader = plan.loader(val_ds, batch)
         feats, labels = run_prefix(
-            prefix, loader, plan, dtype, should_stop, report(views * n_train)
+            prefix, loader, val_plan, val_dtype, should_stop, report(views * n_train)
         )
-    size_mb = per_image * (views * n_train + n_val) / 1024**2
+    size_mb = (per_image * views * n_train + per_val * n_val) / 1024**2
     what = "the whole frozen backbone" if trainable == 0 else "the frozen layers"
     note = (
         f"Cached the output of {what} for {n_train} training images x {views} view(s) and "
         f"{n_val} validation images ({size_mb:.0f} MB)."
     )
-    return CachedPhase(net, train_views, TensorDataset(feats, labels), note)
+    val = TensorDataset(feats, labels)
+    return CachedPhase(net, train_views, val, note, val_exact=val if exact_val else None)
