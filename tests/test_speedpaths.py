@@ -191,7 +191,11 @@ def test_a_frozen_run_passes_each_image_once_and_scores_in_fp32(
 
     from tl_core.training.inference import load_trained
 
+    import shutil
+
     manifest, split = shapes
+    # Features other tests of this module cached beside the data set would be reused.
+    shutil.rmtree(manifest.root / "cache", ignore_errors=True)
     seen = _count_images_through_the_backbone(monkeypatch)
     cfg = TrainConfig(model=model, epochs=3, augment="none", pretrained=pretrained, seed=2)
     log = Log()
