@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +42,30 @@ def get_store() -> Store:
     jobs.recover(store)
     if os.environ.get("TL_STUDIO_SERVE", "1") != "0":  # 0: another process serves the queue
         jobs.serve(store)
+        if os.environ.get("TL_STUDIO_PREWARM", "1") != "0":
+            _prewarm_pages()
     return store
+
+
+_prewarmed = threading.Event()
+
+
+def _prewarm_pages() -> None:
+    """Import torch and timm in the background once per server: the Model page reads a
+    model's structure (layer groups, parameter counts) in this process, and the first
+    student to open it should not wait for those imports while the workers train."""
+    if _prewarmed.is_set():
+        return
+    _prewarmed.set()
+
+    def warm() -> None:
+        from tl_core.models.catalog import DEFAULT_MODEL
+        from tl_core.models.freezing import describe_model
+
+        with contextlib.suppress(Exception):  # the page says what is wrong, if anything
+            describe_model(DEFAULT_MODEL, 10)
+
+    threading.Thread(target=warm, name="tl-studio-prewarm-pages", daemon=True).start()
 
 
 _REPAIRED = "store_repaired"
