@@ -154,7 +154,9 @@ def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
                     epochs.fill(str(EPOCHS))
                     save.click()
                     out["save_presses"] += 1
-            clicks.append({"click": "Save settings", "answered_s": round(time.perf_counter() - t, 2)})
+            clicks.append(
+                {"click": "Save settings", "answered_s": round(time.perf_counter() - t, 2)}
+            )
             idle(pg)
 
             waiting = pg.get_by_text(re.compile(r"place \d+ in the queue"))
