@@ -188,10 +188,9 @@ def test_a_frozen_run_passes_each_image_once_and_scores_in_fp32(
     final scores (predictions.json) use them, with the answers of the whole best model on the
     pictures in fp32, and no second pass over the validation images."""
     import json
+    import shutil
 
     from tl_core.training.inference import load_trained
-
-    import shutil
 
     manifest, split = shapes
     # Features other tests of this module cached beside the data set would be reused.
