@@ -297,38 +297,33 @@ def simulated_students(workspace: Path, indices: list[int], deadline: float) -> 
 # --- the conductor ------------------------------------------------------------------------
 
 
-def _session_rss_mb(sid: int) -> float:
-    """Resident memory of every process in session ``sid`` (the server and its workers)."""
-    total = 0
+def _session_procs(sid: int) -> Iterator[tuple[str, list[str]]]:
+    """(pid, /proc/PID/stat fields after the name) of every process in session ``sid``."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) != sid:  # fields[0] is the state; [3] the session id
-                continue
-            with open(f"/proc/{entry}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            if int(fields[3]) == sid:  # fields[0] is the state; [3] the session id
+                yield entry, fields
         except (OSError, ValueError, IndexError):
             continue
+
+
+def _session_rss_mb(sid: int) -> float:
+    """Resident memory of every process in session ``sid`` (the server and its workers)."""
+    total = 0
+    for pid, _ in _session_procs(sid):
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/statm") as f:
+            total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return total / 2**20
 
 
 def _session_cpu_s(sid: int) -> float:
     """CPU seconds used so far by every process in session ``sid``."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid:
-                total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(fields[11]) + int(fields[12]) for _, fields in _session_procs(sid))
+    return ticks / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _wait_until_warm(sid: int, timeout_s: float = 180) -> float:

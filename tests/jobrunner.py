@@ -68,3 +68,14 @@ def inline_spawn(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(jobs, "_spawn", spawn)
     return spawned
+
+
+def wait_for(store: Store, run_id: str, statuses: tuple[str, ...], timeout: float = 240) -> Run:
+    """The job once its status is one of ``statuses`` (polled every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = store.run(run_id)
+        if run is not None and run.status in statuses:
+            return run
+        time.sleep(0.1)
+    raise AssertionError(f"{run_id} is still {store.run(run_id)}")

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import raycluster
 from helpers import make_shapes
+from jobrunner import wait_for
 from raycluster import local_cluster
 
 from tl_core import service
@@ -26,7 +27,7 @@ from tl_core.config import TrainConfig
 from tl_core.data.dataset import import_folder
 from tl_core.runs import jobs, supervisor
 from tl_core.runs.ray_executor import RayExecutor
-from tl_core.runs.store import Run, Store
+from tl_core.runs.store import Store
 
 os.environ.update(raycluster.ENV)  # set before Ray is imported
 ray = pytest.importorskip("ray")  # in the test group; a plain install has no Ray
@@ -49,25 +50,21 @@ def cluster() -> str:
 def served(cluster, tmp_path, monkeypatch) -> tuple[Store, str, Path]:
     """A workspace whose queue this process serves on the cluster, with a small data set."""
     monkeypatch.setenv("TL_STUDIO_RAY_ADDRESS", cluster)
-    store = Store(tmp_path / "ws")
-    project = store.create_project("p")
-    data = store.new_data_dir(project.id)
-    import_folder(make_shapes(tmp_path / "src", per_class=12, size=32), data)
-    store.set_data_dir(project.id, data)
+    store, project_id, data = _shapes_project(tmp_path / "ws", tmp_path / "src")
     jobs.serve(store, prewarm=True)
     sup = supervisor.running_here(store.workspace)
     assert sup is not None and isinstance(sup.executor, RayExecutor)
+    return store, project_id, data
+
+
+def _shapes_project(workspace: Path, src: Path, per_class: int = 12) -> tuple[Store, str, Path]:
+    """A workspace with one project holding a small imported set of shapes."""
+    store = Store(workspace)
+    project = store.create_project("shapes")
+    data = store.new_data_dir(project.id)
+    import_folder(make_shapes(src, per_class=per_class, size=32), data)
+    store.set_data_dir(project.id, data)
     return store, project.id, data
-
-
-def _wait(store: Store, run_id: str, statuses: tuple[str, ...], timeout: float = 300) -> Run:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = store.run(run_id)
-        if run is not None and run.status in statuses:
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"{run_id} is still {store.run(run_id)}")
 
 
 def _executor(store: Store) -> RayExecutor:
@@ -111,7 +108,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
     worker = executor.worker_pid(run.id)
     assert worker is not None and worker != os.getpid()
     os.kill(worker, signal.SIGKILL)
-    lost = _wait(store, run.id, ENDED, timeout=60)
+    lost = wait_for(store, run.id, ENDED, timeout=60)
     assert lost.status == "interrupted", (lost.status, lost.message)
     assert "killed" in lost.message and "saved epoch" in lost.message
     assert 2 <= len(store.epochs(run.id)) < 6
@@ -123,14 +120,14 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
         time.sleep(0.05)
     jobs.request_stop(store, run.id)
     asked = time.monotonic()
-    stopped = _wait(store, run.id, ENDED, timeout=30)
+    stopped = wait_for(store, run.id, ENDED, timeout=30)
     took = time.monotonic() - asked
     print(f"stop on the cluster: {took:.2f} s")
     assert stopped.status == "stopped"
     assert took < 3.0
 
     jobs.resume(store, run.id)
-    done = _wait(store, run.id, ENDED)
+    done = wait_for(store, run.id, ENDED)
     assert done.status == "finished", done.error
     assert [m.epoch for m in store.epochs(run.id)] == [1, 2, 3, 4, 5, 6]
     for name in ("best.pt", "last.pt", "predictions.json", "run.log"):
@@ -146,18 +143,18 @@ def test_recommend_and_export_run_on_the_cluster(served) -> None:
     ranking = service.submit_recommend(store, project, ["efficientnet_lite0"])
     assert ranking is not None
     run = jobs.submit(store, pid, asdict(TrainConfig(epochs=1, batch_size=16)), data)
-    rec = _wait(store, ranking.id, ENDED)
+    rec = wait_for(store, ranking.id, ENDED)
     assert rec.status == "finished", rec.error
     assert rec.placement and rec.placement.startswith("Ray node")
     assert [r["key"] for r in rec.result["ranking"]] == ["efficientnet_lite0"]
     # The frozen features it computed came back beside the data set.
     assert list((Path(data) / "cache").glob("features-*"))
 
-    trained = _wait(store, run.id, ENDED)
+    trained = wait_for(store, run.id, ENDED)
     assert trained.status == "finished", trained.error
     export = service.submit_export(store, project, trained)
     assert export is not None
-    done = _wait(store, export.id, ENDED)
+    done = wait_for(store, export.id, ENDED)
     assert done.status == "finished", done.error
     bundle = Path(done.result["bundle"])
     assert bundle.is_file() and bundle.parent == Path(done.run_dir)  # on the server
@@ -169,7 +166,7 @@ def test_a_job_bigger_than_any_machine_fails_with_a_message(served, monkeypatch)
     store, pid, data = served
     monkeypatch.setenv("TL_STUDIO_JOB_MEMORY_GB", "100000")
     run = jobs.submit(store, pid, asdict(TrainConfig(epochs=1)), data)
-    failed = _wait(store, run.id, ENDED, timeout=60)
+    failed = wait_for(store, run.id, ENDED, timeout=60)
     assert failed.status == "failed"
     assert "memory" in (failed.error or "") and "largest" in (failed.error or "")
 
@@ -226,10 +223,10 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
     assert len(store.epochs(run.id)) == recorded  # nobody wrote after the server
 
     jobs.serve(store, prewarm=False)  # the server starts again
-    lost = _wait(store, run.id, ENDED, timeout=60)
+    lost = wait_for(store, run.id, ENDED, timeout=60)
     assert lost.status == "interrupted"
     jobs.resume(store, run.id)
-    done = _wait(store, run.id, ENDED)
+    done = wait_for(store, run.id, ENDED)
     assert done.status == "finished", done.error
     assert [m.epoch for m in store.epochs(run.id)] == [1, 2, 3, 4, 5, 6]
 
@@ -241,20 +238,16 @@ def test_the_train_page_trains_through_the_ray_executor(cluster, workspace, monk
 
     monkeypatch.setenv("TL_STUDIO_RAY_ADDRESS", cluster)
     monkeypatch.setenv("TL_STUDIO_SERVE", "1")  # as the app server does (conftest turns it off)
-    store = Store(workspace)
-    project = store.create_project("shapes")
-    data = store.new_data_dir(project.id)
-    import_folder(make_shapes(workspace.parent / "src", per_class=12, size=32), data)
-    store.set_data_dir(project.id, data)
-    store.update_settings(project.id, model="efficientnet_lite0", epochs=2)
-    at = app_test("pages/train.py", project.id)
+    store, project_id, _ = _shapes_project(workspace, workspace.parent / "src")
+    store.update_settings(project_id, model="efficientnet_lite0", epochs=2)
+    at = app_test("pages/train.py", project_id)
     assert not at.exception
     at.button(key="start").click().run()
     assert not at.exception
-    (run,) = store.runs(project.id)
+    (run,) = store.runs(project_id)
     sup = supervisor.running_here(workspace)
     assert sup is not None and isinstance(sup.executor, RayExecutor)
-    done = _wait(store, run.id, ENDED)
+    done = wait_for(store, run.id, ENDED)
     assert done.status == "finished", done.error
     at.run()
     texts = " ".join(str(e.value) for e in (*at.success, *at.caption))
@@ -267,14 +260,10 @@ def test_a_cluster_setting_without_ray_installed_fails_the_job_with_advice(
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the ray extra
     monkeypatch.setenv("TL_STUDIO_RAY_ADDRESS", "auto")
-    store = Store(tmp_path / "ws")
-    project = store.create_project("p")
-    data = store.new_data_dir(project.id)
-    import_folder(make_shapes(tmp_path / "src", per_class=4, size=32), data)
-    store.set_data_dir(project.id, data)
+    store, project_id, data = _shapes_project(tmp_path / "ws", tmp_path / "src", per_class=4)
     jobs.serve(store, prewarm=True)
-    run = jobs.submit(store, project.id, asdict(TrainConfig(epochs=1)), data)
-    failed = _wait(store, run.id, ENDED, timeout=30)
+    run = jobs.submit(store, project_id, asdict(TrainConfig(epochs=1)), data)
+    failed = wait_for(store, run.id, ENDED, timeout=30)
     assert failed.status == "failed"
     assert "uv sync --extra ray" in (failed.error or "")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import make_shapes
+from jobrunner import wait_for
 
 from tl_core.config import TrainConfig
 from tl_core.data.dataset import import_folder
@@ -102,16 +103,6 @@ def test_queue_places_and_estimated_waits_follow_measured_durations(tmp_path, mo
     assert jobs.estimated_wait(store, running.id) is None
 
 
-def _wait(store: Store, run_id: str, statuses: tuple[str, ...], timeout: float = 240) -> Run:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = store.run(run_id)
-        if run is not None and run.status in statuses:
-            return run
-        time.sleep(0.1)
-    raise AssertionError(f"{run_id} is still {store.run(run_id)}")
-
-
 def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     tmp_path, monkeypatch
 ) -> None:
@@ -125,8 +116,8 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     first = jobs.submit(store, pid, asdict(FAST), data)
     second = jobs.submit(store, pid, asdict(FAST), data)
     assert store.queue_position(second.id) in (1, 2)  # behind the first until it starts
-    a = _wait(store, first.id, ("finished", "failed"))
-    b = _wait(store, second.id, ("finished", "failed"))
+    a = wait_for(store, first.id, ("finished", "failed"))
+    b = wait_for(store, second.id, ("finished", "failed"))
     assert (a.status, b.status) == ("finished", "finished"), (a.error, b.error)
     assert a.pid is None or a.pid == b.pid  # the same warm process ran both
     assert len(store.epochs(b.id)) == 1
@@ -137,7 +128,7 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     _wait_for_steps(store, long.id)
     jobs.request_stop(store, long.id)
     asked = time.monotonic()
-    stopped = _wait(store, long.id, ("stopped", "finished", "failed"), timeout=30)
+    stopped = wait_for(store, long.id, ("stopped", "finished", "failed"), timeout=30)
     assert stopped.status == "stopped"
     assert time.monotonic() - asked < 5
 
@@ -145,11 +136,11 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     crash = jobs.submit(store, pid, asdict(TrainConfig(epochs=200, batch_size=4)), data)
     _wait_for_steps(store, crash.id)
     os.kill(store.run(crash.id).pid, signal.SIGKILL)
-    lost = _wait(store, crash.id, ("interrupted", "failed"), timeout=30)
+    lost = wait_for(store, crash.id, ("interrupted", "failed"), timeout=30)
     assert lost.status == "interrupted"
     assert "killed" in lost.message
     after = jobs.submit(store, pid, asdict(FAST), data)
-    assert _wait(store, after.id, ("finished", "failed")).status == "finished"
+    assert wait_for(store, after.id, ("finished", "failed")).status == "finished"
 
 
 def _wait_for_steps(store: Store, run_id: str) -> None:
