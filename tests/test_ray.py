@@ -210,6 +210,8 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
         config = TrainConfig(epochs=6, batch_size=4, head_epochs=1, trainable_groups=1)
         run = jobs.submit(store, pid, asdict(config), data)
         _wait_for_epoch(store, run.id, 2)
+        # The epochs recorded have their checkpoint on the server (sent before them).
+        assert (Path(run.run_dir) / "last.pt").is_file()
         assert store.run(run.id).pid == server.pid
         assert _titles_naming(run.id), "the task should run under a title naming the job"
     finally:

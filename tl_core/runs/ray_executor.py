@@ -198,14 +198,21 @@ class _Channel:
 
 class _NodeSink:
     """A job's events on a node: to the channel, with the node's paths turned back into the
-    server's (a result naming the bundle it wrote names it where the server keeps it)."""
+    server's (a result naming the bundle it wrote names it where the server keeps it).
+
+    The files an epoch wrote (last.pt, best.pt) are sent before its epoch event: the server
+    never records an epoch whose checkpoint it does not have yet.
+    """
 
     def __init__(self, job_id: str, channel: Any, back: list[tuple[str, str]]) -> None:
         self.job_id = job_id
         self.channel = channel
         self.back = back
+        self.syncer: _Syncer | None = None
 
     def emit(self, event: dict[str, Any]) -> None:
+        if event.get("t") == "epoch" and self.syncer is not None:
+            self.syncer.look()
         self.channel.emit.remote(self.job_id, _remap(event, self.back))
 
     def stop_asked(self) -> bool:
@@ -226,6 +233,7 @@ class _Syncer:
         self.channel = channel
         self.roots = {k: v for k, v in roots.items() if k in ("folder", "features")}
         self.seen: dict[tuple[str, str], tuple[int, int]] = {}
+        self._lock = threading.Lock()
         self._look(send=False)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -237,9 +245,17 @@ class _Syncer:
     def _loop(self) -> None:
         while not self._done.wait(SYNC_S):
             with contextlib.suppress(Exception):
-                self._look(send=True)
+                self.look()
+
+    def look(self) -> None:
+        """Send what changed since the last look (from any thread)."""
+        self._look(send=True)
 
     def _look(self, send: bool) -> None:
+        with self._lock:
+            self._look_locked(send)
+
+    def _look_locked(self, send: bool) -> None:
         for name, root in self.roots.items():
             for rel, path in _files(root, name):
                 try:
@@ -257,7 +273,7 @@ class _Syncer:
     def close(self) -> None:
         self._done.set()
         self._thread.join(timeout=30)
-        self._look(send=True)
+        self.look()
 
 
 def _node_data(key: str, ref: list[Any], base: Path) -> Path:
@@ -339,7 +355,7 @@ def _run_on_node(
     sink = _NodeSink(spec.id, channel, back)
     placement = _placement(plan_compute().describe())
     sink.emit({"t": "started", "pid": os.getpid(), "placement": placement})
-    syncer = _Syncer(spec.id, channel, roots).start()
+    syncer = sink.syncer = _Syncer(spec.id, channel, roots).start()
     try:
         end = execute(local, JobContext(local, sink))
     finally:
