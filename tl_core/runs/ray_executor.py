@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -374,7 +374,6 @@ class _Job:
     on_event: Callable[[str, dict[str, Any]], None]
     ref: Any
     paths: dict[str, Path]
-    started: float = field(default_factory=time.monotonic)
     pid: int | None = None  # the Ray worker process's, on its node
 
 
@@ -410,7 +409,6 @@ class RayExecutor:
         self._connecting = threading.Lock()
         self._task: Any = None
         self._warming = False
-        self.error: str | None = None
 
     # ---------------------------------------------------------------- connection
     def _connect(self) -> Any:
@@ -430,8 +428,8 @@ class RayExecutor:
             try:
                 ray = self._connect()
                 ray.remote(num_cpus=0, max_retries=0)(_warm_up).remote()
-            except BaseException as exc:  # the first job says what is wrong
-                self.error = str(exc)
+            except BaseException:  # the first job's start says what is wrong
+                return
 
         threading.Thread(target=warm, name="tl-studio-ray-warm", daemon=True).start()
 
@@ -529,8 +527,7 @@ class RayExecutor:
     def capacity(self) -> int:
         try:
             return self._cluster()[0]
-        except RayUnavailableError as exc:
-            self.error = str(exc)
+        except RayUnavailableError:  # one job is claimed; its start fails with the message
             return 1
 
     def running(self) -> list[str]:
