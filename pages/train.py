@@ -12,7 +12,7 @@ from tl_core.config import AUGMENT_LEVELS, TrainConfig
 from tl_core.data import review
 from tl_core.errors import StudioError
 from tl_core.models import catalog
-from tl_core.models.freezing import ModelInfo, freeze_sentence
+from tl_core.models.facts import ModelInfo, freeze_sentence
 from tl_core.runs.store import ACTIVE, Project, Run
 from tl_ui.charts import stages_figure
 from tl_ui.headstart import advice_for

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tl_core.models import catalog
+from tl_core.models.facts import freeze_sentence
 from tl_core.models.freezing import (
     apply_freeze,
     describe_model,
-    freeze_sentence,
     layer_groups,
     set_train_mode,
     trainable_param_groups,

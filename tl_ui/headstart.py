@@ -14,8 +14,18 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from tl_core import service
-from tl_core.analysis import alarms, transfer
+from tl_core.analysis import alarms
 from tl_core.analysis.advice import FreezeAdvice, freeze_advice
+from tl_core.analysis.readings import (
+    DomainGauge,
+    Example,
+    HeadStart,
+    LearningCurve,
+    Recommendation,
+    offline_models,
+    suggested,
+    verdict,
+)
 from tl_core.data.dataset import DatasetManifest, split_dataset
 from tl_core.models import catalog
 from tl_core.runs.store import Project, Run
@@ -36,9 +46,9 @@ class FeatureReadings:
     """What a finished features job found, rebuilt from its JSON result."""
 
     n_train: int
-    head_start: transfer.HeadStart
-    gauge: transfer.DomainGauge | None
-    curve: transfer.LearningCurve
+    head_start: HeadStart
+    gauge: DomainGauge | None
+    curve: LearningCurve
     probe_accuracy: float
 
 
@@ -48,30 +58,28 @@ def readings(result: dict) -> FeatureReadings:
     hs["ncm_ci"] = tuple(hs["ncm_ci"])
     gauge = result.get("gauge")
     if gauge is not None:
-        gauge = transfer.DomainGauge(
+        gauge = DomainGauge(
             **{
                 **gauge,
-                "most_like_imagenet": [transfer.Example(**e) for e in gauge["most_like_imagenet"]],
-                "least_like_imagenet": [
-                    transfer.Example(**e) for e in gauge["least_like_imagenet"]
-                ],
+                "most_like_imagenet": [Example(**e) for e in gauge["most_like_imagenet"]],
+                "least_like_imagenet": [Example(**e) for e in gauge["least_like_imagenet"]],
             }
         )
     return FeatureReadings(
         int(result["n_train"]),
-        transfer.HeadStart(**hs),
+        HeadStart(**hs),
         gauge,
-        transfer.LearningCurve(**result["curve"]),
+        LearningCurve(**result["curve"]),
         float(result["probe_accuracy"]),
     )
 
 
-def ranking_from(result: dict) -> list[transfer.Recommendation]:
+def ranking_from(result: dict) -> list[Recommendation]:
     """A recommend job's result as the ranking it computed."""
-    return [transfer.Recommendation(**r) for r in result.get("ranking", [])]
+    return [Recommendation(**r) for r in result.get("ranking", [])]
 
 
-def _curve_figure(curve: transfer.LearningCurve) -> go.Figure:
+def _curve_figure(curve: LearningCurve) -> go.Figure:
     fig = go.Figure(
         go.Scatter(
             x=curve.train_images,
@@ -174,7 +182,7 @@ def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
         "second opinion. About 10 s per model the first time."
     )
     store = get_store()
-    keys = transfer.offline_models()
+    keys = offline_models()
     job = service.submit_recommend(store, project, keys, submit=False)
     if st.button("Compare the models on my images", icon=":material/leaderboard:"):
         job = service.submit_recommend(store, project, keys)
@@ -210,8 +218,8 @@ def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
             ),
         },
     )
-    best = transfer.suggested(ranking)
-    st.markdown(transfer.verdict(ranking))
+    best = suggested(ranking)
+    st.markdown(verdict(ranking))
     if (
         best is not None
         and project.settings.get("model") != best.key

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from tl_core.models.freezing import ModelInfo, describe_model
+from tl_core.models.facts import ModelInfo
+from tl_core.models.facts import model_info as describe_model
 
 
 @st.cache_data(max_entries=64, show_spinner="Reading the model's structure…")

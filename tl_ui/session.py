@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import threading
 from dataclasses import dataclass
@@ -51,19 +52,16 @@ _prewarmed = threading.Event()
 
 
 def _prewarm_pages() -> None:
-    """Import torch and timm in the background once per server: the Model page reads a
-    model's structure (layer groups, parameter counts) in this process, and the first
-    student to open it should not wait for those imports while the workers train."""
+    """Import torch and timm in the background once per server: the Try and Evaluate pages
+    run one picture through a model in this process (a Try picture, a Grad-CAM map), and the
+    first student to open them should not wait for those imports while the workers train."""
     if _prewarmed.is_set():
         return
     _prewarmed.set()
 
     def warm() -> None:
-        from tl_core.models.catalog import DEFAULT_MODEL
-        from tl_core.models.freezing import describe_model
-
         with contextlib.suppress(Exception):  # the page says what is wrong, if anything
-            describe_model(DEFAULT_MODEL, 10)
+            importlib.import_module("tl_core.models.freezing")  # torch and timm
 
     threading.Thread(target=warm, name="tl-studio-prewarm-pages", daemon=True).start()
 

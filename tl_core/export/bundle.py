@@ -40,7 +40,8 @@ from tl_core.data.dataset import MAX_SIDE, DatasetManifest, split_dataset
 from tl_core.errors import DataError, RunError
 from tl_core.models.catalog import DataConfig, get_spec
 from tl_core.models.device import ComputePlan
-from tl_core.models.freezing import freeze_sentence, max_trainable_groups
+from tl_core.models.facts import freeze_sentence
+from tl_core.models.freezing import max_trainable_groups
 from tl_core.training import checkpoint
 from tl_core.training.engine import TrainConfig
 from tl_core.training.inference import TrainedModel, load_trained

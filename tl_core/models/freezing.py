@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from timm.models import group_parameters
 from torch import nn
 
+from tl_core.models.facts import ModelInfo, model_info
+
 
 @dataclass(frozen=True)
 class LayerGroup:
@@ -109,55 +111,15 @@ def trainable_param_groups(
     return out
 
 
-def _groups(n: int) -> str:
-    return "layer group" if n == 1 else f"{n} layer groups"
-
-
-def freeze_sentence(trainable_groups: int, n_backbone: int) -> str:
-    """One plain sentence on what a freeze choice means."""
-    if trainable_groups == 0:
-        return (
-            "Only the new last layer learns: fastest, and best when your images look like "
-            "everyday photos or when you have few of them."
-        )
-    if trainable_groups >= n_backbone:
-        return (
-            "The whole network learns: slowest, needs many images, and can forget what it "
-            "already knew; best when your images look nothing like everyday photos."
-        )
-    if trainable_groups <= max(1, n_backbone // 3):
-        return (
-            f"The last {_groups(trainable_groups)} and the new last layer learn: a good "
-            "balance when you have a few hundred images or they differ from everyday photos."
-        )
-    return (
-        f"The last {trainable_groups} of {n_backbone} layer groups learn: more flexible but "
-        "slower, and it needs more images to avoid memorising them."
-    )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the Train page shows about a model's structure, without its weights."""
-
-    groups: tuple[tuple[str, int], ...]  # (name, parameter count), head last
-    total_params: int
-    data_config: dict[str, object]
-
-    @property
-    def n_backbone(self) -> int:
-        return len(self.groups) - 1
-
-    def trainable_params(self, trainable_groups: int) -> int:
-        chosen = self.groups[self.n_backbone - trainable_groups :]
-        return sum(p for _, p in chosen)
-
-
 def describe_model(key: str, num_classes: int) -> ModelInfo:
-    """Layer groups and data config of a catalog model with a ``num_classes`` head.
+    """Layer groups and data config of a catalog model with a ``num_classes`` head, from the
+    measured table (:mod:`tl_core.models.facts`); models not in it are built."""
+    return model_info(key, num_classes)
 
-    Builds the architecture with random weights: no download, about a second.
-    """
+
+def build_model_info(key: str, num_classes: int) -> ModelInfo:
+    """:func:`describe_model` measured: builds the architecture with random weights (no
+    download, about a second)."""
     from dataclasses import asdict
 
     from tl_core.models.catalog import DataConfig, create_model, get_spec
