@@ -198,6 +198,35 @@ def test_skipped_files_are_listed_with_their_reason(tmp_path, base) -> None:
     assert growth.manifest.skipped[len(base.skipped) :] == growth.skipped
 
 
+@pytest.mark.parametrize(
+    ("label", "n", "gone", "new"),
+    [
+        ("disc", 1, None, None),
+        ("mould", 3, "'square' has 8", "'mould' (3), 'square' (8)"),  # two small classes now
+        ("square", 5, "'square' has 8", None),  # 13 squares: no longer too few
+        ("disc", 50, None, "unbalanced"),  # 62 discs beside 8 squares
+    ],
+)
+def test_warnings_about_counts_are_worked_out_again(tmp_path, shapes, label, n, gone, new) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(shapes, src)
+    for f in sorted((src / "square").iterdir())[8:]:  # 8 squares: fewer than recommended
+        f.unlink()
+    old = import_folder(src, tmp_path / "data-1")
+    assert any("'square' has 8 images" in w for w in old.warnings)
+    seen: list[tuple[int, int]] = []
+    files = _pictures(n)
+    grown = grow(old, files, tmp_path / "data-2", label, lambda d, t: seen.append((d, t)))
+    warnings = grown.manifest.warnings
+    assert seen[0] == (0, n) and seen[-1] == (n, n)  # only the new images are prepared
+    assert any("'square' has 8" in w for w in warnings) == (gone is None)
+    if new:
+        assert any(new in w for w in warnings)
+    else:
+        assert warnings == [w for w in old.warnings if gone is None or gone not in w]
+    assert len(warnings) == len(set(warnings))  # no warning twice
+
+
 def test_growing_twice_keeps_both_earlier_versions_and_their_split(tmp_path, base) -> None:
     first = grow(base, _pictures(6), tmp_path / "data-2", "disc").manifest
     second = grow(first, _pictures(6, 2000), tmp_path / "data-3", "mould").manifest
