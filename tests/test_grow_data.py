@@ -18,11 +18,11 @@ from helpers import app_test, make_shapes
 from jobrunner import inline_spawn
 from PIL import Image
 
-from tl_core import service
+from tl_core import diskspace, service
 from tl_core.config import TrainConfig
 from tl_core.data import dataset as tl_data
 from tl_core.data.dataset import DatasetManifest, ImageItem, grow, import_folder, split_dataset
-from tl_core.errors import DataError
+from tl_core.errors import DataError, DiskFullError
 from tl_core.runs.store import Store
 from tl_ui.grow import BY_FOLDER, NEW_CLASS
 
@@ -340,6 +340,28 @@ def test_a_failing_grow_leaves_no_new_version(project, shapes, files, label, sai
     assert store.project(project_id).data_dir == before.data_dir
     assert sorted(p.name for p in store.project_dir(project_id).glob("data-*")) == [old.name]
     assert _snapshot(old) == snapshot
+
+
+@pytest.mark.parametrize("when", ["before", "midway"])
+def test_a_full_disk_leaves_no_new_version(project, monkeypatch, when) -> None:
+    store, project_id = project
+    before = store.project(project_id)
+    if when == "before":
+        monkeypatch.setattr(diskspace, "free_bytes", lambda path: 0)
+    else:  # the estimate said it fits; the disk filled anyway
+        real, written = Path.write_bytes, []
+
+        def full(self: Path, data: bytes) -> int:
+            written.append(self)
+            if len(written) > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(DiskFullError, match="disk is full"):
+        service.grow_data(store, before, _pictures(5), "disc")
+    assert store.project(project_id).data_dir == before.data_dir
+    assert [p.name for p in store.project_dir(project_id).glob("data-*")] == ["data-1"]
 
 
 def test_a_project_without_data_cannot_grow(workspace) -> None:
