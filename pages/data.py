@@ -11,6 +11,7 @@ from tl_core import service
 from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError
 from tl_ui.charts import class_counts_figure
+from tl_ui.grow import add_images_panel
 from tl_ui.neardup import near_duplicates_panel
 from tl_ui.session import active_project, get_store, open_project, project_manifest
 from tl_ui.text import literal, plot_literal
@@ -156,6 +157,7 @@ def page() -> None:
     _summary(manifest)
     _split(project.id, manifest, project.settings)
     near_duplicates_panel(project.id, manifest)
+    add_images_panel(project, manifest)
     st.page_link("pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:")
     with st.expander("Bring different images"):
         _ways_in(has_data=True)

@@ -1,9 +1,9 @@
 """What the pages do beyond laying out widgets, without torch: one import for the web server.
 
-Importing into a project, finding a run's baseline, merging label-review edits, starting a
-training run or a retrain, and submitting the other long jobs (frozen features, model
-comparison, the saved-model check, export, batch prediction) to the queue with keys that
-let a refresh, a second tab or a second visit find the same job.
+Importing into a project or adding images to its data, finding a run's baseline, merging
+label-review edits, starting a training run or a retrain, and submitting the other long jobs
+(frozen features, model comparison, the saved-model check, export, batch prediction) to the
+queue with keys that let a refresh, a second tab or a second visit find the same job.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = [
     "export_key",
     "features_key",
     "files_stamp",
+    "grow_data",
     "import_data",
     "job_for",
     "merge_review",
@@ -88,6 +89,36 @@ def import_data(
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return store.project(project.id) or project
+
+
+def grow_data(
+    store: Store,
+    project: Project,
+    source: tl_data.GrowSource,
+    label: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Project, tl_data.Growth]:
+    """Add images to ``project``'s data as a new data version beside the current one.
+
+    ``source`` is a folder, a file-like .zip or a list of ``(name, bytes)``; with ``label``
+    every image goes into that class (existing or new). The earlier images are hard-linked
+    and only the new ones decoded, so this runs in the caller's process. The old version is
+    left as it is for the runs that used it. On a DataError or DiskFullError the new folder is
+    removed and the error raised again; the project keeps its images.
+    """
+    import shutil
+
+    if not project.data_dir:
+        raise DataError("This project has no images yet. Import a data set first, then add more.")
+    base = tl_data.DatasetManifest.load(Path(project.data_dir))
+    dest = store.new_data_dir(project.id)
+    try:
+        growth = tl_data.grow(base, source, dest, label, progress)
+        store.set_data_dir(project.id, growth.manifest.root)
+    except (DataError, DiskFullError):
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return store.project(project.id) or project, growth
 
 
 # ------------------------------------------------------------------------------ training runs

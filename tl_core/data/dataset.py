@@ -1,10 +1,14 @@
-"""Import a user's labelled images once: a folder, a .zip or uploaded files.
+"""Import a user's labelled images once: a folder, a .zip or uploaded files; grow them later.
 
 Every import writes a new folder ``dest/`` holding ``manifest.json`` and
 ``images/<class>/NNNN.png|jpg``: each image decoded, rotated upright, converted to RGB and
 downscaled, under a generated file name. Nothing the user gave is trusted (names, sizes,
 contents) and the source is never modified. Mistakes raise :class:`DataError` in plain words;
 a failed import leaves no ``dest`` behind. No torch here: pages import this module.
+
+:func:`grow` adds images (to existing classes or new ones) as a new folder beside the old
+one: the old images are hard-linked with their manifest entries unchanged, only the new ones
+are decoded. The old folder is never written to, so runs that used it keep their data.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import re
 import shutil
 import zipfile
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +35,8 @@ from tl_core.data.imageprep import ImageSkip, Prepared, decode_workers, prepare
 from tl_core.data.layout import (
     Entry,
     Plan,
+    _clean_name,
+    _label_key,
     folder_entries,
     is_junk,
     nfc,
@@ -53,10 +60,13 @@ __all__ = [
     "MIN_IMAGES_PER_CLASS",
     "SNIFFED_FORMATS",
     "DatasetManifest",
+    "GrowSource",
+    "Growth",
     "ImageItem",
     "Progress",
     "SkippedFile",
     "Split",
+    "grow",
     "import_files",
     "import_folder",
     "import_zip",
@@ -112,6 +122,10 @@ class DatasetManifest:
     duplicates: list[tuple[str, str]]  # (left-out copy, kept copy), by source name
     warnings: list[str]
     has_explicit_val: bool
+    # Where each later addition (``grow``) starts in ``items``: the split keeps the sides of
+    # the images before it. Empty for a plain import.
+    batch_starts: list[int] = field(default_factory=list)
+    grown_from: str | None = None  # the folder name of the data version this one grew from
 
     def counts(self) -> dict[str, int]:
         """Images per class, all subsets together."""
@@ -127,6 +141,8 @@ class DatasetManifest:
             "skipped": [asdict(s) for s in self.skipped],
             "duplicates": [list(d) for d in self.duplicates],
             "warnings": self.warnings,
+            "batch_starts": self.batch_starts,
+            "grown_from": self.grown_from,
         }
         tmp = self.root / (MANIFEST_NAME + ".tmp")
         tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -148,6 +164,8 @@ class DatasetManifest:
             duplicates=[(a, b) for a, b in data["duplicates"]],
             warnings=list(data["warnings"]),
             has_explicit_val=bool(data["has_explicit_val"]),
+            batch_starts=[int(b) for b in data.get("batch_starts") or []],
+            grown_from=data.get("grown_from"),
         )
 
 
@@ -227,7 +245,28 @@ def _check(
                 "recommended) so that some can be held back to check the model. Add images to "
                 f"'{label}' or remove its folder."
             )
-    out = list(plan.warnings)
+    out = list(plan.warnings) + _count_warnings(items, wanted)
+    if plan.explicit:
+        val_counts = Counter(i.label for i in items if i.subset == "val")
+        if not val_counts and leaks:
+            raise DataError(
+                f"Every image in '{plan.val_dir}' is a copy of a training image, so it cannot "
+                "check the model. Put other pictures in it, or remove it so that part of the "
+                "training images is held back instead."
+            )
+        if not val_counts:
+            raise DataError(
+                f"The '{plan.val_dir}' folder has no usable images. Add images to it (one folder "
+                "per class), or remove it so that part of the training images is held back "
+                "instead."
+            )
+        out += _missing_val_warnings(items, wanted, plan.val_dir or "val")
+    return out
+
+
+def _count_warnings(items: Sequence[ImageItem], wanted: list[str]) -> list[str]:
+    """Warnings that depend on the images per class: too few, unbalanced."""
+    out: list[str] = []
     counts = Counter(i.label for i in items)
     few = sorted((c for c in wanted if counts[c] < MIN_IMAGES_PER_CLASS), key=lambda c: counts[c])
     if len(few) == 1:
@@ -249,28 +288,23 @@ def _check(
             f"{counts[small]}. The model may favour the big classes; add images to the small "
             "ones if you can."
         )
-    if plan.explicit:
-        val_counts = Counter(i.label for i in items if i.subset == "val")
-        if not val_counts and leaks:
-            raise DataError(
-                f"Every image in '{plan.val_dir}' is a copy of a training image, so it cannot "
-                "check the model. Put other pictures in it, or remove it so that part of the "
-                "training images is held back instead."
-            )
-        if not val_counts:
-            raise DataError(
-                f"The '{plan.val_dir}' folder has no usable images. Add images to it (one folder "
-                "per class), or remove it so that part of the training images is held back "
-                "instead."
-            )
-        missing = [c for c in wanted if val_counts[c] == 0]
-        if missing:
-            out.append(
-                f"The '{plan.val_dir}' folder has no images of "
-                f"{'class' if len(missing) == 1 else 'classes'} {some(missing)}, so the model "
-                f"will not be checked on {'that class' if len(missing) == 1 else 'those'}."
-            )
     return out
+
+
+_MISSING_VAL = re.compile(r"^The '.*' folder has no images of class(es)? ")
+
+
+def _missing_val_warnings(items: Sequence[ImageItem], wanted: list[str], val_dir: str) -> list[str]:
+    """With a validation folder: the classes it has no images of."""
+    val_counts = Counter(i.label for i in items if i.subset == "val")
+    missing = [c for c in wanted if val_counts[c] == 0]
+    if not missing:
+        return []
+    return [
+        f"The '{val_dir}' folder has no images of "
+        f"{'class' if len(missing) == 1 else 'classes'} {some(missing)}, so the model "
+        f"will not be checked on {'that class' if len(missing) == 1 else 'those'}."
+    ]
 
 
 def _not_a_picture(entry: Entry) -> str | None:
@@ -297,6 +331,52 @@ def _not_a_picture(entry: Entry) -> str | None:
     return f"file type '{suffix}' is not supported (supported: {kinds})"
 
 
+def _images_only(
+    entries: list[Entry], skipped: list[SkippedFile], what: str, empty_hint: str
+) -> list[Entry]:
+    """The entries that are pictures (by name or contents); the others go to ``skipped``."""
+    images: list[Entry] = []
+    for e in entries:
+        why = None if Path(e.parts[-1]).suffix.lower() in IMAGE_SUFFIXES else _not_a_picture(e)
+        if why is None:
+            images.append(e)
+        else:
+            skipped.append(SkippedFile(e.source, why))
+    if not entries and not skipped:
+        raise DataError(f"{what} is empty. {empty_hint}")
+    if not images:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        why = f" ({_examples(skipped)})" if skipped else ""
+        raise DataError(f"No images were found in {what.lower()}{why}. Supported kinds: {kinds}.")
+    return images
+
+
+def _no_class_folders() -> DataError:
+    return DataError(
+        "No class folders were found. Put each class's images in its own folder, e.g. "
+        "cats/…, dogs/…, and try again."
+    )
+
+
+def _new_dest(dest: Path) -> bool:
+    """Check that ``dest`` is new or empty; True when it does not exist yet."""
+    created = not dest.exists()
+    if not created and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest} must be a new or empty folder")
+    return created
+
+
+def _undo(dest: Path, created: bool, exc: BaseException, need: int) -> None:
+    """Remove what a failed import or addition wrote; a full disk becomes DiskFullError."""
+    if created:
+        shutil.rmtree(dest, ignore_errors=True)
+    else:
+        for child in dest.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if diskspace.is_disk_full(exc):  # measured after the clean-up freed the space
+        raise diskspace.disk_full_error(dest, need) from None
+
+
 def _import(
     entries: list[Entry],
     dest: Path,
@@ -312,31 +392,14 @@ def _import(
     before or during the import, is a DiskFullError.
     """
     skipped = list(skipped or [])
-    images: list[Entry] = []
-    for e in entries:
-        why = None if Path(e.parts[-1]).suffix.lower() in IMAGE_SUFFIXES else _not_a_picture(e)
-        if why is None:
-            images.append(e)
-        else:
-            skipped.append(SkippedFile(e.source, why))
-    if not entries and not skipped:
-        raise DataError(f"{what} is empty. Put one folder of images per class in it.")
-    if not images:
-        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-        why = f" ({_examples(skipped)})" if skipped else ""
-        raise DataError(f"No images were found in {what.lower()}{why}. Supported kinds: {kinds}.")
+    images = _images_only(entries, skipped, what, "Put one folder of images per class in it.")
     folders = list(folders) + [e.parts[:-1] for e in entries if len(e.parts) > 1]
     plan = plan_layout(images, folders)
     skipped += [SkippedFile(source, reason) for source, reason in plan.skipped]
     if not plan.todo:
-        raise DataError(
-            "No class folders were found. Put each class's images in its own folder, e.g. "
-            "cats/…, dogs/…, and try again."
-        )
+        raise _no_class_folders()
     _classes(plan)
-    created = not dest.exists()
-    if not created and (not dest.is_dir() or any(dest.iterdir())):
-        raise FileExistsError(f"{dest} must be a new or empty folder")
+    created = _new_dest(dest)
     need = diskspace.import_need(len(plan.todo), source_bytes or 0)
     diskspace.check_free(dest, need)
     try:
@@ -344,13 +407,7 @@ def _import(
         manifest.save()
         return manifest
     except BaseException as exc:
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)
-        else:
-            for child in dest.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        if diskspace.is_disk_full(exc):  # measured after the clean-up freed the space
-            raise diskspace.disk_full_error(dest, need) from None
+        _undo(dest, created, exc, need)
         raise
 
 
@@ -402,53 +459,88 @@ def _prepared_all(
             yield window.popleft().result()
 
 
-def _convert(
-    plan: Plan, dest: Path, progress: Progress | None, skipped: list[SkippedFile]
-) -> DatasetManifest:
+@dataclass
+class _Intake:
+    """Where new images are written and what they are compared with (an import starts empty).
+
+    ``first``: sha256 -> the kept image; ``dirs``: class -> its folder under ``images/``;
+    ``taken``: folder names in use (case-folded); ``numbers``: the next file number per class.
+    """
+
+    dest: Path
+    first: dict[str, ImageItem] = field(default_factory=dict)
+    dirs: dict[str, str] = field(default_factory=dict)
+    taken: set[str] = field(default_factory=set)
+    numbers: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Taken:
+    """What an intake produced: the images kept and the copies left out."""
+
+    items: list[ImageItem]
+    duplicates: list[tuple[str, str]]
+    leaks: int  # validation images that copy a training image
+    across: int  # copies of an image of another class
+    known: int  # copies of an image that was there before (``grow``)
+    skipped_in: dict[str, list[SkippedFile]]
+
+
+def _take(
+    todo: list[tuple[Entry, str, str | None]],
+    intake: _Intake,
+    progress: Progress | None,
+    skipped: list[SkippedFile],
+) -> _Taken:
+    """Decode, normalise, dedupe (also against ``intake.first``) and write each image."""
+    dest = intake.dest
     (dest / ".incoming").mkdir(parents=True, exist_ok=True)
-    items: list[ImageItem] = []
-    first: dict[str, ImageItem] = {}
-    duplicates: list[tuple[str, str]] = []
-    leaks = across = 0
-    dirs: dict[str, str] = {}
-    taken: set[str] = set()
-    numbers: Counter[str] = Counter()
-    skipped_in: dict[str, list[SkippedFile]] = {}
-    total = len(plan.todo)
+    before = set(intake.first)
+    out = _Taken([], [], 0, 0, 0, {})
+    total = len(todo)
     if progress:
         progress(0, total)
     for done, ((entry, label, subset), outcome) in enumerate(
-        zip(plan.todo, _prepared_all(plan.todo), strict=True), 1
+        zip(todo, _prepared_all(todo), strict=True), 1
     ):
         if isinstance(outcome, ImageSkip):
             skipped.append(SkippedFile(entry.source, outcome.reason))
-            skipped_in.setdefault(label, []).append(skipped[-1])
+            out.skipped_in.setdefault(label, []).append(skipped[-1])
         else:
             prepared, encoded = outcome
-            kept = first.get(prepared.sha256)
+            kept = intake.first.get(prepared.sha256)
             if kept is not None:
-                duplicates.append((entry.source, kept.source))
-                leaks += kept.subset == "train" and subset == "val"
-                across += kept.label != label
+                out.duplicates.append((entry.source, kept.source))
+                out.leaks += kept.subset == "train" and subset == "val"
+                out.across += kept.label != label
+                out.known += prepared.sha256 in before
             else:
-                folder = dirs.get(label) or dirs.setdefault(label, _class_dir(label, taken))
+                folder = intake.dirs.get(label) or intake.dirs.setdefault(
+                    label, _class_dir(label, intake.taken)
+                )
                 ext = "png" if prepared.lossless else "jpg"
-                rel = f"images/{folder}/{numbers[label]:04d}.{ext}"
-                numbers[label] += 1
+                rel = f"images/{folder}/{intake.numbers[label]:04d}.{ext}"
+                intake.numbers[label] += 1
                 (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
                 (dest / rel).write_bytes(encoded)
                 img = prepared.image
-                phash = image_hash(
-                    img
-                )  # near-duplicates are looked for later (tl_core.data.neardup)
+                phash = image_hash(img)  # near-duplicates are looked for later (neardup)
                 item = ImageItem(rel, label, subset, entry.source, prepared.sha256, *img.size)
                 item = replace(item, phash=phash)
-                first[prepared.sha256] = item
-                items.append(item)
+                intake.first[prepared.sha256] = item
+                out.items.append(item)
         if progress:
             progress(done, total)
     shutil.rmtree(dest / ".incoming", ignore_errors=True)
-    warnings = _check(plan, items, skipped, skipped_in, leaks)
+    return out
+
+
+def _convert(
+    plan: Plan, dest: Path, progress: Progress | None, skipped: list[SkippedFile]
+) -> DatasetManifest:
+    taken = _take(plan.todo, _Intake(dest), progress, skipped)
+    items, duplicates, leaks, across = taken.items, taken.duplicates, taken.leaks, taken.across
+    warnings = _check(plan, items, skipped, taken.skipped_in, leaks)
     if duplicates:
         warnings.append(
             f"{_n(len(duplicates), 'exact duplicate image', 'was', 'were')} left out "
@@ -481,9 +573,18 @@ def _convert(
     )
 
 
-def import_folder(src: Path, dest: Path, progress: Progress | None = None) -> DatasetManifest:
-    """Import a folder with one sub-folder per class (or ``train/`` + ``val/``)."""
-    src = Path(src)
+@dataclass
+class _Source:
+    """What the user gave, as file entries: those left out already, folders seen, size."""
+
+    entries: list[Entry]
+    skipped: list[SkippedFile]
+    folders: list[tuple[str, ...]]
+    size: int
+    what: str  # "The folder", for messages
+
+
+def _folder_source(src: Path, dest: Path) -> _Source:
     if not src.is_dir():
         raise DataError(f"The folder '{src}' does not exist. Choose a folder of images.")
     try:
@@ -495,23 +596,18 @@ def import_folder(src: Path, dest: Path, progress: Progress | None = None) -> Da
         ) from None
     skipped = [SkippedFile(source, reason) for source, reason in found.skipped]
     size = diskspace.files_bytes(src / e.source for e in found.entries)
-    return _import(
-        found.entries, dest, progress, "The folder", skipped, found.folders, source_bytes=size
-    )
+    return _Source(found.entries, skipped, found.folders, size, "The folder")
 
 
-def import_zip(
-    zip_file: Path | BinaryIO,
-    dest: Path,
-    progress: Progress | None = None,
-    max_total_bytes: int = MAX_IMPORT_MB * 1024**2,
-    max_files: int = 100_000,
-) -> DatasetManifest:
-    """Import a .zip; unsafe or oversized archives are refused before anything is unpacked."""
+@contextmanager
+def _zip_source(
+    zip_file: Path | BinaryIO, dest: Path, max_total_bytes: int, max_files: int
+) -> Iterator[_Source]:
+    """The archive's members (unpacked one at a time, while the archive is open)."""
     with open_zip(zip_file) as zf:
         infos = check_zip(zf, max_total_bytes, max_files)
         budget = ByteBudget(max_total_bytes)
-        tmp = Path(dest) / ".incoming"
+        tmp = dest / ".incoming"
         entries = []
         for info in infos:
             raw = safe_parts(info.filename) or ()
@@ -530,9 +626,46 @@ def import_zip(
             and not any(p.startswith(".") for p in parts)
         ]
         size = sum(i.file_size for i in infos)
-        return _import(
-            entries, Path(dest), progress, "The .zip file", skipped, folders, source_bytes=size
-        )
+        yield _Source(entries, skipped, folders, size, "The .zip file")
+
+
+def _files_source(files: Iterable[tuple[str, bytes]], what: str) -> _Source:
+    entries: list[Entry] = []
+    skipped: list[SkippedFile] = []
+    size = 0
+    for name, data in files:
+        size += len(data)
+        parts = safe_parts(name.lstrip("/\\"))
+        if parts is None:
+            skipped.append(SkippedFile(name, "unsafe file name"))
+        elif parts:
+            entries.append(Entry(nfc(parts), name, lambda d=data: io.BytesIO(d), parts))
+    entries, hidden = screen(entries)
+    skipped += [SkippedFile(source, reason) for source, reason in hidden]
+    return _Source(entries, skipped, [], size, what)
+
+
+def _import_source(src: _Source, dest: Path, progress: Progress | None) -> DatasetManifest:
+    return _import(
+        src.entries, dest, progress, src.what, src.skipped, src.folders, source_bytes=src.size
+    )
+
+
+def import_folder(src: Path, dest: Path, progress: Progress | None = None) -> DatasetManifest:
+    """Import a folder with one sub-folder per class (or ``train/`` + ``val/``)."""
+    return _import_source(_folder_source(Path(src), dest), dest, progress)
+
+
+def import_zip(
+    zip_file: Path | BinaryIO,
+    dest: Path,
+    progress: Progress | None = None,
+    max_total_bytes: int = MAX_IMPORT_MB * 1024**2,
+    max_files: int = 100_000,
+) -> DatasetManifest:
+    """Import a .zip; unsafe or oversized archives are refused before anything is unpacked."""
+    with _zip_source(zip_file, Path(dest), max_total_bytes, max_files) as src:
+        return _import_source(src, Path(dest), progress)
 
 
 def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> BinaryIO:
@@ -549,22 +682,320 @@ def import_files(
     Names only ever become class labels, never paths; a leading '/' is tolerated (browsers
     send dropped folders so), names climbing out with '..' are skipped.
     """
-    entries: list[Entry] = []
+    return _import_source(_files_source(files, "The uploaded folder"), Path(dest), progress)
+
+
+# ---------------------------------------------------------------------------- grow
+
+# A folder (or a path to a .zip), a file-like .zip, or uploaded files as (name, bytes).
+GrowSource = Path | str | BinaryIO | Sequence[tuple[str, bytes]]
+# Files beside the images that a new data version takes over (the user's label review).
+_CARRIED = ("corrections.json",)
+
+
+@dataclass(frozen=True)
+class Growth:
+    """What :func:`grow` did: the new data version and what was added to it."""
+
+    manifest: DatasetManifest
+    added: dict[str, int]  # class -> images added
+    new_classes: list[str]
+    duplicates: list[tuple[str, str]]  # (left-out copy, kept image), by source name
+    skipped: list[SkippedFile]
+    warnings: list[str]  # about the added images
+    linked: int  # earlier images hard-linked into the new version
+    copied: int  # earlier images copied (where the disk cannot link)
+
+    def summary(self) -> str:
+        """One plain sentence: 'Added 40 images to 'rust' (2 duplicates left out); …'."""
+        total = sum(self.added.values())
+        if len(self.added) == 1:
+            (label,) = self.added
+            new = "the new class " if label in self.new_classes else ""
+            head = f"Added {_n(total, 'image')} to {new}'{label}'"
+        else:
+            shown = ", ".join(f"{n:,} to '{c}'" for c, n in list(self.added.items())[:4])
+            more = f" and {len(self.added) - 4:,} more classes" if len(self.added) > 4 else ""
+            head = f"Added {_n(total, 'image')} ({shown}{more})"
+        left = []
+        if self.duplicates:
+            left.append(f"{_n(len(self.duplicates), 'duplicate')} left out")
+        if self.skipped:
+            left.append(f"{_n(len(self.skipped), 'file')} skipped")
+        extra = f" ({', '.join(left)})" if left else ""
+        return f"{head}{extra}; earlier runs keep their data."
+
+
+@contextmanager
+def _grow_source(source: GrowSource, dest: Path) -> Iterator[_Source]:
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if path.is_dir():
+            yield _folder_source(path, dest)
+            return
+        if not path.is_file():
+            raise DataError(f"'{path}' does not exist. Choose a folder of images or a .zip file.")
+        with _zip_source(path, dest, MAX_IMPORT_MB * 1024**2, 100_000) as src:
+            yield src
+        return
+    if hasattr(source, "read"):
+        with _zip_source(source, dest, MAX_IMPORT_MB * 1024**2, 100_000) as src:  # type: ignore[arg-type]
+            yield src
+        return
+    yield _files_source(source, "The uploaded files")  # type: ignore[arg-type]
+
+
+def _intake_of(base: DatasetManifest, dest: Path) -> _Intake:
+    """New images are compared with the old ones and numbered after them, class by class."""
+    intake = _Intake(dest)
+    for item in base.items:
+        intake.first.setdefault(item.sha256, item)
+        parts = item.file.split("/")
+        if len(parts) != 3:
+            continue
+        intake.dirs.setdefault(item.label, parts[1])
+        intake.taken.add(parts[1].casefold())
+        stem = Path(parts[2]).stem
+        if stem.isdigit():
+            intake.numbers[item.label] = max(intake.numbers[item.label], int(stem) + 1)
+    return intake
+
+
+def _link_old(base: DatasetManifest, dest: Path) -> int:
+    """Hard-link (copy where the disk cannot) the old images and label review into ``dest``."""
+    root, linked = Path(base.root), 0
+    for item in base.items:
+        src, dst = root / item.file, dest / item.file
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+            linked += 1
+            continue
+        except FileExistsError:
+            raise
+        except OSError:
+            pass
+        try:
+            shutil.copy2(src, dst)
+        except FileNotFoundError:
+            raise DataError(
+                f"The image '{item.file}' is missing from '{root}', so images cannot be added "
+                "to this data set. Import the images again."
+            ) from None
+    for name in _CARRIED:
+        if (root / name).is_file():
+            shutil.copy2(root / name, dest / name)  # a copy: editing one leaves the other
+    return linked
+
+
+def _grow_todo(
+    base: DatasetManifest, images: list[Entry], src: _Source, label: str | None
+) -> tuple[list[tuple[Entry, str, str | None]], list[SkippedFile], list[str], str | None]:
+    """Each new image's class (an existing one where the name matches) and subset.
+
+    Also the files left out by the layout, the warnings about names, and the validation
+    folder's name (for a data set with a validation folder).
+    """
+    existing = {_label_key(c): c for c in base.classes}
+    renamed: dict[str, str] = {}
     skipped: list[SkippedFile] = []
-    size = 0
-    for name, data in files:
-        size += len(data)
-        parts = safe_parts(name.lstrip("/\\"))
-        if parts is None:
-            skipped.append(SkippedFile(name, "unsafe file name"))
-        elif parts:
-            entries.append(Entry(nfc(parts), name, lambda d=data: io.BytesIO(d), parts))
-    entries, hidden = screen(entries)
-    skipped += [SkippedFile(source, reason) for source, reason in hidden]
-    return _import(entries, Path(dest), progress, "The uploaded folder", skipped, source_bytes=size)
+    warnings: list[str] = []
+    val_dir: str | None = None
+    default_subset = "train" if base.has_explicit_val else None
+    todo: list[tuple[Entry, str, str | None]] = []
+    if label is not None:
+        name = _clean_name(nfc([label])[0])
+        if not name:
+            raise DataError("Type a name for the new class, or choose one of the classes.")
+        target = existing.get(_label_key(name), name)
+        if target != name:
+            renamed[name] = target
+        todo = [(e, target, default_subset) for e in sorted(images, key=lambda e: e.parts)]
+    else:
+        folders = list(src.folders) + [e.parts[:-1] for e in src.entries if len(e.parts) > 1]
+        plan = plan_layout(images, folders)
+        skipped += [SkippedFile(source, reason) for source, reason in plan.skipped]
+        if not plan.todo:
+            raise _no_class_folders()
+        if plan.explicit and not base.has_explicit_val:
+            raise DataError(
+                f"These images come in '{plan.train_dir}' and '{plan.val_dir}' folders, but "
+                "this data set holds back part of each class for validation itself. Put the "
+                "images in one folder per class, without those two folders, and add them again."
+            )
+        val_dir = plan.val_dir
+        warnings += plan.warnings
+        for entry, found, subset in plan.todo:
+            target = existing.get(_label_key(found), found)
+            if target != found:
+                renamed[found] = target
+            todo.append((entry, target, subset or default_subset))
+    if renamed:
+        pairs = [f"'{a}' as '{b}'" for a, b in sorted(renamed.items())]
+        warnings.append(
+            f"Class names that differ from a class of the data set only in capital letters or "
+            f"in how their letters are written are the same class: added {some(pairs)}."
+        )
+    return todo, skipped, warnings, val_dir
+
+
+def _grow_warnings(taken: _Taken, skipped: list[SkippedFile], val_dir: str | None) -> list[str]:
+    out: list[str] = []
+    inner = len(taken.duplicates) - taken.known
+    if taken.known:
+        out.append(
+            f"{_n(taken.known, 'added image', 'was', 'were')} already in the data set and "
+            f"{'was' if taken.known == 1 else 'were'} left out."
+        )
+    if inner:
+        out.append(
+            f"{_n(inner, 'exact duplicate image', 'was', 'were')} among the added ones left "
+            "out (one copy of each is kept)."
+        )
+    if taken.across:
+        out.append(
+            f"{_n(taken.across, 'added image')} "
+            f"{'was a copy' if taken.across == 1 else 'were copies'} of an image in another "
+            "class; only the first copy was kept. Check that each "
+            "picture is in the right class."
+        )
+    if taken.leaks:
+        out.append(
+            f"{_n(taken.leaks, 'image')} in '{val_dir}' "
+            f"{'was an exact copy' if taken.leaks == 1 else 'were exact copies'} of training "
+            "images; left out of validation so that the check stays honest."
+        )
+    if skipped:
+        out.append(
+            f"{_n(len(skipped), 'file', 'was', 'were')} skipped; the list of skipped files "
+            "says why."
+        )
+    return out
+
+
+def _check_growth(
+    base: DatasetManifest, todo: list[tuple[Entry, str, str | None]], taken: _Taken
+) -> list[str]:
+    """Refuse an addition that adds nothing or a class that cannot be trained on."""
+    if not taken.items:
+        if taken.duplicates:
+            raise DataError(
+                f"Nothing was added: {_n(len(taken.duplicates), 'image')} "
+                f"{'is a copy' if len(taken.duplicates) == 1 else 'are copies'} of images "
+                "already in the data set (or of each other). Choose other pictures."
+            )
+        skipped = [s for ss in taken.skipped_in.values() for s in ss]
+        raise DataError(
+            f"None of the {len(todo)} image files could be used ({_examples(skipped)}). "
+            "Check that they are real, complete pictures and try again."
+        )
+    new_classes = sorted({label for _, label, _ in todo} - set(base.classes))
+    per_class = Counter(i.label for i in taken.items if i.subset != "val")
+    for label in new_classes:
+        if per_class[label] == 0:
+            why = _examples(taken.skipped_in.get(label, [])) or "all are copies of other images"
+            raise DataError(
+                f"The new class '{label}' has no usable images ({why}). Add real pictures to "
+                "it, or leave it out."
+            )
+        if not base.has_explicit_val and per_class[label] < 2:
+            raise DataError(
+                f"The new class '{label}' has 1 usable image; each class needs at least 2 (10 "
+                "or more recommended) so that some can be held back to check the model. Add "
+                f"more images of '{label}'."
+            )
+    return new_classes
+
+
+def _grown_warnings(
+    base: DatasetManifest, items: list[ImageItem], classes: list[str], val_dir: str | None
+) -> list[str]:
+    """The data set's warnings with those that depend on the counts worked out again."""
+    stale = set(_count_warnings(base.items, base.classes))
+    kept, old_val_dir = [], None
+    for w in base.warnings:
+        if _MISSING_VAL.match(w):
+            old_val_dir = old_val_dir or w.split("'")[1]
+        elif w not in stale:
+            kept.append(w)
+    out = kept + _count_warnings(items, classes)
+    if base.has_explicit_val:
+        out += _missing_val_warnings(items, classes, old_val_dir or val_dir or "val")
+    return out
+
+
+def grow(
+    base: DatasetManifest,
+    source: GrowSource,
+    dest: Path,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> Growth:
+    """Add images to a data set as a new data version in ``dest`` (a new or empty folder).
+
+    With ``label`` every new image goes into that class (an existing one, or a new class);
+    without, ``source`` holds one folder per class as for an import (``train/`` + ``val/``
+    only when ``base`` has a validation folder). A class name matching an existing class
+    case-insensitively or after Unicode normalisation (NFKC) is that class. ``base``'s items
+    are kept unchanged and their files hard-linked (copied where linking fails); only the new
+    images are decoded, and copies of old images are left out by their pixel hash. ``base``
+    is only read. On failure ``dest`` vanishes (DataError, DiskFullError).
+    """
+    dest = Path(dest)
+    with _grow_source(source, dest) as src:
+        skipped = list(src.skipped)
+        hint = (
+            "Choose some images to add."
+            if label is not None
+            else "Put one folder of images per class in it."
+        )
+        images = _images_only(src.entries, skipped, src.what, hint)
+        todo, layout_skipped, warnings, val_dir = _grow_todo(base, images, src, label)
+        skipped += layout_skipped
+        created = _new_dest(dest)
+        need = diskspace.import_need(len(todo), src.size)
+        diskspace.check_free(dest, need)
+        try:
+            taken = _take(todo, _intake_of(base, dest), progress, skipped)
+            new_classes = _check_growth(base, todo, taken)
+            linked = _link_old(base, dest)
+            items = [*base.items, *taken.items]
+            classes = sorted({*base.classes, *new_classes})
+            warnings += _grow_warnings(taken, skipped, val_dir)
+            manifest = DatasetManifest(
+                root=dest,
+                items=items,
+                classes=classes,
+                skipped=[*base.skipped, *skipped],
+                duplicates=[*base.duplicates, *taken.duplicates],
+                warnings=_grown_warnings(base, items, classes, val_dir) + warnings,
+                has_explicit_val=base.has_explicit_val,
+                batch_starts=[*base.batch_starts, len(base.items)],
+                grown_from=Path(base.root).name,
+            )
+            manifest.save()
+        except BaseException as exc:
+            _undo(dest, created, exc, need)
+            raise
+    added = Counter(i.label for i in taken.items)
+    return Growth(
+        manifest=manifest,
+        added={c: added[c] for c in classes if added[c]},
+        new_classes=new_classes,
+        duplicates=taken.duplicates,
+        skipped=skipped,
+        warnings=warnings,
+        linked=linked,
+        copied=len(base.items) - linked,
+    )
 
 
 # --------------------------------------------------------------------------- split
+
+
+def _n_val(n: int, val_fraction: float) -> int:
+    """Images of a class of ``n`` held back: ``round(n * val_fraction)``, 1 to n - 1."""
+    return min(max(round(n * val_fraction), 1), n - 1)
 
 
 def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: int = 0) -> Split:
@@ -573,6 +1004,11 @@ def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: in
     An explicit ``val/`` folder is used as is (``val_fraction`` ignored). Otherwise each class
     is shuffled with its own ``random.Random`` seeded by (seed, class) and ``round(n *
     val_fraction)`` images, at least 1 and at most n - 1, go to validation.
+
+    A grown data set (``manifest.batch_starts``) is split batch by batch so that the earlier
+    images keep their side: the images added to a class fill up its validation share (the
+    count for the whole class, as above, less what earlier batches hold back), chosen at
+    random among the added images (shuffled by (seed, class, batch)).
     """
     if manifest.has_explicit_val:
         train = [i for i in manifest.items if i.subset != "val"]
@@ -582,15 +1018,24 @@ def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: in
             f"The share of images held back for validation must be between 0 and 1 (not "
             f"{val_fraction}); 0.2 is a good start."
         )
+    n = len(manifest.items)
+    starts = sorted({0, *(b for b in manifest.batch_starts if 0 < b < n)})
+    batch_of = [0] * n
+    for b, (lo, hi) in enumerate(zip(starts, [*starts[1:], n], strict=True)):
+        batch_of[lo:hi] = [b] * (hi - lo)
+    by_label: dict[str, dict[int, list[str]]] = {}
+    for item, b in zip(manifest.items, batch_of, strict=True):
+        by_label.setdefault(item.label, {}).setdefault(b, []).append(item.file)
     val_files: set[str] = set()
-    by_label: dict[str, list[str]] = {}
-    for item in manifest.items:
-        by_label.setdefault(item.label, []).append(item.file)
     for label in manifest.classes:
-        files = sorted(by_label.get(label, []))
-        random.Random(f"{seed}:{label}").shuffle(files)
-        n_val = min(max(round(len(files) * val_fraction), 1), len(files) - 1)
-        val_files.update(files[:n_val])
+        seen = held = 0
+        for b, batch in sorted(by_label.get(label, {}).items()):
+            files = sorted(batch)
+            random.Random(f"{seed}:{label}" if b == 0 else f"{seed}:{label}:{b}").shuffle(files)
+            seen += len(files)
+            target = _n_val(seen, val_fraction)
+            val_files.update(files[: max(target - held, 0)])
+            held = max(target, held)
     return Split(
         train=[i for i in manifest.items if i.file not in val_files],
         val=[i for i in manifest.items if i.file in val_files],
