@@ -88,6 +88,8 @@ def page() -> None:
             accept_multiple_files=True,
             key="try_upload",
         )
+        # getvalue() hands back the uploaded bytes themselves (no copy): the pictures are in
+        # memory once, then written to the job's folder, which reads them a batch at a time.
         named = [(f.name, f.getvalue()) for f in files or []]
     else:
         shot = st.camera_input("Take a photo", key="try_camera")
@@ -127,9 +129,16 @@ def page() -> None:
                 config={"displayModeBar": False},
             )
         return
+    _table(results, classes, threshold)
+
+
+def _table(
+    results: list[tuple[str, np.ndarray | None, str | None]], classes: list[str], threshold: float
+) -> None:
+    """Many pictures' answers: how many of each, then one sortable row per picture."""
     rows = []
     for name, probs, error in results:
-        if error:
+        if error or probs is None:
             rows.append({"file": name, "prediction": "", "probability": None, "note": error})
             continue
         top = int(probs.argmax())
@@ -143,9 +152,32 @@ def page() -> None:
             }
         )
     table = pd.DataFrame(rows)
+    unread = sum(1 for _, probs, error in results if error or probs is None)
+    answers = table.loc[table["prediction"] != "", "prediction"].value_counts()
+    st.markdown(
+        f"**{len(results):,} pictures**: "
+        + ", ".join(f"{n:,} {literal(str(label))}" for label, n in answers.head(5).items())
+        + (f" and {len(answers) - 5:,} more answers" if len(answers) > 5 else "")
+        + (f"; {unread:,} could not be read" if unread else "")
+        + "."
+    )
+    show = st.segmented_control(
+        "Show",
+        ["all", "not sure", "could not be read"],
+        default="all",
+        key="try_filter",
+        help="Click a column's title to sort by it.",
+    )
+    shown = table
+    if show == "not sure":
+        shown = table[table["prediction"] == "not sure"]
+    elif show == "could not be read":
+        shown = table[table["prediction"] == ""]
     st.dataframe(
-        table,
+        shown,
         hide_index=True,
+        height=min(38 + 35 * max(len(shown), 1), 560),
+        key="try_table",
         column_config={
             "probability": st.column_config.ProgressColumn(
                 format="percent", min_value=0.0, max_value=1.0
