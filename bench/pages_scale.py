@@ -6,7 +6,7 @@ with Streamlit's AppTest: the first draw (imports, the manifest not yet cached),
 (what a click costs) and a new visit (a new tab). The near-duplicate search, done once per
 data set and then read from disk, is timed on its own. It prints one JSON line of seconds.
 
-    uv run python bench/pages_scale.py [--classes 100] [--per-class 200]
+    uv run python bench/pages_scale.py [--classes 100] [--per-class 200] [--side 320]
 """
 
 from __future__ import annotations
@@ -121,10 +121,30 @@ def data_page(project_id: str, timeout: float = 300):
     return at
 
 
+def count_image_bytes() -> list[int]:
+    """Wrap Streamlit's image encoder so that each draw's picture bytes can be summed: the
+    list returned gets the size of every picture a page hands to the browser."""
+    from streamlit.elements.lib import image_utils
+
+    sizes: list[int] = []
+    real = image_utils.image_to_url
+
+    def counted(image, *args, **kwargs):
+        if isinstance(image, bytes):
+            sizes.append(len(image))
+        elif isinstance(image, str | Path) and os.path.isfile(image):
+            sizes.append(os.path.getsize(image))
+        return real(image, *args, **kwargs)
+
+    image_utils.image_to_url = counted
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--side", type=int, default=320, help="picture width in pixels")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update(
@@ -134,7 +154,7 @@ def main() -> None:
             HF_HUB_OFFLINE="1",
         )
         start = time.perf_counter()
-        data = make_manifest(Path(tmp) / "data-1", args.classes, args.per_class)
+        data = make_manifest(Path(tmp) / "data-1", args.classes, args.per_class, args.side)
         made = time.perf_counter() - start
         project_id = project_on(Path(tmp) / "ws", data)
         from tl_core.data import neardup
@@ -143,9 +163,11 @@ def main() -> None:
         start = time.perf_counter()
         neardup.manifest_pairs(DatasetManifest.load(data))  # once a data set, kept on disk
         search = time.perf_counter() - start
+        sizes = count_image_bytes()
         start = time.perf_counter()
         at = data_page(project_id)
         first = time.perf_counter() - start
+        sent = sum(sizes)
         if at.exception:
             sys.exit(f"the page failed: {at.exception[0].message}")
         start = time.perf_counter()
@@ -164,6 +186,8 @@ def main() -> None:
                     "data_page_first_s": round(first, 2),
                     "data_page_rerun_s": round(again, 2),  # a click on the page
                     "data_page_new_visit_s": round(fresh, 2),  # a new browser tab
+                    "pictures_sent": len(sizes) // 3,  # in each draw
+                    "picture_mb_sent": round(sent / 2**20, 2),  # in each draw
                 }
             )
         )
