@@ -300,3 +300,40 @@ def test_a_stopped_predict_task_returns_early(tmp_path, monkeypatch) -> None:
         "j", "predict", "p", {"run_dir": str(tmp_path)}, str(tmp_path), str(tmp_path / "job")
     )
     assert tasks.predict(spec, FakeContext(stop=True)) == tasks.STOPPED
+
+
+def _answers_page(count: int, every: int) -> None:
+    import numpy as np
+
+    from tl_ui.batch import results_table
+
+    classes = [f"class {c:03d}" for c in range(100)]
+    results = []
+    for i in range(count):
+        if i % every == 0:
+            results.append((f"p{i}.jpg", None, f"p{i}.jpg: not a picture"))
+        else:
+            probs = np.full(100, 0.1 / 99)
+            probs[i % 100] = 0.9 if i % 3 else 0.4  # one in three is not sure at 0.5
+            probs[(i + 1) % 100] = 0.0 if i % 3 else 0.35
+            results.append((f"p{i}.jpg", probs / probs.sum(), None))
+    results_table(results, classes, 0.5)
+
+
+@pytest.mark.parametrize(("count", "every"), [(1000, 97), (300, 10)])
+def test_try_page_answers_for_many_pictures_are_summed_filtered_and_sortable(count, every):
+    at = AppTest.from_function(_answers_page, args=(count, every), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    unread = len(range(0, count, every))
+    summary = at.markdown[0].value
+    assert (
+        summary.startswith(f"**{count:,} pictures**") and f"{unread} could not be read" in summary
+    )
+    assert len(at.dataframe[0].value) == count
+    at.segmented_control(key="try_filter").set_value("could not be read").run()
+    assert len(at.dataframe[0].value) == unread
+    at.segmented_control(key="try_filter").set_value("not sure").run()
+    table = at.dataframe[0].value
+    assert len(table) and set(table["prediction"]) == {"not sure"}
+    assert all(note.startswith("best guess class") for note in table["note"])
