@@ -337,3 +337,20 @@ def test_try_page_answers_for_many_pictures_are_summed_filtered_and_sortable(cou
     table = at.dataframe[0].value
     assert len(table) and set(table["prediction"]) == {"not sure"}
     assert all(note.startswith("best guess class") for note in table["note"])
+
+
+@pytest.mark.parametrize(
+    ("matrix", "expected"),
+    [
+        ([[5, 0], [0, 7]], []),
+        ([[5, 2], [1, 7]], [(0, 1, 2, 2 / 7), (1, 0, 1, 1 / 8)]),
+        # a tie in images: the larger share of its class first, then class order
+        ([[8, 2, 0], [0, 2, 2], [2, 0, 8]], [(1, 2, 2, 0.5), (0, 1, 2, 0.2), (2, 0, 2, 0.2)]),
+    ],
+)
+def test_most_confused_pairs_are_ranked_by_images_then_share(matrix, expected) -> None:
+    from tl_core.analysis.metrics import most_confused
+
+    found = [(p.true, p.pred, p.count, p.share) for p in most_confused(np.array(matrix))]
+    assert found == [(t, p, c, pytest.approx(s)) for t, p, c, s in expected]
+    assert len(most_confused(np.array(matrix), 1)) == min(1, len(expected))
