@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from tl_core import service
 from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError
 from tl_ui.charts import class_counts_figure
+from tl_ui.gallery import THUMB_SIDE, pager, thumbnails
 from tl_ui.grow import add_images_panel
 from tl_ui.neardup import near_duplicates_panel
 from tl_ui.session import active_project, get_store, open_project, project_manifest
@@ -18,7 +21,7 @@ from tl_ui.text import literal, plot_literal
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo" / "fashion_mnist"
 THUMBS_PER_CLASS = 6
-THUMB_CLASSES = 24  # classes shown with thumbnails; the rest are in the tables
+CLASSES_PER_PAGE = 10  # classes shown with thumbnails at a time (a page selector for more)
 
 
 def _import(kind: str, source: object) -> None:
@@ -73,40 +76,88 @@ def _ways_in(has_data: bool) -> None:
             _import("zip", upload)
 
 
+# The importer's few-images warning (one class, or many): the page writes its own, with a list.
+_FEW_WARNING = re.compile(
+    r"^(Class '.*' has .* at least \d+ are recommended\.|[\d,]+ classes have fewer than \d+ "
+    r"images: .*)$",
+    re.DOTALL,
+)
+
+
+def _few_images(counts: dict[str, int]) -> None:
+    """One warning for every class under the recommended count, with the list behind it."""
+    least = tl_data.MIN_IMAGES_PER_CLASS
+    few = sorted((c for c in counts if counts[c] < least), key=lambda c: (counts[c], c))
+    if not few:
+        return
+    if len(few) == 1:
+        st.warning(
+            literal(
+                f"Class '{few[0]}' has only {counts[few[0]]} image(s); at least {least} are "
+                "recommended."
+            )
+        )
+        return
+    named = ", ".join(f"'{c}' ({counts[c]})" for c in few[:3])
+    named += f" and {len(few) - 3:,} more" if len(few) > 3 else ""
+    st.warning(
+        literal(
+            f"{len(few):,} classes have fewer than {least} images: {named}. At least {least} "
+            "per class are recommended: add images to them, or leave them out."
+        )
+    )
+    with st.expander(f"The {len(few):,} classes with fewer than {least} images"):
+        st.dataframe(
+            pd.DataFrame({"class": few, "images": [counts[c] for c in few]}),
+            hide_index=True,
+            key="few_classes",
+        )
+
+
+def _thumbnails(manifest: tl_data.DatasetManifest, counts: dict[str, int]) -> None:
+    """A few pictures of each class, one page of classes at a time."""
+    st.subheader("A few images of each class")
+    shown = pager(len(manifest.classes), CLASSES_PER_PAGE, "thumb_page", "classes")
+    labels = [manifest.classes[k] for k in shown]
+    firsts: dict[str, list[str]] = {name: [] for name in labels}
+    for item in manifest.items:
+        kept = firsts.get(item.label)
+        if kept is not None and len(kept) < THUMBS_PER_CLASS:
+            kept.append(str(manifest.root / item.file))
+    for label in labels:
+        st.markdown(f"**{literal(label)}** · {counts[label]:,} images")
+        pictures = thumbnails(firsts[label])
+        if pictures:
+            st.image(pictures, width=THUMB_SIDE)
+        else:
+            st.caption("Its image files are missing from the data folder.")
+
+
 def _summary(manifest: tl_data.DatasetManifest) -> None:
     counts = manifest.counts()
     c1, c2, c3 = st.columns(3)
-    c1.metric("Images", len(manifest.items))
-    c2.metric("Classes", len(manifest.classes))
-    c3.metric("Skipped files", len(manifest.skipped))
+    c1.metric("Images", f"{len(manifest.items):,}")
+    c2.metric("Classes", f"{len(manifest.classes):,}")
+    c3.metric("Skipped files", f"{len(manifest.skipped):,}")
+    _few_images(counts)
     for warning in manifest.warnings:
-        st.warning(literal(warning))
+        if not _FEW_WARNING.match(warning):
+            st.warning(literal(warning))
     shown = dict(zip(plot_literal(counts), counts.values(), strict=True))
     st.plotly_chart(class_counts_figure(shown, tl_data.MIN_IMAGES_PER_CLASS), key="class_counts")
     if manifest.skipped:
-        with st.expander(f"{len(manifest.skipped)} file(s) were skipped — why"):
+        with st.expander(f"{len(manifest.skipped):,} file(s) were skipped — why"):
             st.dataframe(
-                [{"file": s.source, "reason": s.reason} for s in manifest.skipped], hide_index=True
+                pd.DataFrame([{"file": s.source, "reason": s.reason} for s in manifest.skipped]),
+                hide_index=True,
             )
     if manifest.duplicates:
-        with st.expander(f"{len(manifest.duplicates)} exact duplicate(s) were left out"):
+        with st.expander(f"{len(manifest.duplicates):,} exact duplicate(s) were left out"):
             st.dataframe(
-                [{"left out": a, "same as": b} for a, b in manifest.duplicates], hide_index=True
+                pd.DataFrame(manifest.duplicates, columns=["left out", "same as"]),
+                hide_index=True,
             )
-    st.subheader("A few images of each class")
-    firsts: dict[str, list[tl_data.ImageItem]] = {}
-    for item in manifest.items:
-        kept = firsts.setdefault(item.label, [])
-        if len(kept) < THUMBS_PER_CLASS:
-            kept.append(item)
-    for label in manifest.classes[:THUMB_CLASSES]:
-        st.markdown(f"**{literal(label)}** · {counts[label]} images")
-        st.image([str(manifest.root / i.file) for i in firsts.get(label, [])], width=96)
-    if len(manifest.classes) > THUMB_CLASSES:
-        st.caption(
-            f"{len(manifest.classes) - THUMB_CLASSES:,} more classes are not shown here; the "
-            "tables list them all."
-        )
+    _thumbnails(manifest, counts)
 
 
 def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -> None:

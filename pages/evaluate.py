@@ -9,7 +9,7 @@ import streamlit as st
 from PIL import Image
 
 from tl_core import service
-from tl_core.analysis import alarms, comparison
+from tl_core.analysis import alarms, comparison, metrics
 from tl_core.analysis.evaluation import RunEvaluation, Verdict, evaluate_run
 from tl_core.data import review
 from tl_core.errors import RunError, StudioError
@@ -17,6 +17,7 @@ from tl_core.models import catalog
 from tl_core.runs.store import Project, Run
 from tl_ui.alarms import show_alarm
 from tl_ui.charts import (
+    LABELLED_CELLS,
     TRAIN_COLOR,
     VAL_COLOR,
     comparison_figure,
@@ -24,13 +25,19 @@ from tl_ui.charts import (
     curves_figure,
     reliability_figure,
 )
+from tl_ui.gallery import pager, show_thumbnail, thumbnails
 from tl_ui.jobs import watch
 from tl_ui.models import model_info
 from tl_ui.runs import pick_run, trained_model
 from tl_ui.session import get_store
 from tl_ui.text import literal, plot_literal
 
-PER_PAGE = 12
+PER_PAGE = 12  # mistakes a page
+PAIRS_PER_PAGE = 10  # confused pairs a page
+PAIR_EXAMPLES = 6  # images shown for each confused pair
+PAIR_THUMB = 96  # their width in pixels
+THUMB_SIDE = 192  # thumbnails of the confusion view
+MISTAKE_SIDE = 320  # thumbnails of the mistakes, shown larger
 
 
 @st.cache_data(max_entries=8, show_spinner="Scoring the validation images…")
@@ -150,22 +157,28 @@ def _headline(project: Project, run: Run, ev: RunEvaluation) -> None:
 
 
 def _per_class(ev: RunEvaluation) -> None:
-    table = pd.DataFrame(
-        [
+    taken_for = {}
+    for pair in ev.confused_pairs():  # most images first: the first seen is the biggest
+        taken_for.setdefault(pair.true, pair)
+    rows = []
+    for c in ev.per_class:
+        pair = taken_for.get(c.index)
+        rows.append(
             {
                 "class": ev.classes[c.index],
                 "validation images": c.support,
                 "found (recall)": c.recall,
                 "right when it says so (precision)": c.precision,
                 "F1": c.f1,
+                "most often taken for": ev.classes[pair.pred] if pair else "",
+                "images taken for it": pair.count if pair else 0,
             }
-            for c in ev.per_class
-        ]
-    )
+        )
     pct = st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)
     st.dataframe(
-        table,
+        pd.DataFrame(rows),
         hide_index=True,
+        key="per_class",
         column_config={
             "found (recall)": pct,
             "right when it says so (precision)": pct,
@@ -175,7 +188,8 @@ def _per_class(ev: RunEvaluation) -> None:
     st.caption(
         "Recall: of the images that really are this class, the share the model found. "
         "Precision: of the images the model called this class, the share that really are. "
-        "F1 combines both. A class with no predictions has precision 0."
+        "F1 combines both. A class with no predictions has precision 0. Click a column's "
+        "title to sort by it."
     )
 
 
@@ -183,33 +197,79 @@ def _thumbs(root: Path, ev: RunEvaluation, rows: list[int], cols: int = 6) -> No
     grid = st.columns(cols)
     for k, i in enumerate(rows):
         with grid[k % cols]:
-            st.image(str(root / ev.files[i]), width="stretch")
+            show_thumbnail(root / ev.files[i], THUMB_SIDE)
             st.caption(
                 f"{literal(ev.classes[ev.labels[i]])} → **{literal(ev.classes[ev.preds[i]])}** "
                 f"({ev.probs[i].max():.0%})"
             )
 
 
+def _pair_line(ev: RunEvaluation, rank: int, pair: metrics.ConfusedPair) -> str:
+    true, pred = literal(ev.classes[pair.true]), literal(ev.classes[pair.pred])
+    return (
+        f"**{rank}.** '{true}' taken for '{pred}': **{pair.count}** image(s), "
+        f"{pair.share:.0%} of the '{true}' images"
+    )
+
+
+def _ranked_pairs(root: Path, ev: RunEvaluation, pairs: list[metrics.ConfusedPair]) -> None:
+    """The most confused pairs, most images first, each with a few of its images."""
+    st.markdown("**The most confused pairs**")
+    shown = pager(len(pairs), PAIRS_PER_PAGE, "pairs_page", "pairs")
+    for rank in shown:
+        pair = pairs[rank]
+        st.markdown(_pair_line(ev, rank + 1, pair))
+        files = [root / ev.files[i] for i in ev.cell(pair.true, pair.pred)[:PAIR_EXAMPLES]]
+        pictures = thumbnails(files, THUMB_SIDE)
+        if pictures:
+            st.image(pictures, width=PAIR_THUMB)
+    with st.expander(f"All {len(pairs):,} confused pairs as a table"):
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "true class": [ev.classes[p.true] for p in pairs],
+                    "taken for": [ev.classes[p.pred] for p in pairs],
+                    "images": [p.count for p in pairs],
+                    "share of the true class": [p.share for p in pairs],
+                }
+            ),
+            hide_index=True,
+            key="confused_pairs",
+            column_config={
+                "share of the true class": st.column_config.ProgressColumn(
+                    format="percent", min_value=0.0, max_value=1.0
+                )
+            },
+        )
+
+
 def _confusion(root: Path, ev: RunEvaluation) -> None:
+    n = len(ev.classes)
+    pairs = ev.confused_pairs()
     st.caption(
-        "Rows: the true class. Columns: what the model said. The diagonal counts right "
-        f"answers: {ev.summary.correct} of {ev.summary.total} validation images. Choose a "
-        "cell below to see its images."
+        f"{ev.summary.correct} of {ev.summary.total} validation images were right; the "
+        f"mistakes fall in {len(pairs):,} (true class, answer) pairs, the most frequent first."
     )
-    st.plotly_chart(
-        confusion_figure(ev.confusion.tolist(), plot_literal(ev.classes)),
-        key="confusion",
-        config={"displayModeBar": False},
-    )
-    off = [
-        (int(ev.confusion[t, p]), t, p)
-        for t in range(len(ev.classes))
-        for p in range(len(ev.classes))
-        if t != p and ev.confusion[t, p] > 0
-    ]
-    default_t, default_p = (max(off)[1], max(off)[2]) if off else (0, 0)
+    if pairs:
+        _ranked_pairs(root, ev, pairs)
+    else:
+        st.success("The model confused no two classes on the validation images.")
+    if st.toggle(
+        "Show the full confusion matrix",
+        value=n <= LABELLED_CELLS,
+        key="full_matrix",
+        help="Rows: the true class. Columns: what the model said. The diagonal counts right "
+        "answers. With many classes, point at a cell to read it.",
+    ):
+        st.plotly_chart(
+            confusion_figure(ev.confusion.tolist(), plot_literal(ev.classes)),
+            key="confusion",
+            config={"displayModeBar": False},
+        )
+    st.markdown("**Look at one cell**")
+    default_t, default_p = (pairs[0].true, pairs[0].pred) if pairs else (0, 0)
     c1, c2 = st.columns(2)
-    names = list(range(len(ev.classes)))
+    names = list(range(n))
     true = c1.selectbox("True class", names, default_t, format_func=ev.classes.__getitem__)
     pred = c2.selectbox("Predicted as", names, default_p, format_func=ev.classes.__getitem__)
     rows = ev.cell(true, pred)
@@ -220,7 +280,8 @@ def _confusion(root: Path, ev: RunEvaluation) -> None:
         f"**{len(rows)}** image(s): true '{literal(ev.classes[true])}', said "
         f"'{literal(ev.classes[pred])}'."
     )
-    _thumbs(root, ev, rows[: 4 * PER_PAGE])
+    shown = pager(len(rows), 2 * PER_PAGE, "cell_page", "images")
+    _thumbs(root, ev, [rows[k] for k in shown])
 
 
 def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None:
@@ -230,20 +291,27 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
         return
     data_dir = Path(project.data_dir or root)
     corrections = review.load(data_dir)
-    pages = (len(wrong) + PER_PAGE - 1) // PER_PAGE
     c1, c2 = st.columns([1, 2])
-    page = c1.number_input("Page", 1, max(pages, 1), 1, key="mistakes_page") if pages > 1 else 1
+    missed = sorted({int(ev.labels[i]) for i in wrong})
+    only = c1.selectbox(
+        "Images of",
+        [-1, *missed],
+        format_func=lambda c: "every class" if c < 0 else ev.classes[c],
+        key="mistakes_class",
+    )
     explain = c2.toggle(
         "Show what the model looked at (Grad-CAM)",
         key="gradcam",
         help="Red marks the parts of the picture that pushed the model most towards its answer.",
     )
+    if only >= 0:
+        wrong = [i for i in wrong if ev.labels[i] == only]
     st.caption(
         f"{len(wrong)} misclassified validation image(s), most confidently wrong first. A "
         "confident mistake is often a wrong label: fix it, or leave the image out. Nothing is "
         "deleted; changes apply to the next run."
     )
-    shown = wrong[(page - 1) * PER_PAGE : page * PER_PAGE]
+    shown = [wrong[k] for k in pager(len(wrong), PER_PAGE, "mistakes_page", "mistakes")]
     choices = ["(keep)", *ev.classes]
     with st.form("review"):
         grid = st.columns(4)
@@ -254,7 +322,7 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
                 if explain:
                     st.image(_heat(run.run_dir, str(root / file), int(ev.preds[i])))
                 else:
-                    st.image(str(root / file), width="stretch")
+                    show_thumbnail(root / file, MISTAKE_SIDE)
                 st.markdown(
                     f"labelled **{literal(ev.classes[ev.labels[i]])}**, model said "
                     f"**{literal(ev.classes[ev.preds[i]])}** ({ev.probs[i].max():.0%} sure)"

@@ -6,7 +6,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import streamlit as st
 from PIL import Image
 
@@ -15,6 +14,7 @@ from tl_core.analysis.evaluation import Calibration, load_calibration
 from tl_core.data.dataset import IMAGE_SUFFIXES
 from tl_core.errors import StudioError
 from tl_core.runs.store import Run
+from tl_ui.batch import results_table
 from tl_ui.charts import top_classes_figure
 from tl_ui.jobs import watch
 from tl_ui.runs import pick_run, trained_model
@@ -88,6 +88,8 @@ def page() -> None:
             accept_multiple_files=True,
             key="try_upload",
         )
+        # getvalue() hands back the uploaded bytes themselves (no copy): the pictures are in
+        # memory once, then written to the job's folder, which reads them a batch at a time.
         named = [(f.name, f.getvalue()) for f in files or []]
     else:
         shot = st.camera_input("Take a photo", key="try_camera")
@@ -127,38 +129,7 @@ def page() -> None:
                 config={"displayModeBar": False},
             )
         return
-    rows = []
-    for name, probs, error in results:
-        if error:
-            rows.append({"file": name, "prediction": "", "probability": None, "note": error})
-            continue
-        top = int(probs.argmax())
-        sure = probs[top] >= threshold
-        rows.append(
-            {
-                "file": name,
-                "prediction": classes[top] if sure else "not sure",
-                "probability": float(probs[top]),
-                "note": "" if sure else f"best guess {classes[top]}",
-            }
-        )
-    table = pd.DataFrame(rows)
-    st.dataframe(
-        table,
-        hide_index=True,
-        column_config={
-            "probability": st.column_config.ProgressColumn(
-                format="percent", min_value=0.0, max_value=1.0
-            )
-        },
-    )
-    st.download_button(
-        "Download as CSV",
-        table.to_csv(index=False).encode(),
-        file_name="predictions.csv",
-        mime="text/csv",
-        icon=":material/download:",
-    )
+    results_table(results, classes, threshold)
 
 
 page()

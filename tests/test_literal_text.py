@@ -96,6 +96,9 @@ def test_the_data_page_shows_markdown_and_html_class_names_literally(tmp_path, m
     names = [p for p in PAYLOADS if "/" not in p and "\\" not in p]
     at = _data_page(tmp_path, monkeypatch, _dataset(tmp_path, names, 2))
     markdown = [m.value for m in at.markdown]
+    for page in range(2, -(-len(names) // 10) + 1):  # ten classes a page of thumbnails
+        at.number_input(key="thumb_page").set_value(page).run()
+        markdown += [m.value for m in at.markdown]
     for name in names:
         assert f"**{literal(name)}** · 2 images" in markdown, name
     warnings = [str(w.value) for w in at.warning]
@@ -113,8 +116,9 @@ def test_the_data_page_with_many_classes_stays_short(tmp_path, monkeypatch) -> N
     print(f"Data page with 1,000 classes: {seconds:.1f} s a run")
     assert len(at.warning) == 1 and "1,000 classes have fewer than 10 images" in at.warning[0].value
     thumbs = [m for m in at.markdown if " · 2 images" in m.value]
-    assert len(thumbs) == 24
-    assert any("976 more classes are not shown here" in c.value for c in at.caption)
+    assert len(thumbs) == 10  # one page of classes; a page selector for the others
+    assert at.number_input(key="thumb_page").max == 100
+    assert any("Classes 1–10 of 1,000." in c.value for c in at.caption)
     assert not at.exception and seconds < 10, seconds
 
 

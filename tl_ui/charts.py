@@ -16,17 +16,25 @@ TRAINABLE_COLOR = "#ff9800"
 HEAD_COLOR = "#2e7d32"
 
 
+LABELLED_BARS = 30  # above this many classes the bars carry no numbers (hover shows them)
+LABELLED_CELLS = 20  # above this many classes the confusion matrix cells carry no numbers
+
+
 def class_counts_figure(counts: dict[str, int], min_recommended: int) -> go.Figure:
-    """Images per class as bars; classes under the recommended count in red."""
+    """Images per class as bars; classes under the recommended count in red. Past
+    LABELLED_BARS classes the numbers move from the bars into the hover text."""
     names = list(counts)
-    colors = ["#c62828" if counts[n] < min_recommended else TRAIN_COLOR for n in names]
+    values = [counts[n] for n in names]
+    colors = ["#c62828" if v < min_recommended else TRAIN_COLOR for v in values]
+    labelled = len(names) <= LABELLED_BARS
     fig = go.Figure(
         go.Bar(
             x=names,
-            y=[counts[n] for n in names],
+            y=values,
             marker_color=colors,
-            text=[counts[n] for n in names],
-            textposition="outside",
+            text=values if labelled else None,
+            textposition="outside" if labelled else "none",
+            hovertemplate="%{x}: %{y} images<extra></extra>",
         )
     )
     fig.add_hline(
@@ -41,6 +49,8 @@ def class_counts_figure(counts: dict[str, int], min_recommended: int) -> go.Figu
         margin={"t": 30, "b": 10, "l": 10, "r": 10},
         yaxis_title="images",
         xaxis_title=None,
+        xaxis={"showticklabels": labelled or len(names) <= 2 * LABELLED_BARS},
+        bargap=0.1 if labelled else 0.02,
     )
     return fig
 
@@ -167,25 +177,38 @@ def stages_figure(groups: Sequence[tuple[str, int]], trainable_groups: int) -> g
 
 
 def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> go.Figure:
-    """Rows: true class; columns: predicted class; the diagonal is correct."""
+    """Rows: true class; columns: predicted class; the diagonal is correct.
+
+    Up to LABELLED_CELLS classes each cell shows its count; beyond, the counts are in the
+    hover text only and the height stops growing, so a large matrix stays a readable map.
+    """
+    n = len(classes)
+    labelled = n <= LABELLED_CELLS
+    cells = (
+        {"text": [[str(v) for v in row] for row in matrix], "texttemplate": "%{text}"}
+        if labelled
+        else {}
+    )
     fig = go.Figure(
         go.Heatmap(
             z=matrix,
             x=list(classes),
             y=list(classes),
             colorscale="Blues",
-            showscale=False,
-            text=[[str(v) for v in row] for row in matrix],
-            texttemplate="%{text}",
+            showscale=not labelled,
             hovertemplate="true: %{y}<br>predicted: %{x}<br>%{z} image(s)<extra></extra>",
+            xgap=1 if labelled else 0,
+            ygap=1 if labelled else 0,
+            **cells,
         )
     )
     fig.update_layout(
-        height=max(320, 40 * len(classes) + 120),
+        height=max(320, 40 * n + 120) if labelled else min(900, 8 * n + 200),
         margin={"t": 10, "b": 10, "l": 10, "r": 10},
         xaxis_title="predicted",
         yaxis_title="true",
-        yaxis={"autorange": "reversed"},
+        yaxis={"autorange": "reversed", "showticklabels": n <= 3 * LABELLED_CELLS},
+        xaxis={"showticklabels": n <= 3 * LABELLED_CELLS},
     )
     return fig
 

@@ -12,6 +12,7 @@ import streamlit as st
 
 from tl_core.data import dataset as tl_data
 from tl_core.data import neardup, review
+from tl_ui.gallery import show_thumbnail
 from tl_ui.session import get_store
 
 PER_PAGE = 8
@@ -40,7 +41,8 @@ def _leave_out(manifest: tl_data.DatasetManifest, files: set[str], what: str) ->
 
 
 def _side(col, root: Path, item: tl_data.ImageItem, subset: str) -> None:
-    col.image(str(root / item.file), width=128)
+    with col:
+        show_thumbnail(root / item.file, 256, width=128)
     col.text(f"{item.label} · {_SUBSET[subset]}\n{item.source}")
 
 

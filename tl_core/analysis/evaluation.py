@@ -127,8 +127,16 @@ class RunEvaluation:
         return metrics.weakest_classes(self.per_class, n)
 
     def cell(self, true: int, pred: int) -> list[int]:
-        """Indices of the images behind one confusion-matrix cell."""
-        return [int(i) for i in np.flatnonzero((self.labels == true) & (self.preds == pred))]
+        """Indices of the images behind one confusion-matrix cell, most confident first."""
+        rows = np.flatnonzero((self.labels == true) & (self.preds == pred))
+        if len(rows) and self.probs.ndim == 2 and len(self.probs) == len(self.labels):
+            rows = rows[np.argsort(-self.probs[rows, pred], kind="stable")]
+        return [int(i) for i in rows]
+
+    def confused_pairs(self, n: int | None = None) -> list[metrics.ConfusedPair]:
+        """The most confused (true, predicted) pairs, most images first
+        (:func:`~tl_core.analysis.metrics.most_confused`)."""
+        return metrics.most_confused(self.confusion, n)
 
     def summary_json(self) -> dict[str, object]:
         return {

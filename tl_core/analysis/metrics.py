@@ -17,6 +17,7 @@ __all__ = [
     "SMALL_SAMPLE_WIDTH",
     "AccuracySummary",
     "ClassReport",
+    "ConfusedPair",
     "EceComparison",
     "MacroAverage",
     "Reliability",
@@ -29,6 +30,7 @@ __all__ = [
     "macro_average",
     "mcnemar_p",
     "misclassified_by_loss",
+    "most_confused",
     "nll",
     "not_sure_threshold",
     "per_class_report",
@@ -135,6 +137,35 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> n
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (labels, preds), 1)
     return matrix
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """One off-diagonal cell of a confusion matrix: images of class ``true`` taken for
+    ``pred``."""
+
+    true: int
+    pred: int
+    count: int
+    share: float  # count / images of the true class
+
+
+def most_confused(matrix: np.ndarray, n: int | None = None) -> list[ConfusedPair]:
+    """The off-diagonal cells with images, most images first (a larger share of the true
+    class first on a tie, then class order); the first ``n`` of them, or all."""
+    cm = np.asarray(matrix, dtype=np.int64)
+    support = cm.sum(1)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    true, pred = np.nonzero(off)
+    counts = off[true, pred]
+    shares = counts / np.maximum(support[true], 1)
+    order = np.lexsort((pred, true, -shares, -counts))
+    if n is not None:
+        order = order[:n]
+    return [
+        ConfusedPair(int(true[k]), int(pred[k]), int(counts[k]), float(shares[k])) for k in order
+    ]
 
 
 @dataclass(frozen=True)

@@ -158,30 +158,48 @@ def export(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     return _plain({**report.summary(), "bundle": str(out), "name": name})
 
 
+PREDICT_BATCH = 64  # pictures scored together; progress is reported after each batch
+
+
 def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
-    """Class probabilities of every picture in ``<folder>/inputs/``.
+    """Class probabilities of every picture in ``<folder>/inputs/``, a batch at a time.
 
     params: ``run_dir`` (the trained run), ``temperature``. Each row: the picture's original
-    name, its probabilities (or None) and the reason it could not be read (or None).
+    name, its probabilities (6 decimals, or None) and the reason it could not be read (or
+    None). Pictures are read from disk batch by batch, so memory does not grow with their
+    number; a batch with an unreadable picture is scored again one picture at a time.
     """
     from tl_core.analysis.evaluation import load_model_checked
 
     model = load_model_checked(Path(spec.params["run_dir"]))
     temperature = float(spec.params.get("temperature", 1.0))
     files = sorted((Path(spec.folder) / "inputs").glob("*"))
-    rows: list[dict[str, Any]] = []
-    for done, file in enumerate(files):
-        if ctx.should_stop():
-            return STOPPED
-        name = file.name.split("-", 1)[1] if "-" in file.name else file.name
-        try:
-            probs = model.predict([file.read_bytes()], temperature=temperature)[0]
-            rows.append({"name": name, "probs": [float(p) for p in probs], "error": None})
-        except StudioError as exc:
-            rows.append({"name": name, "probs": None, "error": str(exc)})
-        ctx.progress(done + 1, len(files), f"Looking at your pictures: {done + 1}/{len(files)}")
     if not files:
         raise RunError("No pictures reached the job; upload them again.")
+    names = [f.name.split("-", 1)[1] if "-" in f.name else f.name for f in files]
+    batch = max(1, min(model.plan.infer_batch, PREDICT_BATCH))
+    rows: list[dict[str, Any]] = []
+
+    def scored(name: str, probs: Any) -> dict[str, Any]:
+        return {"name": name, "probs": [round(float(p), 6) for p in probs], "error": None}
+
+    ctx.progress(0, len(files), f"Looking at your pictures: 0/{len(files)}")
+    for start in range(0, len(files), batch):
+        if ctx.should_stop():
+            return STOPPED
+        chunk, chunk_names = files[start : start + batch], names[start : start + batch]
+        try:
+            found = model.predict(chunk, temperature=temperature, names=chunk_names)
+            rows += [scored(n, p) for n, p in zip(chunk_names, found, strict=True)]
+        except StudioError:  # one picture spoils the batch: score them one by one
+            for file, name in zip(chunk, chunk_names, strict=True):
+                try:
+                    one = model.predict([file], temperature=temperature, names=[name])[0]
+                    rows.append(scored(name, one))
+                except StudioError as exc:
+                    rows.append({"name": name, "probs": None, "error": str(exc)})
+        done = start + len(chunk)
+        ctx.progress(done, len(files), f"Looking at your pictures: {done}/{len(files)}")
     return {"classes": list(model.classes), "rows": rows}
 
 
