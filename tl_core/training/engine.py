@@ -56,6 +56,7 @@ from tl_core.training.inputs import (
     make_transforms,
 )
 from tl_core.training.prefixcache import CachedPhase, StopRequested, cache_phase
+from tl_core.training.rowfile import megabytes
 
 
 @dataclass(frozen=True)
@@ -416,7 +417,7 @@ def _decoded_note(decoded: DecodedImages) -> str:
     else:
         made = "all decoded by an earlier run"
     return (
-        f"Decoded images: {len(decoded)} take {decoded.nbytes / 1024**2:,.0f} MB on disk beside "
+        f"Decoded images: {len(decoded)} take {megabytes(decoded.nbytes)} MB on disk beside "
         f"the data set ({made}); {how}."
     )
 

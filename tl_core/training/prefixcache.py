@@ -23,7 +23,7 @@ from tl_core import diskspace
 from tl_core.models.device import ComputePlan
 from tl_core.models.freezing import LayerGroup
 from tl_core.models.stages import split_model
-from tl_core.training.rowfile import RowFile, RowsDataset
+from tl_core.training.rowfile import RowFile, RowsDataset, megabytes
 
 
 class StopRequested(Exception):
@@ -200,10 +200,10 @@ def cache_phase(
     size = per_image * views * n_train + per_val * n_val
     what = "the whole frozen backbone" if trainable == 0 else "the frozen layers"
     where = (
-        f"{size / 1024**2:,.0f} MB on disk in the run's folder, read per batch since they "
+        f"{megabytes(size)} MB on disk in the run's folder, read per batch since they "
         "exceed the memory budget; removed when the run ends"
         if on_disk
-        else f"{size / 1024**2:,.0f} MB in memory"
+        else f"{megabytes(size)} MB in memory"
     )
     note = (
         f"Cached the output of {what} for {n_train} training images x {views} view(s) and "

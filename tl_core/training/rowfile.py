@@ -22,7 +22,13 @@ from torch.utils.data import Dataset
 
 from tl_core import diskspace
 
-__all__ = ["RowFile", "RowsDataset"]
+__all__ = ["RowFile", "RowsDataset", "megabytes"]
+
+
+def megabytes(n: int) -> str:
+    """A size for the run log: "0.4", "12", "3,906" (MB)."""
+    value = n / 1024**2
+    return f"{value:.1f}" if value < 10 else f"{value:,.0f}"
 
 
 class RowFile:
