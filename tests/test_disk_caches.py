@@ -248,3 +248,31 @@ def test_a_new_data_version_passes_only_its_new_images_through_the_network(
     assert sum(forward) == len(v2.items)
     np.testing.assert_allclose(grown.vectors, alone.vectors, rtol=1e-4, atol=1e-5)
     assert alone.files == grown.files
+
+
+@pytest.mark.parametrize(
+    ("cache", "expected"),
+    [
+        ({"decoded": 3 * 1024**3, "activations": 512 * 1024**2}, ["3,072 MB", "512 MB"]),
+        ({"decoded": 300 * 1024, "activations": 0}, ["0.3 MB"]),
+    ],
+)
+def test_the_run_panel_says_how_much_disk_the_caches_take(
+    workspace, tmp_path, cache, expected
+) -> None:
+    from helpers import app_test
+
+    from tl_core.runs.store import Store
+
+    store = Store(workspace)
+    project = store.create_project()
+    data = store.new_data_dir(project.id)
+    import_folder(make_shapes(tmp_path / "src", per_class=4, size=24), data)
+    store.set_data_dir(project.id, data)
+    run = store.create_run(project.id, {"model": "efficientnet_lite0"}, data, status="stopped")
+    store.update_run(run.id, result={"best_epoch": 1, "cache_bytes": cache})
+    at = app_test("pages/train.py", project.id)
+    assert not at.exception
+    (line,) = [c.value for c in at.caption if c.value.startswith("Caches on disk")]
+    assert all(part in line for part in expected), line
+    assert ("frozen-layer outputs" in line) == bool(cache["activations"])
