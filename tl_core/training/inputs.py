@@ -281,7 +281,7 @@ class ImageTensors(Dataset[tuple[torch.Tensor, int]]):
 
     def __init__(
         self,
-        decoded: DecodedImages | None,
+        decoded: DecodedImages | torch.Tensor | None,
         rows: Sequence[int],
         root: Path,
         items: Sequence[ImageItem],
@@ -315,8 +315,10 @@ class ImageTensors(Dataset[tuple[torch.Tensor, int]]):
         images are decoded on every core at once; the transforms (random ones draw from the
         global generator) then run in order, so results do not depend on the threads."""
         rows = [self.rows[i] for i in indices]
-        if self.decoded is not None:
+        if isinstance(self.decoded, DecodedImages):
             squares = self.decoded.rows(rows)
+        elif self.decoded is not None:  # squares already in a tensor
+            squares = [self.decoded[row] for row in rows]
         elif len(rows) > 1:
             with ThreadPoolExecutor(min(decode_workers(), len(rows))) as pool:
                 squares = list(pool.map(self._square, rows))
