@@ -79,7 +79,8 @@ class RowFile:
         try:
             os.ftruncate(fd, rows.nbytes)
             try:
-                os.posix_fallocate(fd, 0, max(rows.nbytes, 1))
+                if rows.nbytes:
+                    os.posix_fallocate(fd, 0, rows.nbytes)
             except AttributeError:  # pragma: no cover - not POSIX
                 pass
             except OSError as exc:
