@@ -276,3 +276,22 @@ def test_the_run_panel_says_how_much_disk_the_caches_take(
     (line,) = [c.value for c in at.caption if c.value.startswith("Caches on disk")]
     assert all(part in line for part in expected), line
     assert ("frozen-layer outputs" in line) == bool(cache["activations"])
+
+
+def test_a_cache_of_the_first_format_is_used_and_then_reused_by_a_new_version(
+    tmp_path, monkeypatch
+) -> None:
+    """An index written before sha256s were kept (a plain list of files) still counts as
+    complete, gains the sha256s, and a grown data version then copies its rows."""
+    import json
+
+    v1, v2, n_new = _two_versions(tmp_path, 6, 1)
+    inputs.decode_all(v1.root, v1.items, 28, "bicubic", 0)
+    index = v1.root / "cache" / "decoded-28-bicubic.json"
+    index.write_text(json.dumps([i.file for i in v1.items]))
+    decodes = _count_decodes(monkeypatch)
+    inputs.decode_all(v1.root, v1.items, 28, "bicubic", 0)
+    assert decodes == []
+    assert json.loads(index.read_text())["sha256"] == [i.sha256 for i in v1.items]
+    inputs.decode_all(v2.root, v2.items, 28, "bicubic", 0)
+    assert len(decodes) == n_new

@@ -174,8 +174,9 @@ def decode_all(
     known = _index_files(index) if index.exists() else None
     if known is not None and known[0] == files and data.is_file():
         if known[1] is None:  # an index of the first format: add the sha256s for reuse
-            with contextlib.suppress(OSError):
-                _write_index(index, items)
+            with contextlib.suppress(OSError):  # atomically: other jobs may be reading it
+                _write_index(index.with_suffix(".json.tmp"), items)
+                index.with_suffix(".json.tmp").replace(index)
         return DecodedImages(data, n, side, nbytes <= budget_bytes)
     tmp = data.with_suffix(".tmp")
     index.unlink(missing_ok=True)  # from here on the cache is incomplete
