@@ -82,7 +82,7 @@ def test_cached_and_plain_paths_reach_the_same_accuracy(shapes, tmp_path, traina
     assert abs(scores[True] - scores[False]) <= 0.1, scores  # 18 images: 0.1 is ~2 images
 
 
-def test_over_budget_falls_back_to_the_plain_loop_and_says_so(shapes, tmp_path, monkeypatch):
+def test_over_budget_the_caches_stay_on_disk_and_say_so(shapes, tmp_path, monkeypatch):
     manifest, split = shapes
     monkeypatch.setenv("TL_STUDIO_CACHE_MB", "0.01")
     log = Log()
@@ -90,7 +90,9 @@ def test_over_budget_falls_back_to_the_plain_loop_and_says_so(shapes, tmp_path, 
     result = fit(cfg, split, manifest.root, manifest.classes, tmp_path, log, plan=CPU)
     assert result.status == "finished"
     text = "\n".join(log.lines)
-    assert "do not fit the memory budget" in text and "were not cached" in text
+    assert "read from disk per batch" in text and "MB on disk in the run's folder" in text
+    assert result.cache_bytes["activations"] > 0 and result.cache_bytes["decoded"] > 0
+    assert not (tmp_path / "activations").exists()  # removed when the run ended
 
 
 @pytest.mark.parametrize(("trainable", "epochs"), [(0, 2), (2, 3)])

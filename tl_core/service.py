@@ -28,6 +28,7 @@ __all__ = [
     "active_training",
     "baseline_run",
     "bundle_name",
+    "delete_project",
     "export_key",
     "features_key",
     "files_stamp",
@@ -122,6 +123,12 @@ def grow_data(
 
 
 # ------------------------------------------------------------------------------ training runs
+
+
+def delete_project(store: Store, project_id: str) -> None:
+    """Delete a project with its images, runs, jobs and caches (:meth:`Store.delete_project`);
+    RunError while one of its jobs runs."""
+    store.delete_project(project_id)
 
 
 def active_training(store: Store, project_id: str) -> Run | None:

@@ -31,6 +31,29 @@ def _eta(steps: list[StepRow]) -> str:
     return f" · about {left:.0f} s left" if left < 120 else f" · about {left / 60:.0f} min left"
 
 
+def _mb(n: int) -> str:
+    value = n / 1024**2
+    return f"{value:.1f} MB" if value < 10 else f"{value:,.0f} MB"
+
+
+def cache_text(cache: object) -> str | None:
+    """The run's caches on disk in one sentence (a run's ``cache_bytes``), or None."""
+    if not isinstance(cache, dict):
+        return None
+    decoded, activations = int(cache.get("decoded") or 0), int(cache.get("activations") or 0)
+    if not decoded and not activations:
+        return None
+    parts = []
+    if decoded:
+        parts.append(f"decoded images {_mb(decoded)} (kept with the data set for later runs)")
+    if activations:
+        parts.append(
+            f"frozen-layer outputs {_mb(activations)} (in the run's folder while it trained, "
+            "removed at its end)"
+        )
+    return "Caches on disk: " + "; ".join(parts) + "."
+
+
 def _render(run_id: str) -> None:
     store = get_store()
     run = store.run(run_id)
@@ -88,6 +111,9 @@ def _render(run_id: str) -> None:
 
     if run.placement and run.status != "queued":
         st.caption(f"{'Runs' if run.active else 'Ran'} on {literal(run.placement)}.")
+    caches = cache_text((run.result or {}).get("cache_bytes"))
+    if caches:
+        st.caption(caches)
     c1, c2, _ = st.columns([1, 1, 4])
     if run.active and c1.button("Stop", key=f"stop_{run.id}", disabled=run.stop_requested):
         jobs.request_stop(store, run.id)

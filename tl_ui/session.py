@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from tl_core import service
 from tl_core.data.dataset import DatasetManifest
 from tl_core.errors import StudioError
 from tl_core.models.catalog import get_spec
@@ -90,10 +91,13 @@ def store_trouble(error: StoreDamagedError) -> None:
 
 
 def repaired_notice() -> None:
-    """Once, after a repair: what it did."""
+    """Once, after a repair (what it did) or a project's deletion."""
     sentence = st.session_state.pop(_REPAIRED, None)
     if sentence:
         st.success(sentence, icon=":material/build:")
+    deleted = st.session_state.pop("_project_deleted", None)
+    if deleted:
+        st.success(f"The project “{deleted}” was deleted.", icon=":material/delete:")
 
 
 def session() -> StudioSession:
@@ -210,3 +214,28 @@ def sidebar(project: Project | None) -> None:
             st.fragment(_training_line, run_every=POLL_S if run.active else None)(run.id)
         st.caption("Bookmark this page's address to come back to this project.")
         st.code(f"?project={project.id}", language=None)
+        delete_control(project)
+
+
+def delete_control(project: Project) -> None:
+    """ "Delete this project", behind a confirmation: images, runs and caches go for good."""
+    with st.expander("Delete this project", icon=":material/delete:"):
+        st.caption(
+            "Deletes its images, trained models and cached data from this computer. "
+            "This cannot be undone."
+        )
+        sure = st.checkbox("Yes, delete this project for good", key="delete_project_sure")
+        pressed = st.button(
+            "Delete this project", disabled=not sure, key="delete_project", type="primary"
+        )
+        if pressed:
+            try:
+                service.delete_project(get_store(), project.id)
+            except StudioError as exc:
+                st.error(str(exc))
+                return
+            session().project_id = None
+            st.query_params.pop("project", None)
+            st.session_state.pop("delete_project_sure", None)
+            st.session_state["_project_deleted"] = project.name
+            st.rerun(scope="app")

@@ -51,7 +51,7 @@ from tl_core.models.catalog import (
     weights_status,
 )
 from tl_core.models.device import ComputePlan, plan_compute
-from tl_core.training.featurecache import features_path, read_cache, write_cache
+from tl_core.training.featurecache import earlier_rows, features_path, read_cache, write_cache
 from tl_core.training.inputs import (
     ImageTensors,
     Normalize,
@@ -150,17 +150,20 @@ def _compute(
     items: Sequence[ImageItem],
     plan: ComputePlan,
     progress: Progress | None,
+    rows: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Pooled features, ImageNet entropy and top class of ``items``, in their order."""
+    """Pooled features, ImageNet entropy and top class of ``items`` (of ``items[rows]`` when
+    given: the decoded cache still holds them all), in their order."""
     torch.set_num_threads(plan.threads)
     model, has_head = _imagenet_model(spec, pretrained)
     data_cfg = DataConfig.of(model)
     model = plan.prepare_model(model).eval()
     n = len(items)
+    rows = range(n) if rows is None else list(rows)
     side = cache_side(data_cfg)
 
     def report(offset: int) -> Callable[[int], None]:
-        return lambda done: progress(offset + done, 2 * n) if progress else None
+        return lambda done: progress(offset + done, n + len(rows)) if progress else None
 
     decoded = decode_all(
         root,
@@ -172,7 +175,7 @@ def _compute(
     )
     _, eval_tf = make_transforms(data_cfg, "none")
     images = ImageTensors(
-        decoded, range(n), root, items, [0] * n, eval_tf, side, data_cfg.interpolation
+        decoded, rows, root, items, [0] * len(rows), eval_tf, side, data_cfg.interpolation
     )
     prefix = nn.Sequential(Normalize(data_cfg).to(plan.device), Pooled(model)).eval()
     loader = plan.loader(images)
@@ -217,17 +220,7 @@ def frozen_features(
     data = read_cache(path, files)
     from_cache = data is not None
     if data is None:
-        started = time.monotonic()
-        vectors, entropy, top = _compute(
-            spec, pretrained, root, items, plan or plan_compute(), progress
-        )
-        data = {
-            "files": np.array(files),
-            "vectors": vectors,
-            "seconds": np.array(time.monotonic() - started),
-        }
-        if entropy is not None and top is not None:
-            data |= {"entropy": entropy, "imagenet_top": top}
+        data = _features_of(spec, pretrained, root, items, plan or plan_compute(), progress)
         write_cache(path, data)
     plan = plan or plan_compute()
     val_files = [i.file for i in split.val]
@@ -236,7 +229,10 @@ def frozen_features(
         and plan.amp_dtype is not None
         and data.get("exact_files", np.array([])).tolist() != val_files
     ):
-        exact, _, _ = _compute(spec, pretrained, root, split.val, plan.exact(), None)
+        at = {f: r for r, f in enumerate(files)}
+        exact, _, _ = _compute(
+            spec, pretrained, root, items, plan.exact(), None, [at[f] for f in val_files]
+        )
         data = {**data, "exact_files": np.array(val_files), "exact_vectors": exact}
         write_cache(path, data)
     row = {f: r for r, f in enumerate(files)}
@@ -256,6 +252,52 @@ def frozen_features(
         seconds=float(data["seconds"]),
         from_cache=from_cache,
     )
+
+
+def _features_of(
+    spec: ModelSpec,
+    pretrained: bool,
+    root: Path,
+    items: Sequence[ImageItem],
+    plan: ComputePlan,
+    progress: Progress | None,
+) -> dict[str, np.ndarray]:
+    """The features file's arrays for ``items``: rows of images (same sha256) that another
+    version of the data set has cached for this model are copied, the others computed."""
+    started = time.monotonic()
+    known = earlier_rows(root, spec.key, pretrained)
+    todo = [k for k, item in enumerate(items) if item.sha256 not in known]
+    vectors = entropy = top = None
+    if todo:
+        vectors, entropy, top = _compute(spec, pretrained, root, items, plan, progress, todo)
+    # Without a pass of its own, the earlier files say whether the model has an ImageNet head.
+    sample = [known[i.sha256][0] for i in items if i.sha256 in known]
+    with_head = entropy is not None if todo else all("entropy" in d for d in sample)
+    if sample and with_head and not all("entropy" in d and "imagenet_top" in d for d in sample):
+        vectors, entropy, top = _compute(spec, pretrained, root, items, plan, progress)
+        todo = list(range(len(items)))  # an earlier file lacks the entropy: compute them all
+    computed = {k: j for j, k in enumerate(todo)}
+
+    def column(key: str, fresh: np.ndarray | None) -> np.ndarray:
+        out = []
+        for k, item in enumerate(items):
+            if k in computed:
+                out.append(fresh[computed[k]])  # type: ignore[index]
+            else:
+                data, row = known[item.sha256]
+                out.append(data[key][row])
+        return np.stack(out)
+
+    data = {
+        "files": np.array([i.file for i in items]),
+        "sha256": np.array([i.sha256 for i in items]),
+        "vectors": column("vectors", vectors).astype(np.float32),
+        "seconds": np.array(time.monotonic() - started),
+        "reused": np.array(len(items) - len(todo)),
+    }
+    if with_head:
+        data |= {"entropy": column("entropy", entropy), "imagenet_top": column("imagenet_top", top)}
+    return data
 
 
 # ---------------------------------------------------------------------- frozen classifiers

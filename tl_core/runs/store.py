@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -383,6 +384,42 @@ class Store:
 
     def project_dir(self, project_id: str) -> Path:
         return self.workspace / "projects" / project_id
+
+    def delete_project(self, project_id: str) -> None:
+        """Remove a project for good: its rows (runs, jobs, their metrics), its folder (every
+        data version with its caches) and the folders of its runs and jobs inside the
+        workspace (a run written to a folder of the user's choice keeps that folder).
+
+        RunError while one of its jobs is being started or runs; waiting jobs go with it.
+        """
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM projects WHERE id = ?", (project_id,)).fetchone() is None:
+                raise RunError("This project no longer exists; reload the page.")
+            busy = db.execute(
+                f"SELECT COUNT(*) FROM runs WHERE project_id = ? AND status IN "
+                f"({','.join('?' * len(ACTIVE))})",
+                (project_id, *ACTIVE),
+            ).fetchone()[0]
+            if busy:
+                raise RunError(
+                    "A job of this project is still running. Stop it or wait for it to end, "
+                    "then delete the project."
+                )
+            folders = [
+                Path(r["run_dir"])
+                for r in db.execute("SELECT run_dir FROM runs WHERE project_id = ?", (project_id,))
+            ]
+            db.execute(
+                "DELETE FROM metrics WHERE run_id IN (SELECT id FROM runs WHERE project_id = ?)",
+                (project_id,),
+            )
+            db.execute("DELETE FROM runs WHERE project_id = ?", (project_id,))
+            db.execute("DELETE FROM projects WHERE id = ?", (project_id,))
+        home = self.workspace.resolve()
+        for folder in [self.project_dir(project_id), *folders]:
+            folder = folder.resolve()
+            if folder != home and folder.is_relative_to(home) and folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
 
     def new_data_dir(self, project_id: str) -> Path:
         """A fresh folder for a new import; earlier data sets stay for the runs that used them."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +47,7 @@ from tl_core.models.freezing import (
 from tl_core.training import checkpoint, featurecache
 from tl_core.training.checkpoint import TrainState
 from tl_core.training.inputs import (
+    DecodedImages,
     ImageTensors,
     Normalize,
     cache_budget_bytes,
@@ -54,6 +56,7 @@ from tl_core.training.inputs import (
     make_transforms,
 )
 from tl_core.training.prefixcache import CachedPhase, StopRequested, cache_phase
+from tl_core.training.rowfile import megabytes
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class TrainResult:
     compute: str
     classes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Bytes on disk: "decoded" (kept beside the data set for later runs), "activations"
+    # (frozen-layer outputs in the run's folder while it trained; removed at its end).
+    cache_bytes: dict[str, int] = field(default_factory=dict)
 
 
 class Callbacks(Protocol):
@@ -343,7 +349,7 @@ class _Fanout:
 
 
 class _Inputs:
-    """The run's images as uint8 tensors: decoded once when the memory budget allows."""
+    """The run's images as uint8 tensors, decoded once into the data set's cache on disk."""
 
     def __init__(
         self,
@@ -360,6 +366,7 @@ class _Inputs:
         index = {c: i for i, c in enumerate(classes)}
         side = cache_side(data_cfg)
         decoded = None
+        self.notes: list[str] = []
         if cfg.cache:
             decoded = decode_all(
                 root,
@@ -371,11 +378,8 @@ class _Inputs:
                     f"Preparing your images once: {done}/{total}"
                 ),
             )
-            if decoded is None:
-                callbacks.on_log(
-                    "The images do not fit the memory budget "
-                    "(TL_STUDIO_CACHE_MB): each epoch decodes them again."
-                )
+            self.notes.append(_decoded_note(decoded))
+            callbacks.on_log(self.notes[-1])
         train_tf, eval_tf = make_transforms(data_cfg, cfg.augment)
 
         def dataset(subset: list, tf) -> ImageTensors:
@@ -395,7 +399,27 @@ class _Inputs:
         self.root = root
         self.train_items = split.train
         self.val_items = split.val
-        self.used_bytes = 0 if decoded is None else decoded.numel()
+        self.used_bytes = 0 if decoded is None else decoded.resident_bytes
+        self.disk_bytes = 0 if decoded is None else decoded.nbytes
+
+
+def _decoded_note(decoded: DecodedImages) -> str:
+    """The run log's line on the decoded images: size on disk, reuse, memory."""
+    how = (
+        "kept in memory"
+        if decoded.resident
+        else "read from disk per batch, since they exceed the memory budget (TL_STUDIO_CACHE_MB)"
+    )
+    if decoded.decoded_now or decoded.reused:
+        made = f"{decoded.decoded_now} decoded now"
+        if decoded.reused:
+            made += f", {decoded.reused} copied from an earlier version of the data set"
+    else:
+        made = "all decoded by an earlier run"
+    return (
+        f"Decoded images: {len(decoded)} take {megabytes(decoded.nbytes)} MB on disk beside "
+        f"the data set ({made}); {how}."
+    )
 
 
 def _check_disk(run: _Run, split: Split, data_root: Path, steps: int) -> None:
@@ -405,7 +429,7 @@ def _check_disk(run: _Run, split: Split, data_root: Path, steps: int) -> None:
     side = cache_side(data_cfg)
     decoded = n * 3 * side * side
     to_cache = decoded - _decoded_on_disk(data_root, side, data_cfg.interpolation)
-    if not cfg.cache or decoded > cache_budget_bytes() // 2:
+    if not cfg.cache:
         to_cache = 0  # nothing is written to the cache
     params = sum(p.numel() for p in model.parameters())
     apply_freeze(model, cfg.trainable_groups, run.groups)  # each phase sets its own freeze again
@@ -452,6 +476,7 @@ class _Run:
     phase_end: int = 0
     trainable_params: int = 0
     cached: CachedPhase | None = None  # the current phase's frozen outputs, if any
+    activation_bytes: int = 0  # the most the frozen outputs took on disk in one phase
 
     @property
     def full(self) -> nn.Module:
@@ -499,6 +524,7 @@ def _prepare_data(run: _Run, split: Split, data_root: Path, callbacks: Callbacks
     _check_disk(run, split, data_root, n_steps)
     run.budget = cache_budget_bytes()
     run.inputs = _Inputs(cfg, split, data_root, run.classes, run.data_cfg, callbacks, run.budget)
+    run.notes.extend(run.inputs.notes)
 
 
 def _start_state(run: _Run, resume: bool) -> TrainState:
@@ -556,6 +582,17 @@ def _head_start_outputs(run: _Run) -> CachedPhase | None:
     )
 
 
+ACTIVATIONS = "activations"  # the run folder's files of cached frozen-layer outputs
+
+
+def _activations_dir(run: _Run) -> Path:
+    """An empty folder for this phase's frozen-layer outputs (the last phase's go first)."""
+    folder = run.run_dir / ACTIVATIONS
+    run.cached = None  # the files below belong to it
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
 def _cache_phase(run: _Run, trainable: int, callbacks: Callbacks) -> CachedPhase | None:
     """The frozen part's outputs for this phase, computed once (None: each step runs it)."""
     cfg = run.cfg
@@ -579,13 +616,16 @@ def _cache_phase(run: _Run, trainable: int, callbacks: Callbacks) -> CachedPhase
         # this one pass. A partial fine-tune's head phase keeps the plan's precision: its
         # epochs then compare as they always did.
         exact_val=cfg.trainable_groups == 0,
+        spill_dir=_activations_dir(run),
     )
+    if cached is not None:
+        run.activation_bytes = max(run.activation_bytes, cached.disk_bytes)
     message = (
         cached.note
         if cached
         else (
-            "The frozen layers' outputs were not cached (they would not fit the memory"
-            " budget, or nothing is frozen): each step runs the whole network."
+            "The frozen layers' outputs were not cached (nothing is frozen): each step runs"
+            " the whole network."
         )
     )
     callbacks.on_log(message)
@@ -713,6 +753,16 @@ def fit(
     run = _Run(
         cfg, plan, run_dir, classes, model, normalize, groups, data_cfg, generator, started, notes
     )
+    try:
+        return _fit(run, split, data_root, user, resume)
+    finally:
+        run.cached = None
+        shutil.rmtree(run_dir / ACTIVATIONS, ignore_errors=True)
+
+
+def _fit(run: _Run, split: Split, data_root: Path, user: Callbacks, resume: bool) -> TrainResult:
+    """:func:`fit` once the model is loaded."""
+    model, plan, notes, classes = run.model, run.plan, run.notes, run.classes
     _prepare_data(run, split, data_root, user)
     total_params = sum(p.numel() for p in model.parameters())
     run.state = _start_state(run, resume)
@@ -727,12 +777,13 @@ def fit(
         best_epoch=state.best_epoch,
         val_accuracy=None if state.best_epoch is None else state.best_acc,
         val_loss=None if state.best_epoch is None else state.best_loss,
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - run.started,
         trainable_params=run.trainable_params,
         total_params=total_params,
         compute=plan.describe(),
         classes=classes,
         notes=notes,
+        cache_bytes={"decoded": run.inputs.disk_bytes, "activations": run.activation_bytes},
     )
     if checkpoints.best is not None and status == "finished":
         _score_best(run, checkpoints.best, result, user)

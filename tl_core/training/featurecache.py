@@ -21,7 +21,7 @@ import numpy as np
 
 from tl_core.data.dataset import ImageItem
 
-__all__ = ["FORMAT", "features_path", "pooled_rows", "read_cache", "write_cache"]
+__all__ = ["FORMAT", "earlier_rows", "features_path", "pooled_rows", "read_cache", "write_cache"]
 
 FORMAT = 1  # bump when the cached features' content changes
 
@@ -37,18 +37,45 @@ def features_path(root: Path, items: Sequence[ImageItem], model_key: str, pretra
     return Path(root) / "cache" / f"features-{model_key}-{kind}-{_digest(items)}.npz"
 
 
+def _load(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None  # unreadable: computed again and rewritten
+
+
 def read_cache(path: Path, files: list[str]) -> dict[str, np.ndarray] | None:
     """The cached arrays when the file is there, readable and holds exactly ``files``."""
     if not path.exists():
         return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile):
-        return None  # unreadable: computed again and rewritten
-    if "files" not in data or data["files"].tolist() != files:
+    data = _load(path)
+    if data is None or "files" not in data or data["files"].tolist() != files:
         return None
     return data
+
+
+def earlier_rows(
+    root: Path, model_key: str, pretrained: bool
+) -> dict[str, tuple[dict[str, np.ndarray], int]]:
+    """sha256 -> (arrays, row) of images whose features the other data versions beside
+    ``root`` (``root.parent/data-*``) cached for the same model and weights: a grown data
+    set passes only its new images through the network."""
+    kind = "pretrained" if pretrained else "random"
+    here = Path(root).resolve()
+    found: dict[str, tuple[dict[str, np.ndarray], int]] = {}
+    pattern = f"data-*/cache/features-{model_key}-{kind}-*.npz"
+    for path in sorted(Path(root).parent.glob(pattern), key=lambda p: -p.stat().st_mtime):
+        if path.parent.parent.resolve() == here:
+            continue
+        data = _load(path)
+        if data is None or "sha256" not in data or "vectors" not in data:
+            continue
+        if len(data["sha256"]) != len(data["vectors"]):
+            continue
+        for row, sha in enumerate(data["sha256"].tolist()):
+            found.setdefault(str(sha), (data, row))
+    return found
 
 
 def write_cache(path: Path, data: dict[str, np.ndarray]) -> None:

@@ -1,13 +1,16 @@
 """Model inputs, decoded once: uint8 images at the model's scale, and transforms on tensors.
 
 Each image of a data set is decoded, resized (shorter side to ``input / crop_pct``, as timm's
-eval transform does) and centre-cropped to a square once, then kept as uint8 in a
-memory-mapped file beside the data set. Later epochs and later runs do no JPEG work. Crops,
-flips and colour changes then run on those small tensors; normalisation runs per batch.
+eval transform does) and centre-cropped to a square once, then kept as uint8 in a file
+beside the data set (its size bounded by the disk, not the memory: see :class:`DecodedImages`).
+Later epochs and later runs do no JPEG work; a new data version copies the squares of the
+images it shares with an earlier one. Crops, flips and colour changes then run on those
+small tensors; normalisation runs per batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +29,7 @@ from tl_core import diskspace
 from tl_core.data.dataset import ImageItem
 from tl_core.data.imageprep import decode_workers
 from tl_core.models.catalog import DataConfig
+from tl_core.training.rowfile import RowFile
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 _INTERP = {
@@ -36,7 +40,8 @@ _INTERP = {
 
 
 def cache_budget_bytes() -> int:
-    """Memory the decoded images and cached activations may use: ``TL_STUDIO_CACHE_MB``."""
+    """Memory the decoded images and cached activations may keep resident:
+    ``TL_STUDIO_CACHE_MB``. Beyond it they stay on disk and are read per batch."""
     try:
         return int(float(os.environ.get("TL_STUDIO_CACHE_MB", "1024")) * 1024**2)
     except ValueError:
@@ -61,6 +66,88 @@ def load_square(path: Path, side: int, interpolation: str) -> torch.Tensor:
         return square_of(img.convert("RGB"), side, interpolation)
 
 
+class DecodedImages:
+    """A data set's decoded cache: uint8 squares [N, 3, side, side] in one file on disk.
+
+    When the whole file fits the memory budget it is memory-mapped (rows are views, as fast
+    as memory); otherwise rows are read per batch (:class:`RowFile`), so the worker's resident
+    memory stays one batch, whatever the number of images.
+    """
+
+    def __init__(self, path: Path, n: int, side: int, resident: bool) -> None:
+        self.file = RowFile(path, n, (3, side, side))
+        self.side = side
+        self.resident = resident
+        self.decoded_now = 0  # images decoded by the call that built it
+        self.reused = 0  # rows copied from an earlier data version's cache
+        self._mapped: torch.Tensor | None = None
+        if resident and n:
+            arr = np.memmap(path, dtype=np.uint8, mode="c", shape=(n, 3, side, side))
+            self._mapped = torch.from_numpy(np.asarray(arr))
+
+    def __len__(self) -> int:
+        return self.file.n
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.file.n, 3, self.side, self.side)
+
+    @property
+    def nbytes(self) -> int:
+        """Its size on disk."""
+        return self.file.nbytes
+
+    @property
+    def resident_bytes(self) -> int:
+        """What it may take of the worker's memory: all of it when mapped, else nothing."""
+        return self.nbytes if self._mapped is not None else 0
+
+    def __getitem__(self, row: int) -> torch.Tensor:
+        if self._mapped is not None:
+            return self._mapped[row]
+        return self.file.read([row])[0]
+
+    def rows(self, rows: Sequence[int]) -> list[torch.Tensor]:
+        """Rows ``rows``, one tensor each: one read per run of consecutive rows."""
+        if self._mapped is not None:
+            return [self._mapped[r] for r in rows]
+        return list(self.file.read(rows).unbind(0))
+
+
+def _index_files(index: Path) -> tuple[list[str], list[str] | None] | None:
+    """(files, sha256s or None) of a complete cache's index; None when it is unreadable."""
+    try:
+        raw = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(raw, list):  # the first format: the files alone
+        return [str(f) for f in raw], None
+    if isinstance(raw, dict) and isinstance(raw.get("files"), list):
+        sha = raw.get("sha256")
+        return [str(f) for f in raw["files"]], sha if isinstance(sha, list) else None
+    return None
+
+
+def _earlier_rows(root: Path, stem: str, row_bytes: int) -> dict[str, tuple[Path, int]]:
+    """sha256 -> (cache file, row) of complete decoded caches of the same size and
+    interpolation in the other data versions beside ``root`` (``root.parent/data-*``)."""
+    found: dict[str, tuple[Path, int]] = {}
+    here = Path(root).resolve()
+    for index in sorted(Path(root).parent.glob(f"data-*/cache/{stem}.json")):
+        if index.parent.parent.resolve() == here:
+            continue
+        known = _index_files(index)
+        data = index.with_suffix(".u8")
+        if known is None or known[1] is None or not data.is_file():
+            continue
+        files, shas = known
+        if len(shas) != len(files) or data.stat().st_size != len(files) * row_bytes:
+            continue
+        for row, sha in enumerate(shas):
+            found.setdefault(str(sha), (data, row))
+    return found
+
+
 def decode_all(
     root: Path,
     items: Sequence[ImageItem],
@@ -68,31 +155,46 @@ def decode_all(
     interpolation: str,
     budget_bytes: int,
     progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor | None:
-    """All ``items`` as one uint8 tensor [N, 3, side, side], memory-mapped under ``root/cache``.
+) -> DecodedImages:
+    """All ``items`` decoded once into ``root/cache/decoded-<side>-<interpolation>.u8``.
 
-    Built once per data set and size; returns None when it would not fit ``budget_bytes``.
+    Built once per data set and size, bounded by the free disk only (DiskFullError when it
+    does not fit); ``budget_bytes`` decides only whether it is mapped into memory
+    (:class:`DecodedImages`). Images whose sha256 a complete cache of another data version
+    beside ``root`` holds are copied from it, not decoded again.
     """
     n = len(items)
     nbytes = n * 3 * side * side
-    if nbytes > budget_bytes:
-        return None
     folder = root / "cache"
-    folder.mkdir(exist_ok=True)
+    with diskspace.guard(folder, diskspace.MB):
+        folder.mkdir(exist_ok=True)
     stem = f"decoded-{side}-{interpolation}"
     data, index = folder / f"{stem}.u8", folder / f"{stem}.json"
     files = [i.file for i in items]
-    if index.exists() and json.loads(index.read_text()) == files:
-        arr = np.memmap(data, dtype=np.uint8, mode="c", shape=(n, 3, side, side))
-        return torch.from_numpy(np.asarray(arr))
+    known = _index_files(index) if index.exists() else None
+    if known is not None and known[0] == files and data.is_file():
+        if known[1] is None:  # an index of the first format: add the sha256s for reuse
+            with contextlib.suppress(OSError):  # atomically: other jobs may be reading it
+                _write_index(index.with_suffix(".json.tmp"), items)
+                index.with_suffix(".json.tmp").replace(index)
+        return DecodedImages(data, n, side, nbytes <= budget_bytes)
     tmp = data.with_suffix(".tmp")
     index.unlink(missing_ok=True)  # from here on the cache is incomplete
+    diskspace.check_free(folder, nbytes + diskspace.MB)
     with diskspace.guard(folder, nbytes + diskspace.MB, cleanup=[tmp, data]):
-        _fill(tmp, root, items, side, interpolation, progress)
+        decoded, reused = _fill(tmp, root, items, side, interpolation, progress, stem)
         tmp.replace(data)
-        index.write_text(json.dumps(files))  # written last: its presence means "complete"
-    arr = np.memmap(data, dtype=np.uint8, mode="c", shape=(n, 3, side, side))
-    return torch.from_numpy(np.asarray(arr))
+        _write_index(index, items)  # written last: its presence means "complete"
+    images = DecodedImages(data, n, side, nbytes <= budget_bytes)
+    images.decoded_now, images.reused = decoded, reused
+    return images
+
+
+def _write_index(index: Path, items: Sequence[ImageItem]) -> None:
+    """The files and sha256s of a complete cache (one that cannot be read is rebuilt)."""
+    index.write_text(
+        json.dumps({"files": [i.file for i in items], "sha256": [i.sha256 for i in items]})
+    )
 
 
 def _fill(
@@ -102,31 +204,42 @@ def _fill(
     side: int,
     interpolation: str,
     progress: Callable[[int, int], None] | None,
-) -> None:
-    """Decode every item into the new memory-mapped file ``tmp``."""
+    stem: str,
+) -> tuple[int, int]:
+    """Write every item's square into the new file ``tmp``: (decoded, copied) counts.
+
+    Rows go in with ``pwrite`` (no memory map: nothing of the file stays resident, and its
+    blocks are reserved first, so a full disk is an error, not a crash).
+    """
     n = len(items)
-    with open(tmp, "wb") as f:
-        # Reserve the blocks first: writing a sparse memory map on a full disk is a SIGBUS
-        # crash; running out here is an OSError (ENOSPC) that can be reported.
-        f.truncate(n * 3 * side * side)
-        try:
-            os.posix_fallocate(f.fileno(), 0, n * 3 * side * side)
-        except AttributeError:  # pragma: no cover - not POSIX
-            pass
-        except OSError as exc:
-            if diskspace.is_disk_full(exc):
-                raise
-    arr = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(n, 3, side, side))
+    out = RowFile.create(tmp, n, (3, side, side))
+    earlier = _earlier_rows(root, stem, out.row_bytes)
+    sources: dict[Path, RowFile] = {}
+    copy = [(i, earlier[it.sha256]) for i, it in enumerate(items) if it.sha256 in earlier]
+    for dst, (path, src) in copy:
+        if path not in sources:
+            sources[path] = RowFile(path, path.stat().st_size // out.row_bytes, (3, side, side))
+        out.write(dst, sources[path].read([src]))
+    for source in sources.values():
+        source.close()
+    todo = [i for i in range(n) if items[i].sha256 not in earlier]
+    done = len(copy)
+    if progress is not None and done:
+        progress(done, n)
 
     def fill(i: int) -> None:
-        arr[i] = load_square(root / items[i].file, side, interpolation).numpy()
+        out.write(i, load_square(root / items[i].file, side, interpolation))
 
     # Pillow decodes and resizes outside the GIL: one thread per core fills distinct rows.
-    with ThreadPoolExecutor(decode_workers()) as pool:
-        for done, _ in enumerate(pool.map(fill, range(n)), 1):
-            if progress is not None:
-                progress(done, n)
-    arr.flush()  # the memory map closes when ``arr`` goes
+    try:
+        with ThreadPoolExecutor(decode_workers()) as pool:
+            for _ in pool.map(fill, todo):
+                done += 1
+                if progress is not None:
+                    progress(done, n)
+    finally:
+        out.close()
+    return len(todo), len(copy)
 
 
 def make_transforms(cfg: DataConfig, augment: str) -> tuple[Transform, Transform]:
@@ -165,11 +278,11 @@ class Normalize(torch.nn.Module):
 
 
 class ImageTensors(Dataset[tuple[torch.Tensor, int]]):
-    """uint8 crops with class indices: from the decoded tensor, or decoding on the fly."""
+    """uint8 crops with class indices: from the decoded cache, or decoding on the fly."""
 
     def __init__(
         self,
-        decoded: torch.Tensor | None,
+        decoded: DecodedImages | torch.Tensor | None,
         rows: Sequence[int],
         root: Path,
         items: Sequence[ImageItem],
@@ -203,7 +316,11 @@ class ImageTensors(Dataset[tuple[torch.Tensor, int]]):
         images are decoded on every core at once; the transforms (random ones draw from the
         global generator) then run in order, so results do not depend on the threads."""
         rows = [self.rows[i] for i in indices]
-        if self.decoded is None and len(rows) > 1:
+        if isinstance(self.decoded, DecodedImages):
+            squares = self.decoded.rows(rows)
+        elif self.decoded is not None:  # squares already in a tensor
+            squares = [self.decoded[row] for row in rows]
+        elif len(rows) > 1:
             with ThreadPoolExecutor(min(decode_workers(), len(rows))) as pool:
                 squares = list(pool.map(self._square, rows))
         else:

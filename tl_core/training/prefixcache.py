@@ -4,20 +4,26 @@ With the first groups frozen, their output for an image never changes from one e
 next (frozen BatchNorm layers use fixed statistics), so the classic loop's repeated forward
 through them is wasted work. Here it runs once: the whole frozen backbone when only the head
 learns (then an epoch is milliseconds), or the frozen stages when the last groups learn.
+The outputs stay in memory when they fit the memory budget, else in files of the run's
+folder read per batch (:mod:`tl_core.training.rowfile`): they depend on the run's seed,
+views and split point, so no other run could use them, and they go when the run ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from tl_core import diskspace
 from tl_core.models.device import ComputePlan
 from tl_core.models.freezing import LayerGroup
 from tl_core.models.stages import split_model
+from tl_core.training.rowfile import RowFile, RowsDataset, megabytes
 
 
 class StopRequested(Exception):
@@ -33,10 +39,11 @@ class CachedPhase:
     """
 
     net: nn.Module
-    train_views: list[TensorDataset]  # view v feeds epochs v, v + V, v + 2V, ...
-    val: TensorDataset
+    train_views: list[Dataset]  # view v feeds epochs v, v + V, v + 2V, ...
+    val: Dataset
     note: str
-    val_exact: TensorDataset | None = None  # the validation outputs in fp32, when known
+    val_exact: Dataset | None = None  # the validation outputs in fp32, when known
+    disk_bytes: int = 0  # what its files take on disk (0: it is all in memory)
 
 
 class Pooled(nn.Module):
@@ -79,6 +86,30 @@ def run_prefix(
     return torch.cat(outs), torch.cat(labels)
 
 
+def _run_prefix_to_file(
+    prefix: nn.Module,
+    loader: DataLoader,
+    plan: ComputePlan,
+    dtype: torch.dtype,
+    should_stop: Callable[[], bool],
+    report: Callable[[int], None],
+    out: RowFile,
+) -> RowsDataset:
+    """:func:`run_prefix`, its outputs written to ``out`` batch by batch (nothing kept)."""
+    labels, done = [], 0
+    with torch.inference_mode():
+        for images, y in loader:
+            if should_stop():
+                raise StopRequested
+            with plan.autocast():
+                feats = prefix(plan.batch(images)).to(dtype)
+            out.write(done, feats.cpu())
+            labels.append(y.cpu())
+            done += len(y)
+            report(done)
+    return RowsDataset(out, torch.cat(labels))
+
+
 def cache_phase(
     model: nn.Module,
     normalize: nn.Module,
@@ -93,16 +124,20 @@ def cache_phase(
     seed: int = 0,
     groups: list[LayerGroup] | None = None,
     exact_val: bool = False,
+    spill_dir: Path | None = None,
 ) -> CachedPhase | None:
     """Run the frozen prefix once per image and view; None when it cannot or should not be.
 
-    ``views`` augmented copies of each training image are cached (1 without augmentation);
-    fewer when they would not fit ``budget_bytes``, none at all when one would not. The views
-    are drawn from their own ``seed``, apart from the global random stream (even a DataLoader
-    draws from that): a resumed run caches the same views and continues identically.
-    ``groups``: the model's layer groups, when the caller has them already. With
-    ``exact_val`` the validation outputs are computed once in fp32 (no autocast) and serve as
-    both ``val`` and ``val_exact``: the final fp32 scores then need no second pass.
+    ``views`` augmented copies of each training image are cached (1 without augmentation).
+    They are kept in memory when they fit ``budget_bytes``; otherwise, with a ``spill_dir``,
+    they are written there, one file per view (and one for the validation outputs) read back
+    per batch, as many views as the free disk holds (DiskFullError when not even one does);
+    without one, fewer views are kept in memory, none at all when one would not fit. The
+    views are drawn from their own ``seed``, apart from the global random stream (even a
+    DataLoader draws from that): a resumed run caches the same views and continues
+    identically. ``groups``: the model's layer groups, when the caller has them already.
+    With ``exact_val`` the validation outputs are computed once in fp32 (no autocast) and
+    serve as both ``val`` and ``val_exact``: the final fp32 scores then need no second pass.
     """
     parts = _prefix_and_net(model, trainable, groups)
     if parts is None:
@@ -113,13 +148,23 @@ def cache_phase(
     n_train, n_val = len(train_ds), len(val_ds)  # type: ignore[arg-type]
     with torch.inference_mode(), plan.autocast():
         probe = prefix(plan.batch(val_ds[0][0][None]))  # no random draw
+    shape = tuple(probe.shape[1:])
     per_image = probe[0].numel() * torch.tensor([], dtype=dtype).element_size()
     val_plan, val_dtype = (plan.exact(), torch.float32) if exact_val else (plan, dtype)
     per_val = probe[0].numel() * torch.tensor([], dtype=val_dtype).element_size()
-    fit_views = (budget_bytes - per_val * n_val) // max(per_image * n_train, 1)
+    in_memory = views * per_image * n_train + per_val * n_val <= budget_bytes
+    if in_memory or spill_dir is None:
+        fit_views = (budget_bytes - per_val * n_val) // max(per_image * n_train, 1)
+    else:
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        free = diskspace.free_bytes(spill_dir) - diskspace.MARGIN_BYTES - per_val * n_val
+        fit_views = free // max(per_image * n_train, 1)
+        if fit_views < 1:
+            raise diskspace.disk_full_error(spill_dir, per_image * n_train + per_val * n_val)
     if fit_views < 1:
         return None
     views = min(views, int(fit_views))
+    on_disk = not in_memory and spill_dir is not None
     batch = plan.infer_batch
     total = views * n_train + n_val
 
@@ -128,24 +173,47 @@ def cache_phase(
             f"Running your images through the frozen layers once: {offset + done}/{total}"
         )
 
+    def outputs(
+        data: Dataset, run_plan: ComputePlan, run_dtype: torch.dtype, offset: int, name: str
+    ) -> Dataset:
+        loader = plan.loader(data, batch)  # in order: rows match labels
+        if not on_disk:
+            feats, labels = run_prefix(
+                prefix, loader, run_plan, run_dtype, should_stop, report(offset)
+            )
+            return TensorDataset(feats, labels)
+        assert spill_dir is not None
+        path = spill_dir / f"{name}.bin"
+        n = len(data)  # type: ignore[arg-type]
+        with diskspace.guard(spill_dir, n * per_image, cleanup=[path]):
+            out = RowFile.create(path, n, shape, run_dtype)
+            return _run_prefix_to_file(
+                prefix, loader, run_plan, run_dtype, should_stop, report(offset), out
+            )
+
     train_views = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for v in range(views):
-            loader = plan.loader(train_ds, batch)  # in order: rows match labels
-            feats, labels = run_prefix(
-                prefix, loader, plan, dtype, should_stop, report(v * n_train)
-            )
-            train_views.append(TensorDataset(feats, labels))
-        loader = plan.loader(val_ds, batch)
-        feats, labels = run_prefix(
-            prefix, loader, val_plan, val_dtype, should_stop, report(views * n_train)
-        )
-    size_mb = (per_image * views * n_train + per_val * n_val) / 1024**2
+            train_views.append(outputs(train_ds, plan, dtype, v * n_train, f"train-view{v}"))
+        val = outputs(val_ds, val_plan, val_dtype, views * n_train, "val")
+    size = per_image * views * n_train + per_val * n_val
     what = "the whole frozen backbone" if trainable == 0 else "the frozen layers"
+    where = (
+        f"{megabytes(size)} MB on disk in the run's folder, read per batch since they "
+        "exceed the memory budget; removed when the run ends"
+        if on_disk
+        else f"{megabytes(size)} MB in memory"
+    )
     note = (
         f"Cached the output of {what} for {n_train} training images x {views} view(s) and "
-        f"{n_val} validation images ({size_mb:.0f} MB)."
+        f"{n_val} validation images ({where})."
     )
-    val = TensorDataset(feats, labels)
-    return CachedPhase(net, train_views, val, note, val_exact=val if exact_val else None)
+    return CachedPhase(
+        net,
+        train_views,
+        val,
+        note,
+        val_exact=val if exact_val else None,
+        disk_bytes=size if on_disk else 0,
+    )
