@@ -47,6 +47,7 @@ SIZES = (500, 2000, 10_000, 20_000)
 QUICK = (200, 500)
 PHOTO = (500, 375)
 REFERENCE_N = 2000
+TARGET_N = 20_000  # the N the cost-per-image and memory targets are about
 TARGETS = {"frozen_vs_inference": 1.3, "per_image_cost_vs_2000": 1.2, "peak_rss_mb": 2500}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -294,23 +295,25 @@ def measure(n: int, src: Path, pool: Path, work: Path, model: str, epochs: tuple
 
 
 def _verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ratios against N = 2,000 and each target: met or not."""
+    """The ratios against N = 2,000 and each target: met (true), missed (false), or null
+    when the N it is about (20,000) was not run."""
     ref = next((r for r in rows if r["n"] == REFERENCE_N), rows[0])
     for r in rows:
         r["per_image_cost_vs_2000"] = round(
             r["import_plus_frozen_ms_per_image"] / ref["import_plus_frozen_ms_per_image"], 2
         )
-    largest = max(rows, key=lambda r: r["n"])
+    big = next((r for r in rows if r["n"] == TARGET_N), None)
     return {
         "reference_n": ref["n"],
         "frozen_within_1.3x_of_inference": all(
             r["frozen_vs_inference"] <= TARGETS["frozen_vs_inference"] for r in rows
         ),
-        "largest_n": largest["n"],
-        "per_image_cost_within_1.2x_at_largest": largest["per_image_cost_vs_2000"]
-        <= TARGETS["per_image_cost_vs_2000"],
-        "peak_rss_under_2500_mb_at_largest": max(largest["peak_rss_mb"].values())
-        < TARGETS["peak_rss_mb"],
+        "per_image_cost_within_1.2x_at_20000": None
+        if big is None
+        else big["per_image_cost_vs_2000"] <= TARGETS["per_image_cost_vs_2000"],
+        "peak_rss_under_2500_mb_at_20000": None
+        if big is None
+        else max(big["peak_rss_mb"].values()) < TARGETS["peak_rss_mb"],
     }
 
 
