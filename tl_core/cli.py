@@ -11,6 +11,11 @@ interval, per-class scores, calibration) and prints a JSON summary as its last l
 as a bundle that predicts the same elsewhere (see :mod:`tl_core.export.bundle`) and prints a JSON
 summary, with ``parity_ok``, as its last line.
 
+On a terminal, ``train``, ``recommend``, ``evaluate`` and ``export`` show progress bars on
+standard error (import, preparing the images, the frozen pass, epochs with loss, accuracy and
+an ETA); not on a terminal, or with ``--quiet``, they show none. The JSON summary is always the
+last line of standard output.
+
 Bad input ends with exit code 2, one plain sentence on stderr and ``{"error": ...}`` as the
 last line, checked before torch is imported and before anything is created. Ctrl-C and
 SIGTERM end a run as ``interrupted`` (resumable in the app) with exit code 130 or 143.
@@ -21,12 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tl_core.config import AUGMENT_LEVELS, SCRATCH_LR, TrainConfig, scratch_config
 from tl_core.data import paths
@@ -65,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_quiet(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (they are shown only when standard error is a terminal)",
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = sub.add_parser(
         "train",
@@ -73,6 +88,7 @@ def _add_train(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "print a JSON summary as the last line. When TL_STUDIO_MAX_RUNS runs already train, the "
         "run waits its turn in the queue the app uses.",
     )
+    _add_quiet(train)
     defaults = TrainConfig()
     train.add_argument(
         "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
@@ -151,6 +167,7 @@ def _add_recommend(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "cross-validated probe on frozen features (and LogME); print the ranking and, as the "
         "last line, a JSON object.",
     )
+    _add_quiet(recommend)
     recommend.add_argument(
         "--data", type=Path, required=True, help="folder with one sub-folder of images per class"
     )
@@ -171,6 +188,7 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "and parity checked; 1: written, but parity failed or could not be checked; 2: bad "
         "input, nothing written.",
     )
+    _add_quiet(export)
     export.add_argument("run_dir", type=Path, help="the run's folder (holding best.pt)")
     export.add_argument("--out", type=Path, required=True, help="the zip file to write")
     export.add_argument(
@@ -188,6 +206,7 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Score RUN_DIR's best model on its validation pictures (or on --data, a "
         "folder with one sub-folder per class) and print a JSON summary as the last line.",
     )
+    _add_quiet(evaluate)
     evaluate.add_argument("run_dir", type=Path, help="the run's folder (holding best.pt)")
     evaluate.add_argument(
         "--data",
@@ -225,6 +244,128 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
 
 
+# ---------------------------------------------------------------------------- progress bars
+
+_COUNTED = re.compile(r"[:\s]*\d+/\d+$")  # the count at the end of a status line
+
+
+class _Bars:
+    """Progress bars on standard error (tqdm), one phase at a time; nothing when off.
+
+    Fed by the engine's callbacks and the job's events: ``count`` for a phase with a size
+    (images imported, decoded, passed through the frozen layers; training steps), ``phase``
+    for one without (loading the model, writing a zip).
+    """
+
+    def __init__(self, on: bool, stream: TextIO | None = None) -> None:
+        self.on = on
+        self.stream = stream or sys.stderr
+        self._bar: Any = None
+        self._key: str | None = None
+        self.epochs = 0  # the run's epochs, for the training bar's label
+        self._val = ""
+
+    @classmethod
+    def for_args(cls, args: argparse.Namespace) -> _Bars:
+        """Bars when standard error is a terminal and ``--quiet`` was not given."""
+        quiet = getattr(args, "quiet", False)
+        return cls(not quiet and sys.stderr.isatty())
+
+    def _open(
+        self, key: str, total: int | None, unit: str, fmt: str | None = None, initial: int = 0
+    ) -> Any:
+        from tqdm import tqdm
+
+        self.close()
+        self._key = key
+        try:  # a terminal that tells no size (a bare pseudo-terminal) gets 100x20
+            size = os.get_terminal_size(self.stream.fileno())
+            sized = size.columns > 0 and size.lines > 0
+        except (AttributeError, OSError, ValueError):
+            sized = False
+        self._bar = tqdm(
+            total=total,
+            desc=key,
+            unit=unit,
+            file=self.stream,
+            dynamic_ncols=sized,
+            ncols=None if sized else 100,
+            nrows=None if sized else 20,
+            leave=True,
+            bar_format=fmt,
+            initial=initial,  # a phase that goes on (training after a frozen pass): its ETA
+        )
+        return self._bar
+
+    def count(self, key: str, done: int, total: int, unit: str = "img", **postfix: str) -> None:
+        """Phase ``key`` has done ``done`` of ``total``."""
+        if not self.on:
+            return
+        bar = self._bar
+        if bar is None or key != self._key or bar.total != total or done < bar.n:
+            bar = self._open(key, total, unit, initial=done if done < total else 0)
+        if postfix:
+            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in postfix.items()), refresh=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            self.close()
+
+    def phase(self, message: str) -> None:
+        """A phase without a count: its name on a line of its own."""
+        if self.on and message != self._key:
+            self._open(message, None, "it", "{desc} ({elapsed})")
+
+    def write(self, text: str) -> None:
+        """A log line that must be seen even between bars."""
+        if self.on and self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = self._key = None
+
+    def progress(self, key: str) -> Callable[[int, int], None]:
+        """A ``progress(done, total)`` callback for phase ``key``."""
+        return lambda done, total: self.count(key, done, total)
+
+    def event(self, event: dict[str, Any]) -> None:
+        """One event of a job (see :mod:`tl_core.runs.worker`): its bar moves."""
+        if not self.on:
+            return
+        kind = event.get("t")
+        if kind == "status":
+            message = str(event.get("message", ""))
+            if event.get("total"):
+                label = _COUNTED.sub("", message)
+                self.count(label, int(event["done"]), int(event["total"]))
+            elif message != "Training":  # the steps say when training goes on
+                self.phase(message)
+        elif kind == "step":
+            epoch = f"{event['epoch']}/{self.epochs}" if self.epochs else str(event["epoch"])
+            postfix = {
+                "epoch": epoch,
+                "loss": f"{event['loss']:.3f}",
+                "acc": f"{event['accuracy']:.1%}",
+            }
+            if self._val:
+                postfix["val acc"] = self._val
+            self.count("Training", int(event["step"]), int(event["total_steps"]), "step", **postfix)
+        elif kind == "epoch":
+            self._val = f"{event['val_accuracy']:.1%}"
+            self.write(
+                f"epoch {event['epoch']}: train loss {event['train_loss']:.3f}, "
+                f"accuracy {event['train_accuracy']:.1%}; validation loss "
+                f"{event['val_loss']:.3f}, accuracy {event['val_accuracy']:.1%}"
+            )
+        elif kind == "end":
+            self.close()
+
+
 # ---------------------------------------------------------------------------------- train
 
 
@@ -235,16 +376,20 @@ def _check_folders(args: argparse.Namespace) -> None:
         paths.check_val_folder(args.data, args.val)
 
 
-def _import(data: Path, val: Path | None, dest: Path) -> DatasetManifest:
+def _import(data: Path, val: Path | None, dest: Path, bars: _Bars) -> DatasetManifest:
     """Import ``data`` (and ``val``, kept as the validation set) into ``dest``."""
     from tl_core.data.dataset import import_folder
 
-    if val is None:
-        return import_folder(data, dest)
-    with tempfile.TemporaryDirectory() as tmp:  # one train/val layout, nothing copied
-        (Path(tmp) / "train").symlink_to(data.resolve(), target_is_directory=True)
-        (Path(tmp) / "val").symlink_to(val.resolve(), target_is_directory=True)
-        return import_folder(Path(tmp), dest)
+    progress = bars.progress("Importing your images")
+    try:
+        if val is None:
+            return import_folder(data, dest, progress)
+        with tempfile.TemporaryDirectory() as tmp:  # one train/val layout, nothing copied
+            (Path(tmp) / "train").symlink_to(data.resolve(), target_is_directory=True)
+            (Path(tmp) / "val").symlink_to(val.resolve(), target_is_directory=True)
+            return import_folder(Path(tmp), dest, progress)
+    finally:
+        bars.close()
 
 
 def _split(manifest: DatasetManifest, val: Path | None, fraction: float, seed: int) -> Split:
@@ -283,21 +428,28 @@ def _warn(manifest: DatasetManifest) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _recommend(args: argparse.Namespace) -> dict[str, object]:
+def _recommend(args: argparse.Namespace, bars: _Bars) -> dict[str, object]:
     _check_folders(args)
     from tl_core.analysis.transfer import recommend, suggested, verdict
 
+    def progress(key: str, done: int, total: int) -> None:
+        # The feature pass of one model: preparing the images, then running them through it.
+        half = total // 2
+        if done <= half and done < total:
+            bars.count(f"{key}: preparing your images", done, half)
+        else:
+            bars.count(f"{key}: running your images through it", done - half, total - half)
+        if done == total:
+            bars.write(f"{key}: {done}/{total}")
+
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = _import(args.data, args.val, Path(tmp) / "data")
+        manifest = _import(args.data, args.val, Path(tmp) / "data", bars)
         _warn(manifest)
         split = _split(manifest, args.val, 0.2, 0)
-        ranking = recommend(
-            manifest,
-            split,
-            progress=lambda key, done, total: (
-                print(f"{key}: {done}/{total}", file=sys.stderr) if done == total else None
-            ),
-        )
+        try:
+            ranking = recommend(manifest, split, progress=progress)
+        finally:
+            bars.close()
     for r in ranking:
         print(
             f"{r.rank}. {r.title}: probe accuracy {r.probe_accuracy:.1%} (95% interval "
@@ -377,10 +529,15 @@ class _Training:
 
 
 def _queue_run(
-    store: Store, args: argparse.Namespace, t: _Training, clear: bool, previous: Run | None
+    store: Store,
+    args: argparse.Namespace,
+    t: _Training,
+    clear: bool,
+    previous: Run | None,
+    bars: _Bars,
 ) -> None:
     """Import the data into a new project and queue its run (ids kept in ``t``)."""
-    manifest = _import(args.data, args.val, t.staging)
+    manifest = _import(args.data, args.val, t.staging, bars)
     _warn(manifest)
     t.manifest = manifest
     t.split = _split(manifest, args.val, t.config.val_fraction, t.config.seed)
@@ -432,7 +589,7 @@ def _undo(store: Store, t: _Training, exc: BaseException) -> None:
         jobs.discard_project(store, t.project_id)
 
 
-def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
+def _train(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, object]:
     config = _config(args)
     _check_folders(args)
     clear, previous = _check_out(store, args)
@@ -443,7 +600,7 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
     staging.parent.mkdir(parents=True, exist_ok=True)
     t = _Training(config, staging)
     try:
-        _queue_run(store, args, t, clear, previous)
+        _queue_run(store, args, t, clear, previous, bars)
         assert t.run_id is not None
         jobs.wait_for_turn(
             store,
@@ -452,7 +609,11 @@ def _train(store: Store, args: argparse.Namespace) -> dict[str, object]:
         )
         from tl_core.runs.worker import run_worker
 
-        result = run_worker(store, t.run_id)
+        bars.epochs = t.config.epochs
+        try:
+            result = run_worker(store, t.run_id, watch=bars.event)
+        finally:
+            bars.close()
         final = store.run(t.run_id)
         if result is None or final is None:
             raise StudioError(final.error if final and final.error else "Training failed.")
@@ -494,7 +655,7 @@ def _train_summary(t: _Training, result: Any, run_dir: str) -> dict[str, object]
     }
 
 
-def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], int]:
+def _export(store: Store, args: argparse.Namespace, bars: _Bars) -> tuple[dict[str, object], int]:
     from tl_core.export.bundle import export_run
     from tl_core.runs.lookup import find_run
 
@@ -503,9 +664,10 @@ def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], 
         args.run_dir,
         args.out,
         data_root=args.data or (Path(run.data_dir) if run else None),
-        progress=lambda message: print(message, file=sys.stderr),
+        progress=bars.phase if bars.on else lambda message: print(message, file=sys.stderr),
         corrections=run.spec.corrections if run else None,
     )
+    bars.close()
     from tl_core.analysis.evaluation import evaluate_run
 
     scores = evaluate_run(Path(args.run_dir))
@@ -513,7 +675,7 @@ def _export(store: Store, args: argparse.Namespace) -> tuple[dict[str, object], 
     return summary, 0 if report.parity_ok else 1
 
 
-def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
+def _evaluate(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, object]:
     """Scores only for a model that loads, and for recorded predictions it reproduces.
 
     ``--data`` names either another labelled folder (scored afresh by the loaded model) or
@@ -530,8 +692,11 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
     if not (run_dir / "best.pt").is_file():
         raise StudioError(f"There is no trained model in {run_dir} (best.pt is missing).")
     data = Path(args.data) if args.data is not None else None
+    scoring = bars.progress("Scoring your images") if bars.on else None
+    bars.phase("Loading the model")
     if data is not None and not (data / "manifest.json").is_file():
-        result = evaluation.evaluate_folder(run_dir, data)  # the loaded model scores it now
+        # the loaded model scores it now
+        result = evaluation.evaluate_folder(run_dir, data, scoring)
         summary = {**result.summary_json(), "data": str(data), "parity_ok": None}
         summary["verified"] = True
     else:
@@ -540,7 +705,8 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
             raise StudioError(f"The run in {run_dir} has no validation predictions.")
         trained = evaluation.load_model_checked(run_dir, preds)
         root = data if data is not None else lookup.locate_data_root(run_dir, store.workspace)[0]
-        verdict = evaluation.verify_run(run_dir, root, trained, preds)
+        bars.close()  # the model is loaded
+        verdict = evaluation.verify_run(run_dir, root, trained, preds, scoring)
         if not verdict.verified:
             hint = (
                 " Pass the run's data set folder with --data to re-check it."
@@ -550,6 +716,7 @@ def _evaluate(store: Store, args: argparse.Namespace) -> dict[str, object]:
             raise StudioError(verdict.sentence + hint)
         result = evaluation.evaluate_predictions(preds)
         summary = {**result.summary_json(), "data": "validation split", **verdict.summary()}
+    bars.close()
     summary["per_class"] = {
         result.classes[c.index]: {"recall": c.recall, "precision": c.precision, "f1": c.f1}
         for c in result.per_class
@@ -568,6 +735,7 @@ def _fail(message: str, code: int, **fields: object) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workspace = getattr(args, "worker_workspace", None) or args.workspace
+    bars = _Bars.for_args(args)
     try:
         store = Store(workspace)
         if args.command == "worker":
@@ -578,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs.pump(store)  # hand the freed slot to the next waiting run
             return 0
         if args.command == "recommend":
-            print(json.dumps(_recommend(args)))
+            print(json.dumps(_recommend(args, bars)))
             return 0
         if args.command == "repair":
             from tl_core.runs.store import repair
@@ -588,21 +756,24 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report.summary()))
             return 0
         if args.command == "evaluate":
-            print(json.dumps(_evaluate(store, args)))
+            print(json.dumps(_evaluate(store, args, bars)))
             return 0
         if args.command == "export":
-            summary, code = _export(store, args)
+            summary, code = _export(store, args, bars)
             print(json.dumps(summary))
             return code
-        summary = _train(store, args)
+        summary = _train(store, args, bars)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the run is marked, no traceback
+        bars.close()
         interrupt.hold()
         signum = interrupt.signum_of(exc)
         message = interrupt.message(signum) + "".join(getattr(exc, "__notes__", []))
         return _fail(message, 128 + signum, status="interrupted")
     except StudioError as exc:
+        bars.close()
         return _fail(str(exc), 2)
     except OSError as exc:  # a folder that cannot be read or written, a full disk
+        bars.close()
         where = f" ('{exc.filename}')" if exc.filename else ""
         return _fail(f"{exc.strerror or exc}{where}.", 2)
     print(json.dumps(summary))

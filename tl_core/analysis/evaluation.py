@@ -13,6 +13,7 @@ checked against the recorded predictions on the validation images (:func:`verify
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -274,8 +275,34 @@ def load_calibration(run_dir: Path) -> Calibration:
     return saved or Calibration()
 
 
-def evaluate_folder(run_dir: Path, folder: Path) -> RunEvaluation:
-    """The run's best model scored on another labelled folder (one sub-folder per class)."""
+Progress = Callable[[int, int], None]  # (images scored, of how many)
+PROGRESS_BATCHES = 4  # the model's batches scored between two progress reports
+
+
+def in_chunks(
+    score: Callable[[Sequence[Path]], np.ndarray],
+    files: Sequence[Path],
+    progress: Progress | None,
+    batch: int,
+) -> np.ndarray:
+    """``score(files)`` (a model's logits or predict), a few of its ``batch``es at a time,
+    reporting ``progress(done, total)`` after each (one call without ``progress``). The
+    batches are the ones one call would make, so the answers are the same."""
+    if progress is None or not files:
+        return score(files)
+    n, out, chunk = len(files), [], max(batch, 1) * PROGRESS_BATCHES
+    progress(0, n)
+    for start in range(0, n, chunk):
+        out.append(score(files[start : start + chunk]))
+        progress(min(start + chunk, n), n)
+    return np.concatenate(out)
+
+
+def evaluate_folder(run_dir: Path, folder: Path, progress: Progress | None = None) -> RunEvaluation:
+    """The run's best model scored on another labelled folder (one sub-folder per class).
+
+    ``progress(done, total)``: the images scored so far.
+    """
     from tl_core.data.dataset import IMAGE_SUFFIXES
     from tl_core.errors import DataError
 
@@ -295,7 +322,7 @@ def evaluate_folder(run_dir: Path, folder: Path) -> RunEvaluation:
                 labels.append(index[sub.name])
     if not files:
         raise DataError(f"No images in class folders under {folder}.")
-    logits = trained.logits(files)
+    logits = in_chunks(trained.logits, files, progress, trained.plan.infer_batch)
     names = [f.relative_to(folder).as_posix() for f in files]
     return evaluate_logits(trained.classes, names, logits, np.asarray(labels))
 
@@ -369,8 +396,11 @@ def verify_run(
     data_root: Path | None,
     trained: TrainedModel | None = None,
     predictions: Predictions | None = None,
+    progress: Progress | None = None,
 ) -> Verdict:
     """Load best.pt and score the recorded validation images with it again.
+
+    ``progress(done, total)``: the validation images scored so far.
 
     Never raises for a damaged or foreign file: that is the verdict "unusable".
     ``data_root`` is the run's imported data set (None: not found, the verdict "unchecked").
@@ -400,7 +430,7 @@ def verify_run(
             f"from {data_root}, so it could not be re-checked against its recorded predictions.",
         )
     try:
-        probs = model.predict(files).astype(np.float64)
+        probs = in_chunks(model.predict, files, progress, model.plan.infer_batch).astype(np.float64)
     except StudioError as exc:
         return Verdict(
             "unchecked",

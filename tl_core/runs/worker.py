@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -89,7 +90,15 @@ class JobContext:
         if done < total and now - self._sent < PROGRESS_EVERY_S:
             return
         self._sent = now
-        self.sink.emit({"t": "status", "message": text, "progress": done / max(total, 1)})
+        self.sink.emit(
+            {
+                "t": "status",
+                "message": text,
+                "progress": done / max(total, 1),
+                "done": done,
+                "total": total,
+            }
+        )
 
     def on_status(self, message: str) -> None:
         counted = _COUNTED.search(message)
@@ -326,23 +335,35 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
 
 
 class StoreSink:
-    """Events applied to the store at once: for a job run by the store's own process."""
+    """Events applied to the store at once: for a job run by the store's own process.
 
-    def __init__(self, store: Store, job: Run) -> None:
+    ``watch`` sees each event after the store has it (the command line's progress bars).
+    """
+
+    def __init__(
+        self, store: Store, job: Run, watch: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.store = store
         self.job_id = job.id
         self.folder = Path(job.run_dir)
+        self.watch = watch
 
     def emit(self, event: dict[str, Any]) -> None:
         record(self.store, self.job_id, self.folder, event)
+        if self.watch is not None:
+            self.watch(event)
 
     def stop_asked(self) -> bool:
         job = self.store.run(self.job_id)
         return job is None or job.stop_requested
 
 
-def run_worker(store: Store, run_id: str) -> Any:
+def run_worker(
+    store: Store, run_id: str, watch: Callable[[dict[str, Any]], None] | None = None
+) -> Any:
     """Run the job ``run_id`` in this process; its status and result land in the store.
+
+    ``watch`` sees every event of the job as it is recorded (see :class:`StoreSink`).
 
     Returns the TrainResult of a training run that ended (None when it failed). A signal
     that cut it short is raised again as :class:`~tl_core.runs.interrupt.Interrupted` once
@@ -351,7 +372,7 @@ def run_worker(store: Store, run_id: str) -> Any:
     job = store.run(run_id)
     if job is None:
         raise StudioError(f"No run with id {run_id}.")
-    sink = StoreSink(store, job)
+    sink = StoreSink(store, job, watch)
     try:
         sink.emit({"t": "started", "pid": os.getpid(), "placement": placement()})
     except DiskFullError as exc:
