@@ -523,3 +523,16 @@ def test_a_thread_safe_data_dir_claim(store) -> None:
     for t in threads:
         t.join()
     assert len(set(got)) == 4
+
+
+@pytest.mark.parametrize("way", ["zip", "files"])
+def test_an_upload_that_does_not_fit_on_the_disk_leaves_no_job(store, shapes, monkeypatch, way):
+    from tl_core import diskspace
+    from tl_core.errors import DiskFullError
+
+    monkeypatch.setattr(diskspace, "free_bytes", lambda path: 1000)
+    upload = _source(way, shapes, shapes.parent)["upload"]
+    with pytest.raises(DiskFullError):
+        service.submit_import(store, None, way, upload=upload)
+    assert store.runs(kind="import") == []
+    assert not (store.workspace / "jobs").exists() or not any((store.workspace / "jobs").iterdir())
