@@ -295,8 +295,14 @@ def test_a_server_restart_sweeps_what_a_cut_off_import_left(store, shapes, monke
     job = service.submit_import(store, None, "zip", upload=io.BytesIO(_zip_bytes(shapes)))
     (Path(job.run_dir) / "data").mkdir()
     store.update_run(job.id, status="interrupted")
+    held = store.create_run(job.project_id, {"way": "zip"}, Path(""), status="held", kind="import")
+    (Path(held.run_dir) / "upload").mkdir()
     jobs.sweep(store)
     assert _leftovers(store, store.run(job.id)) == []
+    assert store.run(held.id) is not None  # its upload may still be arriving
+    store.update_run(held.id, created=time.time() - jobs.PARTIAL_IMPORT_AGE_S - 1)
+    jobs.sweep(store)
+    assert store.run(held.id) is None and not Path(held.run_dir).exists()
 
 
 # ------------------------------------------------------------------------ where it runs

@@ -258,7 +258,8 @@ def sweep(store: Store) -> None:
     - ``data-N`` folders without manifest.json that nothing uses and nothing has written to
       for ``PARTIAL_IMPORT_AGE_S`` (an import cut off);
     - ``*.tmp`` files older than ``TMP_FILE_AGE_S`` in the folders of runs not training;
-    - the upload and the half-made data set of an import job that ended.
+    - the upload and the half-made data set of an import job that ended, and an import whose
+      upload was cut off (held for ``PARTIAL_IMPORT_AGE_S``).
     """
     now = time.time()
     with store.transaction() as db:
@@ -285,7 +286,11 @@ def sweep(store: Store) -> None:
     for run in runs:
         if run.status in ACTIVE:
             continue
-        if run.kind == "import" and run.status not in ("queued", "held"):
+        if run.kind == "import" and run.status == "held":  # its upload was cut off
+            if now - run.created > PARTIAL_IMPORT_AGE_S:
+                discard_run(store, run.id)
+            continue
+        if run.kind == "import" and run.status != "queued":
             for left in ("upload", "data"):  # what an import cut off left in its folder
                 shutil.rmtree(Path(run.run_dir) / left, ignore_errors=True)
         for tmp in Path(run.run_dir).glob("*.tmp"):
