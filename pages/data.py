@@ -9,14 +9,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tl_core import service
 from tl_core.data import dataset as tl_data
-from tl_core.errors import DataError, DiskFullError
+from tl_ui import importing
 from tl_ui.charts import class_counts_figure
 from tl_ui.gallery import THUMB_SIDE, pager, thumbnails
 from tl_ui.grow import add_images_panel
 from tl_ui.neardup import near_duplicates_panel
-from tl_ui.session import active_project, get_store, open_project, project_manifest
+from tl_ui.session import active_project, get_store, project_manifest
 from tl_ui.text import literal, plot_literal
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo" / "fashion_mnist"
@@ -24,56 +23,35 @@ THUMBS_PER_CLASS = 6
 CLASSES_PER_PAGE = 10  # classes shown with thumbnails at a time (a page selector for more)
 
 
-def _import(kind: str, source: object) -> None:
-    """Import into a fresh folder of the (possibly new) project; on error nothing changes."""
-    bar = st.progress(0.0, text="Checking and preparing your images…")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Checking and preparing images: {done}/{total}")
-
-    if kind == "files":
-        source = [(f.name, f.getvalue()) for f in source]  # type: ignore[attr-defined]
-    try:
-        project = service.import_data(
-            get_store(), active_project(), kind, source, progress, demo_dir=DEMO_DIR
-        )
-    except (DataError, DiskFullError) as exc:
-        bar.empty()
-        st.error(literal(exc))
-        return
-    bar.empty()
-    open_project(project)
-    st.rerun()
+def _import(way: str, path: Path | None = None) -> None:
+    """Start an import job into a fresh folder of the (possibly new) project; the page then
+    watches it (tl_ui.importing). On error nothing changes."""
+    importing.start_import(way, path=path)
 
 
 def _ways_in(has_data: bool) -> None:
+    if importing.import_panel(active_project()):
+        return  # one import at a time: its panel, no second one
     if has_data:
         st.caption(
             "Bringing new images replaces the current set for new runs; earlier runs keep theirs."
         )
-    demo, folder, archive = st.tabs(["Demo set", "Upload a folder", "Upload a .zip"])
+    demo, local, folder, archive = st.tabs(
+        ["Demo set", "Use a folder on this computer", "Upload a folder", "Upload a .zip"]
+    )
     with demo:
         st.markdown(
             "**Fashion-MNIST demo**: 700 small photos of clothing in 10 classes (T-shirt, "
             "trouser, sneaker, …), already split into 500 for training and 200 for validation."
         )
         if st.button("Use the demo set", type="primary", key="use_demo"):
-            _import("demo", None)
+            _import("demo", DEMO_DIR)
+    with local:
+        importing.folder_tab()
     with folder:
-        st.markdown(
-            "Choose a folder that holds **one sub-folder per class**, e.g. "
-            "`leaves/healthy/…`, `leaves/rust/…`. A `train/` + `val/` pair is honoured."
-        )
-        files = st.file_uploader(
-            "Folder of images", accept_multiple_files="directory", key="upload_dir"
-        )
-        if files and st.button(f"Import {len(files)} files", key="import_dir"):
-            _import("files", files)
+        importing.upload_folder_tab()
     with archive:
-        st.markdown("A **.zip** with one folder per class inside.")
-        upload = st.file_uploader("Zip file", type=["zip"], key="upload_zip")
-        if upload is not None and st.button("Import the zip", key="import_zip"):
-            _import("zip", upload)
+        importing.upload_zip_tab()
 
 
 # The importer's few-images warning (one class, or many): the page writes its own, with a list.

@@ -9,7 +9,7 @@ from pathlib import Path
 from tl_core.errors import StudioError
 from tl_core.runs import tasks
 from tl_core.runs.store import Run, Store
-from tl_core.runs.worker import job_spec
+from tl_core.runs.worker import job_spec, record
 
 WAITING = ("queued", "starting", "running")
 
@@ -37,9 +37,10 @@ def run_job(store: Store, job: Run) -> Run:
     try:
         result = tasks.TASKS[job.kind](job_spec(store, job), FakeContext())
     except StudioError as exc:
-        store.update_run(job.id, status="failed", error=str(exc), finished=time.time())
+        end = {"t": "end", "status": "failed", "error": str(exc), "message": "Failed"}
     else:
-        store.update_run(job.id, status="finished", result=result, finished=time.time())
+        end = {"t": "end", "status": "finished", "result": result, "message": "Finished"}
+    record(store, job.id, Path(job.run_dir), end)  # as the server does: an import's data moves
     return store.run(job.id)  # type: ignore[return-value]
 
 

@@ -64,6 +64,8 @@ def test_data_page_imports_the_demo_set_and_puts_the_project_in_the_url(workspac
     project_id = project_id[0] if isinstance(project_id, list) else project_id
     project = Store(workspace).project(project_id)
     assert project is not None and project.data_dir
+    (job,) = Store(workspace).jobs(project_id, kind="import")  # a job, not the web server
+    assert job.status == "finished" and job.result["data_dir"] == project.data_dir
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Images"] == "700" and metrics["Classes"] == "10"
     assert "tshirt\\_top" in _texts(at)  # names are shown literally (Markdown escaped)

@@ -124,7 +124,7 @@ class EpochRow:
 
 ACTIVE = ("starting", "running")  # job states: claimed and working
 UNFINISHED = ("queued", *ACTIVE)  # waiting or working
-JOB_KINDS = ("train", "features", "recommend", "verify", "export", "predict")
+JOB_KINDS = ("train", "import", "features", "recommend", "verify", "export", "predict")
 
 
 @dataclass(frozen=True)

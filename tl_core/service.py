@@ -1,21 +1,25 @@
 """What the pages do beyond laying out widgets, without torch: one import for the web server.
 
-Importing into a project or adding images to its data, finding a run's baseline, merging
-label-review edits, starting a training run or a retrain, and submitting the other long jobs
-(frozen features, model comparison, the saved-model check, export, batch prediction) to the
-queue with keys that let a refresh, a second tab or a second visit find the same job.
+Importing into a project (as a job: :func:`submit_import`) or adding images to its data,
+finding a run's baseline, merging label-review edits, starting a training run or a retrain,
+and submitting the other long jobs (frozen features, model comparison, the saved-model check,
+export, batch prediction) to the queue with keys that let a refresh, a second tab or a
+second visit find the same job.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from tl_core import diskspace
 from tl_core.analysis.advice import SweepPoint
-from tl_core.config import RunSpec, TrainConfig, scratch_config
+from tl_core.config import UNFINISHED, RunSpec, TrainConfig, scratch_config
 from tl_core.data import dataset as tl_data
 from tl_core.data import review
 from tl_core.errors import DataError, DiskFullError, RunError
@@ -25,6 +29,7 @@ from tl_core.runs.store import Project, Run, Store
 __all__ = [
     "FINISHED_OR_WAITING",
     "ReviewEdit",
+    "active_import",
     "active_training",
     "baseline_run",
     "bundle_name",
@@ -35,6 +40,7 @@ __all__ = [
     "grow_data",
     "import_data",
     "job_for",
+    "latest_import",
     "merge_review",
     "rebuild_export",
     "retrain",
@@ -43,6 +49,7 @@ __all__ = [
     "split_settings",
     "submit_export",
     "submit_features",
+    "submit_import",
     "submit_predict",
     "submit_recommend",
     "submit_training",
@@ -64,7 +71,8 @@ def import_data(
     progress: Callable[[int, int], None] | None = None,
     demo_dir: Path | None = None,
 ) -> Project:
-    """Import images into a fresh data folder of ``project`` (a new one when None).
+    """Import images here, in this process, into a fresh data folder of ``project`` (a new
+    one when None); the app uses :func:`submit_import` instead.
 
     ``kind`` is ``demo`` (the folder ``demo_dir``), ``zip`` (a file-like .zip) or ``files``
     (a list of ``(name, bytes)``). On a DataError or DiskFullError the new folder is removed
@@ -120,6 +128,104 @@ def grow_data(
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return store.project(project.id) or project, growth
+
+
+IMPORT_WAYS = ("demo", "folder", "zip", "files")
+_CHUNK = 1024 * 1024
+
+
+def _new_project(store: Store) -> Project:
+    from tl_core.models.catalog import DEFAULT_MODEL
+
+    project = store.create_project()
+    store.update_settings(project.id, model=DEFAULT_MODEL)
+    return store.project(project.id) or project
+
+
+def active_import(store: Store, project_id: str) -> Run | None:
+    """The project's import job that is waiting or working, if any."""
+    found = store.runs(project_id, UNFINISHED, kind="import")
+    return found[-1] if found else None
+
+
+def latest_import(store: Store, project_id: str) -> Run | None:
+    """The project's newest import job (any status), or None."""
+    found = store.runs(project_id, kind="import")
+    return found[-1] if found else None
+
+
+def _size(stream: BinaryIO) -> int:
+    here = stream.tell()
+    end = stream.seek(0, 2)
+    stream.seek(here)
+    return end
+
+
+def _save(stream: BinaryIO, path: Path) -> None:
+    """Copy one uploaded file to disk in chunks (never a second copy of it in memory)."""
+    stream.seek(0)
+    with open(path, "wb") as out:
+        shutil.copyfileobj(stream, out, _CHUNK)
+
+
+def _save_upload(folder: Path, way: str, upload: Any) -> None:
+    """What the browser sent, into ``folder`` (the job's upload folder) as the task reads it."""
+    from tl_core.runs.tasks import UPLOADED_NAMES, UPLOADED_ZIP
+
+    folder.mkdir()
+    if way == "zip":
+        diskspace.check_free(folder, _size(upload) + diskspace.MARGIN_BYTES)
+        _save(upload, folder / UPLOADED_ZIP)
+        return
+    files = list(upload)
+    diskspace.check_free(folder, sum(_size(f) for _, f in files) + diskspace.MARGIN_BYTES)
+    for i, (_, stream) in enumerate(files):
+        _save(stream, folder / f"{i:06d}")
+    names = [str(name) for name, _ in files]
+    (folder / UPLOADED_NAMES).write_text(json.dumps(names, ensure_ascii=False), encoding="utf-8")
+
+
+def submit_import(
+    store: Store,
+    project: Project | None,
+    way: str,
+    path: str | Path | None = None,
+    upload: Any = None,
+) -> Run:
+    """Queue an import into a new data version of ``project`` (a new project when None).
+
+    ``way``: ``demo`` or ``folder`` (``path``: a folder or .zip on this machine, imported in
+    place), ``zip`` (``upload``: a binary file) or ``files`` (``upload``: ``(name, binary
+    file)`` pairs, e.g. Streamlit's UploadedFile). Uploads are written to the job's folder
+    first, one file at a time. When the job finishes the project points at the new data; a
+    failed or stopped import leaves nothing and the project keeps its images. While the
+    project has an import under way, that job is returned instead of a new one.
+    """
+    if way not in IMPORT_WAYS:
+        raise ValueError(f"unknown import way {way!r}")
+    project = project or _new_project(store)
+    found = active_import(store, project.id)
+    if found is not None:
+        return found
+    params: dict[str, Any] = {"way": way}
+    if way in ("demo", "folder"):
+        params["path"] = str(path or "")
+    job = store.create_run(
+        project.id, params, Path(project.data_dir or ""), status="held", kind="import"
+    )
+    if way in ("zip", "files"):
+        from tl_core.runs.tasks import IMPORT_UPLOAD
+
+        folder = Path(job.run_dir) / IMPORT_UPLOAD
+        try:
+            with diskspace.guard(folder.parent, cleanup=[folder]):
+                _save_upload(folder, way, upload)
+        except BaseException:
+            jobs.discard_run(store, job.id)
+            raise
+    store.update_run(job.id, status="queued", queued_at=time.time())
+    jobs.pump(store)
+    return store.run(job.id) or job
 
 
 # ------------------------------------------------------------------------------ training runs

@@ -629,17 +629,22 @@ def _zip_source(
         yield _Source(entries, skipped, folders, size, "The .zip file")
 
 
-def _files_source(files: Iterable[tuple[str, bytes]], what: str) -> _Source:
+def _files_source(files: Iterable[tuple[str, bytes | Path]], what: str) -> _Source:
+    """Uploaded files as (name, bytes or the file they were saved to); saved files are read
+    one at a time, as the import reaches them."""
     entries: list[Entry] = []
     skipped: list[SkippedFile] = []
     size = 0
     for name, data in files:
-        size += len(data)
+        size += data.stat().st_size if isinstance(data, Path) else len(data)
         parts = safe_parts(name.lstrip("/\\"))
+        fetch: Callable[[], Path | BinaryIO] = (
+            (lambda p=data: p) if isinstance(data, Path) else (lambda d=data: io.BytesIO(d))
+        )
         if parts is None:
             skipped.append(SkippedFile(name, "unsafe file name"))
         elif parts:
-            entries.append(Entry(nfc(parts), name, lambda d=data: io.BytesIO(d), parts))
+            entries.append(Entry(nfc(parts), name, fetch, parts))
     entries, hidden = screen(entries)
     skipped += [SkippedFile(source, reason) for source, reason in hidden]
     return _Source(entries, skipped, [], size, what)
@@ -675,12 +680,13 @@ def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> BinaryIO:
 
 
 def import_files(
-    files: Iterable[tuple[str, bytes]], dest: Path, progress: Progress | None = None
+    files: Iterable[tuple[str, bytes | Path]], dest: Path, progress: Progress | None = None
 ) -> DatasetManifest:
-    """Import uploaded files given as (relative name, bytes).
+    """Import uploaded files given as (relative name, bytes or the file they were saved to).
 
     Names only ever become class labels, never paths; a leading '/' is tolerated (browsers
-    send dropped folders so), names climbing out with '..' are skipped.
+    send dropped folders so), names climbing out with '..' are skipped. Saved files are read
+    one at a time, as the import reaches them.
     """
     return _import_source(_files_source(files, "The uploaded folder"), Path(dest), progress)
 

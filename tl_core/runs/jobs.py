@@ -37,7 +37,14 @@ TMP_FILE_AGE_S = 120.0
 CLI_PENDING = "cli_pid"
 
 # What one job is expected to take, in seconds, until this workspace has measured its own.
-TYPICAL_S = {"train": 60.0, "features": 20.0, "recommend": 60.0, "verify": 10.0, "export": 30.0}
+TYPICAL_S = {
+    "import": 10.0,
+    "train": 60.0,
+    "features": 20.0,
+    "recommend": 60.0,
+    "verify": 10.0,
+    "export": 30.0,
+}
 JOB_MEMORY_GB = 2.5  # what one worker with a model and a data set may take
 
 
@@ -250,7 +257,9 @@ def sweep(store: Store) -> None:
     - staging folders of command-line imports whose process is gone;
     - ``data-N`` folders without manifest.json that nothing uses and nothing has written to
       for ``PARTIAL_IMPORT_AGE_S`` (an import cut off);
-    - ``*.tmp`` files older than ``TMP_FILE_AGE_S`` in the folders of runs not training.
+    - ``*.tmp`` files older than ``TMP_FILE_AGE_S`` in the folders of runs not training;
+    - the upload and the half-made data set of an import job that ended, and an import whose
+      upload was cut off (held for ``PARTIAL_IMPORT_AGE_S``).
     """
     now = time.time()
     with store.transaction() as db:
@@ -277,6 +286,13 @@ def sweep(store: Store) -> None:
     for run in runs:
         if run.status in ACTIVE:
             continue
+        if run.kind == "import" and run.status == "held":  # its upload was cut off
+            if now - run.created > PARTIAL_IMPORT_AGE_S:
+                discard_run(store, run.id)
+            continue
+        if run.kind == "import" and run.status != "queued":
+            for left in ("upload", "data"):  # what an import cut off left in its folder
+                shutil.rmtree(Path(run.run_dir) / left, ignore_errors=True)
         for tmp in Path(run.run_dir).glob("*.tmp"):
             with contextlib.suppress(OSError):
                 if now - tmp.stat().st_mtime > TMP_FILE_AGE_S and tmp.is_file():

@@ -39,6 +39,9 @@ HEARTBEAT_S = 10.0  # a running job's heartbeat is renewed this often while its 
 RECOVER_S = 2.0
 REAP_IDLE_S = 600.0  # workers beyond the warm one leave after this long without work
 RUNTIME_FILE = "runtime.json"
+# Jobs that read this machine's disk (a folder path typed in the app, an upload saved beside
+# the server) run on this machine's workers even when the executor is a cluster.
+LOCAL_KINDS = frozenset({"import"})
 
 _lock = threading.Lock()
 _here: dict[Path, Supervisor] = {}
@@ -65,6 +68,7 @@ class Supervisor:
     def __init__(self, workspace: Path, executor: Executor | None = None) -> None:
         self.store = Store(workspace)
         self.executor = executor or make_executor(self.store.workspace)
+        self._local: LocalExecutor | None = None  # for LOCAL_KINDS beside a cluster
         self._folders: dict[str, Path] = {}
         self._stopping: set[str] = set()
         self._wake = threading.Event()
@@ -87,12 +91,30 @@ class Supervisor:
         self._closed.set()
         self._wake.set()
         self._thread.join(timeout=5)
-        self.executor.shutdown()
+        for executor in self._executors():
+            executor.shutdown()
         with contextlib.suppress(OSError):
             path = self.store.workspace / RUNTIME_FILE
             if json.loads(path.read_text()).get("pid") == os.getpid():
                 path.unlink()
         self.store.close()
+
+    # ---------------------------------------------------------------- executors
+    def _executors(self) -> list[Executor]:
+        return [self.executor] + ([self._local] if self._local is not None else [])
+
+    def executor_for(self, kind: str) -> Executor:
+        """Where a job of ``kind`` runs: the serving executor, except that LOCAL_KINDS run
+        on workers of this machine (started on first use) when that executor is not."""
+        if kind not in LOCAL_KINDS or isinstance(self.executor, LocalExecutor):
+            return self.executor
+        if self._local is None:
+            log_dir = self.store.workspace / "logs" / "workers"
+            self._local = LocalExecutor(jobs.max_parallel_runs(), log_dir, keep_warm=0)
+        return self._local
+
+    def _running(self) -> dict[str, Executor]:
+        return {job_id: ex for ex in self._executors() for job_id in ex.running()}
 
     # ---------------------------------------------------------------- the loop
     def _write_runtime_file(self, slots: int | None = None) -> None:
@@ -123,20 +145,21 @@ class Supervisor:
         if now - self._recovered > RECOVER_S:
             self._recovered = now
             jobs.recover(self.store)
-        running = self.executor.running()
-        for job_id in running:
+        running = self._running()
+        for job_id, executor in running.items():
             job = self.store.run(job_id)
             if (job is None or job.stop_requested) and job_id not in self._stopping:
                 self._stopping.add(job_id)
-                self.executor.stop(job_id)
+                executor.stop(job_id)
         if running and now - self._beat > HEARTBEAT_S:
             self._beat = now
             for job_id in running:
                 with contextlib.suppress(Exception):
                     self.store.update_run(job_id, heartbeat=time.time())
         self._claim(len(running))
-        if isinstance(self.executor, LocalExecutor):
-            self.executor.reap_idle(REAP_IDLE_S)
+        for executor in self._executors():
+            if isinstance(executor, LocalExecutor):
+                executor.reap_idle(REAP_IDLE_S)
 
     def _claim(self, busy: int) -> None:
         capacity = self.executor.capacity()
@@ -151,7 +174,8 @@ class Supervisor:
             threads = max(1, jobs.cpu_count() // busy)
             self._folders[job.id] = Path(job.run_dir)
             try:
-                self.executor.start(job_spec(self.store, job, threads), self._on_event)
+                executor = self.executor_for(job.kind)
+                executor.start(job_spec(self.store, job, threads), self._on_event)
             except Exception as exc:  # no worker could be started
                 record(
                     self.store,

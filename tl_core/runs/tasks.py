@@ -10,14 +10,27 @@ The pages rebuild the results into the analysis dataclasses (their fields are th
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 from tl_core.config import JobSpec
-from tl_core.errors import RunError, StudioError
+from tl_core.errors import DataError, RunError, StudioError
 
-__all__ = ["TASKS", "JobContextLike", "export", "features", "predict", "recommend", "verify"]
+__all__ = [
+    "IMPORT_STAGING",
+    "IMPORT_UPLOAD",
+    "TASKS",
+    "JobContextLike",
+    "export",
+    "features",
+    "import_images",
+    "predict",
+    "recommend",
+    "verify",
+]
 
 
 class JobContextLike(Protocol):
@@ -203,7 +216,110 @@ def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     return {"classes": list(model.classes), "rows": rows}
 
 
+# ------------------------------------------------------------------------------ importing
+
+IMPORT_UPLOAD = "upload"  # in an import job's folder: what the browser sent, saved by the page
+IMPORT_STAGING = "data"  # in an import job's folder: the new data set, moved into the project
+UPLOADED_ZIP = "upload.zip"
+UPLOADED_NAMES = "names.json"  # the uploaded files' names, in the order of their saved files
+
+
+def _eta(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def _import_reporter(ctx: JobContextLike):
+    """Progress with counts, the speed measured so far and the time left; Stop acts here."""
+    start = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        if ctx.should_stop():
+            raise _Stopped
+        text = f"Checking and preparing images: {done:,}/{total:,}"
+        elapsed = time.monotonic() - start
+        if 0 < done < total and elapsed > 0.5:
+            rate = done / elapsed
+            text += f" · {rate:,.0f} images/s · about {_eta((total - done) / rate)} left"
+        ctx.progress(done, total, text)
+
+    return progress
+
+
+def folder_source(path: str) -> Path:
+    """The folder (or .zip) a user typed, checked: DataError saying what is wrong with it."""
+    text = path.strip().strip('"').strip("'")
+    if not text:
+        raise DataError("Type the path of a folder that holds one sub-folder per class.")
+    src = Path(text).expanduser()
+    if not src.is_absolute():
+        raise DataError(
+            f"'{text}' is not a full path. Give the folder's whole path, e.g. "
+            "/home/you/photos or C:\\Users\\you\\photos."
+        )
+    if src.is_file():
+        if src.suffix.lower() == ".zip":
+            return src
+        raise DataError(
+            f"'{src}' is a file, not a folder. Give the folder that holds one sub-folder per "
+            "class (or a .zip of it)."
+        )
+    if not src.exists():
+        raise DataError(f"The folder '{src}' does not exist. Check the path and try again.")
+    return src
+
+
+def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
+    """A new data set in ``<folder>/data`` (the store moves it into the project when the
+    job finished; nothing of it is left when it failed or was stopped).
+
+    params: ``way`` (``folder`` or ``demo``: ``path`` on this machine, a folder or a .zip;
+    ``zip`` or
+    ``files``: what the page saved in ``<folder>/upload``). The upload is removed at the end.
+    """
+    from tl_core.data import dataset as tl_data
+
+    folder = Path(spec.folder)
+    dest, upload = folder / IMPORT_STAGING, folder / IMPORT_UPLOAD
+    way = str(spec.params.get("way", "folder"))
+    progress = _import_reporter(ctx)
+    ctx.progress(0, 1, "Looking at the files")
+    started = time.monotonic()
+    try:
+        if way in ("folder", "demo"):
+            src = folder_source(str(spec.params.get("path") or ""))
+            if src.is_file():
+                manifest = tl_data.import_zip(src, dest, progress)
+            else:
+                manifest = tl_data.import_folder(src, dest, progress)
+        elif not upload.is_dir():
+            raise DataError("The uploaded files are no longer here; upload them again.")
+        elif way == "zip":
+            manifest = tl_data.import_zip(upload / UPLOADED_ZIP, dest, progress)
+        else:
+            names = json.loads((upload / UPLOADED_NAMES).read_text(encoding="utf-8"))
+            files = [(str(n), upload / f"{i:06d}") for i, n in enumerate(names)]
+            manifest = tl_data.import_files(files, dest, progress)
+    except _Stopped:
+        shutil.rmtree(dest, ignore_errors=True)
+        return STOPPED
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(upload, ignore_errors=True)
+    return {
+        "staged": str(dest),
+        "images": len(manifest.items),
+        "classes": len(manifest.classes),
+        "skipped": len(manifest.skipped),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
 TASKS = {
+    "import": import_images,
     "features": features,
     "recommend": recommend,
     "verify": verify,

@@ -318,6 +318,7 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
             error=None,
         )
     elif kind == "end":
+        event = _settle(store, job_id, folder, event)
         fields: dict[str, Any] = {
             "status": event["status"],
             "finished": now,
@@ -332,6 +333,62 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
         if event.get("error"):
             fields["error"] = event["error"]
         _update(store, job_id, folder, **fields)
+
+
+def _claim_data_dir(store: Store, project_id: str) -> Path:
+    """A new, empty ``data-N`` folder of the project (two imports never get the same one)."""
+    while True:
+        dest = store.new_data_dir(project_id)
+        try:
+            dest.mkdir()
+        except FileExistsError:
+            continue
+        return dest
+
+
+def _settle(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> dict[str, Any]:
+    """What a job's end changes beyond its own row; returns the end event to record.
+
+    An import that finished becomes the project's newest data version (its staged folder is
+    moved into the project); any other end removes what the import left in its folder.
+    """
+    import shutil
+
+    from tl_core.runs.tasks import IMPORT_STAGING, IMPORT_UPLOAD
+
+    job = store.run(job_id)
+    if job is None or job.kind != "import":
+        return event
+    staged = folder / IMPORT_STAGING
+    dest: Path | None = None
+    try:
+        if event["status"] == "finished" and (event.get("result") or {}).get("staged"):
+            project = store.project(job.project_id)
+            if project is None:
+                raise StudioError("The project was deleted while its images were imported.")
+            dest = _claim_data_dir(store, project.id)
+            try:
+                os.replace(staged, dest)  # the same disk: a rename, at once
+            except OSError:
+                shutil.copytree(staged, dest, dirs_exist_ok=True)
+            store.set_data_dir(project.id, dest)
+            store.update_run(job_id, data_dir=str(dest))
+            result = {k: v for k, v in event["result"].items() if k != "staged"}
+            event = {**event, "result": {**result, "data_dir": str(dest)}}
+    except (OSError, StudioError) as exc:
+        if dest is not None:
+            shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(exc, StudioError):
+            error = str(exc)
+        elif diskspace.is_disk_full(exc):
+            error = str(diskspace.disk_full_error(store.project_dir(job.project_id)))
+        else:
+            error = f"The imported images could not be moved into the project ({exc})."
+        event = {"t": "end", "status": "failed", "error": error, "message": "Failed"}
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(folder / IMPORT_UPLOAD, ignore_errors=True)
+    return event
 
 
 class StoreSink:
