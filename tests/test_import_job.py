@@ -17,6 +17,7 @@ from jobrunner import FakeContext
 
 from tl_core import service
 from tl_core.config import JobSpec
+from tl_core.data import neardup
 from tl_core.data.dataset import MAX_IMPORT_MB, DatasetManifest, import_folder
 from tl_core.runs import jobs, supervisor, tasks, worker
 from tl_core.runs.store import Run, Store
@@ -96,7 +97,9 @@ def _old_data(store: Store, project_id: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("way", ["folder", "zip-path", "zip", "files"])
-def test_an_import_job_points_the_project_at_its_new_data(store, shapes, tmp_path, way) -> None:
+def test_an_import_job_points_the_project_at_its_new_data(
+    store, shapes, tmp_path, way, monkeypatch
+) -> None:
     job = service.submit_import(store, None, _way(way), **_source(way, shapes, tmp_path))
     job = store.run(job.id)  # run in this process by the test's queue (conftest)
     assert job.kind == "import" and job.status == "finished", job.error
@@ -109,6 +112,10 @@ def test_an_import_job_points_the_project_at_its_new_data(store, shapes, tmp_pat
     assert job.result["images"] == 36 and job.result["data_dir"] == project.data_dir
     assert job.data_dir == project.data_dir
     assert _leftovers(store, job) == []
+    # the near-duplicate search ran in the job, not later in the web server
+    calls = []
+    monkeypatch.setattr(neardup, "_find_pairs", lambda *a, **k: calls.append(a) or [])
+    assert neardup.manifest_pairs(manifest) is not None and calls == []
 
 
 def test_a_second_import_is_a_new_version_and_the_old_one_stays(store, shapes, demo_dir):

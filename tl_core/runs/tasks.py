@@ -309,6 +309,11 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         raise
     finally:
         shutil.rmtree(upload, ignore_errors=True)
+    from tl_core.data import neardup
+
+    n = len(manifest.items)
+    ctx.progress(n, n, "Looking for near-duplicate images")
+    neardup.manifest_pairs(manifest)  # found here once, so the Data page shows them at once
     return {
         "staged": str(dest),
         "images": len(manifest.items),
