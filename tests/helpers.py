@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +40,12 @@ def app_test(page: str | None = None, project: str | None = None, timeout: float
         at.switch_page(page)
         at.run()
     return at
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` by its content hash (to show a folder was only read)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

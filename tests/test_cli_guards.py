@@ -4,7 +4,6 @@ project; it waits in the shared queue; signals end a run cleanly; leftovers are 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import make_shapes
+from helpers import make_shapes, tree_digest
 
 from tl_core.cli import _parser
 from tl_core.data import paths
@@ -89,14 +88,6 @@ def _nothing_created(ws: Path) -> None:
         assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
     for sub in ("projects", "runs", "incoming"):
         assert not any((ws / sub).glob("*")) if (ws / sub).exists() else True
-
-
-def _tree_digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -305,14 +296,14 @@ def test_a_validation_folder_that_cannot_be_used_as_given_is_refused(
 ) -> None:
     data = make_shapes(tmp_path / "data", per_class=4)
     val = bad(tmp_path, data)
-    before = _tree_digest(data)
+    before = tree_digest(data)
     ws = tmp_path / "ws"
     extra = FAST if command == "train" else ()
     proc = _cli(command, "--data", str(data), "--val", str(val), *extra, workspace=ws)
     message = _refused(proc)
     assert "valid" in message or "--val" in message
     _nothing_created(ws)
-    assert _tree_digest(data) == before
+    assert tree_digest(data) == before
 
 
 def test_the_refusal_gives_the_importers_own_reason_for_what_it_would_skip(tmp_path) -> None:
@@ -454,7 +445,7 @@ def test_an_out_folder_that_would_be_overwritten_or_shared_is_refused(
     folders = sorted(p.name for p in (ws / "projects").iterdir())
     best = (run_dir / "best.pt").read_bytes()
     watched = [run_dir, shapes, tmp_path]
-    before = [_tree_digest(f) for f in watched]
+    before = [tree_digest(f) for f in watched]
     proc = _cli("train", "--data", str(shapes), *FAST, "--out", str(out), *extra, workspace=ws)
     _refused(proc)
     with store.transaction() as db:
@@ -464,7 +455,7 @@ def test_an_out_folder_that_would_be_overwritten_or_shared_is_refused(
     assert sorted(p.name for p in (ws / "projects").iterdir()) == folders
     assert not any((ws / "incoming").glob("*"))
     assert (run_dir / "best.pt").read_bytes() == best
-    assert [_tree_digest(f) for f in watched] == before
+    assert [tree_digest(f) for f in watched] == before
     assert store.run(run_id).run_dir == str(run_dir.resolve())
 
 

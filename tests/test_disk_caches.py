@@ -11,24 +11,17 @@ import pytest
 import torch
 from helpers import make_shapes
 from PIL import Image
+from test_speedpaths import Log
 
 from tl_core import diskspace
 from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.errors import DiskFullError
 from tl_core.models.device import plan_compute
 from tl_core.training import inputs, prefixcache
-from tl_core.training.engine import QuietCallbacks, TrainConfig, fit
+from tl_core.training.engine import TrainConfig, fit
 from tl_core.training.rowfile import RowFile, RowsDataset
 
 CPU = plan_compute("cpu")
-
-
-class Log(QuietCallbacks):
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def on_log(self, message: str) -> None:
-        self.lines.append(message)
 
 
 def _count_decodes(monkeypatch) -> list[Path]:

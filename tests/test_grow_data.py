@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import os
 import random
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import app_test, make_shapes
+from helpers import app_test, make_shapes, tree_digest
 from jobrunner import inline_spawn
 from PIL import Image
 
@@ -64,15 +63,6 @@ def _as(kind: str, files: list[tuple[str, bytes]], tmp: Path) -> tl_data.GrowSou
     return root
 
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` by its content hash."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
     return make_shapes(tmp_path_factory.mktemp("shapes") / "src", per_class=PER_CLASS, size=32)
@@ -86,7 +76,7 @@ def base(tmp_path_factory, shapes) -> DatasetManifest:
 
 @pytest.fixture(scope="module")
 def base_files(base) -> dict[str, str]:
-    return _snapshot(base.root)
+    return tree_digest(base.root)
 
 
 def _check_old_kept(base: DatasetManifest, grown: DatasetManifest) -> None:
@@ -133,7 +123,7 @@ def test_growing_an_existing_class_keeps_the_old_images(
     assert growth.summary().startswith("Added 5 images to 'disc';")
     assert "earlier runs keep their data" in growth.summary()
     assert grown.batch_starts == [len(base.items)] and grown.grown_from == "data-1"
-    assert _snapshot(base.root) == base_files  # the old version is only read
+    assert tree_digest(base.root) == base_files  # the old version is only read
 
 
 @pytest.mark.parametrize("kind", ["files", "zip", "folder"])
@@ -162,7 +152,7 @@ def test_growing_a_new_class(tmp_path, base, base_files, kind, label, files, add
     assert any(new_class in w and "recommended" in w for w in grown.warnings)  # under 10
     split = split_dataset(grown, 0.25, 0)
     assert {i.label for i in split.val} == set(grown.classes)
-    assert _snapshot(base.root) == base_files
+    assert tree_digest(base.root) == base_files
 
 
 @pytest.mark.parametrize("label", ["disc", "square", None])
@@ -334,12 +324,12 @@ def test_a_failing_grow_leaves_no_new_version(project, shapes, files, label, sai
     store, project_id = project
     before = store.project(project_id)
     old = Path(before.data_dir)
-    snapshot = _snapshot(old)
+    snapshot = tree_digest(old)
     with pytest.raises(DataError, match=said):
         service.grow_data(store, before, files, label)
     assert store.project(project_id).data_dir == before.data_dir
     assert sorted(p.name for p in store.project_dir(project_id).glob("data-*")) == [old.name]
-    assert _snapshot(old) == snapshot
+    assert tree_digest(old) == snapshot
 
 
 @pytest.mark.parametrize("when", ["before", "midway"])
@@ -376,12 +366,12 @@ def test_an_earlier_run_keeps_its_data_version(project, monkeypatch) -> None:
     before = store.project(project_id)
     run = service.submit_training(store, before, TrainConfig(epochs=1))
     old = Path(before.data_dir)
-    snapshot = _snapshot(old)
+    snapshot = tree_digest(old)
     after, growth = service.grow_data(store, before, _pictures(5), "disc")
     assert Path(after.data_dir) == growth.manifest.root != old
     assert growth.manifest.root.parent == old.parent  # data-2 beside data-1
     assert store.run(run.id).data_dir == str(old)
-    assert _snapshot(old) == snapshot
+    assert tree_digest(old) == snapshot
     assert DatasetManifest.load(old).counts()["disc"] == PER_CLASS
 
 

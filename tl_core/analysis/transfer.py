@@ -15,10 +15,9 @@ those vectors, before any training:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +49,7 @@ from tl_core.models.catalog import (
     get_spec,
     weights_status,
 )
-from tl_core.models.device import ComputePlan, plan_compute
+from tl_core.models.device import ComputePlan, one_thread, plan_compute
 from tl_core.training.featurecache import earlier_rows, features_path, read_cache, write_cache
 from tl_core.training.inputs import (
     ImageTensors,
@@ -303,17 +302,6 @@ def _features_of(
 # ---------------------------------------------------------------------- frozen classifiers
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Small matrices: one thread is as fast, and far faster when other work loads the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -377,7 +365,7 @@ def _probe_predict(
         loss.backward()
         return loss
 
-    with _one_thread(), torch.enable_grad():
+    with one_thread(), torch.enable_grad():
         opt.step(closure)
     test = torch.from_numpy(((test_x - mean) / std).astype(np.float32))
     with torch.no_grad():
@@ -482,7 +470,7 @@ def logme(features: np.ndarray, labels: np.ndarray, max_iter: int = 11) -> float
     evidence maximisation, on the eigen-decomposition of the smaller Gram matrix of the
     features. log|A| counts all D eigenvalues, the zero ones too (thuml/LogME issue #23).
     """
-    with _one_thread():
+    with one_thread():
         f = torch.from_numpy(np.asarray(features, dtype=np.float64))
         y = np.asarray(labels).reshape(-1)
         n, d = f.shape

@@ -15,6 +15,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +37,7 @@ from tl_core.config import (  # noqa: F401 - re-exported: older imports keep wor
 from tl_core.data.dataset import Split
 from tl_core.errors import RunError
 from tl_core.models.catalog import DataConfig, create_model, get_spec
-from tl_core.models.device import ComputePlan, plan_compute
+from tl_core.models.device import ComputePlan, one_thread, plan_compute
 from tl_core.models.freezing import (
     LayerGroup,
     apply_freeze,
@@ -648,6 +649,21 @@ def _train_phase(run: _Run, trainable: int, n_epochs: int, callbacks: Callbacks)
     run.trainable_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     state.restore_phase(run.optimizer, run.scheduler)
     callbacks.on_status("Training")
+    # The head alone on cached features: steps of tiny matrices, fastest on one thread.
+    with one_thread() if cached and trainable == 0 and run.plan.device == "cpu" else nullcontext():
+        _epochs(run, cached, net, eval_plan, steps_per_epoch, callbacks)
+
+
+def _epochs(
+    run: _Run,
+    cached: CachedPhase | None,
+    net: nn.Module,
+    eval_plan: ComputePlan,
+    steps_per_epoch: int,
+    callbacks: Callbacks,
+) -> None:
+    """The phase's epochs, each scored on the validation images, until its last or a Stop."""
+    state, cfg = run.state, run.cfg
     while state.epoch < run.phase_end:
         state.epoch += 1
         if cached:
