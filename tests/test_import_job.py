@@ -127,6 +127,42 @@ def test_a_second_import_is_a_new_version_and_the_old_one_stays(store, shapes, d
     assert Path(now.data_dir).name == "data-2" and (Path(first.data_dir) / "manifest.json").exists()
 
 
+def test_the_demo_set_is_decoded_once_per_workspace_then_linked(store, shapes, monkeypatch):
+    """A class importing the bundled set: the first import decodes it, later ones (other
+    projects) link that import, equal to a fresh one and independent of the first project;
+    a changed folder is imported afresh."""
+    from tl_core.data import dataset as tl_data
+
+    owners: dict[Path, str] = {}
+
+    def imported(path: Path) -> DatasetManifest:
+        job = store.run(service.submit_import(store, None, "demo", path=path).id)
+        assert job.status == "finished", job.error
+        manifest = DatasetManifest.load(Path(store.project(job.project_id).data_dir))
+        owners[manifest.root] = job.project_id
+        return manifest
+
+    first = imported(shapes)
+    decoded: list[Any] = []
+    real = tl_data._prepare_and_encode
+    monkeypatch.setattr(tl_data, "_prepare_and_encode", lambda src: decoded.append(1) or real(src))
+    second = imported(shapes)
+    assert decoded == [] and second.root != first.root
+    assert [(i.file, i.sha256, i.label) for i in second.items] == [
+        (i.file, i.sha256, i.label) for i in first.items
+    ]
+    assert (second.root / neardup.CACHE_NAME).is_file()
+    a, b = first.root / first.items[0].file, second.root / second.items[0].file
+    assert a.stat().st_ino == b.stat().st_ino  # linked, not copied
+    service.delete_project(store, owners[first.root])
+    assert not first.root.exists()
+    assert b.is_file() and DatasetManifest.load(second.root).items == second.items
+    make_shapes(shapes.parent / "more", per_class=1, size=32, seed=7)
+    shutil.copy(shapes.parent / "more" / "disc" / "0.png", shapes / "disc" / "extra.png")
+    third = imported(shapes)
+    assert decoded and len(third.items) == len(first.items) + 1
+
+
 def test_the_page_finds_the_job_under_way_instead_of_starting_another(store, shapes, monkeypatch):
     monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # it waits: no worker
     job = service.submit_import(store, None, "folder", path=shapes)

@@ -103,6 +103,35 @@ def test_queue_places_and_estimated_waits_follow_measured_durations(tmp_path, mo
     assert jobs.estimated_wait(store, running.id) is None
 
 
+def test_imports_have_a_lane_beside_a_full_queue(tmp_path, monkeypatch) -> None:
+    """With every slot taken by long jobs, a student's import still starts at once (one at a
+    time in its lane), its place counts only the imports ahead, and no other kind slips in."""
+    monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")
+    store, pid, data = _project(tmp_path)
+    a, b, c = (store.create_project(n).id for n in "abc")
+    running = store.create_run(pid, asdict(FAST), data)
+    store.update_run(running.id, status="running", started=time.time(), pid=os.getpid())
+    train = store.create_run(a, asdict(FAST), data)
+    first = store.create_run(b, {"way": "demo"}, data, kind="import")
+    second = store.create_run(c, {"way": "demo"}, data, kind="import")
+    assert store.queue_position(train.id) == 1
+    assert [store.queue_position(j.id) for j in (first, second)] == [1, 2]
+    assert jobs.estimated_wait(store, first.id) == 0.0
+    assert jobs._claim_next(store, 1) is None  # without a lane: the queue is full
+    claimed = jobs._claim_next(store, 1, quick_lane=1)
+    assert claimed is not None and claimed.id == first.id
+    assert jobs._claim_next(store, 1, quick_lane=1) is None  # the lane is taken too
+    assert store.queue_position(second.id) == 1
+    wait = jobs.estimated_wait(store, second.id)
+    assert wait is not None and 0 < wait <= jobs.TYPICAL_S["import"]
+    store.update_run(first.id, status="finished", finished=time.time())
+    assert getattr(jobs._claim_next(store, 1, quick_lane=1), "id", None) == second.id
+    store.update_run(second.id, status="finished", finished=time.time())
+    assert jobs._claim_next(store, 1, quick_lane=1) is None  # a train waits for its slot
+    store.update_run(running.id, status="finished", finished=time.time())
+    assert getattr(jobs._claim_next(store, 1, quick_lane=1), "id", None) == train.id
+
+
 def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     tmp_path, monkeypatch
 ) -> None:

@@ -210,6 +210,8 @@ def submit_import(
     params: dict[str, Any] = {"way": way}
     if way in ("demo", "folder"):
         params["path"] = str(path or "")
+    if way == "demo":  # imported once per workspace, then linked (tl_core.runs.tasks)
+        params["reuse"] = str(store.workspace / "imports")
     job = store.create_run(
         project.id, params, Path(project.data_dir or ""), status="held", kind="import"
     )

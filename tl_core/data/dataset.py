@@ -70,6 +70,8 @@ __all__ = [
     "import_files",
     "import_folder",
     "import_zip",
+    "link_import",
+    "source_fingerprint",
     "split_dataset",
 ]
 
@@ -697,6 +699,42 @@ def import_files(
 GrowSource = Path | str | BinaryIO | Sequence[tuple[str, bytes]]
 # Files beside the images that a new data version takes over (the user's label review).
 _CARRIED = ("corrections.json",)
+
+
+def source_fingerprint(src: Path) -> str:
+    """A digest of a folder's files (relative paths, sizes, modification times) and of the
+    importer's own code: equal while neither changed. For reusing an earlier import of the
+    same folder."""
+    import hashlib
+
+    from tl_core.data import imageprep
+
+    digest = hashlib.sha256()
+    for module in (__file__, imageprep.__file__):
+        digest.update(Path(module).read_bytes())
+    for path in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+        st = path.stat()
+        name = path.relative_to(src).as_posix()
+        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def link_import(base: DatasetManifest, dest: Path, carry: Sequence[str] = ()) -> DatasetManifest:
+    """A copy of the imported data set ``base`` in the new folder ``dest``: its images
+    hard-linked (copied where the disk cannot), its manifest and the files named in ``carry``
+    (e.g. the near-duplicate cache) copied. Nothing is decoded."""
+    created = _new_dest(dest)
+    try:
+        _link_old(base, dest)
+        for name in carry:
+            if (Path(base.root) / name).is_file():
+                shutil.copy2(Path(base.root) / name, dest / name)
+        manifest = replace(base, root=dest)
+        manifest.save()
+    except BaseException as exc:
+        _undo(dest, created, exc, 0)
+        raise
+    return manifest
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 from tl_core.config import EpochRow
 from tl_core.errors import RunError
-from tl_core.runs.store import ACTIVE, UNFINISHED, Run, Store, fair_order
+from tl_core.runs.store import ACTIVE, QUICK_KINDS, UNFINISHED, Run, Store, fair_order
 
 # A worker that has not written for this long while its process is gone or hung is interrupted.
 STALE_AFTER_S = 600.0
@@ -46,6 +46,8 @@ TYPICAL_S = {
     "export": 30.0,
 }
 JOB_MEMORY_GB = 2.5  # what one worker with a model and a data set may take
+# Jobs of QUICK_KINDS (store.py) have a lane of this many beside the queue's slots.
+QUICK_LANE = 1
 
 
 def cpu_count() -> int:
@@ -299,26 +301,33 @@ def sweep(store: Store) -> None:
                     tmp.unlink()
 
 
-def _claim_next(store: Store, limit: int, run_id: str | None = None) -> Run | None:
+def _claim_next(
+    store: Store, limit: int, run_id: str | None = None, quick_lane: int = 0
+) -> Run | None:
     """Atomically move the next job of the fair queue to 'starting' if fewer than ``limit``
-    are active (:func:`~tl_core.runs.store.fair_order`).
+    are active (:func:`~tl_core.runs.store.fair_order`); with the ``limit`` reached, a job of
+    :data:`QUICK_KINDS` still starts while fewer than ``quick_lane`` of them run.
 
     A queued job with a ``pid`` belongs to a waiting command-line process: only that process
     claims it (passing its ``run_id``), when its turn comes; until then nothing else starts.
     """
     with store.transaction() as db:
-        active = dict(
-            db.execute(
-                "SELECT project_id, COUNT(*) FROM runs WHERE status IN (?, ?) GROUP BY project_id",
-                ACTIVE,
-            ).fetchall()
-        )
-        if sum(active.values()) >= limit:
+        rows = db.execute(
+            "SELECT project_id, kind FROM runs WHERE status IN (?, ?)", ACTIVE
+        ).fetchall()
+        active: dict[str, int] = {}
+        for project_id, _ in rows:
+            active[project_id] = active.get(project_id, 0) + 1
+        quick = sum(1 for _, kind in rows if kind in QUICK_KINDS)
+        full = len(rows) >= limit
+        if full and (quick >= quick_lane or len(rows) >= limit + quick_lane):
             return None
         queued = [
             store.row_to_run(r) for r in db.execute("SELECT * FROM runs WHERE status = 'queued'")
         ]
         order = fair_order(queued, active)
+        if full:
+            order = [job for job in order if job.kind in QUICK_KINDS]
         if not order:
             return None
         nxt = order[0]
@@ -436,11 +445,13 @@ def estimated_wait(store: Store, run_id: str) -> float | None:
     epochs = store.training_epochs()
     speed = _speed(epochs)
     now = time.time()
-    slots = [
-        _left_s(j, epochs.get(j.id, []), speed, typical, now)
-        for j in store.runs(statuses=ACTIVE, kind=None)
-    ]
+    active = store.runs(statuses=ACTIVE, kind=None)
     limit = serving_slots(store.workspace)
+    if order[ids.index(run_id)].kind in QUICK_KINDS:  # at the latest, its lane takes it
+        order = [j for j in order if j.kind in QUICK_KINDS]
+        active = [j for j in active if j.kind in QUICK_KINDS]
+        limit = QUICK_LANE
+    slots = [_left_s(j, epochs.get(j.id, []), speed, typical, now) for j in active]
     slots = sorted(slots)[:limit]
     slots += [0.0] * (limit - len(slots))
     for job in order:

@@ -99,6 +99,12 @@ def _expected_columns() -> dict[str, list[tuple[str, str, int, str | None]]]:
 _OPENED_HERE: set[str] = set()  # studio.db files this process has open through SQLite
 
 
+# Short jobs a page waits on before anything else can happen (a student's first images):
+# besides the queue's slots they have a lane of their own (tl_core.runs.jobs.QUICK_LANE), so
+# they never wait behind other projects' long runs. They decode files and load no model.
+QUICK_KINDS = frozenset({"import"})
+
+
 def fair_order(queued: list[Run], active: dict[str, int]) -> list[Run]:
     """Waiting jobs in the order they start: round-robin across projects.
 
@@ -575,9 +581,15 @@ class Store:
         return fair_order(queued, {r["project_id"]: r["n"] for r in active})
 
     def queue_position(self, run_id: str) -> int | None:
-        """1 for the next job to start; None when the job is not waiting."""
-        order = [r.id for r in self.queue_order()]
-        return order.index(run_id) + 1 if run_id in order else None
+        """1 for the next job to start; None when the job is not waiting. A job of
+        :data:`QUICK_KINDS` counts only those ahead of it: it has a lane of its own."""
+        order = self.queue_order()
+        mine = next((r for r in order if r.id == run_id), None)
+        if mine is None:
+            return None
+        if mine.kind in QUICK_KINDS:
+            order = [r for r in order if r.kind in QUICK_KINDS]
+        return [r.id for r in order].index(run_id) + 1
 
     # ------------------------------------------------------------------ self-describing folders
 

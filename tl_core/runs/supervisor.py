@@ -166,8 +166,8 @@ class Supervisor:
         if capacity != self._slots:  # a cluster grew or shrank
             self._slots = capacity
             self._write_runtime_file(capacity)
-        while busy < capacity:
-            job = jobs._claim_next(self.store, capacity)
+        while True:
+            job = jobs._claim_next(self.store, capacity, quick_lane=jobs.QUICK_LANE)
             if job is None:
                 return
             busy += 1

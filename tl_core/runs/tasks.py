@@ -10,6 +10,7 @@ The pages rebuild the results into the analysis dataclasses (their fields are th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -287,6 +288,13 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     ctx.progress(0, 1, "Looking at the files")
     started = time.monotonic()
     try:
+        if way == "demo" and spec.params.get("reuse"):
+            src = folder_source(str(spec.params.get("path") or ""))
+            reused = _reused_import(src, Path(str(spec.params["reuse"])), dest)
+            if reused is not None:
+                n = len(reused.items)
+                ctx.progress(n, n, f"Checking and preparing images: {n:,}/{n:,}")
+                return _imported(reused, dest, started)
         if way in ("folder", "demo"):
             src = folder_source(str(spec.params.get("path") or ""))
             if src.is_file():
@@ -314,6 +322,12 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     n = len(manifest.items)
     ctx.progress(n, n, "Looking for near-duplicate images")
     neardup.manifest_pairs(manifest)  # found here once, so the Data page shows them at once
+    if way == "demo" and spec.params.get("reuse"):
+        _keep_for_reuse(manifest, src, Path(str(spec.params["reuse"])))
+    return _imported(manifest, dest, started)
+
+
+def _imported(manifest: Any, dest: Path, started: float) -> dict[str, Any]:
     return {
         "staged": str(dest),
         "images": len(manifest.items),
@@ -321,6 +335,43 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         "skipped": len(manifest.skipped),
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def _reused_import(src: Path, reuse: Path, dest: Path) -> Any:
+    """The earlier import of the unchanged folder ``src`` kept under ``reuse``, linked into
+    ``dest`` (a class of thirty importing the bundled demo set decodes it once); else None."""
+    from tl_core.data import dataset as tl_data
+    from tl_core.data import neardup
+
+    kept = reuse / tl_data.source_fingerprint(src)
+    try:
+        base = tl_data.DatasetManifest.load(kept)
+    except DataError:
+        return None
+    try:
+        return tl_data.link_import(base, dest, carry=[neardup.CACHE_NAME])
+    except (OSError, DataError):  # the kept copy was damaged or is being removed: import as usual
+        shutil.rmtree(dest, ignore_errors=True)
+        return None
+
+
+def _keep_for_reuse(manifest: Any, src: Path, reuse: Path) -> None:
+    """Keep a linked copy of a fresh import of ``src`` under ``reuse`` (see _reused_import)."""
+    from tl_core.data import dataset as tl_data
+    from tl_core.data import neardup
+
+    kept = reuse / tl_data.source_fingerprint(src)
+    if kept.exists():
+        return
+    tmp = reuse / f".{kept.name}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        reuse.mkdir(parents=True, exist_ok=True)
+        tl_data.link_import(manifest, tmp, carry=[neardup.CACHE_NAME])
+        os.rename(tmp, kept)
+    except OSError:  # another import kept it first, or no room: nothing lost
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 TASKS = {
