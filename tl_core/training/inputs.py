@@ -39,13 +39,19 @@ _INTERP = {
 }
 
 
+# A worker fine-tuning a model takes about 2 GB besides its caches, and one job is planned at
+# 2.5 GB (tl_core.runs.jobs.JOB_MEMORY_GB): the caches keep the other half gigabyte resident.
+CACHE_MB = 512
+
+
 def cache_budget_bytes() -> int:
     """Memory the decoded images and cached activations may keep resident:
-    ``TL_STUDIO_CACHE_MB``. Beyond it they stay on disk and are read per batch."""
+    ``TL_STUDIO_CACHE_MB`` (default :data:`CACHE_MB`). Beyond it they stay on disk and are
+    read per batch."""
     try:
-        return int(float(os.environ.get("TL_STUDIO_CACHE_MB", "1024")) * 1024**2)
+        return int(float(os.environ.get("TL_STUDIO_CACHE_MB", str(CACHE_MB))) * 1024**2)
     except ValueError:
-        return 1024**3
+        return CACHE_MB * 1024**2
 
 
 def cache_side(cfg: DataConfig) -> int:
