@@ -152,19 +152,13 @@ def cache_phase(
     per_image = probe[0].numel() * torch.tensor([], dtype=dtype).element_size()
     val_plan, val_dtype = (plan.exact(), torch.float32) if exact_val else (plan, dtype)
     per_val = probe[0].numel() * torch.tensor([], dtype=val_dtype).element_size()
-    in_memory = views * per_image * n_train + per_val * n_val <= budget_bytes
-    if in_memory or spill_dir is None:
-        fit_views = (budget_bytes - per_val * n_val) // max(per_image * n_train, 1)
-    else:
-        spill_dir.mkdir(parents=True, exist_ok=True)
-        free = diskspace.free_bytes(spill_dir) - diskspace.MARGIN_BYTES - per_val * n_val
-        fit_views = free // max(per_image * n_train, 1)
-        if fit_views < 1:
-            raise diskspace.disk_full_error(spill_dir, per_image * n_train + per_val * n_val)
+    per_view, val_bytes = per_image * n_train, per_val * n_val
+    in_memory = views * per_view + val_bytes <= budget_bytes
+    on_disk = not in_memory and spill_dir is not None
+    fit_views = _views_that_fit(per_view, val_bytes, budget_bytes, spill_dir if on_disk else None)
     if fit_views < 1:
         return None
-    views = min(views, int(fit_views))
-    on_disk = not in_memory and spill_dir is not None
+    views = min(views, fit_views)
     batch = plan.infer_batch
     total = views * n_train + n_val
 
@@ -197,7 +191,33 @@ def cache_phase(
         for v in range(views):
             train_views.append(outputs(train_ds, plan, dtype, v * n_train, f"train-view{v}"))
         val = outputs(val_ds, val_plan, val_dtype, views * n_train, "val")
-    size = per_image * views * n_train + per_val * n_val
+    size = per_view * views + val_bytes
+    return CachedPhase(
+        net,
+        train_views,
+        val,
+        _note(trainable, n_train, views, n_val, size, on_disk),
+        val_exact=val if exact_val else None,
+        disk_bytes=size if on_disk else 0,
+    )
+
+
+def _views_that_fit(
+    per_view: int, val_bytes: int, budget_bytes: int, spill_dir: Path | None
+) -> int:
+    """How many training views the memory budget holds, or with ``spill_dir`` the free disk
+    there (DiskFullError when not even one does)."""
+    if spill_dir is None:
+        return int((budget_bytes - val_bytes) // max(per_view, 1))
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    free = diskspace.free_bytes(spill_dir) - diskspace.MARGIN_BYTES - val_bytes
+    if free // max(per_view, 1) < 1:
+        raise diskspace.disk_full_error(spill_dir, per_view + val_bytes)
+    return int(free // max(per_view, 1))
+
+
+def _note(trainable: int, n_train: int, views: int, n_val: int, size: int, on_disk: bool) -> str:
+    """The run log's line on what was cached and where."""
     what = "the whole frozen backbone" if trainable == 0 else "the frozen layers"
     where = (
         f"{megabytes(size)} MB on disk in the run's folder, read per batch since they "
@@ -205,15 +225,7 @@ def cache_phase(
         if on_disk
         else f"{megabytes(size)} MB in memory"
     )
-    note = (
+    return (
         f"Cached the output of {what} for {n_train} training images x {views} view(s) and "
         f"{n_val} validation images ({where})."
-    )
-    return CachedPhase(
-        net,
-        train_views,
-        val,
-        note,
-        val_exact=val if exact_val else None,
-        disk_bytes=size if on_disk else 0,
     )
