@@ -29,9 +29,12 @@ def _import(way: str, path: Path | None = None) -> None:
     importing.start_import(way, path=path)
 
 
-def _ways_in(has_data: bool) -> None:
-    if importing.import_panel(active_project()):
+def _ways_in(has_data: bool, busy: bool = False) -> None:
+    if not has_data and importing.import_panel(active_project()):
         return  # one import at a time: its panel, no second one
+    if busy:
+        st.caption("Images are being imported or added (above); wait for it to finish.")
+        return
     if has_data:
         st.caption(
             "Bringing new images replaces the current set for new runs; earlier runs keep theirs."
@@ -183,13 +186,14 @@ def page() -> None:
         _ways_in(has_data=False)
         return
     assert project is not None
+    busy = importing.import_panel(project)  # an addition or a new set under way
     _summary(manifest)
     _split(project.id, manifest, project.settings)
     near_duplicates_panel(project.id, manifest)
-    add_images_panel(project, manifest)
+    add_images_panel(project, manifest, busy)
     st.page_link("pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:")
     with st.expander("Bring different images"):
-        _ways_in(has_data=True)
+        _ways_in(has_data=True, busy=busy)
 
 
 page()

@@ -332,6 +332,54 @@ def test_a_failing_grow_leaves_no_new_version(project, shapes, files, label, sai
     assert tree_digest(old) == snapshot
 
 
+@pytest.mark.parametrize(("files", "label", "said"), FAILING)
+def test_a_failing_grow_job_leaves_no_new_version(project, shapes, files, label, said) -> None:
+    """The page's way: the same failures, from a job, leave nothing in the job's folder."""
+    if files == COPIES:
+        files = [(f"disc/{i}.png", (shapes / "disc" / f"{i}.png").read_bytes()) for i in range(3)]
+    store, project_id = project
+    before = store.project(project_id)
+    snapshot = tree_digest(Path(before.data_dir))
+    upload = [(name, io.BytesIO(data)) for name, data in files]
+    job = store.run(service.submit_grow(store, before, upload, label).id)
+    assert job.status == "failed" and said in (job.error or ""), job.error
+    assert store.project(project_id).data_dir == before.data_dir
+    assert [p.name for p in store.project_dir(project_id).glob("data-*")] == [
+        Path(before.data_dir).name
+    ]
+    assert tree_digest(Path(before.data_dir)) == snapshot
+    assert not any(Path(job.run_dir).iterdir())  # no staged images, no upload left
+
+
+@pytest.mark.parametrize("way", ["files", "zip", "folder"])
+def test_a_grow_job_adds_a_new_version_in_the_worker(project, tmp_path, way) -> None:
+    """Files, a .zip or a folder on this machine: the new version is the project's, the
+    earlier one stays, and the job's result says what was added."""
+    store, project_id = project
+    before = store.project(project_id)
+    pictures = _pictures(4, folder="disc")
+    if way == "folder":
+        folder = tmp_path / "more"
+        for name, data in pictures:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+        job = service.submit_grow(store, before, None, path=folder)
+    elif way == "zip":
+        job = service.submit_grow(store, before, _zip(pictures))
+    else:
+        job = service.submit_grow(store, before, [(n, io.BytesIO(d)) for n, d in pictures])
+    job = store.run(job.id)
+    assert job.status == "finished", job.error
+    assert job.result["summary"].startswith("Added 4 images to 'disc'")
+    after = store.project(project_id)
+    assert after.data_dir != before.data_dir and Path(before.data_dir).is_dir()
+    grown = DatasetManifest.load(Path(after.data_dir))
+    assert (
+        grown.counts()["disc"] == DatasetManifest.load(Path(before.data_dir)).counts()["disc"] + 4
+    )
+    assert grown.grown_from == Path(before.data_dir).name
+
+
 @pytest.mark.parametrize("when", ["before", "midway"])
 def test_a_full_disk_leaves_no_new_version(project, monkeypatch, when) -> None:
     store, project_id = project

@@ -100,6 +100,9 @@ def import_data(
     return store.project(project.id) or project
 
 
+_NO_IMAGES_YET = "This project has no images yet. Import a data set first, then add more."
+
+
 def grow_data(
     store: Store,
     project: Project,
@@ -118,7 +121,7 @@ def grow_data(
     import shutil
 
     if not project.data_dir:
-        raise DataError("This project has no images yet. Import a data set first, then add more.")
+        raise DataError(_NO_IMAGES_YET)
     base = tl_data.DatasetManifest.load(Path(project.data_dir))
     dest = store.new_data_dir(project.id)
     try:
@@ -203,15 +206,48 @@ def submit_import(
     """
     if way not in IMPORT_WAYS:
         raise ValueError(f"unknown import way {way!r}")
-    project = project or _new_project(store)
-    found = active_import(store, project.id)
-    if found is not None:
-        return found
     params: dict[str, Any] = {"way": way}
     if way in ("demo", "folder"):
         params["path"] = str(path or "")
     if way == "demo":  # imported once per workspace, then linked (tl_core.runs.tasks)
         params["reuse"] = str(store.workspace / "imports")
+    return _queue_import(store, project or _new_project(store), params, upload)
+
+
+def submit_grow(
+    store: Store,
+    project: Project,
+    upload: Any,
+    label: str | None = None,
+    path: str | Path | None = None,
+) -> Run:
+    """Queue an addition of images to ``project``'s data, as a new data version beside the
+    current one (an import job that grows it, :func:`tl_core.data.dataset.grow`).
+
+    ``upload`` is one binary .zip or ``(name, binary file)`` pairs (or None with ``path``, a
+    folder or .zip on this machine); with ``label`` every image goes into that class
+    (existing or new), else into the class of its folder. The earlier images are linked and
+    only the new ones decoded, in the worker. When the job finishes the project points at the
+    new version (the job's result has a ``summary`` and ``warnings``); the old version stays
+    for the runs that used it. While the project has an import under way, that job is
+    returned instead.
+    """
+    if not project.data_dir:
+        raise DataError(_NO_IMAGES_YET)
+    way = "folder" if path is not None else "zip" if hasattr(upload, "read") else "files"
+    params: dict[str, Any] = {"way": way, "grow": True, "label": label}
+    if path is not None:
+        params["path"] = str(path)
+    return _queue_import(store, project, params, upload)
+
+
+def _queue_import(store: Store, project: Project, params: dict[str, Any], upload: Any) -> Run:
+    """The import job of ``params`` for ``project``, its upload saved first; or the one that
+    is under way."""
+    found = active_import(store, project.id)
+    if found is not None:
+        return found
+    way = params["way"]
     job = store.create_run(
         project.id, params, Path(project.data_dir or ""), status="held", kind="import"
     )

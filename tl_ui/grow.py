@@ -1,13 +1,14 @@
 """The Data page's "Add images" panel: more pictures for a class, or a new class.
 
-Adding makes a new data version beside the current one (:func:`tl_core.service.grow_data`):
-the images already there are kept as they are, only the new ones are checked and prepared,
-and earlier runs keep pointing at the data they were trained on.
+Adding is an import job (:func:`tl_core.service.submit_grow`) that makes a new data version
+beside the current one: the images already there are linked as they are, only the new ones are
+checked and prepared (in a worker), and earlier runs keep pointing at the data they were
+trained on.
 """
 
 from __future__ import annotations
 
-import io
+from typing import Any
 
 import streamlit as st
 
@@ -15,13 +16,14 @@ from tl_core import service
 from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError
 from tl_core.runs.store import Project
-from tl_ui.session import get_store, open_project
+from tl_ui import importing
+from tl_ui.session import get_store
 from tl_ui.text import literal
 
 # Choices besides the classes; a class name never holds a control character.
 NEW_CLASS = "\x00new"
 BY_FOLDER = "\x00folders"
-_DONE = "grow_done"  # the last addition's summary and warnings, shown after the rerun
+_DONE = "grow_job"  # the addition this session started: its summary is shown when done
 _ROUND = "grow_round"  # bumped after each addition: a fresh, empty uploader
 
 
@@ -33,43 +35,50 @@ def _choice_text(choice: str) -> str:
     return choice
 
 
-def _source(files: list) -> tl_data.GrowSource:
+def _upload(files: list) -> Any:
     """One .zip as an archive; otherwise the pictures as uploaded files."""
     zips = [f for f in files if f.name.lower().endswith(".zip")]
     if zips and len(files) > 1:
         raise DataError("Upload one .zip on its own, or pictures without a .zip.")
-    if zips:
-        return io.BytesIO(zips[0].getvalue())
-    return [(f.name, f.getvalue()) for f in files]
+    return zips[0] if zips else [(f.name, f) for f in files]
 
 
 def _add(project: Project, files: list, label: str | None) -> None:
-    bar = st.progress(0.0, text="Checking and preparing the new images…")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Checking and preparing images: {done}/{total}")
-
+    """Queue the addition (a job: the worker prepares the new images) and rerun to watch it."""
     try:
-        project, growth = service.grow_data(get_store(), project, _source(files), label, progress)
+        job = service.submit_grow(get_store(), project, _upload(files), label)
     except (DataError, DiskFullError) as exc:
-        bar.empty()
         st.error(literal(exc))
         return
-    bar.empty()
-    st.session_state[_DONE] = {"summary": growth.summary(), "warnings": growth.warnings}
+    importing.remember(job)
+    st.session_state[_DONE] = job.id
     st.session_state[_ROUND] = st.session_state.get(_ROUND, 0) + 1
-    open_project(project)
     st.rerun()
 
 
-def add_images_panel(project: Project, manifest: tl_data.DatasetManifest) -> None:
-    """Add pictures to an existing class or a new one, from uploaded files or a .zip."""
-    done = st.session_state.pop(_DONE, None)
-    if done:
-        st.success(literal(done["summary"]))
-        for warning in done["warnings"]:
-            st.warning(literal(warning))
+def _added_note() -> None:
+    """The summary and warnings of the addition this session made, once it finished."""
+    job_id = st.session_state.get(_DONE)
+    job = get_store().run(job_id) if job_id else None
+    if job is None or job.status != "finished":
+        return
+    st.session_state.pop(_DONE, None)
+    result = job.result or {}
+    st.success(literal(result.get("summary") or "The images were added."))
+    for warning in result.get("warnings") or []:
+        st.warning(literal(warning))
+
+
+def add_images_panel(
+    project: Project, manifest: tl_data.DatasetManifest, busy: bool = False
+) -> None:
+    """Add pictures to an existing class or a new one, from uploaded files or a .zip; while
+    an import or addition is ``busy`` (its panel is above), nothing new is offered."""
+    _added_note()
     with st.expander("Add images", expanded=False):
+        if busy:
+            st.caption("Images are being imported or added (above); add more when it is done.")
+            return
         st.caption(
             "Add pictures to a class, or start a new class. The images you have stay as they "
             "are and only the new ones are prepared; new runs use all of them, earlier runs "

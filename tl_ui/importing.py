@@ -30,6 +30,7 @@ __all__ = [
     "folder_import_setting",
     "folder_tab",
     "import_panel",
+    "remember",
     "start_import",
     "upload_folder_tab",
     "upload_zip_tab",
@@ -41,6 +42,7 @@ _ON, _OFF = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
 _SEEN = "import_jobs_seen"  # ids of the import jobs this session started
 _ROUND = "import_upload_round"  # a new round gives new upload widgets (the old files freed)
 WHAT = "Importing your images"
+GROW_WHAT = "Adding your images"
 
 
 def folder_import_setting(address: str | None, setting: str | None) -> tuple[bool, str]:
@@ -81,9 +83,14 @@ def start_import(way: str, path: str | Path | None = None, upload: Any = None) -
     project = store.project(job.project_id)
     if project is not None:
         open_project(project)
-    st.session_state.setdefault(_SEEN, set()).add(job.id)
+    remember(job)
     st.session_state[_ROUND] = st.session_state.get(_ROUND, 0) + 1
     st.rerun()
+
+
+def remember(job: Run) -> None:
+    """Mark ``job`` as started by this session: its panel keeps showing how it ended."""
+    st.session_state.setdefault(_SEEN, set()).add(job.id)
 
 
 def _shown(project: Project | None) -> Run | None:
@@ -107,7 +114,7 @@ def import_panel(project: Project | None) -> bool:
     job = _shown(project)
     if job is None:
         return False
-    job_panel.watch(job, WHAT)
+    job_panel.watch(job, GROW_WHAT if job.config.get("grow") else WHAT)
     if job.status in ("stopped", "interrupted", "failed"):
         st.caption("Nothing was kept from this import; the project has the images it had.")
     return job.active

@@ -696,7 +696,7 @@ def import_files(
 # ---------------------------------------------------------------------------- grow
 
 # A folder (or a path to a .zip), a file-like .zip, or uploaded files as (name, bytes).
-GrowSource = Path | str | BinaryIO | Sequence[tuple[str, bytes]]
+GrowSource = Path | str | BinaryIO | Sequence[tuple[str, bytes | Path]]
 # Files beside the images that a new data version takes over (the user's label review).
 _CARRIED = ("corrections.json",)
 

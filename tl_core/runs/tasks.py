@@ -288,6 +288,8 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     ctx.progress(0, 1, "Looking at the files")
     started = time.monotonic()
     try:
+        if spec.params.get("grow"):
+            return _grown(spec, dest, upload, progress, started)
         if way == "demo" and spec.params.get("reuse"):
             src = folder_source(str(spec.params.get("path") or ""))
             reused = _reused_import(src, Path(str(spec.params["reuse"])), dest)
@@ -325,6 +327,32 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     if way == "demo" and spec.params.get("reuse"):
         _keep_for_reuse(manifest, src, Path(str(spec.params["reuse"])))
     return _imported(manifest, dest, started)
+
+
+def _grown(
+    spec: JobSpec, dest: Path, upload: Path, progress: Any, started: float
+) -> dict[str, Any]:
+    """The job's data version (``spec.data_dir``) with the new images added, in ``dest``."""
+    from tl_core.data import dataset as tl_data
+    from tl_core.data import neardup
+
+    way = str(spec.params.get("way"))
+    source: tl_data.GrowSource
+    if way == "folder":
+        source = folder_source(str(spec.params.get("path") or ""))
+    elif not upload.is_dir():
+        raise DataError("The uploaded files are no longer here; upload them again.")
+    elif way == "zip":
+        source = upload / UPLOADED_ZIP
+    else:
+        names = json.loads((upload / UPLOADED_NAMES).read_text(encoding="utf-8"))
+        source = [(str(n), upload / f"{i:06d}") for i, n in enumerate(names)]
+    base = tl_data.DatasetManifest.load(Path(spec.data_dir))
+    label = spec.params.get("label")
+    growth = tl_data.grow(base, source, dest, str(label) if label else None, progress)
+    neardup.manifest_pairs(growth.manifest)
+    result = _imported(growth.manifest, dest, started)
+    return {**result, "summary": growth.summary(), "warnings": list(growth.warnings)}
 
 
 def _imported(manifest: Any, dest: Path, started: float) -> dict[str, Any]:
