@@ -133,7 +133,7 @@ def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
                 pg.get_by_role("heading", name="3. Train"),
             )
             expect(pg.get_by_text("parameters learn")).to_be_visible(timeout=left_ms())
-            expect(pg.get_by_text("only the new head").first).to_be_visible()
+            expect(pg.get_by_text("only the new head").first).to_be_visible(timeout=left_ms())
             idle(pg)
             epochs = pg.get_by_label("Epochs (passes over your images)")
             click("Advanced settings", pg.get_by_text("Advanced settings"), epochs)
