@@ -84,6 +84,12 @@ def test_frames_are_stored_per_class_and_recording(store, project):
         assert img.format == "JPEG" and img.size == (160, 120)
 
 
+def test_large_frames_are_kept_small(store, project):
+    state = service.camera_add_frames(store, project.id, "a", [frame(0, 0, (1280, 720))], "r")
+    with Image.open(state.classes[0].latest[0]) as img:
+        assert img.size == (camera.CAMERA_SIDE, 216)
+
+
 def test_latest_holds_the_newest_twelve(store, project):
     service.camera_add_frames(store, project.id, "a", frames(0, 15), "r")
     (cls,) = service.camera_state(store, project.id).classes

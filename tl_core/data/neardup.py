@@ -229,11 +229,14 @@ def _confirm(pairs: np.ndarray, thumbs: dict[int, np.ndarray]) -> np.ndarray:
     """The similarity (correlation of the closest views) of each candidate pair."""
     if not len(pairs):
         return np.empty(0, np.float32)
+    keys = sorted(thumbs)
+    row = np.zeros(max(keys) + 1, np.int64)
+    row[keys] = np.arange(len(keys))
+    table = np.stack([thumbs[k] for k in keys]).astype(np.float32)  # converted once
     out = np.empty(len(pairs), np.float32)
-    for start in range(0, len(pairs), 2048):
-        chunk = pairs[start : start + 2048]
-        a = np.stack([thumbs[int(i)] for i in chunk[:, 0]]).astype(np.float32)
-        b = np.stack([thumbs[int(j)] for j in chunk[:, 1]]).astype(np.float32)
+    for start in range(0, len(pairs), 512):
+        chunk = pairs[start : start + 512]
+        a, b = table[row[chunk[:, 0]]], table[row[chunk[:, 1]]]
         ab = np.einsum("pvd,pd->pv", b, a[:, 0]).max(1)
         ba = np.einsum("pvd,pd->pv", a, b[:, 0]).max(1)
         out[start : start + len(chunk)] = np.maximum(ab, ba)
@@ -257,12 +260,20 @@ def _find_pairs(
 ) -> list[NearPair]:
     """All near-duplicate pairs among images; ``load(i)`` opens image i (for missing hashes
     and for confirming candidates)."""
-    filled = [h if h else image_hash(load(i)) for i, h in enumerate(hashes)]
-    if len(filled) < 2:
-        return []
-    cand = candidates(_hash_array(filled))
-    needed = sorted({int(x) for x in cand[:, :2].ravel()})
-    thumbs = {i: _thumbs(load(i)) for i in needed}
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tl_core.data.imageprep import decode_workers
+
+    with ThreadPoolExecutor(decode_workers(), thread_name_prefix="neardup") as pool:
+        # Pillow decodes and resizes outside the GIL: one thread per core
+        missing = [i for i, h in enumerate(hashes) if not h]
+        found = dict(zip(missing, pool.map(lambda i: image_hash(load(i)), missing), strict=True))
+        filled = [h or found[i] for i, h in enumerate(hashes)]
+        if len(filled) < 2:
+            return []
+        cand = candidates(_hash_array(filled))
+        needed = sorted({int(x) for x in cand[:, :2].ravel()})
+        thumbs = dict(zip(needed, pool.map(lambda i: _thumbs(load(i)), needed), strict=True))
     sims = _confirm(cand, thumbs)
     keep = sims >= MIN_SIMILARITY
     pairs = [
