@@ -310,3 +310,28 @@ def test_the_worker_and_the_near_duplicate_panel_agree(store) -> None:
     assert summary["train_val"] == 0 and len(neardup.manifest_pairs(manifest)) > 100
     counts = Counter(i.label for i in split_dataset(manifest, fraction, seed).val)
     assert set(counts) == set(manifest.classes)
+
+
+def test_a_grown_set_looks_only_for_the_added_images_pairs(tmp_path, monkeypatch) -> None:
+    """``grow`` reads the old version's pairs back and looks for the added images' pairs
+    only; the result is what a search of the whole set finds."""
+    base = import_folder(make_shapes(tmp_path / "s", 8), tmp_path / "v1")
+    takes = [burst(k, 0, 6, 0) for k in range(2)] + [burst(0, 1, 6, 1)]
+    files = [
+        (f"{label}/r{t + 1:04d}-f{i + 1:04d}.jpg", b)
+        for t, (label, take) in enumerate(zip(("square", "disc", "square"), takes, strict=True))
+        for i, b in enumerate(take)
+    ]
+    searched: list[int] = []
+    real = neardup.candidates
+
+    def counting(hashes, max_bits=neardup.MAX_BITS, rows=None):
+        searched.append(len(hashes) if rows is None else rows)
+        return real(hashes, max_bits, rows)
+
+    monkeypatch.setattr(neardup, "candidates", counting)
+    grown = grow(base, files, tmp_path / "v2").manifest
+    assert searched == [len(files)]  # rows of the added images only
+    kept = neardup.manifest_pairs(grown)
+    (grown.root / neardup.CACHE_NAME).unlink()
+    assert neardup.manifest_pairs(grown) == kept and len(kept) > 10

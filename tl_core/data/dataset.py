@@ -1006,7 +1006,7 @@ def grow(
                 # an older base was split without near-duplicates: its batches stay so
                 near_since=base.near_since if base.near_links is not None else batch_count(base),
             )
-            manifest.near_links = near_links(manifest)
+            manifest.near_links = near_links(manifest, base)  # only the new images' pairs
             manifest.save()
         except BaseException as exc:
             _undo(dest, created, exc, need)
@@ -1081,15 +1081,18 @@ class _Groups:
         return True
 
 
-def near_links(manifest: DatasetManifest) -> list[tuple[str, str]]:
+def near_links(
+    manifest: DatasetManifest, base: DatasetManifest | None = None
+) -> list[tuple[str, str]]:
     """The near-duplicate pairs within each class (:func:`neardup.manifest_pairs`, found here
-    and kept beside the manifest) thinned to a spanning forest, added batch by batch: the
+    and kept beside the manifest; with ``base``, the version it grew from, only those of the
+    added images are looked for) thinned to a spanning forest, added batch by batch: the
     groups they make among the images of the first k batches are those of all pairs."""
     items = manifest.items
     index = {item.file: k for k, item in enumerate(items)}
     batch_of = _batches(manifest)
     edges = []
-    for p in neardup.manifest_pairs(manifest):
+    for p in neardup.manifest_pairs(manifest, base):
         a, b = index.get(p.a), index.get(p.b)
         if a is None or b is None or items[a].label != items[b].label:
             continue
