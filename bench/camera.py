@@ -114,9 +114,13 @@ def _train(store: Store, project_id: str, overrides: dict, clicked: float) -> di
     manifest = DatasetManifest.load(Path(project.data_dir or ""))
     run = service.submit_training(store, project, config)
     first = None
+    phases: list[tuple[float, str]] = []  # (seconds after the click, the status line's start)
     while True:
         now = store.run(run.id)
         assert now is not None
+        said = " ".join((now.message or now.status).split()[:3])
+        if not phases or phases[-1][1] != said:
+            phases.append((round(time.perf_counter() - clicked, 2), said))
         if first is None and store.epochs(run.id):
             first = time.perf_counter() - clicked
         if not now.active:
@@ -131,6 +135,7 @@ def _train(store: Store, project_id: str, overrides: dict, clicked: float) -> di
         "val_accuracy": (now.result or {}).get("val_accuracy"),
         "n_val": len(split_dataset(manifest, config.val_fraction, config.seed).val),
         "run_dir": now.run_dir,
+        "phases": phases,
         "config": {
             k: getattr(config, k) for k in ("trainable_groups", "epochs", "batch_size", "augment")
         },

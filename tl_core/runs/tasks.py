@@ -313,7 +313,7 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
 
     n = len(manifest.items)
     ctx.progress(n, n, "Looking for near-duplicate images")
-    neardup.manifest_pairs(manifest)  # found here once, so the Data page shows them at once
+    neardup.manifest_pairs(manifest)  # found by the import already (its split needs them)
     return {
         "staged": str(dest),
         "images": len(manifest.items),
