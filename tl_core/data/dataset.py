@@ -1158,37 +1158,35 @@ def _pick(
 def split_groups(manifest: DatasetManifest) -> list[list[str]]:
     """The groups of two or more images the split keeps on one side, each sorted (files)."""
     groups = _Groups(len(manifest.items))
-    _join_all(manifest, groups, _batches(manifest), None)
+    for edges in _edges(manifest, _batches(manifest)).values():
+        for a, b in edges:
+            groups.join(a, b)
     members: dict[int, list[str]] = {}
     for k, item in enumerate(manifest.items):
         members.setdefault(groups.find(k), []).append(item.file)
     return sorted(sorted(g) for g in members.values() if len(g) > 1)
 
 
-def _join_all(
-    manifest: DatasetManifest, groups: _Groups, batch_of: list[int], level: int | None
-) -> None:
-    """Join the near-duplicate links and camera runs of batches up to ``level`` (all: None)."""
+def _edges(manifest: DatasetManifest, batch_of: list[int]) -> dict[int, list[tuple[int, int]]]:
+    """What joins images into groups, by the batch it first counts in: the near-duplicate
+    links and the camera runs (none for a manifest of an older release)."""
+    out: dict[int, list[tuple[int, int]]] = {}
     if manifest.near_links is None:
-        return
+        return out
     items = manifest.items
     index = {item.file: k for k, item in enumerate(items)}
     for a_file, b_file in manifest.near_links:
         a, b = index.get(a_file), index.get(b_file)
-        if (
-            a is not None
-            and b is not None
-            and (level is None or max(batch_of[a], batch_of[b]) <= level)
-        ):
-            groups.join(a, b)
+        if a is not None and b is not None:
+            out.setdefault(max(batch_of[a], batch_of[b]), []).append((a, b))
     first: dict[tuple[int, str, int, int], int] = {}
     for k, item in enumerate(items):
         b = batch_of[k]
-        if b < manifest.near_since or (level is not None and b > level):
-            continue
-        run = camera_run(item)
-        if run is not None:
-            groups.join(first.setdefault((b, item.label, *run), k), k)
+        if b >= manifest.near_since and (run := camera_run(item)) is not None:
+            head = first.setdefault((b, item.label, *run), k)
+            if head != k:
+                out.setdefault(b, []).append((head, k))
+    return out
 
 
 def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: int = 0) -> Split:
@@ -1219,15 +1217,21 @@ def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: in
     batch_of = _batches(manifest)
     n_batches = max(batch_of, default=0) + 1
     groups = _Groups(len(items))
+    edges = _edges(manifest, batch_of)
+    joined = sorted({k for level in edges.values() for e in level for k in e})
+    in_batch: dict[int, list[int]] = {}
+    for k, b in enumerate(batch_of):
+        in_batch.setdefault(b, []).append(k)
     side: list[str | None] = [None] * len(items)
     seen: Counter[str] = Counter()
     held: Counter[str] = Counter()
     for b in range(n_batches):
-        _join_all(manifest, groups, batch_of, b)
+        for x, y in edges.get(b, []):
+            groups.join(x, y)
+        # the batch's images, and the earlier ones that may share a group with them
         members: dict[int, list[int]] = {}
-        for k in range(len(items)):
-            if batch_of[k] <= b:
-                members.setdefault(groups.find(k), []).append(k)
+        for k in [*(k for k in joined if batch_of[k] < b), *in_batch.get(b, [])]:
+            members.setdefault(groups.find(k), []).append(k)
         fresh_by_label: dict[str, list[list[int]]] = {}
         for group in members.values():
             new = [k for k in group if batch_of[k] == b]
