@@ -212,7 +212,7 @@ def test_commit_camera_only(store, project):
     assert manifest.counts() == {"apple": 20, "banana": 20, "pen": 20}
     assert all(camera.frame_key(i.source) for i in manifest.items)
     assert service.camera_state(store, project.id).classes == []
-    assert not capture_dir(store, project).exists()
+    assert not list(capture_dir(store, project).rglob("*.jpg"))
     for key, value in service.CAMERA_SETTINGS.items():
         assert project.settings[key] == value
     assert project.settings["preset"] == service.CAMERA_PRESET
@@ -268,6 +268,31 @@ def test_commit_into_camera_project_keeps_the_preset_once(store, project):
     project = service.camera_commit(store, project.id)
     assert project.settings["epochs"] == 3
     assert DatasetManifest.load(Path(project.data_dir)).classes == ["a", "b", "c"]
+
+
+def test_frames_sent_during_a_commit_wait_and_stay_for_the_next(store, project, monkeypatch):
+    import threading
+
+    _record(store, project, {"a": 6, "b": 6})
+    real = service.tl_data.import_files
+    late: list[threading.Thread] = []
+
+    def importing(files, dest, progress=None):
+        def send() -> None:
+            service.camera_add_frames(store, project.id, "c", frames(2, 3), "late")
+
+        late.append(threading.Thread(target=send))
+        late[0].start()
+        time.sleep(0.3)
+        assert late[0].is_alive()  # waits for the commit
+        return real(files, dest, progress)
+
+    monkeypatch.setattr(service.tl_data, "import_files", importing)
+    project = service.camera_commit(store, project.id)
+    late[0].join(10)
+    assert DatasetManifest.load(Path(project.data_dir)).classes == ["a", "b"]
+    state = service.camera_state(store, project.id)
+    assert [(c.label, c.count) for c in state.classes] == [("c", 3)]
 
 
 @pytest.mark.parametrize(

@@ -308,26 +308,27 @@ def camera_commit(store: Store, project_id: str) -> Project:
     classroom-speed settings (:data:`CAMERA_SETTINGS`, once; ``settings["preset"]`` says so).
     """
     root = _capture_root(store, project_id)
-    project = store.project(project_id)
-    assert project is not None
-    files = camera.commit_files(root)
-    dest = store.new_data_dir(project_id)
-    try:
-        if project.data_dir:
-            base = tl_data.DatasetManifest.load(Path(project.data_dir))
-            manifest = tl_data.grow(base, files, dest).manifest
-        else:
-            if len({name.split("/", 1)[0] for name, _ in files}) < 2:
-                raise DataError(
-                    "Record at least two classes (for example two different objects) before "
-                    "using the pictures."
-                )
-            manifest = tl_data.import_files(files, dest)
-        store.set_data_dir(project_id, manifest.root)
-    except (DataError, DiskFullError):
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    camera.clear(root)
+    with camera.locked(root):  # frames sent meanwhile wait, then start the next capture
+        project = store.project(project_id)
+        assert project is not None
+        files = camera.commit_files(root)
+        dest = store.new_data_dir(project_id)
+        try:
+            if project.data_dir:
+                base = tl_data.DatasetManifest.load(Path(project.data_dir))
+                manifest = tl_data.grow(base, files, dest).manifest
+            else:
+                if len({name.split("/", 1)[0] for name, _ in files}) < 2:
+                    raise DataError(
+                        "Record at least two classes (for example two different objects) "
+                        "before using the pictures."
+                    )
+                manifest = tl_data.import_files(files, dest)
+            store.set_data_dir(project_id, manifest.root)
+        except (DataError, DiskFullError):
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        camera.clear(root)
     only_camera = all(camera.frame_key(i.source) is not None for i in manifest.items)
     if only_camera and project.settings.get("preset") != CAMERA_PRESET:
         store.update_settings(project_id, **CAMERA_SETTINGS, preset=CAMERA_PRESET)

@@ -51,6 +51,7 @@ __all__ = [
     "commit_files",
     "delete_shot",
     "frame_key",
+    "locked",
     "remove_class",
     "rename_class",
     "state",
@@ -71,7 +72,8 @@ JPEG_QUALITY = 92
 FRAME_NAME = re.compile(r"^r(\d{4,})-f(\d{4,})\.jpg$")
 _FRAME_SOURCE = re.compile(r"(?:^|/)r(\d{4,})-f(\d{4,})\.jpg$")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
-_LOCK = threading.RLock()
+_LOCK = threading.Lock()
+_HELD = threading.local()
 
 
 @dataclass(frozen=True)
@@ -112,22 +114,33 @@ def frame_key(source: str) -> tuple[int, int] | None:
 
 
 @contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One change at a time: in this process (a lock) and across processes (flock, where
-    the system has it)."""
-    with _LOCK:
-        root.mkdir(parents=True, exist_ok=True)
+def locked(root: Path) -> Iterator[None]:
+    """One change of the captures at a time: in this process (a lock) and across processes
+    (flock, where the system has it). A thread that holds it may take it again."""
+    if getattr(_HELD, "depth", 0):
+        _HELD.depth += 1
         try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
             yield
-            return
-        with open(root / ".lock", "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        finally:
+            _HELD.depth -= 1
+        return
+    with _LOCK:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        _HELD.depth = 1
+        try:
             try:
+                import fcntl
+            except ImportError:  # pragma: no cover - Windows
                 yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                return
+            with open(Path(root) / ".lock", "a+b") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+        finally:
+            _HELD.depth = 0
 
 
 def _read_record(folder: Path) -> dict | None:
@@ -232,7 +245,7 @@ def add_class(root: Path, label: str) -> CaptureState:
     """A new, empty class; DataError when the name is empty, unusable or taken."""
     root = Path(root)
     name = check_label(label)
-    with _locked(root):
+    with locked(root):
         _create(root, name)
     return state(root)
 
@@ -241,7 +254,7 @@ def rename_class(root: Path, old: str, new: str) -> CaptureState:
     """Give a recorded class another name (its shots stay); the new name must be free."""
     root = Path(root)
     name = check_label(new)
-    with _locked(root):
+    with locked(root):
         found = _find(root, old)
         if found is None:
             raise _unknown(old)
@@ -256,7 +269,7 @@ def rename_class(root: Path, old: str, new: str) -> CaptureState:
 def remove_class(root: Path, label: str) -> CaptureState:
     """Remove a recorded class with all its shots."""
     root = Path(root)
-    with _locked(root):
+    with locked(root):
         found = _find(root, label)
         if found is None:
             raise _unknown(label)
@@ -270,7 +283,7 @@ def delete_shot(root: Path, label: str, shot: str | Path) -> CaptureState:
     name = Path(str(shot)).name
     if not FRAME_NAME.match(name):
         raise DataError(f"'{name}' is not one of the recorded pictures. Reload the page.")
-    with _locked(root):
+    with locked(root):
         found = _find(root, label)
         if found is None:
             raise _unknown(label)
@@ -325,7 +338,7 @@ def add_frames(root: Path, label: str, frames: Sequence[bytes], recording: str) 
         raise DataError("The recording has no usable name; press record again.")
     frames = list(frames)
     encoded = [_frame(f, n, len(frames)) for n, f in enumerate(frames, 1)]
-    with _locked(root):
+    with locked(root):
         found = _find(root, name) or _create(root, name)
         folder, record = found
         numbers: dict[str, int] = dict(record.get("recordings") or {})
@@ -369,7 +382,7 @@ def commit_files(root: Path) -> list[tuple[str, Path]]:
 def clear(root: Path) -> None:
     """Remove every recorded class (after they became a data version)."""
     root = Path(root)
-    with _locked(root):
-        for folder, _ in _records(root):
-            shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(root, ignore_errors=True)
+    with locked(root):
+        for folder in root.iterdir():
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
