@@ -335,3 +335,24 @@ def test_a_grown_set_looks_only_for_the_added_images_pairs(tmp_path, monkeypatch
     kept = neardup.manifest_pairs(grown)
     (grown.root / neardup.CACHE_NAME).unlink()
     assert neardup.manifest_pairs(grown) == kept and len(kept) > 10
+
+
+def test_training_without_a_validation_image_says_why(tmp_path) -> None:
+    """Every class one still burst: nothing can be held back, and a run says so plainly."""
+    from tl_core.errors import RunError
+    from tl_core.training.engine import QuietCallbacks, TrainConfig, fit
+
+    files = [
+        (f"{label}/r0001-f{i + 1:04d}.jpg", b)
+        for kind, label in enumerate(("mug", "pen"))
+        for i, b in enumerate(burst(kind, 0, 12, 0))
+    ]
+    from tl_core.data.dataset import import_files
+
+    manifest = import_files(files, tmp_path / "data")
+    split = split_dataset(manifest)
+    assert split.train and not split.val
+    assert "'mug' and 'pen'" in split_rule_text(manifest)
+    cfg = TrainConfig(model="test_efficientnet", epochs=1)
+    with pytest.raises(RunError, match="record each class in a few takes"):
+        fit(cfg, split, manifest.root, manifest.classes, tmp_path / "run", QuietCallbacks())
