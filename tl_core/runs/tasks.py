@@ -323,7 +323,7 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
 
     n = len(manifest.items)
     ctx.progress(n, n, "Looking for near-duplicate images")
-    neardup.manifest_pairs(manifest)  # found here once, so the Data page shows them at once
+    neardup.manifest_pairs(manifest)  # found by the import already (its split needs them)
     if way == "demo" and spec.params.get("reuse"):
         _keep_for_reuse(manifest, src, Path(str(spec.params["reuse"])))
     return _imported(manifest, dest, started)
@@ -350,7 +350,7 @@ def _grown(
     base = tl_data.DatasetManifest.load(Path(spec.data_dir))
     label = spec.params.get("label")
     growth = tl_data.grow(base, source, dest, str(label) if label else None, progress)
-    neardup.manifest_pairs(growth.manifest)
+    neardup.manifest_pairs(growth.manifest)  # found by grow already: read back
     result = _imported(growth.manifest, dest, started)
     return {**result, "summary": growth.summary(), "warnings": list(growth.warnings)}
 
