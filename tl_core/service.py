@@ -20,8 +20,8 @@ from typing import Any, BinaryIO
 from tl_core import diskspace
 from tl_core.analysis.advice import SweepPoint
 from tl_core.config import UNFINISHED, RunSpec, TrainConfig, scratch_config
+from tl_core.data import camera, review
 from tl_core.data import dataset as tl_data
-from tl_core.data import review
 from tl_core.errors import DataError, DiskFullError, RunError
 from tl_core.runs import jobs
 from tl_core.runs.store import Project, Run, Store
@@ -33,6 +33,14 @@ __all__ = [
     "active_training",
     "baseline_run",
     "bundle_name",
+    "camera_add_class",
+    "camera_add_frames",
+    "camera_commit",
+    "camera_delete_shot",
+    "camera_project",
+    "camera_remove_class",
+    "camera_rename_class",
+    "camera_state",
     "delete_project",
     "export_key",
     "features_key",
@@ -226,6 +234,104 @@ def submit_import(
     store.update_run(job.id, status="queued", queued_at=time.time())
     jobs.pump(store)
     return store.run(job.id) or job
+
+
+# ------------------------------------------------------------------------------ the camera
+
+# The classroom-speed settings a project whose images all come from the camera gets at its
+# first commit (docs/PERFORMANCE.md, "Camera classes"): the backbone frozen (head only on
+# frozen features computed once), few epochs, a batch that fits a small class.
+CAMERA_SETTINGS: dict[str, Any] = {
+    "trainable_groups": 0,
+    "epochs": 10,
+    "batch_size": 16,
+    "augment": "none",
+}
+CAMERA_PRESET = "classroom"  # settings["preset"] once CAMERA_SETTINGS were applied
+
+
+def _capture_root(store: Store, project_id: str) -> Path:
+    if store.project(project_id) is None:
+        raise DataError("This project no longer exists. Start a new one on the Data page.")
+    return store.project_dir(project_id) / camera.CAPTURE_FOLDER
+
+
+def camera_project(store: Store, project_id: str | None) -> Project:
+    """The project to record into: ``project_id``'s, or a new one when None."""
+    if project_id is None:
+        return _new_project(store)
+    project = store.project(project_id)
+    if project is None:
+        raise DataError("This project no longer exists. Start a new one on the Data page.")
+    return project
+
+
+def camera_state(store: Store, project_id: str) -> camera.CaptureState:
+    """The classes recorded in the project and not yet made part of its images."""
+    return camera.state(_capture_root(store, project_id))
+
+
+def camera_add_frames(
+    store: Store, project_id: str, label: str, frames: list[bytes], recording: str
+) -> camera.CaptureState:
+    """Check and keep camera frames (JPEG/PNG bytes) in class ``label`` of the project."""
+    return camera.add_frames(_capture_root(store, project_id), label, frames, recording)
+
+
+def camera_add_class(store: Store, project_id: str, label: str) -> camera.CaptureState:
+    """A new, empty recorded class."""
+    return camera.add_class(_capture_root(store, project_id), label)
+
+
+def camera_rename_class(store: Store, project_id: str, old: str, new: str) -> camera.CaptureState:
+    return camera.rename_class(_capture_root(store, project_id), old, new)
+
+
+def camera_remove_class(store: Store, project_id: str, label: str) -> camera.CaptureState:
+    return camera.remove_class(_capture_root(store, project_id), label)
+
+
+def camera_delete_shot(
+    store: Store, project_id: str, label: str, shot: str | Path
+) -> camera.CaptureState:
+    return camera.delete_shot(_capture_root(store, project_id), label, shot)
+
+
+def camera_commit(store: Store, project_id: str) -> Project:
+    """The recorded classes become a new data version of the project.
+
+    With images already there this is an addition (:func:`tl_core.data.dataset.grow`): a
+    recorded class named like an existing class joins it, the others are new classes;
+    otherwise a first import. Validation, dedupe and warnings are those of any import (the
+    manifest's warnings). The recorded shots are removed afterwards; on an error nothing
+    changes. When every image of the project came from the camera, the project gets the
+    classroom-speed settings (:data:`CAMERA_SETTINGS`, once; ``settings["preset"]`` says so).
+    """
+    root = _capture_root(store, project_id)
+    project = store.project(project_id)
+    assert project is not None
+    files = camera.commit_files(root)
+    dest = store.new_data_dir(project_id)
+    try:
+        if project.data_dir:
+            base = tl_data.DatasetManifest.load(Path(project.data_dir))
+            manifest = tl_data.grow(base, files, dest).manifest
+        else:
+            if len({name.split("/", 1)[0] for name, _ in files}) < 2:
+                raise DataError(
+                    "Record at least two classes (for example two different objects) before "
+                    "using the pictures."
+                )
+            manifest = tl_data.import_files(files, dest)
+        store.set_data_dir(project_id, manifest.root)
+    except (DataError, DiskFullError):
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    camera.clear(root)
+    only_camera = all(camera.frame_key(i.source) is not None for i in manifest.items)
+    if only_camera and project.settings.get("preset") != CAMERA_PRESET:
+        store.update_settings(project_id, **CAMERA_SETTINGS, preset=CAMERA_PRESET)
+    return store.project(project_id) or project
 
 
 # ------------------------------------------------------------------------------ training runs
