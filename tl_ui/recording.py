@@ -16,7 +16,7 @@ import streamlit as st
 from tl_core import service
 from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError, StudioError
-from tl_core.runs.store import Project
+from tl_core.runs.store import Project, Store
 from tl_ui.camera import camera, decode_jpeg, problem
 from tl_ui.session import active_project, get_store, open_project
 from tl_ui.text import literal
@@ -37,27 +37,40 @@ PRIVACY = (
 )
 
 
-def save_batch(project_id: str, message: dict[str, Any]) -> dict[str, Any]:
-    """Keep one batch of frames from the browser; the reply acknowledges it (also when it
-    was refused, with the reason kept for the page), so the browser sends the next one."""
+def save_batch(
+    store: Store, project_id: str, message: dict[str, Any], seen: dict[str, int]
+) -> tuple[dict[str, Any], str | None]:
+    """Keep one batch of frames from the browser: (the reply, the problem or None).
+
+    The reply acknowledges the batch also when it was refused, so the browser sends the next
+    one; ``seen`` (browser instance id: last batch number kept) keeps a batch sent again
+    after a lost answer from being kept twice."""
     ack = {"ack": {"id": message.get("id"), "seq": message.get("seq")}}
-    seen: dict[str, int] = st.session_state.setdefault(_SEEN, {})
     source, seq = str(message.get("id")), message.get("seq")
     if not isinstance(seq, int) or seen.get(source, 0) >= seq:
-        return ack  # sent again after a lost answer: already kept
+        return ack, None
     frames = [decode_jpeg(f) for f in message.get("frames") or []]
     label = str(message.get("label") or "")
+    error = None
     try:
         if any(f is None for f in frames):
             raise DataError("Some camera pictures arrived damaged and were not kept. Record again.")
         if frames:
-            service.camera_add_frames(
-                get_store(), project_id, label, frames, str(message.get("recording") or "")
-            )
+            recording = str(message.get("recording") or "")
+            service.camera_add_frames(store, project_id, label, frames, recording)
     except (DataError, DiskFullError) as exc:
-        st.session_state[_ERROR] = str(exc)
+        error = str(exc)
     seen[source] = seq
-    return ack
+    return ack, error
+
+
+def _on_batch(project_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    reply, error = save_batch(
+        get_store(), project_id, message, st.session_state.setdefault(_SEEN, {})
+    )
+    if error:
+        st.session_state[_ERROR] = error
+    return reply
 
 
 def _project() -> Project:
@@ -95,15 +108,10 @@ def _classes(project: Project | None, state) -> str | None:
         return None
     if st.session_state.get(_CLASS) not in names:
         st.session_state[_CLASS] = names[-1]
-    counts = {c.label: c.count for c in state.classes}
-    chosen = st.radio(
-        "Record into",
-        names,
-        horizontal=True,
-        key=_CLASS,
-        format_func=lambda n: f"{n} ({counts.get(n, 0)})",
-    )
-    return chosen
+    cols = st.columns(min(len(names), 6))
+    for k, cls in enumerate(state.classes):
+        cols[k % len(cols)].metric(cls.label, f"{cls.count:,}", help="shots of this class")
+    return st.radio("Record into", names, horizontal=True, key=_CLASS)
 
 
 def _manage(project: Project, label: str) -> None:
@@ -146,7 +154,9 @@ def _commit(project: Project, total: int) -> None:
             st.error(literal(exc))
             return
     open_project(committed)
-    st.session_state[_DONE] = f"{total:,} camera shots are now part of this project's images."
+    st.session_state[_DONE] = (
+        f"{total:,} camera shots were checked like any import and added to this project's images."
+    )
     st.rerun(scope="app")
 
 
@@ -167,7 +177,9 @@ def camera_panel() -> None:
         f"Name a class, then hold the record button while you move the object in front of the "
         f"camera: about {FPS} shots a second. {PRIVACY}"
     )
-    st.caption(literal(tl_data.split_rule_text()))
+    rule = getattr(tl_data, "split_rule_text", None)
+    if rule is not None:
+        st.caption(literal(rule()))
     label = _classes(project, state)
     on = st.toggle("Camera on", key=_ON)
     if on:
@@ -175,7 +187,7 @@ def camera_panel() -> None:
             "record_camera",
             "record",
             {"label": label or "", "fps": FPS, "side": FRAME_SIDE},
-            lambda message: save_batch(project.id, message) if project else None,
+            lambda message: _on_batch(project.id, message) if project else None,
         )
         said = problem(status)
         if said:
