@@ -162,8 +162,7 @@ def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -
         seed = int(settings.get("seed", 0))
     else:
         st.caption(
-            "Some images are held back to check the model honestly: it never trains on "
-            "them. Each class is split in the same proportion."
+            "Some images are held back to check the model honestly: it never trains on them."
         )
         c1, c2 = st.columns([3, 1])
         fraction = c1.slider(
@@ -185,6 +184,8 @@ def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -
     n_train, n_val = Counter(i.label for i in split.train), Counter(i.label for i in split.val)
     rows = [{"class": c, "train": n_train[c], "validation": n_val[c]} for c in manifest.classes]
     st.dataframe(rows, hide_index=True)
+    if not manifest.has_explicit_val:
+        st.caption(tl_data.split_rule_text(manifest, fraction, seed))
 
 
 def page() -> None:

@@ -84,6 +84,12 @@ def test_frames_are_stored_per_class_and_recording(store, project):
         assert img.format == "JPEG" and img.size == (160, 120)
 
 
+def test_large_frames_are_kept_small(store, project):
+    state = service.camera_add_frames(store, project.id, "a", [frame(0, 0, (1280, 720))], "r")
+    with Image.open(state.classes[0].latest[0]) as img:
+        assert img.size == (camera.CAMERA_SIDE, 216)
+
+
 def test_latest_holds_the_newest_twelve(store, project):
     service.camera_add_frames(store, project.id, "a", frames(0, 15), "r")
     (cls,) = service.camera_state(store, project.id).classes
@@ -308,3 +314,29 @@ def test_frames_live_only_in_the_project_and_go_with_it(store, project, monkeypa
     service.delete_project(store, project.id)
     assert not home.exists()
     assert not any(store.workspace.rglob("*.jpg"))
+
+
+# ---------------------------------------------------------------------------- the Data page
+
+
+def test_the_data_page_explains_the_split_and_finds_no_leak(workspace) -> None:
+    """Camera frames committed: the Data page says how bursts are split, and its
+    near-duplicate panel finds no train/validation near-copies (they stay on one side)."""
+    from helpers import app_test
+    from test_burst_split import burst
+
+    from tl_core.data import neardup
+
+    store = Store(workspace)
+    project = service.camera_project(store, None)
+    for kind, label in enumerate(("apple", "pen")):
+        for take in range(3):
+            service.camera_add_frames(store, project.id, label, burst(kind, take, 8, 0), f"t{take}")
+    project = service.camera_commit(store, project.id)
+    manifest = DatasetManifest.load(Path(project.data_dir))
+    assert len(neardup.manifest_pairs(manifest)) > 50  # still frames: near-copies all along
+    at = app_test(None, project.id)
+    assert not at.exception
+    captions = "\n".join(c.value for c in at.caption)
+    assert "the frames of each second of a camera recording" in captions
+    assert "No near-duplicates" in captions

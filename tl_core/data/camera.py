@@ -5,7 +5,8 @@ importer names class folders), holding ``class.json`` (the class's name as the u
 its place in the list, the recordings it holds) and the frames as JPEG files named
 ``r0003-f0012.jpg``: frame 12 of recording 3, a recording being one press (or hold) of the
 record button. Every frame is checked and normalised as an import does it (a real JPEG or PNG,
-upright, RGB, long side capped) before it is written; nothing is written anywhere else.
+upright, RGB, long side capped at :data:`CAMERA_SIDE`) before it is written; nothing is
+written anywhere else.
 
 :func:`commit_files` lists the frames as ``(class/name, path)`` pairs for
 :func:`tl_core.data.dataset.import_files` or :func:`tl_core.data.dataset.grow`; the service
@@ -26,12 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_core.data.dataset import MAX_SIDE, _class_dir
+from tl_core.data.dataset import _class_dir
 from tl_core.data.imageprep import ImageSkip, prepare
 from tl_core.data.layout import _clean_name, _label_key, is_junk, nfc
 from tl_core.errors import DataError
 
 __all__ = [
+    "CAMERA_SIDE",
     "CAPTURE_FOLDER",
     "CLASS_FILE",
     "FRAME_NAME",
@@ -60,6 +62,10 @@ LATEST = 12  # shots shown in the strip of a class
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_FRAME_PIXELS = 40_000_000  # a camera frame: 8K video is 33 megapixels
 MIN_FRAME_SIDE = 16
+# Frames are kept with their long side at most this: 384x288 from a 4:3 camera, still above
+# the 256-pixel square the models' preprocessing cuts (224 / 0.875), a third of the pixels of
+# 640x480 to decode at every later step.
+CAMERA_SIDE = 384
 MAX_NAME = 60
 JPEG_QUALITY = 92
 FRAME_NAME = re.compile(r"^r(\d{4,})-f(\d{4,})\.jpg$")
@@ -294,7 +300,7 @@ def _frame(data: bytes, n: int, total: int) -> bytes:
     if not data.startswith(_MAGIC):
         raise DataError(f"{which} is not a JPEG or PNG picture. Record again.")
     try:
-        prepared = prepare(io.BytesIO(data), MAX_SIDE, MAX_FRAME_PIXELS)
+        prepared = prepare(io.BytesIO(data), CAMERA_SIDE, MAX_FRAME_PIXELS)
     except ImageSkip as skip:
         raise DataError(f"{which} cannot be used: {skip.reason}. Record again.") from None
     if min(prepared.image.size) < MIN_FRAME_SIDE:

@@ -31,6 +31,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from tl_core import diskspace
+from tl_core.data import neardup
 from tl_core.data.imageprep import ImageSkip, Prepared, decode_workers, prepare
 from tl_core.data.layout import (
     Entry,
@@ -58,6 +59,7 @@ __all__ = [
     "MAX_SIDE",
     "MAX_SOURCE_PIXELS",
     "MIN_IMAGES_PER_CLASS",
+    "RUN_FRAMES",
     "SNIFFED_FORMATS",
     "DatasetManifest",
     "GrowSource",
@@ -66,11 +68,16 @@ __all__ = [
     "Progress",
     "SkippedFile",
     "Split",
+    "batch_count",
+    "camera_run",
     "grow",
     "import_files",
     "import_folder",
     "import_zip",
+    "near_links",
     "split_dataset",
+    "split_groups",
+    "split_rule_text",
 ]
 
 # IMAGE_SUFFIXES (from standalone_predict) is also what predict.py accepts: one definition.
@@ -126,6 +133,13 @@ class DatasetManifest:
     # the images before it. Empty for a plain import.
     batch_starts: list[int] = field(default_factory=list)
     grown_from: str | None = None  # the folder name of the data version this one grew from
+    # Near-duplicates the split keeps on one side (:func:`split_dataset`): a spanning forest
+    # of the near-duplicate pairs within each class, as (file, file) links, found when the
+    # data version was made. None: not looked for (a data version of an older release), so
+    # the split is the plain one. ``near_since``: the first batch (0 = the import, 1 = the
+    # first ``grow``, ...) split with them; earlier batches keep the sides they had.
+    near_links: list[tuple[str, str]] | None = None
+    near_since: int = 0
 
     def counts(self) -> dict[str, int]:
         """Images per class, all subsets together."""
@@ -143,6 +157,8 @@ class DatasetManifest:
             "warnings": self.warnings,
             "batch_starts": self.batch_starts,
             "grown_from": self.grown_from,
+            "near_links": None if self.near_links is None else [list(x) for x in self.near_links],
+            "near_since": self.near_since,
         }
         tmp = self.root / (MANIFEST_NAME + ".tmp")
         tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -166,6 +182,12 @@ class DatasetManifest:
             has_explicit_val=bool(data["has_explicit_val"]),
             batch_starts=[int(b) for b in data.get("batch_starts") or []],
             grown_from=data.get("grown_from"),
+            near_links=(
+                None
+                if data.get("near_links") is None
+                else [(str(a), str(b)) for a, b in data["near_links"]]
+            ),
+            near_since=int(data.get("near_since") or 0),
         )
 
 
@@ -404,6 +426,7 @@ def _import(
     diskspace.check_free(dest, need)
     try:
         manifest = _convert(plan, dest, progress, skipped)
+        manifest.near_links = near_links(manifest)
         manifest.save()
         return manifest
     except BaseException as exc:
@@ -411,8 +434,8 @@ def _import(
         raise
 
 
-def _prepare_and_encode(src: Path | BinaryIO) -> tuple[Prepared, bytes] | ImageSkip:
-    """Decode, normalise and re-encode one image (runs in a worker thread)."""
+def _prepare_and_encode(src: Path | BinaryIO) -> tuple[Prepared, bytes, str] | ImageSkip:
+    """Decode, normalise, re-encode and hash one image (runs in a worker thread)."""
     try:
         try:
             try:
@@ -432,25 +455,25 @@ def _prepare_and_encode(src: Path | BinaryIO) -> tuple[Prepared, bytes] | ImageS
         prepared.image.save(out, "PNG", optimize=False)
     else:
         prepared.image.save(out, "JPEG", quality=95)
-    return prepared, out.getvalue()
+    return prepared, out.getvalue(), image_hash(prepared.image)
 
 
 def _prepared_all(
     todo: list[tuple[Entry, str, str]],
-) -> Iterator[tuple[Prepared, bytes] | ImageSkip]:
+) -> Iterator[tuple[Prepared, bytes, str] | ImageSkip]:
     """Each image prepared, in order, on all cores (Pillow decodes and resizes outside the GIL).
 
     Sources are fetched here, one at a time (zip members share one budget); at most a few
     images per core are in memory at once.
     """
     workers = decode_workers()
-    window: deque[Future[tuple[Prepared, bytes] | ImageSkip]] = deque()
+    window: deque[Future[tuple[Prepared, bytes, str] | ImageSkip]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="import") as pool:
         for entry, _, _ in todo:
             try:
                 window.append(pool.submit(_prepare_and_encode, entry.fetch()))
             except ImageSkip as skip:
-                done: Future[tuple[Prepared, bytes] | ImageSkip] = Future()
+                done: Future[tuple[Prepared, bytes, str] | ImageSkip] = Future()
                 done.set_result(skip)
                 window.append(done)
             if len(window) >= 2 * workers:
@@ -496,6 +519,7 @@ def _take(
     dest = intake.dest
     (dest / ".incoming").mkdir(parents=True, exist_ok=True)
     before = set(intake.first)
+    made: set[str] = set()
     out = _Taken([], [], 0, 0, 0, {})
     total = len(todo)
     if progress:
@@ -507,7 +531,7 @@ def _take(
             skipped.append(SkippedFile(entry.source, outcome.reason))
             out.skipped_in.setdefault(label, []).append(skipped[-1])
         else:
-            prepared, encoded = outcome
+            prepared, encoded, phash = outcome  # phash: near-duplicates are looked for later
             kept = intake.first.get(prepared.sha256)
             if kept is not None:
                 out.duplicates.append((entry.source, kept.source))
@@ -521,10 +545,11 @@ def _take(
                 ext = "png" if prepared.lossless else "jpg"
                 rel = f"images/{folder}/{intake.numbers[label]:04d}.{ext}"
                 intake.numbers[label] += 1
-                (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
+                if folder not in made:  # once per class: a mkdir costs milliseconds on some disks
+                    (dest / "images" / folder).mkdir(parents=True, exist_ok=True)
+                    made.add(folder)
                 (dest / rel).write_bytes(encoded)
                 img = prepared.image
-                phash = image_hash(img)  # near-duplicates are looked for later (neardup)
                 item = ImageItem(rel, label, subset, entry.source, prepared.sha256, *img.size)
                 item = replace(item, phash=phash)
                 intake.first[prepared.sha256] = item
@@ -978,7 +1003,10 @@ def grow(
                 has_explicit_val=base.has_explicit_val,
                 batch_starts=[*base.batch_starts, len(base.items)],
                 grown_from=Path(base.root).name,
+                # an older base was split without near-duplicates: its batches stay so
+                near_since=base.near_since if base.near_links is not None else batch_count(base),
             )
+            manifest.near_links = near_links(manifest, base)  # only the new images' pairs
             manifest.save()
         except BaseException as exc:
             _undo(dest, created, exc, need)
@@ -1004,6 +1032,165 @@ def _n_val(n: int, val_fraction: float) -> int:
     return min(max(round(n * val_fraction), 1), n - 1)
 
 
+# About one second of a camera recording (5-10 frames a second): consecutive frames of one
+# recording in the same run of this many are one group for the split, flagged or not.
+RUN_FRAMES = 8
+_CAMERA_NAME = re.compile(r"(?:^|/)r(\d{4,})-f(\d{4,})\.jpg$")
+
+
+def camera_run(item: ImageItem) -> tuple[int, int] | None:
+    """(recording, run of :data:`RUN_FRAMES` frames) of a camera frame (its source is named
+    ``<class>/r0003-f0012.jpg``, see :mod:`tl_core.data.camera`), else None."""
+    found = _CAMERA_NAME.search(item.source.replace("\\", "/"))
+    return (int(found[1]), (int(found[2]) - 1) // RUN_FRAMES) if found else None
+
+
+def batch_count(manifest: DatasetManifest) -> int:
+    """How many batches the data set came in: 1 for an import, +1 for each ``grow``."""
+    n = len(manifest.items)
+    return 1 + len({b for b in manifest.batch_starts if 0 < b < n})
+
+
+def _batches(manifest: DatasetManifest) -> list[int]:
+    """The batch of each item (0: imported, 1: the first addition, ...)."""
+    n = len(manifest.items)
+    starts = sorted({0, *(b for b in manifest.batch_starts if 0 < b < n)})
+    batch_of = [0] * n
+    for b, (lo, hi) in enumerate(zip(starts, [*starts[1:], n], strict=True)):
+        batch_of[lo:hi] = [b] * (hi - lo)
+    return batch_of
+
+
+class _Groups:
+    """Union-find over item indices."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, k: int) -> int:
+        while self.parent[k] != k:
+            self.parent[k] = self.parent[self.parent[k]]
+            k = self.parent[k]
+        return k
+
+    def join(self, a: int, b: int) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        self.parent[max(ra, rb)] = min(ra, rb)
+        return True
+
+
+def near_links(
+    manifest: DatasetManifest, base: DatasetManifest | None = None
+) -> list[tuple[str, str]]:
+    """The near-duplicate pairs within each class (:func:`neardup.manifest_pairs`, found here
+    and kept beside the manifest; with ``base``, the version it grew from, only those of the
+    added images are looked for) thinned to a spanning forest, added batch by batch: the
+    groups they make among the images of the first k batches are those of all pairs."""
+    items = manifest.items
+    index = {item.file: k for k, item in enumerate(items)}
+    batch_of = _batches(manifest)
+    edges = []
+    for p in neardup.manifest_pairs(manifest, base):
+        a, b = index.get(p.a), index.get(p.b)
+        if a is None or b is None or items[a].label != items[b].label:
+            continue
+        level = max(batch_of[a], batch_of[b])
+        if level >= manifest.near_since:
+            edges.append((level, min(a, b), max(a, b)))
+    groups = _Groups(len(items))
+    return [(items[a].file, items[b].file) for _, a, b in sorted(edges) if groups.join(a, b)]
+
+
+def _n_val(n: int, val_fraction: float) -> int:
+    """Images of a class of ``n`` held back: ``round(n * val_fraction)``, 1 to n - 1."""
+    return min(max(round(n * val_fraction), 1), n - 1)
+
+
+def _check_fraction(val_fraction: float) -> None:
+    if not 0 < val_fraction < 1:
+        raise DataError(
+            f"The share of images held back for validation must be between 0 and 1 (not "
+            f"{val_fraction}); 0.2 is a good start."
+        )
+
+
+def _pick(
+    fresh: list[list[int]],
+    files: list[str],
+    rng: random.Random,
+    need: int,
+    train_left: int,
+    none_yet: bool,
+) -> list[list[int]]:
+    """The groups of one class and batch that go to validation.
+
+    Groups are shuffled (by their first file, so that single images shuffle exactly as the
+    files themselves used to) and taken whole while fewer than ``need`` images are held back;
+    a group that would overshoot the share by more than it would still lack is passed over,
+    and at least one image stays in training. When the class would get no validation image at
+    all (``none_yet``) and has two groups or more, the smallest group goes.
+    """
+    by_first = {files[g[0]]: g for g in fresh}
+    order = sorted(by_first)
+    rng.shuffle(order)
+    chosen: list[list[int]] = []
+    held = 0
+    for first in order:
+        if held >= need:
+            break
+        size = len(by_first[first])
+        if held + size > need and held + size - need > need - held:
+            continue
+        if train_left - size < 1:
+            continue
+        chosen.append(by_first[first])
+        held += size
+        train_left -= size
+    if not chosen and none_yet and len(fresh) + (train_left > sum(map(len, fresh))) >= 2:
+        smallest = min((by_first[f] for f in order), key=len)
+        if train_left - len(smallest) >= 1:
+            chosen.append(smallest)
+    return chosen
+
+
+def split_groups(manifest: DatasetManifest) -> list[list[str]]:
+    """The groups of two or more images the split keeps on one side, each sorted (files)."""
+    groups = _Groups(len(manifest.items))
+    _join_all(manifest, groups, _batches(manifest), None)
+    members: dict[int, list[str]] = {}
+    for k, item in enumerate(manifest.items):
+        members.setdefault(groups.find(k), []).append(item.file)
+    return sorted(sorted(g) for g in members.values() if len(g) > 1)
+
+
+def _join_all(
+    manifest: DatasetManifest, groups: _Groups, batch_of: list[int], level: int | None
+) -> None:
+    """Join the near-duplicate links and camera runs of batches up to ``level`` (all: None)."""
+    if manifest.near_links is None:
+        return
+    items = manifest.items
+    index = {item.file: k for k, item in enumerate(items)}
+    for a_file, b_file in manifest.near_links:
+        a, b = index.get(a_file), index.get(b_file)
+        if (
+            a is not None
+            and b is not None
+            and (level is None or max(batch_of[a], batch_of[b]) <= level)
+        ):
+            groups.join(a, b)
+    first: dict[tuple[int, str, int, int], int] = {}
+    for k, item in enumerate(items):
+        b = batch_of[k]
+        if b < manifest.near_since or (level is not None and b > level):
+            continue
+        run = camera_run(item)
+        if run is not None:
+            groups.join(first.setdefault((b, item.label, *run), k), k)
+
+
 def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: int = 0) -> Split:
     """Training and validation images.
 
@@ -1011,38 +1198,100 @@ def split_dataset(manifest: DatasetManifest, val_fraction: float = 0.2, seed: in
     is shuffled with its own ``random.Random`` seeded by (seed, class) and ``round(n *
     val_fraction)`` images, at least 1 and at most n - 1, go to validation.
 
+    Near-duplicates stay on one side: images of a class joined by near-duplicate pairs
+    (``manifest.near_links``) or shot in the same second of one camera recording
+    (:data:`RUN_FRAMES` consecutive frames) are one group, and groups go to validation whole
+    until the class's share is reached (:func:`_pick`); a data set without such groups splits
+    exactly as above. A class that is one group keeps all its images for training.
+
     A grown data set (``manifest.batch_starts``) is split batch by batch so that the earlier
     images keep their side: the images added to a class fill up its validation share (the
     count for the whole class, as above, less what earlier batches hold back), chosen at
-    random among the added images (shuffled by (seed, class, batch)).
+    random among the added images (shuffled by (seed, class, batch)); an added image in a
+    group with earlier images takes their side (training when they are on both).
     """
     if manifest.has_explicit_val:
         train = [i for i in manifest.items if i.subset != "val"]
         return Split(train, [i for i in manifest.items if i.subset == "val"])
-    if not 0 < val_fraction < 1:
-        raise DataError(
-            f"The share of images held back for validation must be between 0 and 1 (not "
-            f"{val_fraction}); 0.2 is a good start."
-        )
-    n = len(manifest.items)
-    starts = sorted({0, *(b for b in manifest.batch_starts if 0 < b < n)})
-    batch_of = [0] * n
-    for b, (lo, hi) in enumerate(zip(starts, [*starts[1:], n], strict=True)):
-        batch_of[lo:hi] = [b] * (hi - lo)
-    by_label: dict[str, dict[int, list[str]]] = {}
-    for item, b in zip(manifest.items, batch_of, strict=True):
-        by_label.setdefault(item.label, {}).setdefault(b, []).append(item.file)
-    val_files: set[str] = set()
-    for label in manifest.classes:
-        seen = held = 0
-        for b, batch in sorted(by_label.get(label, {}).items()):
-            files = sorted(batch)
-            random.Random(f"{seed}:{label}" if b == 0 else f"{seed}:{label}:{b}").shuffle(files)
-            seen += len(files)
-            target = _n_val(seen, val_fraction)
-            val_files.update(files[: max(target - held, 0)])
-            held = max(target, held)
+    _check_fraction(val_fraction)
+    items = manifest.items
+    files = [i.file for i in items]
+    batch_of = _batches(manifest)
+    n_batches = max(batch_of, default=0) + 1
+    groups = _Groups(len(items))
+    side: list[str | None] = [None] * len(items)
+    seen: Counter[str] = Counter()
+    held: Counter[str] = Counter()
+    for b in range(n_batches):
+        _join_all(manifest, groups, batch_of, b)
+        members: dict[int, list[int]] = {}
+        for k in range(len(items)):
+            if batch_of[k] <= b:
+                members.setdefault(groups.find(k), []).append(k)
+        fresh_by_label: dict[str, list[list[int]]] = {}
+        for group in members.values():
+            new = [k for k in group if batch_of[k] == b]
+            if not new:
+                continue
+            old = {side[k] for k in group if batch_of[k] < b}
+            if old:
+                got = "val" if old == {"val"} else "train"
+                for k in new:
+                    side[k] = got
+                    seen[items[k].label] += 1
+                    held[items[k].label] += got == "val"
+            else:
+                fresh_by_label.setdefault(items[group[0]].label, []).append(sorted(new))
+        for label in manifest.classes:
+            fresh = fresh_by_label.get(label, [])
+            if not fresh:
+                continue
+            seen[label] += sum(map(len, fresh))
+            target = _n_val(seen[label], val_fraction)
+            rng = random.Random(f"{seed}:{label}" if b == 0 else f"{seed}:{label}:{b}")
+            train_left = seen[label] - held[label]
+            chosen = _pick(
+                fresh, files, rng, target - held[label], train_left, none_yet=not held[label]
+            )
+            for group in fresh:
+                for k in group:
+                    side[k] = "train"
+            for group in chosen:
+                for k in group:
+                    side[k] = "val"
+                held[label] += len(group)
     return Split(
-        train=[i for i in manifest.items if i.file not in val_files],
-        val=[i for i in manifest.items if i.file in val_files],
+        train=[i for i, s in zip(items, side, strict=True) if s != "val"],
+        val=[i for i, s in zip(items, side, strict=True) if s == "val"],
     )
+
+
+def split_rule_text(manifest: DatasetManifest, val_fraction: float = 0.2, seed: int = 0) -> str:
+    """How the images are split, in one or two plain sentences for the Data page (with the
+    classes that get no validation image, and why)."""
+    if manifest.has_explicit_val:
+        return "The images in the validation folder check the model; all the others train it."
+    _check_fraction(val_fraction)
+    share = f"{val_fraction:.0%} of each class is held back at random to check the model"
+    if manifest.near_links is None:
+        return share + "."
+    text = (
+        f"{share}. Near-identical pictures, and the frames of each second of a camera "
+        "recording, always go to the same side, so the check never sees a near-copy of a "
+        "training picture"
+    )
+    groups = split_groups(manifest)
+    if groups:
+        text += f" ({_n(len(groups), 'such group')} of {sum(map(len, groups)):,} images here)"
+    text += "."
+    split = split_dataset(manifest, val_fraction, seed)
+    in_val = {i.label for i in split.val}
+    missing = [c for c in manifest.classes if c not in in_val]
+    if missing:
+        one = len(missing) == 1
+        text += (
+            f" {'Class' if one else 'Classes'} {some(missing)} {'is' if one else 'are'} all "
+            "near-identical pictures, so none can be held back and the model is not checked "
+            f"on {'it' if one else 'them'}: record more takes, moving the object between them."
+        )
+    return text

@@ -185,8 +185,9 @@ def _tile_distances(
     return best
 
 
-def candidates(hashes: np.ndarray, max_bits: int = MAX_BITS) -> np.ndarray:
-    """Pairs (i, j, bits) with i < j whose closest views differ in at most ``max_bits``.
+def candidates(hashes: np.ndarray, max_bits: int = MAX_BITS, rows: int | None = None) -> np.ndarray:
+    """Pairs (i, j, bits) with i < j whose closest views differ in at most ``max_bits``;
+    with ``rows``, only the pairs whose first image is one of the first ``rows``.
 
     ``hashes`` is (n, views) uint64 with the image itself in column 0; the distance of two
     images is the smallest over "one image against any view of the other", both ways.
@@ -203,11 +204,12 @@ def candidates(hashes: np.ndarray, max_bits: int = MAX_BITS) -> np.ndarray:
     found: list[np.ndarray] = []
     kept = 0
     limit = max_bits
-    for r0 in range(0, n - 1, TILE_ROWS):
-        rows = slice(r0, min(r0 + TILE_ROWS, n))
+    last = n if rows is None else min(rows, n)
+    for r0 in range(0, min(n - 1, last), TILE_ROWS):
+        tile = slice(r0, min(r0 + TILE_ROWS, last))
         for c0 in range(r0, n, TILE_COLS):
             cols = slice(c0, min(c0 + TILE_COLS, n))
-            best = _tile_distances(hashes, views_t, rows, cols, buf)
+            best = _tile_distances(hashes, views_t, tile, cols, buf)
             i, j = np.nonzero(best <= limit)
             i, j = i + r0, j + c0
             upper = j > i
@@ -229,11 +231,14 @@ def _confirm(pairs: np.ndarray, thumbs: dict[int, np.ndarray]) -> np.ndarray:
     """The similarity (correlation of the closest views) of each candidate pair."""
     if not len(pairs):
         return np.empty(0, np.float32)
+    keys = sorted(thumbs)
+    row = np.zeros(max(keys) + 1, np.int64)
+    row[keys] = np.arange(len(keys))
+    table = np.stack([thumbs[k] for k in keys]).astype(np.float32)  # converted once
     out = np.empty(len(pairs), np.float32)
-    for start in range(0, len(pairs), 2048):
-        chunk = pairs[start : start + 2048]
-        a = np.stack([thumbs[int(i)] for i in chunk[:, 0]]).astype(np.float32)
-        b = np.stack([thumbs[int(j)] for j in chunk[:, 1]]).astype(np.float32)
+    for start in range(0, len(pairs), 512):
+        chunk = pairs[start : start + 512]
+        a, b = table[row[chunk[:, 0]]], table[row[chunk[:, 1]]]
         ab = np.einsum("pvd,pd->pv", b, a[:, 0]).max(1)
         ba = np.einsum("pvd,pd->pv", a, b[:, 0]).max(1)
         out[start : start + len(chunk)] = np.maximum(ab, ba)
@@ -254,15 +259,33 @@ def _find_pairs(
     hashes: Sequence[str | None],
     load: Callable[[int], Image.Image],
     files: Sequence[str],
+    first_new: int = 0,
 ) -> list[NearPair]:
     """All near-duplicate pairs among images; ``load(i)`` opens image i (for missing hashes
-    and for confirming candidates)."""
-    filled = [h if h else image_hash(load(i)) for i, h in enumerate(hashes)]
-    if len(filled) < 2:
-        return []
-    cand = candidates(_hash_array(filled))
-    needed = sorted({int(x) for x in cand[:, :2].ravel()})
-    thumbs = {i: _thumbs(load(i)) for i in needed}
+    and for confirming candidates). With ``first_new``, only the pairs that hold one of the
+    images from there on (those among the earlier ones are known)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tl_core.data.imageprep import decode_workers
+
+    with ThreadPoolExecutor(decode_workers(), thread_name_prefix="neardup") as pool:
+        # Pillow decodes and resizes outside the GIL: one thread per core
+        missing = [i for i, h in enumerate(hashes) if not h]
+        found = dict(zip(missing, pool.map(lambda i: image_hash(load(i)), missing), strict=True))
+        filled = [h or found[i] for i, h in enumerate(hashes)]
+        if len(filled) < 2:
+            return []
+        if first_new:  # the new images first: pairs (i, j) with i among them
+            order = np.r_[np.arange(first_new, len(filled)), np.arange(first_new)]
+            found_new = candidates(
+                _hash_array([filled[k] for k in order]), rows=len(order) - first_new
+            )
+            a, b = order[found_new[:, 0]], order[found_new[:, 1]]
+            cand = np.stack([np.minimum(a, b), np.maximum(a, b), found_new[:, 2]], 1)
+        else:
+            cand = candidates(_hash_array(filled))
+        needed = sorted({int(x) for x in cand[:, :2].ravel()})
+        thumbs = dict(zip(needed, pool.map(lambda i: _thumbs(load(i)), needed), strict=True))
     sims = _confirm(cand, thumbs)
     keep = sims >= MIN_SIMILARITY
     pairs = [
@@ -281,25 +304,49 @@ def _signature(manifest: DatasetManifest) -> str:
     return digest.hexdigest()
 
 
-def manifest_pairs(manifest: DatasetManifest) -> list[NearPair]:
-    """The near-duplicate pairs of an imported data set, found once and then read back."""
-    root = Path(manifest.root)
-    cache = root / CACHE_NAME
-    signature = _signature(manifest)
+def _cached(manifest: DatasetManifest) -> list[NearPair] | None:
+    """The pairs kept beside the manifest, when they are those of its images."""
     try:
-        raw = json.loads(cache.read_text(encoding="utf-8"))
-        if raw.get("signature") == signature:
+        raw = json.loads((Path(manifest.root) / CACHE_NAME).read_text(encoding="utf-8"))
+        if raw.get("signature") == _signature(manifest):
             return [NearPair(**p) for p in raw["pairs"]]
     except (OSError, ValueError, TypeError, KeyError):
         pass
+    return None
+
+
+def manifest_pairs(
+    manifest: DatasetManifest, base: DatasetManifest | None = None
+) -> list[NearPair]:
+    """The near-duplicate pairs of an imported data set, found once and then read back.
+
+    ``base``: the data version ``manifest`` grew from (its images come first, unchanged):
+    its pairs are read back and only those with an added image are looked for.
+    """
+    root = Path(manifest.root)
+    cache = root / CACHE_NAME
+    signature = _signature(manifest)
+    found = _cached(manifest)
+    if found is not None:
+        return found
     items = manifest.items
+    known: list[NearPair] = []
+    first_new = 0
+    if base is not None and [(i.file, i.sha256) for i in base.items] == [
+        (i.file, i.sha256) for i in items[: len(base.items)]
+    ]:
+        known_or_none = _cached(base)
+        if known_or_none is not None:
+            known, first_new = known_or_none, len(base.items)
 
     def load(i: int) -> Image.Image:
         with Image.open(root / items[i].file) as img:
             img.load()
             return img
 
-    pairs = _find_pairs([i.phash for i in items], load, [i.file for i in items])
+    pairs = _find_pairs([i.phash for i in items], load, [i.file for i in items], first_new)
+    if known:
+        pairs = sorted([*known, *pairs], key=lambda p: (-p.similarity, p.bits, p.a, p.b))
     data = {"signature": signature, "pairs": [p.__dict__ for p in pairs]}
     try:
         tmp = cache.with_suffix(".tmp")

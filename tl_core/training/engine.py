@@ -519,6 +519,12 @@ def _load_model(
 def _prepare_data(run: _Run, split: Split, data_root: Path, callbacks: Callbacks) -> None:
     """Phase 2: check the disk, decode the images once, and set up the run's state."""
     cfg = run.cfg
+    if split.train and not split.val:
+        raise RunError(
+            "No image is held back to check the model. When each class is one burst of "
+            "near-identical camera pictures none can be: record each class in a few takes, "
+            "moving the object between them, or add other pictures."
+        )
     if not split.train or not split.val:
         raise RunError("Both the training and the validation set need at least one image.")
     n_steps = cfg.epochs * max(len(split.train) // cfg.batch_size, 1)
