@@ -14,7 +14,6 @@ from typing import Any
 import streamlit as st
 
 from tl_core import service
-from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError, StudioError
 from tl_core.runs.store import Project, Store
 from tl_ui.camera import camera, decode_jpeg, problem
@@ -27,10 +26,17 @@ FPS = 8  # frames per second while recording
 FRAME_SIDE = 320  # the long side of a captured frame, in pixels
 SHOTS_SHOWN = 12  # the strip of latest shots
 _CLASS = "cam_class"  # the class shots go into
+_NEXT = "cam_class_next"  # the class to choose on the next run (after a rename)
 _ON = "cam_on"  # the camera is switched on (off until asked: no light, no prompt)
 _ERROR = "cam_error"  # the last batch's problem, shown on the next run
 _DONE = "cam_done"  # the commit's summary, shown after the whole-page rerun
 _SEEN = "cam_seen"  # {browser instance id: last batch number kept} (a resent batch is kept once)
+BURSTS = (
+    "Shots next to each other are nearly the same picture: the frames of each second of a "
+    "recording, and any near-identical shots, go together either to training or to the "
+    "validation check, so the check never sees a near-copy of a training picture. Record each "
+    "class a few times, from different sides, so both get some."
+)
 PRIVACY = (
     "Shots are kept only in this project, on this server: they are not sent anywhere else, and "
     "deleting the project deletes them."
@@ -106,6 +112,8 @@ def _classes(project: Project | None, state) -> str | None:
     if not names:
         st.caption("Add a class for each kind of thing the model should tell apart.")
         return None
+    if st.session_state.get(_NEXT) in names:  # renamed: the radio follows the class
+        st.session_state[_CLASS] = st.session_state.pop(_NEXT)
     if st.session_state.get(_CLASS) not in names:
         st.session_state[_CLASS] = names[-1]
     cols = st.columns(min(len(names), 6))
@@ -120,7 +128,7 @@ def _manage(project: Project, label: str) -> None:
         new = st.text_input("New name", value=label, max_chars=80, key=f"cam_rename_{label}")
         renamed = st.button("Rename", key=f"cam_rename_go_{label}") and new.strip() != label
         if renamed and _act(service.camera_rename_class, project.id, label, new.strip()):
-            st.session_state[_CLASS] = new.strip()
+            st.session_state[_NEXT] = new.strip()
             st.rerun()
         removed = st.button(f"Remove '{label}' and its shots", key=f"cam_remove_{label}")
         if removed and _act(service.camera_remove_class, project.id, label):
@@ -141,7 +149,7 @@ def _strip(project: Project, cls) -> None:
             col.image(str(shot), width="stretch")
             gone = col.button("Delete", key=f"cam_del_{cls.label}_{shot.name}")
             if gone and _act(service.camera_delete_shot, project.id, cls.label, shot.name):
-                st.rerun(scope="fragment")
+                st.rerun()
 
 
 def _commit(project: Project, total: int) -> None:
@@ -177,9 +185,7 @@ def camera_panel() -> None:
         f"Name a class, then hold the record button while you move the object in front of the "
         f"camera: about {FPS} shots a second. {PRIVACY}"
     )
-    rule = getattr(tl_data, "split_rule_text", None)
-    if rule is not None:
-        st.caption(literal(rule()))
+    st.caption(BURSTS)
     label = _classes(project, state)
     on = st.toggle("Camera on", key=_ON)
     if on:
