@@ -339,6 +339,8 @@ class Camera {
     const key = answer ? `${answer.id}:${answer.seq}` : null;
     if (answer && key !== this.lastShown) {
       this.lastShown = key;
+      this.answered = (this.answered || 0) + 1;
+      this.verdict.setAttribute("data-n", String(this.answered));
       this.drawAnswer(answer);
       const now = performance.now();
       this.answers.push(now);
