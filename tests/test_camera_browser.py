@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "camera"
 COPIES = Path(os.environ.get("TL_STUDIO_CAMERA_SHOTS", "/work/shots"))
 CLASSES = ("sun", "stripes", "leaf")
-W, H, FPS, FRAMES = 320, 240, 10, 40
+W, H, FPS, FRAMES, POSES = 320, 240, 10, 40, 4
 RECORD_S = 4.0  # about 30 shots a class at 8 a second
 LIVE_S = 6.0
 # guesses per second the live view must reach; 5 or more on an idle 2-core CPU, less when the
@@ -43,21 +43,27 @@ pytestmark = pytest.mark.browser
 expect.set_options(timeout=90_000)
 
 
-def _picture(label: str, t: float, rng: np.random.Generator) -> np.ndarray:
-    """One RGB frame of a class's "object" at time ``t`` (it drifts, the light flickers)."""
+def _picture(label: str, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Frame ``k`` of a class's "object": four poses a second apart (where it is, how big, how
+    it is turned), each drifting a little, with flickering light and sensor noise. A real
+    recording moves the object between takes; near-identical frames are grouped by the split."""
+    pose, t = divmod(k, FRAMES // POSES)
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    cx, cy = W / 2 + 40 * np.sin(t), H / 2 + 20 * np.cos(0.7 * t)
+    cx = (0.3 + 0.4 * (pose % 2)) * W + 2 * t
+    cy = (0.3 + 0.4 * (pose // 2)) * H + t
+    size = (40, 70, 55, 85)[pose]
+    img = np.empty((H, W, 3), np.float32)
     if label == "sun":  # a yellow disc on a sky blue
-        img = np.empty((H, W, 3), np.float32)
-        img[:] = (70, 130, 200)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < 60**2] = (250, 210, 40)
-    elif label == "stripes":  # black and white diagonal stripes
-        v = (((xx + yy + 30 * t) // 18) % 2) * 220 + 20
-        img = np.repeat(v[..., None], 3, axis=2)
-    else:  # a green triangle on brown
-        img = np.empty((H, W, 3), np.float32)
-        img[:] = (120, 80, 40)
-        inside = (yy > cy - 70) & (yy < cy + 60) & (np.abs(xx - cx) < (yy - cy + 70) * 0.6)
+        img[:] = (70 + 20 * pose, 130, 200 - 15 * pose)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < size**2] = (250, 210, 40)
+    elif label == "stripes":  # black and white stripes, turned and as wide as the pose says
+        u = (xx, yy, xx + yy, xx - yy)[pose] + 3 * t
+        v = ((u // (10 + 6 * pose)) % 2) * 220 + 20
+        img[:] = v[..., None]
+    else:  # a green triangle on brown, pointing up or down
+        img[:] = (120, 80 + 10 * pose, 40)
+        dy = (yy - cy) if pose % 2 == 0 else (cy - yy)
+        inside = (np.abs(dy) < size) & (np.abs(xx - cx) < (dy + size) * 0.6)
         img[inside] = (40, 170, 60)
     img *= rng.uniform(0.9, 1.1)
     img += rng.normal(0, 8, img.shape)
@@ -70,7 +76,7 @@ def write_y4m(path: Path, label: str, seed: int = 0) -> Path:
     with path.open("wb") as f:
         f.write(f"YUV4MPEG2 W{W} H{H} F{FPS}:1 Ip A1:1 C420jpeg\n".encode())
         for k in range(FRAMES):
-            rgb = _picture(label, 2 * np.pi * k / FRAMES, rng).astype(np.float32)
+            rgb = _picture(label, k, rng).astype(np.float32)
             r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
             y = 0.299 * r + 0.587 * g + 0.114 * b
             u = (b - y) * 0.564 + 128
@@ -151,6 +157,9 @@ def camera_page(video: Path, url: str) -> Iterator[Page]:
         page.goto(url)
         try:
             yield page
+        except BaseException:
+            page.screenshot(path=SHOTS / "failed.png", full_page=True)  # what the page said
+            raise
         finally:
             browser.close()
 

@@ -75,7 +75,7 @@ class Camera {
     this.video.playsInline = true;
     this.video.setAttribute("playsinline", "");
     this.canvas = el("canvas");
-    this.message = el("div", "tlcam-message", "Starting the camera…");
+    this.message = el("div", "tlcam-message", "Starting the camera… Allow it if the browser asks.");
     this.message.setAttribute("data-testid", "tlcam-message");
     const side = el("div", "tlcam-side");
     this.controls = el("div", "tlcam-controls");

@@ -118,8 +118,8 @@ def _classes(project: Project | None, state) -> str | None:
         st.session_state[_CLASS] = names[-1]
     cols = st.columns(min(len(names), 6))
     for k, cls in enumerate(state.classes):
-        cols[k % len(cols)].metric(cls.label, f"{cls.count:,}", help="shots of this class")
-    return st.radio("Record into", names, horizontal=True, key=_CLASS)
+        cols[k % len(cols)].metric(literal(cls.label), f"{cls.count:,}", help="shots of this class")
+    return st.radio("Record into", names, horizontal=True, key=_CLASS, format_func=literal)
 
 
 def _manage(project: Project, label: str) -> None:
@@ -130,7 +130,7 @@ def _manage(project: Project, label: str) -> None:
         if renamed and _act(service.camera_rename_class, project.id, label, new.strip()):
             st.session_state[_NEXT] = new.strip()
             st.rerun()
-        removed = st.button(f"Remove '{label}' and its shots", key=f"cam_remove_{label}")
+        removed = st.button(f"Remove '{literal(label)}' and its shots", key=f"cam_remove_{label}")
         if removed and _act(service.camera_remove_class, project.id, label):
             st.rerun()
 
