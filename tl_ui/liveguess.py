@@ -44,12 +44,13 @@ def verdict(probs: np.ndarray, classes: list[str], threshold: float) -> Verdict:
     """The top class, or "not sure" when it is below ``threshold`` (as for single pictures)."""
     k = int(np.argmax(probs))
     p = float(probs[k])
+    top = classes[k]  # plain text: pages pass it through literal(), the live view sets textContent
     if p >= threshold:
-        return Verdict(classes[k], True, f"{classes[k]} ({p:.0%})", p)
+        return Verdict(top, True, f"{top} ({p:.0%})", p)
     return Verdict(
-        classes[k],
+        top,
         False,
-        f"Not sure: the best guess is '{classes[k]}' at only {p:.0%}. The picture may show "
+        f"Not sure: the best guess is '{top}' at only {p:.0%}. The picture may show "
         "none of your classes.",
         p,
     )

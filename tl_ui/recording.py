@@ -125,12 +125,12 @@ def _classes(project: Project | None, state) -> str | None:
 def _manage(project: Project, label: str) -> None:
     """Rename or remove the chosen class."""
     with st.popover("Rename or remove this class"):
-        new = st.text_input("New name", value=label, max_chars=80, key=f"cam_rename_{label}")
-        renamed = st.button("Rename", key=f"cam_rename_go_{label}") and new.strip() != label
+        new = st.text_input("New name", value=label, max_chars=80, key="cam_rename_" + label)
+        renamed = st.button("Rename", key="cam_rename_go_" + label) and new.strip() != label
         if renamed and _act(service.camera_rename_class, project.id, label, new.strip()):
             st.session_state[_NEXT] = new.strip()
             st.rerun()
-        removed = st.button(f"Remove '{literal(label)}' and its shots", key=f"cam_remove_{label}")
+        removed = st.button(f"Remove '{literal(label)}' and its shots", key="cam_remove_" + label)
         if removed and _act(service.camera_remove_class, project.id, label):
             st.rerun()
 
