@@ -1,4 +1,5 @@
-"""Step 1: bring labelled images (a folder, a .zip, or the demo set) and see what they hold."""
+"""Step 1: bring labelled images (a folder, a .zip, the camera, or the demo set) and see what
+they hold."""
 
 from __future__ import annotations
 
@@ -9,18 +10,26 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from tl_core import service
 from tl_core.data import dataset as tl_data
 from tl_ui import importing
 from tl_ui.charts import class_counts_figure
 from tl_ui.gallery import THUMB_SIDE, pager, thumbnails
 from tl_ui.grow import add_images_panel
 from tl_ui.neardup import near_duplicates_panel
+from tl_ui.recording import camera_panel, done_notice
 from tl_ui.session import active_project, get_store, project_manifest
 from tl_ui.text import literal, plot_literal
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo" / "fashion_mnist"
 THUMBS_PER_CLASS = 6
 CLASSES_PER_PAGE = 10  # classes shown with thumbnails at a time (a page selector for more)
+RECORD = "Record with the camera"
+
+
+def _has_shots(project_id: str) -> bool:
+    """Whether the project holds camera shots not yet used (then their panel is open)."""
+    return any(c.count for c in service.camera_state(get_store(), project_id).classes)
 
 
 def _import(way: str, path: Path | None = None) -> None:
@@ -39,9 +48,10 @@ def _ways_in(has_data: bool, busy: bool = False) -> None:
         st.caption(
             "Bringing new images replaces the current set for new runs; earlier runs keep theirs."
         )
-    demo, local, folder, archive = st.tabs(
-        ["Demo set", "Use a folder on this computer", "Upload a folder", "Upload a .zip"]
-    )
+    ways = ["Demo set", "Use a folder on this computer", "Upload a folder", "Upload a .zip"]
+    if not has_data:  # with images, the camera adds classes to them (the panel below them)
+        ways.append(RECORD)
+    demo, local, folder, archive, *record = st.tabs(ways)
     with demo:
         st.markdown(
             "**Fashion-MNIST demo**: 700 small photos of clothing in 10 classes (T-shirt, "
@@ -55,6 +65,9 @@ def _ways_in(has_data: bool, busy: bool = False) -> None:
         importing.upload_folder_tab()
     with archive:
         importing.upload_zip_tab()
+    for tab in record:
+        with tab:
+            camera_panel()
 
 
 # The importer's few-images warning (one class, or many): the page writes its own, with a list.
@@ -180,6 +193,7 @@ def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -
 
 def page() -> None:
     st.title("1. Your images")
+    done_notice()
     project = active_project()
     manifest = project_manifest(project)
     if manifest is None:
@@ -192,6 +206,8 @@ def page() -> None:
     _split(project.id, manifest, project.settings)
     near_duplicates_panel(project.id, manifest)
     add_images_panel(project, manifest, busy)
+    with st.expander(RECORD, expanded=_has_shots(project.id)):
+        camera_panel()
     st.page_link("pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:")
     with st.expander("Bring different images"):
         _ways_in(has_data=True, busy=busy)

@@ -1,4 +1,4 @@
-"""Step 5: try the trained model on new pictures: uploads or the camera."""
+"""Step 5: try the trained model on new pictures: the live camera, uploads or one photo."""
 
 from __future__ import annotations
 
@@ -17,9 +17,12 @@ from tl_core.runs.store import Run
 from tl_ui.batch import results_table
 from tl_ui.charts import top_classes_figure
 from tl_ui.jobs import watch
+from tl_ui.liveguess import camera_problem, live_view, verdict
 from tl_ui.runs import pick_run, trained_model
 from tl_ui.session import get_store
 from tl_ui.text import literal, plot_literal
+
+LIVE = "Live camera"
 
 
 def _predict_one(run_dir: str, name: str, data: bytes, temperature: float):
@@ -40,6 +43,19 @@ def _predict_many(run: Run, named: list[tuple[str, bytes]], temperature: float):
         (r["name"], np.asarray(r["probs"]) if r["probs"] is not None else None, r["error"])
         for r in (done.result or {}).get("rows", [])
     ]
+
+
+def _uploads() -> list[tuple[str, bytes]]:
+    """The pictures dropped on the uploader, as (name, bytes)."""
+    files = st.file_uploader(
+        "Drop one or more pictures",
+        type=sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES),  # as at import
+        accept_multiple_files=True,
+        key="try_upload",
+    )
+    # getvalue() hands back the uploaded bytes themselves (no copy): the pictures are in
+    # memory once, then written to the job's folder, which reads them a batch at a time.
+    return [(f.name, f.getvalue()) for f in files or []]
 
 
 def _probabilities_note(calibration: Calibration) -> str:
@@ -78,19 +94,31 @@ def page() -> None:
         help="The default was chosen on the validation images. Raise it to be more careful.",
     )
     source = st.radio(
-        "Pictures from", ["Upload", "Camera"], horizontal=True, label_visibility="collapsed"
+        "Pictures from",
+        [LIVE, "Upload", "Camera"],
+        horizontal=True,
+        label_visibility="collapsed",
+        key="try_source",
     )
     named: list[tuple[str, bytes]] = []
-    if source == "Upload":
-        files = st.file_uploader(
-            "Drop one or more pictures",
-            type=sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES),  # as at import
-            accept_multiple_files=True,
-            key="try_upload",
+    if source == LIVE:
+        st.caption(
+            "Hold things in front of the camera: the bars follow what it sees. The pictures "
+            "are looked at on this server and not kept."
         )
-        # getvalue() hands back the uploaded bytes themselves (no copy): the pictures are in
-        # memory once, then written to the job's folder, which reads them a batch at a time.
-        named = [(f.name, f.getvalue()) for f in files or []]
+        live_view(run.run_dir, calibration.temperature, threshold)
+        trouble = camera_problem()
+        if trouble is None:
+            st.caption(_probabilities_note(calibration))
+            return
+        # no camera in this browser: single pictures instead (uploads open a phone's camera)
+        named = _uploads()
+        if trouble in ("denied", "error"):
+            shot = st.camera_input("Or take a photo", key="try_camera")
+            if shot is not None:
+                named = [("camera.jpg", shot.getvalue())]
+    elif source == "Upload":
+        named = _uploads()
     else:
         shot = st.camera_input("Take a photo", key="try_camera")
         if shot is not None:
@@ -115,14 +143,11 @@ def page() -> None:
         c1, c2 = st.columns([1, 2])
         c1.image(Image.open(io.BytesIO(named[0][1])), caption=name, width="stretch")
         with c2:
-            top = int(probs.argmax())
-            if probs[top] >= threshold:
-                st.success(f"**{literal(classes[top])}** ({probs[top]:.0%})")
+            said = verdict(probs, list(classes), threshold)
+            if said.sure:
+                st.success(f"**{literal(said.top)}** ({said.probability:.0%})")
             else:
-                st.warning(
-                    f"Not sure: the best guess is '{literal(classes[top])}' at only "
-                    f"{probs[top]:.0%}. The picture may show none of your classes."
-                )
+                st.warning(literal(said.text))
             st.plotly_chart(
                 top_classes_figure(plot_literal(classes), probs.tolist(), threshold),
                 key="try_bars",

@@ -279,6 +279,7 @@ def test_walk_the_wizard_on_the_demo_set(
     page.screenshot(path=SHOTS / "9b-versus-scratch.png", full_page=True)
 
     _go(page, "Try it")
+    page.get_by_test_id("stRadio").get_by_text("Upload", exact=True).click()  # not the live view
     picture = next((DEMO / "val" / "sneaker").iterdir())
     page.locator("[data-testid='stFileUploaderDropzoneInput']").first.set_input_files(picture)
     expect(page.get_by_text("not sure below")).to_be_visible(timeout=60_000)  # the bar chart

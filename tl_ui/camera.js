@@ -1,0 +1,428 @@
+// The studio's camera: getUserMedia in the browser, frames sent to this app's own server as
+// small JPEGs through Streamlit's component values (no WebRTC, no external service).
+//
+// Streamlit calls the default function again with new `data` after every rerun of the script
+// (or fragment) that mounts it, with the same parentElement: the camera, its timers and the
+// queue of frames live in one instance per parentElement, so a rerun never restarts the camera.
+//
+// mode "record": frames are captured at data.fps while recording, queued, and sent in batches
+//   ({seq, label, recording, frames: [base64 JPEG]}) as the trigger "frames"; the next batch
+//   leaves when the server's answer carries data.ack >= seq (one batch in flight at a time).
+// mode "live": one frame ({seq, image}) is sent as the trigger "frame" when the previous
+//   answer (data.answer.seq) came back; the answer's bars and verdict are drawn here.
+// The state value "camera" says whether the camera works: ready, insecure, denied, none, error.
+
+const instances = new WeakMap();
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function cameraProblem(err) {
+  const name = (err && err.name) || "";
+  if (name === "NotAllowedError" || name === "SecurityError" || name === "PermissionDeniedError") {
+    return "denied";
+  }
+  if (name === "NotFoundError" || name === "OverconstrainedError" || name === "DevicesNotFoundError") {
+    return "none";
+  }
+  return "error";
+}
+
+const PROBLEM_TEXT = {
+  insecure:
+    "This page is not a secure address, so the browser gives it no camera. Open the app at " +
+    "localhost on the computer with the camera, or serve it over https.",
+  denied: "The browser was refused the camera. Allow the camera for this page and reload it.",
+  none: "No camera was found on this computer.",
+  error: "The camera could not be started. Close other programs using it and reload the page.",
+};
+
+class Camera {
+  constructor(root, api) {
+    this.root = root;
+    this.api = api;
+    this.id = Math.random().toString(36).slice(2, 10);
+    this.data = {};
+    this.gen = 0;
+    this.status = "starting";
+    this.stream = null;
+    this.timers = [];
+    // record mode
+    this.recording = false;
+    this.recordingId = null;
+    this.queue = [];
+    this.inflight = null; // {seq, sentAt, batch}
+    this.seq = 0;
+    this.shotsThisTime = 0;
+    // live mode
+    this.paused = false;
+    this.waiting = null; // {seq, sentAt}
+    this.answers = []; // times of the last answers (for the rate)
+    this.lastShown = null;
+    this.build();
+    this.start();
+  }
+
+  build() {
+    const box = el("div", "tlcam");
+    this.video = el("video", "tlcam-video");
+    this.video.muted = true;
+    this.video.autoplay = true;
+    this.video.playsInline = true;
+    this.video.setAttribute("playsinline", "");
+    this.canvas = el("canvas");
+    this.message = el("div", "tlcam-message", "Starting the camera… Allow it if the browser asks.");
+    this.message.setAttribute("data-testid", "tlcam-message");
+    const side = el("div", "tlcam-side");
+    this.controls = el("div", "tlcam-controls");
+    this.info = el("div", "tlcam-info");
+    this.info.setAttribute("data-testid", "tlcam-info");
+    this.verdict = el("div", "tlcam-verdict");
+    this.verdict.setAttribute("data-testid", "tlcam-verdict");
+    this.bars = el("div", "tlcam-bars");
+    this.rate = el("div", "tlcam-rate");
+    this.rate.setAttribute("data-testid", "tlcam-rate");
+    const left = el("div", "tlcam-left");
+    left.append(this.video, this.message);
+    side.append(this.controls, this.info, this.verdict, this.bars, this.rate);
+    box.append(left, side);
+    this.root.appendChild(box);
+    this.box = box;
+  }
+
+  setStatus(status) {
+    this.status = status;
+    if (this.api) this.api.setStateValue("camera", status);
+    if (status === "ready") {
+      this.message.textContent = "";
+      this.message.style.display = "none";
+    } else if (PROBLEM_TEXT[status]) {
+      this.message.textContent = PROBLEM_TEXT[status];
+      this.message.style.display = "block";
+      this.video.style.display = "none";
+      this.controls.replaceChildren();
+    }
+  }
+
+  async start() {
+    if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      this.setStatus("insecure");
+      return;
+    }
+    try {
+      this.stream = await navigator.mediaDevices.getUserMedia({
+        video: { width: { ideal: 640 }, height: { ideal: 480 } },
+        audio: false,
+      });
+    } catch (err) {
+      this.setStatus(cameraProblem(err));
+      return;
+    }
+    if (this.destroyed) {
+      this.stopStream();
+      return;
+    }
+    this.video.srcObject = this.stream;
+    try {
+      await this.video.play();
+    } catch (_err) {
+      // autoplay of a muted stream is allowed; a refusal here still shows the picture later
+    }
+    this.setStatus("ready");
+    this.render();
+    this.tick();
+  }
+
+  stopStream() {
+    if (this.stream) this.stream.getTracks().forEach((t) => t.stop());
+    this.stream = null;
+  }
+
+  destroy() {
+    this.destroyed = true;
+    this.recording = false;
+    this.timers.forEach((t) => clearInterval(t));
+    this.timers = [];
+    if (this.captureTimer) clearInterval(this.captureTimer);
+    this.stopStream();
+    instances.delete(this.root);
+  }
+
+  // One JPEG of the current video picture, at most `side` pixels on its long side, base64.
+  grab(side, quality) {
+    const v = this.video;
+    if (!v.videoWidth || !v.videoHeight) return null;
+    const scale = Math.min(1, side / Math.max(v.videoWidth, v.videoHeight));
+    const w = Math.round(v.videoWidth * scale);
+    const h = Math.round(v.videoHeight * scale);
+    if (this.canvas.width !== w) this.canvas.width = w;
+    if (this.canvas.height !== h) this.canvas.height = h;
+    this.canvas.getContext("2d").drawImage(v, 0, 0, w, h);
+    const url = this.canvas.toDataURL("image/jpeg", quality);
+    return url.slice(url.indexOf(",") + 1);
+  }
+
+  update(data) {
+    const modeChanged = this.data.mode !== data.mode;
+    this.data = data || {};
+    if (modeChanged) this.render();
+    if (this.data.mode === "record") this.onRecordData();
+    else this.onLiveData();
+  }
+
+  render() {
+    this.controls.replaceChildren();
+    if (this.status !== "ready") return;
+    if (this.data.mode === "record") this.renderRecord();
+    else this.renderLive();
+  }
+
+  // ---- record ------------------------------------------------------------------------------
+
+  renderRecord() {
+    const hold = el("button", "tlcam-button tlcam-hold", "Hold to record");
+    hold.setAttribute("data-testid", "tlcam-hold");
+    const toggle = el("button", "tlcam-button", "Start recording");
+    toggle.setAttribute("data-testid", "tlcam-toggle");
+    const down = (e) => {
+      e.preventDefault();
+      this.startRecording();
+    };
+    const up = () => {
+      if (this.holding) this.stopRecording();
+    };
+    hold.addEventListener("pointerdown", (e) => {
+      this.holding = true;
+      down(e);
+    });
+    ["pointerup", "pointerleave", "pointercancel"].forEach((ev) => hold.addEventListener(ev, up));
+    toggle.addEventListener("click", () => {
+      if (this.recording) this.stopRecording();
+      else this.startRecording();
+    });
+    this.holdButton = hold;
+    this.toggleButton = toggle;
+    this.controls.append(hold, toggle);
+    this.onRecordData();
+  }
+
+  startRecording() {
+    const label = this.data.label;
+    if (!label || this.recording || this.status !== "ready") return;
+    this.recording = true;
+    this.recordLabel = label;
+    this.recordingId = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+    this.shotsThisTime = 0;
+    const fps = Math.max(1, Math.min(15, Number(this.data.fps) || 8));
+    const capture = () => {
+      if (!this.recording) return;
+      const frame = this.grab(Number(this.data.side) || 320, 0.85);
+      if (frame) {
+        this.queue.push({ label: this.recordLabel, recording: this.recordingId, frame, at: Date.now() });
+        this.shotsThisTime += 1;
+      }
+      this.flush();
+      this.showRecordInfo();
+    };
+    capture();
+    this.captureTimer = setInterval(capture, 1000 / fps);
+    this.showRecordInfo();
+  }
+
+  stopRecording() {
+    this.holding = false;
+    if (!this.recording) return;
+    this.recording = false;
+    clearInterval(this.captureTimer);
+    this.captureTimer = null;
+    this.flush(true);
+    this.showRecordInfo();
+  }
+
+  flush(force) {
+    if (this.inflight) {
+      // no answer for a long time (a lost message): send the same batch again
+      if (Date.now() - this.inflight.sentAt > 6000) this.send(this.inflight.batch);
+      return;
+    }
+    if (!this.queue.length) return;
+    // small batches, not one message per frame: four frames, or what waited 0.7 s
+    if (!force && this.queue.length < 4 && Date.now() - this.queue[0].at < 700) return;
+    const head = this.queue[0];
+    const same = [];
+    while (
+      same.length < 12 &&
+      this.queue.length &&
+      this.queue[0].label === head.label &&
+      this.queue[0].recording === head.recording
+    ) {
+      same.push(this.queue.shift().frame);
+    }
+    this.seq += 1;
+    const batch = { id: this.id, seq: this.seq, label: head.label, recording: head.recording };
+    this.send({ ...batch, frames: same });
+  }
+
+  send(batch) {
+    this.inflight = { seq: batch.seq, sentAt: Date.now(), batch };
+    this.api.setTriggerValue("frames", batch);
+  }
+
+  onRecordData() {
+    const ack = this.data.ack || {};
+    if (this.inflight && ack.id === this.id && Number(ack.seq) >= this.inflight.seq) {
+      this.inflight = null;
+      this.flush(!this.recording);
+    }
+    if (this.recording && this.data.label !== this.recordLabel) this.stopRecording();
+    if (this.holdButton) {
+      const off = !this.data.label;
+      this.holdButton.disabled = off;
+      this.toggleButton.disabled = off;
+    }
+    this.showRecordInfo();
+  }
+
+  showRecordInfo() {
+    if (!this.toggleButton) return;
+    this.toggleButton.textContent = this.recording ? "Stop recording" : "Start recording";
+    this.box.classList.toggle("tlcam-recording", this.recording);
+    const waiting = this.queue.length + (this.inflight ? this.inflight.batch.frames.length : 0);
+    const label = this.data.label;
+    let text;
+    if (!label) text = "Add a class first: its name is what the shots are of.";
+    else if (this.recording) text = `● Recording '${this.recordLabel}': ${this.shotsThisTime} shots`;
+    else text = `Shots go into '${label}'.`;
+    if (waiting) text += ` · ${waiting} on the way to the server`;
+    this.info.textContent = text;
+  }
+
+  // ---- live --------------------------------------------------------------------------------
+
+  renderLive() {
+    const pause = el("button", "tlcam-button", this.paused ? "Resume" : "Pause");
+    pause.setAttribute("data-testid", "tlcam-pause");
+    pause.addEventListener("click", () => {
+      this.paused = !this.paused;
+      pause.textContent = this.paused ? "Resume" : "Pause";
+      this.box.classList.toggle("tlcam-paused", this.paused);
+      if (this.paused) this.video.pause();
+      else {
+        this.video.play().catch(() => {});
+        this.answers = [];
+        this.next();
+      }
+    });
+    this.controls.append(pause);
+    this.next();
+  }
+
+  next() {
+    if (this.data.mode !== "live" || this.paused || this.status !== "ready") return;
+    if (this.waiting && Date.now() - this.waiting.sentAt < 6000) return;
+    const image = this.grab(Number(this.data.side) || 320, 0.8);
+    if (!image) {
+      setTimeout(() => this.next(), 100);
+      return;
+    }
+    this.seq += 1;
+    this.waiting = { seq: this.seq, sentAt: Date.now() };
+    this.api.setTriggerValue("frame", { id: this.id, seq: this.seq, image });
+  }
+
+  onLiveData() {
+    const answer = this.data.answer;
+    const key = answer ? `${answer.id}:${answer.seq}` : null;
+    if (answer && key !== this.lastShown) {
+      this.lastShown = key;
+      this.answered = (this.answered || 0) + 1;
+      this.verdict.setAttribute("data-n", String(this.answered));
+      this.drawAnswer(answer);
+      const now = performance.now();
+      this.answers.push(now);
+      while (this.answers.length && now - this.answers[0] > 3000) this.answers.shift();
+    }
+    if (this.answers.length >= 2) {
+      const span = (this.answers[this.answers.length - 1] - this.answers[0]) / 1000;
+      const rate = span > 0 ? (this.answers.length - 1) / span : 0;
+      this.rate.textContent = `${rate.toFixed(1)} guesses per second`;
+      this.rate.setAttribute("data-rate", rate.toFixed(2));
+    }
+    if (this.waiting && answer && answer.id === this.id && answer.seq === this.waiting.seq) {
+      this.waiting = null;
+      requestAnimationFrame(() => this.next());
+    } else if (!this.waiting) {
+      this.next();
+    }
+  }
+
+  drawAnswer(answer) {
+    if (answer.error) {
+      this.verdict.textContent = answer.error;
+      this.verdict.className = "tlcam-verdict tlcam-unsure";
+      return;
+    }
+    this.verdict.textContent = answer.verdict || "";
+    this.verdict.className = `tlcam-verdict ${answer.sure ? "tlcam-sure" : "tlcam-unsure"}`;
+    this.verdict.setAttribute("data-guess", answer.sure ? answer.top : "");
+    this.verdict.setAttribute("data-top", answer.top || "");
+    const rows = (answer.bars || []).map(([name, p]) => {
+      const row = el("div", "tlcam-bar");
+      const label = el("span", "tlcam-bar-label", name);
+      const track = el("span", "tlcam-bar-track");
+      const fill = el("span", "tlcam-bar-fill");
+      fill.style.width = `${Math.round(p * 100)}%`;
+      if (name === answer.top && answer.sure) fill.classList.add("tlcam-bar-top");
+      track.appendChild(fill);
+      row.append(label, track, el("span", "tlcam-bar-value", `${Math.round(p * 100)}%`));
+      return row;
+    });
+    if (answer.threshold !== undefined) {
+      const note = el(
+        "div",
+        "tlcam-threshold",
+        `'Not sure' below ${Math.round(answer.threshold * 100)}%`,
+      );
+      rows.push(note);
+    }
+    this.bars.replaceChildren(...rows);
+  }
+
+  tick() {
+    // record mode: a batch left waiting (the server was busy) goes out when it can
+    this.timers.push(
+      setInterval(() => {
+        if (this.data.mode === "record") this.flush(!this.recording);
+        else if (!this.paused && this.waiting && Date.now() - this.waiting.sentAt > 6000) {
+          this.waiting = null;
+          this.next();
+        }
+      }, 500),
+    );
+  }
+}
+
+export default function (component) {
+  const { data, parentElement, setStateValue, setTriggerValue } = component;
+  let cam = instances.get(parentElement);
+  const api = { setStateValue, setTriggerValue };
+  if (!cam) {
+    cam = new Camera(parentElement, api);
+    instances.set(parentElement, cam);
+  }
+  cam.api = api;
+  cam.update(data || {});
+  cam.gen += 1;
+  const gen = cam.gen;
+  // Streamlit keeps only the last cleanup and runs it when the element goes away; one from a
+  // call overtaken by a newer one can run early, so it acts only if no newer call came.
+  return () => {
+    setTimeout(() => {
+      if (cam.gen === gen && !parentElement.isConnected) cam.destroy();
+    }, 50);
+  };
+}
