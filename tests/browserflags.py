@@ -1,9 +1,19 @@
-"""How the browser walks start Chromium: tests/test_browser.py and bench/classroom.py."""
+"""How the browser walks start the app and Chromium: tests/test_browser.py,
+tests/test_camera_browser.py and bench/classroom.py."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless",
@@ -15,3 +25,49 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_app(workspace: Path, log_path: Path) -> Iterator[str]:
+    """The real app on a free local port, serving the queue with warm workers as for users;
+    its URL while the block runs. Its output goes to ``log_path``."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "TL_STUDIO_HOME": str(workspace),
+        "HF_HUB_OFFLINE": "1",
+        "TL_STUDIO_SERVE": "1",
+        "TL_STUDIO_PREWARM": "1",
+    }
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "streamlit", "run", "app.py"),
+                *("--server.port", str(port), "--server.address", "127.0.0.1"),
+                *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                raise RuntimeError(f"streamlit did not start; see {log_path}")
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)

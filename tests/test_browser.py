@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,21 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browserflags import CHROMIUM, FLAGS
+from browserflags import CHROMIUM, FLAGS, ROOT, serve_app
 from playwright.sync_api import Page, expect, sync_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts"
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
 
 pytestmark = pytest.mark.browser
 expect.set_options(timeout=90_000)  # the first page that touches a model imports torch
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,50 +33,8 @@ def workspace(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory, workspace: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "TL_STUDIO_HOME": str(workspace),
-        "HF_HUB_OFFLINE": "1",
-        "TL_STUDIO_SERVE": "1",  # the server serves the queue with warm workers, as for users
-        "TL_STUDIO_PREWARM": "1",
-    }
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start; see its log")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    with serve_app(workspace, tmp_path_factory.mktemp("log") / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

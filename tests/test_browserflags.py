@@ -20,7 +20,9 @@ def _load(path: Path):
     return module
 
 
-@pytest.mark.parametrize("walk", ["bench/classroom.py", "tests/test_browser.py"])
+@pytest.mark.parametrize(
+    "walk", ["bench/classroom.py", "tests/test_browser.py", "tests/test_camera_browser.py"]
+)
 def test_each_walk_uses_the_one_list_of_flags(walk) -> None:
     module = _load(ROOT / walk)
     assert module.FLAGS is browserflags.FLAGS and module.CHROMIUM == browserflags.CHROMIUM

@@ -14,9 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,10 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browserflags import CHROMIUM, FLAGS
+from browserflags import CHROMIUM, FLAGS, ROOT, serve_app
 from playwright.sync_api import Page, expect, sync_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "camera"
 COPIES = Path(os.environ.get("TL_STUDIO_CAMERA_SHOTS", "/work/shots"))
 CLASSES = ("sun", "stripes", "leaf")
@@ -88,49 +84,11 @@ def write_y4m(path: Path, label: str, seed: int = 0) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory) -> Iterator[str]:
     workspace = tmp_path_factory.mktemp("workspace")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "TL_STUDIO_HOME": str(workspace),
-        "HF_HUB_OFFLINE": "1",
-        "TL_STUDIO_SERVE": "1",
-        "TL_STUDIO_PREWARM": "1",
-    }
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)),
-            *("--server.address", "127.0.0.1", "--server.headless", "true"),
-            *("--browser.gatherUsageStats", "false"),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start; see its log")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=20)
-    log.close()
+    with serve_app(workspace, tmp_path_factory.mktemp("log") / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
