@@ -290,27 +290,26 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     try:
         if spec.params.get("grow"):
             return _grown(spec, dest, upload, progress, started)
-        if way == "demo" and spec.params.get("reuse"):
-            src = folder_source(str(spec.params.get("path") or ""))
-            reused = _reused_import(src, Path(str(spec.params["reuse"])), dest)
-            if reused is not None:
-                n = len(reused.items)
-                ctx.progress(n, n, f"Checking and preparing images: {n:,}/{n:,}")
-                return _imported(reused, dest, started)
+        kept = None
         if way in ("folder", "demo"):
             src = folder_source(str(spec.params.get("path") or ""))
+            if way == "demo" and spec.params.get("reuse"):  # fingerprinted before reading it
+                kept = Path(str(spec.params["reuse"])) / tl_data.source_fingerprint(src)
+                reused = _reused_import(kept, dest)
+                if reused is not None:
+                    n = len(reused.items)
+                    ctx.progress(n, n, f"Checking and preparing images: {n:,}/{n:,}")
+                    return _imported(reused, dest, started)
             if src.is_file():
                 manifest = tl_data.import_zip(src, dest, progress)
             else:
                 manifest = tl_data.import_folder(src, dest, progress)
-        elif not upload.is_dir():
-            raise DataError("The uploaded files are no longer here; upload them again.")
-        elif way == "zip":
-            manifest = tl_data.import_zip(upload / UPLOADED_ZIP, dest, progress)
         else:
-            names = json.loads((upload / UPLOADED_NAMES).read_text(encoding="utf-8"))
-            files = [(str(n), upload / f"{i:06d}") for i, n in enumerate(names)]
-            manifest = tl_data.import_files(files, dest, progress)
+            uploaded = _uploaded(upload, way)
+            if isinstance(uploaded, Path):
+                manifest = tl_data.import_zip(uploaded, dest, progress)
+            else:
+                manifest = tl_data.import_files(uploaded, dest, progress)
     except _Stopped:
         shutil.rmtree(dest, ignore_errors=True)
         return STOPPED
@@ -319,14 +318,21 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         raise
     finally:
         shutil.rmtree(upload, ignore_errors=True)
-    from tl_core.data import neardup
-
-    n = len(manifest.items)
-    ctx.progress(n, n, "Looking for near-duplicate images")
-    neardup.manifest_pairs(manifest)  # found by the import already (its split needs them)
-    if way == "demo" and spec.params.get("reuse"):
-        _keep_for_reuse(manifest, src, Path(str(spec.params["reuse"])))
+    # the import found the near-duplicate pairs already (its split needs them)
+    if kept is not None:
+        _keep_for_reuse(manifest, kept)
     return _imported(manifest, dest, started)
+
+
+def _uploaded(upload: Path, way: str) -> Path | list[tuple[str, Path]]:
+    """What the page saved in the job's upload folder: the .zip, or the files with their
+    names."""
+    if not upload.is_dir():
+        raise DataError("The uploaded files are no longer here; upload them again.")
+    if way == "zip":
+        return upload / UPLOADED_ZIP
+    names = json.loads((upload / UPLOADED_NAMES).read_text(encoding="utf-8"))
+    return [(str(n), upload / f"{i:06d}") for i, n in enumerate(names)]
 
 
 def _grown(
@@ -334,23 +340,16 @@ def _grown(
 ) -> dict[str, Any]:
     """The job's data version (``spec.data_dir``) with the new images added, in ``dest``."""
     from tl_core.data import dataset as tl_data
-    from tl_core.data import neardup
 
     way = str(spec.params.get("way"))
     source: tl_data.GrowSource
     if way == "folder":
         source = folder_source(str(spec.params.get("path") or ""))
-    elif not upload.is_dir():
-        raise DataError("The uploaded files are no longer here; upload them again.")
-    elif way == "zip":
-        source = upload / UPLOADED_ZIP
     else:
-        names = json.loads((upload / UPLOADED_NAMES).read_text(encoding="utf-8"))
-        source = [(str(n), upload / f"{i:06d}") for i, n in enumerate(names)]
+        source = _uploaded(upload, way)
     base = tl_data.DatasetManifest.load(Path(spec.data_dir))
     label = spec.params.get("label")
     growth = tl_data.grow(base, source, dest, str(label) if label else None, progress)
-    neardup.manifest_pairs(growth.manifest)  # found by grow already: read back
     result = _imported(growth.manifest, dest, started)
     return {**result, "summary": growth.summary(), "warnings": list(growth.warnings)}
 
@@ -365,13 +364,12 @@ def _imported(manifest: Any, dest: Path, started: float) -> dict[str, Any]:
     }
 
 
-def _reused_import(src: Path, reuse: Path, dest: Path) -> Any:
-    """The earlier import of the unchanged folder ``src`` kept under ``reuse``, linked into
-    ``dest`` (a class of thirty importing the bundled demo set decodes it once); else None."""
+def _reused_import(kept: Path, dest: Path) -> Any:
+    """The earlier import of the unchanged folder kept in ``kept``, linked into ``dest`` (a
+    class of thirty importing the bundled demo set decodes it once); else None."""
     from tl_core.data import dataset as tl_data
     from tl_core.data import neardup
 
-    kept = reuse / tl_data.source_fingerprint(src)
     try:
         base = tl_data.DatasetManifest.load(kept)
     except DataError:
@@ -383,17 +381,16 @@ def _reused_import(src: Path, reuse: Path, dest: Path) -> Any:
         return None
 
 
-def _keep_for_reuse(manifest: Any, src: Path, reuse: Path) -> None:
-    """Keep a linked copy of a fresh import of ``src`` under ``reuse`` (see _reused_import)."""
+def _keep_for_reuse(manifest: Any, kept: Path) -> None:
+    """Keep a linked copy of a fresh import in ``kept`` (see _reused_import)."""
     from tl_core.data import dataset as tl_data
     from tl_core.data import neardup
 
-    kept = reuse / tl_data.source_fingerprint(src)
     if kept.exists():
         return
-    tmp = reuse / f".{kept.name}-{os.getpid()}-{time.monotonic_ns()}"
+    tmp = kept.parent / f".{kept.name}-{os.getpid()}-{time.monotonic_ns()}"
     try:
-        reuse.mkdir(parents=True, exist_ok=True)
+        kept.parent.mkdir(parents=True, exist_ok=True)
         tl_data.link_import(manifest, tmp, carry=[neardup.CACHE_NAME])
         os.rename(tmp, kept)
     except OSError:  # another import kept it first, or no room: nothing lost
