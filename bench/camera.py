@@ -36,6 +36,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from warm_start import serve_warm  # noqa: E402 - the same warm queue as bench/warm_start.py
+
 from tl_core import service  # noqa: E402
 from tl_core.config import TrainConfig  # noqa: E402
 from tl_core.data.dataset import DatasetManifest, split_dataset  # noqa: E402
@@ -195,14 +197,7 @@ def main() -> int:
         if opts.cold:
             cold = Store(Path(tmp) / "cold")
             out["cold"] = one_case(cold, opts.datasets, opts.frames, overrides)
-        store = Store(Path(tmp) / "warm")
-        started = time.perf_counter()
-        jobs.serve(store, prewarm=True)
-        sup = supervisor.running_here(store.workspace)
-        assert sup is not None
-        while not sup.executor.ready_count():  # type: ignore[attr-defined]
-            time.sleep(0.05)
-        out["worker_warm_up_s"] = round(time.perf_counter() - started, 2)
+        store, out["worker_warm_up_s"] = serve_warm(Path(tmp) / "warm")
         out["warm"] = one_case(store, opts.datasets, opts.frames, overrides)
         out["warm_again"] = one_case(store, opts.datasets, opts.frames, overrides)
         supervisor.shutdown_all()

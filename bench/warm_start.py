@@ -75,6 +75,19 @@ def _head_start(store: Store, project_id: str) -> float:
     return round(time.perf_counter() - started, 2)
 
 
+def serve_warm(workspace: Path) -> tuple[Store, float]:
+    """A store whose queue this process serves, once its warm worker is ready; and the
+    seconds that took."""
+    store = Store(workspace)
+    started = time.perf_counter()
+    jobs.serve(store, prewarm=True)
+    sup = supervisor.running_here(store.workspace)
+    assert sup is not None
+    while not sup.executor.ready_count():  # type: ignore[attr-defined]
+        time.sleep(0.05)
+    return store, round(time.perf_counter() - started, 2)
+
+
 def main() -> None:
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "assets" / "demo" / "fashion_mnist"
     out: dict[str, object] = {"data": str(source)}
@@ -82,14 +95,7 @@ def main() -> None:
         cold_store = Store(Path(tmp) / "cold")
         out["cold"] = _click(cold_store, *_project(cold_store, source))
 
-        store = Store(Path(tmp) / "warm")
-        started = time.perf_counter()
-        jobs.serve(store, prewarm=True)
-        sup = supervisor.running_here(store.workspace)
-        assert sup is not None
-        while not sup.executor.ready_count():  # type: ignore[attr-defined]
-            time.sleep(0.05)
-        out["worker_warm_up_s"] = round(time.perf_counter() - started, 2)
+        store, out["worker_warm_up_s"] = serve_warm(Path(tmp) / "warm")
         project_id, data = _project(store, source)
         out["head_start_s"] = _head_start(store, project_id)
         out["warm"] = _click(store, project_id, data)
