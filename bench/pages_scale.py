@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "app.py"
+APP = ROOT / "studio.py"
 
 
 def _picture(rng: np.random.Generator, colour: np.ndarray, side: int) -> Image.Image:

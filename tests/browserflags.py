@@ -34,9 +34,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_app(workspace: Path, log_path: Path) -> Iterator[str]:
+def serve_app(workspace: Path, log_path: Path, script: str = "app.py") -> Iterator[str]:
     """The real app on a free local port, serving the queue with warm workers as for users;
-    its URL while the block runs. Its output goes to ``log_path``."""
+    its URL while the block runs. Its output goes to ``log_path``. ``script``: "studio.py"
+    serves the pages without the studio's own routes (tl_ui.live_route)."""
     port = free_port()
     env = {
         **os.environ,
@@ -48,7 +49,7 @@ def serve_app(workspace: Path, log_path: Path) -> Iterator[str]:
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "streamlit", "run", "app.py"),
+                *(sys.executable, "-m", "streamlit", "run", script),
                 *("--server.port", str(port), "--server.address", "127.0.0.1"),
                 *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
             ],

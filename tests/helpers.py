@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
+APP = Path(__file__).resolve().parent.parent / "studio.py"
 
 
 def make_shapes(root: Path, per_class: int = 30, size: int = 48, seed: int = 0) -> Path:

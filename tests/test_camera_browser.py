@@ -25,6 +25,8 @@ import pytest
 from browserflags import CHROMIUM, FLAGS, ROOT, serve_app
 from playwright.sync_api import Page, expect, sync_playwright
 
+from tl_ui.live_route import ROUTE
+
 SHOTS = ROOT / "test-artifacts" / "camera"
 COPIES = Path(os.environ.get("TL_STUDIO_CAMERA_SHOTS", "/work/shots"))
 CLASSES = ("sun", "stripes", "leaf")
@@ -225,8 +227,11 @@ def test_record_three_classes_train_and_guess_live(app_url: str, videos) -> None
     results = {}
     for label in CLASSES:
         with camera_page(videos[label], url) as page:
+            asked: list[str] = []  # the live view's frames go to the studio's own route
+            page.on("request", lambda r, a=asked: r.url.endswith(ROUTE) and a.append(r.method))
             _go(page, "Try it")
             seen, rate = _guesses(page, LIVE_S)
+            assert len(asked) >= len(seen) and set(asked) == {"POST"}, (len(asked), len(seen))
             _shot(page, f"cam_live_{label}.png")
         results[label] = {"guesses": len(seen), "rate": rate, "counts": Counter(seen)}
         top, n = Counter(seen).most_common(1)[0]

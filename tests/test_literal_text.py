@@ -85,7 +85,7 @@ def _data_page(tmp_path: Path, monkeypatch, data_dir: Path) -> AppTest:
     store = Store(tmp_path / "ws")
     project = store.create_project()
     store.set_data_dir(project.id, data_dir)
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "studio.py"), default_timeout=120)
     at.query_params["project"] = project.id
     at.run()
     assert not at.exception

@@ -191,7 +191,7 @@ def test_model_page_says_when_the_leaders_are_tied(tmp_path, monkeypatch) -> Non
         status="finished",
         result=json.loads(json.dumps({"ranking": [asdict(r) for r in ranking]})),
     )
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / "studio.py"), default_timeout=120)
     at.query_params["project"] = project.id
     at.run()
     at.switch_page("pages/model.py").run()

@@ -4,6 +4,7 @@ optional access code that guards every page."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from tl_core.data.dataset import MAX_IMPORT_MB
-from tl_ui import access
+from tl_ui import access, live_route
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / ".streamlit" / "config.toml"
@@ -63,7 +65,7 @@ def workspace(tmp_path, monkeypatch) -> Path:
     return tmp_path / "ws"
 
 
-def _app(script: str = "app.py") -> AppTest:
+def _app(script: str = "studio.py") -> AppTest:
     at = AppTest.from_file(str(ROOT / script), default_timeout=120)
     at.run()
     return at
@@ -180,6 +182,12 @@ def test_the_readme_start_command_listens_on_localhost_only(tmp_path) -> None:
             time.sleep(0.3)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=10) as r:
             assert r.read() == b"ok"
+        # the live camera's route is served beside the pages, and refuses a page it did not draw
+        guess = urllib.request.Request(f"http://127.0.0.1:{port}{live_route.ROUTE}", b"x")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(guess, timeout=10)
+        assert refused.value.code == 403
+        assert json.loads(refused.value.read()) == {"error": live_route.EXPIRED}
         other = _other_address()
         if other is not None:
             assert not _reachable(other, port), f"the server answers on {other}"

@@ -8,11 +8,14 @@
 // mode "record": frames are captured at data.fps while recording, queued, and sent in batches
 //   ({seq, label, recording, frames: [base64 JPEG]}) as the trigger "frames"; the next batch
 //   leaves when the server's answer carries data.ack >= seq (one batch in flight at a time).
-// mode "live": one frame ({seq, image}) is sent as the trigger "frame" when the previous
-//   answer (data.answer.seq) came back; the answer's bars and verdict are drawn here.
+// mode "live": one frame at a time, the next when the previous answer came back; the answer's
+//   bars and verdict are drawn here. With data.endpoint (the app was started by app.py) the
+//   frame is POSTed there as a JPEG and the JSON answer needs no rerun; otherwise it is sent
+//   ({seq, image}) as the trigger "frame" and answered in data.answer on the fragment rerun.
 // The state value "camera" says whether the camera works: ready, insecure, denied, none, error.
 
 const instances = new WeakMap();
+const MIN_GAP_MS = 80; // live guesses through the studio's route: at most 12 a second
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -63,6 +66,8 @@ class Camera {
     this.waiting = null; // {seq, sentAt}
     this.answers = []; // times of the last answers (for the rate)
     this.lastShown = null;
+    this.lastAsked = 0;
+    this.noRoute = false; // the server has no live route: frames go as trigger values
     this.build();
     this.start();
   }
@@ -152,16 +157,22 @@ class Camera {
     instances.delete(this.root);
   }
 
-  // One JPEG of the current video picture, at most `side` pixels on its long side, base64.
-  grab(side, quality) {
+  // Draw the current video picture on the canvas, at most `side` pixels on its long side.
+  draw(side) {
     const v = this.video;
-    if (!v.videoWidth || !v.videoHeight) return null;
+    if (!v.videoWidth || !v.videoHeight) return false;
     const scale = Math.min(1, side / Math.max(v.videoWidth, v.videoHeight));
     const w = Math.round(v.videoWidth * scale);
     const h = Math.round(v.videoHeight * scale);
     if (this.canvas.width !== w) this.canvas.width = w;
     if (this.canvas.height !== h) this.canvas.height = h;
     this.canvas.getContext("2d").drawImage(v, 0, 0, w, h);
+    return true;
+  }
+
+  // One JPEG of the current video picture (see draw), base64.
+  grab(side, quality) {
+    if (!this.draw(side)) return null;
     const url = this.canvas.toDataURL("image/jpeg", quality);
     return url.slice(url.indexOf(",") + 1);
   }
@@ -324,6 +335,10 @@ class Camera {
   next() {
     if (this.data.mode !== "live" || this.paused || this.status !== "ready") return;
     if (this.waiting && Date.now() - this.waiting.sentAt < 6000) return;
+    if (this.data.endpoint && !this.noRoute) {
+      this.ask();
+      return;
+    }
     const image = this.grab(Number(this.data.side) || 320, 0.8);
     if (!image) {
       setTimeout(() => this.next(), 100);
@@ -334,23 +349,76 @@ class Camera {
     this.api.setTriggerValue("frame", { id: this.id, seq: this.seq, image });
   }
 
-  onLiveData() {
-    const answer = this.data.answer;
-    const key = answer ? `${answer.id}:${answer.seq}` : null;
-    if (answer && key !== this.lastShown) {
-      this.lastShown = key;
-      this.answered = (this.answered || 0) + 1;
-      this.verdict.setAttribute("data-n", String(this.answered));
-      this.drawAnswer(answer);
-      const now = performance.now();
-      this.answers.push(now);
-      while (this.answers.length && now - this.answers[0] > 3000) this.answers.shift();
+  // The studio's live route (app.py): the frame as a JPEG body, the answer as JSON, no rerun.
+  // A server without the route (404, 405) gets frames as trigger values from then on.
+  async ask() {
+    this.seq += 1;
+    const seq = this.seq;
+    this.waiting = { seq, sentAt: Date.now() };
+    const blob = await this.grabBlob(Number(this.data.side) || 320, 0.8);
+    if (!blob) {
+      this.waiting = null;
+      setTimeout(() => this.next(), 100);
+      return;
     }
+    let answer;
+    let again = true;
+    try {
+      const res = await fetch(this.data.endpoint, {
+        method: "POST",
+        body: blob,
+        credentials: "same-origin",
+        cache: "no-store",
+        headers: { "Content-Type": "image/jpeg", [this.data.header]: this.data.token },
+      });
+      if (res.status === 404 || res.status === 405) this.noRoute = true;
+      else answer = await res.json();
+      // an expired token waits for the page to draw the view again (new data, a new grant)
+      if (res.status === 403) again = false;
+    } catch (_err) {
+      answer = { error: "The server did not answer; trying again." };
+    }
+    if (!this.waiting || this.waiting.seq !== seq) return; // overtaken (timed out)
+    this.waiting = null;
+    if (answer) this.show({ ...answer, id: this.id, seq });
+    if (!again) return;
+    // at most one frame every MIN_GAP_MS: the bars move smoothly and the server keeps room
+    const wait = answer && answer.error ? 500 : Math.max(0, MIN_GAP_MS - (performance.now() - this.lastAsked));
+    this.lastAsked = performance.now() + wait;
+    setTimeout(() => this.next(), wait);
+  }
+
+  // One JPEG Blob of the current video picture (see grab), or null before the first picture.
+  grabBlob(side, quality) {
+    if (!this.draw(side)) return Promise.resolve(null);
+    return new Promise((resolve) => this.canvas.toBlob(resolve, "image/jpeg", quality));
+  }
+
+  // A new answer: the bars, the verdict and the rate of the last three seconds.
+  show(answer) {
+    const key = `${answer.id}:${answer.seq}`;
+    if (key === this.lastShown) return;
+    this.lastShown = key;
+    this.answered = (this.answered || 0) + 1;
+    this.verdict.setAttribute("data-n", String(this.answered));
+    this.drawAnswer(answer);
+    const now = performance.now();
+    this.answers.push(now);
+    while (this.answers.length && now - this.answers[0] > 3000) this.answers.shift();
     if (this.answers.length >= 2) {
       const span = (this.answers[this.answers.length - 1] - this.answers[0]) / 1000;
       const rate = span > 0 ? (this.answers.length - 1) / span : 0;
       this.rate.textContent = `${rate.toFixed(1)} guesses per second`;
       this.rate.setAttribute("data-rate", rate.toFixed(2));
+    }
+  }
+
+  onLiveData() {
+    const answer = this.data.answer;
+    if (answer) this.show(answer);
+    if (this.data.endpoint && !this.noRoute) {
+      if (!this.waiting) this.next();
+      return;
     }
     if (this.waiting && answer && answer.id === this.id && answer.seq === this.waiting.seq) {
       this.waiting = null;

@@ -1,0 +1,44 @@
+"""Transfer Learning Studio's pages: navigation, sidebar, page config (served by app.py)."""
+
+import streamlit as st
+
+from tl_core.runs.store import StoreDamagedError
+from tl_ui.access import require_access_code
+from tl_ui.session import active_project, get_store, repaired_notice, sidebar, store_trouble
+
+
+def run() -> None:
+    st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧠", layout="wide")
+    require_access_code()  # when a code is set, nothing runs until it is given
+    try:
+        get_store()
+    except StoreDamagedError as exc:  # one page instead of the studio: what is wrong, a way on
+        error = exc
+
+        def trouble() -> None:
+            store_trouble(error)
+
+        st.navigation(
+            [st.Page(trouble, title="Repair", url_path="repair")], position="hidden"
+        ).run()
+        return
+    pages = [
+        st.Page(
+            "pages/data.py", title="1. Your images", icon=":material/photo_library:", default=True
+        ),
+        st.Page("pages/model.py", title="2. Choose a model", icon=":material/neurology:"),
+        st.Page("pages/train.py", title="3. Train", icon=":material/model_training:"),
+        st.Page("pages/evaluate.py", title="4. Evaluate", icon=":material/insights:"),
+        st.Page("pages/try_it.py", title="5. Try it", icon=":material/photo_camera:"),
+        st.Page("pages/export.py", title="6. Export", icon=":material/download:"),
+    ]
+    nav = st.navigation(pages)
+    repaired_notice()
+    try:
+        sidebar(active_project())
+        nav.run()
+    except StoreDamagedError as exc:  # damage found while the page was being drawn
+        store_trouble(exc)
+
+
+run()

@@ -1,0 +1,201 @@
+"""The live camera's own route (tl_ui.live_route) on a real server: a granted live view gets
+each frame's bars as JSON, anything else is refused in one sentence; app.py serves it."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from helpers import app_test, make_shapes
+from PIL import Image
+from starlette.applications import Starlette
+
+from tl_core.data.dataset import import_folder
+from tl_ui import live_route
+from tl_ui.camera import MAX_FRAME_BYTES
+from tl_ui.liveguess import TOKEN, answer_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A one-epoch head-only run on three tiny generated classes."""
+    from tl_core.data.dataset import split_dataset
+    from tl_core.training.engine import TrainConfig, fit
+
+    root = tmp_path_factory.mktemp("live")
+    manifest = import_folder(make_shapes(root / "src", per_class=12), root / "data")
+    cfg = TrainConfig(model="efficientnet_lite0", epochs=1, trainable_groups=0, batch_size=16)
+    fit(cfg, split_dataset(manifest), manifest.root, manifest.classes, root / "run")
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[int]:
+    """The route on a real uvicorn server (a free port, its own thread): the port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = Starlette(routes=live_route.routes())
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.05)
+    yield port
+    srv.should_exit = srv.force_exit = True
+    thread.join(10)
+
+
+def _jpeg(src: Path) -> bytes:
+    out = io.BytesIO()
+    Image.open(src).convert("RGB").resize((320, 240)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def _post(port: int, body: bytes, token: str | None, chunked: bool = False) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "image/jpeg"}
+    if token is not None:
+        headers[live_route.TOKEN_HEADER] = token
+    if chunked:  # no Content-Length: the size is known only while reading
+        conn.putrequest("POST", live_route.ROUTE)
+        for k, v in {**headers, "Transfer-Encoding": "chunked"}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        for k in range(0, len(body), 65536):
+            piece = body[k : k + 65536]
+            conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+    else:
+        conn.request("POST", live_route.ROUTE, body=body, headers=headers)
+    res = conn.getresponse()
+    status, payload = res.status, json.loads(res.read() or b"{}")
+    conn.close()
+    return status, payload
+
+
+@pytest.fixture
+def picture(run_dir) -> bytes:
+    return _jpeg(next((run_dir.parent / "data").rglob("*.png")))
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.6, 1.0])
+def test_a_granted_view_gets_the_same_answer_as_through_a_rerun(
+    server, run_dir, picture, threshold
+) -> None:
+    import base64
+
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, threshold)
+    status, answer = _post(server, picture, token)
+    assert status == 200 and "error" not in answer
+    rerun = answer_frame(
+        {"id": "x", "seq": 1, "image": base64.b64encode(picture).decode()},
+        str(run_dir),
+        1.0,
+        threshold,
+    )["answer"]
+    assert answer["bars"] == rerun["bars"] and answer["verdict"] == rerun["verdict"]
+    probs = [p for _, p in answer["bars"]]
+    assert probs == sorted(probs, reverse=True) and len(probs) == 3
+    assert answer["sure"] == (probs[0] >= threshold) and answer["threshold"] == threshold
+
+
+def test_a_new_grant_for_the_same_view_changes_its_answers(server, run_dir, picture) -> None:
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.0)
+    assert _post(server, picture, token)[1]["sure"] is True
+    live_route.grant(token, str(run_dir), 1.0, 1.01)  # the user moved the threshold
+    _, answer = _post(server, picture, token)
+    assert answer["sure"] is False and answer["verdict"].startswith("Not sure")
+
+
+@pytest.mark.parametrize("token", [None, "", "made-up-token"])
+def test_a_view_the_studio_did_not_draw_is_refused(server, picture, token) -> None:
+    status, answer = _post(server, picture, token)
+    assert status == 403 and answer == {"error": live_route.EXPIRED}
+
+
+def test_a_view_unused_for_too_long_is_forgotten(server, run_dir, picture, monkeypatch) -> None:
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.5)
+    assert _post(server, picture, token)[0] == 200
+    now = time.monotonic()
+    monkeypatch.setattr(live_route.time, "monotonic", lambda: now + live_route.IDLE_S + 1)
+    assert _post(server, picture, token)[0] == 403
+    monkeypatch.undo()
+    assert _post(server, picture, token)[0] == 403  # gone for good, not only late
+
+
+def test_only_the_latest_views_are_kept(run_dir, monkeypatch) -> None:
+    monkeypatch.setattr(live_route, "MAX_GRANTS", 3)
+    tokens = [live_route.new_token() for _ in range(5)]
+    for t in tokens:
+        live_route.grant(t, str(run_dir), 1.0, 0.5)
+    kept = [t for t in tokens if live_route._granted(t) is not None]
+    assert kept == tokens[-3:]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_more_than_one_frame_is_refused_before_it_is_read(server, run_dir, chunked) -> None:
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.5)
+    status, answer = _post(server, b"\xff" * (MAX_FRAME_BYTES + 1), token, chunked=chunked)
+    assert status == 413 and answer == {"error": live_route.TOO_BIG}
+
+
+@pytest.mark.parametrize("body", [b"", b"GIF89a not really", b"\x00" * 1000])
+def test_what_is_not_a_picture_is_answered_in_words(server, run_dir, body) -> None:
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.5)
+    status, answer = _post(server, body, token)
+    assert status == 200 and answer["error"] and "bars" not in answer
+
+
+def test_app_py_serves_the_route_beside_the_pages() -> None:
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    found = discover_asgi_app(ROOT / "app.py")
+    assert found.is_asgi_app and found.import_string == "app:app"
+
+
+@pytest.mark.parametrize("served", [False, True])
+def test_the_live_view_is_granted_only_where_the_route_is_served(
+    workspace, run_dir, monkeypatch, served
+) -> None:
+    import shutil
+    from dataclasses import asdict
+
+    from tl_core.config import TrainConfig
+    from tl_core.runs.store import Store
+
+    monkeypatch.setattr(live_route, "_MOUNTED", served)
+    store = Store(workspace)
+    project = store.create_project()
+    store.set_data_dir(project.id, run_dir.parent / "data")
+    cfg = TrainConfig(model="efficientnet_lite0", epochs=1)
+    run = store.create_run(project.id, asdict(cfg), run_dir.parent / "data")
+    shutil.copytree(run_dir, run.run_dir, dirs_exist_ok=True)
+    store.update_run(run.id, status="finished", result={"val_accuracy": 1.0})
+    at = app_test("pages/try_it.py", project.id, 120)
+    assert not at.exception
+    if not served:
+        assert TOKEN not in at.session_state  # frames go as trigger values
+        return
+    token = at.session_state[TOKEN]
+    found = live_route._granted(token)
+    assert found is not None and Path(found.run_dir) == Path(run.run_dir)
+    at.run()  # a rerun keeps the same view, and its grant
+    assert at.session_state[TOKEN] == token and live_route._granted(token) is not None
