@@ -76,9 +76,10 @@ def _show_verdict(run: Run) -> bool:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _heat(run_dir: str, image: str, target: int) -> Image.Image:
+    model = trained_model(run_dir)  # the model's modules first, one importer at a time
     from tl_core.analysis.gradcam import heatmap, overlay
 
-    return overlay(heatmap(trained_model(run_dir), Path(image), target_class=target))
+    return overlay(heatmap(model, Path(image), target_class=target))
 
 
 def _frozen_accuracy(project: Project, run: Run) -> float | None:

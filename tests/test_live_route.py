@@ -199,3 +199,47 @@ def test_the_live_view_is_granted_only_where_the_route_is_served(
     assert found is not None and Path(found.run_dir) == Path(run.run_dir)
     at.run()  # a rerun keeps the same view, and its grant
     assert at.session_state[TOKEN] == token and live_route._granted(token) is not None
+
+
+STACK_SCRIPT = """
+import sys
+from pathlib import Path
+
+from tl_ui.session import import_model_stack
+
+heavy = ("torch", "torchvision", "timm")
+import_model_stack()
+before = {m for m in sys.modules if m.split(".")[0] in heavy}
+from tl_core.analysis.evaluation import load_model_checked
+from tl_core.analysis.gradcam import heatmap
+from tl_core.models.device import one_thread
+
+run = Path(sys.argv[1])
+model = load_model_checked(run)
+picture = next((run.parent / "data").rglob("*.png"))
+with one_thread():
+    model.predict([picture.read_bytes()])
+heatmap(model, picture, target_class=0)
+after = {m for m in sys.modules if m.split(".")[0] in heavy}
+print(sorted(after - before))
+"""
+
+
+def test_the_model_stack_holds_every_module_the_server_uses_for_a_model(run_dir) -> None:
+    """Pages and the live route use models only after import_model_stack(), whose lock keeps
+    two threads from importing torchvision at once (one would get a half-imported module):
+    nothing of torch, torchvision or timm may be imported after it, outside the lock."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", STACK_SCRIPT, str(run_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

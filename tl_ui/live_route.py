@@ -90,10 +90,11 @@ def answer_image(
     """Bars and verdict for one picture from the camera, or ``error``: one sentence."""
     if not data:
         return {"threshold": threshold, "error": NOT_A_PICTURE}
-    from tl_core.models.device import one_thread
     from tl_ui.runs import trained_model
 
-    model = trained_model(run_dir)
+    model = trained_model(run_dir)  # torch and the rest come with it, one importer at a time
+    from tl_core.models.device import one_thread
+
     try:  # one picture: one thread is as fast alone and far steadier beside other work
         with _PREDICT, one_thread():
             probs = model.predict([data], temperature=temperature)[0]

@@ -13,7 +13,7 @@ from tl_core.analysis.advice import depth_label
 from tl_core.config import TrainConfig
 from tl_core.models import catalog
 from tl_core.runs.store import Project, Run
-from tl_ui.session import active_project, get_store
+from tl_ui.session import active_project, get_store, import_model_stack
 
 if TYPE_CHECKING:
     from tl_core.training.inference import TrainedModel
@@ -67,6 +67,7 @@ def trained_model(run_dir: str) -> TrainedModel:
 
     Raises ModelLoadError (one sentence) when best.pt is damaged or not this app's.
     """
+    import_model_stack()  # not beside the start-up's background import (see there)
     from tl_core.analysis.evaluation import load_model_checked
 
     return load_model_checked(Path(run_dir))

@@ -50,6 +50,28 @@ def get_store() -> Store:
 
 
 _prewarmed = threading.Event()
+_STACK = threading.Lock()
+# The engine's modules this process may use: torch, torchvision and timm come with them
+# (and what torch.load imports only when it first reads a checkpoint).
+MODEL_STACK = (
+    "tl_core.models.freezing",
+    "tl_core.training.inference",
+    "tl_core.analysis.gradcam",
+    "torch.utils.serialization",
+)
+
+
+def import_model_stack() -> None:
+    """Import torch, torchvision and timm (with :data:`MODEL_STACK`), one thread at a time.
+
+    Two threads importing them at once (the start-up's background import and a page opening
+    a model) can each hold a module the other is waiting for; Python then breaks the cycle
+    by handing one of them a half-initialised torchvision ("cannot import name ... from
+    partially initialized module"). Every use of a model in this process comes through here
+    first; once imported, this is a dictionary lookup per module."""
+    with _STACK:
+        for name in MODEL_STACK:
+            importlib.import_module(name)
 
 
 def _prewarm_pages() -> None:
@@ -62,7 +84,7 @@ def _prewarm_pages() -> None:
 
     def warm() -> None:
         with contextlib.suppress(Exception):  # the page says what is wrong, if anything
-            importlib.import_module("tl_core.models.freezing")  # torch and timm
+            import_model_stack()
 
     threading.Thread(target=warm, name="tl-studio-prewarm-pages", daemon=True).start()
 
