@@ -1,11 +1,14 @@
 """Transfer Learning Studio: ``streamlit run app.py``.
 
 The server: Streamlit's app (the pages of ``studio.py``) plus one route of the studio's own,
-the live camera's guesses (:mod:`tl_ui.live_route`), which answer a frame without a rerun.
+the live camera's guesses (:mod:`tl_ui.live_route`), which answer a frame without a rerun,
+and a start-up step that lets small answers leave without delay (:mod:`tl_ui.server`).
 """
 
 import streamlit as st
 
 from tl_ui.live_route import routes
+from tl_ui.server import lifespan, navigation_only
 
-app = st.App("studio.py", routes=routes())
+navigation_only()
+app = st.App("studio.py", routes=routes(), lifespan=lifespan)
