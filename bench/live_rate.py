@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browserflags import CHROMIUM, FLAGS, serve_app  # noqa: E402 - the browser walks' own
+from browserflags import CHROMIUM, camera_browser, serve_app  # noqa: E402 - the browser walks' own
 
 from tl_core.config import TrainConfig  # noqa: E402
 from tl_core.data.dataset import import_folder, split_dataset  # noqa: E402
@@ -111,19 +111,9 @@ def in_browser(
 ) -> tuple[dict, str | None]:
     """Guesses a second the Try page's live view shows, counted in the page, and its token
     for the route (None: it sent its frames as trigger values)."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    flags = [
-        *FLAGS,
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={video}",
-    ]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
-        context = browser.new_context(viewport={"width": 1300, "height": 1000})
-        context.grant_permissions(["camera"], origin=url)
-        page = context.new_page()
+    with camera_browser(video, url, height=1000) as page:
         tokens: list[str] = []  # the live view's token, from its requests to the route
 
         def seen(request: Any) -> None:
@@ -141,7 +131,6 @@ def in_browser(
         shown = page.get_by_test_id("tlcam-rate").get_attribute("data-rate")
         if shot:
             page.screenshot(path=shot, full_page=True)
-        browser.close()
     said = {"guesses": n1 - n0, "per_s": round((n1 - n0) / (t1 - t0), 2), "page_says": shown}
     return said, (tokens[0] if tokens else None)
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -72,3 +73,26 @@ def serve_app(workspace: Path, log_path: Path, script: str = "app.py") -> Iterat
         finally:
             proc.terminate()
             proc.wait(timeout=20)
+
+
+@contextmanager
+def camera_browser(video: Path, url: str, height: int = 1100) -> Iterator[Any]:
+    """A new page of a fresh Chromium whose fake camera plays ``video`` (a .y4m file), the
+    camera allowed for ``url``'s address; the browser closes when the block ends."""
+    from playwright.sync_api import sync_playwright
+
+    flags = [
+        *FLAGS,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={video}",
+    ]
+    origin = "/".join(url.split("/")[:3])
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            context = browser.new_context(viewport={"width": 1300, "height": height})
+            context.grant_permissions(["camera"], origin=origin)
+            yield context.new_page()
+        finally:
+            browser.close()

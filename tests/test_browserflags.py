@@ -21,11 +21,19 @@ def _load(path: Path):
 
 
 @pytest.mark.parametrize(
-    "walk", ["bench/classroom.py", "tests/test_browser.py", "tests/test_camera_browser.py"]
+    "walk, uses",
+    [
+        ("bench/classroom.py", "FLAGS"),
+        ("tests/test_browser.py", "FLAGS"),
+        ("tests/test_deep_link_browser.py", "FLAGS"),
+        ("tests/test_camera_browser.py", "camera_browser"),  # the flags and the fake camera
+        ("bench/live_rate.py", "camera_browser"),
+    ],
 )
-def test_each_walk_uses_the_one_list_of_flags(walk) -> None:
+def test_each_walk_uses_the_one_list_of_flags(walk, uses) -> None:
     module = _load(ROOT / walk)
-    assert module.FLAGS is browserflags.FLAGS and module.CHROMIUM == browserflags.CHROMIUM
+    assert getattr(module, uses) is getattr(browserflags, uses)
+    assert module.CHROMIUM == browserflags.CHROMIUM
 
 
 def test_no_other_file_spells_the_flags_out() -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browserflags import CHROMIUM, FLAGS, ROOT, serve_app
-from playwright.sync_api import Page, expect, sync_playwright
+from browserflags import CHROMIUM, ROOT, camera_browser, serve_app
+from playwright.sync_api import Page, expect
 
 from tl_ui.live_route import ROUTE
 
@@ -102,17 +102,7 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 @contextmanager
 def camera_page(video: Path, url: str) -> Iterator[Page]:
     """A fresh Chromium whose camera plays ``video``, on ``url``, with the camera allowed."""
-    flags = [
-        *FLAGS,
-        "--use-fake-device-for-media-stream",
-        "--use-fake-ui-for-media-stream",
-        f"--use-file-for-fake-video-capture={video}",
-    ]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
-        context = browser.new_context(viewport={"width": 1300, "height": 1100})
-        context.grant_permissions(["camera"], origin=url.split("/?")[0])
-        page = context.new_page()
+    with camera_browser(video, url) as page:
         page.set_default_timeout(60_000)
         page.goto(url)
         try:
@@ -120,8 +110,6 @@ def camera_page(video: Path, url: str) -> Iterator[Page]:
         except BaseException:
             page.screenshot(path=SHOTS / "failed.png", full_page=True)  # what the page said
             raise
-        finally:
-            browser.close()
 
 
 def _idle(page: Page) -> None:
