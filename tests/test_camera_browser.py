@@ -141,14 +141,35 @@ def _record(page: Page, label: str) -> int:
     page.get_by_role("button", name="Add class").click()
     expect(_count(page, label)).to_have_text("0")
     _idle(page)
-    page.get_by_text("Camera on").click()
-    expect(page.get_by_test_id("tlcam-info")).to_contain_text(f"Shots go into '{label}'")
+    _camera_on(page, label)
     page.get_by_test_id("tlcam-toggle").click()
     time.sleep(RECORD_S)
     page.get_by_test_id("tlcam-toggle").click()
     expect(page.get_by_test_id("tlcam-info")).not_to_contain_text("on the way", timeout=30_000)
     _idle(page)
     return int(_count(page, label).inner_text())
+
+
+def _camera_on(page: Page, label: str) -> None:
+    """Switch the panel's camera on and wait until it is ready for ``label``. Once (a
+    fresh-clone CI run, the machine loaded) the switch was seen back off a moment after the
+    camera had started: the switch is pressed again then, as a user would, and said."""
+    toggle = page.get_by_test_id("tlcam-toggle")
+    for press in range(3):
+        if not toggle.is_visible():
+            page.get_by_text("Camera on").click()
+        try:
+            expect(page.get_by_test_id("tlcam-info")).to_contain_text(
+                f"Shots go into '{label}'", timeout=30_000
+            )
+            _idle(page)
+        except AssertionError:
+            continue
+        if toggle.is_visible():
+            if press:
+                print(f"camera switch for '{label}' pressed {press + 1} times")
+            return
+    expect(toggle).to_be_visible()
 
 
 def _count(page: Page, label: str):
