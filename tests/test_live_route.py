@@ -164,6 +164,28 @@ def test_what_is_not_a_picture_is_answered_in_words(server, run_dir, body) -> No
     assert status == 200 and answer["error"] and "bars" not in answer
 
 
+@pytest.mark.parametrize("damage", ["removed", "not_a_checkpoint"])
+def test_a_run_gone_since_the_view_was_drawn_is_answered_in_words(
+    server, run_dir, picture, tmp_path, damage
+) -> None:
+    import shutil
+
+    import streamlit as st
+
+    gone = tmp_path / "run"
+    shutil.copytree(run_dir, gone)
+    if damage == "removed":
+        shutil.rmtree(gone)
+    else:
+        (gone / "best.pt").write_bytes(b"not a checkpoint")
+    st.cache_resource.clear()
+    token = live_route.new_token()
+    live_route.grant(token, str(gone), 1.0, 0.5)
+    status, answer = _post(server, picture, token)
+    assert status == 200 and answer["error"] and "bars" not in answer
+    assert "\n" not in answer["error"] and "Traceback" not in answer["error"]
+
+
 def test_app_py_serves_the_route_beside_the_pages() -> None:
     from streamlit.web.server.app_discovery import discover_asgi_app
 

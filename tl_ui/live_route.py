@@ -92,10 +92,11 @@ def answer_image(
         return {"threshold": threshold, "error": NOT_A_PICTURE}
     from tl_ui.runs import trained_model
 
-    model = trained_model(run_dir)  # torch and the rest come with it, one importer at a time
-    from tl_core.models.device import one_thread
+    try:  # a run deleted or damaged since the view was drawn: one sentence, like a bad frame
+        model = trained_model(run_dir)  # torch and the rest come with it, one importer at a time
+        from tl_core.models.device import one_thread
 
-    try:  # one picture: one thread is as fast alone and far steadier beside other work
+        # one picture: one thread is as fast alone and far steadier beside other work
         with _PREDICT, one_thread():
             probs = model.predict([data], temperature=temperature)[0]
     except StudioError as exc:
