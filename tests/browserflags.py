@@ -34,6 +34,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_listening(proc: subprocess.Popen, port: int, log_path: Path) -> None:
+    """Until the app started as ``proc`` accepts connections on ``port`` (60 s at most);
+    AssertionError with its log when it exits or does not start."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, f"streamlit did not start: {log_path.read_text()}"
+            time.sleep(0.3)
+
+
 @contextmanager
 def serve_app(workspace: Path, log_path: Path, script: str = "app.py") -> Iterator[str]:
     """The real app on a free local port, serving the queue with warm workers as for users;
@@ -60,15 +74,7 @@ def serve_app(workspace: Path, log_path: Path, script: str = "app.py") -> Iterat
             stderr=subprocess.STDOUT,
         )
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            else:
-                raise RuntimeError(f"streamlit did not start; see {log_path}")
+            wait_until_listening(proc, port, log_path)
             yield f"http://127.0.0.1:{port}"
         finally:
             proc.terminate()

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+from browserflags import free_port, wait_until_listening
 from streamlit.testing.v1 import AppTest
 
 from tl_core.data.dataset import MAX_IMPORT_MB
@@ -132,12 +132,6 @@ def test_code_matches_compares_exactly() -> None:
 # ------------------------------------------------------------------------------- the server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _other_address() -> str | None:
     """A non-loopback IPv4 address of this machine, or None when it has none."""
     candidates: list[str] = []
@@ -161,7 +155,7 @@ def _reachable(host: str, port: int) -> bool:
 
 
 def test_the_readme_start_command_listens_on_localhost_only(tmp_path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != access.ENV}
     env |= {"TL_STUDIO_HOME": str(tmp_path / "ws"), "HF_HUB_OFFLINE": "1"}
     log = tmp_path / "streamlit.log"
@@ -175,11 +169,7 @@ def test_the_readme_start_command_listens_on_localhost_only(tmp_path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 60
-        while not _reachable("127.0.0.1", port):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.3)
+        wait_until_listening(proc, port, log)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=10) as r:
             assert r.read() == b"ok"
         # the live camera's route is served beside the pages, and refuses a page it did not draw
