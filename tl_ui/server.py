@@ -19,17 +19,23 @@ Linux for every answer after a connection's first, measured on ``/_stcore/health
 then 41.7, 44.0, 44.0 ms). A live guess takes 30 ms to compute, so that wait more than
 doubled its round trip. Accepted sockets inherit ``TCP_NODELAY`` from the listening socket,
 so :func:`lifespan` sets it there once, before the first connection.
+
+The server imports torch, torchvision and timm once at start (``tl_ui.session``); with them
+Python's collector tracks about 437,000 objects, and one full collection walks them all
+(0.3 s here). None of them is ever garbage: :func:`freeze_startup_objects` moves them out of
+the collector's sight (``gc.freeze``), so a full collection walks only what came later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["lifespan", "navigation_only", "no_delay_on_listeners"]
+__all__ = ["freeze_startup_objects", "lifespan", "navigation_only", "no_delay_on_listeners"]
 
 
 def navigation_only() -> None:
@@ -38,6 +44,14 @@ def navigation_only() -> None:
     from streamlit.runtime.pages_manager import PagesManager
 
     PagesManager.uses_pages_directory = False
+
+
+def freeze_startup_objects() -> int:
+    """Collect once, then have the collector ignore every object alive now (the imported
+    modules and what they built); how many it froze."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _open_fds() -> list[int]:

@@ -18,6 +18,7 @@ from tl_core.models.catalog import get_spec
 from tl_core.runs import jobs
 from tl_core.runs.store import Project, Run, Store, StoreDamagedError, repair
 from tl_ui.access import require_access_code
+from tl_ui.server import freeze_startup_objects
 
 _KEY = "studio"
 DONE = ":material/check_circle:"
@@ -85,6 +86,7 @@ def _prewarm_pages() -> None:
     def warm() -> None:
         with contextlib.suppress(Exception):  # the page says what is wrong, if anything
             import_model_stack()
+        freeze_startup_objects()  # later full collections skip what the imports built
 
     threading.Thread(target=warm, name="tl-studio-prewarm-pages", daemon=True).start()
 
