@@ -14,8 +14,12 @@ server runs every job (the app serves the queue; a pump from another process lea
 it). Beside them, a plain HTTP prober hits ``/_stcore/health`` every 0.5 s.
 
 For browsers, "click answered" is the time from a click to the page showing its effect (the
-next element the walk waits for). Prints one JSON object (per student and totals) and exits
-non-zero when a student failed or never saw its run finish.
+next element the walk waits for). It is split in three from the page's own WebSocket frames
+(Streamlit's messages): the browser's part before its request leaves (``request_s``: the
+click's event, the page's code), the server's (``server_s``: from that request until the
+server's "script finished" arrives), and the rest, drawing the answer (``draw_s``). Prints
+one JSON object (per student and totals) and exits non-zero when a student failed or never
+saw its run finish.
 """
 
 from __future__ import annotations
@@ -69,6 +73,55 @@ def _stats(values: list[float]) -> dict[str, float | None]:
 # --- one browser student (its own process) ------------------------------------------------
 
 
+class FrameLog:
+    """When each of a page's own requests left it (a rerun the user asked for, not a
+    fragment's timed one) and when each "script finished" came back, read from the page's
+    WebSocket frames (Streamlit's BackMsg and ForwardMsg)."""
+
+    def __init__(self, page: Any) -> None:
+        self.requests: list[float] = []
+        self.finished: list[float] = []
+        page.on("websocket", self._watch)
+
+    def _watch(self, ws: Any) -> None:
+        ws.on("framesent", self._sent)
+        ws.on("framereceived", self._received)
+
+    def _sent(self, payload: Any) -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        now = time.perf_counter()
+        with contextlib.suppress(Exception):  # not one of Streamlit's messages
+            msg = BackMsg.FromString(payload)
+            if msg.WhichOneof("type") == "rerun_script" and not msg.rerun_script.is_auto_rerun:
+                self.requests.append(now)
+
+    def _received(self, payload: Any) -> None:
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        now = time.perf_counter()
+        with contextlib.suppress(Exception):
+            msg = ForwardMsg.FromString(payload)
+            if msg.WhichOneof("type") == "script_finished" and msg.script_finished in (
+                ForwardMsg.FINISHED_SUCCESSFULLY,
+                ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY,
+            ):
+                self.finished.append(now)
+
+    def split(self, clicked: float, shown: float) -> dict[str, float]:
+        """The click's time in parts: before its request left, the server's, the drawing."""
+        sent = next((t for t in self.requests if clicked <= t <= shown), None)
+        if sent is None:  # answered without asking the server (a panel opened in the page)
+            return {}
+        done = next((t for t in self.finished if t >= sent), shown)
+        done = min(done, shown)
+        return {
+            "request_s": round(sent - clicked, 2),
+            "server_s": round(done - sent, 2),
+            "draw_s": round(shown - done, 2),
+        }
+
+
 def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
     """Walk the real pages in Chromium: demo set, head start, 2 epochs head only, result."""
     from playwright.sync_api import expect, sync_playwright
@@ -85,8 +138,8 @@ def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
         t = time.perf_counter()
         target.click()
         expect(answer.first).to_be_visible(timeout=left_ms())
-        took = time.perf_counter() - t
-        clicks.append({"click": name, "answered_s": round(took, 2)})
+        shown = time.perf_counter()
+        clicks.append({"click": name, "answered_s": round(shown - t, 2), **frames.split(t, shown)})
         return t
 
     def idle(pg: Any) -> None:
@@ -96,6 +149,7 @@ def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
             pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+            frames = FrameLog(pg)
             pg.set_default_timeout(60_000)
             main = pg.get_by_test_id("stMain")
             pg.goto(url)
@@ -154,8 +208,10 @@ def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
                     epochs.fill(str(EPOCHS))
                     save.click()
                     out["save_presses"] += 1
+            shown = time.perf_counter()
             clicks.append(
-                {"click": "Save settings", "answered_s": round(time.perf_counter() - t, 2)}
+                {"click": "Save settings", "answered_s": round(shown - t, 2)}
+                | frames.split(t, shown)
             )
             idle(pg)
 
@@ -566,6 +622,9 @@ def _saw_no_place(s: dict[str, Any]) -> bool:
 def _totals(students: list[dict[str, Any]], sampler: Sampler) -> dict[str, Any]:
     clicks = [c["answered_s"] for s in students for c in s.get("clicks", [])]
 
+    def part(key: str) -> dict[str, float | None]:
+        return _stats([c[key] for s in students for c in s.get("clicks", []) if key in c])
+
     def each(key: str) -> list[float]:
         return [s[key] for s in students if s.get(key) is not None]
 
@@ -578,6 +637,7 @@ def _totals(students: list[dict[str, Any]], sampler: Sampler) -> dict[str, Any]:
         "click_answered_s": _stats(clicks),
         "clicks": len(clicks),
         "clicks_over_2s": sum(c > SLOW_CLICK_S for c in clicks),
+        "click_parts_s": {k: part(k) for k in ("request_s", "server_s", "draw_s")},
         "students_who_saw_a_queue_place": sum(
             bool(s.get("queue") or s.get("head_start_queue")) for s in students
         ),
