@@ -11,7 +11,10 @@ others are simulated in one separate process that does what a page does through 
 of the server's workspace: create the project, import the demo set, submit the jobs and
 poll the store every 0.5 s, recording the queue place and estimated wait it would show. The
 server runs every job (the app serves the queue; a pump from another process leaves jobs to
-it). Beside them, a plain HTTP prober hits ``/_stcore/health`` every 0.5 s.
+it). Beside them, a plain HTTP prober hits ``/_stcore/health`` every 0.5 s. In a classroom
+each browser runs on its own computer; here the real browsers share the cores with the
+class, so the server (its workers further down) and the simulated students run
+``--class-nice`` levels (default 5) below them.
 
 For browsers, "click answered" is the time from a click to the page showing its effect (the
 next element the walk waits for). It is split in three from the page's own WebSocket frames
@@ -54,6 +57,10 @@ from browserflags import CHROMIUM, FLAGS  # noqa: E402 - the browser walk's own 
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
 POLL_S = 0.5  # how often a page (and the prober) looks
 SLOW_CLICK_S = 2.0
+# In a classroom each browser has its own computer: here the real browsers go first on the
+# shared cores, the class they stand beside (the server, its workers, the simulated students)
+# after them. The server's own part of each click is measured either way (``server_s``).
+CLASS_NICE = 5
 EPOCHS = 2
 
 
@@ -137,9 +144,17 @@ def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
         """Click, then wait until the page shows ``answer``; record how long that took."""
         t = time.perf_counter()
         target.click()
+        pressed = time.perf_counter()  # Playwright has dispatched the click in the page
         expect(answer.first).to_be_visible(timeout=left_ms())
         shown = time.perf_counter()
-        clicks.append({"click": name, "answered_s": round(shown - t, 2), **frames.split(t, shown)})
+        clicks.append(
+            {
+                "click": name,
+                "answered_s": round(shown - t, 2),
+                "press_s": round(pressed - t, 2),
+                **frames.split(t, shown),
+            }
+        )
         return t
 
     def idle(pg: Any) -> None:
@@ -441,9 +456,17 @@ class Sampler:
             self._stop.wait(1.0)
 
 
+def _niced(cmd: list[str], levels: int) -> list[str]:
+    """``cmd`` run ``levels`` nice levels below this process (``nice`` execs it: same pid)."""
+    return ["nice", "-n", str(levels), *cmd] if levels else cmd
+
+
 @contextlib.contextmanager
-def app_server(home: Path, log: Path, port: int) -> Iterator[subprocess.Popen]:
-    """The real app on ``port``, in its own session (so its workers go with it)."""
+def app_server(
+    home: Path, log: Path, port: int, nice_levels: int = 0
+) -> Iterator[subprocess.Popen]:
+    """The real app on ``port``, in its own session (so its workers go with it), run
+    ``nice_levels`` below the browsers (its workers go a further ``WORKER_NICE`` down)."""
     env = {k: v for k, v in os.environ.items() if k != "TL_STUDIO_MAX_RUNS"}
     env.update(TL_STUDIO_HOME=str(home), HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
@@ -451,7 +474,12 @@ def app_server(home: Path, log: Path, port: int) -> Iterator[subprocess.Popen]:
     cmd += ["--browser.gatherUsageStats", "false"]
     with log.open("w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            _niced(cmd, nice_levels),
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         yield proc
@@ -489,9 +517,12 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def _child(role: str, args: list[str], folder: Path, name: str) -> tuple[subprocess.Popen, Path]:
+def _child(
+    role: str, args: list[str], folder: Path, name: str, nice_levels: int = 0
+) -> tuple[subprocess.Popen, Path]:
     result = folder / f"{name}.json"
     cmd = [sys.executable, __file__, "--role", role, "--result", str(result), *args]
+    cmd = _niced(cmd, nice_levels)
     with (folder / f"{name}.log").open("w") as log:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -528,9 +559,10 @@ def conduct(opts: argparse.Namespace) -> int:
         "cpu_cores": jobs.cpu_count(),
         "job_slots": jobs.machine_slots(),  # the server's default: TL_STUDIO_MAX_RUNS is unset
         "load_average_before": os.getloadavg()[0],
+        "class_nice": opts.class_nice,
     }
     try:
-        with app_server(home, folder / "streamlit.log", port) as server:
+        with app_server(home, folder / "streamlit.log", port, opts.class_nice) as server:
             _wait_until(lambda: _healthy(port), 120, "The app server's start")
             _wake_server(url, 120)
             out["server_warm_up_s"] = _wait_until_warm(server.pid)
@@ -546,7 +578,8 @@ def conduct(opts: argparse.Namespace) -> int:
                 # until the server serves the queue, a pump elsewhere would start lone workers
                 _wait_until(lambda: supervisor.served_elsewhere(home), 180, "Serving the queue")
                 ids = ",".join(map(str, simulated))
-                children.append(_child("simulated", [*common, "--index", ids], folder, "sim"))
+                sim = [*common, "--index", ids]
+                children.append(_child("simulated", sim, folder, "sim", opts.class_nice))
             while any(p.poll() is None for p, _ in children) and time.time() < deadline + 60:
                 if server.poll() is not None:  # the students would only wait for nothing
                     out["server_exit_code"] = server.returncode
@@ -678,6 +711,13 @@ def main() -> int:
     parser.add_argument("--browsers", type=int, default=2, help="students in real Chromium")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for the whole run")
     parser.add_argument("--keep", action="store_true", help="keep the workspace and logs")
+    parser.add_argument(
+        "--class-nice",
+        type=int,
+        default=CLASS_NICE,
+        help="nice levels the server (its workers further down) and the simulated students "
+        "run below the real browsers; 0: all at the same priority",
+    )
     for hidden in ("--role", "--result", "--url", "--workspace", "--deadline", "--index"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     opts = parser.parse_args()
