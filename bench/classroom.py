@@ -19,10 +19,10 @@ class, so the server (its workers further down) and the simulated students run
 For browsers, "click answered" is the time from a click to the page showing its effect (the
 next element the walk waits for). It is split in three from the page's own WebSocket frames
 (Streamlit's messages): the browser's part before its request leaves (``request_s``: the
-click's event, the page's code), the server's (``server_s``: from that request until the
-server's "script finished" arrives), and the rest, drawing the answer (``draw_s``). Prints
-one JSON object (per student and totals) and exits non-zero when a student failed or never
-saw its run finish.
+click's event, the page's code; ``press_s`` is Playwright's click itself), the server's
+(``server_s``: from that request until the server's "script finished" arrives), and the
+rest, drawing the answer (``draw_s``). Prints one JSON object (per student and totals) and
+exits non-zero when a student failed or never saw its run finish.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browserflags import CHROMIUM, FLAGS  # noqa: E402 - the browser walk's own settings
+from browserflags import CHROMIUM, FLAGS, free_port  # noqa: E402 - the browser walk's own settings
 
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
 POLL_S = 0.5  # how often a page (and the prober) looks
@@ -62,12 +61,6 @@ SLOW_CLICK_S = 2.0
 # after them. The server's own part of each click is measured either way (``server_s``).
 CLASS_NICE = 5
 EPOCHS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -550,7 +543,7 @@ def conduct(opts: argparse.Namespace) -> int:
     n_browsers = min(opts.browsers, opts.students)
     folder = Path(tempfile.mkdtemp(prefix="tl-classroom-"))
     home = folder / "home"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     children: list[tuple[subprocess.Popen, Path]] = []
     out: dict[str, Any] = {
@@ -670,7 +663,7 @@ def _totals(students: list[dict[str, Any]], sampler: Sampler) -> dict[str, Any]:
         "click_answered_s": _stats(clicks),
         "clicks": len(clicks),
         "clicks_over_2s": sum(c > SLOW_CLICK_S for c in clicks),
-        "click_parts_s": {k: part(k) for k in ("request_s", "server_s", "draw_s")},
+        "click_parts_s": {k: part(k) for k in ("press_s", "request_s", "server_s", "draw_s")},
         "students_who_saw_a_queue_place": sum(
             bool(s.get("queue") or s.get("head_start_queue")) for s in students
         ),
