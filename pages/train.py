@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -22,6 +23,18 @@ from tl_ui.runs import submit_training
 from tl_ui.session import get_store, project_with_data
 from tl_ui.sweep import advice_box, sweep_panel
 from tl_ui.text import literal
+
+# What "Advanced settings" holds: TrainConfig's fields (and their types), saved in the
+# project's settings.
+_ADVANCED: dict[str, type] = {
+    "epochs": int,
+    "lr": float,
+    "batch_size": int,
+    "augment": str,
+    "seed": int,
+}
+EPOCHS_LABEL = "Epochs (passes over your images)"
+T = TypeVar("T", int, float)
 
 AUGMENT_HELP = {
     "none": "none: the images as they are",
@@ -56,44 +69,63 @@ def _freeze_picker(project_id: str, settings: dict, info: ModelInfo) -> int:
     return trainable
 
 
-def _advanced(project_id: str, settings: dict) -> None:
+def _span(low: T, high: T, value: T) -> tuple[T, T]:
+    """A field's (min, max), widened to hold a saved value from outside its usual range (the
+    command line accepts any number of epochs), so the page shows it instead of failing."""
+    return min(low, value), max(high, value)
+
+
+def _synced(project_id: str, saved: dict[str, Any]) -> dict[str, str]:
+    """Each advanced field's session key, holding the saved value whenever the setting was
+    changed from outside this page since the field last showed it (the command line, a
+    second tab), and the user's own value otherwise."""
+    keys = {name: f"advanced_{name}_{project_id}" for name in _ADVANCED}
+    seen = st.session_state.setdefault(f"_advanced_seen_{project_id}", {})
+    for name, key in keys.items():
+        if key not in st.session_state or seen.get(name) != saved[name]:
+            st.session_state[key] = saved[name]
+            seen[name] = saved[name]
+    return keys
+
+
+def _advanced(project_id: str, settings: dict) -> dict[str, Any]:
+    """The advanced settings, each saved as soon as it is changed (Enter, a step button or
+    leaving the field): the values the summary line and Train use.
+
+    Saved from the fields' values, not from the press of a button, so a change cannot be lost
+    to a press the page missed, nor left unsaved by pressing Train straight after typing.
+    """
     defaults = TrainConfig()
-    with st.expander("Advanced settings"), st.form("advanced"):
+    saved = {k: kind(settings.get(k, getattr(defaults, k))) for k, kind in _ADVANCED.items()}
+    keys = _synced(project_id, saved)
+    now = {name: st.session_state[key] for name, key in keys.items()}
+    with st.expander("Advanced settings"):
+        st.caption("Each change is saved as soon as you press Enter or leave the field.")
         c1, c2, c3 = st.columns(3)
-        epochs = c1.number_input(
-            "Epochs (passes over your images)", 1, 200, int(settings.get("epochs", defaults.epochs))
-        )
-        lr = c2.number_input(
+        c1.number_input(EPOCHS_LABEL, *_span(1, 200, int(now["epochs"])), key=keys["epochs"])
+        c2.number_input(
             "Learning rate",
-            1e-5,
-            0.5,
-            float(settings.get("lr", defaults.lr)),
+            *_span(1e-5, 0.5, float(now["lr"])),
             format="%.4f",
             step=0.0005,
+            key=keys["lr"],
         )
-        batch = c3.number_input(
-            "Batch size", 1, 256, int(settings.get("batch_size", defaults.batch_size))
+        c3.number_input(
+            "Batch size", *_span(1, 1024, int(now["batch_size"])), key=keys["batch_size"]
         )
         c4, c5 = st.columns(2)
-        augment = c4.selectbox(
-            "Augmentation",
-            AUGMENT_LEVELS,
-            format_func=AUGMENT_HELP.get,
-            index=AUGMENT_LEVELS.index(settings.get("augment", defaults.augment)),
+        c4.selectbox(
+            "Augmentation", AUGMENT_LEVELS, format_func=AUGMENT_HELP.get, key=keys["augment"]
         )
-        seed = c5.number_input(
-            "Seed (same seed, same result)", 0, 10_000, int(settings.get("seed", defaults.seed))
+        c5.number_input(
+            "Seed (same seed, same result)", *_span(0, 10_000, int(now["seed"])), key=keys["seed"]
         )
-        if st.form_submit_button("Save settings"):
-            get_store().update_settings(
-                project_id,
-                epochs=int(epochs),
-                lr=float(lr),
-                batch_size=int(batch),
-                augment=augment,
-                seed=int(seed),
-            )
-            st.rerun()
+    chosen = {name: st.session_state[key] for name, key in keys.items()}
+    changed = {k: v for k, v in chosen.items() if v != saved[k]}
+    if changed:
+        get_store().update_settings(project_id, **changed)
+        st.session_state[f"_advanced_seen_{project_id}"].update(changed)
+    return chosen
 
 
 def _watched_run(project: Project) -> Run | None:
@@ -118,13 +150,15 @@ def page() -> None:
     trainable = _freeze_picker(project.id, settings, info)
     advice, head_start = advice_for(project, manifest, key, info.n_backbone)
     advice_box(project, advice, trainable, info.n_backbone)
-    config = TrainConfig.from_dict({**asdict(TrainConfig()), **settings})
+    sweep_place = st.container()  # drawn below, once the advanced settings are read
+    advanced = _advanced(project.id, settings)
+    config = TrainConfig.from_dict({**asdict(TrainConfig()), **settings, **advanced})
     config.trainable_groups = trainable
     config.model = key
     run = _watched_run(project)
     busy = run is not None and run.active
-    sweep_panel(project, config, advice, info.n_backbone, busy, head_start)
-    _advanced(project.id, settings)
+    with sweep_place:
+        sweep_panel(project, config, advice, info.n_backbone, busy, head_start)
     head = min(config.head_epochs, config.epochs - 1)  # as the engine's phases() does
     head_text = "epoch" if head == 1 else f"{head} epochs"
     st.caption(

@@ -139,6 +139,55 @@ def test_train_page_shows_the_freeze_plan_and_queues_a_run(workspace, demo_impor
     assert at.button(key=f"stop_{runs[0].id}")
 
 
+def _field(at: AppTest, label: str):
+    return next(w for w in at.number_input if w.label == label)
+
+
+def test_advanced_settings_are_saved_from_the_fields_without_a_save_press(
+    workspace, demo_import, monkeypatch
+):
+    """Each advanced field is saved from its value: the summary shows it, and Train pressed
+    in the same interaction as the change trains with it (no separate press to lose)."""
+    spawned = inline_spawn(monkeypatch)
+    project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
+    at = _app("pages/train.py", project_id)
+    assert not at.exception
+    assert not [b for b in at.button if b.label == "Save settings"]
+    _field(at, "Epochs (passes over your images)").set_value(5).run()
+    _field(at, "Epochs (passes over your images)").set_value(3).run()  # the same field again
+    _field(at, "Batch size").set_value(16).run()
+    at.selectbox[0].set_value("light").run()
+    settings = Store(workspace).project(project_id).settings
+    assert (settings["epochs"], settings["batch_size"], settings["augment"]) == (3, 16, "light")
+    assert "3 epochs · learning rate 0.01 · batch 16 · augmentation light" in _texts(at)
+
+    _field(at, "Seed (same seed, same result)").set_value(7)
+    at.button(key="start").click().run()  # changed and pressed at once
+    assert not at.exception
+    runs = Store(workspace).runs(project_id)
+    assert len(runs) == 1 and spawned == [runs[0].id]
+    assert (runs[0].config["seed"], runs[0].config["epochs"]) == (7, 3)
+
+
+def test_advanced_settings_changed_elsewhere_are_shown_not_overwritten(workspace, demo_import):
+    """A setting saved from outside the page (the command line, another tab) is what the
+    page shows next, even outside the fields' usual ranges, and the page keeps it."""
+    project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
+    at = _app("pages/train.py", project_id)
+    _field(at, "Epochs (passes over your images)").set_value(4).run()
+    store = Store(workspace)
+    store.update_settings(project_id, epochs=500, lr=0.7, batch_size=1024, seed=20_000)
+    at.run()
+    assert not at.exception
+    assert _field(at, "Epochs (passes over your images)").value == 500
+    assert _field(at, "Learning rate").value == 0.7
+    assert "500 epochs · learning rate 0.7 · batch 1024" in _texts(at)
+    at.run()
+    settings = store.project(project_id).settings
+    assert (settings["epochs"], settings["lr"], settings["batch_size"]) == (500, 0.7, 1024)
+    assert settings["seed"] == 20_000
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
     """A real 2-epoch run on its own import of the demo set: (data dir, run dir, result)."""
