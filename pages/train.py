@@ -33,7 +33,6 @@ _ADVANCED: dict[str, type] = {
     "augment": str,
     "seed": int,
 }
-EPOCHS_LABEL = "Epochs (passes over your images)"
 T = TypeVar("T", int, float)
 
 AUGMENT_HELP = {
@@ -102,7 +101,11 @@ def _advanced(project_id: str, settings: dict) -> dict[str, Any]:
     with st.expander("Advanced settings"):
         st.caption("Each change is saved as soon as you press Enter or leave the field.")
         c1, c2, c3 = st.columns(3)
-        c1.number_input(EPOCHS_LABEL, *_span(1, 200, int(now["epochs"])), key=keys["epochs"])
+        c1.number_input(
+            "Epochs (passes over your images)",
+            *_span(1, 200, int(now["epochs"])),
+            key=keys["epochs"],
+        )
         c2.number_input(
             "Learning rate",
             *_span(1e-5, 0.5, float(now["lr"])),
