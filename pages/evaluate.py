@@ -456,13 +456,14 @@ def _calibration(ev: RunEvaluation) -> None:
     fitted = cal.fitted_temperature if cal.fitted_temperature is not None else cal.temperature
     c3.metric(
         "Temperature",
-        f"{fitted:.2f}",
+        f"{cal.temperature if cal.calibrated else fitted:.2f}",  # used: held back, if it was
         delta="used" if cal.calibrated else "not used",
         delta_color="off",
         delta_arrow="off",
-        help="Above 1: the model was over-confident and its probabilities would be softened. "
-        "It is used only when it lowers the calibration error by more than the noise of the "
-        "validation images.",
+        help="Above 1: the model was over-confident and its probabilities would be softened; "
+        "below 1 they would be sharpened. It is used only when the validation images hold "
+        "enough mistakes to fit it on, it lowers the calibration error by more than their "
+        "noise, and (to sharpen) the model is measurably less sure than it is right.",
     )
     if cal.calibrated:
         st.success(cal.reason(), icon=":material/check:")

@@ -59,17 +59,13 @@ def _uploads() -> list[tuple[str, bytes]]:
 
 
 def _probabilities_note(calibration: Calibration) -> str:
-    """Which probabilities the page shows, and why."""
+    """Which probabilities the page shows, and why (the calibration's own reason)."""
     if calibration.calibrated:
         return (
             "Probabilities are calibrated on the validation images (temperature "
-            f"{calibration.temperature:.2f}): temperature scaling lowered the calibration "
-            "error there by more than its noise."
+            f"{calibration.temperature:.2f}). {calibration.reason()}"
         )
-    return (
-        "Probabilities are as trained (temperature 1.00): temperature scaling did not lower "
-        "the calibration error on the validation images by more than its noise."
-    )
+    return f"Probabilities are as trained (temperature 1.00). {calibration.reason()}"
 
 
 def page() -> None:

@@ -13,6 +13,10 @@ from streamlit.testing.v1 import AppTest
 from tl_core.analysis import metrics
 from tl_core.analysis.evaluation import (
     CALIBRATION_FILE,
+    KEPT_FEW_MISTAKES,
+    KEPT_NOISE,
+    KEPT_SHARPENING,
+    MIN_SCALING_MISTAKES,
     Calibration,
     card_sections,
     choose_calibration,
@@ -39,7 +43,8 @@ def _sampled(n: int, seed: int, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
 def test_an_over_confident_model_is_calibrated(n, seed, scale) -> None:
     z, labels = _sampled(n, seed)
     cal, probs = choose_calibration(scale * z, labels)
-    assert cal.used and cal.calibrated
+    assert cal.used and cal.calibrated and cal.kept_because is None
+    assert cal.mistakes >= MIN_SCALING_MISTAKES  # plenty to fit on
     assert cal.temperature == cal.fitted_temperature == pytest.approx(scale, rel=0.25)
     assert cal.gain_ci[0] > 0  # the rule: the whole interval of the gain above 0
     assert cal.ece_after < cal.ece_before
@@ -116,6 +121,152 @@ def test_the_paired_bootstrap_matches_a_plain_loop() -> None:
     estimate = cmp.ece_a - cmp.ece_b
     low, high = np.quantile(diffs, [0.025, 0.975]) - (np.mean(diffs) - estimate)
     assert cmp.difference_interval == pytest.approx((min(low, estimate), max(high, estimate)))
+
+
+# ------------------------------------------- nothing to fit on, or surer than the accuracy allows
+
+
+def _all_right(n: int, margin: float, seed: int, k: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose top class is the true one on every image, ahead by about ``margin``."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    z = rng.normal(0, 1.0, (n, k))
+    others = np.where(np.arange(k) == labels[:, None], -np.inf, z).max(axis=1)
+    z[np.arange(n), labels] = others + np.abs(rng.normal(margin, margin / 4, n)) + 1e-3
+    return z, labels
+
+
+def _mean_top(probs: np.ndarray) -> float:
+    return float(probs.max(axis=1).mean())
+
+
+@pytest.mark.parametrize("margin", [6.0, 1.0])  # confident; under-confident (~55% sure)
+@pytest.mark.parametrize("n", [5, 10, 50, 200, 500])
+def test_a_validation_set_without_mistakes_keeps_its_probabilities(n, margin) -> None:
+    # With no mistakes, the loss only falls as T falls: the fit runs to its lower bound
+    # (~0.05 to 0.1, every probability ~100%), and every bootstrap resample agrees, so the old rule
+    # took it for a gain beyond noise. There is nothing to fit on: T stays 1.
+    z, labels = _all_right(n, margin, seed=n)
+    cal, probs = choose_calibration(z, labels)
+    assert cal.mistakes == 0 and cal.fitted_temperature < 0.2  # the fit sharpens hard
+    assert not cal.calibrated and cal.used is False and cal.temperature == 1.0
+    assert cal.kept_because == KEPT_FEW_MISTAKES
+    assert f"hold only 0 mistakes, too few (under {MIN_SCALING_MISTAKES})" in cal.reason()
+    assert "kept as trained" in cal.reason() and "noise" not in cal.reason()
+    assert np.allclose(probs, metrics.softmax(z))
+
+
+def test_the_old_rule_would_have_sharpened_a_perfect_set() -> None:
+    # What the bug report saw: the bootstrap alone calls the sharpening a gain.
+    z, labels = _all_right(200, 3.0, seed=7)
+    cal, _ = choose_calibration(z, labels)
+    assert cal.gain_ci[0] > 0 and cal.fitted_temperature < 0.1
+    assert cal.temperature == 1.0 and cal.kept_because == KEPT_FEW_MISTAKES
+
+
+@pytest.mark.parametrize("margin", [6.0, 1.0])
+@pytest.mark.parametrize("mistakes", [1, 2, 3, 4])
+def test_a_few_mistakes_are_too_few_to_fit_on(mistakes, margin) -> None:
+    z, labels = _all_right(200, margin, seed=mistakes)
+    labels[:mistakes] = (labels[:mistakes] + 1) % 4  # now wrong, and as sure as the others
+    cal, probs = choose_calibration(z, labels)
+    assert cal.mistakes == mistakes and cal.fitted_temperature != 1.0
+    assert not cal.calibrated and cal.temperature == 1.0
+    assert cal.kept_because == KEPT_FEW_MISTAKES
+    plural = "" if mistakes == 1 else "s"
+    assert f"only {mistakes} mistake{plural}, too few" in cal.reason()
+    assert np.allclose(probs, metrics.softmax(z))
+
+
+@pytest.mark.parametrize(("n", "seed"), [(16, 0), (16, 1), (20, 2), (12, 3)])
+def test_a_few_camera_frames_all_right_keep_their_probabilities(n, seed) -> None:
+    # The report: two classes, ~80 webcam frames, ~16 of them for validation, none wrong.
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    z = np.zeros((n, 2))
+    z[np.arange(n), labels] = rng.normal(3.0, 0.5, n)  # margins ~3: ~95% sure
+    cal, probs = choose_calibration(z, labels)
+    assert cal.mistakes == 0 and cal.temperature == 1.0 and not cal.calibrated
+    assert f"The {n} validation images hold only 0 mistakes" in cal.reason()
+    assert _mean_top(probs) == pytest.approx(_mean_top(metrics.softmax(z)))
+    assert _mean_top(probs) < 0.99  # not ~100% for everything
+
+
+@pytest.mark.parametrize(
+    ("n", "seed", "scale"), [(300, 1, 0.5), (800, 1, 0.4), (800, 2, 0.6), (3000, 3, 0.5)]
+)
+def test_an_under_confident_model_is_sharpened_no_further_than_its_accuracy(n, seed, scale) -> None:
+    z, labels = _sampled(n, seed)  # calibrated at T = 1, so `scale` < 1 is under-confident
+    cal, probs = choose_calibration(scale * z, labels)
+    low, high = metrics.wilson_interval(n - cal.mistakes, n)
+    assert cal.confidence < low  # measurably less sure than right
+    assert cal.calibrated and cal.kept_because is None
+    assert cal.fitted_temperature <= cal.temperature < 1.0
+    assert cal.temperature == pytest.approx(scale, rel=0.25)
+    assert _mean_top(probs) <= high + 1e-9
+    assert np.allclose(probs, metrics.softmax(scale * z, cal.temperature))
+
+
+def _near_tie_mistakes(n: int, seed: int, right_margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes, a fifth wrong by a hair: the loss fit sharpens far (T ~ 0.2), since the
+    near-ties cost little at any T and the right ones gain."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    wrong = rng.random(n) < 0.2
+    margin = np.where(wrong, -rng.uniform(0.0, 0.05, n), rng.normal(right_margin, 0.1, n))
+    z = np.zeros((n, 2))
+    z[np.arange(n), labels] = margin
+    return z, labels
+
+
+@pytest.mark.parametrize(("n", "seed"), [(100, 0), (100, 1), (400, 0), (400, 3)])
+def test_sharpening_is_held_back_to_the_upper_end_of_the_accuracy(n, seed) -> None:
+    z, labels = _near_tie_mistakes(n, seed, right_margin=1.0)  # right ones ~73% sure
+    cal, probs = choose_calibration(z, labels)
+    low, high = metrics.wilson_interval(n - cal.mistakes, n)
+    assert cal.confidence < low and cal.calibrated
+    assert _mean_top(metrics.softmax(z, cal.fitted_temperature)) > high  # the fit overshoots
+    assert cal.fitted_temperature < cal.temperature < 1.0
+    assert _mean_top(probs) == pytest.approx(high, abs=1e-6) and _mean_top(probs) <= high
+    assert "held back from the fitted" in cal.reason()
+
+
+@pytest.mark.parametrize(("n", "seed"), [(200, 0), (200, 1), (500, 2)])
+def test_sharpening_a_model_as_sure_as_it_is_right_is_refused(n, seed) -> None:
+    # The right ones ~95% sure, the wrong ones near-ties: as sure on average as it is right,
+    # yet the fit sharpens (T ~ 0.3) and the bootstrap calls that a gain.
+    z, labels = _near_tie_mistakes(n, seed, right_margin=3.0)
+    cal, probs = choose_calibration(z, labels)
+    low, _ = metrics.wilson_interval(n - cal.mistakes, n)
+    assert cal.mistakes >= MIN_SCALING_MISTAKES and cal.confidence >= low
+    assert cal.fitted_temperature < 0.5 and cal.gain_ci[0] > 0
+    assert not cal.calibrated and cal.temperature == 1.0 and cal.kept_because == KEPT_SHARPENING
+    reason = cal.reason()
+    assert reason.startswith("Temperature scaling would make the model surer than its")
+    assert f"right on {n - cal.mistakes} of {n} images, 95% interval" in reason
+    assert np.allclose(probs, metrics.softmax(z))
+
+
+def test_a_gain_within_noise_says_so() -> None:
+    z, labels = _sampled(150, 0)
+    cal, _ = choose_calibration(0.5 * z, labels)
+    assert cal.mistakes >= MIN_SCALING_MISTAKES and cal.kept_because == KEPT_NOISE
+    assert "does not lower the calibration error beyond its noise" in cal.reason()
+
+
+def test_the_new_fields_load_and_old_files_still_do(tmp_path) -> None:
+    from dataclasses import asdict
+
+    z, labels = _all_right(50, 3.0, seed=1)
+    cal, _ = choose_calibration(z, labels)
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(asdict(cal)))
+    assert load_calibration(tmp_path) == cal  # no predictions: read as it is
+    old = {"temperature": 1.0, "threshold": 0.5, "used": False, "images": 50}
+    old |= {"ece_before": 0.02, "ece_after": 0.03}
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(old))
+    loaded = load_calibration(tmp_path)
+    assert loaded.kept_because is None and loaded.mistakes is None
+    assert "does not lower the calibration error" in loaded.reason()
 
 
 # ------------------------------------------------------------------ what the outputs say
@@ -302,3 +453,48 @@ def test_the_page_helper_leaves_the_run_picker_as_it_was() -> None:
     before = tl_ui.runs.pick_run
     _calibration_tab(1.0, 50, 0)
     assert tl_ui.runs.pick_run is before
+
+
+def _perfect_run_pages() -> AppTest:
+    """The Evaluate page's calibration tab and the Try page's note, for a run like the camera
+    report's: 16 validation frames of two classes, none wrong."""
+
+    def script(root: str) -> None:
+        import runpy
+
+        import numpy as np
+        import streamlit as st
+
+        from tl_core.analysis.evaluation import evaluate_logits
+
+        rng = np.random.default_rng(0)
+        labels = rng.integers(0, 2, 16)
+        z = np.zeros((16, 2))
+        z[np.arange(16), labels] = rng.normal(3.0, 0.5, 16)
+        ev = evaluate_logits(["cup", "pen"], [f"{i}.png" for i in range(16)], z, labels)
+        import tl_ui.runs
+
+        real = tl_ui.runs.pick_run
+        tl_ui.runs.pick_run = lambda what: None  # the pages' own bodies draw nothing
+        try:
+            evaluate = runpy.run_path(f"{root}/pages/evaluate.py")
+            try_it = runpy.run_path(f"{root}/pages/try_it.py")
+        finally:
+            tl_ui.runs.pick_run = real
+        evaluate["_calibration"](ev)
+        st.caption(try_it["_probabilities_note"](ev.calibration))
+
+    return AppTest.from_function(script, args=(str(ROOT),), default_timeout=120).run()
+
+
+def test_the_pages_say_a_set_without_mistakes_is_kept_as_trained(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TL_STUDIO_HOME", str(tmp_path / "ws"))
+    at = _perfect_run_pages()
+    assert not at.exception
+    assert {m.label: m for m in at.metric}["Temperature"].delta == "not used"
+    why = "The 16 validation images hold only 0 mistakes, too few"
+    assert any(why in i.value for i in at.info) and not at.success
+    captions = [c.value for c in at.caption]
+    note = next(c for c in captions if c.startswith("Probabilities are as trained"))
+    assert why in note and "did not lower" not in note and "noise" not in note
+    assert any("uses the probabilities as trained" in c for c in captions)

@@ -13,6 +13,7 @@ checked against the recorded predictions on the validation images (:func:`verify
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -32,7 +33,12 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "CALIBRATION_FILE",
+    "KEPT_FEW_IMAGES",
+    "KEPT_FEW_MISTAKES",
+    "KEPT_NOISE",
+    "KEPT_SHARPENING",
     "MIN_SCALING_IMAGES",
+    "MIN_SCALING_MISTAKES",
     "REPRODUCE_TOLERANCE",
     "Calibration",
     "ModelLoadError",
@@ -56,8 +62,20 @@ CALIBRATION_FILE = "calibration.json"
 # Temperature scaling is used only when it lowers the calibration error beyond its noise: the
 # paired bootstrap 95% interval of ECE(as trained) - ECE(scaled, cross-fitted) lies above 0.
 MIN_SCALING_IMAGES = 10  # fewer cannot be split into two halves to fit and score on
+# Only the mistakes hold a fitted temperature up: with none, the loss only falls as T falls,
+# so the fit runs to the search's lower bound (T ~ 0.05, every probability ~100%) whatever the
+# model is like; the bootstrap cannot see that (every resample has no mistakes either). A count
+# of m mistakes has a 95% noise of about 2 * sqrt(m) (Poisson), as large as m itself up to
+# m = 4: 5 is the fewest whose own noise is smaller than the count.
+MIN_SCALING_MISTAKES = 5
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+
+# Why the probabilities are kept as trained (Calibration.kept_because).
+KEPT_FEW_MISTAKES = "few mistakes"  # fewer than MIN_SCALING_MISTAKES wrong validation images
+KEPT_FEW_IMAGES = "few images"  # fewer than MIN_SCALING_IMAGES validation images
+KEPT_NOISE = "noise"  # the gain in calibration error is within its noise
+KEPT_SHARPENING = "sharpening"  # T < 1, but the model is not measurably under-confident
 
 
 @dataclass(frozen=True)
@@ -65,7 +83,8 @@ class Calibration:
     """Temperature for the logits and the top-probability under which to say "not sure".
 
     ``temperature`` is the one the app uses (Try page, export's model card): the fitted one
-    when scaling helps beyond noise, else 1.0 (the probabilities as trained).
+    when scaling helps beyond noise (held back, when it sharpens, to what the validation
+    accuracy supports), else 1.0 (the probabilities as trained).
     """
 
     temperature: float = 1.0
@@ -78,6 +97,9 @@ class Calibration:
     ece_before_ci: list[float] | None = None  # 95% bootstrap interval over the images
     ece_after_ci: list[float] | None = None
     gain_ci: list[float] | None = None  # of ece_before - ece_after (paired bootstrap)
+    kept_because: str | None = None  # a KEPT_* code; None: used, or a file from before it
+    mistakes: int | None = None  # wrong validation images; None: a file from before it
+    confidence: float | None = None  # mean top probability as trained on the validation images
 
     @property
     def calibrated(self) -> bool:
@@ -87,10 +109,40 @@ class Calibration:
     def reason(self) -> str:
         """Why the probabilities are scaled or kept as trained, in one plain sentence."""
         if self.calibrated:
+            fitted = self.fitted_temperature
+            held = (
+                f", held back from the fitted {fitted:.2f} so the model is not surer than its "
+                "validation accuracy supports"
+                if fitted is not None and abs(fitted - self.temperature) > 5e-3
+                else ""
+            )
             return (
-                f"Temperature scaling (T = {self.temperature:.2f}) lowers the calibration error "
-                "by more than its noise on the validation images, so the probabilities are "
-                "calibrated."
+                f"Temperature scaling (T = {self.temperature:.2f}{held}) lowers the calibration "
+                "error by more than its noise on the validation images, so the probabilities "
+                "are calibrated."
+            )
+        if self.kept_because == KEPT_FEW_MISTAKES and self.mistakes is not None:
+            if not self.images:
+                return (
+                    "There are no validation images to fit a temperature on, so the "
+                    "probabilities are kept as trained."
+                )
+            return (
+                f"The {self.images} validation images hold only {self.mistakes} "
+                f"mistake{'' if self.mistakes == 1 else 's'}, too few (under "
+                f"{MIN_SCALING_MISTAKES}) to fit a temperature on, so the probabilities are "
+                "kept as trained."
+            )
+        if self.kept_because == KEPT_SHARPENING and self.mistakes is not None and self.images:
+            correct = self.images - self.mistakes
+            low, high = metrics.wilson_interval(correct, self.images)
+            sure = (
+                f"{self.confidence:.0%} sure on average and " if self.confidence is not None else ""
+            )
+            return (
+                "Temperature scaling would make the model surer than its validation accuracy "
+                f"supports (it is {sure}right on {correct} of {self.images} images, 95% "
+                f"interval {low:.0%} to {high:.0%}), so the probabilities are kept as trained."
             )
         if self.images and self.images < MIN_SCALING_IMAGES:
             return (
@@ -152,6 +204,8 @@ class RunEvaluation:
             "temperature": self.calibration.temperature,
             "fitted_temperature": self.calibration.fitted_temperature,
             "probabilities": "calibrated" if self.calibration.calibrated else "as trained",
+            "kept_because": self.calibration.kept_because,
+            "calibration_reason": self.calibration.reason(),
             "not_sure_threshold": self.calibration.threshold,
             "macro_f1": metrics.macro_average(self.per_class).f1,
         }
@@ -174,34 +228,81 @@ def _cross_fitted_probs(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return probs
 
 
+def _mean_top(logits: np.ndarray, temperature: float) -> float:
+    """Mean top probability of softmax(logits / T): how sure the model is on average."""
+    return float(metrics.softmax(logits, temperature).max(axis=1).mean())
+
+
+def _sharpest_supported(logits: np.ndarray, fitted: float, ceiling: float) -> float:
+    """The temperature in [fitted, 1] closest to ``fitted`` whose mean top probability does not
+    exceed ``ceiling`` (the mean top probability only falls as T rises); bisection over log T.
+    """
+    if _mean_top(logits, fitted) <= ceiling:
+        return fitted
+    lo, hi = math.log(fitted), 0.0  # mean top above the ceiling at lo, below it at hi (T = 1)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _mean_top(logits, math.exp(mid)) > ceiling:
+            lo = mid
+        else:
+            hi = mid
+    return float(math.exp(hi))
+
+
 def choose_calibration(logits: np.ndarray, labels: np.ndarray) -> tuple[Calibration, np.ndarray]:
     """The calibration to use and the probabilities it gives.
 
-    Temperature scaling is used when it lowers the cross-fitted ECE beyond its noise: the
-    95% paired bootstrap interval (BOOTSTRAP_RESAMPLES resamples of the validation images,
-    seeded) of ECE(as trained) - ECE(scaled) lies entirely above 0. Otherwise, and with fewer
-    than MIN_SCALING_IMAGES images, the probabilities stay as trained (temperature 1.0).
+    The probabilities stay as trained (temperature 1.0), with ``kept_because`` saying why:
+
+    - with fewer than MIN_SCALING_MISTAKES wrong validation images (nothing to fit on), or
+      fewer than MIN_SCALING_IMAGES images;
+    - unless scaling lowers the cross-fitted ECE beyond its noise: the 95% paired bootstrap
+      interval (BOOTSTRAP_RESAMPLES resamples of the validation images, seeded) of
+      ECE(as trained) - ECE(scaled) lies entirely above 0;
+    - where the fitted temperature sharpens (T < 1) and the model is not measurably
+      under-confident: its mean top probability as trained is not below the 95% Wilson
+      interval of its validation accuracy.
+
+    A sharpening temperature that is used is held back (raised towards 1) so the mean top
+    probability does not exceed the upper end of that interval.
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
     raw = metrics.softmax(logits)
-    fitted = metrics.fit_temperature(logits, labels) if len(labels) else 1.0
-    scaled = _cross_fitted_probs(logits, labels) if len(labels) else raw
+    mistakes = int((raw.argmax(axis=1) != labels).sum()) if n else 0
+    confidence = float(raw.max(axis=1).mean()) if n else None
+    fitted = metrics.fit_temperature(logits, labels) if n else 1.0
+    scaled = _cross_fitted_probs(logits, labels) if n else raw
     cmp = metrics.compare_ece(raw, scaled, labels, n_boot=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
-    used = len(labels) >= MIN_SCALING_IMAGES and cmp.difference_interval[0] > 0
-    temperature = float(fitted) if used else 1.0
+    acc_low, acc_high = metrics.wilson_interval(n - mistakes, n)
+    kept: str | None = None
+    if mistakes < MIN_SCALING_MISTAKES:
+        kept = KEPT_FEW_MISTAKES
+    elif n < MIN_SCALING_IMAGES:
+        kept = KEPT_FEW_IMAGES
+    elif not cmp.difference_interval[0] > 0:
+        kept = KEPT_NOISE
+    elif fitted < 1.0 and not (confidence is not None and confidence < acc_low):
+        kept = KEPT_SHARPENING
+    temperature = 1.0
+    if kept is None:
+        temperature = fitted if fitted >= 1.0 else _sharpest_supported(logits, fitted, acc_high)
     probs = metrics.softmax(logits, temperature)
     calibration = Calibration(
-        temperature=temperature,
+        temperature=float(temperature),
         threshold=float(metrics.not_sure_threshold(probs, labels)),
         ece_before=float(cmp.ece_a),
         ece_after=float(cmp.ece_b),
         fitted_temperature=float(fitted),
-        used=bool(used),
-        images=len(labels),
+        used=kept is None,
+        images=n,
         ece_before_ci=list(cmp.a_interval),
         ece_after_ci=list(cmp.b_interval),
         gain_ci=list(cmp.difference_interval),
+        kept_because=kept,
+        mistakes=mistakes,
+        confidence=confidence,
     )
     return calibration, probs
 
