@@ -45,7 +45,7 @@ from tl_core.models.freezing import (
     set_train_mode,
     trainable_param_groups,
 )
-from tl_core.training import checkpoint, featurecache
+from tl_core.training import checkpoint, familiar_pass, featurecache
 from tl_core.training.checkpoint import TrainState
 from tl_core.training.inputs import (
     DecodedImages,
@@ -397,6 +397,7 @@ class _Inputs:
 
         self.train = dataset(split.train, train_tf)
         self.val = dataset(split.val, eval_tf)
+        self.train_eval = dataset(split.train, eval_tf)  # the unfamiliar check's bank
         self.root = root
         self.train_items = split.train
         self.val_items = split.val
@@ -743,6 +744,44 @@ def _score_best(run: _Run, best: dict[str, Any], result: TrainResult, callbacks:
         callbacks.on_log(message)
         result.notes.append(message)
     result.val_accuracy = exact
+    _record_familiarity(run, callbacks)
+
+
+def _record_familiarity(run: _Run, callbacks: Callbacks) -> None:
+    """Phase 6: the unfamiliar check's bank, threshold and measurement (familiarity.npz).
+
+    A wholly frozen run without augmentation trained on the pooled features themselves: its
+    cached outputs are the bank, with no pass through the network. A run without validation
+    pictures has nothing to choose a threshold on, and gets no check.
+    """
+    inputs = run.inputs
+    if not inputs.val_items or not inputs.train_items:
+        return
+    cached = None
+    classifier = run.model.get_classifier()
+    if (
+        run.cached is not None
+        and run.cached.net is classifier
+        and run.cfg.augment == "none"
+        and len(run.cached.train_views) == 1
+    ):
+        val = run.cached.val if run.cached.val_exact is None else run.cached.val_exact
+        cached = (run.cached.train_views[0], val)
+    report = familiar_pass.record(
+        run.run_dir,
+        run.classes,
+        familiar_pass.WithFeatures(run.normalize, run.model),
+        run.plan,
+        inputs.train_eval,
+        inputs.train.labels,
+        inputs.val,
+        inputs.val.labels,
+        run.data_cfg,
+        cached=cached,
+        on_status=callbacks.on_status,
+        should_stop=callbacks.should_stop,
+    )
+    callbacks.on_log(f"Unfamiliar check: {report.sentence()}")
 
 
 def fit(

@@ -25,7 +25,9 @@ from tl_core.data.standalone_predict import cap_side
 from tl_core.errors import DataError, RunError
 from tl_core.models.catalog import DataConfig, create_model, get_spec
 from tl_core.models.device import ComputePlan, plan_compute
-from tl_core.training import checkpoint
+from tl_core.training import checkpoint, familiarity
+from tl_core.training.familiar_pass import NearestDistance, WithFeatures
+from tl_core.training.familiarity import Familiarity
 from tl_core.training.inputs import Normalize, Transform, cache_side, make_transforms, square_of
 
 ImageInput = Image.Image | Path | str | bytes
@@ -58,6 +60,21 @@ def _name(image: ImageInput, k: int) -> str:
     return Path(image).name if isinstance(image, Path | str) else f"picture {k + 1}"
 
 
+@dataclass(frozen=True)
+class Guesses:
+    """Many pictures' answers: class probabilities and how unfamiliar each picture looks."""
+
+    probs: np.ndarray  # (N, classes)
+    unfamiliarity: np.ndarray | None  # (N,) distance to the nearest training picture; None:
+    # the run has no unfamiliar check (trained before it existed, or without validation)
+
+    def unfamiliar(self, threshold: float | None) -> np.ndarray:
+        """Which pictures are over ``threshold`` (none without a check or a threshold)."""
+        if self.unfamiliarity is None or threshold is None:
+            return np.zeros(len(self.probs), dtype=bool)
+        return self.unfamiliarity > threshold
+
+
 @dataclass
 class TrainedModel:
     """A run's best model in eval mode, with what it needs to read a picture."""
@@ -67,10 +84,16 @@ class TrainedModel:
     data_config: DataConfig
     model_key: str  # the catalog key
     plan: ComputePlan
+    familiarity: Familiarity | None = None  # the run's unfamiliar check, when it has one
     _eval_tf: Transform = field(init=False, repr=False)
+    _with_features: WithFeatures = field(init=False, repr=False)
+    _distance: NearestDistance | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._eval_tf = make_transforms(self.data_config, "none")[1]
+        self._with_features = WithFeatures(self.model[0], self.model[-1]).eval()
+        fam = self.familiarity
+        self._distance = None if fam is None else NearestDistance(fam.bank).to(self.plan.device)
 
     @property
     def net(self) -> nn.Module:
@@ -92,23 +115,53 @@ class TrainedModel:
             return list(pool.map(self.tensor, images, names))
 
     @torch.inference_mode()
-    def logits(
+    def outputs(
         self, images: Sequence[ImageInput], names: Sequence[str] | None = None
-    ) -> np.ndarray:
-        """Logits (N, classes) as float32, decoded and scored one batch at a time."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Logits (N, classes), pooled features (N, D) and unfamiliarity (N,; None without a
+        check) as float32, from one pass, decoded and scored one batch at a time."""
         if names is None:
             names = [_name(image, k) for k, image in enumerate(images)]
-        out = []
+        logits, features, distances = [], [], []
         batch = self.plan.infer_batch
         for start in range(0, len(images), batch):
             chunk = range(start, min(start + batch, len(images)))
             x = torch.stack(self._tensors([images[k] for k in chunk], [names[k] for k in chunk]))
             x = self.plan.batch(x.pin_memory() if self.plan.pin_memory else x)
             with self.plan.autocast():
-                out.append(self.model(x).float().cpu())
-        if not out:
-            return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return torch.cat(out).numpy()
+                z, f = self._with_features(x)
+            f = f.float()
+            logits.append(z.float().cpu())
+            features.append(f.cpu())
+            if self._distance is not None:
+                distances.append(self._distance(f).cpu())
+        if not logits:
+            empty = np.zeros(0, dtype=np.float32)
+            return (
+                np.zeros((0, len(self.classes)), dtype=np.float32),
+                np.zeros((0, 0), dtype=np.float32),
+                None if self._distance is None else empty,
+            )
+        far = torch.cat(distances).numpy() if distances else None
+        return torch.cat(logits).numpy(), torch.cat(features).numpy(), far
+
+    def logits(
+        self, images: Sequence[ImageInput], names: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Logits (N, classes) as float32, decoded and scored one batch at a time."""
+        return self.outputs(images, names)[0]
+
+    def guess(
+        self,
+        images: Sequence[ImageInput],
+        temperature: float = 1.0,
+        names: Sequence[str] | None = None,
+    ) -> Guesses:
+        """Probabilities (softened by ``temperature``) and unfamiliarity, from one pass."""
+        if not temperature > 0:
+            raise ValueError("temperature must be positive")
+        z, _, far = self.outputs(images, names)
+        return Guesses((torch.from_numpy(z) / temperature).softmax(1).numpy(), far)
 
     def predict(
         self,
@@ -153,4 +206,7 @@ def load_trained(
     except (TypeError, ValueError):
         raise checkpoint.unreadable(path) from None
     full = plan.prepare_model(nn.Sequential(Normalize(data_config), model)).eval()
-    return TrainedModel(full, classes, data_config, key, plan)
+    fam = familiarity.load(Path(run_dir))
+    if fam is not None and len(fam.bank_labels) and fam.bank_labels.max() >= len(classes):
+        fam = None  # not this model's
+    return TrainedModel(full, classes, data_config, key, plan, fam)
