@@ -751,36 +751,41 @@ def _record_familiarity(run: _Run, callbacks: Callbacks) -> None:
     """Phase 6: the unfamiliar check's bank, threshold and measurement (familiarity.npz).
 
     A wholly frozen run without augmentation trained on the pooled features themselves: its
-    cached outputs are the bank, with no pass through the network. A run without validation
-    pictures has nothing to choose a threshold on, and gets no check.
+    cached training outputs are the bank, with no pass through the network (the validation
+    features come from the fp32 outputs when they were kept, else from an fp32 pass, as the
+    app computes them). A run without validation pictures has nothing to choose a threshold
+    on and gets no check; neither does one stopped during this phase. The trained model is
+    kept whatever happens here.
     """
     inputs = run.inputs
     if not inputs.val_items or not inputs.train_items:
         return
     cached = None
-    classifier = run.model.get_classifier()
     if (
         run.cached is not None
-        and run.cached.net is classifier
+        and run.cached.net is run.model.get_classifier()
         and run.cfg.augment == "none"
         and len(run.cached.train_views) == 1
     ):
-        val = run.cached.val if run.cached.val_exact is None else run.cached.val_exact
-        cached = (run.cached.train_views[0], val)
-    report = familiar_pass.record(
-        run.run_dir,
-        run.classes,
-        familiar_pass.WithFeatures(run.normalize, run.model),
-        run.plan,
-        inputs.train_eval,
-        inputs.train.labels,
-        inputs.val,
-        inputs.val.labels,
-        run.data_cfg,
-        cached=cached,
-        on_status=callbacks.on_status,
-        should_stop=callbacks.should_stop,
-    )
+        cached = (run.cached.train_views[0], run.cached.val_exact)
+    try:
+        report = familiar_pass.record(
+            run.run_dir,
+            run.classes,
+            familiar_pass.WithFeatures(run.normalize, run.model),
+            run.plan,
+            inputs.train_eval,
+            inputs.train.labels,
+            inputs.val,
+            inputs.val.labels,
+            run.data_cfg,
+            cached=cached,
+            on_status=callbacks.on_status,
+            should_stop=callbacks.should_stop,
+        )
+    except StopRequested:
+        callbacks.on_log("Stopped before the unfamiliar check was ready: this model has none.")
+        return
     callbacks.on_log(f"Unfamiliar check: {report.sentence()}")
 
 

@@ -115,27 +115,28 @@ def record(
     val: Dataset,
     val_labels: Sequence[int],
     data_config: DataConfig,
-    cached: tuple[Dataset, Dataset] | None = None,
+    cached: tuple[Dataset, Dataset | None] | None = None,
     on_status: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> familiarity.FamiliarityReport:
     """Compute and save the run's unfamiliar check; its report.
 
     ``train`` and ``val`` give uint8 eval crops; ``cached``, when given, holds the training
-    and validation pictures' pooled features already (a wholly frozen run's cached outputs,
-    in the same order), so no picture goes through the network again but the few everyday
-    ones.
+    pictures' pooled features already (a wholly frozen run's cached outputs, in the same
+    order) and the validation pictures' in fp32 when they were kept: those pictures then go
+    through the network no more.
     """
     say = on_status or (lambda _m: None)
     train_labels = np.asarray(train_labels, dtype=np.int64)
     rows = familiarity.bank_rows(train_labels)
+    say(f"Learning what your pictures look like: {len(rows)} training pictures")
     if cached is not None:
-        say("Learning what your pictures look like (for the unfamiliar check)")
         train_x = _rows(Subset(cached[0], rows.tolist()))
+    else:
+        train_x = _features(model, Subset(train, rows.tolist()), plan, should_stop)
+    if cached is not None and cached[1] is not None:
         val_x = _rows(cached[1])
     else:
-        say(f"Learning what your pictures look like: {len(rows)} training pictures")
-        train_x = _features(model, Subset(train, rows.tolist()), plan, should_stop)
         val_x = _features(model, val, plan.exact(), should_stop)
     foreign_x = _features(model, foreign_tensors(data_config), plan.exact(), should_stop)
     fam = familiarity.build(train_x, train_labels[rows], val_x)
