@@ -67,6 +67,12 @@ def test_train_command_prints_json_and_the_run_appears_in_the_store(shapes_dir, 
     assert summary["trainable_groups"] == 2 and summary["seconds"] > 0
     assert 0 <= summary["val_accuracy"] <= 1
     assert (out / "best.pt").exists() and (out / "predictions.json").exists()
+    # a partly fine-tuned run's unfamiliar check: its own pass over the pictures
+    assert (out / "familiarity.npz").exists()
+    unfamiliar = summary["unfamiliar"]
+    assert unfamiliar["threshold"] > 0 and unfamiliar["everyday_pictures_flagged"] is not None
+    assert 0 <= unfamiliar["own_validation_flagged"] <= 1
+    assert unfamiliar["left_out_classes_auroc"] is not None
     store = Store(tmp_path / "ws")
     run = store.run(summary["run_id"])
     assert run is not None and run.status == "finished" and run.source == "cli"
@@ -97,6 +103,7 @@ def test_evaluate_command_scores_a_run_and_checks_it_reproduces(shapes_dir, tmp_
     assert 0 <= summary["ece"] <= 1 and summary["parity_ok"] is True
     assert set(summary["per_class"]) == {"square", "disc", "stripes"}
     assert "warning" in summary  # 12 validation images cannot give a tight interval
+    assert summary["unfamiliar"]["sentence"].startswith("If a picture of none of your classes")
 
     other = make_shapes(tmp_path / "more", per_class=5, seed=7)
     proc = _cli("evaluate", run_dir, "--data", str(other), workspace=ws)

@@ -627,6 +627,24 @@ def _train(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, obj
     return _train_summary(t, result, final.run_dir)
 
 
+def _unfamiliar_summary(run_dir: Path) -> dict[str, object] | None:
+    """The unfamiliar check as measured on the run's data (None: the run has none)."""
+    from tl_core.training.familiarity import load_report
+
+    report = load_report(run_dir)
+    if report is None:
+        return None
+    return {
+        "threshold": round(report.threshold, 6),
+        "everyday_pictures_flagged": report.foreign_flagged,
+        "everyday_pictures_auroc": report.foreign_auroc,
+        "left_out_classes_flagged": report.left_out_flagged,
+        "left_out_classes_auroc": report.left_out_auroc,
+        "own_validation_flagged": report.val_flagged,
+        "sentence": report.sentence(),
+    }
+
+
 def _train_summary(t: _Training, result: Any, run_dir: str) -> dict[str, object]:
     """The train command's JSON summary."""
     from tl_core.data.neardup import run_summary
@@ -647,6 +665,7 @@ def _train_summary(t: _Training, result: Any, run_dir: str) -> dict[str, object]
             manifest, config.val_fraction, config.seed, stream=sys.stderr
         ),
         "status": result.status,
+        "unfamiliar": _unfamiliar_summary(Path(run_dir)),
         "compute": result.compute,
         "project_id": t.project_id,
         "run_id": t.run_id,
@@ -723,6 +742,7 @@ def _evaluate(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, 
     }
     if result.warning:
         summary["warning"] = result.warning
+    summary["unfamiliar"] = _unfamiliar_summary(run_dir)
     return summary
 
 
