@@ -786,6 +786,9 @@ def _record_familiarity(run: _Run, callbacks: Callbacks) -> None:
     except StopRequested:
         callbacks.on_log("Stopped before the unfamiliar check was ready: this model has none.")
         return
+    except diskspace.DiskFullError as exc:
+        callbacks.on_log(f"{exc} The model is kept, without an unfamiliar check.")
+        return
     callbacks.on_log(f"Unfamiliar check: {report.sentence()}")
 
 

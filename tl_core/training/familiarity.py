@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from tl_core import diskspace
+
 __all__ = [
     "ACCEPT",
     "ACCEPT_CHOICES",
@@ -214,8 +216,9 @@ def save(run_dir: Path, fam: Familiarity, foreign_scores: np.ndarray | None = No
         arrays["foreign_scores"] = np.asarray(foreign_scores, dtype=np.float32)
     path = Path(run_dir) / FEATURES_FILE
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with diskspace.guard(path.parent, fam.bank.nbytes + diskspace.MB, cleanup=[tmp]):
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
 
 
 def load(run_dir: Path) -> Familiarity | None:
@@ -427,8 +430,10 @@ def report(
 def save_report(run_dir: Path, rep: FamiliarityReport) -> None:
     path = Path(run_dir) / REPORT_FILE
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(rep.to_json(), indent=1))
-    tmp.replace(path)
+    text = json.dumps(rep.to_json(), indent=1)
+    with diskspace.guard(path.parent, len(text) + diskspace.MB, cleanup=[tmp]):
+        tmp.write_text(text)
+        tmp.replace(path)
 
 
 def load_report(run_dir: Path) -> FamiliarityReport | None:
