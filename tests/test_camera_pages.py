@@ -19,7 +19,7 @@ from tl_core import service
 from tl_core.data.dataset import import_folder
 from tl_core.runs.store import Store
 from tl_ui.camera import PROBLEMS, decode_jpeg
-from tl_ui.recording import PRIVACY
+from tl_ui.recording import BACKGROUND_TIP, PRIVACY, needs_background_class
 from tl_ui.text import literal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,6 +114,39 @@ def test_counts_latest_shots_delete_rename_and_remove(workspace) -> None:
     at.button(key="cam_remove_sky").click().run()
     assert not at.exception
     assert [c.label for c in service.camera_state(store, project.id).classes] == ["sunshine"]
+
+
+@pytest.mark.parametrize(
+    ("classes", "needed"),
+    [
+        ([], True),
+        (["banana", "apple"], True),
+        (["banana", "nothingness", "other cup", "empty bottle"], True),
+        (["banana", "Nothing"], False),
+        (["BACKGROUND", "banana"], False),
+        (["banana", "no_object"], False),
+        (["banana", "No Object"], False),
+        (["none"], False),
+        (["Empty"], False),
+        (["others", "banana"], False),
+        (["un-known"], False),
+    ],
+)
+def test_a_none_of_these_class_is_suggested_until_there_is_one(classes, needed) -> None:
+    assert needs_background_class(classes) is needed
+
+
+def test_the_camera_panel_suggests_recording_nothing(workspace) -> None:
+    store = Store(workspace)
+    project = service.camera_project(store, None)
+    _record(store, project.id, "sun", 2)
+    at = app_test(project=project.id, timeout=TIMEOUT)
+    assert not at.exception
+    assert BACKGROUND_TIP in _texts(at)
+    at.text_input(key="cam_new").input("no_object")
+    _button(at, "Add class").click().run()
+    assert not at.exception
+    assert BACKGROUND_TIP not in _texts(at)  # the class is there: nothing more to suggest
 
 
 @pytest.mark.parametrize("name", ["sun", "sky"])

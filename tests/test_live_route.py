@@ -122,6 +122,122 @@ def test_a_new_grant_for_the_same_view_changes_its_answers(server, run_dir, pict
     assert answer["sure"] is False and answer["verdict"].startswith("Not sure")
 
 
+# ------------------------------------------------------------------ the unfamiliar check
+
+
+def _cat() -> bytes:
+    """A shipped everyday photo (a cat) as a camera JPEG: like none of the shapes."""
+    from tl_core.data.foreign import pictures
+
+    out = io.BytesIO()
+    image = dict(pictures())["cat"]
+    image.resize((320, 240)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def _validation_pictures(run_dir: Path) -> list[bytes]:
+    """The run's validation pictures as they are stored (the rows of its predictions)."""
+    rows = json.loads((run_dir / "predictions.json").read_text())["rows"]
+    return [(run_dir.parent / "data" / row["file"]).read_bytes() for row in rows]
+
+
+def _check(run_dir: Path):
+    from tl_core.training import familiarity
+
+    found = familiarity.load(run_dir)
+    assert found is not None, "training writes the unfamiliar check into the run"
+    return found
+
+
+def test_the_unfamiliar_verdict_wins_and_names_the_nearest_class() -> None:
+    import numpy as np
+
+    from tl_core.training.familiarity import UNFAMILIAR
+
+    probs = np.array([0.1, 0.85, 0.05])
+    said = live_route.verdict(probs, ["a", "b", "c"], 0.5, unfamiliar=True)
+    assert said.unfamiliar and not said.sure and said.top == "b"
+    assert said.text.startswith(UNFAMILIAR) and "'b' (85%)" in said.text
+    plain = live_route.verdict(probs, ["a", "b", "c"], 0.5)
+    assert not plain.unfamiliar and plain.sure and plain.text == "b (85%)"
+
+
+def test_a_picture_unlike_the_training_pictures_reads_unfamiliar(server, run_dir) -> None:
+    from tl_core.training.familiarity import UNFAMILIAR
+
+    check = _check(run_dir)
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.0, check.threshold)
+    status, answer = _post(server, _cat(), token)
+    assert status == 200 and "error" not in answer
+    assert answer["unfamiliar"] is True and answer["sure"] is False  # even at 'Not sure' 0%
+    assert answer["unfamiliarity"] > answer["unfamiliar_threshold"] == check.threshold
+    assert answer["verdict"].startswith(UNFAMILIAR)
+    assert answer["top"] == answer["bars"][0][0] and f"'{answer['top']}'" in answer["verdict"]
+
+
+def test_its_own_validation_pictures_are_familiar(server, run_dir) -> None:
+    import math
+
+    check = _check(run_dir)
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.0, check.threshold)
+    answers = [_post(server, picture, token)[1] for picture in _validation_pictures(run_dir)]
+    familiar = [a for a in answers if a["unfamiliar"] is False]
+    # the threshold accepts that share of the validation pictures, scored in the same pass
+    assert len(familiar) >= math.ceil(check.accept * len(answers) - 1e-9) >= 1
+    for a in answers:  # (the score is rounded to 4 places in the answer)
+        above = a["unfamiliarity"] - check.threshold
+        assert (above > -1e-4) if a["unfamiliar"] else (above < 1e-4)
+    for a in familiar:
+        assert a["sure"] is True and a["verdict"].startswith(a["top"])  # a class answer
+
+
+def test_without_an_unfamiliar_threshold_the_answer_is_as_before(server, run_dir) -> None:
+    check = _check(run_dir)
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.0)
+    _, before = _post(server, _cat(), token)
+    assert before["unfamiliar"] is False and before["unfamiliarity"] is None
+    assert before["unfamiliar_threshold"] is None
+    assert before["sure"] is True and before["verdict"].startswith(before["top"])
+    live_route.grant(token, str(run_dir), 1.0, 0.0, check.threshold)
+    _, checked = _post(server, _cat(), token)
+    assert checked["unfamiliar"] is True and checked["bars"] == before["bars"]  # one pass
+
+
+def test_the_fallback_through_a_rerun_checks_the_same_way(server, run_dir) -> None:
+    import base64
+
+    check = _check(run_dir)
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.5, check.threshold)
+    _, routed = _post(server, _cat(), token)
+    message = {"id": "x", "seq": 1, "image": base64.b64encode(_cat()).decode()}
+    rerun = answer_frame(message, str(run_dir), 1.0, 0.5, check.threshold)["answer"]
+    assert rerun["unfamiliar"] is True
+    for field in ("unfamiliar", "unfamiliarity", "unfamiliar_threshold", "verdict", "bars"):
+        assert rerun[field] == routed[field]
+
+
+def test_a_run_without_the_check_answers_as_before(server, run_dir, tmp_path) -> None:
+    import shutil
+
+    from tl_core.training import familiarity
+
+    old = tmp_path / "run"  # as if trained before the check existed
+    shutil.copytree(run_dir, old)
+    (old / familiarity.FEATURES_FILE).unlink()
+    (old / familiarity.REPORT_FILE).unlink()
+    token = live_route.new_token()
+    live_route.grant(token, str(old), 1.0, 0.0, _check(run_dir).threshold)
+    status, answer = _post(server, _cat(), token)
+    assert status == 200 and "error" not in answer
+    assert answer["unfamiliar"] is False and answer["unfamiliarity"] is None
+    assert answer["unfamiliar_threshold"] is None  # the view says the check is off
+    assert answer["sure"] is True and answer["verdict"].startswith(answer["top"])
+
+
 @pytest.mark.parametrize("token", [None, "", "made-up-token"])
 def test_a_view_the_studio_did_not_draw_is_refused(server, picture, token) -> None:
     status, answer = _post(server, picture, token)

@@ -12,10 +12,13 @@
 //   bars and verdict are drawn here. With data.endpoint (the app was started by app.py) the
 //   frame is POSTed there as a JPEG and the JSON answer needs no rerun; otherwise it is sent
 //   ({seq, image}) as the trigger "frame" and answered in data.answer on the fragment rerun.
+//   An answer with `unfamiliar` (the frame is unlike every training picture) reads
+//   "Unfamiliar" with the nearest class, its bars greyed; data-unfamiliar says so ("1"/"0").
 // The state value "camera" says whether the camera works: ready, insecure, denied, none, error.
 
 const instances = new WeakMap();
 const MIN_GAP_MS = 80; // live guesses through the studio's route: at most 12 a second
+const UNFAMILIAR_WORD = "Unfamiliar"; // how the server's unfamiliar verdict starts
 
 function el(tag, cls, text) {
   const node = document.createElement(tag);
@@ -432,28 +435,44 @@ class Camera {
     if (answer.error) {
       this.verdict.textContent = answer.error;
       this.verdict.className = "tlcam-verdict tlcam-unsure";
+      this.verdict.setAttribute("data-unfamiliar", "0");
       return;
     }
-    this.verdict.textContent = answer.verdict || "";
-    this.verdict.className = `tlcam-verdict ${answer.sure ? "tlcam-sure" : "tlcam-unsure"}`;
-    this.verdict.setAttribute("data-guess", answer.sure ? answer.top : "");
+    // unfamiliar: unlike every training picture, so no class answer (the bars only say which
+    // class is nearest, greyed); it wins over "not sure" and over a sure class
+    const unfamiliar = answer.unfamiliar === true;
+    const text = answer.verdict || "";
+    if (unfamiliar && text.startsWith(UNFAMILIAR_WORD)) {
+      this.verdict.replaceChildren(
+        el("strong", "tlcam-unfamiliar-word", UNFAMILIAR_WORD),
+        document.createTextNode(text.slice(UNFAMILIAR_WORD.length)),
+      );
+    } else {
+      this.verdict.textContent = text;
+    }
+    const kind = unfamiliar ? "tlcam-unfamiliar" : answer.sure ? "tlcam-sure" : "tlcam-unsure";
+    this.verdict.className = `tlcam-verdict ${kind}`;
+    this.verdict.setAttribute("data-unfamiliar", unfamiliar ? "1" : "0");
+    this.verdict.setAttribute("data-guess", answer.sure && !unfamiliar ? answer.top : "");
     this.verdict.setAttribute("data-top", answer.top || "");
+    this.bars.classList.toggle("tlcam-unfamiliar", unfamiliar);
     const rows = (answer.bars || []).map(([name, p]) => {
       const row = el("div", "tlcam-bar");
       const label = el("span", "tlcam-bar-label", name);
       const track = el("span", "tlcam-bar-track");
       const fill = el("span", "tlcam-bar-fill");
       fill.style.width = `${Math.round(p * 100)}%`;
-      if (name === answer.top && answer.sure) fill.classList.add("tlcam-bar-top");
+      if (name === answer.top && answer.sure && !unfamiliar) fill.classList.add("tlcam-bar-top");
       track.appendChild(fill);
       row.append(label, track, el("span", "tlcam-bar-value", `${Math.round(p * 100)}%`));
       return row;
     });
     if (answer.threshold !== undefined) {
+      const check = answer.unfamiliar_threshold == null ? "off" : "on";
       const note = el(
         "div",
         "tlcam-threshold",
-        `'Not sure' below ${Math.round(answer.threshold * 100)}%`,
+        `'Not sure' below ${Math.round(answer.threshold * 100)}% · Unfamiliar check ${check}`,
       );
       rows.push(note);
     }

@@ -13,6 +13,10 @@ Only a page the studio drew may ask: each live view gets an unguessable token
 access code (``TL_STUDIO_ACCESS_CODE``) guards this route as it guards the pages. When the
 app is started without the route (``streamlit run studio.py``) :func:`mounted` is False and
 the live view sends frames as trigger values instead, as before.
+
+With an unfamiliar threshold (and a run that has the check, ``familiarity.npz``) the same
+pass also says how unlike every training picture the frame is: above the threshold the
+answer is "Unfamiliar", whatever the bars say (:mod:`tl_core.training.familiarity`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tl_core.errors import StudioError
+from tl_core.training.familiarity import UNFAMILIAR
 from tl_ui.camera import MAX_FRAME_BYTES
 
 __all__ = [
@@ -66,13 +71,19 @@ class Verdict:
     sure: bool
     text: str
     probability: float
+    unfamiliar: bool = False  # unlike every training picture: no class answer at all
 
 
-def verdict(probs: np.ndarray, classes: list[str], threshold: float) -> Verdict:
-    """The top class, or "not sure" when it is below ``threshold`` (as for single pictures)."""
+def verdict(
+    probs: np.ndarray, classes: list[str], threshold: float, unfamiliar: bool = False
+) -> Verdict:
+    """The top class, or "not sure" when it is below ``threshold`` (as for single pictures),
+    or "unfamiliar" (with the nearest class) when the picture is unlike every training one."""
     k = int(np.argmax(probs))
     p = float(probs[k])
     top = classes[k]  # plain text: pages pass it through literal(), the live view sets textContent
+    if unfamiliar:
+        return Verdict(top, False, f"{UNFAMILIAR} The nearest is '{top}' ({p:.0%}).", p, True)
     if p >= threshold:
         return Verdict(top, True, f"{top} ({p:.0%})", p)
     return Verdict(
@@ -85,9 +96,17 @@ def verdict(probs: np.ndarray, classes: list[str], threshold: float) -> Verdict:
 
 
 def answer_image(
-    data: bytes | None, run_dir: str, temperature: float, threshold: float
+    data: bytes | None,
+    run_dir: str,
+    temperature: float,
+    threshold: float,
+    unfamiliar_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Bars and verdict for one picture from the camera, or ``error``: one sentence."""
+    """Bars and verdict for one picture from the camera, or ``error``: one sentence.
+
+    With ``unfamiliar_threshold`` and a run that has the unfamiliar check, the answer says
+    whether the picture is unfamiliar (its ``unfamiliarity`` above the threshold); else
+    ``unfamiliar`` is False and ``unfamiliarity`` None, as before the check existed."""
     if not data:
         return {"threshold": threshold, "error": NOT_A_PICTURE}
     from tl_ui.runs import trained_model
@@ -98,15 +117,23 @@ def answer_image(
 
         # one picture: one thread is as fast alone and far steadier beside other work
         with _PREDICT, one_thread():
-            probs = model.predict([data], temperature=temperature)[0]
+            guessed = model.guess([data], temperature=temperature)
     except StudioError as exc:
         return {"threshold": threshold, "error": str(exc)}
-    said = verdict(probs, list(model.classes), threshold)
+    probs = guessed.probs[0]
+    far = guessed.unfamiliarity
+    checked = unfamiliar_threshold is not None and far is not None
+    score = round(float(far[0]), 4) if checked and far is not None else None
+    unfamiliar = bool(guessed.unfamiliar(unfamiliar_threshold)[0])  # False without a check
+    said = verdict(probs, list(model.classes), threshold, unfamiliar)
     order = np.argsort(-probs)[:TOP_BARS]
     bars = [[model.classes[int(i)], round(float(probs[i]), 4)] for i in order]
     return {
         "threshold": threshold,
+        "unfamiliar_threshold": unfamiliar_threshold if checked else None,
         **{"top": said.top, "sure": said.sure, "verdict": said.text, "bars": bars},
+        "unfamiliar": unfamiliar,
+        "unfamiliarity": score,
     }
 
 
@@ -119,6 +146,7 @@ class _Grant:
     temperature: float
     threshold: float
     used: float
+    unfamiliar_threshold: float | None = None
 
 
 _GRANTS: OrderedDict[str, _Grant] = OrderedDict()
@@ -131,10 +159,19 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
-def grant(token: str, run_dir: str, temperature: float, threshold: float) -> None:
-    """Let ``token`` ask for guesses of the model of ``run_dir`` (replacing what it had)."""
+def grant(
+    token: str,
+    run_dir: str,
+    temperature: float,
+    threshold: float,
+    unfamiliar_threshold: float | None = None,
+) -> None:
+    """Let ``token`` ask for guesses of the model of ``run_dir`` (replacing what it had);
+    ``unfamiliar_threshold`` None: no unfamiliar check on its answers."""
     with _LOCK:
-        _GRANTS[token] = _Grant(run_dir, temperature, threshold, time.monotonic())
+        _GRANTS[token] = _Grant(
+            run_dir, temperature, threshold, time.monotonic(), unfamiliar_threshold
+        )
         _GRANTS.move_to_end(token)
         while len(_GRANTS) > MAX_GRANTS:
             _GRANTS.popitem(last=False)
@@ -183,7 +220,12 @@ async def guess(request: Request) -> JSONResponse:
     if body is None:
         return JSONResponse({"error": TOO_BIG}, status_code=413)
     answer = await run_in_threadpool(
-        answer_image, body, found.run_dir, found.temperature, found.threshold
+        answer_image,
+        body,
+        found.run_dir,
+        found.temperature,
+        found.threshold,
+        found.unfamiliar_threshold,
     )
     return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 

@@ -2,7 +2,8 @@
 
 The browser sends one small JPEG when the last answer came back and draws the bars itself;
 the server predicts it in this process with the run's cached model (one picture, like a
-single upload). Through ``app.py`` the frames go to the studio's own route
+single upload), and with an unfamiliar threshold says "Unfamiliar" for a frame unlike every
+training picture. Through ``app.py`` the frames go to the studio's own route
 (:mod:`tl_ui.live_route`) and nothing reruns; without it they are trigger values answered
 in a fragment, so only the live view reruns. Where the browser has no camera the page falls back
 to single pictures with a sentence saying why.
@@ -27,32 +28,48 @@ FRAME_SIDE = 320  # the long side of a frame the browser sends (the model sees 2
 
 
 def answer_frame(
-    message: dict[str, Any], run_dir: str, temperature: float, threshold: float
+    message: dict[str, Any],
+    run_dir: str,
+    temperature: float,
+    threshold: float,
+    unfamiliar_threshold: float | None = None,
 ) -> dict[str, Any]:
     """The reply to one frame sent as a trigger value (where the live route is not served)."""
     data = decode_jpeg(message.get("image"))
-    answer = live_route.answer_image(data, run_dir, temperature, threshold)
+    answer = live_route.answer_image(data, run_dir, temperature, threshold, unfamiliar_threshold)
     return {"answer": {"id": message.get("id"), "seq": message.get("seq"), **answer}}
 
 
-def _direct(run_dir: str, temperature: float, threshold: float) -> dict[str, Any]:
+def _direct(
+    run_dir: str, temperature: float, threshold: float, unfamiliar_threshold: float | None
+) -> dict[str, Any]:
     """What the browser needs to ask the live route itself (nothing when it is not served)."""
     if not live_route.mounted():
         return {}
     token = st.session_state.get(TOKEN) or live_route.new_token()
     st.session_state[TOKEN] = token
-    live_route.grant(token, run_dir, temperature, threshold)
+    live_route.grant(token, run_dir, temperature, threshold, unfamiliar_threshold)
     return {"endpoint": live_route.ROUTE, "token": token, "header": live_route.TOKEN_HEADER}
 
 
 @st.fragment
-def live_view(run_dir: str, temperature: float, threshold: float) -> str:
-    """The live camera with its bars; returns the camera's status (see tl_ui.camera)."""
+def live_view(
+    run_dir: str,
+    temperature: float,
+    threshold: float,
+    unfamiliar_threshold: float | None = None,
+) -> str:
+    """The live camera with its bars; returns the camera's status (see tl_ui.camera).
+
+    ``unfamiliar_threshold``: frames whose unfamiliarity is above it read "Unfamiliar"
+    (None, or a run without the check: no such answer)."""
     status = camera(
         "live_camera",
         "live",
-        {"side": FRAME_SIDE, **_direct(run_dir, temperature, threshold)},
-        lambda message: answer_frame(message, run_dir, temperature, threshold),
+        {"side": FRAME_SIDE, **_direct(run_dir, temperature, threshold, unfamiliar_threshold)},
+        lambda message: answer_frame(
+            message, run_dir, temperature, threshold, unfamiliar_threshold
+        ),
     )
     said = problem(status)
     if said:

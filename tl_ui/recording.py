@@ -9,6 +9,8 @@ import (tl_core.service.camera_commit), mixed with the images it already has.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import streamlit as st
@@ -17,10 +19,10 @@ from tl_core import service
 from tl_core.errors import DataError, DiskFullError, StudioError
 from tl_core.runs.store import Project, Store
 from tl_ui.camera import camera, decode_jpeg, problem
-from tl_ui.session import active_project, get_store, open_project
+from tl_ui.session import active_project, get_store, open_project, project_manifest
 from tl_ui.text import literal
 
-__all__ = ["FPS", "camera_panel", "save_batch"]
+__all__ = ["BACKGROUND_TIP", "FPS", "camera_panel", "needs_background_class", "save_batch"]
 
 FPS = 8  # frames per second while recording
 FRAME_SIDE = 320  # the long side of a captured frame, in pixels
@@ -37,10 +39,29 @@ BURSTS = (
     "validation check, so the check never sees a near-copy of a training picture. Record each "
     "class a few times, from different sides, so both get some."
 )
+BACKGROUND_TIP = (
+    "Tip: record a class called 'nothing' (the empty scene, your hands, the background): it is "
+    "the classroom way to teach the model 'none of these'."
+)
+# Class names that already mean "none of these" (lower case, without spaces or underscores).
+_BACKGROUND_NAMES = frozenset(
+    {"nothing", "background", "none", "empty", "other", "noobject", "unknown"}
+)
 PRIVACY = (
     "Shots are kept only in this project, on this server: they are not sent anywhere else, and "
     "deleting the project deletes them."
 )
+
+
+def needs_background_class(classes: Iterable[str]) -> bool:
+    """Whether none of ``classes`` reads like a "none of these" class (nothing, background,
+    none, empty, other, no object, unknown; any case, with spaces, underscores or dashes, or
+    a plural s)."""
+    for name in classes:
+        squeezed = re.sub(r"[\s_\-]+", "", str(name).casefold())
+        if squeezed in _BACKGROUND_NAMES or squeezed.removesuffix("s") in _BACKGROUND_NAMES:
+            return False
+    return True
 
 
 def save_batch(
@@ -187,6 +208,10 @@ def camera_panel() -> None:
     )
     st.caption(BURSTS)
     label = _classes(project, state)
+    manifest = project_manifest(project)
+    known = [c.label for c in state.classes] if state else []
+    if needs_background_class(known + (list(manifest.classes) if manifest else [])):
+        st.caption(BACKGROUND_TIP)
     on = st.toggle("Camera on", key=_ON)
     if on:
         status = camera(
