@@ -15,6 +15,7 @@ from tl_core.data import review
 from tl_core.errors import RunError, StudioError
 from tl_core.models import catalog
 from tl_core.runs.store import Project, Run
+from tl_core.training import familiarity
 from tl_ui.alarms import show_alarm
 from tl_ui.charts import (
     LABELLED_CELLS,
@@ -24,6 +25,7 @@ from tl_ui.charts import (
     confusion_figure,
     curves_figure,
     reliability_figure,
+    unfamiliar_figure,
 )
 from tl_ui.gallery import pager, show_thumbnail, thumbnails
 from tl_ui.jobs import watch
@@ -38,6 +40,7 @@ PAIR_EXAMPLES = 6  # images shown for each confused pair
 PAIR_THUMB = 96  # their width in pixels
 THUMB_SIDE = 192  # thumbnails of the confusion view
 MISTAKE_SIDE = 320  # thumbnails of the mistakes, shown larger
+LOW_AUROC = 0.8  # below this a new class is hard to notice: the page suggests a 'nothing' class
 
 
 @st.cache_data(max_entries=8, show_spinner="Scoring the validation images…")
@@ -487,6 +490,54 @@ def _calibration(ev: RunEvaluation) -> None:
     )
 
 
+def _unfamiliar(run: Run) -> None:
+    """How well the unfamiliar check notices pictures of none of the classes (measured at the
+    end of training: familiarity.json), and what to do when it cannot."""
+    rep = familiarity.load_report(Path(run.run_dir))
+    if rep is None:
+        st.caption(
+            "This model was trained before the unfamiliar check existed; train it again to see "
+            "how well it notices pictures of none of your classes."
+        )
+        return
+    st.markdown(rep.sentence())
+    names = plot_literal(c.name for c in rep.left_out)
+    st.plotly_chart(
+        unfamiliar_figure(
+            rep.foreign_flagged if rep.foreign_images else None,
+            [(name, c.flagged) for name, c in zip(names, rep.left_out, strict=True)],
+            rep.val_flagged,
+        ),
+        key="unfamiliar_shares",
+        config={"displayModeBar": False},
+    )
+    st.caption(
+        f"The threshold lets through {rep.accept:.0%} of your validation pictures; the Try "
+        "page can move it. Everyday pictures: photos of people, animals, objects and textures "
+        "that belong to no one's classes."
+    )
+    told_apart = rep.left_out_auroc
+    if told_apart is None:
+        return
+    st.metric(
+        "A new class told apart (left-out AUROC)",
+        f"{told_apart:.2f}",
+        help="The mean over your classes, each left out in turn.",
+    )
+    st.caption(
+        "This says how alike your classes are: when one of your classes is left out, how well "
+        "its pictures are told apart from the others' (1.0 is perfectly, 0.5 is not at all); "
+        "alike classes make a new class hard to notice."
+    )
+    if told_apart < LOW_AUROC:
+        st.info(
+            "A picture of something new may pass for one of your classes. To teach the model "
+            "'none of these', add a class of pictures of nothing in particular (background, "
+            "empty scenes, other things) and train again.",
+            icon=":material/lightbulb:",
+        )
+
+
 def page() -> None:
     st.title("4. Evaluate")
     picked = pick_run("see how good it is")
@@ -506,7 +557,16 @@ def page() -> None:
         return
     root = Path(run.data_dir)
     _headline(project, run, ev)
-    tabs = st.tabs(["Learning curves", "Per class", "Confusion matrix", "Mistakes", "Calibration"])
+    tabs = st.tabs(
+        [
+            "Learning curves",
+            "Per class",
+            "Confusion matrix",
+            "Mistakes",
+            "Calibration",
+            "Pictures of none of your classes",
+        ]
+    )
     with tabs[0]:
         store = get_store()
         st.plotly_chart(
@@ -531,6 +591,8 @@ def page() -> None:
         _mistakes(project, run, root, ev)
     with tabs[4]:
         _calibration(ev)
+    with tabs[5]:
+        _unfamiliar(run)
 
 
 page()

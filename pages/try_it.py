@@ -14,6 +14,7 @@ from tl_core.analysis.evaluation import Calibration, load_calibration
 from tl_core.data.dataset import IMAGE_SUFFIXES
 from tl_core.errors import StudioError
 from tl_core.runs.store import Run
+from tl_core.training import familiarity
 from tl_ui.batch import results_table
 from tl_ui.charts import top_classes_figure
 from tl_ui.jobs import watch
@@ -23,14 +24,19 @@ from tl_ui.session import get_store
 from tl_ui.text import literal, plot_literal
 
 LIVE = "Live camera"
+OFF = "off"  # the unfamiliar check's choice that turns it off
+_ACCEPTS = "_try_unfamiliar"  # session state: each run's chosen share of validation pictures
 
 
 def _predict_one(run_dir: str, name: str, data: bytes, temperature: float):
-    """(name, probabilities or None, error or None) of one picture, in this process (fast)."""
+    """(name, probabilities or None, error or None, unfamiliarity or None) of one picture,
+    in this process (fast)."""
     try:
-        return name, trained_model(run_dir).predict([data], temperature=temperature)[0], None
+        guessed = trained_model(run_dir).guess([data], temperature=temperature)
     except StudioError as exc:
-        return name, None, str(exc)
+        return name, None, str(exc), None
+    far = guessed.unfamiliarity
+    return name, guessed.probs[0], None, None if far is None else float(far[0])
 
 
 def _predict_many(run: Run, named: list[tuple[str, bytes]], temperature: float):
@@ -40,7 +46,12 @@ def _predict_many(run: Run, named: list[tuple[str, bytes]], temperature: float):
     if done is None:
         return None
     return [
-        (r["name"], np.asarray(r["probs"]) if r["probs"] is not None else None, r["error"])
+        (
+            r["name"],
+            np.asarray(r["probs"]) if r["probs"] is not None else None,
+            r["error"],
+            r.get("unfamiliarity"),  # None from a job of a run without the check
+        )
         for r in (done.result or {}).get("rows", [])
     ]
 
@@ -68,6 +79,49 @@ def _probabilities_note(calibration: Calibration) -> str:
     return f"Probabilities are as trained (temperature 1.00). {calibration.reason()}"
 
 
+def _accept_label(accept: float | str) -> str:
+    if accept == OFF:
+        return "off (no check)"
+    if accept == 1.0:
+        return "all of your validation pictures"
+    return f"{accept:.0%} of your validation pictures"
+
+
+def _unfamiliar_threshold(run: Run) -> float | None:
+    """The unfamiliar check's control, kept per run across reruns and pages; its threshold
+    (None: off, or a run trained before the check existed, which a caption says)."""
+    fam = trained_model(run.run_dir).familiarity
+    if fam is None:
+        st.caption(
+            "This model was trained before the unfamiliar check existed, so it cannot say when "
+            "a picture looks like none of your classes; train it again to get the check."
+        )
+        return None
+    kept = st.session_state.setdefault(_ACCEPTS, {})
+    key = f"try_unfamiliar_{run.id}"
+    if key not in st.session_state:  # a page switch forgets the widget, not the choice
+        st.session_state[key] = kept.get(run.id, familiarity.ACCEPT)
+    # right is more careful, as for 'not sure': off, then all of them, then fewer
+    choices: list[float | str] = [OFF, *sorted(familiarity.ACCEPT_CHOICES, reverse=True)]
+    accept = st.select_slider(
+        "Call a picture unfamiliar when it is further from your training pictures than",
+        choices,
+        format_func=_accept_label,
+        key=key,
+        help="The model compares a new picture with every training picture; one unlike all "
+        "of them is answered 'Unfamiliar' instead of a class. The default lets through "
+        f"{familiarity.ACCEPT:.0%} of your validation pictures (new pictures of your classes); "
+        "fewer catches more pictures of other things, and more of yours by mistake.",
+    )
+    kept[run.id] = accept
+    st.caption(
+        "'Unfamiliar': the picture looks like none of your classes, further from every "
+        "training picture than your own new pictures are. 'Not sure' is different: it looks "
+        "like two of your classes at once."
+    )
+    return None if accept == OFF else fam.threshold_at(float(accept))
+
+
 def page() -> None:
     st.title("5. Try it")
     picked = pick_run("try it on new pictures")
@@ -80,15 +134,19 @@ def page() -> None:
     except StudioError as exc:
         st.error(str(exc), icon=":material/error:")
         return
-    threshold = st.slider(
-        "Say 'not sure' when the top class is below",
-        0.0,
-        1.0,
-        float(round(calibration.threshold, 2)),
-        0.01,
-        format="%.2f",
-        help="The default was chosen on the validation images. Raise it to be more careful.",
-    )
+    c1, c2 = st.columns(2)
+    with c1:
+        threshold = st.slider(
+            "Say 'not sure' when the top class is below",
+            0.0,
+            1.0,
+            float(round(calibration.threshold, 2)),
+            0.01,
+            format="%.2f",
+            help="The default was chosen on the validation images. Raise it to be more careful.",
+        )
+    with c2:
+        unfamiliar_threshold = _unfamiliar_threshold(run)
     source = st.radio(
         "Pictures from",
         [LIVE, "Upload", "Camera"],
@@ -102,7 +160,7 @@ def page() -> None:
             "Hold things in front of the camera: the bars follow what it sees. The pictures "
             "are looked at on this server and not kept."
         )
-        live_view(run.run_dir, calibration.temperature, threshold)
+        live_view(run.run_dir, calibration.temperature, threshold, unfamiliar_threshold)
         trouble = camera_problem()
         if trouble is None:
             st.caption(_probabilities_note(calibration))
@@ -132,25 +190,33 @@ def page() -> None:
             return
         results = found
     if len(results) == 1:
-        name, probs, error = results[0]
-        if error:
+        name, probs, error, far = results[0]
+        if error or probs is None:
             st.error(f"{literal(name)}: {literal(error)}")
             return
+        flagged = (
+            far is not None and unfamiliar_threshold is not None and far > unfamiliar_threshold
+        )
         c1, c2 = st.columns([1, 2])
         c1.image(Image.open(io.BytesIO(named[0][1])), caption=name, width="stretch")
         with c2:
-            said = verdict(probs, list(classes), threshold)
-            if said.sure:
+            said = verdict(probs, list(classes), threshold, unfamiliar=flagged)
+            if said.unfamiliar:
+                st.warning(literal(said.text), icon=":material/help:")
+                st.caption("The model's guesses if it had to choose one of your classes:")
+            elif said.sure:
                 st.success(f"**{literal(said.top)}** ({said.probability:.0%})")
             else:
                 st.warning(literal(said.text))
             st.plotly_chart(
-                top_classes_figure(plot_literal(classes), probs.tolist(), threshold),
+                top_classes_figure(
+                    plot_literal(classes), probs.tolist(), threshold, unfamiliar=said.unfamiliar
+                ),
                 key="try_bars",
                 config={"displayModeBar": False},
             )
         return
-    results_table(results, classes, threshold)
+    results_table(results, classes, threshold, unfamiliar_threshold)
 
 
 page()

@@ -15,6 +15,7 @@ from tl_core.config import EpochRow
 from tl_core.data.dataset import import_folder
 from tl_core.runs import jobs
 from tl_core.runs.store import Store
+from tl_ui.text import literal
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
@@ -233,6 +234,14 @@ def test_evaluate_page_shows_accuracy_interval_classes_and_calibration(workspace
     cell_pred = next(s for s in at.selectbox if s.label == "Predicted as")
     assert cell_true.value != cell_pred.value  # the biggest confusion is shown first
     assert "misclassified validation image(s), most confidently wrong first" in _texts(at)
+    # the unfamiliar check's own tab: its measured sentence, the chart and the left-out AUROC
+    from tl_core.training import familiarity
+
+    report = familiarity.load_report(trained[1])
+    assert "Pictures of none of your classes" in [t.label for t in at.tabs]
+    assert report is not None and report.sentence() in _texts(at)
+    assert metrics["A new class told apart (left-out AUROC)"] == f"{report.left_out_auroc:.2f}"
+    assert at.get("plotly_chart")
 
 
 def test_evaluate_page_raises_the_overfitting_alarm(workspace, trained) -> None:
@@ -309,6 +318,87 @@ def test_try_page_uses_the_calibrated_threshold(workspace, trained) -> None:
     calibration = load_calibration(trained[1])
     note = "calibrated on the validation images" if calibration.calibrated else "as trained"
     assert f"Probabilities are {note}" in _texts(at)
+
+
+FOREIGN_CAT = ROOT / "tl_core" / "data" / "foreign" / "cat.jpg"
+
+
+def _try_upload(at: AppTest, *pictures: Path) -> AppTest:
+    """The Try page with ``pictures`` dropped on its uploader."""
+    at.radio(key="try_source").set_value("Upload").run()
+    files = [
+        (p.name, p.read_bytes(), "image/jpeg" if p.suffix == ".jpg" else "image/png")
+        for p in pictures
+    ]
+    return at.file_uploader(key="try_upload").set_value(files).run()
+
+
+def _unfamiliar_said(at: AppTest) -> bool:
+    from tl_core.training.familiarity import UNFAMILIAR
+
+    return any(str(w.value).startswith(literal(UNFAMILIAR)) for w in at.warning)
+
+
+def test_try_page_calls_a_picture_of_none_of_the_classes_unfamiliar(workspace, trained) -> None:
+    from tl_core.training import familiarity
+    from tl_core.training.inference import load_trained
+
+    data_dir, run_dir, _ = trained
+    model = load_trained(run_dir)
+    fam = model.familiarity
+    assert fam is not None
+    rows = json.loads((run_dir / "predictions.json").read_text())["rows"]
+    val = [data_dir / r["file"] for r in rows[::5]]  # 40 validation pictures of every class
+    far = model.guess(val).unfamiliarity
+    familiar, odd = val[int(far.argmin())], val[int(far.argmax())]
+    assert fam.threshold_at(0.8) < far.max() - 1e-3  # so the strictest choice flags it
+    project_id, run_id = _project_with_run(workspace, trained)
+    at = _try_upload(_app("pages/try_it.py", project_id), FOREIGN_CAT)
+    assert not at.exception
+    assert at.select_slider(key=f"try_unfamiliar_{run_id}").value == familiarity.ACCEPT
+    assert _unfamiliar_said(at) and "The nearest is" in _texts(at)
+    assert "if it had to choose" in _texts(at)
+    at = _try_upload(at, familiar)
+    assert not _unfamiliar_said(at)
+    # the control moves the threshold: a validation picture flagged by the strictest choice
+    # passes when every validation picture is let through; "off" lets even the cat through
+    at = _try_upload(at, odd)
+    at.select_slider(key=f"try_unfamiliar_{run_id}").set_value(0.8).run()
+    assert _unfamiliar_said(at)
+    at.select_slider(key=f"try_unfamiliar_{run_id}").set_value(1.0).run()
+    assert not _unfamiliar_said(at)
+    at = _try_upload(at, FOREIGN_CAT)
+    at.select_slider(key=f"try_unfamiliar_{run_id}").set_value("off").run()
+    assert not at.exception and not _unfamiliar_said(at)
+    at.switch_page("pages/export.py").run()
+    at.switch_page("pages/try_it.py").run()  # the choice outlives a visit to another page
+    assert at.select_slider(key=f"try_unfamiliar_{run_id}").value == "off"
+    # many pictures, a job: the cat is "unfamiliar" with its nearest class, the other is not
+    at.select_slider(key=f"try_unfamiliar_{run_id}").set_value(0.95).run()
+    at = _try_upload(at, FOREIGN_CAT, familiar)
+    assert not at.exception
+    table = at.dataframe[0].value.set_index("file")
+    assert table.loc["cat.jpg", "prediction"] == "unfamiliar"
+    assert table.loc["cat.jpg", "nearest_class"] in model.classes
+    assert table.loc[familiar.name, "prediction"] != "unfamiliar"
+    assert "; 1 unfamiliar (like none of your classes)." in _texts(at)
+
+
+def test_a_run_trained_before_the_unfamiliar_check_says_so(workspace, trained) -> None:
+    from tl_core.training import familiarity
+
+    project_id, run_id = _project_with_run(workspace, trained)
+    run_dir = Path(Store(workspace).run(run_id).run_dir)
+    (run_dir / familiarity.FEATURES_FILE).unlink()
+    (run_dir / familiarity.REPORT_FILE).unlink()
+    at = _try_upload(_app("pages/try_it.py", project_id), FOREIGN_CAT)
+    assert not at.exception
+    assert "trained before the unfamiliar check existed" in _texts(at)
+    assert not at.get("select_slider") and not _unfamiliar_said(at)
+    at.switch_page("pages/evaluate.py").run()
+    assert not at.exception
+    assert "trained before the unfamiliar check existed; train it again" in _texts(at)
+    assert "A new class told apart (left-out AUROC)" not in [m.label for m in at.metric]
 
 
 def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -> None:
@@ -603,6 +693,8 @@ def test_many_pictures_are_predicted_in_one_job_and_the_same_pictures_reuse_it(
     rows = job.result["rows"]
     assert [r["name"] for r in rows] == [n for n, _ in pictures]
     assert all(r["probs"] is not None for r in rows[:-1]) and rows[-1]["error"]
+    assert all(isinstance(r["unfamiliarity"], float) for r in rows[:-1])  # the run has the check
+    assert rows[-1]["unfamiliarity"] is None
     assert service.submit_predict(store, store.run(run_id), pictures, 1.0).id == job.id
 
 

@@ -228,33 +228,40 @@ class _FakePlan:
 
 
 class _FakeModel:
-    """Reads each picture as the real model does; records the batches it was given."""
+    """Reads each picture as the real model does; records the batches it was given. Its
+    unfamiliarity is how far a picture's grey is from mid-grey (None: a run without the
+    unfamiliar check)."""
 
-    def __init__(self, batch: int) -> None:
+    def __init__(self, batch: int, checked: bool = True) -> None:
         self.classes = ["dark", "light"]
         self.plan = _FakePlan(batch)
         self.batches: list[int] = []
+        self.checked = checked
 
-    def predict(self, images, temperature=1.0, names=None):
-        from tl_core.training.inference import upright_rgb
+    def guess(self, images, temperature=1.0, names=None):
+        from tl_core.training.inference import Guesses, upright_rgb
 
         self.batches.append(len(images))
-        out = []
-        for image, name in zip(images, names, strict=True):
-            light = float(np.asarray(upright_rgb(image, name)).mean()) / 255
-            out.append([1 - light, light])
-        return np.asarray(out)
+        light = np.asarray(
+            [
+                float(np.asarray(upright_rgb(image, name)).mean()) / 255
+                for image, name in zip(images, names, strict=True)
+            ]
+        )
+        far = np.abs(light - 0.5) / 3 if self.checked else None
+        return Guesses(np.stack([1 - light, light], 1), far)
 
 
 @pytest.mark.parametrize(
-    ("count", "batch", "broken"), [(300, 64, (7, 250)), (130, 16, ()), (5, 64, (0,))]
+    ("count", "batch", "broken", "checked"),
+    [(300, 64, (7, 250), True), (130, 16, (), False), (5, 64, (0,), True)],
 )
 def test_predict_task_scores_hundreds_of_pictures_by_batch_and_reports_progress(
-    tmp_path, monkeypatch, count, batch, broken
+    tmp_path, monkeypatch, count, batch, broken, checked
 ) -> None:
     from tl_core.analysis import evaluation
 
-    model = _FakeModel(batch)
+    model = _FakeModel(batch, checked)
     monkeypatch.setattr(evaluation, "load_model_checked", lambda run_dir: model)
     inputs = tmp_path / "job" / "inputs"
     inputs.mkdir(parents=True)
@@ -280,6 +287,12 @@ def test_predict_task_scores_hundreds_of_pictures_by_batch_and_reports_progress(
     assert [r["name"] for r in rows] == [f"pic {i}.png" for i in range(count)]
     assert [i for i, r in enumerate(rows) if r["error"]] == list(broken)
     assert all(len(r["probs"]) == 2 for r in rows if not r["error"])
+    for r in rows:  # each picture's own unfamiliarity, 6 decimals; None where not measured
+        if r["error"] or not checked:
+            assert r["unfamiliarity"] is None
+        else:
+            assert r["unfamiliarity"] == pytest.approx(abs(r["probs"][1] - 0.5) / 3, abs=2e-6)
+            assert r["unfamiliarity"] == round(r["unfamiliarity"], 6)
     assert json.loads(json.dumps(result)) == result
     batches = math.ceil(count / min(batch, tasks.PREDICT_BATCH))
     done = [d for d, _, _ in ctx.steps]

@@ -576,7 +576,11 @@ def submit_predict(
     digest = hashlib.sha256()
     for name, data in pictures:
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-    key = f"predict|{run.id}|{files_stamp(run.run_dir)}|{temperature:.6f}|{digest.hexdigest()}"
+    # the answers carry each picture's unfamiliarity, so the run's check is part of the key
+    check = Path(run.run_dir) / "familiarity.npz"
+    checked = f"{check.stat().st_mtime:.6f}" if check.is_file() else "none"
+    stamp = f"{files_stamp(run.run_dir)}|{checked}"
+    key = f"predict|{run.id}|{stamp}|{temperature:.6f}|{digest.hexdigest()}"
     found = jobs.find_job(store, run.project_id, key)
     if found is not None:
         return found

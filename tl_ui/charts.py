@@ -257,11 +257,16 @@ def reliability_figure(
 
 
 def top_classes_figure(
-    classes: Sequence[str], probs: Sequence[float], threshold: float, top: int = 5
+    classes: Sequence[str],
+    probs: Sequence[float],
+    threshold: float,
+    top: int = 5,
+    unfamiliar: bool = False,
 ) -> go.Figure:
-    """The most likely classes as horizontal bars, with the "not sure" threshold marked."""
+    """The most likely classes as horizontal bars, with the "not sure" threshold marked; all
+    grey for an ``unfamiliar`` picture (the guesses it would make if it had to choose)."""
     order = sorted(range(len(probs)), key=lambda i: -probs[i])[:top]
-    sure = probs[order[0]] >= threshold if order else False
+    sure = probs[order[0]] >= threshold and not unfamiliar if order else False
     colors = [TRAIN_COLOR if (sure and k == 0) else FROZEN_COLOR for k in range(len(order))]
     fig = go.Figure(
         go.Bar(
@@ -356,5 +361,44 @@ def depth_sweep_figure(
         xaxis={"title": "how much of the network learns", "type": "category"},
         yaxis={"title": "validation accuracy", "tickformat": ".0%"},
         showlegend=False,
+    )
+    return fig
+
+
+UNFAMILIAR_COLOR = "#6a1b9a"  # pictures of none of the classes, rightly flagged
+MISTAKE_COLOR = "#c62828"  # the user's own pictures, flagged by mistake
+
+
+def unfamiliar_figure(
+    everyday: float | None, left_out: Sequence[tuple[str, float]], own: float
+) -> go.Figure:
+    """How often the unfamiliar check flags pictures of none of the classes: the shipped
+    everyday pictures, each class when left out of training (least noticed first), and the
+    user's own validation pictures (flagged by mistake), as horizontal bars of shares."""
+    rows = [] if everyday is None else [("everyday pictures", everyday, UNFAMILIAR_COLOR)]
+    rows += [
+        (f"'{name}' if it were new", share, VAL_COLOR)
+        for name, share in sorted(left_out, key=lambda c: c[1])
+    ]
+    rows.append(("your own pictures (by mistake)", own, MISTAKE_COLOR))
+    labelled = len(left_out) <= 3 * LABELLED_BARS
+    fig = go.Figure(
+        go.Bar(
+            x=[share for _, share, _ in rows],
+            y=[label for label, _, _ in rows],
+            orientation="h",
+            marker_color=[color for _, _, color in rows],
+            text=[f"{share:.0%}" for _, share, _ in rows] if labelled else None,
+            textposition="outside" if labelled else "none",
+            hovertemplate="%{y}: %{x:.0%} flagged unfamiliar<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=min(900, 60 + 26 * len(rows)),
+        margin={"t": 10, "b": 10, "l": 10, "r": 30},
+        xaxis={"range": [0, 1.1], "tickformat": ".0%", "title": "flagged unfamiliar"},
+        yaxis={"autorange": "reversed", "showticklabels": labelled},
+        showlegend=False,
+        bargap=0.2 if labelled else 0.02,
     )
     return fig

@@ -176,12 +176,15 @@ PREDICT_BATCH = 64  # pictures scored together; progress is reported after each 
 
 
 def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
-    """Class probabilities of every picture in ``<folder>/inputs/``, a batch at a time.
+    """Class probabilities and unfamiliarity of every picture in ``<folder>/inputs/``, a batch
+    at a time.
 
     params: ``run_dir`` (the trained run), ``temperature``. Each row: the picture's original
-    name, its probabilities (6 decimals, or None) and the reason it could not be read (or
-    None). Pictures are read from disk batch by batch, so memory does not grow with their
-    number; a batch with an unreadable picture is scored again one picture at a time.
+    name, its probabilities (6 decimals, or None), its unfamiliarity (how unlike every training
+    picture it is, 6 decimals; None when unreadable or the run has no unfamiliar check; the
+    page applies the threshold) and the reason it could not be read (or None). Pictures are
+    read from disk batch by batch, so memory does not grow with their number; a batch with an
+    unreadable picture is scored again one picture at a time.
     """
     from tl_core.analysis.evaluation import load_model_checked
 
@@ -194,8 +197,17 @@ def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     batch = max(1, min(model.plan.infer_batch, PREDICT_BATCH))
     rows: list[dict[str, Any]] = []
 
-    def scored(name: str, probs: Any) -> dict[str, Any]:
-        return {"name": name, "probs": [round(float(p), 6) for p in probs], "error": None}
+    def scored(name: str, probs: Any, far: Any) -> dict[str, Any]:
+        return {
+            "name": name,
+            "probs": [round(float(p), 6) for p in probs],
+            "unfamiliarity": None if far is None else round(float(far), 6),
+            "error": None,
+        }
+
+    def each(guessed: Any) -> list[Any]:
+        far = guessed.unfamiliarity
+        return [None] * len(guessed.probs) if far is None else list(far)
 
     ctx.progress(0, len(files), f"Looking at your pictures: 0/{len(files)}")
     for start in range(0, len(files), batch):
@@ -203,15 +215,20 @@ def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
             return STOPPED
         chunk, chunk_names = files[start : start + batch], names[start : start + batch]
         try:
-            found = model.predict(chunk, temperature=temperature, names=chunk_names)
-            rows += [scored(n, p) for n, p in zip(chunk_names, found, strict=True)]
+            found = model.guess(chunk, temperature=temperature, names=chunk_names)
+            rows += [
+                scored(n, p, f)
+                for n, p, f in zip(chunk_names, found.probs, each(found), strict=True)
+            ]
         except StudioError:  # one picture spoils the batch: score them one by one
             for file, name in zip(chunk, chunk_names, strict=True):
                 try:
-                    one = model.predict([file], temperature=temperature, names=[name])[0]
-                    rows.append(scored(name, one))
+                    one = model.guess([file], temperature=temperature, names=[name])
+                    rows.append(scored(name, one.probs[0], each(one)[0]))
                 except StudioError as exc:
-                    rows.append({"name": name, "probs": None, "error": str(exc)})
+                    rows.append(
+                        {"name": name, "probs": None, "unfamiliarity": None, "error": str(exc)}
+                    )
         done = start + len(chunk)
         ctx.progress(done, len(files), f"Looking at your pictures: {done}/{len(files)}")
     return {"classes": list(model.classes), "rows": rows}
