@@ -25,6 +25,7 @@ from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError, RunError
 from tl_core.runs import jobs
 from tl_core.runs.store import Project, Run, Store
+from tl_core.training.familiarity import FEATURES_FILE
 
 __all__ = [
     "FINISHED_OR_WAITING",
@@ -577,7 +578,7 @@ def submit_predict(
     for name, data in pictures:
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     # the answers carry each picture's unfamiliarity, so the run's check is part of the key
-    check = Path(run.run_dir) / "familiarity.npz"
+    check = Path(run.run_dir) / FEATURES_FILE
     checked = f"{check.stat().st_mtime:.6f}" if check.is_file() else "none"
     stamp = f"{files_stamp(run.run_dir)}|{checked}"
     key = f"predict|{run.id}|{stamp}|{temperature:.6f}|{digest.hexdigest()}"
