@@ -103,7 +103,7 @@ def test_evaluate_command_scores_a_run_and_checks_it_reproduces(shapes_dir, tmp_
     assert 0 <= summary["ece"] <= 1 and summary["parity_ok"] is True
     assert set(summary["per_class"]) == {"square", "disc", "stripes"}
     assert "warning" in summary  # 12 validation images cannot give a tight interval
-    assert summary["unfamiliar"]["sentence"].startswith("If a picture of none of your classes")
+    assert summary["unfamiliar"]["sentence"].startswith("Pictures of none of your classes")
 
     other = make_shapes(tmp_path / "more", per_class=5, seed=7)
     proc = _cli("evaluate", run_dir, "--data", str(other), workspace=ws)

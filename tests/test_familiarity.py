@@ -225,7 +225,7 @@ def test_a_trained_run_keeps_its_check_beside_its_model(shapes_run):
     assert fam.accepted_share(fam.threshold) >= familiarity.ACCEPT
     assert rep.foreign_images == len(foreign.pictures()) == 70
     assert [c.name for c in rep.left_out] == manifest.classes
-    assert any(line.startswith("Unfamiliar check: If a picture") for line in logs)
+    assert any(line.startswith("Unfamiliar check: Pictures of none") for line in logs)
 
 
 def test_the_trained_model_flags_everyday_pictures_and_not_its_own(shapes_run):

@@ -285,17 +285,16 @@ class FamiliarityReport:
         often one of the user's own is flagged by mistake."""
         parts = []
         if self.foreign_flagged is not None and self.foreign_images:
-            parts.append(
-                f"an everyday picture of none of your classes is flagged unfamiliar "
-                f"{_in_ten(self.foreign_flagged)}"
-            )
+            parts.append(f"everyday ones {_in_ten(self.foreign_flagged)}")
         if self.left_out_flagged is not None:
             parts.append(
-                "a picture of a class the model was never taught (each of yours left out in "
+                "those of a class the model was never taught (each of yours left out in "
                 f"turn) {_in_ten(self.left_out_flagged)}"
             )
-        said = "If a picture of none of your classes comes along, " + (
-            "; ".join(parts) if parts else "there is nothing to measure it on yet"
+        said = (
+            "Pictures of none of your classes are flagged unfamiliar: " + ", and ".join(parts)
+            if parts
+            else "There is nothing to measure the unfamiliar check on yet"
         )
         wrong = round(self.val_flagged * 100)
         return f"{said}. {wrong} in 100 of your own validation pictures are flagged by mistake."
