@@ -81,6 +81,26 @@ def test_the_score_is_the_cosine_distance_to_the_nearest_training_picture():
     # the torch module (the app, the ONNX model) gives the same numbers
     torch_d = NearestDistance(bank)(torch.from_numpy(q.astype(np.float32))).numpy()
     assert np.allclose(torch_d, d, atol=1e-5)
+    # with each row's distance in units of its scale
+    scale = rng.uniform(0.2, 2.0, len(bank))
+    scaled, _ = nearest_distance(q, bank, scale)
+    assert np.allclose(scaled, ((1 - qn @ bank.T) / scale).min(1), atol=1e-5)
+    module = NearestDistance(bank, scale)(torch.from_numpy(q.astype(np.float32))).numpy()
+    assert np.allclose(module, scaled, atol=1e-5)
+
+
+def test_each_class_is_measured_in_its_own_spread():
+    rng = np.random.default_rng(3)
+    centres = familiarity.unit(rng.normal(size=(3, 64)))
+    spreads = np.array([0.05, 0.3, 0.3])  # class 0 tight, class 1 varied, class 2 a near-copy
+    tx = np.concatenate([centres[c] + rng.normal(size=(40, 64)) * spreads[c] / 8 for c in (0, 1)])
+    tx = np.concatenate([tx, centres[2] + rng.normal(size=(1, 64)) * 0.01])
+    ty = np.array([0] * 40 + [1] * 40 + [2])
+    scale = familiarity.class_scales(familiarity.unit(tx), ty, 3)
+    assert scale[1] > 3 * scale[0]
+    assert scale[0] < scale[2] < scale[1]  # one picture: the middle spread
+    floor = familiarity.class_scales(np.repeat(familiarity.unit(tx[:2]), 3, axis=0), [0] * 6, 1)
+    assert floor[0] > 0  # exact copies do not make the spread 0
 
 
 def test_the_bank_keeps_every_class_in_proportion_when_capped():
@@ -115,11 +135,12 @@ def _clusters(n_classes: int, per_class: int, spread: float, seed: int = 0):
 
 def _brute_left_out(tx, ty, vx, vy, classes, accept):
     """The definition, one class at a time, without the shared products."""
+    scale = familiarity.class_scales(familiarity.unit(tx), ty, len(classes))
     out = []
     for c, name in enumerate(classes):
-        bank = familiarity.unit(tx[ty != c])
-        known = nearest_distance(vx[vy != c], bank)[0]
-        left = nearest_distance(np.concatenate([vx[vy == c], tx[ty == c]]), bank)[0]
+        bank, rows = familiarity.unit(tx[ty != c]), scale[ty[ty != c]]
+        known = nearest_distance(vx[vy != c], bank, rows)[0]
+        left = nearest_distance(np.concatenate([vx[vy == c], tx[ty == c]]), bank, rows)[0]
         t = threshold_for(known, accept)
         out.append(ClassLeftOut(name, len(left), float((left > t).mean()), auroc(known, left)))
     return out

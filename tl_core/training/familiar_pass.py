@@ -46,20 +46,27 @@ class WithFeatures(nn.Module):
 
 
 class NearestDistance(nn.Module):
-    """Pooled features -> cosine distance to the nearest row of a bank of unit rows (the
-    unfamiliar score of :mod:`.familiarity`), in torch: in the app it runs on torch's own
-    threads beside the network (a numpy product between two passes leaves BLAS threads
-    spinning on the cores the next pass needs), and the exported ONNX model holds the same
-    module."""
+    """Pooled features -> the unfamiliar score of :mod:`.familiarity`: the smallest cosine
+    distance to a bank row, each row's divided by its class's spread. In torch: in the app
+    it runs on torch's own threads beside the network (a numpy product between two passes
+    leaves BLAS threads spinning on the cores the next pass needs), and the exported ONNX
+    model holds the same module."""
 
-    def __init__(self, bank: np.ndarray) -> None:
+    def __init__(self, bank: np.ndarray, row_scale: np.ndarray | None = None) -> None:
         super().__init__()
         self.register_buffer("bank", torch.from_numpy(np.asarray(bank, dtype=np.float32)))
+        scale = np.ones(len(bank)) if row_scale is None else row_scale
+        self.register_buffer("inverse", torch.from_numpy(1.0 / np.asarray(scale, np.float32)))
+
+    @classmethod
+    def of(cls, fam: familiarity.Familiarity) -> NearestDistance:
+        """The module of a run's check."""
+        return cls(fam.bank, fam.row_scale)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         f = features.float()
         q = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return 1.0 - (q @ self.bank.T).amax(dim=1)
+        return ((1.0 - q @ self.bank.T) * self.inverse).amin(dim=1)
 
 
 def foreign_tensors(data_config: DataConfig) -> torch.Tensor:

@@ -93,7 +93,7 @@ class TrainedModel:
         self._eval_tf = make_transforms(self.data_config, "none")[1]
         self._with_features = WithFeatures(self.model[0], self.model[-1]).eval()
         fam = self.familiarity
-        self._distance = None if fam is None else NearestDistance(fam.bank).to(self.plan.device)
+        self._distance = None if fam is None else NearestDistance.of(fam).to(self.plan.device)
 
     @property
     def net(self) -> nn.Module:
