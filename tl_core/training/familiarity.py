@@ -137,10 +137,16 @@ def class_scales(bank: np.ndarray, bank_labels: np.ndarray, n_classes: int) -> n
     return np.maximum(spread, SCALE_FLOOR * middle).astype(np.float32)
 
 
+SLACK = 0.01  # the threshold may accept this share of the pictures more, for a wider margin
+
+
 def threshold_for(val_scores: np.ndarray, accept: float = ACCEPT) -> float:
     """The score above which a picture is unfamiliar, accepting ``accept`` of the validation
-    scores: half-way between the last accepted score and the next one, so that no validation
-    picture sits on it. With every picture accepted, half the last gap above the largest.
+    scores: in the middle of a gap between two of them, so that no validation picture sits
+    near it (another machine, or the exported ONNX model, computes scores that differ in
+    the fourth digit). Of the gaps that accept at least ``accept`` and at most :data:`SLACK`
+    more (at least one picture more), the widest. With every picture accepted, half the last
+    gap above the largest.
 
     Raises ValueError for an ``accept`` outside (0, 1] or no scores.
     """
@@ -150,11 +156,17 @@ def threshold_for(val_scores: np.ndarray, accept: float = ACCEPT) -> float:
     s = s[np.isfinite(s)]
     if len(s) == 0:
         raise ValueError("no validation scores to choose a threshold on")
-    kept = min(len(s), max(1, math.ceil(accept * len(s) - 1e-9)))
-    if kept < len(s):
-        return float((s[kept - 1] + s[kept]) / 2)
-    gap = s[-1] - s[-2] if len(s) > 1 else 0.0
-    return float(s[-1] + max(gap / 2, 0.01 * max(s[-1], 1e-3)))
+    n = len(s)
+    kept = min(n, max(1, math.ceil(accept * n - 1e-9)))
+    if kept == n:
+        gap = s[-1] - s[-2] if n > 1 else 0.0
+        return float(s[-1] + max(gap / 2, 0.01 * max(s[-1], 1e-3)))
+    # kept pictures at or below the threshold: candidates kept .. kept + extra (< n)
+    extra = max(1, math.floor(SLACK * n))
+    candidates = np.arange(kept, min(n - 1, kept + extra) + 1)
+    gaps = s[candidates] - s[candidates - 1]
+    best = int(candidates[int(np.argmax(gaps))])  # the first of equal gaps: fewest accepted
+    return float((s[best - 1] + s[best]) / 2)
 
 
 def auroc(familiar: np.ndarray, unfamiliar: np.ndarray) -> float | None:
