@@ -23,7 +23,7 @@ from PIL import Image
 from tl_core import cli
 from tl_core.analysis.evaluation import evaluate_run
 from tl_core.analysis.results import load_predictions
-from tl_core.data import standalone_predict
+from tl_core.data import foreign, standalone_predict
 from tl_core.data.dataset import (
     IMAGE_SUFFIXES,
     MAX_SIDE,
@@ -41,6 +41,7 @@ from tl_core.export.bundle import (
 from tl_core.models.device import ComputePlan
 from tl_core.runs.lookup import find_data_root
 from tl_core.runs.store import Store
+from tl_core.training import familiarity
 from tl_core.training.engine import TrainConfig, fit
 from tl_core.training.inference import load_trained, upright_rgb
 from tl_core.training.inputs import Normalize
@@ -53,6 +54,13 @@ BUNDLE_FILES = {
     "model/config.json",
     "model/model.safetensors",
 }
+CHECKED_FILES = BUNDLE_FILES | {"familiarity.npz"}  # a run with the unfamiliar check
+# Largest allowed |unfamiliarity - the app's| as a share of the run's threshold. The tiny
+# untrained model's classes spread over ~1e-4 in cosine distance, so float32 rounding and
+# ONNX's one-level pixel differences show: measured 0.07% (safetensors) and 1.9% (ONNX) on
+# odd and everyday pictures; EfficientNet-Lite0: 0.0004% and 0.5%.
+SAME_COMPUTATION_CLOSE = 5e-3
+ONNX_UNFAMILIARITY_CLOSE = 5e-2
 FP32 = ComputePlan("cpu", None, True, 2)  # validation in float32, whatever this CPU offers
 
 
@@ -77,9 +85,9 @@ def _train(tmp: Path, model: str, per_class: int, size: int, epochs: int) -> tup
     return tmp / "ws", Path(run.run_dir)
 
 
-def _unzip(zip_path: Path, dest: Path) -> Path:
+def _unzip(zip_path: Path, dest: Path, files: set[str] = CHECKED_FILES) -> Path:
     with zipfile.ZipFile(zip_path) as zf:
-        assert set(zf.namelist()) == BUNDLE_FILES
+        assert set(zf.namelist()) == files
         zf.extractall(dest)
     return dest
 
@@ -103,8 +111,9 @@ def shapes(tmp_path_factory) -> dict:
     }
 
 
-def _predict_py(bundle: Path, folder: Path, fmt: str) -> dict[str, tuple[str, float]]:
-    """Run the bundle's predict.py in a fresh interpreter that cannot import tl_core."""
+def _predict_rows(bundle: Path, folder: Path, fmt: str, *options: str) -> dict[str, dict]:
+    """Run the bundle's predict.py in a fresh interpreter that cannot import tl_core; its CSV
+    rows by file."""
     blocked = ["tl_core"] + (["torch", "torchvision", "timm"] if fmt == "onnx" else [])
     code = (
         "import runpy, sys\n"
@@ -112,15 +121,21 @@ def _predict_py(bundle: Path, folder: Path, fmt: str) -> dict[str, tuple[str, fl
         "runpy.run_path('predict.py', run_name='__main__')\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(folder), "--format", fmt],
+        [sys.executable, "-c", code, str(folder), "--format", fmt, *options],
         cwd=bundle,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    rows = list(csv.DictReader(io.StringIO(proc.stdout)))
-    return {r["file"]: (r["prediction"], float(r["probability"])) for r in rows}
+    reader = csv.DictReader(io.StringIO(proc.stdout))
+    assert tuple(reader.fieldnames or ()) == standalone_predict.COLUMNS
+    return {r["file"]: r for r in reader}
+
+
+def _predict_py(bundle: Path, folder: Path, fmt: str) -> dict[str, tuple[str, float]]:
+    rows = _predict_rows(bundle, folder, fmt)
+    return {f: (r["prediction"], float(r["probability"])) for f, r in rows.items()}
 
 
 # ------------------------------------------------------------------------------ lite0
@@ -148,6 +163,14 @@ def test_lite0_bundle_predicts_like_the_app_in_a_fresh_process(tmp_path):
         assert check.recorded_top1_agree == n and check.max_prob_diff <= tolerance
     assert report.formats["safetensors"].max_prob_diff <= 1e-5  # the very same computation
     assert any("ONNX" in m for m in messages)
+    # The unfamiliar flag: the same on every validation picture and the 70 everyday ones.
+    fam, measured = familiarity.load(run_dir), familiarity.load_report(run_dir)
+    assert fam is not None and measured is not None
+    assert report.unfamiliar_threshold == fam.threshold and report.foreign_images == 70
+    for check in report.formats.values():
+        assert check.flag_images == n + 70 == check.flag_agree
+    for fmt, share in (("safetensors", SAME_COMPUTATION_CLOSE), ("onnx", ONNX_UNFAMILIARITY_CLOSE)):
+        assert report.formats[fmt].max_unfamiliarity_diff <= share * fam.threshold
 
     bundle = _unzip(out, tmp_path / "bundle")
     config = json.loads((bundle / "model" / "config.json").read_text())
@@ -161,21 +184,47 @@ def test_lite0_bundle_predicts_like_the_app_in_a_fresh_process(tmp_path):
     for c in preds.classes:
         assert f"| {c} | 8 | 2 |" in card  # 10 per class: 8 trained on, 2 held back
     assert "| safetensors | 6 | 6 |" in card and "| onnx | 6 | 6 |" in card
+    assert card.count(f"| {n + 70} of {n + 70} |") == 2
+    assert "## Pictures of none of its classes" in card and measured.sentence() in card
+    assert f"Threshold: {fam.threshold:.4f}" in card and "`nearest_class`" in card
     assert "Seed: 0" in card and "0 of" in card and "layer groups" in card
     assert "timm>=" in (bundle / "requirements.txt").read_text()
 
-    # Only the validation pictures, at their data-set paths, in a folder of their own.
+    # The validation pictures, at their data-set paths, in a folder of their own, and two
+    # everyday photos that look like none of the shapes.
     data_root = Path(Store(workspace).runs()[0].data_dir)
     folder = tmp_path / "val"
     for f in preds.files:
         (folder / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(data_root / f, folder / f)
+    (folder / "everyday").mkdir()
+    for name, image in foreign.pictures()[::35]:
+        image.save(folder / "everyday" / f"{name}.png")
+    everyday = sorted(f"everyday/{p.name}" for p in (folder / "everyday").iterdir())
+    app = load_trained(run_dir, plan=ComputePlan("cpu", None, False, 2))
+    files = [*preds.files, *everyday]
+    guessed = app.guess([folder / f for f in files])
+    assert guessed.unfamiliarity is not None
+    flagged = dict(zip(files, guessed.unfamiliar(fam.threshold), strict=True))
+    far = dict(zip(files, guessed.unfamiliarity, strict=True))
+    assert all(flagged[f] for f in everyday) and not all(flagged.values())
     for fmt in ("safetensors", "onnx"):
-        got = _predict_py(bundle, folder, fmt)
-        assert sorted(got) == sorted(preds.files)
+        rows = _predict_rows(bundle, folder, fmt)
+        assert sorted(rows) == sorted(files)
         for f, y, p in zip(preds.files, preds.preds, preds.probs, strict=True):
-            assert got[f][0] == preds.classes[y], (fmt, f)
-            assert abs(got[f][1] - p[y]) <= ONNX_TOLERANCE + 1e-6
+            row = rows[f]
+            assert row["nearest_class"] == preds.classes[y], (fmt, f)
+            assert row["prediction"] == ("unfamiliar" if flagged[f] else preds.classes[y])
+            assert abs(float(row["probability"]) - p[y]) <= ONNX_TOLERANCE + 1e-6
+        for f in everyday:  # unfamiliar, with the nearest class in a column of its own
+            assert rows[f]["prediction"] == "unfamiliar" and rows[f]["problem"] == ""
+            assert rows[f]["nearest_class"] in preds.classes
+        for f in files:
+            close = ONNX_UNFAMILIARITY_CLOSE * fam.threshold
+            assert abs(float(rows[f]["unfamiliarity"]) - far[f]) <= close
+    # A higher threshold flags nothing: every picture gets its nearest class.
+    rows = _predict_rows(bundle, folder, "onnx", "--unfamiliar-threshold", "1e9")
+    assert all(r["prediction"] == r["nearest_class"] != "" for r in rows.values())
 
 
 # ------------------------------------------------------------------------------ shapes
@@ -187,9 +236,14 @@ def test_cli_export_prints_json_and_finds_the_data_through_the_workspace(shapes)
     assert summary["parity_ok"] is True and summary["out"] == str(shapes["zip"])
     assert summary["ci_low"] <= summary["accuracy"] <= summary["ci_high"] and "ece" in summary
     n = len(load_predictions(shapes["run_dir"]).files)
+    fam = familiarity.load(shapes["run_dir"])
+    assert fam is not None and summary["unfamiliar_threshold"] == fam.threshold
+    assert summary["foreign_images"] == 70
     for fmt in ("safetensors", "onnx"):
-        assert summary["formats"][fmt]["status"] == "ok"
-        assert summary["formats"][fmt]["images"] == n == summary["formats"][fmt]["top1_agree"]
+        check = summary["formats"][fmt]
+        assert check["status"] == "ok"
+        assert check["images"] == n == check["top1_agree"]
+        assert check["flag_images"] == n + 70 == check["flag_agree"]  # the unfamiliar flag
     assert "Converting the model to ONNX" in shapes["stderr"]
     with zipfile.ZipFile(shapes["zip"]) as zf:  # the card carries the evaluation by default
         card = zf.read("README.md").decode()
@@ -204,28 +258,36 @@ def test_onnx_takes_uint8_pictures_of_any_size_and_nothing_else(shapes):
     session = ort.InferenceSession(str(shapes["bundle"] / "model.onnx"))
     (inp,) = session.get_inputs()
     assert inp.type == "tensor(uint8)" and inp.shape[-1] == 3 and len(inp.shape) == 4
-    assert [o.name for o in session.get_outputs()] == ["probabilities", "logits"]
+    outputs = ["probabilities", "logits", "unfamiliarity"]  # the run has the unfamiliar check
+    assert [o.name for o in session.get_outputs()] == outputs
     app = load_trained(shapes["run_dir"], plan=ComputePlan("cpu", None, False, 2))
-    pipeline = OnnxPipeline(app.net, app.data_config).eval()
+    assert app.familiarity is not None
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["unfamiliar_threshold"]) == app.familiarity.threshold
+    pipeline = OnnxPipeline(app.net, app.data_config, app.familiarity).eval()
     rng = np.random.default_rng(0)
     # 45x47: the crop offset is round(3.5) = 4; 37x513: round(1080.5) = 1080 (halves to even)
     for h, w, batch in ((300, 200, 1), (64, 90, 2), (45, 47, 1), (37, 513, 1)):
         pixels = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
-        probs, logits = session.run(None, {inp.name: pixels})
-        assert probs.shape == logits.shape == (batch, 3)
+        probs, logits, far = session.run(None, {inp.name: pixels})
+        assert probs.shape == logits.shape == (batch, 3) and far.shape == (batch,)
         np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
         with torch.no_grad():
             crops = pipeline.preprocess(torch.from_numpy(pixels))
-            eager = pipeline(torch.from_numpy(pixels))[1].numpy()
-        np.testing.assert_allclose(logits, eager, atol=1e-4)  # ONNX computes what torch does
+            eager = [t.numpy() for t in pipeline(torch.from_numpy(pixels))]
+        np.testing.assert_allclose(logits, eager[1], atol=1e-4)  # ONNX computes what torch does
+        np.testing.assert_allclose(far, eager[2], rtol=1e-4)
         pictures = [Image.fromarray(p) for p in pixels]
         app_crops = torch.stack([app.tensor(p) for p in pictures]).float()
         assert crops.shape == app_crops.shape
         assert (crops - app_crops).abs().max() <= 2  # Pillow rounds in fixed point
         assert (crops - app_crops).abs().mean() <= 0.05
-        expected = app.predict(pictures)
-        assert (probs.argmax(1) == expected.argmax(1)).all()
-        assert np.abs(probs - expected).max() <= ONNX_TOLERANCE
+        expected = app.guess(pictures)
+        assert (probs.argmax(1) == expected.probs.argmax(1)).all()
+        assert np.abs(probs - expected.probs).max() <= ONNX_TOLERANCE
+        assert expected.unfamiliarity is not None
+        close = ONNX_UNFAMILIARITY_CLOSE * app.familiarity.threshold
+        assert np.abs(far - expected.unfamiliarity).max() <= close
     for wrong in (
         rng.random((1, 64, 90, 3), dtype=np.float32) * 255,  # floats
         rng.integers(0, 256, (1, 3, 64, 90), dtype=np.uint8),  # channels first
@@ -254,7 +316,7 @@ def _picture_files(folder: Path) -> list[Path]:
     return [*files, folder / "rotated.jpg", folder / "alpha.png", folder / "grey16.png"]
 
 
-def test_bundle_preprocessing_equals_the_app(shapes, tmp_path):
+def test_bundle_preprocessing_equals_the_app(shapes, tmp_path, demo_dir):
     files = _picture_files(tmp_path / "pictures")
     predictor = standalone_predict.SafetensorsPredictor(shapes["bundle"])
     app = load_trained(shapes["run_dir"], plan=ComputePlan("cpu", None, False, 2))
@@ -268,6 +330,24 @@ def test_bundle_preprocessing_equals_the_app(shapes, tmp_path):
         assert torch.allclose(timm_input, app_input, atol=1e-5), path.name
     assert standalone_predict.open_image(files[4]).size == (443, 640)  # upright, long side 640
 
+    # Both formats score how unfamiliar a picture is as the app does (odd pictures, the demo
+    # set's clothes, the training shapes).
+    data_root = Path(Store(shapes["run_dir"].parent / "ws").runs()[0].data_dir)
+    run_files = sorted(data_root.rglob("*.png"))
+    pictures = [*files, *sorted(demo_dir.rglob("*.png"))[::25], *run_files[::6]]
+    expected = app.guess(pictures)
+    assert expected.unfamiliarity is not None
+    opened = [standalone_predict.open_image(p) for p in pictures]
+    onnx = standalone_predict.OnnxPredictor(shapes["bundle"])
+    for fmt, share in ((predictor, SAME_COMPUTATION_CLOSE), (onnx, ONNX_UNFAMILIARITY_CLOSE)):
+        probs, far = fmt.scores(opened)
+        assert fmt.has_check and fmt.threshold == app.familiarity.threshold
+        assert far is not None and far.shape == (len(pictures),)
+        close = share * app.familiarity.threshold
+        assert np.abs(far - expected.unfamiliarity).max() <= close
+        assert (far > fmt.threshold).tolist() == expected.unfamiliar(fmt.threshold).tolist()
+        assert np.abs(probs - expected.probs).max() <= ONNX_TOLERANCE
+
 
 def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
@@ -276,6 +356,8 @@ def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp
     app = load_trained(run_dir, plan=ComputePlan("cpu", None, False, 2))
     data_root = Path(Store(run_dir.parent / "ws").runs()[0].data_dir)
     n = len(preds.files)
+    everyday = foreign.pictures()[::10]  # 7 of the 70 everyday pictures: quicker
+    monkeypatch.setattr(foreign, "pictures", lambda: everyday)
 
     # A changed head in the timm folder: the safetensors check fails, ONNX still passes.
     bundle = shutil.copytree(shapes["bundle"], tmp_path / "bundle")
@@ -286,6 +368,18 @@ def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp
     assert report.formats["safetensors"].status == "failed" and not report.parity_ok
     assert report.formats["safetensors"].max_prob_diff > SAFETENSORS_TOLERANCE
     assert report.formats["onnx"].status == "ok"
+
+    # A wrong threshold beside the timm model: it flags other pictures unfamiliar than the app.
+    bundle = shutil.copytree(shapes["bundle"], tmp_path / "bundle-threshold")
+    npz = bundle / "familiarity.npz"
+    with np.load(npz) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    np.savez(npz, **{**arrays, "threshold": np.array(-1.0)})
+    report = _check_parity(bundle, run_dir, app, preds, data_root, None)
+    check = report.formats["safetensors"]
+    assert check.status == "failed" and "different unfamiliar flag" in check.reason
+    assert check.top1_agree == n and check.flag_images == n + 7 > check.flag_agree
+    assert report.formats["onnx"].status == "ok" and not report.parity_ok
 
     # Without onnxruntime the ONNX model is "not checked", and that alone is no failure.
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
@@ -313,6 +407,46 @@ def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp
     assert report.parity_ok and report.recorded_max_prob_diff > 3e-3
     assert any("bfloat16" in note for note in report.notes)
     assert report.formats["onnx"].images == n
+
+
+def test_a_run_without_the_unfamiliar_check_exports_as_before(shapes, tmp_path):
+    run_dir = shutil.copytree(shapes["run_dir"], tmp_path / "old-run")
+    (run_dir / familiarity.FEATURES_FILE).unlink()  # trained before the check existed
+    (run_dir / familiarity.REPORT_FILE).unlink()
+    data_root = Path(Store(shapes["run_dir"].parent / "ws").runs()[0].data_dir)
+    out = tmp_path / "old.zip"
+    report = export_run(run_dir, out, data_root)
+    n = len(load_predictions(run_dir).files)
+    assert report.parity_ok and report.unfamiliar_threshold is None and not report.foreign_images
+    for check in report.formats.values():
+        assert check.images == n and check.flag_images == 0
+        assert check.max_unfamiliarity_diff is None
+    bundle = _unzip(out, tmp_path / "bundle", BUNDLE_FILES)  # no familiarity.npz
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(bundle / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["probabilities", "logits"]
+    assert "unfamiliar_threshold" not in session.get_modelmeta().custom_metadata_map
+    card = (bundle / "README.md").read_text()
+    assert "This model has no unfamiliar check" in card and "Train it again" in card
+    assert "familiarity.npz" not in card and f"| onnx | {n} | {n} |" in card
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    foreign.pictures()[0][1].save(folder / "photo.png")
+    for f in load_predictions(run_dir).files[:2]:
+        shutil.copyfile(data_root / f, folder / Path(f).name)
+    for fmt in ("safetensors", "onnx"):
+        predictor = standalone_predict.load_predictor(bundle, fmt)
+        assert not predictor.has_check and predictor.threshold is None
+        stream = io.StringIO()
+        standalone_predict.write_csv(stream, predictor, sorted(folder.iterdir()), folder)
+        rows = list(csv.DictReader(io.StringIO(stream.getvalue())))
+        assert len(rows) == 3
+        for row in rows:  # always a class, no score
+            assert row["prediction"] == row["nearest_class"] != ""
+            assert row["unfamiliarity"] == "" and row["problem"] == ""
 
 
 def test_predict_py_is_standalone_and_matches_the_app_constants():

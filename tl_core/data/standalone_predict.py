@@ -1,6 +1,7 @@
 """Sort every picture in a folder with the exported model; prints a CSV.
 
     python predict.py FOLDER [--format auto|safetensors|onnx] [--out predictions.csv]
+                             [--unfamiliar-threshold X | --no-unfamiliar]
 
 ``--format safetensors`` needs timm, torch and Pillow; ``--format onnx`` needs only
 onnxruntime, numpy and Pillow. ``auto`` (the default) uses safetensors when timm and torch are
@@ -9,8 +10,18 @@ upright (EXIF), made RGB (transparency on white) and shrunk to at most 640 pixel
 Then the safetensors model uses timm's own preprocessing (resize, centre crop, normalise) and
 the ONNX model does the same steps inside itself.
 
-This file stands alone: it is copied into the exported bundle next to ``model/`` and
-``model.onnx``.
+The CSV has one row per picture: ``file``, ``prediction`` (the class, or ``unfamiliar`` for
+a picture that looks like none of the classes), ``probability`` (of the nearest class),
+``problem`` (why a file could not be read), ``nearest_class`` (the model's top class, always
+filled) and ``unfamiliarity`` (the cosine distance from the picture's features to the nearest
+training picture's, in units of that picture's class's spread; empty for a model without the
+unfamiliar check). A picture whose
+unfamiliarity is above the threshold saved with the model (or ``--unfamiliar-threshold``) is
+unfamiliar; ``--no-unfamiliar`` always names the nearest class.
+
+This file stands alone: it is copied into the exported bundle next to ``model/``,
+``model.onnx`` and ``familiarity.npz`` (the training pictures' features, for the safetensors
+model's unfamiliar check; the ONNX model holds them itself).
 """
 
 from __future__ import annotations
@@ -30,10 +41,13 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "BATCH",
+    "COLUMNS",
+    "FAMILIARITY_FILE",
     "HERE",
     "IMAGE_SUFFIXES",
     "MAX_SIDE",
     "MAX_SOURCE_PIXELS",
+    "UNFAMILIAR",
     "OnnxPredictor",
     "Predictor",
     "SafetensorsPredictor",
@@ -44,6 +58,8 @@ __all__ = [
     "open_image",
     "predict_files",
     "read_config",
+    "read_familiarity",
+    "score_files",
     "to_rgb",
     "upright_rgb",
     "write_csv",
@@ -64,6 +80,9 @@ IMAGE_SUFFIXES = frozenset(
 MAX_SIDE = 640  # the app shrinks every picture to at most this many pixels a side
 MAX_SOURCE_PIXELS = 100_000_000  # larger pictures are refused, as in the app
 BATCH = 32
+UNFAMILIAR = "unfamiliar"  # the prediction of a picture that looks like none of the classes
+FAMILIARITY_FILE = "familiarity.npz"  # bank (unit rows, float16), row_scale, threshold
+COLUMNS = ("file", "prediction", "probability", "problem", "nearest_class", "unfamiliarity")
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
@@ -165,14 +184,35 @@ def read_config(bundle: Path = HERE) -> dict[str, Any]:
     return json.loads((bundle / "model" / "config.json").read_text(encoding="utf-8"))
 
 
+def read_familiarity(
+    bundle: Path = HERE,
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """``familiarity.npz``: the training pictures' features (N, D; unit rows, as float32),
+    what each one's distances are multiplied by (N,; one over its class's spread) and the
+    threshold; None for a model without the unfamiliar check."""
+    path = bundle / FAMILIARITY_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        bank = np.asarray(npz["bank"], dtype=np.float32)
+        scale = npz["row_scale"] if "row_scale" in npz.files else np.ones(len(bank))
+        inverse = 1.0 / np.asarray(scale, dtype=np.float32)  # as the app computes it
+        return bank, inverse.astype(np.float32), float(npz["threshold"])
+
+
 class Predictor(Protocol):
     classes: list[str]
+    has_check: bool  # the model gives an unfamiliarity score
+    threshold: float | None  # above it a picture is unfamiliar; None: never
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray: ...
 
+    def scores(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]: ...
+
 
 class SafetensorsPredictor:
-    """``model/`` loaded with timm (``local-dir:``), preprocessing from timm's data config."""
+    """``model/`` loaded with timm (``local-dir:``), preprocessing from timm's data config;
+    the unfamiliar check from ``familiarity.npz``."""
 
     def __init__(self, bundle: Path = HERE) -> None:
         import timm
@@ -183,16 +223,36 @@ class SafetensorsPredictor:
         data_config = timm.data.resolve_model_data_config(self.model)
         self.transform = timm.data.create_transform(**data_config)
         self.classes = [str(c) for c in read_config(bundle)["label_names"]]
+        check = read_familiarity(bundle)
+        self.has_check = check is not None
+        self.bank: Any = None  # (N, D) float32 tensor with the check
+        self.inverse: Any = None  # (N,) float32 tensor: one over each row's class spread
+        self.threshold: float | None = None
+        if check is not None:
+            self.bank, self.inverse = torch.from_numpy(check[0]), torch.from_numpy(check[1])
+            self.threshold = check[2]
 
-    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Class probabilities (N, classes) as float32."""
+    def scores(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities (N, classes) and unfamiliarity (N,; None without the check) as
+        float32: the pooled features (the classifier's input) give both."""
         torch = self._torch
-        out = [np.zeros((0, len(self.classes)), dtype=np.float32)]
+        probs = [np.zeros((0, len(self.classes)), dtype=np.float32)]
+        far = [np.zeros(0, dtype=np.float32)]
         with torch.inference_mode():
             for start in range(0, len(images), BATCH):
                 x = torch.stack([self.transform(img) for img in images[start : start + BATCH]])
-                out.append(self.model(x).float().softmax(1).numpy())
-        return np.concatenate(out)
+                f = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                probs.append(self.model.get_classifier()(f).float().softmax(1).numpy())
+                if self.bank is not None:  # cosine distance to the nearest training picture
+                    f = f.float()
+                    q = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                    d = (1.0 - q @ self.bank.T) * self.inverse  # in units of its class's spread
+                    far.append(d.amin(dim=1).numpy())
+        return np.concatenate(probs), np.concatenate(far) if self.has_check else None
+
+    def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Class probabilities (N, classes) as float32."""
+        return self.scores(images)[0]
 
 
 class OnnxPredictor:
@@ -207,14 +267,26 @@ class OnnxPredictor:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.classes = [str(c) for c in json.loads(meta["classes"])]
         self.input = self.session.get_inputs()[0].name
+        outputs = {o.name for o in self.session.get_outputs()}
+        self.has_check = "unfamiliarity" in outputs and "unfamiliar_threshold" in meta
+        self.threshold = float(meta["unfamiliar_threshold"]) if self.has_check else None
+        self._outputs = ["probabilities"] + (["unfamiliarity"] if self.has_check else [])
+
+    def scores(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities (N, classes) and unfamiliarity (N,; None without the check) as
+        float32; one picture per call (any size)."""
+        probs = [np.zeros((0, len(self.classes)), dtype=np.float32)]
+        far = [np.zeros(0, dtype=np.float32)]
+        for img in images:
+            x = np.asarray(img.convert("RGB"), dtype=np.uint8)[None]
+            got = self.session.run(self._outputs, {self.input: x})
+            probs.append(got[0])
+            far += got[1:]
+        return np.concatenate(probs), np.concatenate(far) if self.has_check else None
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Class probabilities (N, classes) as float32; one picture per call (any size)."""
-        out = [np.zeros((0, len(self.classes)), dtype=np.float32)]
-        for img in images:
-            x = np.asarray(img.convert("RGB"), dtype=np.uint8)[None]
-            out.append(self.session.run(["probabilities"], {self.input: x})[0])
-        return np.concatenate(out)
+        return self.scores(images)[0]
 
 
 def load_predictor(bundle: Path = HERE, fmt: str = "auto") -> Predictor:
@@ -234,10 +306,11 @@ def load_predictor(bundle: Path = HERE, fmt: str = "auto") -> Predictor:
     raise ValueError(f"unknown format {fmt!r}: use safetensors or onnx")
 
 
-def predict_files(
+def score_files(
     predictor: Predictor, files: Sequence[Path]
-) -> Iterator[tuple[Path, np.ndarray | None, str]]:
-    """(file, probabilities or None, problem) for each file, a batch of pictures at a time."""
+) -> Iterator[tuple[Path, np.ndarray | None, float | None, str]]:
+    """(file, probabilities or None, unfamiliarity or None, problem) for each file, a batch
+    of pictures at a time."""
     for start in range(0, len(files), BATCH):
         chunk = files[start : start + BATCH]
         opened: list[tuple[Path, Image.Image]] = []
@@ -247,26 +320,52 @@ def predict_files(
                 opened.append((path, open_image(path)))
             except ValueError as exc:
                 problems[path] = str(exc)
-        probs = predictor.probabilities([img for _, img in opened])
-        by_file = {path: p for (path, _), p in zip(opened, probs, strict=True)}
+        probs, far = predictor.scores([img for _, img in opened])
+        by_file = {path: k for k, (path, _) in enumerate(opened)}
         for path in chunk:
-            yield path, by_file.get(path), problems.get(path, "")
+            k = by_file.get(path)
+            if k is None:
+                yield path, None, None, problems.get(path, "")
+            else:
+                yield path, probs[k], None if far is None else float(far[k]), ""
+
+
+def predict_files(
+    predictor: Predictor, files: Sequence[Path]
+) -> Iterator[tuple[Path, np.ndarray | None, str]]:
+    """(file, probabilities or None, problem) for each file, a batch of pictures at a time."""
+    for path, probs, _, problem in score_files(predictor, files):
+        yield path, probs, problem
 
 
 # ----------------------------------------------------------------------------- command
 
 
 def write_csv(stream: TextIO, predictor: Predictor, files: Sequence[Path], root: Path) -> None:
-    """One row per file: file (relative to ``root``), prediction, probability, problem."""
+    """One row per file (:data:`COLUMNS`): file (relative to ``root``), prediction (the class,
+    or ``unfamiliar`` above ``predictor.threshold``), the nearest class's probability,
+    problem, nearest class, unfamiliarity (empty without the check)."""
     writer = csv.writer(stream)
-    writer.writerow(["file", "prediction", "probability", "problem"])
-    for path, probs, problem in predict_files(predictor, files):
+    writer.writerow(COLUMNS)
+    threshold = predictor.threshold
+    for path, probs, far, problem in score_files(predictor, files):
         name = path.relative_to(root).as_posix()
         if probs is None:
-            writer.writerow([name, "", "", problem])
-        else:
-            top = int(np.argmax(probs))
-            writer.writerow([name, predictor.classes[top], f"{probs[top]:.6f}", ""])
+            writer.writerow([name, "", "", problem, "", ""])
+            continue
+        top = int(np.argmax(probs))
+        nearest = predictor.classes[top]
+        unfamiliar = far is not None and threshold is not None and far > threshold
+        writer.writerow(
+            [
+                name,
+                UNFAMILIAR if unfamiliar else nearest,
+                f"{probs[top]:.6f}",
+                "",
+                nearest,
+                "" if far is None else f"{far:.6f}",
+            ]
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,6 +378,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="which copy of the model to run (default: safetensors if timm is installed)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the CSV here, not stdout")
+    check = parser.add_mutually_exclusive_group()
+    check.add_argument(
+        "--unfamiliar-threshold",
+        type=float,
+        default=None,
+        metavar="X",
+        help=(
+            "answer 'unfamiliar' for a picture whose unfamiliarity (the CSV's distance to the "
+            "nearest training picture, in units of its class's spread) is above X (default: "
+            "the threshold saved with the model, which accepts 95%% of its validation "
+            "pictures); higher flags fewer"
+        ),
+    )
+    check.add_argument(
+        "--no-unfamiliar",
+        action="store_true",
+        help="always answer with the nearest class (the unfamiliarity column is still filled)",
+    )
     args = parser.parse_args(argv)
     if not args.folder.exists():
         print(f"error: {args.folder} does not exist", file=sys.stderr)
@@ -296,6 +413,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.no_unfamiliar:
+        predictor.threshold = None
+    elif args.unfamiliar_threshold is not None:
+        if predictor.has_check:
+            predictor.threshold = args.unfamiliar_threshold
+        else:
+            print(
+                "note: this model has no unfamiliar check (it was trained before the check "
+                "existed), so --unfamiliar-threshold does nothing",
+                file=sys.stderr,
+            )
     root = args.folder if args.folder.is_dir() else args.folder.parent
     if args.out is None:
         try:

@@ -5,15 +5,21 @@ The zip holds::
     model/config.json          timm's local-dir layout: timm.create_model("local-dir:model")
     model/model.safetensors
     model.onnx                 uint8 RGB pictures (batch, height, width, 3) of any size in;
-                               "probabilities" and "logits" out; resizing, cropping and
+                               "probabilities" and "logits" out, and "unfamiliarity" when
+                               the run has the unfamiliar check; resizing, cropping and
                                normalising happen inside
+    familiarity.npz            the unfamiliar check for the timm model: the training
+                               pictures' pooled features (bank), each one's class spread
+                               (row_scale) and the threshold (only with the check)
     predict.py                 python predict.py FOLDER [--format safetensors|onnx]
     requirements.txt           what predict.py needs
     README.md                  the model card, with the parity result
 
 Before the zip is written, every validation picture of the run goes through each exported
 format, loaded from the files just written, and through the app's own prediction path in
-full precision; the answers must agree (see :class:`ExportReport`).
+full precision; the answers must agree (see :class:`ExportReport`). With the unfamiliar
+check, so do the 70 shipped everyday pictures (:mod:`tl_core.data.foreign`): each format
+must flag the same pictures unfamiliar as the app, on them and on the validation pictures.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from tl_core.models.facts import freeze_sentence
 from tl_core.models.freezing import max_trainable_groups
 from tl_core.training import checkpoint
 from tl_core.training.engine import TrainConfig
+from tl_core.training.familiar_pass import NearestDistance, WithFeatures
+from tl_core.training.familiarity import Familiarity, FamiliarityReport, load_report
 from tl_core.training.inference import TrainedModel, load_trained
 from tl_core.training.inputs import Normalize, cache_side
 
@@ -54,6 +62,7 @@ __all__ = [
     "OUTPUT_NAMES",
     "RECORDED_TOLERANCE",
     "SAFETENSORS_TOLERANCE",
+    "UNFAMILIARITY_NAME",
     "ExportReport",
     "FormatParity",
     "OnnxPipeline",
@@ -67,7 +76,8 @@ __all__ = [
 Progress = Callable[[str], None]
 
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("probabilities", "logits")
+OUTPUT_NAMES = ("probabilities", "logits")  # and UNFAMILIARITY_NAME with the unfamiliar check
+UNFAMILIARITY_NAME = "unfamiliarity"
 ONNX_OPSET = 18  # the first opset whose Resize has antialias
 SAFETENSORS_TOLERANCE = 1e-3  # largest allowed probability difference to the app
 # The ONNX model resizes in float32 (rounded to whole pixel values after each pass, as Pillow
@@ -84,7 +94,8 @@ _INTERPOLATION = {"bicubic": "bicubic", "bilinear": "bilinear", "nearest": "near
 
 @dataclass
 class FormatParity:
-    """How one exported format agrees with the app on the run's validation pictures."""
+    """How one exported format agrees with the app on the run's validation pictures (and,
+    for the unfamiliar flag, on the everyday pictures too)."""
 
     format: str  # "safetensors" | "onnx"
     status: str  # "ok" | "failed" | "not checked"
@@ -95,6 +106,9 @@ class FormatParity:
     recorded_top1_agree: int | None = None  # same top class as predictions.json
     recorded_max_prob_diff: float | None = None  # vs. the probabilities in predictions.json
     reason: str = ""  # why it was not checked or failed
+    flag_images: int = 0  # validation + everyday pictures whose unfamiliar flag was compared
+    flag_agree: int = 0  # flagged unfamiliar (or not) as the app flags them
+    max_unfamiliarity_diff: float | None = None  # largest |unfamiliarity - app's|
 
     @property
     def ok(self) -> bool:
@@ -115,6 +129,8 @@ class ExportReport:
     recorded_top1_agree: int | None = None  # predictions.json vs. the full-precision app
     recorded_max_prob_diff: float | None = None
     notes: list[str] = field(default_factory=list)
+    unfamiliar_threshold: float | None = None  # the run's; None: it has no unfamiliar check
+    foreign_images: int = 0  # everyday pictures whose unfamiliar flag was compared
 
     @property
     def parity_ok(self) -> bool:
@@ -135,6 +151,8 @@ class ExportReport:
             "reference": self.reference,
             "recorded_top1_agree": self.recorded_top1_agree,
             "recorded_max_prob_diff": self.recorded_max_prob_diff,
+            "unfamiliar_threshold": self.unfamiliar_threshold,
+            "foreign_images": self.foreign_images,
             "notes": self.notes,
         }
 
@@ -152,21 +170,28 @@ def _crop_start(excess: int | torch.SymInt) -> int | torch.SymInt:
 
 
 class OnnxPipeline(nn.Module):
-    """uint8 RGB pictures (batch, height, width, 3) of any size -> (probabilities, logits).
+    """uint8 RGB pictures (batch, height, width, 3) of any size -> (probabilities, logits),
+    and unfamiliarity (batch,) when given the run's unfamiliar check (``familiar``).
 
     The app's evaluation steps inside the model: shorter side resized to
     ``floor(input / crop_pct)`` with antialiasing (width first, then height, each pass rounded
     to whole pixel values as Pillow does), centre crop to a square, centre crop to the input
-    size, mean/std normalisation, the network, softmax.
+    size, mean/std normalisation, the network, softmax. The network and the unfamiliarity are
+    the app's own modules (:class:`WithFeatures`, :class:`NearestDistance`).
     """
 
-    def __init__(self, model: nn.Module, cfg: DataConfig) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: DataConfig, familiar: Familiarity | None = None
+    ) -> None:
         super().__init__()
         self.side = cache_side(cfg)
         self.crop = (int(cfg.input_size[-2]), int(cfg.input_size[-1]))
         self.mode = _INTERPOLATION.get(cfg.interpolation, "bicubic")
         self.normalize = Normalize(cfg)
-        self.model = model
+        self.with_features = WithFeatures(self.normalize, model)
+        # The bank goes into the ONNX file as float32 (the float16 rows widened exactly):
+        # 4 bytes x rows x features, at most 4,000 x 1,280 x 4 = 20 MB for EfficientNet.
+        self.distance = None if familiar is None else NearestDistance.of(familiar)
 
     def _resize(self, x: torch.Tensor, size: tuple[Any, Any]) -> torch.Tensor:
         if self.mode == "nearest-exact":
@@ -188,13 +213,22 @@ class OnnxPipeline(nn.Module):
         x = x.narrow(2, _crop_start(self.side - ch), ch)
         return x.narrow(3, _crop_start(self.side - cw), cw)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(self.normalize(self.preprocess(images)))
-        return logits.softmax(-1), logits
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, features = self.with_features(self.preprocess(images))
+        if self.distance is None:
+            return logits.softmax(-1), logits
+        return logits.softmax(-1), logits, self.distance(features)
 
 
-def export_onnx(model: nn.Module, cfg: DataConfig, classes: list[str], path: Path) -> None:
-    """Write ``model`` with its preprocessing as a single-file ONNX model at ``path``.
+def export_onnx(
+    model: nn.Module,
+    cfg: DataConfig,
+    classes: list[str],
+    path: Path,
+    familiar: Familiarity | None = None,
+) -> None:
+    """Write ``model`` with its preprocessing as a single-file ONNX model at ``path``; with
+    ``familiar`` (the run's unfamiliar check) it also outputs each picture's unfamiliarity.
 
     Uses torch's dynamo-based exporter: the legacy TorchScript exporter cannot trace the
     symbolic size arithmetic that makes height and width dynamic, and the dynamo exporter's
@@ -203,7 +237,8 @@ def export_onnx(model: nn.Module, cfg: DataConfig, classes: list[str], path: Pat
     """
     import onnx
 
-    pipeline = OnnxPipeline(model, cfg).eval()
+    pipeline = OnnxPipeline(model, cfg, familiar).eval()
+    outputs = list(OUTPUT_NAMES) + ([] if familiar is None else [UNFAMILIARITY_NAME])
     # A batch of 1 in the example would fix the batch size at 1; 2 keeps it free.
     example = torch.zeros((2, 300, 200, 3), dtype=torch.uint8)
     dims = {
@@ -218,7 +253,7 @@ def export_onnx(model: nn.Module, cfg: DataConfig, classes: list[str], path: Pat
             dynamo=True,
             opset_version=ONNX_OPSET,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=outputs,
             dynamic_shapes=(dims,),
             verbose=False,
         )
@@ -232,15 +267,22 @@ def export_onnx(model: nn.Module, cfg: DataConfig, classes: list[str], path: Pat
         "resizing, cropping and normalisation happen inside. Outputs 'probabilities' and "
         "'logits' (batch, classes), in the order of the 'classes' metadata."
     )
+    props = {
+        "classes": json.dumps(classes),
+        "preprocessing": json.dumps(asdict(cfg)),
+        "input_layout": "NHWC uint8 RGB",
+    }
+    if familiar is not None:
+        proto.doc_string += (
+            f" Output '{UNFAMILIARITY_NAME}' (batch,): how unlike the picture's features are "
+            f"to the nearest of {len(familiar.bank)} training pictures' (cosine distance in "
+            "units of that picture's class's spread); above the 'unfamiliar_threshold' "
+            "metadata the picture looks like none of the classes."
+        )
+        props["unfamiliar_threshold"] = json.dumps(familiar.threshold)  # exact: repr
+        props["unfamiliar_accept"] = json.dumps(familiar.accept)
     proto.graph.input[0].doc_string = "RGB pixels 0-255, uint8, (batch, height, width, 3)"
-    onnx.helper.set_model_props(
-        proto,
-        {
-            "classes": json.dumps(classes),
-            "preprocessing": json.dumps(asdict(cfg)),
-            "input_layout": "NHWC uint8 RGB",
-        },
-    )
+    onnx.helper.set_model_props(proto, props)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
 
@@ -328,6 +370,20 @@ def _compare(
     )
 
 
+@dataclass
+class _Flags:
+    """The app's unfamiliar check on the pictures of a parity check: validation pictures
+    first, then the everyday ones."""
+
+    foreign: list[Path]  # the everyday pictures, as PNG files
+    scores: np.ndarray  # the app's unfamiliarity of every validation and everyday picture
+    threshold: float  # the run's
+
+    @property
+    def flagged(self) -> np.ndarray:
+        return self.scores > self.threshold
+
+
 def _format_parity(
     name: str,
     tolerance: float,
@@ -335,34 +391,53 @@ def _format_parity(
     files: list[Path],
     reference: np.ndarray,
     preds: Predictions,
+    flags: _Flags | None = None,
 ) -> FormatParity:
+    """One format's answers on ``files`` (and ``flags.foreign``) against the app's."""
     predictor = standalone_predict.load_predictor(bundle, name)
     if predictor.classes != preds.classes:
         return FormatParity(name, "failed", tolerance, reason="the class names differ")
+    if flags is not None and not predictor.has_check:
+        return FormatParity(name, "failed", tolerance, reason="it has no unfamiliar check")
+    everything = files + (flags.foreign if flags is not None else [])
     probs = [np.zeros((0, len(preds.classes)), dtype=np.float32)]
-    for path, p, problem in standalone_predict.predict_files(predictor, files):
+    far: list[float] = []
+    for path, p, u, problem in standalone_predict.score_files(predictor, everything):
         if p is None:
             return FormatParity(name, "failed", tolerance, reason=f"{path.name}: {problem}")
         probs.append(p[None])
-    top1, diff, rec_top1, rec_diff = _compare(np.concatenate(probs), reference, preds)
+        far.append(np.nan if u is None else u)
     n = len(files)
-    ok = top1 == n and diff <= tolerance
-    reason = ""
+    top1, diff, rec_top1, rec_diff = _compare(np.concatenate(probs)[:n], reference, preds)
+    parity = FormatParity(name, "ok", tolerance, n, top1, diff, rec_top1, rec_diff)
+    if flags is not None:
+        scores = np.asarray(far, dtype=np.float64)
+        threshold = np.inf if predictor.threshold is None else predictor.threshold
+        parity.flag_images = len(scores)
+        parity.flag_agree = int(((scores > threshold) == flags.flagged).sum())
+        parity.max_unfamiliarity_diff = float(np.abs(scores - flags.scores).max())
+    m = parity.flag_images
     if top1 != n:
-        reason = f"{n - top1} of {n} pictures got a different top class"
-    elif not ok:
-        reason = f"probabilities differ by up to {diff:.2g} (allowed {tolerance:g})"
-    return FormatParity(
-        name,
-        "ok" if ok else "failed",
-        tolerance,
-        n,
-        top1,
-        diff,
-        rec_top1,
-        rec_diff,
-        reason,
-    )
+        parity.reason = f"{n - top1} of {n} pictures got a different top class"
+    elif parity.flag_agree != m:
+        parity.reason = f"{m - parity.flag_agree} of {m} pictures got a different unfamiliar flag"
+    elif diff > tolerance:
+        parity.reason = f"probabilities differ by up to {diff:.2g} (allowed {tolerance:g})"
+    parity.status = "failed" if parity.reason else "ok"
+    return parity
+
+
+def _write_foreign(folder: Path) -> list[Path]:
+    """The shipped everyday pictures as PNG files in ``folder`` (read by every format)."""
+    from tl_core.data import foreign
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for k, (_, image) in enumerate(foreign.pictures()):
+        path = folder / f"everyday-{k:02d}.png"
+        image.save(path, compress_level=1)
+        files.append(path)
+    return files
 
 
 def _recorded_precision(run_dir: Path) -> str | None:
@@ -402,17 +477,21 @@ def model_card(
     val_accuracy: float | None,
     preds: Predictions | None,
     report: ExportReport,
+    familiar: FamiliarityReport | None = None,
     extra_sections: dict[str, str] | None = None,
 ) -> str:
     """The bundle's README.md: what the model is, how well it did and how to run it.
 
-    ``extra_sections`` (heading -> Markdown body) are added after "How well it did": the
-    place for more evaluation (accuracy intervals, per-class scores, calibration).
+    ``familiar``: the run's measured unfamiliar check (its threshold is
+    ``report.unfamiliar_threshold``; None there: the run has no check). ``extra_sections``
+    (heading -> Markdown body) are added after "How well it did": the place for more
+    evaluation (accuracy intervals, per-class scores, calibration).
     """
+    has_check = report.unfamiliar_threshold is not None
     lines = [
         f"# {title}",
         "",
-        *_card_use(classes),
+        *_card_use(classes, has_check),
         "## The data",
         "",
         *_card_data(cfg, classes, data),
@@ -427,12 +506,33 @@ def model_card(
         lines += _weaknesses(preds)
     else:
         lines.append("Not measured: the run has no validation predictions.")
+    lines += _card_unfamiliar(report, familiar)
     lines += _card_limits_and_parity(report)
     return "\n".join(lines)
 
 
-def _card_use(classes: list[str]) -> list[str]:
+def _card_use(classes: list[str], has_check: bool = False) -> list[str]:
     """The model card's opening and "How to use it"."""
+    if has_check:
+        rows = (
+            "`predict.py` writes one row per picture: file, prediction (the class, or "
+            "`unfamiliar` for a picture that looks like none of them), the nearest class's "
+            "probability, problem (a file it could not read), `nearest_class` (the class it "
+            'is closest to, always filled) and `unfamiliarity` (see "Pictures of none of its '
+            'classes"). '
+        )
+        outputs = (
+            "`probabilities` and `logits`, shaped (batch, classes), in the class order above, "
+            "and `unfamiliarity`, shaped (batch,): above the metadata's "
+            "`unfamiliar_threshold` a picture looks like none of the classes."
+        )
+    else:
+        rows = (
+            "`predict.py` writes one row per picture: file, predicted class, its probability, "
+            "problem (a file it could not read), the same class again as `nearest_class`, and "
+            "an empty `unfamiliarity` (this model has no unfamiliar check). "
+        )
+        outputs = "`probabilities` and `logits`, shaped (batch, classes), in the class order above."
     return [
         f"An image classifier trained with Transfer Learning Studio. It sorts a picture into "
         f"one of {len(classes)} classes: {', '.join(classes)}.",
@@ -444,15 +544,15 @@ def _card_use(classes: list[str]) -> list[str]:
         "python predict.py FOLDER_OF_PICTURES --out predictions.csv",
         "```",
         "",
-        "`predict.py` writes one row per picture: file, predicted class, its probability. "
-        "`--format onnx` runs `model.onnx` with onnxruntime, numpy and Pillow only (no PyTorch).",
+        rows + "`--format onnx` runs `model.onnx` with onnxruntime, numpy and Pillow only "
+        "(no PyTorch).",
         "",
         "- **timm / PyTorch**: `timm.create_model('local-dir:model', pretrained=True)` loads "
         "`model/`; `timm.data.create_transform(**timm.data.resolve_model_data_config(model))` "
         "prepares a picture exactly as the app does.",
         f"- **ONNX**: input `{INPUT_NAME}` takes RGB pictures as uint8, shaped (batch, height, "
         "width, 3), of any size; the model resizes, crops and normalises them itself. Outputs: "
-        "`probabilities` and `logits`, shaped (batch, classes), in the class order above.",
+        + outputs,
         f"- The app first turns each picture upright (EXIF), makes it RGB (transparent parts "
         f"white) and shrinks it to at most {MAX_SIDE} pixels a side; `predict.py` does the "
         "same (`open_image`). Feed other code's pictures through the same steps to get the "
@@ -535,13 +635,76 @@ def _card_accuracy(val_accuracy: float | None, preds: Predictions | None) -> str
     return "This run has no validation score."
 
 
+def _share(part: float, whole: int) -> str:
+    """'64 of 70 (91.4%)' from a share of ``whole``."""
+    return f"{round(part * whole)} of {whole} ({_pct(part)})"
+
+
+def _card_unfamiliar(report: ExportReport, familiar: FamiliarityReport | None) -> list[str]:
+    """The model card's "Pictures of none of its classes": the unfamiliar check, measured."""
+    lines = ["", "## Pictures of none of its classes", ""]
+    threshold = report.unfamiliar_threshold
+    if threshold is None:
+        return [
+            *lines,
+            "This model has no unfamiliar check: it was trained before the check existed, so "
+            "it names one of its classes for any picture, even one of none of them. Train it "
+            "again to get one.",
+        ]
+    if familiar is not None:
+        lines += [familiar.sentence(), ""]
+        if familiar.foreign_flagged is not None and familiar.foreign_images:
+            lines.append(
+                "- Everyday pictures of none of these classes (photos shipped with the app) "
+                f"flagged unfamiliar: {_share(familiar.foreign_flagged, familiar.foreign_images)}."
+            )
+        if familiar.left_out_flagged is not None:
+            auroc = familiar.left_out_auroc
+            lines.append(
+                "- Each class left out of the check in turn, as if never taught: "
+                f"{_pct(familiar.left_out_flagged)} of its pictures flagged on average"
+                + ("." if auroc is None else f" (mean AUROC {auroc:.2f}).")
+            )
+        lines.append(
+            "- Its own validation pictures flagged by mistake: "
+            f"{_share(familiar.val_flagged, familiar.val_images)}."
+        )
+        accepts = f"; it accepts {_pct(familiar.accept)} of the validation pictures"
+    else:
+        lines += ["(The check's measurements were not found with the run.)", ""]
+        accepts = ""
+    lines += [
+        f"- Threshold: {threshold:.4f} (a picture whose unfamiliarity is above it is flagged"
+        f"{accepts}).",
+        "",
+        "A picture's unfamiliarity is the cosine distance from its features (what the last "
+        "layer sees) to those of the nearest training picture kept with the model, in units "
+        "of that picture's class's own spread (how far its training pictures lie from each "
+        "other): 0 for a copy of a training picture, larger the less it looks like any of "
+        "them.",
+        "",
+        "`predict.py` answers `unfamiliar` in the `prediction` column for a picture above the "
+        "threshold, with the class it is closest to in `nearest_class` and the score in "
+        "`unfamiliarity`. `--unfamiliar-threshold X` moves the threshold (higher flags fewer "
+        "pictures); `--no-unfamiliar` always names the nearest class. The ONNX model gives the "
+        f"score as its output `{UNFAMILIARITY_NAME}` and the threshold as its metadata "
+        "`unfamiliar_threshold`; `familiarity.npz` holds the training pictures' features for "
+        "the timm model.",
+    ]
+    return lines
+
+
 def _card_limits_and_parity(report: ExportReport) -> list[str]:
     """The model card's "What it must not be used for", parity table and file list."""
+    has_check = report.unfamiliar_threshold is not None
     lines = [
         "",
         "## What it must not be used for",
         "",
-        "- Pictures of anything but these classes: it always answers with one of them, "
+        "- Pictures of anything but these classes: it flags many of them `unfamiliar` (see "
+        "above) but not all, and answers with one of its classes for the rest."
+        if has_check
+        else "- Pictures of anything but these classes: it always answers with one of them, "
         "even for a picture of something else.",
         "- Pictures unlike the ones it learned from (other cameras, lighting, backgrounds, "
         "sizes): check it on such pictures first.",
@@ -551,17 +714,24 @@ def _card_limits_and_parity(report: ExportReport) -> list[str]:
         "## Same answers elsewhere (parity check)",
         "",
         f"At export, each format below was loaded from the files in this folder and run on "
-        f"the validation pictures, then compared with {report.reference}.",
+        f"the validation pictures, then compared with {report.reference}."
+        + (
+            f" The unfamiliar flag was compared on the validation pictures and on "
+            f"{report.foreign_images} everyday pictures of none of the classes."
+            if report.foreign_images
+            else ""
+        ),
         "",
         "| format | pictures | same top class | largest probability difference | allowed | "
-        "result |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "same unfamiliar flag | largest unfamiliarity difference | result |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for f in report.formats.values():
         result = f.status + (f" ({f.reason})" if f.reason else "")
+        flag = f"{f.flag_agree} of {f.flag_images}" if f.flag_images else "-"
         lines.append(
             f"| {f.format} | {f.images} | {f.top1_agree} | {_fmt_diff(f.max_prob_diff)} | "
-            f"{f.tolerance:g} | {result} |"
+            f"{f.tolerance:g} | {flag} | {_fmt_diff(f.max_unfamiliarity_diff)} | {result} |"
         )
     lines += [""]
     lines += [f"- {note}" for note in report.notes]
@@ -571,6 +741,14 @@ def _card_limits_and_parity(report: ExportReport) -> list[str]:
         "",
         "- `model/`: the model for timm/PyTorch (config.json, model.safetensors)",
         "- `model.onnx`: the same model with its preprocessing, for onnxruntime",
+        *(
+            [
+                "- `familiarity.npz`: the unfamiliar check for the timm model (training pictures' "
+                "features and the threshold)"
+            ]
+            if has_check
+            else []
+        ),
         "- `predict.py`, `requirements.txt`: run the model on a folder of pictures",
         "",
     ]
@@ -688,7 +866,9 @@ def export_run(
     with tempfile.TemporaryDirectory(prefix="tl-export-") as tmp:
         bundle = Path(tmp) / "bundle"
         bundle.mkdir()
-        _write_model_files(bundle, net, data_config, classes, spec.title, progress)
+        _write_model_files(
+            bundle, net, data_config, classes, spec.title, progress, trained.familiarity
+        )
 
         report = _check_parity(bundle, run_dir, trained, preds, data_root, progress)
         report.out_zip, report.model, report.timm_name = out_zip, spec.key, spec.timm_name
@@ -713,6 +893,7 @@ def export_run(
             val_accuracy=meta.get("val_accuracy"),
             preds=preds,
             report=report,
+            familiar=load_report(run_dir) if trained.familiarity is not None else None,
             extra_sections=extra_sections
             if extra_sections is not None
             else _evaluation_sections(run_dir),
@@ -744,13 +925,23 @@ def _write_model_files(
     classes: list[str],
     title: str,
     progress: Progress | None,
+    familiar: Familiarity | None = None,
 ) -> None:
-    """The timm folder, model.onnx, predict.py and requirements.txt in ``bundle``."""
+    """The timm folder, model.onnx, predict.py and requirements.txt in ``bundle``; with the
+    run's unfamiliar check (``familiar``) also familiarity.npz, and model.onnx scores it."""
     _say(progress, "Writing the model for timm (safetensors)")
     write_timm_folder(net, data_config, classes, bundle / "model")
+    if familiar is not None:
+        np.savez(
+            bundle / standalone_predict.FAMILIARITY_FILE,
+            bank=np.asarray(familiar.bank, dtype=np.float16),  # unit rows: 2 bytes each number
+            row_scale=np.asarray(familiar.row_scale, dtype=np.float32),
+            threshold=np.array(familiar.threshold, dtype=np.float64),
+            accept=np.array(familiar.accept, dtype=np.float64),
+        )
     _say(progress, "Converting the model to ONNX")
     try:
-        export_onnx(net, data_config, classes, bundle / "model.onnx")
+        export_onnx(net, data_config, classes, bundle / "model.onnx", familiar)
     except RunError:
         raise
     except Exception as exc:
@@ -787,6 +978,7 @@ def _check_parity(
         "safetensors": FormatParity("safetensors", "not checked", SAFETENSORS_TOLERANCE),
         "onnx": FormatParity("onnx", "not checked", ONNX_TOLERANCE),
     }
+    fam = trained.familiarity
     report = ExportReport(
         out_zip=Path(),
         bytes=0,
@@ -795,6 +987,7 @@ def _check_parity(
         classes=trained.classes,
         formats=formats,
         reference="the app's own predictions in full precision (float32)",
+        unfamiliar_threshold=None if fam is None else fam.threshold,
     )
 
     def skip(reason: str) -> ExportReport:
@@ -815,7 +1008,8 @@ def _check_parity(
 
     n = len(files)
     _say(progress, f"Checking: the app's predictions on {n} validation pictures")
-    reference = trained.predict(files).astype(np.float64)
+    guesses = trained.guess(files)
+    reference = guesses.probs.astype(np.float64)
     recorded = np.asarray(preds.probs, dtype=np.float64)
     report.recorded_top1_agree = int((reference.argmax(1) == np.asarray(preds.preds)).sum())
     report.recorded_max_prob_diff = float(np.abs(reference - recorded).max())
@@ -838,15 +1032,29 @@ def _check_parity(
             f"run (largest difference {report.recorded_max_prob_diff:.1e})."
         )
 
-    _say(progress, "Checking: the safetensors model with timm")
-    formats["safetensors"] = _format_parity(
-        "safetensors", SAFETENSORS_TOLERANCE, bundle, files, reference, preds
-    )
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        formats["onnx"].reason = "onnxruntime is not installed here"
-    else:
-        _say(progress, "Checking: the ONNX model with onnxruntime")
-        formats["onnx"] = _format_parity("onnx", ONNX_TOLERANCE, bundle, files, reference, preds)
+    with tempfile.TemporaryDirectory(prefix="tl-everyday-") as tmp:
+        flags = None
+        if fam is not None and guesses.unfamiliarity is not None:
+            foreign = _write_foreign(Path(tmp))
+            _say(
+                progress, f"Checking: the app's unfamiliar flag on {len(foreign)} everyday pictures"
+            )
+            far = trained.guess(foreign).unfamiliarity
+            if far is not None:  # always: the same model, with its check
+                scores = np.concatenate([guesses.unfamiliarity, far]).astype(np.float64)
+                flags = _Flags(foreign, scores, fam.threshold)
+                report.foreign_images = len(foreign)
+        _say(progress, "Checking: the safetensors model with timm")
+        formats["safetensors"] = _format_parity(
+            "safetensors", SAFETENSORS_TOLERANCE, bundle, files, reference, preds, flags
+        )
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            formats["onnx"].reason = "onnxruntime is not installed here"
+        else:
+            _say(progress, "Checking: the ONNX model with onnxruntime")
+            formats["onnx"] = _format_parity(
+                "onnx", ONNX_TOLERANCE, bundle, files, reference, preds, flags
+            )
     return report
