@@ -39,12 +39,20 @@ def _show_report(summary: dict, bundle: Path) -> None:
                     f"{f['max_prob_diff']:.1e}" if f["max_prob_diff"] is not None else "—"
                 ),
                 "allowed": f"{f['tolerance']:.0e}",
+                "same unfamiliar flag": (
+                    f"{f['flag_agree']} of {f['flag_images']}" if f.get("flag_images") else "—"
+                ),
                 "note": f["reason"],
             }
         )
     (st.success if ok else st.warning)(
         "Parity check passed: every exported format gives the app's answer on every "
-        "validation picture."
+        "validation picture"
+        + (
+            ", and the app's unfamiliar flag on them and on 70 everyday pictures."
+            if any(f.get("flag_images") for f in summary["formats"].values())
+            else "."
+        )
         if ok
         else "Parity check did not pass for every format: see the table and the model card."
     )
