@@ -965,6 +965,34 @@ def _write_zip(bundle: Path, out_zip: Path) -> None:
     partial.replace(out_zip)
 
 
+def _note_recorded(
+    report: ExportReport, reference: np.ndarray, preds: Predictions, run_dir: Path
+) -> None:
+    """How the app's full-precision answers compare with predictions.json, in the notes."""
+    n = len(preds.files)
+    recorded = np.asarray(preds.probs, dtype=np.float64)
+    report.recorded_top1_agree = int((reference.argmax(1) == np.asarray(preds.preds)).sum())
+    report.recorded_max_prob_diff = float(np.abs(reference - recorded).max())
+    if report.recorded_max_prob_diff > RECORDED_TOLERANCE or report.recorded_top1_agree != n:
+        precision = _recorded_precision(run_dir)
+        why = (
+            f"the run scored them in {precision} mixed precision, which is faster but rounds"
+            if precision
+            else "the data set or the scoring changed since training"
+        )
+        report.notes.append(
+            f"The validation predictions saved with the run differ from a full-precision "
+            f"rescoring by up to {report.recorded_max_prob_diff:.1e} in probability "
+            f"({n - report.recorded_top1_agree} of {n} top classes differ): {why}. The "
+            "exported model computes in full precision, like the rescoring."
+        )
+    else:
+        report.notes.append(
+            f"The app's full-precision answers equal the validation predictions saved with the "
+            f"run (largest difference {report.recorded_max_prob_diff:.1e})."
+        )
+
+
 def _check_parity(
     bundle: Path,
     run_dir: Path,
@@ -1010,27 +1038,7 @@ def _check_parity(
     _say(progress, f"Checking: the app's predictions on {n} validation pictures")
     guesses = trained.guess(files)
     reference = guesses.probs.astype(np.float64)
-    recorded = np.asarray(preds.probs, dtype=np.float64)
-    report.recorded_top1_agree = int((reference.argmax(1) == np.asarray(preds.preds)).sum())
-    report.recorded_max_prob_diff = float(np.abs(reference - recorded).max())
-    if report.recorded_max_prob_diff > RECORDED_TOLERANCE or report.recorded_top1_agree != n:
-        precision = _recorded_precision(run_dir)
-        why = (
-            f"the run scored them in {precision} mixed precision, which is faster but rounds"
-            if precision
-            else "the data set or the scoring changed since training"
-        )
-        report.notes.append(
-            f"The validation predictions saved with the run differ from a full-precision "
-            f"rescoring by up to {report.recorded_max_prob_diff:.1e} in probability "
-            f"({n - report.recorded_top1_agree} of {n} top classes differ): {why}. The "
-            "exported model computes in full precision, like the rescoring."
-        )
-    else:
-        report.notes.append(
-            f"The app's full-precision answers equal the validation predictions saved with the "
-            f"run (largest difference {report.recorded_max_prob_diff:.1e})."
-        )
+    _note_recorded(report, reference, preds, run_dir)
 
     with tempfile.TemporaryDirectory(prefix="tl-everyday-") as tmp:
         flags = None

@@ -479,9 +479,7 @@ def report(
         val_flagged=_cross_fitted_flagged(fam.val_scores, fam.accept),
         left_out=leave_one_class_out(
             train_features, train_labels, val_features, val_labels, classes, fam.accept
-        )
-        if len(classes) >= 2
-        else [],
+        ),
         foreign_images=0 if foreign is None else len(foreign),
         foreign_flagged=None if foreign is None else float((foreign > fam.threshold).mean()),
         foreign_auroc=None if foreign is None else auroc(fam.val_scores, foreign),
