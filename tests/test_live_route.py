@@ -298,7 +298,8 @@ def test_a_run_gone_since_the_view_was_drawn_is_answered_in_words(
     token = live_route.new_token()
     live_route.grant(token, str(gone), 1.0, 0.5)
     status, answer = _post(server, picture, token)
-    assert status == 200 and answer["error"] and "bars" not in answer
+    assert status == (410 if damage == "removed" else 200)
+    assert answer["error"] and "bars" not in answer
     assert "\n" not in answer["error"] and "Traceback" not in answer["error"]
 
 
@@ -337,6 +338,13 @@ def test_the_live_view_is_granted_only_where_the_route_is_served(
     assert found is not None and Path(found.run_dir) == Path(run.run_dir)
     at.run()  # a rerun keeps the same view, and its grant
     assert at.session_state[TOKEN] == token and live_route._granted(token) is not None
+    with live_route._LOCK:  # as revoke() does when the model it showed before is deleted
+        live_route._GRANTS.pop(token)
+        live_route._REVOKED[token] = None
+    at.run()  # the view starts afresh under a new token, for the run it shows now
+    fresh = at.session_state[TOKEN]
+    assert fresh != token and live_route._granted(fresh) is not None
+    assert live_route.revoked(token) and live_route._granted(token) is None
 
 
 STACK_SCRIPT = """
@@ -381,3 +389,239 @@ def test_the_model_stack_holds_every_module_the_server_uses_for_a_model(run_dir)
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ------------------------------------------------------------- frames larger than a camera's
+
+
+def png_of(width: int, height: int, rows: int | None = None) -> bytes:
+    """A PNG of one colour, built row by row (its pixels are never held here): a few hundred
+    kB that decode to ``width * height * 3`` bytes (only its first ``rows`` when given: the
+    rest of the file is cut off)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * width)
+    idat = b"".join(packer.compress(row) for _ in range(height if rows is None else rows))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", idat + packer.flush())
+    return b"\x89PNG\r\n\x1a\n" + chunks + (chunk(b"IEND", b"") if rows is None else b"")
+
+
+def saved(size: tuple[int, int], fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (90, 140, 200)).save(out, fmt, **options)
+    return out.getvalue()
+
+
+LARGE_FRAMES = {
+    "png 9999x10000": lambda: png_of(9999, 10000),
+    "png of 30000x30000, cut off (Pillow's bomb)": lambda: png_of(30000, 30000, rows=10),
+    "jpeg 4000x300 (too long a side)": lambda: saved((4000, 300), "JPEG"),
+    "png 2000x2000 (too many pixels)": lambda: saved((2000, 2000), "PNG"),
+    "gif 2000x2000": lambda: saved((2000, 2000), "GIF"),
+    "webp 2000x2000": lambda: saved((2000, 2000), "WEBP"),
+    "tiff 2000x2000": lambda: saved((2000, 2000), "TIFF", compression="tiff_deflate"),
+}
+
+
+@pytest.mark.parametrize("kind", list(LARGE_FRAMES))
+def test_a_frame_larger_than_a_camera_gives_is_refused_in_one_sentence(
+    server, run_dir, kind
+) -> None:
+    from tl_ui.camera import MAX_FRAME_PIXELS, MAX_FRAME_SIDE
+
+    body = LARGE_FRAMES[kind]()
+    assert len(body) <= MAX_FRAME_BYTES  # small files: only their pixels are too many
+    if "bomb" not in kind:  # (Pillow refuses to open that one at all)
+        with Image.open(io.BytesIO(body)) as header:
+            w, h = header.size
+        assert max(w, h) > MAX_FRAME_SIDE or w * h > MAX_FRAME_PIXELS
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.5)
+    status, answer = _post(server, body, token)
+    assert status == 413 and answer == {"error": live_route.TOO_BIG}
+
+
+def test_the_fallback_through_a_rerun_refuses_them_too(run_dir) -> None:
+    import base64
+
+    image = base64.b64encode(LARGE_FRAMES["jpeg 4000x300 (too long a side)"]()).decode()
+    answer = answer_frame({"id": "x", "seq": 1, "image": image}, str(run_dir), 1.0, 0.5)
+    assert answer["answer"]["error"] == live_route.TOO_BIG and "bars" not in answer["answer"]
+
+
+@pytest.mark.parametrize(("size", "fmt"), [((1920, 1080), "JPEG"), ((640, 480), "PNG")])
+def test_a_frame_of_camera_size_is_answered(server, run_dir, size, fmt) -> None:
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.0)
+    status, answer = _post(server, saved(size, fmt), token)
+    assert status == 200 and "error" not in answer and len(answer["bars"]) == 3
+
+
+# ------------------------------------------------------------ one frame at work per view
+
+
+def _wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def test_a_waiting_frame_gives_way_to_a_newer_one_of_the_same_view(
+    server, run_dir, picture
+) -> None:
+    """While the forward passes are taken (the test holds the turn), a view's first frame
+    waits in the line, its second waits behind it, and its third takes the second's place:
+    the second is answered 'superseded' at once, the first and the third get their bars."""
+    token = live_route.new_token()
+    live_route.grant(token, str(run_dir), 1.0, 0.0)
+    replies: dict[str, tuple[int, dict]] = {}
+
+    def send(name: str) -> threading.Thread:
+        thread = threading.Thread(
+            target=lambda: replies.update({name: _post(server, picture, token)})
+        )
+        thread.start()
+        return thread
+
+    line = live_route._PREDICT
+    with line:
+        first = send("first")
+        _wait_for(lambda: len(line._line) == 2, "the first frame waits for its turn")
+        second = send("second")
+        _wait_for(lambda: token in live_route._VIEWS._waiting, "the second frame waits")
+        third = send("third")
+        second.join(30)
+        assert replies["second"] == (409, live_route.SUPERSEDED)  # answered while held
+        assert "first" not in replies and "third" not in replies
+    for thread in (first, third):
+        thread.join(60)
+    for name in ("first", "third"):
+        status, answer = replies[name]
+        assert status == 200 and len(answer["bars"]) == 3
+
+
+# ----------------------------------------------------------------- a model deleted meanwhile
+
+
+def _removed(port: int, picture: bytes, token: str) -> bool:
+    """Whether the view's next frame is answered "This model was removed" (410)."""
+    status, answer = _post(port, picture, token)
+    return status == 410 and answer == {"error": live_route.REMOVED}
+
+
+def _delete_control(project_id: str) -> None:
+    """The sidebar's "Delete this project" on its own."""
+    from tl_ui.session import delete_control, get_store
+
+    project = get_store().project(project_id)
+    if project is not None:
+        delete_control(project)
+
+
+def _project_with_run(workspace: Path, run_dir: Path, folder: Path | None = None):
+    """A project of the store with a finished run holding a copy of ``run_dir``'s model (in
+    ``folder``, a folder of the user's choice, or the workspace)."""
+    import shutil
+    from dataclasses import asdict
+
+    from tl_core.config import TrainConfig
+    from tl_core.runs.store import Store
+
+    store = Store(workspace)
+    project = store.create_project()
+    store.set_data_dir(project.id, run_dir.parent / "data")
+    cfg = TrainConfig(model="efficientnet_lite0", epochs=1)
+    run = store.create_run(project.id, asdict(cfg), run_dir.parent / "data", run_dir=folder)
+    shutil.copytree(run_dir, run.run_dir, dirs_exist_ok=True)
+    store.update_run(run.id, status="finished", result={"val_accuracy": 1.0})
+    return store, project, store.run(run.id)
+
+
+def test_deleting_a_project_stops_its_live_views_at_once(
+    workspace, run_dir, picture, server, tmp_path
+) -> None:
+    """The run is in a folder of the user's choice, which the deletion keeps: only the
+    revocation can stop its views, and its cached model must go too."""
+    from streamlit.testing.v1 import AppTest
+
+    from tl_ui.runs import trained_model
+
+    store, project, run = _project_with_run(workspace, run_dir, tmp_path / "chosen")
+    tokens = [live_route.new_token() for _ in range(2)]
+    for token in tokens:
+        live_route.grant(token, run.run_dir, 1.0, 0.0)
+        assert _post(server, picture, token)[0] == 200
+    cached = trained_model(run.run_dir)
+    assert trained_model(run.run_dir) is cached
+    at = AppTest.from_function(_delete_control, args=(project.id,), default_timeout=60).run()
+    at.checkbox(key="delete_project_sure").check().run()
+    at.button(key="delete_project").click().run()
+    assert not at.exception and store.project(project.id) is None
+    assert Path(run.run_dir, "best.pt").is_file()  # kept: the user's own folder
+    for token in tokens:
+        assert _removed(server, picture, token)
+    assert trained_model(run.run_dir) is not cached  # loaded again, from the kept folder
+    # revoked for good: the page granting the same view again does not bring it back
+    assert live_route.grant(tokens[0], run.run_dir, 1.0, 0.0) is False
+    assert _removed(server, picture, tokens[0])
+    fresh = live_route.new_token()
+    assert live_route.grant(fresh, run.run_dir, 1.0, 0.0) is False  # nor a new view of it
+    assert _removed(server, picture, fresh)
+
+
+DELETE_ELSEWHERE = {
+    "project deleted": "from tl_core import service; service.delete_project(store, run.project_id)",
+    "run discarded": "from tl_core.runs import jobs; jobs.discard_run(store, run.id)",
+}
+
+
+@pytest.mark.parametrize("how", list(DELETE_ELSEWHERE))
+def test_a_model_deleted_by_another_process_is_answered_removed(
+    workspace, run_dir, picture, server, how
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tl_core.errors import StudioError
+    from tl_ui.runs import trained_model
+
+    _, _, run = _project_with_run(workspace, run_dir)
+    tokens = [live_route.new_token() for _ in range(2)]
+    for token in tokens:
+        live_route.grant(token, run.run_dir, 1.0, 0.0)
+        assert _post(server, picture, token)[0] == 200  # its model is now cached
+    script = (
+        "import sys; from tl_core.runs.store import Store; store = Store(sys.argv[1]); "
+        f"run = store.run(sys.argv[2]); {DELETE_ELSEWHERE[how]}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(workspace), run.id],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not Path(run.run_dir).exists()
+    assert _removed(server, picture, tokens[0])
+    with pytest.raises(StudioError):  # not answered from the cache any more
+        trained_model(run.run_dir)
+    # the other view of that run is stopped too, and stays so
+    assert _removed(server, picture, tokens[1])
+    assert live_route.grant(tokens[1], run.run_dir, 1.0, 0.0) is False
+
+
+def test_the_route_names_the_model_file_as_training_writes_it() -> None:
+    from tl_core.training.checkpoint import BEST
+
+    assert live_route.MODEL_FILE == BEST

@@ -12,6 +12,8 @@
 //   bars and verdict are drawn here. With data.endpoint (the app was started by app.py) the
 //   frame is POSTed there as a JPEG and the JSON answer needs no rerun; otherwise it is sent
 //   ({seq, image}) as the trigger "frame" and answered in data.answer on the fragment rerun.
+//   An answer `superseded` (a newer frame of the same view overtook it) is not drawn; one
+//   with status 410 (the model was deleted) is drawn and stops asking.
 //   An answer with `unfamiliar` (the frame is unlike every training picture) reads
 //   "Unfamiliar" with the nearest class, its bars greyed; data-unfamiliar says so ("1"/"0").
 // The state value "camera" says whether the camera works: ready, insecure, denied, none, error.
@@ -376,13 +378,16 @@ class Camera {
       });
       if (res.status === 404 || res.status === 405) this.noRoute = true;
       else answer = await res.json();
-      // an expired token waits for the page to draw the view again (new data, a new grant)
-      if (res.status === 403) again = false;
+      // an expired token, or a model deleted since (410), waits for the page to draw the
+      // view again (new data, a new grant)
+      if (res.status === 403 || res.status === 410) again = false;
     } catch (_err) {
       answer = { error: "The server did not answer; trying again." };
     }
     if (!this.waiting || this.waiting.seq !== seq) return; // overtaken (timed out)
     this.waiting = null;
+    // superseded (409): a newer frame of this view came first; nothing to draw, ask again
+    if (answer && answer.superseded) answer = null;
     if (answer) this.show({ ...answer, id: this.id, seq });
     if (!again) return;
     // at most one frame every MIN_GAP_MS: the bars move smoothly and the server keeps room

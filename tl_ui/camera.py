@@ -13,13 +13,24 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import streamlit as st
+from PIL import Image
 
-__all__ = ["PROBLEMS", "READY", "camera", "decode_jpeg", "problem"]
+__all__ = [
+    "MAX_FRAME_PIXELS",
+    "MAX_FRAME_SIDE",
+    "PROBLEMS",
+    "READY",
+    "camera",
+    "decode_jpeg",
+    "frame_too_large",
+    "problem",
+]
 
 _HERE = Path(__file__).resolve().parent
 _COMPONENT = st.components.v2.component(
@@ -49,6 +60,11 @@ PROBLEMS: dict[str, str] = {
     ),
 }
 MAX_FRAME_BYTES = 2_000_000  # one captured JPEG; the browser sends about 20 kB
+# A frame's pixels, read from its header before any is decoded: the browser sends 320 px on
+# the long side, a camera gives at most a few megapixels; a small file of many more pixels
+# (a PNG of one colour) would take seconds and gigabytes to decode.
+MAX_FRAME_SIDE = 2048
+MAX_FRAME_PIXELS = 2048 * 1536
 
 
 def problem(status: str | None) -> str | None:
@@ -64,6 +80,20 @@ def decode_jpeg(text: Any) -> bytes | None:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
+
+
+def frame_too_large(data: bytes) -> bool:
+    """Whether a frame's header says it has more pixels than a camera frame can have (over
+    :data:`MAX_FRAME_SIDE` a side or :data:`MAX_FRAME_PIXELS` in all), in any format Pillow
+    opens; nothing is decoded. False for what is not a picture (decoding it says so)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # the header only
+            width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # far above ours
+        return True
+    except Exception:  # not a picture Pillow knows: its decoding says so in words
+        return False
+    return max(width, height) > MAX_FRAME_SIDE or width * height > MAX_FRAME_PIXELS
 
 
 def _reply_key(key: str) -> str:

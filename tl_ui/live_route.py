@@ -17,15 +17,26 @@ the live view sends frames as trigger values instead, as before.
 With an unfamiliar threshold (and a run that has the check, ``familiarity.npz``) the same
 pass also says how unlike every training picture the frame is: above the threshold the
 answer is "Unfamiliar", whatever the bars say (:mod:`tl_core.training.familiarity`).
+
+One view never holds up another's: a frame whose header states more pixels than a camera
+gives is refused before a pixel is decoded (:func:`tl_ui.camera.frame_too_large`); a frame
+is decoded beside the others and only the forward pass takes turns, in arrival order; and a
+view has one frame at work at a time, a newer one taking the place of the one still
+waiting (that one is answered ``{"superseded": true}`` at once). Deleting a project or a
+run stops its views for good (:func:`revoke`), and each frame first checks that its run's
+model is still there: the next frame reads :data:`REMOVED`.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +47,7 @@ from starlette.routing import Route
 
 from tl_core.errors import StudioError
 from tl_core.training.familiarity import UNFAMILIAR
-from tl_ui.camera import MAX_FRAME_BYTES
+from tl_ui.camera import MAX_FRAME_BYTES, frame_too_large
 
 __all__ = [
     "ROUTE",
@@ -46,7 +57,10 @@ __all__ = [
     "grant",
     "mounted",
     "new_token",
+    "revoke",
+    "revoked",
     "routes",
+    "still_there",
     "verdict",
 ]
 
@@ -55,12 +69,78 @@ TOKEN_HEADER = "X-TL-Live"
 IDLE_S = 1800.0  # a token unused for this long is forgotten (the page then says: reload)
 MAX_GRANTS = 1000  # the oldest go first beyond this many live views
 TOP_BARS = 5
-# One live picture at a time in the web server: a second session's frame waits its turn
-# instead of splitting the two cores between two forward passes.
-_PREDICT = threading.Lock()
+MODEL_FILE = "best.pt"  # tl_core.training.checkpoint.BEST (importing it here would bring torch)
 EXPIRED = "This live view has expired. Reload the page to start it again."
 NOT_A_PICTURE = "That frame was not a picture; the next one may be."
 TOO_BIG = "That frame was too large to be one camera picture."
+REMOVED = "This model was removed; reload the page to choose another one."
+SUPERSEDED: dict[str, Any] = {"superseded": True}  # a newer frame of the same view came
+
+
+class _Turns:
+    """One forward pass at a time in the web server, in the order the frames asked (a plain
+    lock lets any waiter in next): a second session's frame waits its turn instead of
+    splitting the cores between two passes, and never waits behind more than one frame of
+    each other view (see :class:`_Views`)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._line: deque[object] = deque()
+
+    def __enter__(self) -> None:
+        me = object()
+        with self._cond:
+            self._line.append(me)
+            try:
+                self._cond.wait_for(lambda: self._line[0] is me)
+            except BaseException:
+                self._line.remove(me)
+                self._cond.notify_all()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._line.popleft()
+            self._cond.notify_all()
+
+
+class _Views:
+    """One frame at work per live view (decoded, then predicted); at most one more waits, and
+    a newer frame of the same view takes its place: a flood of frames from one view holds
+    one place in the line for the forward pass, and its newest frame is the one answered."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy: set[str] = set()
+        self._waiting: dict[str, list[bool]] = {}  # view -> [superseded] of its waiting frame
+
+    def enter(self, view: str) -> bool:
+        """Wait until the view's frame at work is done; False when a newer frame of the view
+        came meanwhile (this one is not answered)."""
+        me = [False]
+        with self._cond:
+            older = self._waiting.pop(view, None)
+            if older is not None:
+                older[0] = True
+                self._cond.notify_all()
+            if view in self._busy:
+                self._waiting[view] = me
+                self._cond.wait_for(lambda: me[0] or view not in self._busy)
+                if me[0]:
+                    return False
+                del self._waiting[view]
+            self._busy.add(view)
+            return True
+
+    def leave(self, view: str) -> None:
+        """The view's frame at work is answered: its waiting frame, if any, goes next."""
+        with self._cond:
+            self._busy.discard(view)
+            self._cond.notify_all()
+
+
+_PREDICT = _Turns()
+_VIEWS = _Views()
 
 
 @dataclass(frozen=True)
@@ -107,17 +187,55 @@ def answer_image(
     With ``unfamiliar_threshold`` and a run that has the unfamiliar check, the answer says
     whether the picture is unfamiliar (its ``unfamiliarity`` above the threshold); else
     ``unfamiliar`` is False and ``unfamiliarity`` None, as before the check existed."""
+    return _respond(data, run_dir, temperature, threshold, unfamiliar_threshold)[1]
+
+
+def _respond(
+    data: bytes | None,
+    run_dir: str,
+    temperature: float,
+    threshold: float,
+    unfamiliar_threshold: float | None = None,
+    view: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the answer for one frame of ``view`` (None: a frame sent as a
+    trigger value, one at a time by its session's script): refused before decoding when too
+    large, :data:`REMOVED` when the run's model is gone, :data:`SUPERSEDED` when a newer
+    frame of the same view came while it waited."""
     if not data:
-        return {"threshold": threshold, "error": NOT_A_PICTURE}
+        return 200, {"threshold": threshold, "error": NOT_A_PICTURE}
+    if not still_there(run_dir):
+        revoke([run_dir])
+        return 410, {"error": REMOVED}
+    if frame_too_large(data):
+        return 413, {"error": TOO_BIG}
+    if view is not None and not _VIEWS.enter(view):
+        return 409, dict(SUPERSEDED)
+    try:
+        return 200, _guess(data, run_dir, temperature, threshold, unfamiliar_threshold)
+    finally:
+        if view is not None:
+            _VIEWS.leave(view)
+
+
+def _guess(
+    data: bytes,
+    run_dir: str,
+    temperature: float,
+    threshold: float,
+    unfamiliar_threshold: float | None,
+) -> dict[str, Any]:
+    """Decode the frame (beside other views' frames), then its forward pass in turn."""
     from tl_ui.runs import trained_model
 
-    try:  # a run deleted or damaged since the view was drawn: one sentence, like a bad frame
+    try:  # a run damaged since the view was drawn: one sentence, like a bad frame
         model = trained_model(run_dir)  # torch and the rest come with it, one importer at a time
         from tl_core.models.device import one_thread
 
+        crop = model.tensor(data, "The frame")
         # one picture: one thread is as fast alone and far steadier beside other work
         with _PREDICT, one_thread():
-            guessed = model.guess([data], temperature=temperature)
+            guessed = model.guess_crops(crop[None], temperature=temperature)
     except StudioError as exc:
         return {"threshold": threshold, "error": str(exc)}
     probs = guessed.probs[0]
@@ -147,9 +265,12 @@ class _Grant:
     threshold: float
     used: float
     unfamiliar_threshold: float | None = None
+    key: str = ""  # the run's folder, resolved (what revoke() compares)
 
 
 _GRANTS: OrderedDict[str, _Grant] = OrderedDict()
+_REVOKED: OrderedDict[str, None] = OrderedDict()  # views of a deleted model: REMOVED for good
+_GONE: OrderedDict[str, tuple[int, int] | None] = OrderedDict()  # revoked runs: their model
 _LOCK = threading.Lock()
 _MOUNTED = False
 
@@ -159,22 +280,80 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def _key(run_dir: str | Path) -> str:
+    return str(Path(run_dir).resolve())
+
+
+def _model_stamp(run_dir: str | Path) -> tuple[int, int] | None:
+    """Which model file the run holds (inode and time), None when it has none."""
+    try:
+        found = os.stat(Path(run_dir) / MODEL_FILE)
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns
+
+
+def still_there(run_dir: str | Path) -> bool:
+    """Whether the run still has its trained model (one ``stat``: checked for every frame)."""
+    return os.path.isfile(Path(run_dir) / MODEL_FILE)
+
+
 def grant(
     token: str,
     run_dir: str,
     temperature: float,
     threshold: float,
     unfamiliar_threshold: float | None = None,
-) -> None:
+) -> bool:
     """Let ``token`` ask for guesses of the model of ``run_dir`` (replacing what it had);
-    ``unfamiliar_threshold`` None: no unfamiliar check on its answers."""
+    ``unfamiliar_threshold`` None: no unfamiliar check on its answers.
+
+    False, and nothing granted, for a token :func:`revoke` stopped (a new view needs a new
+    token) or a run whose model was revoked and not trained again since: that token's frames
+    read :data:`REMOVED`."""
+    key = _key(run_dir)
     with _LOCK:
+        if token in _REVOKED:
+            return False
+        if key in _GONE:
+            if _GONE[key] == _model_stamp(run_dir):
+                _REVOKED[token] = None
+                _GRANTS.pop(token, None)
+                return False
+            del _GONE[key]  # a new model in the same folder
         _GRANTS[token] = _Grant(
-            run_dir, temperature, threshold, time.monotonic(), unfamiliar_threshold
+            run_dir, temperature, threshold, time.monotonic(), unfamiliar_threshold, key
         )
         _GRANTS.move_to_end(token)
         while len(_GRANTS) > MAX_GRANTS:
             _GRANTS.popitem(last=False)
+        return True
+
+
+def revoke(run_dirs: Iterable[str | Path]) -> None:
+    """Stop the live views of these runs for good, their project or the runs being deleted:
+    their next frames read :data:`REMOVED`, and the runs' models leave the server's cache."""
+    folders = list(run_dirs)
+    keys = {_key(d): _model_stamp(d) for d in folders}
+    with _LOCK:
+        for token, found in list(_GRANTS.items()):
+            if found.key in keys:
+                del _GRANTS[token]
+                _REVOKED[token] = None
+        _GONE.update(keys)
+        for kept in (_REVOKED, _GONE):
+            while len(kept) > MAX_GRANTS:
+                kept.popitem(last=False)
+    from tl_ui.runs import forget_model
+
+    for folder in folders:
+        forget_model(folder)
+
+
+def revoked(token: str) -> bool:
+    """Whether ``token``'s view was stopped by :func:`revoke`."""
+    with _LOCK:
+        return token in _REVOKED
 
 
 def _granted(token: str) -> _Grant | None:
@@ -213,21 +392,25 @@ async def _body(request: Request) -> bytes | None:
 
 async def guess(request: Request) -> JSONResponse:
     """POST :data:`ROUTE`: one JPEG in the body, the token in :data:`TOKEN_HEADER`."""
-    found = _granted(request.headers.get(TOKEN_HEADER, ""))
+    token = request.headers.get(TOKEN_HEADER, "")
+    if revoked(token):
+        return JSONResponse({"error": REMOVED}, status_code=410)
+    found = _granted(token)
     if found is None:
         return JSONResponse({"error": EXPIRED}, status_code=403)
     body = await _body(request)
     if body is None:
         return JSONResponse({"error": TOO_BIG}, status_code=413)
-    answer = await run_in_threadpool(
-        answer_image,
+    status, answer = await run_in_threadpool(
+        _respond,
         body,
         found.run_dir,
         found.temperature,
         found.threshold,
         found.unfamiliar_threshold,
+        token,
     )
-    return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+    return JSONResponse(answer, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def routes() -> list[Route]:

@@ -47,8 +47,12 @@ def _direct(
     if not live_route.mounted():
         return {}
     token = st.session_state.get(TOKEN) or live_route.new_token()
+    if not live_route.grant(token, run_dir, temperature, threshold, unfamiliar_threshold):
+        # the view's earlier model was deleted: a new view, unless this run is the deleted
+        # one (then its frames read "removed")
+        token = live_route.new_token()
+        live_route.grant(token, run_dir, temperature, threshold, unfamiliar_threshold)
     st.session_state[TOKEN] = token
-    live_route.grant(token, run_dir, temperature, threshold, unfamiliar_threshold)
     return {"endpoint": live_route.ROUTE, "token": token, "header": live_route.TOKEN_HEADER}
 
 

@@ -71,3 +71,10 @@ def trained_model(run_dir: str) -> TrainedModel:
     from tl_core.analysis.evaluation import load_model_checked
 
     return load_model_checked(Path(run_dir))
+
+
+def forget_model(run_dir: str | Path) -> None:
+    """Drop a run's model from :func:`trained_model`'s cache (the run or its project was
+    deleted), under each spelling of its folder a page may have loaded it by."""
+    for spelling in {str(run_dir), str(Path(run_dir).resolve())}:
+        trained_model.clear(spelling)

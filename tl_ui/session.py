@@ -253,11 +253,16 @@ def delete_control(project: Project) -> None:
             "Delete this project", disabled=not sure, key="delete_project", type="primary"
         )
         if pressed:
+            store = get_store()
+            folders = [run.run_dir for run in store.runs(project.id)]
             try:
-                service.delete_project(get_store(), project.id)
+                service.delete_project(store, project.id)
             except StudioError as exc:
                 st.error(str(exc))
                 return
+            from tl_ui import live_route
+
+            live_route.revoke(folders)  # its live views stop, its models leave the cache
             session().project_id = None
             st.query_params.pop("project", None)
             st.session_state.pop("delete_project_sure", None)

@@ -114,6 +114,27 @@ class TrainedModel:
         with ThreadPoolExecutor(min(decode_workers(), len(images))) as pool:
             return list(pool.map(self.tensor, images, names))
 
+    def _scores(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Logits, pooled features and unfamiliarity (float32, on the CPU) of a batch of
+        crops (N, 3, H, W) made by :meth:`tensor`: the forward pass alone."""
+        x = self.plan.batch(x.pin_memory() if self.plan.pin_memory else x)
+        with self.plan.autocast():
+            z, f = self._with_features(x)
+        f = f.float()
+        far = None if self._distance is None else self._distance(f).cpu()
+        return z.float().cpu(), f.cpu(), far
+
+    @torch.inference_mode()
+    def guess_crops(self, crops: torch.Tensor, temperature: float = 1.0) -> Guesses:
+        """:meth:`guess` of pictures already made into crops by :meth:`tensor` (stacked,
+        (N, 3, H, W)): the forward pass alone, so a caller can decode pictures beforehand,
+        outside whatever lets one forward pass run at a time."""
+        if not temperature > 0:
+            raise ValueError("temperature must be positive")
+        z, _, far = self._scores(crops)
+        probs = (z / temperature).softmax(1).numpy()
+        return Guesses(probs, None if far is None else far.numpy())
+
     @torch.inference_mode()
     def outputs(
         self, images: Sequence[ImageInput], names: Sequence[str] | None = None
@@ -127,14 +148,11 @@ class TrainedModel:
         for start in range(0, len(images), batch):
             chunk = range(start, min(start + batch, len(images)))
             x = torch.stack(self._tensors([images[k] for k in chunk], [names[k] for k in chunk]))
-            x = self.plan.batch(x.pin_memory() if self.plan.pin_memory else x)
-            with self.plan.autocast():
-                z, f = self._with_features(x)
-            f = f.float()
-            logits.append(z.float().cpu())
-            features.append(f.cpu())
-            if self._distance is not None:
-                distances.append(self._distance(f).cpu())
+            z, f, d = self._scores(x)
+            logits.append(z)
+            features.append(f)
+            if d is not None:
+                distances.append(d)
         if not logits:
             empty = np.zeros(0, dtype=np.float32)
             return (
