@@ -8,8 +8,8 @@ from tl_ui.session import active_project, get_store, repaired_notice, sidebar, s
 
 
 def run() -> None:
+    require_access_code()  # first: when a code is set, nothing else runs until it is given
     st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧠", layout="wide")
-    require_access_code()  # when a code is set, nothing runs until it is given
     try:
         get_store()
     except StoreDamagedError as exc:  # one page instead of the studio: what is wrong, a way on
