@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_shapes
+from helpers import make_shapes, wait_until
 
 from tl_core.data.dataset import import_folder
 from tl_core.models.freezing import describe_model
@@ -31,16 +31,6 @@ def _cli(*args: str, workspace: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory) -> Path:
     return make_shapes(tmp_path_factory.mktemp("shapes") / "src", per_class=20)
-
-
-def _wait_for(predicate, timeout: float = 120, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out")
 
 
 def test_train_command_prints_json_and_the_run_appears_in_the_store(shapes_dir, tmp_path):
@@ -207,19 +197,19 @@ def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(
     assert store.queue_position(second.id) == 1  # one slot: the second waits its turn
 
     # Crash the worker mid-run (as an out-of-memory kill would), after one finished epoch.
-    _wait_for(lambda: len(store.epochs(first.id)) >= 1)
+    wait_until(lambda: len(store.epochs(first.id)) >= 1)
     run = store.run(first.id)
     os.kill(run.pid, signal.SIGKILL)
-    _wait_for(lambda: not jobs._pid_alive(run.pid))
+    wait_until(lambda: not jobs._pid_alive(run.pid))
     assert jobs.recover(store) == [first.id]
     assert store.run(first.id).status == "interrupted"
 
     # The freed slot goes to the waiting run, which finishes; then resume the first one.
     jobs.pump(store)
-    _wait_for(lambda: store.run(second.id).status == "finished", timeout=180)
+    wait_until(lambda: store.run(second.id).status == "finished", timeout=180)
     epochs_before = len(store.epochs(first.id))
     jobs.resume(store, first.id)
-    _wait_for(lambda: len(store.epochs(first.id)) > epochs_before, timeout=180)
+    wait_until(lambda: len(store.epochs(first.id)) > epochs_before, timeout=180)
     assert [e.epoch for e in store.epochs(first.id)] == list(
         range(1, len(store.epochs(first.id)) + 1)
     )
@@ -227,6 +217,6 @@ def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(
     # Stop takes effect within about a second and keeps the best checkpoint.
     asked = time.monotonic()
     jobs.request_stop(store, first.id)
-    _wait_for(lambda: store.run(first.id).status == "stopped", timeout=30, interval=0.05)
+    wait_until(lambda: store.run(first.id).status == "stopped", timeout=30, interval=0.05)
     assert time.monotonic() - asked < 2.5
     assert (Path(store.run(first.id).run_dir) / "best.pt").exists()

@@ -11,11 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import make_shapes, tree_digest
+from helpers import make_shapes, tree_digest, wait_until
 
 from tl_core.cli import _parser
 from tl_core.data import paths
@@ -53,16 +52,6 @@ def _start(*args: str, workspace: Path, env: dict[str, str] | None = None):
         text=True,
         env={**os.environ, **(env or {})},
     )
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float = 180, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out")
 
 
 def _refused(proc: subprocess.CompletedProcess[str], *, heavy_ok: bool = False) -> str:
@@ -625,8 +614,8 @@ def test_a_signal_during_a_cli_run_marks_it_interrupted_and_resume_works(
         workspace=store.workspace,
     )
     try:
-        run = _wait_for(lambda: next(iter(store.runs(statuses=("running",))), None))
-        _wait_for(lambda: store.epochs(run.id))
+        run = wait_until(lambda: next(iter(store.runs(statuses=("running",))), None))
+        wait_until(lambda: store.epochs(run.id))
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -641,9 +630,9 @@ def test_a_signal_during_a_cli_run_marks_it_interrupted_and_resume_works(
     done = len(store.epochs(run.id))
 
     jobs.resume(store, run.id)
-    _wait_for(lambda: len(store.epochs(run.id)) > done + 1)
+    wait_until(lambda: len(store.epochs(run.id)) > done + 1)
     jobs.request_stop(store, run.id)
-    _wait_for(lambda: store.run(run.id).status == "stopped", timeout=60)
+    wait_until(lambda: store.run(run.id).status == "stopped", timeout=60)
     epochs = [e.epoch for e in store.epochs(run.id)]
     assert epochs == list(range(1, len(epochs) + 1))
 
@@ -663,11 +652,11 @@ def test_sigterm_to_an_app_worker_says_the_server_stopped_it(shapes: Path, tmp_p
         "trainable_groups": 6,
     }
     run = jobs.submit(store, project.id, config, data_dir)
-    _wait_for(lambda: store.epochs(run.id))
+    wait_until(lambda: store.epochs(run.id))
     pid = store.run(run.id).pid
     os.kill(pid, signal.SIGTERM)
-    _wait_for(lambda: store.run(run.id).status == "interrupted", timeout=60)
-    _wait_for(lambda: not jobs._pid_alive(pid), timeout=30)
+    wait_until(lambda: store.run(run.id).status == "interrupted", timeout=60)
+    wait_until(lambda: not jobs._pid_alive(pid), timeout=30)
     final = store.run(run.id)
     assert final.message == "Interrupted: the server stopped the training process."
     assert (Path(final.run_dir) / "last.pt").exists()

@@ -17,17 +17,21 @@ an ETA); not on a terminal, or with ``--quiet``, they show none. The JSON summar
 last line of standard output.
 
 Bad input ends with exit code 2, one plain sentence on stderr and ``{"error": ...}`` as the
-last line, checked before torch is imported and before anything is created. Ctrl-C and
+last line, checked before torch is imported and before anything is created. A run that fails
+(a full disk, a read-only workspace, memory that ran out, ...) ends the same way, with no
+traceback: code 2 and its sentence as ``{"error": ...}``. Ctrl-C and
 SIGTERM end a run as ``interrupted`` (resumable in the app) with exit code 130 or 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import tempfile
 from collections.abc import Callable
@@ -39,8 +43,8 @@ from tl_core.config import AUGMENT_LEVELS, SCRATCH_LR, TrainConfig, scratch_conf
 from tl_core.data import paths
 from tl_core.errors import DataError, RunError, StudioError
 from tl_core.models.catalog import DEFAULT_MODEL, get_spec
-from tl_core.runs import interrupt, jobs
-from tl_core.runs.store import Run, Store, new_id
+from tl_core.runs import endings, interrupt, jobs
+from tl_core.runs.store import Run, Store, default_workspace, new_id
 
 if TYPE_CHECKING:
     from tl_core.data.dataset import DatasetManifest, Split
@@ -575,18 +579,29 @@ def _undo(store: Store, t: _Training, exc: BaseException) -> None:
     """
     if isinstance(exc, KeyboardInterrupt):
         interrupt.hold()
-    run = store.run(t.run_id) if t.run_id else None
+    try:
+        run = store.run(t.run_id) if t.run_id else None
+    except (StudioError, OSError, sqlite3.Error):
+        run = None
     if run is not None and (Path(run.run_dir) / "last.pt").exists():  # resumable: kept
-        jobs.settle_cli_project(store, run.project_id, force=True)
+        _tidy(lambda: jobs.settle_cli_project(store, run.project_id, force=True))
         note = f" The run was kept; resume it in the app: ?project={run.project_id}"
         if isinstance(exc, KeyboardInterrupt):
             exc.add_note(note)
             return
         raise _Kept(f"{exc}{note}") from None
     if run is not None:
-        jobs.discard_run(store, run.id)
+        _tidy(lambda: jobs.discard_run(store, run.id))
     if t.project_id is not None:
-        jobs.discard_project(store, t.project_id)
+        project_id = t.project_id
+        _tidy(lambda: jobs.discard_project(store, project_id))
+
+
+def _tidy(step: Callable[[], object]) -> None:
+    """A clean-up write after a failure; when the workspace cannot take it (full, read-only)
+    the next start does it (``jobs.recover``)."""
+    with contextlib.suppress(StudioError, OSError, sqlite3.Error):
+        step()
 
 
 def _train(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, object]:
@@ -607,24 +622,39 @@ def _train(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, obj
             t.run_id,
             lambda place: print(f"waiting: place {place} in the queue", file=sys.stderr),
         )
-        from tl_core.runs.worker import run_worker
+        from tl_core.runs.worker import flush_pending, run_worker
 
         bars.epochs = t.config.epochs
+        ended: dict[str, Any] = {}
+
+        def watch(event: dict[str, Any]) -> None:
+            if event.get("t") == "end":
+                ended.update(event)
+            bars.event(event)
+
         try:
-            result = run_worker(store, t.run_id, watch=bars.event)
+            result = run_worker(store, t.run_id, watch=watch)
         finally:
             bars.close()
-        final = store.run(t.run_id)
-        if result is None or final is None:
-            raise StudioError(final.error if final and final.error else "Training failed.")
+        flush_pending(store)  # an end the store could not take when it came
+        if result is None:
+            raise StudioError(ended.get("error") or "Training failed.")
+        run_dir = str(Path(args.out).resolve()) if args.out else _run_dir(store, t.run_id)
     except BaseException as exc:
         _undo(store, t, exc)
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    jobs.settle_cli_project(store, t.project_id, force=True)
-    jobs.pump(store)  # hand the freed slot to the next waiting run
-    return _train_summary(t, result, final.run_dir)
+    _tidy(lambda: jobs.settle_cli_project(store, t.project_id or "", force=True))
+    _tidy(lambda: jobs.pump(store))  # hand the freed slot to the next waiting run
+    return _train_summary(t, result, run_dir)
+
+
+def _run_dir(store: Store, run_id: str) -> str:
+    final = store.run(run_id)
+    if final is None:
+        raise StudioError("The run was removed from the workspace while it trained.")
+    return final.run_dir
 
 
 def _unfamiliar_summary(run_dir: Path) -> dict[str, object] | None:
@@ -756,6 +786,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workspace = getattr(args, "worker_workspace", None) or args.workspace
     bars = _Bars.for_args(args)
+    store_folder = Path(workspace or default_workspace())
+    store: Store | None = None
     try:
         store = Store(workspace)
         if args.command == "worker":
@@ -792,9 +824,32 @@ def main(argv: list[str] | None = None) -> int:
     except StudioError as exc:
         bars.close()
         return _fail(str(exc), 2)
-    except OSError as exc:  # a folder that cannot be read or written, a full disk
+    except (OSError, sqlite3.Error, MemoryError) as exc:  # unreadable, full, read-only
         bars.close()
-        where = f" ('{exc.filename}')" if exc.filename else ""
-        return _fail(f"{exc.strerror or exc}{where}.", 2)
+        return _fail(_storage_message(args.command, exc, store_folder), 2)
+    finally:
+        _flush_at_exit(store)
     print(json.dumps(summary))
     return 0
+
+
+def _storage_message(command: str, exc: BaseException, workspace: Path) -> str:
+    """The sentence for a failure of the disk or of memory outside a job's own ending."""
+    kind = "train" if command in ("train", "worker") else "export" if command == "export" else ""
+    cause = endings.cause_of(exc, workspace)
+    if cause is not None:
+        return endings.failure(kind, cause, workspace)
+    if isinstance(exc, OSError):
+        where = f" ('{exc.filename}')" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}."
+    return f"The workspace index could not be used ({exc}); try again."
+
+
+def _flush_at_exit(store: Store | None) -> None:
+    """Write the ends the store could not take when they came (one last try)."""
+    if store is None or not endings.PENDING:
+        return
+    from tl_core.runs.worker import flush_pending
+
+    with contextlib.suppress(StudioError, OSError, sqlite3.Error):
+        flush_pending(store)

@@ -47,6 +47,7 @@ __all__ = [
     "features_key",
     "files_stamp",
     "grow_data",
+    "import_cut_off",
     "import_data",
     "job_for",
     "latest_import",
@@ -164,6 +165,14 @@ def latest_import(store: Store, project_id: str) -> Run | None:
     """The project's newest import job (any status), or None."""
     found = store.runs(project_id, kind="import")
     return found[-1] if found else None
+
+
+def import_cut_off(store: Store, project_id: str) -> str | None:
+    """The sentence left when ``project_id`` was removed because its first import was cut
+    off (:func:`tl_core.runs.jobs.drop_cut_off_project`); given once, then forgotten."""
+    from tl_core.runs.endings import take_notice
+
+    return take_notice(store.workspace, project_id)
 
 
 def _size(stream: BinaryIO) -> int:

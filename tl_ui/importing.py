@@ -18,7 +18,7 @@ import streamlit as st
 from tl_core import service
 from tl_core.data.dataset import MAX_IMPORT_MB
 from tl_core.errors import DataError, DiskFullError
-from tl_core.runs.store import Project, Run
+from tl_core.runs.store import Project, Run, Store
 from tl_ui import jobs as job_panel
 from tl_ui.session import active_project, get_store, open_project
 from tl_ui.text import literal
@@ -29,6 +29,7 @@ __all__ = [
     "folder_import",
     "folder_import_setting",
     "folder_tab",
+    "gone_project_text",
     "import_panel",
     "remember",
     "start_import",
@@ -93,9 +94,19 @@ def remember(job: Run) -> None:
     st.session_state.setdefault(_SEEN, set()).add(job.id)
 
 
+def gone_project_text(store: Store, project_id: str) -> str:
+    """What a page says about a project link that leads nowhere: why its project was removed
+    when its first import was cut off (said once), else that the link is unknown."""
+    cut_off = service.import_cut_off(store, project_id)
+    if cut_off:
+        return literal(cut_off)
+    return "That project link is unknown here; start a new project below."
+
+
 def _shown(project: Project | None) -> Run | None:
-    """The import job to show: one under way (seen from any tab), or one this session
-    started that did not succeed (its message stays until the next import)."""
+    """The import job to show: one under way (seen from any tab), one this session started
+    that did not succeed (its message stays until the next import), or the failed import
+    of a project that has no images yet (whoever opens it sees why, and imports again)."""
     if project is None:
         return None
     job = service.latest_import(get_store(), project.id)
@@ -105,6 +116,8 @@ def _shown(project: Project | None) -> Run | None:
         return job
     if job.status == "held":  # another tab is saving its upload
         return None
+    if not project.data_dir:
+        return job
     return job if job.id in st.session_state.get(_SEEN, set()) else None
 
 
@@ -116,7 +129,12 @@ def import_panel(project: Project | None) -> bool:
         return False
     job_panel.watch(job, GROW_WHAT if job.config.get("grow") else WHAT)
     if job.status in ("stopped", "interrupted", "failed"):
-        st.caption("Nothing was kept from this import; the project has the images it had.")
+        st.caption(
+            "Nothing was kept from this import; the project has the images it had."
+            if project is not None and project.data_dir
+            else "Nothing was kept from this import and the project has no images yet: "
+            "import them again below."
+        )
     return job.active
 
 

@@ -2,7 +2,8 @@
 
 One panel for every job kind that is not a training run (those have tl_ui.live's panel);
 it reads the job's row each second while the job waits or works, then reruns the page once
-so the page can draw the result.
+so the page can draw the result. A job that has reported nothing for too long (stalled, see
+:mod:`tl_core.runs.supervisor`) is shown as a warning beside its Stop button.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import streamlit as st
 from tl_core import service
 from tl_core.runs import jobs
 from tl_core.runs.store import Run, Store
+from tl_core.runs.supervisor import STALLED, is_stalled
 from tl_ui.session import get_store
 from tl_ui.text import literal
 
@@ -35,6 +37,8 @@ def state_text(store: Store, job: Run) -> str:
     """One line of what the job is doing now, the same wherever it is shown."""
     if job.status == "queued":
         return f"waiting: {wait_text(store, job)}"
+    if is_stalled(job):
+        return "stalled: press Stop to end it"
     if job.status in ("starting", "running", "held"):
         return job.message or "starting"
     if job.status == "failed":
@@ -54,6 +58,9 @@ def _render(job_id: str, what: str) -> None:
             "you can leave this page and come back.",
             icon=":material/hourglass_top:",
         )
+    elif is_stalled(job):
+        why = (job.message or "")[len(STALLED) :].strip()
+        st.warning(f"{what} seems stuck: {why}", icon=":material/hourglass_disabled:")
     elif job.active:
         st.progress(
             min(max(job.progress or 0.0, 0.0), 1.0), text=f"{what}: {job.message or 'starting'}"

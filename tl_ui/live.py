@@ -96,14 +96,13 @@ def _render(run_id: str) -> None:
         st.page_link("pages/evaluate.py", label="See how good it is", icon=":material/insights:")
     elif run.status == "stopped":
         best = (run.result or {}).get("best_epoch")
-        st.info(
-            "Stopped. "
-            + (
-                f"The best model so far (epoch {best}) is kept."
-                if best
-                else "It stopped before finishing an epoch, so no model was kept."
-            )
-        )
+        if best:
+            said = f"The best model so far (epoch {best}) is kept."
+        elif run.result is None and run.message not in ("", "Stopped"):
+            said = run.message  # ended by the server: its worker did not stop when asked
+        else:
+            said = "It stopped before finishing an epoch, so no model was kept."
+        st.info(f"Stopped. {said}")
     elif run.status == "interrupted":
         st.warning(f"{run.message} Resume continues from the last finished epoch.")
     elif run.status == "failed":

@@ -140,7 +140,9 @@ def active_project() -> Project | None:
         state.project_id = url_id
     project = store.project(state.project_id) if state.project_id else None
     if state.project_id and project is None:
-        st.warning("That project link is unknown here; start a new project below.")
+        from tl_ui.importing import gone_project_text
+
+        st.warning(gone_project_text(store, state.project_id))
         state.project_id = None
         st.query_params.pop("project", None)
     if project is not None and st.query_params.get("project") != project.id:

@@ -10,7 +10,9 @@ store (:func:`tl_core.runs.worker.record`), and passes Stop on.
 recent models loaded). A job goes to an idle worker; a crash or an out-of-memory kill ends
 that worker only (its job becomes ``interrupted`` or ``failed`` with a message) and the next
 job gets a fresh one. Workers leave after an idle time or a memory ceiling (see
-:mod:`tl_core.runs.worker`). Nothing here imports torch.
+:mod:`tl_core.runs.worker`). A job that does not answer (a stopped or deadlocked process) is
+ended from outside on the supervisor's word (:meth:`LocalExecutor.end`): SIGTERM to its
+worker's process group, then SIGKILL. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Literal, Protocol
 
 from tl_core.config import JobSpec
 
-__all__ = ["WORKER_ENV", "Executor", "LocalExecutor", "OnEvent"]
+__all__ = ["TERM_GRACE_S", "WORKER_ENV", "EndReason", "Executor", "LocalExecutor", "OnEvent"]
 
 OnEvent = Callable[[str, dict[str, Any]], None]  # (job id, event)
+# Why a job is ended from outside: Stop was not answered in time, or it reported nothing
+# for much longer than its limit (see tl_core.runs.supervisor).
+EndReason = Literal["stop", "stalled"]
+TERM_GRACE_S = 5.0  # after SIGTERM, a worker that is still there gets SIGKILL
 
 # glibc malloc tuning for the worker: keep freed memory instead of returning it to the OS
 # between steps; measured to speed up CPU training and inference (docs/PERFORMANCE.md).
@@ -61,6 +67,11 @@ class Executor(Protocol):
         """Ask a running job to stop at its next step."""
         ...
 
+    def end(self, job_id: str, reason: EndReason) -> None:
+        """End a running job that does not answer, from outside (its process is terminated,
+        then killed); its ``end`` event then says why (``stopped`` when Stop was asked)."""
+        ...
+
     def shutdown(self) -> None:
         """Stop every worker (their jobs end as interrupted)."""
         ...
@@ -79,6 +90,7 @@ class _Worker:
     ready: threading.Event = field(default_factory=threading.Event)
     idle_since: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    ending: EndReason | None = None  # ended from outside, and why
 
     def send(self, message: dict[str, Any]) -> bool:
         stdin: IO[str] | None = self.proc.stdin
@@ -93,17 +105,57 @@ class _Worker:
         return True
 
 
-def _lost_message(kind: str, returncode: int | None) -> str:
-    killed = returncode is not None and returncode < 0
-    how = (
-        "was killed (out of memory, or stopped by the system)"
-        if returncode == -signal.SIGKILL
-        else f"stopped unexpectedly (signal {-returncode})"
-        if killed
-        else "stopped unexpectedly"
-    )
-    what = "training process" if kind == "train" else "process that ran this job"
-    return f"The {what} {how}."
+def term_grace_s() -> float:
+    """Seconds between SIGTERM and SIGKILL (``TL_STUDIO_TERM_GRACE_S`` for tests)."""
+    try:
+        return max(0.0, float(os.environ["TL_STUDIO_TERM_GRACE_S"]))
+    except (KeyError, ValueError):
+        return TERM_GRACE_S
+
+
+def ended_status(kind: str, reason: EndReason | None) -> str:
+    """The status of a job whose process is gone: ``stopped`` when Stop was asked, else
+    ``interrupted`` (training: Resume goes on) or ``failed`` (Try again)."""
+    if reason == "stop":
+        return "stopped"
+    return "interrupted" if kind == "train" else "failed"
+
+
+def ended_event(kind: str, event: dict[str, Any], reason: EndReason) -> dict[str, Any]:
+    """A job's own ``end`` event after it was ended from outside: the signal it was sent
+    made it end ``interrupted`` (or fail); say why instead. A job that ended by itself
+    meanwhile (finished, stopped) keeps its end."""
+    if event.get("status") not in ("interrupted", "failed"):
+        return event
+    status = ended_status(kind, reason)
+    message = _lost_message(kind, None, reason)
+    ended = {**event, "status": status, "message": message}
+    if status == "failed":
+        ended["error"] = message
+    else:
+        ended.pop("error", None)
+    return ended
+
+
+def _lost_message(kind: str, returncode: int | None, reason: str | None = None) -> str:
+    """The sentence for a job whose worker went away (:func:`tl_core.runs.endings.lost`)."""
+    from tl_core.runs.endings import lost
+
+    return lost(kind, returncode, reason)
+
+
+def _signal_group(proc: subprocess.Popen[str], signum: int) -> None:
+    """Send ``signum`` to the process group ``proc`` leads, while ``proc`` is not reaped."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL (and SIGCONT, so a stopped process dies at once) to ``proc``'s group."""
+    _signal_group(proc, signal.SIGKILL)
+    _signal_group(proc, signal.SIGCONT)
 
 
 class LocalExecutor:
@@ -163,6 +215,8 @@ class LocalExecutor:
             if kind == "bye":
                 break
             job_id = event.pop("id", None)
+            if kind == "end" and worker.ending is not None and worker.job is not None:
+                event = ended_event(worker.job.kind, event, worker.ending)
             if worker.on_event is not None and job_id is not None:
                 worker.on_event(job_id, event)
             if kind == "end":
@@ -175,9 +229,12 @@ class LocalExecutor:
             if worker in self._workers:
                 self._workers.remove(worker)
         if job is not None and on_event is not None:
-            status = "interrupted" if job.kind == "train" else "failed"
-            message = _lost_message(job.kind, returncode)
-            on_event(job.id, {"t": "end", "status": status, "message": message, "error": message})
+            status = ended_status(job.kind, worker.ending)
+            message = _lost_message(job.kind, returncode, worker.ending)
+            end = {"t": "end", "status": status, "message": message}
+            if status == "failed":
+                end["error"] = message
+            on_event(job.id, end)
 
     # -------------------------------------------------------------- Executor
     def capacity(self) -> int:
@@ -204,6 +261,20 @@ class LocalExecutor:
             worker = next((w for w in self._workers if w.job and w.job.id == job_id), None)
         if worker is not None:
             worker.send({"t": "stop", "id": job_id})
+
+    def end(self, job_id: str, reason: EndReason) -> None:
+        """SIGTERM to the worker's process group (it was started in a session of its own:
+        its helpers go too), then SIGKILL with SIGCONT after ``TERM_GRACE_S`` if it is still
+        there. The reader then reports the job's end; the next job gets a fresh worker."""
+        with self._lock:
+            worker = next((w for w in self._workers if w.job and w.job.id == job_id), None)
+            if worker is None or worker.ending is not None:
+                return
+            worker.ending = reason
+        _signal_group(worker.proc, signal.SIGTERM)
+        timer = threading.Timer(term_grace_s(), _kill_group, args=(worker.proc,))
+        timer.daemon = True
+        timer.start()
 
     def reap_idle(self, idle_s: float) -> None:
         """End workers idle for longer than ``idle_s``, keeping ``keep_warm`` of them."""

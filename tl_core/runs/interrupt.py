@@ -47,9 +47,17 @@ _stopper: Callable[[int], None] | None = None
 _asked: int | None = None  # the signal a stopping run was asked to stop for
 
 
-def message(signum: int) -> str:
-    """The run's message for ``signum`` in this process's role."""
-    return _MESSAGES.get((_role, signum), _MESSAGES[(_role, signal.SIGTERM)])
+def message(signum: int, kind: str = "train") -> str:
+    """The message of a job of ``kind`` that ``signum`` ended, in this process's role."""
+    text = _MESSAGES.get((_role, signum), _MESSAGES[(_role, signal.SIGTERM)])
+    if kind != "train" and "training process" in text:
+        from tl_core.runs.endings import what
+
+        subject = what(kind)
+        text = text.replace(
+            "training process", f"process that ran {subject[:1].lower()}{subject[1:]}"
+        )
+    return text
 
 
 def signum_of(exc: BaseException) -> int:

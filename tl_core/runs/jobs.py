@@ -18,13 +18,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tl_core.config import EpochRow
 from tl_core.errors import RunError
+from tl_core.runs import endings
 from tl_core.runs.store import ACTIVE, QUICK_KINDS, UNFINISHED, Run, Store, fair_order
 
 # A worker that has not written for this long while its process is gone or hung is interrupted.
@@ -201,23 +202,42 @@ def settle_cli_project(store: Store, project_id: str, force: bool = False) -> No
         discard_project(store, project_id)
 
 
-def recover(store: Store) -> list[str]:
-    """Mark runs whose worker is gone as interrupted; return their ids.
+def recover(store: Store, held: Collection[str] = ()) -> list[str]:
+    """Record the end of the jobs whose worker is gone; return their ids.
+
+    ``held``: jobs this process's executors still hold. Their end comes from the executor
+    (a worker killed from outside is gone a moment before its reader reports why), so they
+    are left to it.
+
+    Ends this process could not write when they came (a full disk, a read-only workspace)
+    are written first. A job whose end note holds its end (written when the store could not
+    take it) gets that end; any other gets a sentence for its kind that says what is known:
+    the server stopped, the command-line process ended, or nothing was heard for
+    ``STALE_AFTER_S`` (:mod:`tl_core.runs.endings`). Training runs become ``interrupted``
+    (Resume goes on from ``last.pt``), other jobs ``failed`` (Try again).
 
     A command-line run whose process is gone before it saved an epoch (still waiting in the
-    queue, or killed in its first epoch) is removed: there is nothing to resume. The first
-    call in a process also sweeps the leftovers of killed processes (:func:`sweep`).
+    queue, or ended in its first epoch) is removed: there is nothing to resume. A project
+    whose first import was cut off is removed too, with a sentence for the page that opens
+    its link (:func:`drop_cut_off_project`). The first call in a process also sweeps the
+    leftovers of killed processes (:func:`sweep`).
     """
+    from tl_core.runs.worker import flush_pending
+
+    flush_pending(store)
     now = time.time()
     lost = []
     for run in store.runs(statuses=UNFINISHED, kind=None):
+        if run.id in held:
+            continue
         if run.status == "queued":  # held by a waiting command-line process?
             if run.pid is not None and not _pid_alive(run.pid):
                 discard_run(store, run.id)
                 settle_cli_project(store, run.project_id)
             continue
         last_sign = run.heartbeat or run.started or run.created
-        if not _pid_alive(run.pid) or now - last_sign > STALE_AFTER_S:
+        gone = not _pid_alive(run.pid)
+        if gone or now - last_sign > STALE_AFTER_S:
             # A run claimed a moment ago may not have its pid yet: give it a grace period.
             if run.pid is None and now - last_sign < 30:
                 continue
@@ -225,19 +245,81 @@ def recover(store: Store) -> list[str]:
                 discard_run(store, run.id)
                 settle_cli_project(store, run.project_id)
                 continue
-            store.update_run(
-                run.id,
-                status="interrupted",
-                pid=None,
-                message="The command-line run stopped unexpectedly (its process was killed)."
-                if run.source == "cli" and not run.resume
-                else "The training process stopped unexpectedly (server restart or crash).",
-            )
+            _record_lost(store, run, gone, now)
             lost.append(run.id)
+            if run.kind == "import":
+                drop_cut_off_project(store, run.project_id)
     if store.workspace.resolve() not in _swept:
         _swept.add(store.workspace.resolve())
         sweep(store)
     return lost
+
+
+def _noted_end(run: Run, noted: dict[str, Any]) -> dict[str, Any]:
+    """The fields of the end kept in ``run``'s end note, as the store takes them."""
+    keys = ("status", "message", "error", "result", "finished")
+    fields = {k: noted[k] for k in keys if k in noted}
+    if fields["status"] == "finished" and "result" not in fields:  # too large for the note
+        message = endings.failure(run.kind, "disk_full", Path(run.run_dir))
+        fields.update(status="failed", message="Failed", error=message)
+    return {**fields, "pid": None, "stop_requested": 0, "progress": None}
+
+
+def _record_lost(store: Store, run: Run, gone: bool, now: float) -> None:
+    """Record the end of ``run``, whose process is gone (or silent): its note's, else the
+    sentence for what is known."""
+    folder = Path(run.run_dir)
+    noted = endings.read_note(folder) if gone else None
+    if noted is not None:
+        store.update_run(run.id, **_noted_end(run, noted))
+        endings.clear_note(folder)
+        return
+    resumable = run.kind == "train" and _has_checkpoint(run)
+    if not gone:
+        message = endings.stale(run.kind, STALE_AFTER_S / 60, resumable)
+    elif run.source == "cli" and not run.resume:
+        message = endings.cli_lost(resumable)
+    else:
+        message = endings.server_lost(run.kind, resumable)
+    fields: dict[str, Any] = {"pid": None, "message": message, "progress": None}
+    if run.kind == "train":
+        fields["status"] = "interrupted"
+    else:
+        fields.update(status="failed", error=message, finished=now, stop_requested=0)
+    store.update_run(run.id, **fields)
+    endings.clear_note(folder)
+
+
+def _holds_captures(store: Store, project_id: str) -> bool:
+    """Does the project keep camera shots not yet imported?"""
+    from tl_core.data.camera import CAPTURE_FOLDER
+
+    shots = store.project_dir(project_id) / CAPTURE_FOLDER
+    return shots.is_dir() and any(shots.rglob("*"))
+
+
+def drop_cut_off_project(store: Store, project_id: str) -> bool:
+    """Remove a project whose only import was cut off, leaving a sentence about it for the
+    page that opens its link (:func:`tl_core.runs.endings.take_notice`); True when removed.
+
+    A project with images, with a job of another kind or with camera shots is kept.
+    """
+    project = store.project(project_id)
+    if project is None or project.data_dir or project.settings.get(CLI_PENDING):
+        return False
+    runs = store.runs(project_id, kind=None)
+    if any(r.kind != "import" or r.status in (*UNFINISHED, "finished") for r in runs):
+        return False
+    if _holds_captures(store, project_id):
+        return False
+    endings.leave_notice(
+        store.workspace,
+        project_id,
+        f"The import into the project '{project.name}' was cut off when the server stopped, "
+        "so the empty project was removed; start the import again.",
+    )
+    discard_project(store, project_id)
+    return True
 
 
 _swept: set[Path] = set()
@@ -285,6 +367,7 @@ def sweep(store: Store) -> None:
             and now - _newest_change(data_dir) > PARTIAL_IMPORT_AGE_S
         ):
             shutil.rmtree(data_dir, ignore_errors=True)
+    endings.forget_old_notices(store.workspace)
     for run in runs:
         if run.status in ACTIVE:
             continue

@@ -13,7 +13,9 @@ owner of the store and the workspace:
   :func:`~tl_core.runs.worker.execute` there, and sends every event and every file it writes
   (checkpoints each epoch, results) back through a small actor owned by the server
   (:class:`_Channel`); the server writes them into the workspace as they arrive;
-- Stop goes the other way through the same actor, read every quarter of a second;
+- Stop goes the other way through the same actor, read every quarter of a second; a job
+  that does not answer (its worker stopped or deadlocked) is ended on the supervisor's word
+  with ``ray.cancel(force=True)``, which kills its worker process (:meth:`RayExecutor.end`);
 - a worker process or node that dies ends its job as ``interrupted`` (training; the last
   epoch's checkpoint is already on the server, so Resume continues on any node) or
   ``failed``; tasks are never retried by Ray, so nothing trains twice into one run. When the
@@ -47,6 +49,7 @@ from typing import Any
 
 from tl_core.config import JobSpec
 from tl_core.errors import StudioError
+from tl_core.runs.executor import EndReason, _lost_message, ended_event, ended_status
 
 __all__ = ["RAY_ADDRESS_ENV", "RayExecutor", "ray_address"]
 
@@ -57,6 +60,9 @@ CAPACITY_S = 5.0  # how often the cluster's size is read again
 JOB_MEMORY_GB = 2.5  # what one job is expected to take, unless TL_STUDIO_JOB_MEMORY_GB says
 SCRATCH = "tl-studio-ray"  # the nodes' scratch folder, under their temporary directory
 KEEP_DATA = 4  # data versions a node keeps unpacked for the next job
+# A job ended from outside whose task Ray has not reported ended this long after the forced
+# cancel (a node that does not answer) is ended here, so its slot is free.
+GIVE_UP_S = 30.0
 # Paths that never travel: partial writes, and the data version's caches (its images travel
 # once per node; the decoded-image cache is rebuilt there, the frozen features travel apart).
 _NEVER = (".tmp", ".partial")
@@ -375,6 +381,8 @@ class _Job:
     ref: Any
     paths: dict[str, Path]
     pid: int | None = None  # the Ray worker process's, on its node
+    ending: EndReason | None = None  # ended from outside, and why
+    ending_at: float = 0.0  # when (monotonic)
 
 
 def _lost(kind: str, exc: BaseException) -> dict[str, Any]:
@@ -391,6 +399,16 @@ def _lost(kind: str, exc: BaseException) -> dict[str, Any]:
         return {"t": "end", "status": "interrupted", "message": message}
     message = f"The job stopped: {why}. Press Try again."
     return {"t": "end", "status": "failed", "message": "Failed", "error": message}
+
+
+def _ended(job: _Job) -> dict[str, Any]:
+    """The end of a job whose task was cancelled by force (see :meth:`RayExecutor.end`)."""
+    kind, reason = job.spec.kind, job.ending
+    status, message = ended_status(kind, reason), _lost_message(kind, None, reason)
+    end = {"t": "end", "status": status, "message": message}
+    if status == "failed":
+        end["error"] = message
+    return end
 
 
 class RayExecutor:
@@ -567,6 +585,18 @@ class RayExecutor:
         if self._channel is not None:
             self._channel.stop.remote(job_id)
 
+    def end(self, job_id: str, reason: EndReason) -> None:
+        """Cancel the job's task by force: Ray kills its worker process (a stopped or stuck
+        one too, within seconds); the end then says why. If Ray has not reported the task's
+        end ``GIVE_UP_S`` later, the job is ended here."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.ending is not None:
+                return
+            job.ending, job.ending_at = reason, time.monotonic()
+        with contextlib.suppress(Exception):
+            self._ray.cancel(job.ref, force=True)
+
     def worker_pid(self, job_id: str) -> int | None:
         """The process id of the Ray worker running ``job_id`` on its node, once it started."""
         with self._lock:
@@ -624,6 +654,7 @@ class RayExecutor:
         if not refs:
             return
         done, _ = self._ray.wait(list(refs), num_returns=len(refs), timeout=0)
+        self._give_up([job for ref, job in refs.items() if ref not in done])
         if not done:
             return
         self._drain()  # what the task sent before it returned comes first
@@ -632,8 +663,18 @@ class RayExecutor:
             try:
                 end = self._ray.get(ref)
             except Exception as exc:
-                end = _lost(job.spec.kind, exc)
+                end = _lost(job.spec.kind, exc) if job.ending is None else _ended(job)
+            else:
+                if job.ending is not None:
+                    end = ended_event(job.spec.kind, end, job.ending)
             self._finish(job, end)
+
+    def _give_up(self, waiting: list[_Job]) -> None:
+        """End here the jobs ended from outside whose task Ray still has not reported."""
+        now = time.monotonic()
+        for job in waiting:
+            if job.ending is not None and now - job.ending_at > GIVE_UP_S:
+                self._finish(job, _ended(job))
 
     def _finish(self, job: _Job, end: dict[str, Any]) -> None:
         with self._lock:

@@ -6,6 +6,12 @@ jobs from the fair queue while the executor has room, and writes what the worker
 the store has one writer for jobs, and workers never open it. The file ``runtime.json`` in
 the workspace names the serving process, so a command line started beside the app leaves
 the queue to it. Nothing here imports torch.
+
+It also watches that running jobs make progress. The heartbeat it renews says only that
+this server owns the job; whether the job works is judged by its events. A job that reports
+nothing for longer than its phase's limit is marked stalled (its message says so, and Stop
+ends it); one that does not end within ``STOP_GRACE_S`` of a Stop, or stays stalled for
+``STALL_END_FACTOR`` times its limit, is ended by its executor from outside.
 """
 
 from __future__ import annotations
@@ -17,16 +23,19 @@ import os
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tl_core.runs import jobs
-from tl_core.runs.executor import Executor, LocalExecutor
-from tl_core.runs.store import Store
+from tl_core.runs.executor import EndReason, Executor, LocalExecutor
+from tl_core.runs.store import Run, Store
 from tl_core.runs.worker import job_spec, record
 
 __all__ = [
+    "STALLED",
     "Supervisor",
+    "is_stalled",
     "make_executor",
     "running_here",
     "served_elsewhere",
@@ -42,6 +51,19 @@ RUNTIME_FILE = "runtime.json"
 # Jobs that read this machine's disk (a folder path typed in the app, an upload saved beside
 # the server) run on this machine's workers even when the executor is a cluster.
 LOCAL_KINDS = frozenset({"import"})
+# A running job that reports nothing (no status, step, epoch or log line) for longer than
+# its limit is stalled. Between counted events (steps, epochs, "12/300" progress) the limit
+# is STALL_S; after a bare status ("Loading the model", "Training" before its first step,
+# "Scoring the best model ...") the job may work for long without a word: SLOW_STALL_S.
+# A job's own longest gap so far (times STALL_GAP_FACTOR) raises either, so a slow machine
+# is not flagged. Environment: TL_STUDIO_STALL_S, TL_STUDIO_SLOW_STALL_S,
+# TL_STUDIO_STOP_GRACE_S (tests set them short).
+STALL_S = 300.0
+SLOW_STALL_S = 900.0
+STALL_GAP_FACTOR = 5.0
+STALL_END_FACTOR = 3.0  # stalled this many limits with nobody pressing Stop: ended
+STOP_GRACE_S = 5.0  # a job not ended this long after its Stop was passed on: ended
+STALLED = "Stalled:"  # how a stalled job's message begins
 
 _lock = threading.Lock()
 _here: dict[Path, Supervisor] = {}
@@ -49,6 +71,96 @@ _here: dict[Path, Supervisor] = {}
 
 def _key(workspace: Path) -> Path:
     return Path(workspace).expanduser().resolve()
+
+
+def _seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ[name]))
+    except (KeyError, ValueError):
+        return default
+
+
+def is_stalled(run: Run) -> bool:
+    """True when ``run`` is running but has reported nothing for longer than its limit."""
+    return run.active and (run.message or "").startswith(STALLED)
+
+
+def _minutes(seconds: float) -> str:
+    minutes = max(1, int(seconds // 60))
+    return "a minute" if minutes == 1 and seconds < 120 else f"{minutes} minutes"
+
+
+def stalled_message(kind: str, silent_s: float, end_after_s: float) -> str:
+    """The message of a stalled job: what is wrong, what to do, and what happens else."""
+    what = "training" if kind == "train" else "job"
+    silent = f"{silent_s:.0f} seconds" if silent_s < 60 else f"over {_minutes(silent_s)}"
+    after = f"{end_after_s:.0f} seconds" if end_after_s < 60 else _minutes(end_after_s)
+    resume = " (Resume then goes on from its last finished epoch)" if kind == "train" else ""
+    return (
+        f"{STALLED} the {what} has reported no progress for {silent}. Press Stop to end "
+        f"it{resume}; otherwise it is ended by itself if it stays stuck for {after} more."
+    )
+
+
+@dataclass
+class _Progress:
+    """What the supervisor knows of a running job's progress (times are monotonic)."""
+
+    kind: str
+    last: float = field(default_factory=time.monotonic)  # its latest event
+    phase: str = "Preparing"  # its latest status text
+    counted: bool = False  # its latest status, step or epoch counted its progress
+    longest: dict[bool, float] = field(default_factory=lambda: {True: 0.0, False: 0.0})
+    stalled: bool = False
+    stop_at: float | None = None  # when its Stop was passed on
+    ended: bool = False  # the executor was told to end it
+
+    def limit(self) -> float:
+        """How long this job may be silent now before it counts as stalled."""
+        base = (
+            _seconds("TL_STUDIO_STALL_S", STALL_S)
+            if self.counted
+            else _seconds("TL_STUDIO_SLOW_STALL_S", SLOW_STALL_S)
+        )
+        return max(base, STALL_GAP_FACTOR * self.longest[self.counted])
+
+    def quiet(self, now: float) -> bool:
+        """Silent for longer than its limit: stalled."""
+        return now - self.last > self.limit()
+
+    def lost(self, now: float) -> bool:
+        """Stalled for ``STALL_END_FACTOR`` limits: ended, Stop or not."""
+        return now - self.last > STALL_END_FACTOR * self.limit()
+
+    def deaf(self, now: float) -> bool:
+        """Stop was passed on and the job does not answer. A job that reports counted
+        progress reads Stop between two counted events: it is deaf once it has been silent
+        for ``STOP_GRACE_S`` (or twice its longest such gap) since the Stop. One in a phase
+        without counted events (loading the model, the final scoring) may not read Stop
+        until the phase ends: deaf once it is stalled. Any job is deaf once its limit has
+        passed since the Stop."""
+        if now - (self.stop_at or now) > self.limit():
+            return True
+        if not self.counted:
+            return self.quiet(now)
+        grace = max(_seconds("TL_STUDIO_STOP_GRACE_S", STOP_GRACE_S), 2 * self.longest[True])
+        return now - max(self.last, self.stop_at or now) > grace
+
+    def heard(self, event: dict[str, Any], now: float) -> None:
+        """An event came: the gap before it counts towards this phase's longest (unless it
+        was a stall), then the phase follows the event."""
+        gap = now - self.last
+        if not self.stalled:
+            self.longest[self.counted] = max(self.longest[self.counted], gap)
+        self.last = now
+        kind = event.get("t")
+        if kind == "status":
+            self.phase = str(event.get("message") or self.phase)
+            self.counted = event.get("progress") is not None
+        elif kind in ("step", "epoch"):
+            self.counted = True
+        elif kind == "started":
+            self.phase, self.counted = "Preparing", False
 
 
 def make_executor(workspace: Path) -> Executor:
@@ -71,6 +183,8 @@ class Supervisor:
         self._local: LocalExecutor | None = None  # for LOCAL_KINDS beside a cluster
         self._folders: dict[str, Path] = {}
         self._stopping: set[str] = set()
+        self._progress: dict[str, _Progress] = {}
+        self._progress_lock = threading.RLock()  # also orders a stall mark and the events
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._beat = 0.0
@@ -142,15 +256,18 @@ class Supervisor:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        running = self._running()
         if now - self._recovered > RECOVER_S:
             self._recovered = now
-            jobs.recover(self.store)
-        running = self._running()
+            jobs.recover(self.store, held=set(running))
         for job_id, executor in running.items():
             job = self.store.run(job_id)
             if (job is None or job.stop_requested) and job_id not in self._stopping:
                 self._stopping.add(job_id)
+                self._watch(job_id, job.kind if job else "").stop_at = now
                 executor.stop(job_id)
+            self._check(job_id, executor, now)
+        self._forget_ended(running)
         if running and now - self._beat > HEARTBEAT_S:
             self._beat = now
             for job_id in running:
@@ -160,6 +277,52 @@ class Supervisor:
         for executor in self._executors():
             if isinstance(executor, LocalExecutor):
                 executor.reap_idle(REAP_IDLE_S)
+
+    def _watch(self, job_id: str, kind: str) -> _Progress:
+        """The progress record of ``job_id`` (started now if the job is new to it)."""
+        with self._progress_lock:
+            progress = self._progress.get(job_id)
+            if progress is None:
+                progress = self._progress[job_id] = _Progress(kind)
+            return progress
+
+    def _forget_ended(self, running: dict[str, Executor]) -> None:
+        with self._progress_lock:
+            for job_id in [j for j in self._progress if j not in running]:
+                del self._progress[job_id]
+
+    def _check(self, job_id: str, executor: Executor, now: float) -> None:
+        """End a job that did not answer its Stop or stays stalled for far longer than its
+        limit; mark one that reports nothing for longer than its limit stalled."""
+        with self._progress_lock:
+            progress = self._watch(job_id, "")
+            if progress.ended:
+                return
+            if progress.stop_at is not None:
+                reason: EndReason | None = "stop" if progress.deaf(now) else None
+            else:
+                reason = "stalled" if progress.lost(now) else None
+                if reason is None and progress.quiet(now) and not progress.stalled:
+                    progress.stalled = True
+                    limit = progress.limit()
+                    message = stalled_message(
+                        progress.kind, now - progress.last, (STALL_END_FACTOR - 1) * limit
+                    )
+                    with contextlib.suppress(Exception):  # a full disk: the page misses it
+                        self.store.update_run(job_id, message=message)
+            progress.ended = reason is not None
+        if reason is not None:
+            executor.end(job_id, reason)
+
+    def _unstall(self, job_id: str, progress: _Progress, event: dict[str, Any]) -> None:
+        """Progress came back: the job's message is its phase again (a status event wrote
+        its own already; a Stop asked meanwhile keeps "Stopping")."""
+        progress.stalled = False
+        if event.get("t") == "status" or progress.stop_at is not None:
+            return
+        job = self.store.run(job_id)
+        if job is not None and job.active and not job.stop_requested:
+            self.store.update_run(job_id, message=progress.phase)
 
     def _claim(self, busy: int) -> None:
         capacity = self.executor.capacity()
@@ -173,6 +336,8 @@ class Supervisor:
             busy += 1
             threads = max(1, jobs.cpu_count() // busy)
             self._folders[job.id] = Path(job.run_dir)
+            with self._progress_lock:
+                self._progress[job.id] = _Progress(job.kind)
             try:
                 executor = self.executor_for(job.kind)
                 executor.start(job_spec(self.store, job, threads), self._on_event)
@@ -191,10 +356,18 @@ class Supervisor:
             if job is None:
                 return
             folder = self._folders[job_id] = Path(job.run_dir)
-        try:
-            record(self.store, job_id, folder, event)
-        except Exception:  # a full disk or a removed job: the worker goes on either way
-            traceback.print_exc()
+        with self._progress_lock:  # a stall is never marked between an event and its record
+            progress = self._watch(job_id, "")
+            stalled = progress.stalled
+            progress.heard(event, time.monotonic())
+            try:
+                record(self.store, job_id, folder, event)
+                if stalled and event.get("t") != "end":
+                    self._unstall(job_id, progress, event)
+            except Exception:  # a full disk or a removed job: the worker goes on either way
+                traceback.print_exc()
+            if event.get("t") == "end":
+                self._progress.pop(job_id, None)
         if event.get("t") == "end":
             self._folders.pop(job_id, None)
             self._stopping.discard(job_id)

@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import re
+import sqlite3
 import sys
 import threading
 import time
@@ -29,7 +30,7 @@ from typing import Any, Protocol, TypeVar
 from tl_core import diskspace
 from tl_core.config import EpochRow, JobSpec, RunSpec, StepRow, TrainConfig
 from tl_core.errors import DiskFullError, StudioError
-from tl_core.runs import interrupt
+from tl_core.runs import endings, interrupt
 from tl_core.runs.store import Run, Store
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "Sink",
     "StoreSink",
     "execute",
+    "flush_pending",
     "job_spec",
     "record",
     "run_worker",
@@ -195,19 +197,34 @@ def _task(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
     return ("stopped" if result == STOPPED or ctx.should_stop() else "finished"), result
 
 
-def _failure(spec: JobSpec, exc: Exception) -> str:
+def _log_failure(folder: Path, exc: BaseException) -> None:
+    """One line in the run's log for a failure the user's sentence names; none when the
+    folder cannot take it."""
+    line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} ended by {type(exc).__name__}: {exc}\n"
+    with contextlib.suppress(OSError), open(folder / "run.log", "a", encoding="utf-8") as log:
+        log.write(line)
+
+
+def _failure(spec: JobSpec, exc: BaseException) -> str:
     """The one sentence a failed job leaves for the user."""
     folder = Path(spec.folder)
+    if isinstance(exc, StudioError) and not isinstance(exc, DiskFullError):
+        return str(exc)
+    cause = endings.cause_of(exc, folder)
+    if cause is not None:  # a full disk, a read-only folder, no memory: no traceback
+        if cause == "disk_full":  # a write no guard covered
+            diskspace.remove_temporary(folder)
+            if isinstance(exc, DiskFullError):
+                return str(exc)
+        _log_failure(folder, exc)
+        resumable = (folder / "last.pt").exists()
+        return endings.failure(spec.kind, cause, folder, resumable)
     if isinstance(exc, StudioError):
         return str(exc)
-    if diskspace.is_disk_full(exc):  # a write no guard covered
-        diskspace.remove_temporary(folder)
-        return str(diskspace.disk_full_error(folder))
     print(f"job {spec.id} ({spec.kind}) failed:", file=sys.stderr)
     traceback.print_exc()
-    what = "Training" if spec.kind == "train" else "The job"
     return (
-        f"{what} failed unexpectedly ({type(exc).__name__}: {exc}). "
+        f"{endings.what(spec.kind)} failed unexpectedly ({type(exc).__name__}: {exc}). "
         f"Details are in {folder / 'worker.log'}."
     )
 
@@ -228,18 +245,18 @@ def execute(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
         return {
             **end,
             "status": "interrupted",
-            "message": interrupt.message(signum),
+            "message": interrupt.message(signum, spec.kind),
             "signal": signum,
         }
     except Exception as exc:
         if ctx.interrupted is not None:  # the stop a signal asked for ended it
             interrupt.hold()
-            message = interrupt.message(ctx.interrupted)
+            message = interrupt.message(ctx.interrupted, spec.kind)
             return {**end, "status": "interrupted", "message": message, "signal": ctx.interrupted}
         return {**end, "status": "failed", "error": _failure(spec, exc), "message": "Failed"}
     if ctx.interrupted is not None and status == "stopped":  # last.pt saved
         interrupt.hold()
-        message = interrupt.message(ctx.interrupted)
+        message = interrupt.message(ctx.interrupted, spec.kind)
         return {**end, "status": "interrupted", "message": message, "signal": ctx.interrupted}
     message = "Finished" if status == "finished" else "Stopped"
     return {**end, "status": status, "result": result, "message": message}
@@ -288,8 +305,14 @@ def _row(cls: type[_Row], event: dict[str, Any]) -> _Row:
 
 
 def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> None:
-    """Apply one event of a running job to the store: the store's one writer for jobs."""
+    """Apply one event of a running job to the store: the store's one writer for jobs.
+
+    An end the store cannot take is kept and written again with the next event recorded
+    here (or by :func:`flush_pending`, which ``jobs.recover`` calls).
+    """
     kind, now = event["t"], time.time()
+    if endings.PENDING:
+        flush_pending(store)
     if kind == "status":
         store.update_run(
             job_id, message=event["message"], progress=event.get("progress"), heartbeat=now
@@ -303,6 +326,7 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
     elif kind == "epoch":
         store.add_epoch(job_id, _row(EpochRow, event))
     elif kind == "started":
+        _reserve_note(job_id, folder)
         job = store.run(job_id)
         _update(
             store,
@@ -318,21 +342,79 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
             error=None,
         )
     elif kind == "end":
-        event = _settle(store, job_id, folder, event)
-        fields: dict[str, Any] = {
-            "status": event["status"],
-            "finished": now,
-            "message": event.get("message", ""),
-            "stop_requested": 0,
-            "progress": None,
-        }
-        if event["status"] == "interrupted":
-            fields["pid"] = None
-        if "result" in event:
-            fields["result"] = event["result"]
-        if event.get("error"):
-            fields["error"] = event["error"]
+        _record_end(store, job_id, folder, _settle(store, job_id, folder, event), now)
+
+
+_NOTES: dict[str, endings.EndNote] = {}  # the end notes of the jobs this process records
+_notes_lock = threading.Lock()
+
+
+def _reserve_note(job_id: str, folder: Path) -> None:
+    """Reserve the job's end note (see :class:`tl_core.runs.endings.EndNote`)."""
+    with _notes_lock:
+        if job_id in _NOTES:
+            return
+    note = endings.EndNote.reserve(folder)
+    if note is not None:
+        with _notes_lock:
+            _NOTES[job_id] = note
+
+
+def _release_note(job_id: str, folder: Path) -> None:
+    """The job's end is in the store: its note goes."""
+    with _notes_lock:
+        note = _NOTES.pop(job_id, None)
+    if note is not None:
+        note.close(remove=True)
+    else:
+        endings.clear_note(folder)
+
+
+def _end_fields(event: dict[str, Any], now: float) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "status": event["status"],
+        "finished": now,
+        "message": event.get("message", ""),
+        "stop_requested": 0,
+        "progress": None,
+    }
+    if event["status"] == "interrupted":
+        fields["pid"] = None
+    if "result" in event:
+        fields["result"] = event["result"]
+    if event.get("error"):
+        fields["error"] = event["error"]
+    return fields
+
+
+def _record_end(store: Store, job_id: str, folder: Path, event: dict[str, Any], now: float) -> None:
+    """Write the job's end. When the store cannot take it (a full disk, a read-only
+    workspace), it is kept to be written again (:func:`flush_pending`) and in the job's end
+    note, which the next start reads; this never raises for that."""
+    fields = _end_fields(event, now)
+    try:
         _update(store, job_id, folder, **fields)
+    except (StudioError, OSError, sqlite3.Error):
+        endings.keep_pending(store.workspace, job_id, fields)
+        with _notes_lock:
+            note = _NOTES.get(job_id)
+        if note is not None and not note.write(fields):
+            note.write({k: v for k, v in fields.items() if k != "result"})
+        return
+    _release_note(job_id, folder)
+
+
+def flush_pending(store: Store) -> list[str]:
+    """Write the ends this process could not record when they came; return their ids."""
+
+    def write(job_id: str, fields: dict[str, Any]) -> None:
+        store.update_run(job_id, **fields)
+        job = store.run(job_id)
+        _release_note(job_id, Path(job.run_dir) if job else store.workspace)
+
+    if not endings.PENDING:
+        return []
+    return endings.flush_pending(store.workspace, write)
 
 
 def _claim_data_dir(store: Store, project_id: str) -> Path:
@@ -375,13 +457,14 @@ def _settle(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> d
             store.update_run(job_id, data_dir=str(dest))
             result = {k: v for k, v in event["result"].items() if k != "staged"}
             event = {**event, "result": {**result, "data_dir": str(dest)}}
-    except (OSError, StudioError) as exc:
+    except (OSError, StudioError, sqlite3.Error) as exc:
         if dest is not None:
             shutil.rmtree(dest, ignore_errors=True)
-        if isinstance(exc, StudioError):
+        cause = endings.cause_of(exc, store.workspace)
+        if isinstance(exc, StudioError) and cause != "disk_full":
             error = str(exc)
-        elif diskspace.is_disk_full(exc):
-            error = str(diskspace.disk_full_error(store.project_dir(job.project_id)))
+        elif cause is not None:
+            error = endings.failure("import", cause, store.project_dir(job.project_id))
         else:
             error = f"The imported images could not be moved into the project ({exc})."
         event = {"t": "end", "status": "failed", "error": error, "message": "Failed"}
@@ -432,8 +515,12 @@ def run_worker(
     sink = StoreSink(store, job, watch)
     try:
         sink.emit({"t": "started", "pid": os.getpid(), "placement": placement()})
-    except DiskFullError as exc:
-        sink.emit({"t": "end", "status": "failed", "error": str(exc), "message": "Failed"})
+    except (StudioError, OSError, sqlite3.Error) as exc:
+        cause = endings.cause_of(exc, sink.folder)
+        if cause is None and not isinstance(exc, StudioError):
+            raise
+        error = str(exc) if cause is None else endings.failure(job.kind, cause, sink.folder)
+        sink.emit({"t": "end", "status": "failed", "error": error, "message": "Failed"})
         return None
     spec = job_spec(store, job)
     ctx = JobContext(spec, sink)
