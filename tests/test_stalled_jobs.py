@@ -214,3 +214,32 @@ def test_a_frozen_ray_worker_is_marked_stalled_and_stop_ends_it(tmp_path, monkey
         finally:
             supervisor.shutdown_all()
             ray.shutdown()
+
+
+def _panel(run_id: str) -> None:
+    from tl_ui.live import run_panel
+
+    run_panel(run_id)
+
+
+def test_the_training_panel_says_a_stalled_run_seems_stuck(workspace, tmp_path) -> None:
+    """The Train page's panel of a stalled run: a warning with the supervisor's sentence,
+    not a progress bar that looks as if the run went on; progress back: the bar again."""
+    from streamlit.testing.v1 import AppTest
+
+    store = Store(workspace)
+    project = store.create_project("shapes")
+    data = store.new_data_dir(project.id)
+    run = store.create_run(project.id, asdict(FAST), data, status="running")
+    said = supervisor.stalled_message("train", 320, 600)
+    store.update_run(run.id, message=said)
+    at = AppTest.from_function(_panel, args=(run.id,), default_timeout=60).run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == [
+        f"Training seems stuck: {said[len('Stalled:') :].strip()}"
+    ]
+    assert "Press Stop" in at.warning[0].value
+
+    store.update_run(run.id, message="Training")
+    at = AppTest.from_function(_panel, args=(run.id,), default_timeout=60).run()
+    assert not at.exception and not at.warning

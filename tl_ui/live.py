@@ -10,6 +10,7 @@ from tl_core.config import StepRow
 from tl_core.errors import RunError
 from tl_core.models import catalog
 from tl_core.runs import jobs
+from tl_core.runs.supervisor import STALLED, is_stalled
 from tl_ui.charts import comparison_figure, curves_figure
 from tl_ui.jobs import wait_text
 from tl_ui.session import get_store, run_state
@@ -72,6 +73,9 @@ def _render(run_id: str) -> None:
             f"Waiting for a free slot: {wait or 'in the queue'}. Training starts by "
             "itself; you can leave this page."
         )
+    elif is_stalled(run):  # its worker reports nothing: say so, beside the Stop button
+        why = (run.message or "")[len(STALLED) :].strip()
+        st.warning(f"Training seems stuck: {why}", icon=":material/hourglass_disabled:")
     elif run.active:
         prep = _PREPARING.search(run.message or "")
         if prep:  # decoding or the one pass through the frozen layers: its own bar
