@@ -45,6 +45,7 @@ def test_config_binds_to_localhost_and_sends_nothing() -> None:
     assert cfg["server"]["address"] == "localhost"
     assert cfg["browser"]["gatherUsageStats"] is False
     assert cfg["client"]["showErrorDetails"] == "none"  # no traceback ever reaches a browser
+    assert cfg["client"]["toolbarMode"] == "viewer"  # no "Deploy" button, no developer items
     assert cfg["server"].get("enableXsrfProtection", True) is True
     assert cfg["server"].get("enableCORS", True) is True
     assert cfg["server"].get("enableStaticServing", False) is False
