@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browserflags import CHROMIUM, ROOT, camera_browser, serve_app
+from browserflags import CHROMIUM, FLAGS, ROOT, camera_browser, serve_app
 from playwright.sync_api import Page, expect
 
+from tl_ui.camera import PROBLEMS
 from tl_ui.live_route import ROUTE
 
 SHOTS = ROOT / "test-artifacts" / "camera"
@@ -259,3 +260,31 @@ def test_record_three_classes_train_and_guess_live(app_url: str, videos) -> None
     COPIES.mkdir(parents=True, exist_ok=True)
     for png in SHOTS.glob("cam_*.png"):
         shutil.copy(png, COPIES / png.name)
+
+
+def test_a_browser_without_a_camera_is_told_why_once(app_url: str) -> None:
+    """No camera in the browser (no device, no permission): the panel's view steps aside and
+    the page says why in one warning, not the view and the page each in their own words."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: install it with `apt-get install -y chromium`.")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(app_url)
+            expect(page.get_by_text("1. Your images").first).to_be_visible()
+            page.get_by_role("tab", name="Record with the camera").click()
+            page.get_by_text("Camera on").click()
+            view = page.get_by_test_id("tlcam")
+            expect(view).to_have_attribute("data-problem", re.compile(r"^(denied|none|error)$"))
+            status = view.get_attribute("data-problem") or ""
+            expect(view).to_be_hidden()
+            said = page.get_by_test_id("stAlertContentWarning")
+            expect(said).to_have_count(1)
+            expect(said).to_contain_text(PROBLEMS[status])
+            _shot(page, "no-camera.png")
+        finally:
+            browser.close()

@@ -40,14 +40,9 @@ function cameraProblem(err) {
   return "error";
 }
 
-const PROBLEM_TEXT = {
-  insecure:
-    "This page is not a secure address, so the browser gives it no camera. Open the app at " +
-    "localhost on the computer with the camera, or serve it over https.",
-  denied: "The browser was refused the camera. Allow the camera for this page and reload it.",
-  none: "No camera was found on this computer.",
-  error: "The camera could not be started. Close other programs using it and reload the page.",
-};
+// A camera that does not work: the page says why in words (tl_ui.camera.PROBLEMS), once, so
+// the view itself steps aside instead of saying it a second time.
+const PROBLEMS = new Set(["insecure", "denied", "none", "error"]);
 
 class Camera {
   constructor(root, api) {
@@ -79,6 +74,7 @@ class Camera {
 
   build() {
     const box = el("div", "tlcam");
+    box.setAttribute("data-testid", "tlcam");
     this.video = el("video", "tlcam-video");
     this.video.muted = true;
     this.video.autoplay = true;
@@ -110,10 +106,9 @@ class Camera {
     if (status === "ready") {
       this.message.textContent = "";
       this.message.style.display = "none";
-    } else if (PROBLEM_TEXT[status]) {
-      this.message.textContent = PROBLEM_TEXT[status];
-      this.message.style.display = "block";
-      this.video.style.display = "none";
+    } else if (PROBLEMS.has(status)) {
+      this.box.style.display = "none";
+      this.box.setAttribute("data-problem", status);
       this.controls.replaceChildren();
     }
   }
