@@ -10,8 +10,7 @@ import streamlit as st
 
 from tl_ui.access import guard_streamlit
 from tl_ui.live_route import routes
-from tl_ui.server import lifespan, navigation_only
+from tl_ui.server import lifespan
 
-navigation_only()
 guard_streamlit()
 app = st.App("studio.py", routes=routes(), lifespan=lifespan)

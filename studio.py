@@ -24,15 +24,19 @@ def run() -> None:
         return
     pages = [
         st.Page(
-            "pages/data.py", title="1. Your images", icon=":material/photo_library:", default=True
+            "app_pages/data.py",
+            title="1. Your images",
+            icon=":material/photo_library:",
+            default=True,
         ),
-        st.Page("pages/model.py", title="2. Choose a model", icon=":material/neurology:"),
-        st.Page("pages/train.py", title="3. Train", icon=":material/model_training:"),
-        st.Page("pages/evaluate.py", title="4. Evaluate", icon=":material/insights:"),
-        st.Page("pages/try_it.py", title="5. Try it", icon=":material/photo_camera:"),
-        st.Page("pages/export.py", title="6. Export", icon=":material/download:"),
+        st.Page("app_pages/model.py", title="2. Choose a model", icon=":material/neurology:"),
+        st.Page("app_pages/train.py", title="3. Train", icon=":material/model_training:"),
+        st.Page("app_pages/evaluate.py", title="4. Evaluate", icon=":material/insights:"),
+        st.Page("app_pages/try_it.py", title="5. Try it", icon=":material/photo_camera:"),
+        st.Page("app_pages/export.py", title="6. Export", icon=":material/download:"),
     ]
     nav = st.navigation(pages)
+    st.title(nav.title)  # each page's heading is its title in the navigation
     repaired_notice()
     try:
         sidebar(active_project())

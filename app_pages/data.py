@@ -192,7 +192,6 @@ def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -
 
 
 def page() -> None:
-    st.title("1. Your images")
     done_notice()
     project = active_project()
     manifest = project_manifest(project)
@@ -208,7 +207,9 @@ def page() -> None:
     add_images_panel(project, manifest, busy)
     with st.expander(RECORD, expanded=_has_shots(project.id)):
         camera_panel()
-    st.page_link("pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:")
+    st.page_link(
+        "app_pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:"
+    )
     with st.expander("Bring different images"):
         _ways_in(has_data=True, busy=busy)
 

@@ -365,7 +365,7 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
         except RunError as exc:
             st.warning(literal(exc))
         else:
-            st.switch_page("pages/train.py")
+            st.switch_page("app_pages/train.py")
 
 
 def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
@@ -388,7 +388,7 @@ def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
             except RunError as exc:
                 st.warning(literal(exc))
                 return
-            st.switch_page("pages/train.py")
+            st.switch_page("app_pages/train.py")
         return
     scratch = store.epochs(baseline.id)
     if baseline.active or not scratch:
@@ -539,7 +539,6 @@ def _unfamiliar(run: Run) -> None:
 
 
 def page() -> None:
-    st.title("4. Evaluate")
     picked = pick_run("see how good it is")
     if picked is None:
         return

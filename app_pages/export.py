@@ -69,7 +69,6 @@ def _show_report(summary: dict, bundle: Path) -> None:
 
 
 def page() -> None:
-    st.title("6. Export")
     picked = pick_run("take it home")
     if picked is None:
         return

@@ -19,7 +19,6 @@ BADGES = {
 
 
 def page() -> None:
-    st.title("2. Choose a model")
     project, manifest = project_with_data()
     if project is None or manifest is None:
         return
@@ -78,7 +77,7 @@ def page() -> None:
     if status[choice] != "needs download":
         head_start_panel(project, manifest, choice)
     recommend_panel(project, manifest)
-    st.page_link("pages/train.py", label="Next: train", icon=":material/arrow_forward:")
+    st.page_link("app_pages/train.py", label="Next: train", icon=":material/arrow_forward:")
 
 
 page()

@@ -139,7 +139,6 @@ def _watched_run(project: Project) -> Run | None:
 
 
 def page() -> None:
-    st.title("3. Train")
     project, manifest = project_with_data()
     if project is None or manifest is None:
         return

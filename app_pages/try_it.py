@@ -123,7 +123,6 @@ def _unfamiliar_threshold(run: Run) -> float | None:
 
 
 def page() -> None:
-    st.title("5. Try it")
     picked = pick_run("try it on new pictures")
     if picked is None:
         return

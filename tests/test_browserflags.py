@@ -40,7 +40,7 @@ def test_no_other_file_spells_the_flags_out() -> None:
     flag = '"--disable-' + 'component-update"'  # split: this file does not spell it out
     spelled = [
         str(p.relative_to(ROOT))
-        for folder in ("tests", "bench", "tl_core", "tl_ui", "pages")
+        for folder in ("tests", "bench", "tl_core", "tl_ui", "app_pages")
         for p in (ROOT / folder).rglob("*.py")
         if flag in p.read_text(encoding="utf-8")
     ]

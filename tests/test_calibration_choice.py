@@ -415,7 +415,7 @@ def _calibration_tab(scale: float, n: int, seed: int) -> AppTest:
         real = tl_ui.runs.pick_run
         tl_ui.runs.pick_run = lambda what: None  # the page's own body draws nothing
         try:
-            page = runpy.run_path(f"{root}/pages/evaluate.py")
+            page = runpy.run_path(f"{root}/app_pages/evaluate.py")
         finally:
             tl_ui.runs.pick_run = real  # the same process runs the other tests
         page["_calibration"](ev)
@@ -477,8 +477,8 @@ def _perfect_run_pages() -> AppTest:
         real = tl_ui.runs.pick_run
         tl_ui.runs.pick_run = lambda what: None  # the pages' own bodies draw nothing
         try:
-            evaluate = runpy.run_path(f"{root}/pages/evaluate.py")
-            try_it = runpy.run_path(f"{root}/pages/try_it.py")
+            evaluate = runpy.run_path(f"{root}/app_pages/evaluate.py")
+            try_it = runpy.run_path(f"{root}/app_pages/try_it.py")
         finally:
             tl_ui.runs.pick_run = real
         evaluate["_calibration"](ev)

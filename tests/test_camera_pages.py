@@ -284,7 +284,7 @@ def _try_page(workspace: Path, quick_run) -> AppTest:
     run = store.create_run(project.id, asdict(cfg), data_dir)
     shutil.copytree(run_dir, run.run_dir, dirs_exist_ok=True)
     store.update_run(run.id, status="finished", result={"val_accuracy": 1.0})
-    return app_test("pages/try_it.py", project.id, TIMEOUT)
+    return app_test("app_pages/try_it.py", project.id, TIMEOUT)
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.6, 1.0])

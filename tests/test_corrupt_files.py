@@ -637,7 +637,7 @@ def _app(page: str | None = None, project: str | None = None) -> AppTest:
     """The page as a user sees it once the jobs it submitted (the Evaluate page's check of
     the saved model) have run."""
     at = app_test(page, project)
-    if page == "pages/evaluate.py" and finish_jobs(Path(os.environ["TL_STUDIO_HOME"])):
+    if page == "app_pages/evaluate.py" and finish_jobs(Path(os.environ["TL_STUDIO_HOME"])):
         at = app_test(page, project)
     return at
 
@@ -658,7 +658,7 @@ def test_the_app_shows_the_damage_and_repairs_it(trained, tmp_path, app_env, dam
     at.button(key="repair_store").click().run()
     assert not at.exception
     assert any("moved to studio.db.damaged-" in s.value for s in at.success)
-    at = _app("pages/evaluate.py", trained["project_id"])
+    at = _app("app_pages/evaluate.py", trained["project_id"])
     assert not at.exception and not at.error
     labels = [m.label for m in at.metric]
     assert "Validation accuracy" in labels
@@ -682,10 +682,10 @@ def test_the_evaluate_page_shows_no_score_for_a_model_it_cannot_trust(
 ) -> None:
     run_dir = _app_run(trained, tmp_path, app_env)
     damage(run_dir / "best.pt")
-    at = _app("pages/evaluate.py", trained["project_id"])
+    at = _app("app_pages/evaluate.py", trained["project_id"])
     assert not at.exception
     assert at.error and "Validation accuracy" not in [m.label for m in at.metric]
-    at = _app("pages/try_it.py", trained["project_id"])
+    at = _app("app_pages/try_it.py", trained["project_id"])
     assert not at.exception
     if damage is not _other_weights:
         assert at.error and "best.pt" in at.error[0].value
@@ -700,12 +700,12 @@ def test_the_pages_show_damaged_predictions_as_one_sentence(
     run_dir = _app_run(trained, tmp_path, app_env)
     path = run_dir / "predictions.json"
     path.write_text(PREDICTIONS[name](path.read_text()))
-    at = _app("pages/evaluate.py", trained["project_id"])
+    at = _app("app_pages/evaluate.py", trained["project_id"])
     assert not at.exception
     assert at.error and "predictions" in at.error[0].value
     assert "Validation accuracy" not in [m.label for m in at.metric]
     (run_dir / "calibration.json").unlink(missing_ok=True)  # the Try page then needs them
-    at = _app("pages/try_it.py", trained["project_id"])
+    at = _app("app_pages/try_it.py", trained["project_id"])
     assert not at.exception
     assert at.error and "predictions" in at.error[0].value
 
@@ -715,7 +715,7 @@ def test_the_evaluate_page_says_when_the_images_are_gone(trained, tmp_path, app_
     store = Store(tmp_path / "ws")
     store.update_run(trained["run_id"], data_dir=str(tmp_path / "gone"))
     assert run_dir.is_dir()
-    at = _app("pages/evaluate.py", trained["project_id"])
+    at = _app("app_pages/evaluate.py", trained["project_id"])
     assert not at.exception
     assert any("could not be re-checked" in w.value for w in at.warning)
     assert "Validation accuracy" not in [m.label for m in at.metric]

@@ -264,7 +264,7 @@ def test_the_run_panel_says_how_much_disk_the_caches_take(
     store.set_data_dir(project.id, data)
     run = store.create_run(project.id, {"model": "efficientnet_lite0"}, data, status="stopped")
     store.update_run(run.id, result={"best_epoch": 1, "cache_bytes": cache})
-    at = app_test("pages/train.py", project.id)
+    at = app_test("app_pages/train.py", project.id)
     assert not at.exception
     (line,) = [c.value for c in at.caption if c.value.startswith("Caches on disk")]
     assert all(part in line for part in expected), line

@@ -480,7 +480,7 @@ def test_the_train_page_says_the_disk_is_full(tiny_disk, tmp_path, monkeypatch) 
     disk = tiny_disk("disk", 8192)
     store, project_id, _ = _workspace_with_data(disk, tmp_path)
     store.update_settings(project_id, model="test_efficientnet")
-    at = _app(disk / "ws", monkeypatch, "pages/train.py", project_id)
+    at = _app(disk / "ws", monkeypatch, "app_pages/train.py", project_id)
     assert not at.exception
     _fill(disk, 0)
     at.button(key="start").click().run()
@@ -501,7 +501,7 @@ def test_the_train_page_shows_a_run_that_failed_on_a_full_disk(tiny_disk, tmp_pa
     _fill(disk, 1024 * 1024)
     run_worker(store, run.id)
     (disk / "ballast").unlink()
-    at = _app(disk / "ws", monkeypatch, "pages/train.py", project_id)
+    at = _app(disk / "ws", monkeypatch, "app_pages/train.py", project_id)
     assert not at.exception
     errors = [str(e.value) for e in at.error]
     assert len(errors) == 1, errors

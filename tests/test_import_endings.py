@@ -90,7 +90,7 @@ def test_a_project_with_other_work_is_not_removed(tmp_path) -> None:
     assert store.project(project.id) is not None
 
 
-def _app(workspace: Path, monkeypatch, project: str, page: str | None = "pages/data.py"):
+def _app(workspace: Path, monkeypatch, project: str, page: str | None = "app_pages/data.py"):
     import streamlit as st
 
     monkeypatch.setenv("TL_STUDIO_HOME", str(workspace))

@@ -124,7 +124,7 @@ def test_the_data_page_with_many_classes_stays_short(tmp_path, monkeypatch) -> N
 
 def test_class_names_reach_markdown_only_through_literal() -> None:
     """Every f-string that puts a class name into page text wraps it in literal()."""
-    sources = [*ROOT.glob("pages/*.py"), *ROOT.glob("tl_ui/*.py")]
+    sources = [*ROOT.glob("app_pages/*.py"), *ROOT.glob("tl_ui/*.py")]
     bare = re.compile(r"\{(?:[\w.]*classes\[[^{}]*\]|label)(?:![rsa])?(?::[^{}]*)?\}")
     offenders = [
         f"{path.name}: {line.strip()}"

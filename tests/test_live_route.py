@@ -328,7 +328,7 @@ def test_the_live_view_is_granted_only_where_the_route_is_served(
     run = store.create_run(project.id, asdict(cfg), run_dir.parent / "data")
     shutil.copytree(run_dir, run.run_dir, dirs_exist_ok=True)
     store.update_run(run.id, status="finished", result={"val_accuracy": 1.0})
-    at = app_test("pages/try_it.py", project.id, 120)
+    at = app_test("app_pages/try_it.py", project.id, 120)
     assert not at.exception
     if not served:
         assert TOKEN not in at.session_state  # frames go as trigger values

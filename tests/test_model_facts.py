@@ -46,7 +46,7 @@ data = import_folder(Path("assets/demo/fashion_mnist"), ws.parent / "data-1")
 store = Store(ws)
 project = store.create_project()
 store.set_data_dir(project.id, data.root)
-for page in ("pages/data.py", "pages/model.py", "pages/train.py"):
+for page in ("app_pages/data.py", "app_pages/model.py", "app_pages/train.py"):
     at = app_test(page, project.id)
     assert not at.exception, at.exception
     print(page, "torch" in sys.modules, "timm" in sys.modules)
@@ -69,4 +69,4 @@ def test_the_data_model_and_train_pages_load_no_torch_in_the_web_server(tmp_path
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()[-3:]
-    assert lines == [f"pages/{p}.py False False" for p in ("data", "model", "train")]
+    assert lines == [f"app_pages/{p}.py False False" for p in ("data", "model", "train")]

@@ -87,7 +87,7 @@ def test_unknown_project_link_is_explained(workspace) -> None:
 
 def test_model_page_lists_offline_and_hub_models(workspace, demo_import) -> None:
     project_id = _project_with_data(workspace, demo_import)
-    at = _app("pages/model.py", project_id)
+    at = _app("app_pages/model.py", project_id)
     assert not at.exception
     radio = at.radio(key="model_choice")
     assert radio.value == "efficientnet_lite0"
@@ -104,7 +104,7 @@ def test_model_page_lists_offline_and_hub_models(workspace, demo_import) -> None
 
 def test_choosing_a_hub_model_offline_gives_a_clear_message(workspace, demo_import) -> None:
     project_id = _project_with_data(workspace, demo_import)
-    at = _app("pages/model.py", project_id)
+    at = _app("app_pages/model.py", project_id)
     radio = at.radio(key="model_choice")
     radio.set_value(next(o for o in radio.options if o.startswith("ResNet-50"))).run()
     assert "one-time download" in _texts(at)
@@ -116,7 +116,12 @@ def test_choosing_a_hub_model_offline_gives_a_clear_message(workspace, demo_impo
 
 
 def test_pages_guard_against_missing_data(workspace) -> None:
-    for page in ("pages/model.py", "pages/train.py", "pages/evaluate.py", "pages/try_it.py"):
+    for page in (
+        "app_pages/model.py",
+        "app_pages/train.py",
+        "app_pages/evaluate.py",
+        "app_pages/try_it.py",
+    ):
         at = _app(page)
         assert not at.exception
         assert at.info, page
@@ -125,7 +130,7 @@ def test_pages_guard_against_missing_data(workspace) -> None:
 def test_train_page_shows_the_freeze_plan_and_queues_a_run(workspace, demo_import, monkeypatch):
     spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
-    at = _app("pages/train.py", project_id)
+    at = _app("app_pages/train.py", project_id)
     assert not at.exception
     assert "only the new last layer learns" in _texts(at).lower()
     at.select_slider(key="trainable_groups").set_value(2).run()
@@ -151,7 +156,7 @@ def test_advanced_settings_are_saved_from_the_fields_without_a_save_press(
     in the same interaction as the change trains with it (no separate press to lose)."""
     spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
-    at = _app("pages/train.py", project_id)
+    at = _app("app_pages/train.py", project_id)
     assert not at.exception
     assert not [b for b in at.button if b.label == "Save settings"]
     _field(at, "Epochs (passes over your images)").set_value(5).run()
@@ -174,7 +179,7 @@ def test_advanced_settings_changed_elsewhere_are_shown_not_overwritten(workspace
     """A setting saved from outside the page (the command line, another tab) is what the
     page shows next, even outside the fields' usual ranges, and the page keeps it."""
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
-    at = _app("pages/train.py", project_id)
+    at = _app("app_pages/train.py", project_id)
     _field(at, "Epochs (passes over your images)").set_value(4).run()
     store = Store(workspace)
     store.update_settings(project_id, epochs=500, lr=0.7, batch_size=1024, seed=20_000)
@@ -222,7 +227,7 @@ def _project_with_run(workspace: Path, trained) -> tuple[str, str]:
 
 def test_evaluate_page_shows_accuracy_interval_classes_and_calibration(workspace, trained):
     project_id, _ = _project_with_run(workspace, trained)
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Validation accuracy"] == f"{trained[2]['result']['val_accuracy']:.1%}"
@@ -246,14 +251,14 @@ def test_evaluate_page_shows_accuracy_interval_classes_and_calibration(workspace
 
 def test_evaluate_page_raises_the_overfitting_alarm(workspace, trained) -> None:
     project_id, run_id = _project_with_run(workspace, trained)
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     assert "memorising" not in _texts(at)  # no epoch curves recorded: nothing to say
     store = Store(workspace)
     for epoch, (acc, val_acc) in enumerate([(0.7, 0.65), (0.95, 0.7), (1.0, 0.7)], 1):
         store.add_epoch(
             run_id, EpochRow(epoch, epoch * 10, 1 - acc, acc, 0.9, val_acc, float(epoch))
         )
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     assert "The model is memorising your training images" in _texts(at)
 
 
@@ -265,7 +270,7 @@ def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
     store = Store(workspace)
     for epoch, acc in enumerate([0.78, 0.8], 1):
         store.add_epoch(run_id, EpochRow(epoch, epoch * 10, 0.6, acc, 0.6, acc, float(epoch)))
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     next(b for b in at.button if b.label == "Train the same from scratch").click().run()
     assert not at.exception
     baseline = Store(workspace).runs(project_id)[-1]
@@ -274,11 +279,11 @@ def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
     for epoch, acc in enumerate([0.2, 0.35], 1):
         store.add_epoch(baseline.id, EpochRow(epoch, epoch * 10, 2.0, acc, 2.0, acc, float(epoch)))
     store.update_run(baseline.id, status="finished")
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     text = _texts(at)
     assert "78% with the pretrained start against 20% from scratch." in text
     assert "Higher end" in text and "Faster rise" in text
-    train = _app("pages/train.py", project_id)  # the baseline's own panel draws both curves
+    train = _app("app_pages/train.py", project_id)  # the baseline's own panel draws both curves
     assert not train.exception
     assert "The pretrained start against this run from random weights" in _texts(train)
 
@@ -289,7 +294,7 @@ def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
     spawned = inline_spawn(monkeypatch)
     data_dir = trained[0]
     project_id, _ = _project_with_run(workspace, trained)
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     fixes = [s for s in at.selectbox if s.label == "Correct label"]
     leave_out = [c for c in at.checkbox if c.label == "Leave out"]
     fixes[0].set_value(fixes[0].options[1])
@@ -302,7 +307,7 @@ def test_reviewing_mistakes_stores_corrections_and_retrains_with_them(
     next(b for b in at.button if b.label == "Retrain with these changes").click().run()
     runs = Store(workspace).runs(project_id)
     assert runs[-1].config["corrections"] == saved and spawned == [runs[-1].id]
-    train = _app("pages/train.py", project_id)
+    train = _app("app_pages/train.py", project_id)
     assert "Your label review applies to the next run" in str([i.value for i in train.info])
     (data_dir / "corrections.json").unlink()
 
@@ -311,7 +316,7 @@ def test_try_page_uses_the_calibrated_threshold(workspace, trained) -> None:
     from tl_core.analysis.evaluation import load_calibration
 
     project_id, _ = _project_with_run(workspace, trained)
-    at = _app("pages/try_it.py", project_id)
+    at = _app("app_pages/try_it.py", project_id)
     assert not at.exception
     expected = round(load_calibration(trained[1]).threshold, 2)
     assert at.slider[0].value == pytest.approx(expected)
@@ -353,7 +358,7 @@ def test_try_page_calls_a_picture_of_none_of_the_classes_unfamiliar(workspace, t
     familiar, odd = val[int(far.argmin())], val[int(far.argmax())]
     assert fam.threshold_at(0.8) < far.max() - 1e-3  # so the strictest choice flags it
     project_id, run_id = _project_with_run(workspace, trained)
-    at = _try_upload(_app("pages/try_it.py", project_id), FOREIGN_CAT)
+    at = _try_upload(_app("app_pages/try_it.py", project_id), FOREIGN_CAT)
     assert not at.exception
     assert at.select_slider(key=f"try_unfamiliar_{run_id}").value == familiarity.ACCEPT
     assert _unfamiliar_said(at) and "The nearest is" in _texts(at)
@@ -370,8 +375,8 @@ def test_try_page_calls_a_picture_of_none_of_the_classes_unfamiliar(workspace, t
     at = _try_upload(at, FOREIGN_CAT)
     at.select_slider(key=f"try_unfamiliar_{run_id}").set_value("off").run()
     assert not at.exception and not _unfamiliar_said(at)
-    at.switch_page("pages/export.py").run()
-    at.switch_page("pages/try_it.py").run()  # the choice outlives a visit to another page
+    at.switch_page("app_pages/export.py").run()
+    at.switch_page("app_pages/try_it.py").run()  # the choice outlives a visit to another page
     assert at.select_slider(key=f"try_unfamiliar_{run_id}").value == "off"
     # many pictures, a job: the cat is "unfamiliar" with its nearest class, the other is not
     at.select_slider(key=f"try_unfamiliar_{run_id}").set_value(0.95).run()
@@ -391,11 +396,11 @@ def test_a_run_trained_before_the_unfamiliar_check_says_so(workspace, trained) -
     run_dir = Path(Store(workspace).run(run_id).run_dir)
     (run_dir / familiarity.FEATURES_FILE).unlink()
     (run_dir / familiarity.REPORT_FILE).unlink()
-    at = _try_upload(_app("pages/try_it.py", project_id), FOREIGN_CAT)
+    at = _try_upload(_app("app_pages/try_it.py", project_id), FOREIGN_CAT)
     assert not at.exception
     assert "trained before the unfamiliar check existed" in _texts(at)
     assert not at.get("select_slider") and not _unfamiliar_said(at)
-    at.switch_page("pages/evaluate.py").run()
+    at.switch_page("app_pages/evaluate.py").run()
     assert not at.exception
     assert "trained before the unfamiliar check existed; train it again" in _texts(at)
     assert "A new class told apart (left-out AUROC)" not in [m.label for m in at.metric]
@@ -411,7 +416,7 @@ def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -
     (Path(run.run_dir) / "last.pt").write_bytes(b"checkpoint")
     store.update_run(run.id, pid=None, heartbeat=1.0)  # its worker vanished long ago
     jobs.recover(store)  # what the server does when it starts
-    at = _app("pages/train.py", project_id)
+    at = _app("app_pages/train.py", project_id)
     assert not at.exception
     assert "Resume continues from the last finished epoch" in _texts(at)
     at.button(key=f"resume_{run.id}").click().run()
@@ -425,7 +430,7 @@ def test_train_page_suggests_a_depth_and_runs_a_quick_sweep(workspace, demo_impo
     monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")  # one slot: the sweep's runs queue up
     spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
-    at = _app("pages/train.py", project_id)
+    at = _app("app_pages/train.py", project_id)
     assert not at.exception
     advice = next(m.value for m in at.markdown if "Suggested:" in m.value)
     # 500 training images in 10 classes, a head start far above chance: a shallow depth.
@@ -451,7 +456,7 @@ def test_train_page_suggests_a_depth_and_runs_a_quick_sweep(workspace, demo_impo
         rows = [{"file": str(i)} for i in range(200)]
         (Path(run.run_dir) / "predictions.json").write_text(json.dumps({"rows": rows}))
         store.update_run(run.id, status="finished", result={"val_accuracy": acc, "seconds": 9})
-    at = _app("pages/train.py", project_id)
+    at = _app("app_pages/train.py", project_id)
     assert not at.exception
     text = _texts(at)
     assert "Best in this sweep:" in text and "(86%)" in text
@@ -475,7 +480,7 @@ def test_model_page_raises_the_domain_alarm_on_images_unlike_photos(workspace, t
             Image.fromarray(pixels).save(src / label / f"{i}.png")
     manifest = import_folder(src, tmp_path / "data")
     project_id = _project_with_data(workspace, manifest.root)
-    at = _app("pages/model.py", project_id)
+    at = _app("app_pages/model.py", project_id)
     assert not at.exception
     text = _texts(at)
     assert "Your images are far from what the model saw before" in text
@@ -496,7 +501,7 @@ def test_evaluate_page_holds_the_run_against_scratch_and_frozen_features(workspa
         project_id, {**config, "pretrained": False, "baseline_of": run.id}, data_dir
     )
     store.update_run(scratch.id, status="finished", result={"val_accuracy": 0.995})
-    at = _app("pages/evaluate.py", project_id)  # the baseline has no predictions: not listed
+    at = _app("app_pages/evaluate.py", project_id)  # the baseline has no predictions: not listed
     assert not at.exception
     text = _texts(at)
     assert "The pretrained start is not helping" in text
@@ -510,7 +515,7 @@ def test_evaluate_page_holds_the_run_against_scratch_and_frozen_features(workspa
 
 def test_train_page_advises_from_the_data_size_alone_before_a_download(workspace, demo_import):
     project_id = _project_with_data(workspace, demo_import, model="resnet50")
-    at = _app("pages/train.py", project_id)
+    at = _app("app_pages/train.py", project_id)
     assert not at.exception
     advice = next(m.value for m in at.markdown if "Suggested:" in m.value)
     assert "(50 per class)" in advice and "sorted right" not in advice
@@ -556,7 +561,7 @@ def test_a_waiting_features_job_shows_its_place_wait_and_stop(
     project_id = _project_with_data(workspace, demo_import)
     store = Store(workspace)
     _occupy_the_slot(store, project_id, demo_import)
-    at = _app("pages/model.py", project_id)
+    at = _app("app_pages/model.py", project_id)
     assert not at.exception
     (job,) = store.jobs(project_id, kind="features")
     assert job.status == "queued"
@@ -569,7 +574,7 @@ def test_a_waiting_features_job_shows_its_place_wait_and_stop(
     else:
         assert "about" not in info
     assert "Sorted right before any training" not in [m.label for m in at.metric]
-    again = _app("pages/model.py", project_id)  # a refresh or a second tab: the same job
+    again = _app("app_pages/model.py", project_id)  # a refresh or a second tab: the same job
     assert [j.id for j in store.jobs(project_id, kind="features")] == [job.id]
     again.button(key=f"stop_job_{job.id}").click().run()
     assert store.run(job.id).status == "stopped"
@@ -590,7 +595,7 @@ def test_a_failed_features_job_shows_its_error_and_can_be_tried_again(
         project_id, {"model": "efficientnet_lite0"}, demo_import, kind="features", key=key
     )
     store.update_run(failed.id, status="failed", error=error)
-    at = _app("pages/model.py", project_id)
+    at = _app("app_pages/model.py", project_id)
     assert not at.exception
     assert error in [e.value for e in at.error]
     assert len(store.jobs(project_id, kind="features")) == 1  # not started again by itself
@@ -610,7 +615,7 @@ def test_sidebar_and_run_panel_say_the_same(workspace, demo_import, epochs_done,
     run_id = _occupy_the_slot(store, project_id, demo_import, epochs=total)
     for epoch in range(1, epochs_done + 1):
         store.add_epoch(run_id, EpochRow(epoch, epoch * 10, 0.5, 0.8, 0.5, 0.8, float(epoch)))
-    at = _app("pages/train.py", project_id)
+    at = _app("app_pages/train.py", project_id)
     assert not at.exception
     state = run_state(store, store.run(run_id))
     assert f"epoch {min(epochs_done + 1, total)}/{total}" in state
@@ -626,13 +631,13 @@ def test_evaluate_page_waits_for_its_model_check_then_shows_scores(
     monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # no worker picks it up
     project_id, _run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     assert not at.exception
     (check,) = store.jobs(project_id, kind="verify")
     assert "Validation accuracy" not in [m.label for m in at.metric]  # no score before it
     assert at.button(key=f"stop_job_{check.id}")
     run_job(store, store.run(check.id))
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     assert not at.exception
     assert "Validation accuracy" in [m.label for m in at.metric]
     assert [j.id for j in store.jobs(project_id, kind="verify")] == [check.id]  # reused
@@ -647,7 +652,7 @@ def test_evaluate_page_shows_a_failed_model_check(workspace, trained, monkeypatc
     service.submit_verify(store, store.run(run_id))
     (check,) = store.jobs(project_id, kind="verify")
     store.update_run(check.id, status="failed", error="The check could not run; try again.")
-    at = _app("pages/evaluate.py", project_id)
+    at = _app("app_pages/evaluate.py", project_id)
     assert "The check could not run; try again." in [e.value for e in at.error]
     assert "Validation accuracy" not in [m.label for m in at.metric]
 
@@ -658,7 +663,7 @@ def test_export_page_builds_the_bundle_as_a_job_and_a_second_visit_finds_it(
     monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # the worker: run_job below
     project_id, _run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
-    at = _app("pages/export.py", project_id)
+    at = _app("app_pages/export.py", project_id)
     assert not at.exception
     assert not store.jobs(project_id, kind="export")  # nothing until asked
     at.button(key="build_bundle").click().run()
@@ -668,7 +673,7 @@ def test_export_page_builds_the_bundle_as_a_job_and_a_second_visit_finds_it(
     job = run_job(store, store.run(job.id))
     assert job.status == "finished" and Path(job.result["bundle"]).is_file()
     assert Path(job.result["bundle"]).parent == Path(job.run_dir)
-    again = _app("pages/export.py", project_id)  # another visit: the same bundle, at once
+    again = _app("app_pages/export.py", project_id)  # another visit: the same bundle, at once
     assert not again.exception
     assert "Parity check passed" in _texts(again)
     assert any(b.label.startswith("Download") for b in again.get("download_button"))

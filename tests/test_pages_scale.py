@@ -168,7 +168,7 @@ def test_evaluate_page_ranks_the_most_confused_pairs_with_their_images(
     workspace, tmp_path, monkeypatch, n_classes
 ) -> None:
     project_id = _evaluated_run(workspace, tmp_path, n_classes, monkeypatch)
-    at = app_test("pages/evaluate.py", project_id, TIMEOUT)
+    at = app_test("app_pages/evaluate.py", project_id, TIMEOUT)
     assert not at.exception, at.exception
     start = time.perf_counter()
     at.run()
@@ -208,7 +208,7 @@ def test_evaluate_page_pages_the_mistakes_and_filters_them_by_class(
     workspace, tmp_path, monkeypatch
 ) -> None:
     project_id = _evaluated_run(workspace, tmp_path, 100, monkeypatch)
-    at = app_test("pages/evaluate.py", project_id, TIMEOUT)
+    at = app_test("app_pages/evaluate.py", project_id, TIMEOUT)
     fixes = [s for s in at.selectbox if s.label == "Correct label"]
     total = sum(n for _, _, n in CONFUSIONS)
     assert len(fixes) == 12  # one page of the 24 mistakes

@@ -244,7 +244,7 @@ def test_the_train_page_trains_through_the_ray_executor(cluster, workspace, monk
     monkeypatch.setenv("TL_STUDIO_SERVE", "1")  # as the app server does (conftest turns it off)
     store, project_id, _ = _shapes_project(workspace, workspace.parent / "src")
     store.update_settings(project_id, model="efficientnet_lite0", epochs=2)
-    at = app_test("pages/train.py", project_id)
+    at = app_test("app_pages/train.py", project_id)
     assert not at.exception
     at.button(key="start").click().run()
     assert not at.exception

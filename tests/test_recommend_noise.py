@@ -194,7 +194,7 @@ def test_model_page_says_when_the_leaders_are_tied(tmp_path, monkeypatch) -> Non
     at = AppTest.from_file(str(ROOT / "studio.py"), default_timeout=120)
     at.query_params["project"] = project.id
     at.run()
-    at.switch_page("pages/model.py").run()
+    at.switch_page("app_pages/model.py").run()
     assert not at.exception
     text = "\n".join(m.value for m in at.markdown)
     assert "as good as each other on your images (within the noise of 153 images)" in text

@@ -102,7 +102,9 @@ def test_with_a_code_the_app_shows_only_the_prompt(workspace, monkeypatch) -> No
     _only_the_prompt(_app())
 
 
-@pytest.mark.parametrize("page", ["pages/evaluate.py", "pages/data.py", "pages/try_it.py"])
+@pytest.mark.parametrize(
+    "page", ["app_pages/evaluate.py", "app_pages/data.py", "app_pages/try_it.py"]
+)
 def test_a_page_opened_by_its_own_address_asks_for_the_code_too(
     workspace, monkeypatch, page
 ) -> None:
@@ -372,7 +374,15 @@ def test_a_raw_client_without_the_code_gets_no_internals_and_no_studio(coded_ser
         for widgets in forged:
             _nothing_but_the_prompt(client, client.send(_rerun(widgets)), secrets)
         # (no name ending in .py: the server repeats the name it was sent)
-        for page in ("train", "evaluate", "repair", "../app", "pages/train", "studio"):
+        for page in (
+            "train",
+            "evaluate",
+            "repair",
+            "../app",
+            "pages/train",
+            "app_pages/train",
+            "studio",
+        ):
             _nothing_but_the_prompt(client, client.send(_rerun(page_name=page)), secrets)
         for where in ({"page_hash": _Z}, {"fragment": "nope"}, {"query": "project=x&page=y"}):
             _nothing_but_the_prompt(client, client.send(_rerun(**where)), secrets)

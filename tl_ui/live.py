@@ -97,7 +97,9 @@ def _render(run_id: str) -> None:
             if acc is not None
             else f"Finished: {title} (no validation score was recorded)."
         )
-        st.page_link("pages/evaluate.py", label="See how good it is", icon=":material/insights:")
+        st.page_link(
+            "app_pages/evaluate.py", label="See how good it is", icon=":material/insights:"
+        )
     elif run.status == "stopped":
         best = (run.result or {}).get("best_epoch")
         if best:

@@ -42,7 +42,7 @@ def pick_run(what: str) -> tuple[Project, Run] | None:
     runs = [r for r in runs if (Path(r.run_dir) / "predictions.json").exists()]
     if project is None or not runs:
         st.info(f"Train a model first; then {what} here.")
-        st.page_link("pages/train.py", label="Go to training", icon=":material/arrow_back:")
+        st.page_link("app_pages/train.py", label="Go to training", icon=":material/arrow_back:")
         return None
     runs.reverse()
     ids = [r.id for r in runs]

@@ -1,15 +1,6 @@
 """The web server's start-up (``app.py``): every page through the studio's navigation, and
 small answers without delay.
 
-Streamlit still supports the multipage apps of its first version, whose pages were the files
-of a ``pages/`` folder beside the main script. Until a script has called ``st.navigation``
-once in the server's life, a ``pages/`` folder puts the whole server in that mode: when the
-server's first visitor opens a page by its own address (a bookmark, a refresh of the Train
-page after a restart), that page's file runs alone, without ``studio.py`` (no sidebar, no
-access code, a navigation of bare file names), and every later visitor gets the same until
-someone opens the front page. :func:`navigation_only` tells Streamlit before the first visit
-that this app navigates with ``st.navigation``, as its first call would.
-
 Streamlit (1.67) binds its listening socket itself and hands it to uvicorn; the socket is made
 without naming TCP as its protocol, so asyncio does not switch off Nagle's algorithm on the
 connections it accepts (it does so only for sockets whose protocol is ``IPPROTO_TCP``). Each
@@ -35,15 +26,7 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["freeze_startup_objects", "lifespan", "navigation_only", "no_delay_on_listeners"]
-
-
-def navigation_only() -> None:
-    """Have every visit run ``studio.py`` (its ``st.navigation``), never a ``pages/`` file
-    alone (see the module's text)."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    PagesManager.uses_pages_directory = False
+__all__ = ["freeze_startup_objects", "lifespan", "no_delay_on_listeners"]
 
 
 def freeze_startup_objects() -> int:

@@ -173,7 +173,7 @@ def project_with_data() -> tuple[Project | None, DatasetManifest | None]:
     manifest = project_manifest(project)
     if project is None or manifest is None:
         st.info("First bring your images.")
-        st.page_link("pages/data.py", label="Go to step 1", icon=":material/arrow_back:")
+        st.page_link("app_pages/data.py", label="Go to step 1", icon=":material/arrow_back:")
     return project, manifest
 
 
