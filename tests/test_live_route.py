@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 import uvicorn
@@ -375,19 +376,8 @@ def test_the_model_stack_holds_every_module_the_server_uses_for_a_model(run_dir)
     """Pages and the live route use models only after import_model_stack(), whose lock keeps
     two threads from importing torchvision at once (one would get a half-imported module):
     nothing of torch, torchvision or timm may be imported after it, outside the lock."""
-    import os
-    import subprocess
-    import sys
 
-    out = subprocess.run(
-        [sys.executable, "-c", STACK_SCRIPT, str(run_dir)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _python(STACK_SCRIPT, str(run_dir), timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
@@ -587,9 +577,6 @@ DELETE_ELSEWHERE = {
 def test_a_model_deleted_by_another_process_is_answered_removed(
     workspace, run_dir, picture, server, how
 ) -> None:
-    import os
-    import subprocess
-    import sys
 
     from tl_core.errors import StudioError
     from tl_ui.runs import trained_model
@@ -603,15 +590,7 @@ def test_a_model_deleted_by_another_process_is_answered_removed(
         "import sys; from tl_core.runs.store import Store; store = Store(sys.argv[1]); "
         f"run = store.run(sys.argv[2]); {DELETE_ELSEWHERE[how]}"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(workspace), run.id],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    _python(script, str(workspace), run.id, timeout=120)
     assert not Path(run.run_dir).exists()
     assert _removed(server, picture, tokens[0])
     with pytest.raises(StudioError):  # not answered from the cache any more
@@ -625,3 +604,22 @@ def test_the_route_names_the_model_file_as_training_writes_it() -> None:
     from tl_core.training.checkpoint import BEST
 
     assert live_route.MODEL_FILE == BEST
+
+
+def _python(script: str, *args: str, timeout: float) -> CompletedProcess[str]:
+    """``script`` run by a fresh Python in the repository (as another process would); it
+    must succeed."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
