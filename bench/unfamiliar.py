@@ -50,7 +50,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,6 +67,9 @@ from PIL import Image
 from tl_core.data.dataset import IMAGE_SUFFIXES
 from tl_core.training import familiarity
 from tl_core.training.familiarity import auroc, threshold_for, unit
+
+sys.path.insert(0, str(ROOT / "tests"))
+from browserflags import free_port, wait_until_listening
 
 SHARED = ROOT.parent / "shared" / "datasets"
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
@@ -412,12 +414,6 @@ def measure(
 # ------------------------------------------------------------------------------ the route
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve(port: int) -> None:
     """The live route alone (``--serve``): tokens and runs from TL_BENCH_GRANTS (JSON)."""
     import uvicorn
@@ -444,22 +440,13 @@ def route_rates(
         [tokens["with"], str(run_dir), fam.threshold],
         [tokens["without"], str(plain_dir), None],
     ]
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TL_BENCH_GRANTS": json.dumps(grants), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, __file__, "--serve", str(port)]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    said = log.read_text()[-2000:]
-                    raise RuntimeError(f"the route did not start: {said}") from None
-                time.sleep(0.3)
+        wait_until_listening(proc, port, log)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
         def ask(mode: str) -> dict:
