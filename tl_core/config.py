@@ -51,6 +51,29 @@ class TrainConfig:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
+@dataclass(frozen=True)
+class SplitSettings:
+    """How a project's images are split into training and validation: the one home of the
+    defaults (a fifth of the images for validation, shuffle seed 0)."""
+
+    val_fraction: float = 0.2
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> SplitSettings:
+        """The split a settings dict (a project's, a job's parameters) names; defaults for
+        what it leaves out."""
+        raw = raw or {}
+        default = cls()
+        return cls(
+            float(raw.get("val_fraction", default.val_fraction)),
+            int(raw.get("seed", default.seed)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 SCRATCH_LR = 2e-3  # AdamW from random weights: the usual rate; the fine-tuning 1e-2 is too high
 
 
