@@ -31,13 +31,10 @@ from tl_core.data.dataset import (
     import_folder,
     split_dataset,
 )
-from tl_core.export.bundle import (
-    ONNX_TOLERANCE,
-    SAFETENSORS_TOLERANCE,
-    OnnxPipeline,
-    _check_parity,
-    export_run,
-)
+from tl_core.export.bundle import export_run
+from tl_core.export.formats.onnx_model import ONNX_TOLERANCE, OnnxPipeline
+from tl_core.export.formats.timm_folder import SAFETENSORS_TOLERANCE
+from tl_core.export.parity import check_parity
 from tl_core.models.device import ComputePlan
 from tl_core.runs.lookup import find_data_root
 from tl_core.runs.store import Store
@@ -364,7 +361,7 @@ def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp
     weights = load_file(bundle / "model" / "model.safetensors")
     weights["classifier.bias"] = weights["classifier.bias"] + torch.tensor([8.0, 0.0, 0.0])
     save_file(weights, bundle / "model" / "model.safetensors")
-    report = _check_parity(bundle, run_dir, app, preds, data_root, None)
+    report = check_parity(bundle, run_dir, app, preds, data_root, None)
     assert report.formats["safetensors"].status == "failed" and not report.parity_ok
     assert report.formats["safetensors"].max_prob_diff > SAFETENSORS_TOLERANCE
     assert report.formats["onnx"].status == "ok"
@@ -375,7 +372,7 @@ def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp
     with np.load(npz) as saved:
         arrays = {k: saved[k] for k in saved.files}
     np.savez(npz, **{**arrays, "threshold": np.array(-1.0)})
-    report = _check_parity(bundle, run_dir, app, preds, data_root, None)
+    report = check_parity(bundle, run_dir, app, preds, data_root, None)
     check = report.formats["safetensors"]
     assert check.status == "failed" and "different unfamiliar flag" in check.reason
     assert check.top1_agree == n and check.flag_images == n + 7 > check.flag_agree
@@ -383,13 +380,13 @@ def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp
 
     # Without onnxruntime the ONNX model is "not checked", and that alone is no failure.
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    report = _check_parity(shapes["bundle"], run_dir, app, preds, data_root, None)
+    report = check_parity(shapes["bundle"], run_dir, app, preds, data_root, None)
     assert report.formats["onnx"].status == "not checked"
     assert "onnxruntime" in report.formats["onnx"].reason
     assert report.formats["safetensors"].status == "ok" and report.parity_ok
 
     # Without the data set nothing can be checked: no parity claimed.
-    report = _check_parity(shapes["bundle"], run_dir, app, preds, None, None)
+    report = check_parity(shapes["bundle"], run_dir, app, preds, None, None)
     assert {f.status for f in report.formats.values()} == {"not checked"}
     assert not report.parity_ok
 
@@ -401,7 +398,7 @@ def test_parity_check_reports_mismatches_and_what_it_could_not_check(shapes, tmp
     (bf16_run / "predictions.json").write_text(json.dumps(raw))
     (bf16_run / "run.log").write_text("Computing on cpu, bfloat16 inference, fp32 training.\n")
     monkeypatch.delitem(sys.modules, "onnxruntime")
-    report = _check_parity(
+    report = check_parity(
         shapes["bundle"], bf16_run, app, load_predictions(bf16_run), data_root, None
     )
     assert report.parity_ok and report.recorded_max_prob_diff > 3e-3
@@ -447,6 +444,40 @@ def test_a_run_without_the_unfamiliar_check_exports_as_before(shapes, tmp_path):
         for row in rows:  # always a class, no score
             assert row["prediction"] == row["nearest_class"] != ""
             assert row["unfamiliarity"] == "" and row["problem"] == ""
+
+
+def test_a_new_format_is_one_entry_in_the_bundle_parts(shapes, tmp_path, monkeypatch):
+    from tl_core.export.formats import base, registry
+
+    def write(bundle: Path, model: base.ModelToExport) -> None:
+        (bundle / "fake.txt").write_text(",".join(model.classes))
+
+    fake = base.BundlePart(
+        name="fake",
+        write=write,
+        writing="Writing the fake format",
+        usage=lambda has_check: ["- **Fake**: read `fake.txt`."],
+        files=lambda has_check: ["- `fake.txt`: the class names"],
+        parity=base.ParityCheck(
+            tolerance=0.5,
+            checking="Checking: the fake format",
+            load=lambda bundle: standalone_predict.OnnxPredictor(bundle),
+            unavailable=lambda: "",
+        ),
+    )
+    monkeypatch.setattr(registry, "PARTS", (*registry.PARTS, fake))
+    data_root = Path(Store(shapes["run_dir"].parent / "ws").runs()[0].data_dir)
+    messages: list[str] = []
+    out = tmp_path / "fake.zip"
+    report = export_run(shapes["run_dir"], out, data_root, progress=messages.append)
+    assert list(report.formats) == ["safetensors", "onnx", "fake"] and report.parity_ok
+    assert report.formats["fake"].status == "ok" and report.formats["fake"].tolerance == 0.5
+    assert messages.index("Writing the fake format") < messages.index("Checking: the fake format")
+    bundle = _unzip(out, tmp_path / "bundle", CHECKED_FILES | {"fake.txt"})
+    assert (bundle / "fake.txt").read_text() == ",".join(report.classes)
+    card = (bundle / "README.md").read_text()
+    assert "- **Fake**: read `fake.txt`." in card and "\n| fake | " in card
+    assert card.endswith("- `fake.txt`: the class names\n")
 
 
 def test_predict_py_is_standalone_and_matches_the_app_constants():
@@ -496,7 +527,7 @@ def test_the_model_card_lists_the_weakest_classes_once(labels, preds) -> None:
     from tl_core.analysis import metrics
     from tl_core.analysis.evaluation import card_sections, evaluate_predictions
     from tl_core.analysis.results import Predictions
-    from tl_core.export.bundle import _weaknesses
+    from tl_core.export.card import weaknesses
 
     logits = (np.eye(3)[preds] * 5).tolist()
     probs = metrics.softmax(np.asarray(logits)).tolist()
@@ -504,7 +535,7 @@ def test_the_model_card_lists_the_weakest_classes_once(labels, preds) -> None:
                     [max(r) for r in probs], probs, logits)  # fmt: skip
     assert p.confusion() == metrics.confusion_matrix(labels, preds, 3).tolist()
     sections = card_sections(evaluate_predictions(p))
-    text = "\n".join([*sections.values(), *_weaknesses(p)])
+    text = "\n".join([*sections.values(), *weaknesses(p)])
     assert text.count("most often misses") == 1
     weakest = metrics.weakest_classes(metrics.per_class_report(labels, preds, 3))
     for c in weakest:
