@@ -27,7 +27,7 @@ from tl_core.analysis.advice import SWEEP_EPOCHS, freeze_advice
 from tl_core.analysis.metrics import wilson_interval
 from tl_core.cli import _import
 from tl_core.data.dataset import split_dataset
-from tl_core.models.freezing import describe_model
+from tl_core.models.facts import model_info
 
 MODEL = "efficientnet_lite0"
 
@@ -39,7 +39,7 @@ def measure(root: Path) -> dict[str, object]:
         feats = transfer.frozen_features(manifest, split_dataset(manifest), MODEL)
         hs = transfer.head_start(feats)
         gauge = transfer.domain_gauge(feats)
-    n_backbone = describe_model(MODEL, len(manifest.classes)).n_backbone
+    n_backbone = model_info(MODEL, len(manifest.classes)).n_backbone
     advice = freeze_advice(
         feats.n_train, len(manifest.classes), n_backbone, hs.ncm_accuracy, hs.chance, gauge.level
     )

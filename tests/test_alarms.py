@@ -8,7 +8,7 @@ from tl_core.analysis import alarms
 from tl_core.config import EpochRow
 from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.models.device import plan_compute
-from tl_core.models.freezing import describe_model
+from tl_core.models.facts import model_info
 from tl_core.training.engine import EpochMetrics, QuietCallbacks, TrainConfig, fit
 
 
@@ -84,7 +84,7 @@ def test_a_real_overfit_fires_and_a_healthy_run_does_not(demo_dir, tmp_path) -> 
         manifest = import_folder(folder, tmp_path / f"data-{name}")
         split = split_dataset(manifest)
         if groups is None:  # everything learns
-            groups = describe_model("efficientnet_lite0", len(manifest.classes)).n_backbone
+            groups = model_info("efficientnet_lite0", len(manifest.classes)).n_backbone
         cfg = TrainConfig(
             model="efficientnet_lite0",
             trainable_groups=groups,

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from tl_core.models import catalog
-from tl_core.models.facts import freeze_sentence
+from tl_core.models.facts import freeze_sentence, model_info
 from tl_core.models.freezing import (
     apply_freeze,
-    describe_model,
     layer_groups,
     set_train_mode,
     trainable_param_groups,
@@ -68,7 +67,7 @@ def test_discriminative_learning_rates_shrink_towards_the_input(model) -> None:
 
 
 def test_describe_model_and_sentences() -> None:
-    info = describe_model("efficientnet_lite0", num_classes=10)
+    info = model_info("efficientnet_lite0", num_classes=10)
     assert info.n_backbone >= 5
     assert info.trainable_params(0) == 1280 * 10 + 10
     assert info.trainable_params(info.n_backbone) == info.total_params

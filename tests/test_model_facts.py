@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from tl_core.models import catalog
-from tl_core.models.facts import _table, model_info
-from tl_core.models.freezing import build_model_info
+from tl_core.models.facts import _table, build_model_info, model_info
 
 ROOT = Path(__file__).resolve().parent.parent
 

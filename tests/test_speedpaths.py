@@ -8,7 +8,7 @@ from helpers import make_shapes
 
 from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.models.device import plan_compute
-from tl_core.models.freezing import describe_model
+from tl_core.models.facts import model_info
 from tl_core.models.stages import split_model
 from tl_core.training import inputs
 from tl_core.training.engine import QuietCallbacks, TrainConfig, fit
@@ -76,7 +76,7 @@ def test_cached_and_plain_paths_reach_the_same_accuracy(shapes, tmp_path, traina
             cfg, split, manifest.root, manifest.classes, tmp_path / str(cache), log, plan=CPU
         )
         scores[cache] = result.val_accuracy
-        learns = describe_model(cfg.model, len(manifest.classes)).trainable_params(trainable)
+        learns = model_info(cfg.model, len(manifest.classes)).trainable_params(trainable)
         assert result.trainable_params == learns  # the head counts in both paths
         assert any("Cached" in line for line in log.lines) == cache
     assert abs(scores[True] - scores[False]) <= 0.1, scores  # 18 images: 0.1 is ~2 images

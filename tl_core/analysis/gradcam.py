@@ -1,10 +1,11 @@
 """Grad-CAM: which parts of a picture pushed the model towards a class.
 
-Hand-written with one forward hook on a per-family target layer (:func:`target_layer`), whose
-output becomes a leaf so that gradients are recorded from there on only. Not captum: captum
-(2 MB) requires matplotlib and its stack (about 56 MB more) for plotting the app does not use. Its
-LayerGradCam also averages every dimension after the first two as if it were space, so a
-ViT's (tokens, channels) output would still need the reshaping written here.
+Hand-written with one forward hook on a per-family target layer (:func:`target_layer`, from
+:mod:`tl_core.models.families`), whose output becomes a leaf so that gradients are recorded
+from there on only. Not captum: captum (2 MB) requires matplotlib and its stack (about 56 MB
+more) for plotting the app does not use. Its LayerGradCam also averages every dimension after
+the first two as if it were space, so a ViT's (tokens, channels) output would still need the
+reshaping written here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from tl_core.errors import RunError
+from tl_core.models.families import family_of
 from tl_core.training.inference import ImageInput, TrainedModel
 
 __all__ = [
@@ -55,24 +57,9 @@ class Heatmap:
 
 def target_layer(net: nn.Module) -> tuple[nn.Module, bool]:
     """The layer whose output Grad-CAM weighs, and whether that output is ViT tokens."""
-    from timm.models.convnext import ConvNeXt
-    from timm.models.efficientnet import EfficientNet
-    from timm.models.mobilenetv3 import MobileNetV3
-    from timm.models.resnet import ResNet
-    from timm.models.vision_transformer import VisionTransformer
-
-    if isinstance(net, EfficientNet):
-        return net.bn2, False  # conv_head + bn2 + activation: the last map before pooling
-    if isinstance(net, MobileNetV3):
-        return net.blocks, False  # its conv_head comes after the pooling
-    if isinstance(net, ResNet):
-        return net.layer4, False
-    if isinstance(net, ConvNeXt):
-        return net.norm_pre, False  # the last stage (norm_pre is usually an identity)
-    if isinstance(net, VisionTransformer):
-        # The last block's input to attention: the output tokens of a class-token model
-        # get no gradient except the class token's, so the usual choice is this one.
-        return net.blocks[-1].norm1, True
+    family = family_of(net)
+    if family is not None:
+        return family.gradcam_layer(net), family.tokens
     raise RunError(f"Heat maps are not available for {type(net).__name__} models.")
 
 

@@ -5,18 +5,25 @@ web server, for every student who opens the Model or Train page. The numbers onl
 timm, so they are measured once per catalog model into ``model_facts.json`` beside this module
 (``python -m tl_core.models.facts`` writes it; tests/test_model_facts.py checks it against a
 real build). A head is a linear layer, so its size for any number of classes follows from its
-size for 1 and 2 classes. Models not in the table are built (tl_core.models.freezing).
+size for 1 and 2 classes. Models not in the table are built (:func:`build_model_info`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FACTS_FILE", "ModelInfo", "freeze_sentence", "measure", "model_info"]
+__all__ = [
+    "FACTS_FILE",
+    "ModelInfo",
+    "build_model_info",
+    "freeze_sentence",
+    "measure",
+    "model_info",
+]
 
 FACTS_FILE = Path(__file__).with_name("model_facts.json")
 
@@ -74,11 +81,10 @@ def _table() -> dict[str, Any]:
 
 
 def model_info(key: str, num_classes: int) -> ModelInfo:
-    """Layer groups, parameter counts and data config of ``key`` with a ``num_classes`` head."""
+    """Layer groups, parameter counts and data config of the catalog model ``key`` with a
+    ``num_classes`` head, from the measured table; models not in it are built."""
     row = _table().get(key)
     if row is None:
-        from tl_core.models.freezing import build_model_info
-
         return build_model_info(key, num_classes)
     one, two = row["head_params"]  # the head's size with 1 and with 2 classes
     head = one + (num_classes - 1) * (two - one)
@@ -88,10 +94,22 @@ def model_info(key: str, num_classes: int) -> ModelInfo:
     return ModelInfo(groups, sum(n for _, n in groups), data_config)
 
 
+def build_model_info(key: str, num_classes: int) -> ModelInfo:
+    """:func:`model_info` measured: builds the architecture with random weights (torch; no
+    download, about a second)."""
+    from tl_core.models.catalog import DataConfig, create_model, get_spec
+    from tl_core.models.freezing import layer_groups
+
+    model = create_model(get_spec(key), num_classes=num_classes, pretrained=False)
+    return ModelInfo(
+        groups=tuple((g.name, g.params) for g in layer_groups(model)),
+        total_params=sum(p.numel() for p in model.parameters()),
+        data_config=asdict(DataConfig.of(model)),
+    )
+
+
 def measure(key: str) -> dict[str, Any]:
     """The table's row for ``key``, from two real builds (torch)."""
-    from tl_core.models.freezing import build_model_info
-
     one, two = build_model_info(key, 1), build_model_info(key, 2)
     if one.groups[:-1] != two.groups[:-1] or one.data_config != two.data_config:
         raise ValueError(f"{key}: only the head may depend on the number of classes")

@@ -1,4 +1,5 @@
-"""Layer groups and freeze plans, from timm's own ``group_matcher``.
+"""Layer groups and freeze plans, from timm's own ``group_matcher`` (the model family's, in
+:mod:`tl_core.models.families`).
 
 A model is a row of layer groups (stem, stages, ..., head). The new classifier head always
 trains; ``trainable_groups = k`` also lets the last ``k`` backbone groups learn, the rest stay
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from timm.models import group_parameters
 from torch import nn
 
-from tl_core.models.facts import ModelInfo, model_info
+from tl_core.models.families import group_matcher
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def _group_name(first_param: str) -> str:
 def layer_groups(model: nn.Module) -> list[LayerGroup]:
     """The model's layer groups in order, the classifier head last."""
     params = dict(model.named_parameters())
-    grouped = group_parameters(model, model.group_matcher(coarse=True))
+    grouped = group_parameters(model, group_matcher(model))
     groups = []
     for i, names in enumerate(grouped.values()):
         total = sum(params[n].numel() for n in names)
@@ -109,25 +110,3 @@ def trainable_param_groups(
     head = groups[-1]
     out.append({"params": [params[p] for p in head.param_names], "lr": lr, "name": head.name})
     return out
-
-
-def describe_model(key: str, num_classes: int) -> ModelInfo:
-    """Layer groups and data config of a catalog model with a ``num_classes`` head, from the
-    measured table (:mod:`tl_core.models.facts`); models not in it are built."""
-    return model_info(key, num_classes)
-
-
-def build_model_info(key: str, num_classes: int) -> ModelInfo:
-    """:func:`describe_model` measured: builds the architecture with random weights (no
-    download, about a second)."""
-    from dataclasses import asdict
-
-    from tl_core.models.catalog import DataConfig, create_model, get_spec
-
-    model = create_model(get_spec(key), num_classes=num_classes, pretrained=False)
-    groups = layer_groups(model)
-    return ModelInfo(
-        groups=tuple((g.name, g.params) for g in groups),
-        total_params=sum(p.numel() for p in model.parameters()),
-        data_config=asdict(DataConfig.of(model)),
-    )
