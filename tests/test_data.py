@@ -24,6 +24,7 @@ from tl_core.data.dataset import (
     IMAGE_SUFFIXES,
     MAX_SIDE,
     DatasetManifest,
+    DataWarning,
     ImageItem,
     SkippedFile,
     import_files,
@@ -232,7 +233,8 @@ def test_unusable_files_are_skipped_with_a_plain_reason(tmp_path, name, data, re
     manifest = import_folder(tmp_path / "src", tmp_path / "d")
     assert manifest.skipped == [SkippedFile(name, reason)]
     assert len(manifest.items) == 4 and manifest.classes == ["cat", "dog"]
-    assert "1 file was skipped; the list of skipped files says why." in manifest.warnings
+    said = DataWarning("skipped", "1 file was skipped; the list of skipped files says why.")
+    assert said in manifest.warnings
 
 
 @pytest.mark.filterwarnings("error")
@@ -357,13 +359,19 @@ def test_explicit_train_and_validation_folders_are_honoured(tmp_path) -> None:
     assert manifest.skipped == [
         SkippedFile("Validation/d/0.png", "its class has no folder in 'train'")
     ]
-    text = " ".join(manifest.warnings)
+    text = " ".join(w.text for w in manifest.warnings)
     assert "1 image in 'Validation' was an exact copy of training images" in text
     assert "no images of class 'c'" in text and "class 'd' that the 'train' folder lacks" in text
-    assert (
+    few = DataWarning(
+        "few_images",
         "3 classes have fewer than 10 images: 'c' (2), 'a' (4), 'b' (4). At least 10 per class "
-        "are recommended." in manifest.warnings
+        "are recommended.",
+        ("c", "a", "b"),
     )
+    assert few in manifest.warnings
+    kinds = {w.kind: w for w in manifest.warnings}
+    assert kinds["missing_val"].classes == ("c",) and kinds["missing_val"].folder == "Validation"
+    assert kinds["val_orphans"].classes == ("d",) and kinds["val_copies"].folder == "Validation"
     split = split_dataset(manifest, 0.9, seed=3)
     assert {i.source for i in split.val} == {"Validation/a/0.png", "Validation/b/0.png"}
     assert len(split.train) == 8 and all(i.subset == "train" for i in split.train)
@@ -516,8 +524,10 @@ def test_exact_duplicates_are_found_by_pixels_and_left_out(tmp_path) -> None:
         ("b/x.png", "a/x.png"),
     ]
     assert manifest.counts() == {"a": 2, "b": 2}
-    assert "3 exact duplicate images were left out (one copy of each is kept)." in manifest.warnings
-    assert any("appeared in two different classes" in w for w in manifest.warnings)
+    texts = {w.kind: w.text for w in manifest.warnings}
+    duplicates = "3 exact duplicate images were left out (one copy of each is kept)."
+    assert texts["duplicates"] == duplicates
+    assert "appeared in two different classes" in texts["other_class"]
     assert len({i.sha256 for i in manifest.items}) == len(manifest.items)
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from tl_core import diskspace, service
 from tl_core.config import TrainConfig
 from tl_core.data import dataset as tl_data
+from tl_core.data import manifest as data_versions
 from tl_core.data.dataset import DatasetManifest, ImageItem, grow, import_folder, split_dataset
 from tl_core.errors import DataError, DiskFullError
 from tl_core.runs.store import Store
@@ -119,7 +120,7 @@ def test_growing_an_existing_class_keeps_the_old_images(
     assert {Path(i.file).parent.name for i in new} == {"disc"}  # beside the old ones
     assert len({i.file for i in grown.items}) == len(grown.items)
     assert all(i.phash and i.sha256 for i in new)
-    assert any("same class" in w for w in growth.warnings) == said
+    assert any("same class" in w.text for w in growth.warnings) == said
     assert growth.summary().startswith("Added 5 images to 'disc';")
     assert "earlier runs keep their data" in growth.summary()
     assert grown.batch_starts == [len(base.items)] and grown.grown_from == "data-1"
@@ -149,7 +150,8 @@ def test_growing_a_new_class(tmp_path, base, base_files, kind, label, files, add
     assert grown.counts()[new_class] == added[new_class]
     _check_old_kept(base, grown)
     assert f"the new class '{new_class}'" in growth.summary() or len(added) > 1
-    assert any(new_class in w and "recommended" in w for w in grown.warnings)  # under 10
+    assert any(new_class in w.text and "recommended" in w.text for w in grown.warnings)  # under 10
+    assert any(w.kind == "few_images" and new_class in w.classes for w in grown.warnings)
     split = split_dataset(grown, 0.25, 0)
     assert {i.label for i in split.val} == set(grown.classes)
     assert tree_digest(base.root) == base_files
@@ -161,10 +163,10 @@ def test_copies_of_old_images_are_left_out_with_a_warning(tmp_path, base, shapes
     growth = grow(base, old + _pictures(5, folder="disc"), tmp_path / "data-2", label)
     assert len(growth.duplicates) == 2
     assert all(kept.startswith("disc/") for _, kept in growth.duplicates)
-    assert any("2 added images were already in the data set" in w for w in growth.warnings)
+    assert any("2 added images were already in the data set" in w.text for w in growth.warnings)
     assert "(2 duplicates left out)" in growth.summary()
     if label == "square":  # copies of another class's images: said so
-        assert any("another class" in w for w in growth.warnings)
+        assert any("another class" in w.text for w in growth.warnings)
     grown = growth.manifest
     assert len(grown.items) == len(base.items) + 5
     assert len({i.sha256 for i in grown.items}) == len(grown.items)
@@ -175,7 +177,7 @@ def test_copies_among_the_new_images_are_left_out_too(tmp_path, base) -> None:
     files = [*_pictures(4), ("again.png", _pictures(1)[0][1])]
     growth = grow(base, files, tmp_path / "data-2", "stripes")
     assert growth.added == {"stripes": 4}
-    assert any("among the added ones" in w for w in growth.warnings)
+    assert any("among the added ones" in w.text for w in growth.warnings)
 
 
 def test_skipped_files_are_listed_with_their_reason(tmp_path, base) -> None:
@@ -203,17 +205,17 @@ def test_warnings_about_counts_are_worked_out_again(tmp_path, shapes, label, n, 
     for f in sorted((src / "square").iterdir())[8:]:  # 8 squares: fewer than recommended
         f.unlink()
     old = import_folder(src, tmp_path / "data-1")
-    assert any("'square' has 8 images" in w for w in old.warnings)
+    assert any("'square' has 8 images" in w.text for w in old.warnings)
     seen: list[tuple[int, int]] = []
     files = _pictures(n)
     grown = grow(old, files, tmp_path / "data-2", label, lambda d, t: seen.append((d, t)))
-    warnings = grown.manifest.warnings
+    warnings = [w.text for w in grown.manifest.warnings]
     assert seen[0] == (0, n) and seen[-1] == (n, n)  # only the new images are prepared
     assert any("'square' has 8" in w for w in warnings) == (gone is None)
     if new:
         assert any(new in w for w in warnings)
     else:
-        assert warnings == [w for w in old.warnings if gone is None or gone not in w]
+        assert warnings == [w.text for w in old.warnings if gone is None or gone not in w.text]
     assert len(warnings) == len(set(warnings))  # no warning twice
 
 
@@ -235,7 +237,7 @@ def test_images_are_copied_where_the_disk_cannot_link(tmp_path, base, monkeypatc
     def no_link(src, dst) -> None:
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr(tl_data.os, "link", no_link)
+    monkeypatch.setattr(data_versions.os, "link", no_link)
     growth = grow(base, _pictures(3), tmp_path / "data-2", "disc")
     assert growth.linked == 0 and growth.copied == len(base.items)
     grown = growth.manifest
@@ -276,12 +278,14 @@ def test_a_split_added_to_a_set_with_a_validation_folder_is_honoured(tmp_path, d
     grown = grow(demo, _zip(files), tmp_path / "d2").manifest
     new = grown.items[len(demo.items) :]
     assert Counter(i.subset for i in new) == {"train": 4, "val": 2}
-    assert not any("no images of class" in w and "mould" in w for w in grown.warnings)
+    assert not any("no images of class" in w.text and "mould" in w.text for w in grown.warnings)
 
 
 def test_a_new_class_without_validation_images_is_warned_about(tmp_path, demo) -> None:
     grown = grow(demo, _pictures(4), tmp_path / "d2", "mould").manifest
-    assert any("no images of class 'mould'" in w for w in grown.warnings)
+    assert any("no images of class 'mould'" in w.text for w in grown.warnings)
+    (missing,) = [w for w in grown.warnings if w.kind == "missing_val"]
+    assert "mould" in missing.classes and missing.folder == "val"
 
 
 # ------------------------------------------------------------------------- failing

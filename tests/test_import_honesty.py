@@ -501,7 +501,9 @@ def test_class_names_differing_only_in_case_or_width_are_kept_apart_with_a_warni
     files = images("", {"Cat": 2, "cat": 2, "ｄｏｇ": 2, "dog": 2})  # full-width 'ｄｏｇ'
     manifest = via_zip(tmp_path, files)
     assert manifest.counts() == {"Cat": 2, "cat": 2, "dog": 2, "ｄｏｇ": 2}
-    (warning,) = [w for w in manifest.warnings if "differ only in capital letters" in w]
+    (said,) = [w for w in manifest.warnings if "differ only in capital letters" in w.text]
+    assert said.kind == "class_names" and set(said.classes) == {"Cat", "cat", "dog", "ｄｏｇ"}
+    warning = said.text
     assert "'Cat' and 'cat'" in warning and "'dog' and 'ｄｏｇ'" in warning
     assert "kept as separate classes" in warning
     folders = {i.file.split("/")[1] for i in manifest.items}
@@ -516,7 +518,7 @@ def test_one_name_in_two_unicode_forms_is_one_class_and_said_so(tmp_path) -> Non
     }
     manifest = via_zip(tmp_path, files)
     assert manifest.counts() == {"café": 4, "tea": 2}
-    assert any("'café'" in w and "Unicode forms" in w for w in manifest.warnings)
+    assert any("'café'" in w.text and "Unicode forms" in w.text for w in manifest.warnings)
 
 
 @pytest.mark.parametrize(
@@ -535,8 +537,9 @@ def test_odd_class_names_get_a_clean_name_and_a_warning(tmp_path, raw, shown) ->
     files = {**images("", {"cat": 2}), **{f"{raw}/{i}.png": png(80 + i) for i in range(2)}}
     manifest = via_zip(tmp_path, files)
     assert manifest.counts() == {"cat": 2, shown: 2}
-    text = " ".join(manifest.warnings)
+    text = " ".join(w.text for w in manifest.warnings)
     assert f"'{shown}'" in text and datalayout.shown_raw(raw) in text
+    assert any(w.kind == "class_names" and shown in w.classes for w in manifest.warnings)
 
 
 def test_a_thousand_tiny_classes_give_one_warning(tmp_path) -> None:
@@ -544,7 +547,8 @@ def test_a_thousand_tiny_classes_give_one_warning(tmp_path) -> None:
     manifest = via_upload(tmp_path, files)
     assert len(manifest.classes) == 1000
     assert len(manifest.warnings) == 1
-    assert manifest.warnings[0] == (
+    assert manifest.warnings[0].kind == "few_images" and len(manifest.warnings[0].classes) == 1000
+    assert manifest.warnings[0].text == (
         "1,000 classes have fewer than 10 images: 'c0000' (2), 'c0001' (2), 'c0002' (2) and "
         "997 more. At least 10 per class are recommended."
     )

@@ -9,7 +9,7 @@ upright, RGB, long side capped at :data:`CAMERA_SIDE`) before it is written; not
 written anywhere else.
 
 :func:`commit_files` lists the frames as ``(class/name, path)`` pairs for
-:func:`tl_core.data.dataset.import_files` or :func:`tl_core.data.dataset.grow`; the service
+:func:`tl_core.data.ingest.import_files` or :func:`tl_core.data.grow.grow`; the service
 (:func:`tl_core.service.camera_commit`) makes them a data version and then calls :func:`clear`.
 Mistakes raise :class:`DataError` in plain words. No torch here: pages import this module.
 """
@@ -27,9 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_core.data.dataset import _class_dir
 from tl_core.data.imageprep import ImageSkip, prepare
-from tl_core.data.layout import _clean_name, _label_key, is_junk, nfc
+from tl_core.data.layout import class_dir, clean_name, is_junk, label_key, nfc
 from tl_core.errors import DataError
 
 __all__ = [
@@ -100,8 +99,8 @@ class CaptureState:
 
     def get(self, label: str) -> CaptureClass | None:
         """The class called ``label`` (compared as class names are), or None."""
-        key = _label_key(label)
-        return next((c for c in self.classes if _label_key(c.label) == key), None)
+        key = label_key(label)
+        return next((c for c in self.classes if label_key(c.label) == key), None)
 
 
 def frame_key(source: str) -> tuple[int, int] | None:
@@ -171,8 +170,8 @@ def _records(root: Path) -> list[tuple[Path, dict]]:
 
 
 def _find(root: Path, label: str) -> tuple[Path, dict] | None:
-    key = _label_key(label)
-    return next(((f, r) for f, r in _records(root) if _label_key(r["label"]) == key), None)
+    key = label_key(label)
+    return next(((f, r) for f, r in _records(root) if label_key(r["label"]) == key), None)
 
 
 def _unknown(label: str) -> DataError:
@@ -193,7 +192,7 @@ def _shots(folder: Path) -> list[tuple[int, int, Path]]:
 def check_label(label: str) -> str:
     """The class name as it is kept (spaces tidied, Unicode NFC); DataError when it cannot be
     a class name."""
-    name = _clean_name(nfc([str(label)])[0])
+    name = clean_name(nfc([str(label)])[0])
     if not name:
         raise DataError("Type a name for the class first.")
     if "/" in name or "\\" in name:
@@ -207,10 +206,10 @@ def check_label(label: str) -> str:
 
 def _create(root: Path, name: str) -> tuple[Path, dict]:
     records = _records(root)
-    if any(_label_key(r["label"]) == _label_key(name) for _, r in records):
+    if any(label_key(r["label"]) == label_key(name) for _, r in records):
         raise DataError(f"There is already a class called '{name}'. Choose another name.")
     taken = {p.name.casefold() for p in root.iterdir()}
-    folder = root / _class_dir(name, taken)
+    folder = root / class_dir(name, taken)
     folder.mkdir()
     record = {
         "label": name,

@@ -1,9 +1,9 @@
 """Where a user's images are and what class each belongs to: files found, layout detected.
 
-Used by :mod:`tl_core.data.dataset`; names and folders are untrusted and only ever read. Nothing is
-dropped without a word: every file that is not used is listed with its reason, except
-operating-system clutter (``.DS_Store``, ``Thumbs.db``, ``__MACOSX``, …), which nobody puts
-in an image folder on purpose.
+Used by the importer (:mod:`tl_core.data.ingest`, :mod:`tl_core.data.grow`); names and folders
+are untrusted and only ever read. Nothing is dropped without a word: every file that is not
+used is listed with its reason, except operating-system clutter (``.DS_Store``, ``Thumbs.db``,
+``__MACOSX``, …), which nobody puts in an image folder on purpose.
 
 The layout rule (``plan_layout``), at the first folder level holding more than one folder:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import unicodedata
 from collections import Counter, defaultdict
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from tl_core.data.records import DataWarning
 from tl_core.errors import DataError
 
 __all__ = [
@@ -42,8 +44,11 @@ __all__ = [
     "Entry",
     "Found",
     "Plan",
+    "class_dir",
+    "clean_name",
     "folder_entries",
     "is_junk",
+    "label_key",
     "nfc",
     "os_reason",
     "plan_layout",
@@ -77,6 +82,7 @@ _JUNK = frozenset(
     }
 )
 UNNAMED_CLASS = "unnamed class"
+_UNSAFE_DIR_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]')
 
 
 # ------------------------------------------------------------------------- sources
@@ -240,16 +246,27 @@ def folder_entries(src: Path, dest: Path | None = None) -> Found:
 # -------------------------------------------------------------------------- labels
 
 
-def _label_key(name: str) -> str:
+def label_key(name: str) -> str:
     """What two class names are compared by: NFKC, case-folded (full-width, ligatures…)."""
     return unicodedata.normalize("NFKC", name).casefold()
 
 
-def _clean_name(name: str) -> str:
+def clean_name(name: str) -> str:
     """A class name without control, zero-width or direction characters; spaces collapsed."""
     spaced = "".join(" " if ch.isspace() else ch for ch in name)
     kept = "".join(ch for ch in spaced if unicodedata.category(ch) not in ("Cc", "Cf", "Co"))
     return " ".join(kept.split())
+
+
+def class_dir(label: str, taken: set[str]) -> str:
+    """A folder name for a class that is safe on every OS; unique even on case-insensitive
+    disks (``taken``: the names in use, case-folded, to which it is added)."""
+    base = _UNSAFE_DIR_CHARS.sub("_", label).strip(" .")[:80] or "class"
+    name, n = base, 2
+    while name.casefold() in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name.casefold())
+    return name
 
 
 def shown_raw(name: str) -> str:
@@ -265,7 +282,7 @@ def some(names: list[str], n: int = 3) -> str:
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-def _labels(raw_names: dict[str, set[str]]) -> tuple[dict[str, str], list[str]]:
+def _labels(raw_names: dict[str, set[str]]) -> tuple[dict[str, str], list[DataWarning]]:
     """Class folder name (NFC) -> the label shown; plus warnings about odd or clashing names.
 
     ``raw_names`` maps each NFC folder name to the spellings seen (NFC and NFD forms of the
@@ -275,47 +292,57 @@ def _labels(raw_names: dict[str, set[str]]) -> tuple[dict[str, str], list[str]]:
     taken: set[str] = set()
     dirty: list[str] = []
     blank: list[str] = []
+    renamed: dict[str, list[str]] = {"blank": [], "dirty": []}  # folder names, by why
     for name in sorted(raw_names):
-        label = _clean_name(name)
+        label = clean_name(name)
         if not label:
             blank.append(shown_raw(name))
+            renamed["blank"].append(name)
             label = UNNAMED_CLASS
         elif label != name:
             dirty.append(f"{shown_raw(name)}' as '{label}")
+            renamed["dirty"].append(name)
         base, n = label, 2
         while label in taken:
             label, n = f"{base} ({n})", n + 1
         taken.add(label)
         labels[name] = label
-    warnings: list[str] = []
+    warnings: list[DataWarning] = []
     if blank:
-        warnings.append(
+        text = (
             f"{_files(len(blank)).replace('file', 'class folder')} with a blank name "
             f"({some(blank)}) {'is' if len(blank) == 1 else 'are'} shown as '{UNNAMED_CLASS}'. "
             "Give the folders real names if you can."
         )
+        shown = tuple(labels[n] for n in renamed["blank"])
+        warnings.append(DataWarning("class_names", text, shown))
     if dirty:
-        warnings.append(
+        text = (
             "Some class folder names hold invisible or control characters; they are shown "
             f"cleaned: {some(dirty)}."
         )
+        shown = tuple(labels[n] for n in renamed["dirty"])
+        warnings.append(DataWarning("class_names", text, shown))
     merged = sorted(n for n, spellings in raw_names.items() if len(spellings) > 1)
     if merged:
-        warnings.append(
+        text = (
             f"The class folders named {some(merged)} were each found twice, written with "
             "different character codes (Unicode forms); each pair was put in one class."
         )
+        warnings.append(DataWarning("class_names", text, tuple(labels[n] for n in merged)))
     by_key: defaultdict[str, list[str]] = defaultdict(list)
     for label in labels.values():
-        by_key[_label_key(label)].append(label)
-    clashes = [" and ".join(f"'{x}'" for x in group) for group in by_key.values() if len(group) > 1]
-    if clashes:
+        by_key[label_key(label)].append(label)
+    groups = [group for group in by_key.values() if len(group) > 1]
+    if groups:
+        clashes = [" and ".join(f"'{x}'" for x in group) for group in groups]
         extra = f" (and {len(clashes) - 3:,} more such groups)" if len(clashes) > 3 else ""
-        warnings.append(
+        text = (
             f"The class folders {'; '.join(clashes[:3])}{extra} differ only in capital letters "
             "or in how their letters are written; they are kept as separate classes. Rename or "
             "merge them if they are the same class."
         )
+        warnings.append(DataWarning("class_names", text, tuple(c for g in groups for c in g)))
     return labels, warnings
 
 
@@ -328,7 +355,7 @@ class Plan:
     skipped: list[tuple[str, str]]  # (source, reason)
     explicit: bool
     val_dir: str | None
-    warnings: list[str]
+    warnings: list[DataWarning]
     train_dir: str | None = None
 
 
@@ -408,7 +435,7 @@ def _assign(
 
 def _drop_orphans(
     todo: _Todo, train_dir: str | None, val_dir: str | None
-) -> tuple[_Todo, list[tuple[str, str]], list[str]]:
+) -> tuple[_Todo, list[tuple[str, str]], list[DataWarning]]:
     """Validation classes the training folder lacks: skipped with a warning (all: refused)."""
     train_labels = {label for _, label, s in todo if s == "train"}
     val_labels = {label for _, label, s in todo if s == "val"}
@@ -419,17 +446,18 @@ def _drop_orphans(
             f"the same name in '{train_dir}'. Name the validation class folders as the "
             "training ones."
         )
-    warnings: list[str] = []
+    warnings: list[DataWarning] = []
     if orphans:
-        keys = {_label_key(t): t for t in train_labels}
-        hints = [f"'{o}' (like '{keys[_label_key(o)]}')" for o in orphans if _label_key(o) in keys]
+        keys = {label_key(t): t for t in train_labels}
+        hints = [f"'{o}' (like '{keys[label_key(o)]}')" for o in orphans if label_key(o) in keys]
         hint = f" Some differ only in capital letters: {', '.join(hints[:3])}." if hints else ""
-        warnings.append(
+        text = (
             f"The '{val_dir}' folder has {'a class' if len(orphans) == 1 else 'classes'} "
             f"{some(orphans)} that the '{train_dir}' folder lacks; "
             f"{'its' if len(orphans) == 1 else 'their'} images were skipped. Add a training "
             f"folder for each if you need them.{hint}"
         )
+        warnings.append(DataWarning("val_orphans", text, tuple(orphans), val_dir))
     reason = f"its class has no folder in '{train_dir}'"
     skipped = [(e.source, reason) for e, label, _ in todo if label in orphans]
     return [t for t in todo if t[1] not in orphans], skipped, warnings
@@ -468,7 +496,7 @@ def plan_layout(images: list[Entry], folders: Iterable[tuple[str, ...]] = ()) ->
     todo, assigned_skips = _assign(under, depth, (train_dir, val_dir) if explicit else None)
     skipped += assigned_skips
     _refuse_nested(todo, depth)
-    warnings: list[str] = []
+    warnings: list[DataWarning] = []
     if explicit:
         todo, orphan_skips, warnings = _drop_orphans(todo, train_dir, val_dir)
         skipped += orphan_skips

@@ -1,7 +1,7 @@
 """Near-duplicate images: the same picture resized, re-compressed, re-saved, slightly cropped
 or brightened.
 
-Exact copies are caught at import (:mod:`tl_core.data.dataset`, by pixel hash). Near-copies are
+Exact copies are caught at import (:mod:`tl_core.data.ingest`, by pixel hash). Near-copies are
 found in two stages, both vectorised with numpy:
 
 1. **Perceptual hash** (computed once at import, :func:`image_hash`): a 64-bit DCT pHash of
@@ -18,7 +18,8 @@ found in two stages, both vectorised with numpy:
 
 All pairs of a data set are found once and kept in ``near_duplicates.json`` beside the
 manifest; which of them matter (across training and validation, or across classes) depends on
-the split a run uses and is decided by :func:`classify`. No torch here: pages import this.
+the split a run uses and is decided by :func:`classify`; the links the split keeps on one side
+(:func:`near_links`) are found with each data version. No torch here: pages import this.
 """
 
 from __future__ import annotations
@@ -29,14 +30,15 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import Literal, TextIO
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from tl_core.data.dataset import DatasetManifest, ImageItem, Split
-    from tl_core.data.review import Corrections
+from tl_core.data.manifest import batches
+from tl_core.data.records import DatasetManifest, ImageItem, Split
+from tl_core.data.review import Corrections
+from tl_core.data.split import Groups, split_dataset
 
 __all__ = [
     "CACHE_NAME",
@@ -58,6 +60,7 @@ __all__ = [
     "counts",
     "image_hash",
     "manifest_pairs",
+    "near_links",
     "run_summary",
     "warning",
 ]
@@ -360,6 +363,28 @@ def manifest_pairs(
     return pairs
 
 
+def near_links(
+    manifest: DatasetManifest, base: DatasetManifest | None = None
+) -> list[tuple[str, str]]:
+    """The near-duplicate pairs within each class (:func:`manifest_pairs`, found here and kept
+    beside the manifest; with ``base``, the version it grew from, only those of the added
+    images are looked for) thinned to a spanning forest, added batch by batch: the groups they
+    make among the images of the first k batches are those of all pairs."""
+    items = manifest.items
+    index = {item.file: k for k, item in enumerate(items)}
+    batch_of = batches(manifest)
+    edges = []
+    for p in manifest_pairs(manifest, base):
+        a, b = index.get(p.a), index.get(p.b)
+        if a is None or b is None or items[a].label != items[b].label:
+            continue
+        level = max(batch_of[a], batch_of[b])
+        if level >= manifest.near_since:
+            edges.append((level, min(a, b), max(a, b)))
+    groups = Groups(len(items))
+    return [(items[a].file, items[b].file) for _, a, b in sorted(edges) if groups.join(a, b)]
+
+
 @dataclass(frozen=True)
 class Finding:
     """A near-duplicate pair that matters for a run: ``a``/``b`` as that run sees them."""
@@ -451,8 +476,6 @@ def run_summary(
 ) -> dict[str, object]:
     """The near-duplicates of the split a run with these settings uses, for a JSON summary;
     the warning sentence is also written to ``stream`` when there are any."""
-    from tl_core.data.dataset import split_dataset
-
     split = split_dataset(manifest, val_fraction, seed)
     found = counts(classify(manifest_pairs(manifest), split, corrections))
     text = warning(found)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tl_core.data.dataset import Split
+from tl_core.data.records import Split
 from tl_core.errors import DataError
 
 __all__ = [
