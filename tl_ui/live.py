@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import re
-
 import streamlit as st
 
+from tl_core import service
 from tl_core.config import StepRow
 from tl_core.errors import RunError
+from tl_core.events import describe
 from tl_core.models import catalog
-from tl_core.runs import jobs
+from tl_core.runs import jobs, supervisor
+from tl_core.runs.store import Run, Store
 from tl_core.runs.supervisor import STALLED, is_stalled
 from tl_ui.charts import comparison_figure, curves_figure
 from tl_ui.jobs import wait_text
 from tl_ui.session import get_store, run_state
+from tl_ui.state import state
 from tl_ui.text import literal
 
 POLL_S = 1.0
-_PREPARING = re.compile(r"(?P<done>\d+)/(?P<total>\d+)$")
 
 
 def _eta(steps: list[StepRow]) -> str:
@@ -61,12 +62,44 @@ def _render(run_id: str) -> None:
     if run is None:
         st.warning("This run no longer exists.")
         return
-    spec = run.spec
-    epochs_total = spec.config.epochs
     steps = store.steps(run.id)
     epochs = store.epochs(run.id)
-    title = catalog.get_spec(spec.config.model).title
+    _state(store, run, steps)
+    if run.placement and run.status != "queued":
+        st.caption(f"{'Runs' if run.active else 'Ran'} on {literal(run.placement)}.")
+    caches = cache_text((run.result or {}).get("cache_bytes"))
+    if caches:
+        st.caption(caches)
+    c1, c2, _ = st.columns([1, 1, 4])
+    if run.active and c1.button("Stop", key=f"stop_{run.id}", disabled=run.stop_requested):
+        jobs.request_stop(store, run.id)
+        st.rerun()
+    if run.status in ("interrupted", "stopped") and c2.button("Resume", key=f"resume_{run.id}"):
+        try:
+            service.resume_run(store, run.id)
+        except RunError as exc:
+            st.error(literal(exc))
+        else:
+            st.rerun(scope="app")
+    if steps or epochs:
+        figure = curves_figure(steps, epochs, run.spec.config.epochs)
+        st.plotly_chart(figure, key=f"curves_{run.id}")
+    transfer_id = run.spec.baseline_of
+    if transfer_id and epochs:  # a from-scratch baseline: draw it against its pretrained twin
+        st.markdown("**The pretrained start against this run from random weights**")
+        st.plotly_chart(
+            comparison_figure(store.epochs(transfer_id), epochs),
+            key=f"versus_{run.id}",
+        )
+    if run.active:
+        supervisor.pump(store)  # a page that is watching also keeps the queue moving
+    elif state().run_polling == run.id:
+        state().run_polling = None
+        st.rerun(scope="app")  # the run just ended: refresh the whole page once
 
+
+def _state(store: Store, run: Run, steps: list[StepRow]) -> None:
+    """Where the run stands: waiting, stuck, working (its progress bars) or how it ended."""
     if run.status == "queued":
         wait = wait_text(store, run)
         st.info(
@@ -77,19 +110,29 @@ def _render(run_id: str) -> None:
         why = (run.message or "")[len(STALLED) :].strip()
         st.warning(f"Training seems stuck: {why}", icon=":material/hourglass_disabled:")
     elif run.active:
-        prep = _PREPARING.search(run.message or "")
-        if prep:  # decoding or the one pass through the frozen layers: its own bar
-            st.progress(int(prep["done"]) / max(1, int(prep["total"])), text=run.message)
-        step_text = ""
-        frac = 0.0
-        if steps:
-            frac = steps[-1].step / max(1, steps[-1].total_steps)
-            step_text = f" · step {steps[-1].step}/{steps[-1].total_steps}"
-        st.progress(
-            frac,
-            text=f"{run_state(store, run)}{step_text}{_eta(steps)}",
-        )
-    elif run.status == "finished":
+        _working(store, run, steps)
+    else:
+        _ended(run)
+
+
+def _working(store: Store, run: Run, steps: list[StepRow]) -> None:
+    """A working run's bars: its counted phase (decoding, the one pass through the frozen
+    layers) while it is in one, then its steps with the time left."""
+    reported = run.reported
+    if reported is not None and reported.fraction is not None:
+        st.progress(reported.fraction, text=describe(reported))
+    step_text = ""
+    frac = 0.0
+    if steps:
+        frac = steps[-1].step / max(1, steps[-1].total_steps)
+        step_text = f" · step {steps[-1].step}/{steps[-1].total_steps}"
+    st.progress(frac, text=f"{run_state(store, run)}{step_text}{_eta(steps)}")
+
+
+def _ended(run: Run) -> None:
+    """How the run ended, in one box."""
+    if run.status == "finished":
+        title = catalog.get_spec(run.spec.config.model).title
         acc = (run.result or {}).get("val_accuracy")
         st.success(
             f"Finished: {title} reached {acc:.1%} validation accuracy "
@@ -114,42 +157,11 @@ def _render(run_id: str) -> None:
     elif run.status == "failed":
         st.error(run.error or "Training failed.")
 
-    if run.placement and run.status != "queued":
-        st.caption(f"{'Runs' if run.active else 'Ran'} on {literal(run.placement)}.")
-    caches = cache_text((run.result or {}).get("cache_bytes"))
-    if caches:
-        st.caption(caches)
-    c1, c2, _ = st.columns([1, 1, 4])
-    if run.active and c1.button("Stop", key=f"stop_{run.id}", disabled=run.stop_requested):
-        jobs.request_stop(store, run.id)
-        st.rerun()
-    if run.status in ("interrupted", "stopped") and c2.button("Resume", key=f"resume_{run.id}"):
-        try:
-            jobs.resume(store, run.id)
-        except RunError as exc:
-            st.error(literal(exc))
-        else:
-            st.rerun(scope="app")
-    if steps or epochs:
-        st.plotly_chart(curves_figure(steps, epochs, epochs_total), key=f"curves_{run.id}")
-    transfer_id = spec.baseline_of
-    if transfer_id and epochs:  # a from-scratch baseline: draw it against its pretrained twin
-        st.markdown("**The pretrained start against this run from random weights**")
-        st.plotly_chart(
-            comparison_figure(store.epochs(transfer_id), epochs),
-            key=f"versus_{run.id}",
-        )
-    if run.active:
-        jobs.pump(store)  # a page that is watching also keeps the queue moving
-    elif st.session_state.get("_polling") == run.id:
-        st.session_state["_polling"] = None
-        st.rerun(scope="app")  # the run just ended: refresh the whole page once
-
 
 def run_panel(run_id: str) -> None:
     """Show a run; while it is unfinished, refresh every second without rerunning the page."""
     run = get_store().run(run_id)
     active = run is not None and run.active
     if active:
-        st.session_state["_polling"] = run_id
+        state().run_polling = run_id
     st.fragment(_render, run_every=POLL_S if active else None)(run_id)

@@ -10,7 +10,6 @@ discriminative learning rates.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -36,6 +35,7 @@ from tl_core.config import (  # noqa: F401 - re-exported: older imports keep wor
 )
 from tl_core.data.dataset import Split
 from tl_core.errors import RunError
+from tl_core.events import Progress
 from tl_core.models.catalog import DataConfig, create_model, get_spec
 from tl_core.models.device import ComputePlan, one_thread, plan_compute
 from tl_core.models.freezing import (
@@ -86,19 +86,23 @@ class TrainResult:
 
 
 class Callbacks(Protocol):
-    """How the engine reports progress and learns it should stop."""
+    """How the engine reports progress and learns it should stop.
 
-    def on_status(self, message: str) -> None: ...
+    ``on_resume`` says which epoch a resumed run goes on from (the one its last.pt holds).
+    """
+
+    def on_progress(self, progress: Progress) -> None: ...
     def on_log(self, message: str) -> None: ...
     def on_step(self, metrics: StepRow) -> None: ...
     def on_epoch(self, metrics: EpochMetrics) -> None: ...
+    def on_resume(self, epoch: int) -> None: ...
     def should_stop(self) -> bool: ...
 
 
 class QuietCallbacks:
     """Callbacks that record nothing and never stop: for scripts and tests."""
 
-    def on_status(self, message: str) -> None:
+    def on_progress(self, progress: Progress) -> None:
         pass
 
     def on_log(self, message: str) -> None:
@@ -108,6 +112,9 @@ class QuietCallbacks:
         pass
 
     def on_epoch(self, metrics: EpochMetrics) -> None:
+        pass
+
+    def on_resume(self, epoch: int) -> None:
         pass
 
     def should_stop(self) -> bool:
@@ -329,9 +336,9 @@ class _Fanout:
     def __init__(self, *callbacks: Callbacks) -> None:
         self.callbacks = callbacks
 
-    def on_status(self, message: str) -> None:
+    def on_progress(self, progress: Progress) -> None:
         for c in self.callbacks:
-            c.on_status(message)
+            c.on_progress(progress)
 
     def on_log(self, message: str) -> None:
         for c in self.callbacks:
@@ -344,6 +351,10 @@ class _Fanout:
     def on_epoch(self, metrics: EpochMetrics) -> None:
         for c in self.callbacks:
             c.on_epoch(metrics)
+
+    def on_resume(self, epoch: int) -> None:
+        for c in self.callbacks:
+            c.on_resume(epoch)
 
     def should_stop(self) -> bool:
         return any(c.should_stop() for c in self.callbacks)
@@ -375,9 +386,7 @@ class _Inputs:
                 side,
                 data_cfg.interpolation,
                 budget // 2,
-                lambda done, total: callbacks.on_status(
-                    f"Preparing your images once: {done}/{total}"
-                ),
+                lambda done, total: callbacks.on_progress(Progress("decode", done, total)),
             )
             self.notes.append(_decoded_note(decoded))
             callbacks.on_log(self.notes[-1])
@@ -424,35 +433,20 @@ def _decoded_note(decoded: DecodedImages) -> str:
     )
 
 
-def _check_disk(run: _Run, split: Split, data_root: Path, steps: int) -> None:
-    """Refuse to start when the run's files (decoded cache, checkpoints, ...) would not fit."""
-    cfg, model, data_cfg, run_dir = run.cfg, run.model, run.data_cfg, run.run_dir
+def _check_disk(run: _Run, split: Split, steps: int) -> None:
+    """Refuse to train when what training writes in the run's folder (checkpoints,
+    predictions, metrics) would not fit. The decoded images and the frozen layers' outputs
+    are checked by the phases that write them (:func:`decode_all`, :func:`cache_phase`)."""
+    params = sum(p.numel() for p in run.model.parameters())
+    # The head and the last trainable groups learn (the last phase's freeze, the largest).
+    learning = run.groups[len(run.groups) - 1 - run.cfg.trainable_groups :]
+    trainable = sum(g.params for g in learning)
     n = len(split.train) + len(split.val)
-    side = cache_side(data_cfg)
-    decoded = n * 3 * side * side
-    to_cache = decoded - _decoded_on_disk(data_root, side, data_cfg.interpolation)
-    if not cfg.cache:
-        to_cache = 0  # nothing is written to the cache
-    params = sum(p.numel() for p in model.parameters())
-    apply_freeze(model, cfg.trainable_groups, run.groups)  # each phase sets its own freeze again
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    need = diskspace.run_need(
-        n, len(split.val), len(run.classes), side, params, trainable, steps, cached_bytes=decoded
-    )
+    need = diskspace.run_need(n, len(split.val), len(run.classes), 0, params, trainable, steps)
     # A resumed run replaces its checkpoints: the space they take is counted already.
+    run_dir = run.run_dir
     need -= diskspace.files_bytes(run_dir / name for name in (checkpoint.BEST, checkpoint.LAST))
-    need = max(need, diskspace.MARGIN_BYTES)
-    if os.stat(run_dir).st_dev == os.stat(data_root).st_dev:
-        diskspace.check_free(run_dir, need + max(to_cache, 0))
-    else:  # the decoded cache sits beside the data set, on another disk
-        diskspace.check_free(run_dir, need)
-        diskspace.check_free(data_root, max(to_cache, 0) + diskspace.MARGIN_BYTES)
-
-
-def _decoded_on_disk(root: Path, side: int, interpolation: str) -> int:
-    """Bytes of decoded images already cached for this size (0 when none are)."""
-    data = Path(root) / "cache" / f"decoded-{side}-{interpolation}.u8"
-    return data.stat().st_size if data.is_file() else 0
+    diskspace.check_free(run_dir, max(need, diskspace.MARGIN_BYTES))
 
 
 @dataclass
@@ -518,7 +512,8 @@ def _load_model(
 
 
 def _prepare_data(run: _Run, split: Split, data_root: Path, callbacks: Callbacks) -> None:
-    """Phase 2: check the disk, decode the images once, and set up the run's state."""
+    """Phase 2: decode the images once, then check the disk has room for what training
+    writes."""
     cfg = run.cfg
     if split.train and not split.val:
         raise RunError(
@@ -528,15 +523,15 @@ def _prepare_data(run: _Run, split: Split, data_root: Path, callbacks: Callbacks
         )
     if not split.train or not split.val:
         raise RunError("Both the training and the validation set need at least one image.")
-    n_steps = cfg.epochs * max(len(split.train) // cfg.batch_size, 1)
-    _check_disk(run, split, data_root, n_steps)
     run.budget = cache_budget_bytes()
     run.inputs = _Inputs(cfg, split, data_root, run.classes, run.data_cfg, callbacks, run.budget)
     run.notes.extend(run.inputs.notes)
+    _check_disk(run, split, cfg.epochs * max(len(split.train) // cfg.batch_size, 1))
 
 
-def _start_state(run: _Run, resume: bool) -> TrainState:
-    """Phase 3: a fresh state, or the one last.pt holds (weights and random states too)."""
+def _start_state(run: _Run, resume: bool, callbacks: Callbacks) -> TrainState:
+    """Phase 3: a fresh state, or the one last.pt holds (weights and random states too);
+    a resumed run tells ``callbacks.on_resume`` the epoch it goes on from."""
     meta = {
         "config": asdict(run.cfg),
         "classes": run.classes,
@@ -548,7 +543,9 @@ def _start_state(run: _Run, resume: bool) -> TrainState:
     last = run.run_dir / checkpoint.LAST
     if not last.exists():
         raise RunError("This run has no saved epoch to resume from; start it again instead.")
-    return TrainState.resume(last, run.model, run.generator, meta)
+    state = TrainState.resume(last, run.model, run.generator, meta)
+    callbacks.on_resume(state.epoch)
+    return state
 
 
 def _head_start_outputs(run: _Run) -> CachedPhase | None:
@@ -617,7 +614,7 @@ def _cache_phase(run: _Run, trainable: int, callbacks: Callbacks) -> CachedPhase
         run.plan,
         run.budget - run.inputs.used_bytes,
         callbacks.should_stop,
-        callbacks.on_status,
+        callbacks.on_progress,
         seed=cfg.seed * 1000 + run.state.phase_start,
         groups=run.groups,
         # A wholly frozen run scores its epochs and its best model on fp32 features from
@@ -655,7 +652,7 @@ def _train_phase(run: _Run, trainable: int, n_epochs: int, callbacks: Callbacks)
     eval_plan = run.plan.exact() if exact else run.plan
     run.trainable_params = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
     state.restore_phase(run.optimizer, run.scheduler)
-    callbacks.on_status("Training")
+    callbacks.on_progress(Progress("train"))
     # The head alone on cached features: steps of tiny matrices, fastest on one thread.
     with one_thread() if cached and trainable == 0 and run.plan.device == "cpu" else nullcontext():
         _epochs(run, cached, net, eval_plan, steps_per_epoch, callbacks)
@@ -720,7 +717,7 @@ def _train(run: _Run, callbacks: Callbacks) -> str:
 
 def _score_best(run: _Run, best: dict[str, Any], result: TrainResult, callbacks: Callbacks) -> None:
     """Phase 5: the best weights scored in fp32 on the validation images (predictions.json)."""
-    callbacks.on_status("Scoring the best model on the validation images")
+    callbacks.on_progress(Progress("score"))
     run.model.load_state_dict(best["model"])
     # Final answers in fp32 (bf16 served the epochs): they then match the Try page and the
     # exported model exactly, on any machine. The last phase's frozen part is frozen in every
@@ -780,7 +777,7 @@ def _record_familiarity(run: _Run, callbacks: Callbacks) -> None:
             inputs.val.labels,
             run.data_cfg,
             cached=cached,
-            on_status=callbacks.on_status,
+            on_progress=callbacks.on_progress,
             should_stop=callbacks.should_stop,
         )
     except StopRequested:
@@ -816,7 +813,7 @@ def fit(
     notes = [f"Computing on {plan.describe()}."]
     user.on_log(notes[0])
 
-    user.on_status("Loading the model")
+    user.on_progress(Progress("load"))
     model, groups, data_cfg = _load_model(cfg, classes, plan)
     normalize = Normalize(data_cfg).to(plan.device)
     run = _Run(
@@ -834,7 +831,7 @@ def _fit(run: _Run, split: Split, data_root: Path, user: Callbacks, resume: bool
     model, plan, notes, classes = run.model, run.plan, run.notes, run.classes
     _prepare_data(run, split, data_root, user)
     total_params = sum(p.numel() for p in model.parameters())
-    run.state = _start_state(run, resume)
+    run.state = _start_state(run, resume, user)
     checkpoints = _Checkpoints(run)
     status = _train(run, _Fanout(checkpoints, user))
     checkpoints.write()  # whatever is newer in memory than on disk: Stop keeps the best

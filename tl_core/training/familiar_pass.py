@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from tl_core.events import Progress
 from tl_core.models.catalog import DataConfig
 from tl_core.models.device import ComputePlan
 from tl_core.training import familiarity
@@ -123,7 +124,7 @@ def record(
     val_labels: Sequence[int],
     data_config: DataConfig,
     cached: tuple[Dataset, Dataset | None] | None = None,
-    on_status: Callable[[str], None] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> familiarity.FamiliarityReport:
     """Compute and save the run's unfamiliar check; its report.
@@ -133,10 +134,10 @@ def record(
     order) and the validation pictures' in fp32 when they were kept: those pictures then go
     through the network no more.
     """
-    say = on_status or (lambda _m: None)
+    say = on_progress or (lambda _p: None)
     train_labels = np.asarray(train_labels, dtype=np.int64)
     rows = familiarity.bank_rows(train_labels)
-    say(f"Learning what your pictures look like: {len(rows)} training pictures")
+    say(Progress("familiar", total=len(rows)))
     if cached is not None:
         train_x = _rows(Subset(cached[0], rows.tolist()))
     else:

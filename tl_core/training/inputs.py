@@ -172,8 +172,6 @@ def decode_all(
     n = len(items)
     nbytes = n * 3 * side * side
     folder = root / "cache"
-    with diskspace.guard(folder, diskspace.MB):
-        folder.mkdir(exist_ok=True)
     stem = f"decoded-{side}-{interpolation}"
     data, index = folder / f"{stem}.u8", folder / f"{stem}.json"
     files = [i.file for i in items]
@@ -184,9 +182,11 @@ def decode_all(
                 _write_index(index.with_suffix(".json.tmp"), items)
                 index.with_suffix(".json.tmp").replace(index)
         return DecodedImages(data, n, side, nbytes <= budget_bytes)
+    diskspace.check_free(folder, nbytes + diskspace.MB)  # before anything is written
+    with diskspace.guard(folder, diskspace.MB):
+        folder.mkdir(exist_ok=True)
     tmp = data.with_suffix(".tmp")
     index.unlink(missing_ok=True)  # from here on the cache is incomplete
-    diskspace.check_free(folder, nbytes + diskspace.MB)
     with diskspace.guard(folder, nbytes + diskspace.MB, cleanup=[tmp, data]):
         decoded, reused = _fill(tmp, root, items, side, interpolation, progress, stem)
         tmp.replace(data)

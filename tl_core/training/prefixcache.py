@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from tl_core import diskspace
+from tl_core.events import Progress
 from tl_core.models.device import ComputePlan
 from tl_core.models.freezing import LayerGroup
 from tl_core.models.stages import split_model
@@ -120,7 +121,7 @@ def cache_phase(
     plan: ComputePlan,
     budget_bytes: int,
     should_stop: Callable[[], bool],
-    on_status: Callable[[str], None],
+    on_progress: Callable[[Progress], None],
     seed: int = 0,
     groups: list[LayerGroup] | None = None,
     exact_val: bool = False,
@@ -138,6 +139,7 @@ def cache_phase(
     identically. ``groups``: the model's layer groups, when the caller has them already.
     With ``exact_val`` the validation outputs are computed once in fp32 (no autocast) and
     serve as both ``val`` and ``val_exact``: the final fp32 scores then need no second pass.
+    ``on_progress`` hears the images passed so far (phase ``frozen``).
     """
     parts = _prefix_and_net(model, trainable, groups)
     if parts is None:
@@ -145,61 +147,101 @@ def cache_phase(
     prefix, net = parts
     prefix = nn.Sequential(normalize, prefix).eval()
     dtype = plan.amp_dtype or torch.float32
-    n_train, n_val = len(train_ds), len(val_ds)  # type: ignore[arg-type]
-    with torch.inference_mode(), plan.autocast():
-        probe = prefix(plan.batch(val_ds[0][0][None]))  # no random draw
-    shape = tuple(probe.shape[1:])
-    per_image = probe[0].numel() * torch.tensor([], dtype=dtype).element_size()
     val_plan, val_dtype = (plan.exact(), torch.float32) if exact_val else (plan, dtype)
-    per_val = probe[0].numel() * torch.tensor([], dtype=val_dtype).element_size()
-    per_view, val_bytes = per_image * n_train, per_val * n_val
-    in_memory = views * per_view + val_bytes <= budget_bytes
-    on_disk = not in_memory and spill_dir is not None
-    fit_views = _views_that_fit(per_view, val_bytes, budget_bytes, spill_dir if on_disk else None)
+    n_train, n_val = len(train_ds), len(val_ds)  # type: ignore[arg-type]
+    sizes = _sizes(prefix, val_ds, plan, dtype, val_dtype, (n_train, n_val))
+    over_budget = views * sizes.per_view + sizes.val_bytes > budget_bytes
+    spill = spill_dir if over_budget else None  # None: every output stays in memory
+    fit_views = _views_that_fit(sizes.per_view, sizes.val_bytes, budget_bytes, spill)
     if fit_views < 1:
         return None
     views = min(views, fit_views)
-    batch = plan.infer_batch
     total = views * n_train + n_val
-
-    def report(offset: int) -> Callable[[int], None]:
-        return lambda done: on_status(
-            f"Running your images through the frozen layers once: {offset + done}/{total}"
-        )
-
-    def outputs(
-        data: Dataset, run_plan: ComputePlan, run_dtype: torch.dtype, offset: int, name: str
-    ) -> Dataset:
-        loader = plan.loader(data, batch)  # in order: rows match labels
-        if not on_disk:
-            feats, labels = run_prefix(
-                prefix, loader, run_plan, run_dtype, should_stop, report(offset)
-            )
-            return TensorDataset(feats, labels)
-        assert spill_dir is not None
-        path = spill_dir / f"{name}.bin"
-        n = len(data)  # type: ignore[arg-type]
-        with diskspace.guard(spill_dir, n * per_image, cleanup=[path]):
-            out = RowFile.create(path, n, shape, run_dtype)
-            return _run_prefix_to_file(
-                prefix, loader, run_plan, run_dtype, should_stop, report(offset), out
-            )
-
+    passes = _Passes(prefix, plan, should_stop, on_progress, total, sizes, spill)
     train_views = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for v in range(views):
-            train_views.append(outputs(train_ds, plan, dtype, v * n_train, f"train-view{v}"))
-        val = outputs(val_ds, val_plan, val_dtype, views * n_train, "val")
-    size = per_view * views + val_bytes
+            train_views.append(passes.run(train_ds, plan, dtype, v * n_train, f"train-view{v}"))
+        val = passes.run(val_ds, val_plan, val_dtype, views * n_train, "val")
+    size = sizes.per_view * views + sizes.val_bytes
     return CachedPhase(
         net,
         train_views,
         val,
-        _note(trainable, n_train, views, n_val, size, on_disk),
+        _note(trainable, n_train, views, n_val, size, spill is not None),
         val_exact=val if exact_val else None,
-        disk_bytes=size if on_disk else 0,
+        disk_bytes=size if spill is not None else 0,
     )
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """What the prefix's outputs take: their shape, bytes per training image, per training
+    view and for all the validation images."""
+
+    shape: tuple[int, ...]
+    per_image: int
+    per_view: int
+    val_bytes: int
+
+
+def _sizes(
+    prefix: nn.Module,
+    val_ds: Dataset,
+    plan: ComputePlan,
+    dtype: torch.dtype,
+    val_dtype: torch.dtype,
+    counts: tuple[int, int],
+) -> _Sizes:
+    """The outputs' sizes, from one validation image through ``prefix`` (no random draw)."""
+    n_train, n_val = counts
+    with torch.inference_mode(), plan.autocast():
+        probe = prefix(plan.batch(val_ds[0][0][None]))
+    per_image = probe[0].numel() * torch.tensor([], dtype=dtype).element_size()
+    per_val = probe[0].numel() * torch.tensor([], dtype=val_dtype).element_size()
+    return _Sizes(tuple(probe.shape[1:]), per_image, per_image * n_train, per_val * n_val)
+
+
+class _Passes:
+    """The prefix's passes over the images, into memory or (``spill_dir``) into files, each
+    reporting how many of the phase's ``total`` images have gone through."""
+
+    def __init__(
+        self,
+        prefix: nn.Module,
+        plan: ComputePlan,
+        should_stop: Callable[[], bool],
+        on_progress: Callable[[Progress], None],
+        total: int,
+        sizes: _Sizes,
+        spill_dir: Path | None,
+    ) -> None:
+        self.prefix, self.plan, self.should_stop = prefix, plan, should_stop
+        self.on_progress, self.total = on_progress, total
+        self.sizes, self.spill_dir = sizes, spill_dir
+
+    def _report(self, offset: int) -> Callable[[int], None]:
+        return lambda done: self.on_progress(Progress("frozen", offset + done, self.total))
+
+    def run(
+        self, data: Dataset, run_plan: ComputePlan, run_dtype: torch.dtype, offset: int, name: str
+    ) -> Dataset:
+        """``data`` through the prefix in order (rows match labels); ``name`` its file."""
+        loader = self.plan.loader(data, self.plan.infer_batch)
+        report = self._report(offset)
+        if self.spill_dir is None:
+            feats, labels = run_prefix(
+                self.prefix, loader, run_plan, run_dtype, self.should_stop, report
+            )
+            return TensorDataset(feats, labels)
+        path = self.spill_dir / f"{name}.bin"
+        n = len(data)  # type: ignore[arg-type]
+        with diskspace.guard(self.spill_dir, n * self.sizes.per_image, cleanup=[path]):
+            out = RowFile.create(path, n, self.sizes.shape, run_dtype)
+            return _run_prefix_to_file(
+                self.prefix, loader, run_plan, run_dtype, self.should_stop, report, out
+            )
 
 
 def _views_that_fit(
