@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import sqlite3
 import sys
@@ -39,11 +38,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from tl_core import events
 from tl_core.config import AUGMENT_LEVELS, SCRATCH_LR, TrainConfig, scratch_config
 from tl_core.data import paths
 from tl_core.errors import DataError, RunError, StudioError
 from tl_core.models.catalog import DEFAULT_MODEL, get_spec
-from tl_core.runs import endings, interrupt, jobs
+from tl_core.runs import endings, interrupt, jobs, supervisor
 from tl_core.runs.store import Run, Store, default_workspace, new_id
 
 if TYPE_CHECKING:
@@ -250,8 +250,6 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 # ---------------------------------------------------------------------------- progress bars
 
-_COUNTED = re.compile(r"[:\s]*\d+/\d+$")  # the count at the end of a status line
-
 
 class _Bars:
     """Progress bars on standard error (tqdm), one phase at a time; nothing when off.
@@ -337,36 +335,31 @@ class _Bars:
         """A ``progress(done, total)`` callback for phase ``key``."""
         return lambda done, total: self.count(key, done, total)
 
-    def event(self, event: dict[str, Any]) -> None:
-        """One event of a job (see :mod:`tl_core.runs.worker`): its bar moves."""
+    def event(self, event: events.Event) -> None:
+        """One event of a job (see :mod:`tl_core.events`): its bar moves."""
         if not self.on:
             return
-        kind = event.get("t")
-        if kind == "status":
-            message = str(event.get("message", ""))
-            if event.get("total"):
-                label = _COUNTED.sub("", message)
-                self.count(label, int(event["done"]), int(event["total"]))
-            elif message != "Training":  # the steps say when training goes on
-                self.phase(message)
-        elif kind == "step":
-            epoch = f"{event['epoch']}/{self.epochs}" if self.epochs else str(event["epoch"])
-            postfix = {
-                "epoch": epoch,
-                "loss": f"{event['loss']:.3f}",
-                "acc": f"{event['accuracy']:.1%}",
-            }
+        if isinstance(event, events.Progress):
+            if event.done is not None and event.total:
+                self.count(events.label(event), event.done, event.total)
+            elif event.phase != "train":  # the steps say when training goes on
+                self.phase(events.describe(event))
+        elif isinstance(event, events.Step):
+            step = event.row
+            epoch = f"{step.epoch}/{self.epochs}" if self.epochs else str(step.epoch)
+            postfix = {"epoch": epoch, "loss": f"{step.loss:.3f}", "acc": f"{step.accuracy:.1%}"}
             if self._val:
                 postfix["val acc"] = self._val
-            self.count("Training", int(event["step"]), int(event["total_steps"]), "step", **postfix)
-        elif kind == "epoch":
-            self._val = f"{event['val_accuracy']:.1%}"
+            self.count("Training", step.step, step.total_steps, "step", **postfix)
+        elif isinstance(event, events.Epoch):
+            row = event.row
+            self._val = f"{row.val_accuracy:.1%}"
             self.write(
-                f"epoch {event['epoch']}: train loss {event['train_loss']:.3f}, "
-                f"accuracy {event['train_accuracy']:.1%}; validation loss "
-                f"{event['val_loss']:.3f}, accuracy {event['val_accuracy']:.1%}"
+                f"epoch {row.epoch}: train loss {row.train_loss:.3f}, "
+                f"accuracy {row.train_accuracy:.1%}; validation loss "
+                f"{row.val_loss:.3f}, accuracy {row.val_accuracy:.1%}"
             )
-        elif kind == "end":
+        elif isinstance(event, events.End):
             self.close()
 
 
@@ -429,7 +422,7 @@ def _counts(split: Split, manifest: DatasetManifest) -> dict[str, object]:
 
 def _warn(manifest: DatasetManifest) -> None:
     for warning in manifest.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {warning.text}", file=sys.stderr)
 
 
 def _recommend(args: argparse.Namespace, bars: _Bars) -> dict[str, object]:
@@ -546,9 +539,9 @@ def _queue_run(
     t.manifest = manifest
     t.split = _split(manifest, args.val, t.config.val_fraction, t.config.seed)
     if args.from_scratch:
-        from tl_core.models.freezing import describe_model
+        from tl_core.models.facts import model_info
 
-        n_backbone = describe_model(t.config.model, len(manifest.classes)).n_backbone
+        n_backbone = model_info(t.config.model, len(manifest.classes)).n_backbone
         t.config = scratch_config(t.config, n_backbone)
     t.project_id = project_id = store.create_project(name=args.data.resolve().name).id
     store.update_settings(project_id, **{jobs.CLI_PENDING: os.getpid()})
@@ -622,14 +615,14 @@ def _train(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, obj
             t.run_id,
             lambda place: print(f"waiting: place {place} in the queue", file=sys.stderr),
         )
-        from tl_core.runs.worker import flush_pending, run_worker
+        from tl_core.runs.recording import flush_pending, run_worker
 
         bars.epochs = t.config.epochs
-        ended: dict[str, Any] = {}
+        ended: list[events.End] = []
 
-        def watch(event: dict[str, Any]) -> None:
-            if event.get("t") == "end":
-                ended.update(event)
+        def watch(event: events.Event) -> None:
+            if isinstance(event, events.End):
+                ended.append(event)
             bars.event(event)
 
         try:
@@ -638,7 +631,7 @@ def _train(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, obj
             bars.close()
         flush_pending(store)  # an end the store could not take when it came
         if result is None:
-            raise StudioError(ended.get("error") or "Training failed.")
+            raise StudioError((ended[-1].error if ended else None) or "Training failed.")
         run_dir = str(Path(args.out).resolve()) if args.out else _run_dir(store, t.run_id)
     except BaseException as exc:
         _undo(store, t, exc)
@@ -646,7 +639,7 @@ def _train(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, obj
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _tidy(lambda: jobs.settle_cli_project(store, t.project_id or "", force=True))
-    _tidy(lambda: jobs.pump(store))  # hand the freed slot to the next waiting run
+    _tidy(lambda: supervisor.pump(store))  # hand the freed slot to the next waiting run
     return _train_summary(t, result, run_dir)
 
 
@@ -742,7 +735,7 @@ def _evaluate(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, 
         raise StudioError(f"There is no trained model in {run_dir} (best.pt is missing).")
     data = Path(args.data) if args.data is not None else None
     scoring = bars.progress("Scoring your images") if bars.on else None
-    bars.phase("Loading the model")
+    bars.phase(events.describe(events.Progress("load")))
     if data is not None and not (data / "manifest.json").is_file():
         # the loaded model scores it now
         result = evaluation.evaluate_folder(run_dir, data, scoring)
@@ -792,10 +785,10 @@ def main(argv: list[str] | None = None) -> int:
         store = Store(workspace)
         if args.command == "worker":
             interrupt.install("worker")
-            from tl_core.runs.worker import run_worker
+            from tl_core.runs.recording import run_worker
 
             run_worker(store, args.run_id)
-            jobs.pump(store)  # hand the freed slot to the next waiting run
+            supervisor.pump(store)  # hand the freed slot to the next waiting run
             return 0
         if args.command == "recommend":
             print(json.dumps(_recommend(args, bars)))
@@ -849,7 +842,7 @@ def _flush_at_exit(store: Store | None) -> None:
     """Write the ends the store could not take when they came (one last try)."""
     if store is None or not endings.PENDING:
         return
-    from tl_core.runs.worker import flush_pending
+    from tl_core.runs.recording import flush_pending
 
     with contextlib.suppress(StudioError, OSError, sqlite3.Error):
         flush_pending(store)

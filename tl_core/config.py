@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import contextlib
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from tl_core.errors import RunError
@@ -72,6 +73,60 @@ class SplitSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The Train page's "Advanced settings": TrainConfig fields a project keeps beside its model,
+# its freeze depth and its split (the seed is the split's: one seed for the split and the run).
+ADVANCED_SETTINGS = ("epochs", "lr", "batch_size", "augment", "seed")
+
+
+@dataclass(frozen=True)
+class ProjectSettings:
+    """A project's saved choices (the store's ``settings`` column), typed: the model, the
+    camera's preset, and the run settings the next run starts from.
+
+    ``model`` is None until one is chosen (the pages then show the catalog's default);
+    ``train`` holds every TrainConfig field the project keeps (the freeze depth, the advanced
+    settings and the split from the pages; the command line keeps all of them), TrainConfig's
+    defaults for the others, and the chosen model (else TrainConfig's default).
+    """
+
+    model: str | None = None
+    preset: str | None = None  # "classroom" once the camera's classroom settings were applied
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def trainable_groups(self) -> int:
+        return self.train.trainable_groups
+
+    @property
+    def split(self) -> SplitSettings:
+        return SplitSettings(self.train.val_fraction, self.train.seed)
+
+    def advanced(self) -> dict[str, Any]:
+        """The values of :data:`ADVANCED_SETTINGS`, by name."""
+        return {name: getattr(self.train, name) for name in ADVANCED_SETTINGS}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> ProjectSettings:
+        """The settings a stored dict names, of any age: a value that cannot be read as its
+        field's type counts as not set (its default applies); unknown keys are left out."""
+        raw = raw or {}
+        default = TrainConfig()
+        values: dict[str, Any] = {}
+        for name in TrainConfig.__dataclass_fields__:
+            kind = type(getattr(default, name))
+            value = raw.get(name)
+            if value is None or (kind in (str, bool) and not isinstance(value, kind)):
+                continue
+            with contextlib.suppress(TypeError, ValueError):
+                values[name] = kind(value)
+        model, preset = raw.get("model"), raw.get("preset")
+        return cls(
+            model if isinstance(model, str) else None,
+            preset if isinstance(preset, str) else None,
+            replace(default, **values),
+        )
 
 
 SCRATCH_LR = 2e-3  # AdamW from random weights: the usual rate; the fine-tuning 1e-2 is too high
@@ -147,31 +202,3 @@ class EpochRow:
 
 ACTIVE = ("starting", "running")  # job states: claimed and working
 UNFINISHED = ("queued", *ACTIVE)  # waiting or working
-JOB_KINDS = ("train", "import", "features", "recommend", "verify", "export", "predict")
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job as an executor receives it: everything the worker may use, nothing more.
-
-    ``params`` depends on ``kind`` (for ``train``, :meth:`RunSpec.to_dict`); ``data_dir`` is
-    the data version it reads, ``folder`` the job's own folder for what it writes (a run's
-    checkpoints and predictions, an export's bundle); ``threads`` how many CPU threads it
-    may use; ``resume`` continues a training run from its last checkpoint.
-    """
-
-    id: str
-    kind: str
-    project_id: str
-    params: dict[str, Any]
-    data_dir: str
-    folder: str
-    resume: bool = False
-    threads: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> JobSpec:
-        return cls(**raw)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +18,31 @@ from typing import Any, BinaryIO
 
 from tl_core import diskspace
 from tl_core.analysis.advice import SweepPoint
-from tl_core.config import UNFINISHED, RunSpec, TrainConfig, scratch_config
+from tl_core.config import UNFINISHED, RunSpec, SplitSettings, TrainConfig, scratch_config
 from tl_core.data import camera, review
 from tl_core.data import dataset as tl_data
 from tl_core.errors import DataError, DiskFullError, RunError
-from tl_core.runs import jobs
+from tl_core.runs import jobs, supervisor
+from tl_core.runs.kinds import (
+    ExportParams,
+    FeaturesParams,
+    ImportParams,
+    JobParams,
+    PredictParams,
+    RecommendParams,
+    VerifyParams,
+)
 from tl_core.runs.store import Project, Run, Store
 from tl_core.training.familiarity import FEATURES_FILE
 
 __all__ = [
     "FINISHED_OR_WAITING",
+    "Baselines",
     "ReviewEdit",
     "active_import",
     "active_training",
     "baseline_run",
+    "baselines",
     "bundle_name",
     "camera_add_class",
     "camera_add_frames",
@@ -53,13 +63,17 @@ __all__ = [
     "latest_import",
     "merge_review",
     "rebuild_export",
+    "resume_run",
     "retrain",
     "retry_job",
+    "review_folder",
+    "save_review",
     "scratch_accuracy",
     "split_settings",
     "submit_export",
     "submit_features",
     "submit_import",
+    "submit_job",
     "submit_predict",
     "submit_recommend",
     "submit_training",
@@ -224,11 +238,12 @@ def submit_import(
     """
     if way not in IMPORT_WAYS:
         raise ValueError(f"unknown import way {way!r}")
-    params: dict[str, Any] = {"way": way}
-    if way in ("demo", "folder"):
-        params["path"] = str(path or "")
-    if way == "demo":  # imported once per workspace, then linked (tl_core.runs.tasks)
-        params["reuse"] = str(store.workspace / "imports")
+    params = ImportParams(
+        way,
+        path=str(path or "") if way in ("demo", "folder") else "",
+        # the demo set is imported once per workspace, then linked (tl_core.runs.tasks)
+        reuse=str(store.workspace / "imports") if way == "demo" else None,
+    )
     return _queue_import(store, project or _new_project(store), params, upload)
 
 
@@ -253,35 +268,27 @@ def submit_grow(
     if not project.data_dir:
         raise DataError(_NO_IMAGES_YET)
     way = "folder" if path is not None else "zip" if hasattr(upload, "read") else "files"
-    params: dict[str, Any] = {"way": way, "grow": True, "label": label}
-    if path is not None:
-        params["path"] = str(path)
+    params = ImportParams(way, path=str(path or ""), grow=True, label=label or None)
     return _queue_import(store, project, params, upload)
 
 
-def _queue_import(store: Store, project: Project, params: dict[str, Any], upload: Any) -> Run:
+def _queue_import(store: Store, project: Project, params: ImportParams, upload: Any) -> Run:
     """The import job of ``params`` for ``project``, its upload saved first; or the one that
     is under way."""
     found = active_import(store, project.id)
     if found is not None:
         return found
-    way = params["way"]
-    job = store.create_run(
-        project.id, params, Path(project.data_dir or ""), status="held", kind="import"
-    )
-    if way in ("zip", "files"):
+
+    def save(folder: Path) -> None:
         from tl_core.runs.tasks import IMPORT_UPLOAD
 
-        folder = Path(job.run_dir) / IMPORT_UPLOAD
-        try:
-            with diskspace.guard(folder.parent, cleanup=[folder]):
-                _save_upload(folder, way, upload)
-        except BaseException:
-            jobs.discard_run(store, job.id)
-            raise
-    store.update_run(job.id, status="queued", queued_at=time.time())
-    jobs.pump(store)
-    return store.run(job.id) or job
+        with diskspace.guard(folder, cleanup=[folder / IMPORT_UPLOAD]):
+            _save_upload(folder / IMPORT_UPLOAD, params.way, upload)
+
+    uploaded = params.way in ("zip", "files")
+    return submit_job(
+        store, project.id, params, project.data_dir or "", prepare=save if uploaded else None
+    )
 
 
 # ------------------------------------------------------------------------------ the camera
@@ -378,7 +385,7 @@ def camera_commit(store: Store, project_id: str) -> Project:
             raise
         camera.clear(root)
     only_camera = all(camera.frame_key(i.source) is not None for i in manifest.items)
-    if only_camera and project.settings.get("preset") != CAMERA_PRESET:
+    if only_camera and project.typed_settings.preset != CAMERA_PRESET:
         store.update_settings(project_id, **CAMERA_SETTINGS, preset=CAMERA_PRESET)
     return store.project(project_id) or project
 
@@ -412,7 +419,15 @@ def submit_training(
         sweep=sweep,
         corrections=corrections.to_dict() if corrections else None,
     )
-    return jobs.submit(store, project.id, spec.to_dict(), Path(project.data_dir or ""))
+    return submit_job(store, project.id, spec, project.data_dir or "")
+
+
+def resume_run(store: Store, run_id: str) -> Run:
+    """Queue an interrupted or stopped run to go on from its last saved epoch, and keep the
+    queue moving; RunError when it cannot (:func:`tl_core.runs.jobs.resume`)."""
+    run = jobs.resume(store, run_id)
+    supervisor.pump(store)
+    return store.run(run_id) or run
 
 
 def retrain(store: Store, project: Project, run: Run) -> Run:
@@ -470,11 +485,28 @@ def merge_review(corrections: review.Corrections, edits: Iterable[ReviewEdit]) -
 # ------------------------------------------------------------------------------ other jobs
 
 
+def submit_job(
+    store: Store,
+    project_id: str,
+    params: JobParams,
+    data_dir: Path | str,
+    key: str | None = None,
+    prepare: Callable[[Path], None] | None = None,
+) -> Run:
+    """Queue a job and keep the queue moving: the one path of every submit_* function here.
+
+    Its kind is its parameters' entry in :mod:`tl_core.runs.kinds`; a job with a ``key``
+    that is waiting, running or finished is returned instead of a new one; ``prepare(folder)``
+    writes what the job reads into its folder first (:func:`tl_core.runs.jobs.submit`)."""
+    job = jobs.submit(store, project_id, params, data_dir, key=key, prepare=prepare)
+    supervisor.pump(store)
+    return store.run(job.id) or job
+
+
 def job_for(
     store: Store,
     project_id: str,
-    kind: str,
-    params: dict[str, Any],
+    params: JobParams,
     data_dir: Path | str,
     key: str,
     submit: bool = True,
@@ -486,7 +518,7 @@ def job_for(
     found = jobs.find_job(store, project_id, key)
     if found is not None:
         return found
-    return jobs.submit_job(store, project_id, kind, params, data_dir, key=key) if submit else None
+    return submit_job(store, project_id, params, data_dir, key=key) if submit else None
 
 
 def features_key(data_dir: str, model: str, val_fraction: float, seed: int) -> str:
@@ -505,14 +537,14 @@ def submit_features(
     """The frozen-features job (head start, gauge, curve, probe) of ``model`` on the images
     (the project's current ones, or ``data_dir``: a run's own data version)."""
     data_dir = data_dir or project.data_dir or ""
-    params = {"model": model, "val_fraction": float(val_fraction), "seed": int(seed)}
+    params = FeaturesParams(model, SplitSettings(float(val_fraction), int(seed)))
     key = features_key(data_dir, model, val_fraction, seed)
-    return job_for(store, project.id, "features", params, data_dir, key, submit)
+    return job_for(store, project.id, params, data_dir, key, submit)
 
 
-def split_settings(project: Project) -> tuple[float, int]:
-    """The project's (validation share, seed), as its runs use them."""
-    return float(project.settings.get("val_fraction", 0.2)), int(project.settings.get("seed", 0))
+def split_settings(project: Project) -> SplitSettings:
+    """The project's split (validation share, seed), as its runs use it."""
+    return project.typed_settings.split
 
 
 def submit_recommend(
@@ -520,10 +552,11 @@ def submit_recommend(
 ) -> Run | None:
     """The model comparison over ``keys`` on the project's images and split."""
     data_dir = project.data_dir or ""
-    fraction, seed = split_settings(project)
-    params = {"keys": list(keys), "val_fraction": fraction, "seed": seed}
+    split = split_settings(project)
+    params = RecommendParams(tuple(keys), split)
+    fraction, seed = split.val_fraction, split.seed
     key = f"recommend|{Path(data_dir).resolve()}|{fraction:g}|{seed}|{','.join(keys)}"
-    return job_for(store, project.id, "recommend", params, data_dir, key, submit)
+    return job_for(store, project.id, params, data_dir, key, submit)
 
 
 def files_stamp(run_dir: Path | str) -> str:
@@ -540,8 +573,7 @@ def files_stamp(run_dir: Path | str) -> str:
 def submit_verify(store: Store, run: Run) -> Run:
     """The check that the run's saved model gives its recorded predictions again."""
     key = f"verify|{run.id}|{files_stamp(run.run_dir)}"
-    params = {"run_dir": run.run_dir}
-    job = job_for(store, run.project_id, "verify", params, run.data_dir, key)
+    job = job_for(store, run.project_id, VerifyParams(run.run_dir), run.data_dir, key)
     assert job is not None
     return job
 
@@ -557,14 +589,8 @@ def export_key(project: Project, run: Run) -> str:
 
 def submit_export(store: Store, project: Project, run: Run, submit: bool = True) -> Run | None:
     """The export job (bundle + parity check) of ``run``; ``submit=False`` only looks."""
-    params = {
-        "run_dir": run.run_dir,
-        "name": bundle_name(project, run),
-        "corrections": run.spec.corrections,
-    }
-    return job_for(
-        store, project.id, "export", params, run.data_dir, export_key(project, run), submit
-    )
+    params = ExportParams(run.run_dir, bundle_name(project, run), run.spec.corrections)
+    return job_for(store, project.id, params, run.data_dir, export_key(project, run), submit)
 
 
 def rebuild_export(store: Store, project: Project, run: Run) -> Run:
@@ -594,9 +620,14 @@ def submit_predict(
     found = jobs.find_job(store, run.project_id, key)
     if found is not None:
         return found
-    params = {"run_dir": run.run_dir, "temperature": float(temperature)}
-    return jobs.submit_job(
-        store, run.project_id, "predict", params, run.data_dir, key=key, inputs=pictures
+    params = PredictParams(run.run_dir, float(temperature))
+    return submit_job(
+        store,
+        run.project_id,
+        params,
+        run.data_dir,
+        key=key,
+        prepare=lambda folder: jobs.write_inputs(folder, pictures),
     )
 
 
@@ -608,8 +639,13 @@ def retry_job(store: Store, job: Run) -> Run:
         if folder.is_dir()
         else None
     )
-    return jobs.submit_job(
-        store, job.project_id, job.kind, job.config, job.data_dir, key=job.key, inputs=inputs
+    return submit_job(
+        store,
+        job.project_id,
+        job.params,
+        job.data_dir,
+        key=job.key,
+        prepare=(lambda to: jobs.write_inputs(to, inputs)) if inputs else None,
     )
 
 
@@ -640,3 +676,54 @@ def latest_sweep(runs: Sequence[Run]) -> list[SweepPoint]:
         if r.config["sweep"] == sweep_id
     ]
     return sorted(points, key=lambda p: p.trainable_groups)
+
+
+# ------------------------------------------------------------------------------ the Evaluate page
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """What a finished run is held against: its from-scratch run's accuracy (once finished),
+    and the frozen-features job whose probe accuracy is the frozen baseline (None where that
+    baseline does not apply)."""
+
+    scratch: float | None
+    frozen_job: Run | None
+
+
+def baselines(store: Store, project: Project, run: Run) -> Baselines:
+    """The baselines of ``run``: none for a run from random weights (it is the baseline);
+    for a pretrained run, its from-scratch run's accuracy, and, when layer groups learned and
+    the model's weights are on this computer, the frozen-features job on the run's own data
+    and split (submitted when there is none; shared with the model page)."""
+    from tl_core.models import catalog
+
+    cfg = run.spec.config
+    if not cfg.pretrained:
+        return Baselines(None, None)
+    scratch = scratch_accuracy(store, project.id, run)
+    frozen = None
+    if (
+        cfg.trainable_groups > 0
+        and catalog.weights_status(catalog.get_spec(cfg.model)) != "needs download"
+    ):
+        frozen = submit_features(
+            store, project, cfg.model, cfg.val_fraction, cfg.seed, data_dir=run.data_dir
+        )
+    return Baselines(scratch, frozen)
+
+
+def review_folder(project: Project, run: Run) -> Path:
+    """The data folder whose label review the Evaluate page shows and saves: the project's
+    current images (the next run's), else the run's own."""
+    return Path(project.data_dir or run.data_dir)
+
+
+def save_review(
+    folder: Path, corrections: review.Corrections, edits: Iterable[ReviewEdit]
+) -> review.Corrections:
+    """Merge the review form's ``edits`` into ``corrections`` (:func:`merge_review`) and save
+    them as ``folder``'s review, which the next run applies; returns them."""
+    merge_review(corrections, edits)
+    review.save(folder, corrections)
+    return corrections

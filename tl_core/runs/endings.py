@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core import diskspace
+from tl_core.runs.kinds import KINDS
 
 __all__ = [
     "NOTE_NAME",
@@ -55,20 +56,12 @@ NOTE_BYTES = 8192  # reserved when a job starts; an end's fields are far smaller
 NOTICES = "notices"  # in the workspace: what the pages say once about a removed project
 NOTICE_DAYS = 7  # a sentence nobody came back for is removed after this long
 
-_WHAT = {
-    "train": "The training run",
-    "import": "The import",
-    "features": "The head-start check",
-    "recommend": "The model comparison",
-    "verify": "The check of the saved model",
-    "export": "The export",
-    "predict": "The batch of guesses",
-}
-
 
 def what(kind: str) -> str:
-    """The job of ``kind`` as the subject of a sentence ("The import")."""
-    return _WHAT.get(kind, "The job")
+    """The job of ``kind`` as the subject of a sentence ("The import"): its registry entry's
+    title (:mod:`tl_core.runs.kinds`), "The job" for a kind not known here."""
+    entry = KINDS.get(kind)
+    return entry.title if entry is not None else "The job"
 
 
 def _again(kind: str, resumable: bool = False) -> str:

@@ -1,10 +1,11 @@
 """Executors: where a claimed job runs. The first one keeps warm worker processes on this machine.
 
-An :class:`Executor` takes a job (a :class:`~tl_core.config.JobSpec`) and hands its events
-back to the caller's ``on_event``; it knows nothing of the store, the queue or the pages.
-The :class:`Supervisor` (one per workspace, in the app server's process) is the other half:
-it claims jobs from the fair queue while the executor has room, applies every event to the
-store (:func:`tl_core.runs.worker.record`), and passes Stop on.
+An :class:`Executor` takes a job (a :class:`~tl_core.runs.kinds.JobSpec`) and hands its
+events back to the caller's ``on_event``; it knows nothing of the store, the queue or the
+pages. The :class:`~tl_core.runs.supervisor.Supervisor` (one per workspace, in the app
+server's process) is the other half: it claims jobs from the fair queue while the executor
+has room, has every event applied to the store (:func:`tl_core.runs.recording.record`), and
+passes Stop on.
 
 :class:`LocalExecutor` keeps a small pool of long-lived worker processes (torch imported,
 recent models loaded). A job goes to an idle worker; a crash or an out-of-memory kill ends
@@ -30,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
-from tl_core.config import JobSpec
+from tl_core.runs.endings import lost
+from tl_core.runs.kinds import JobSpec
 
 __all__ = ["TERM_GRACE_S", "WORKER_ENV", "EndReason", "Executor", "LocalExecutor", "OnEvent"]
 
@@ -128,20 +130,13 @@ def ended_event(kind: str, event: dict[str, Any], reason: EndReason) -> dict[str
     if event.get("status") not in ("interrupted", "failed"):
         return event
     status = ended_status(kind, reason)
-    message = _lost_message(kind, None, reason)
+    message = lost(kind, None, reason)
     ended = {**event, "status": status, "message": message}
     if status == "failed":
         ended["error"] = message
     else:
         ended.pop("error", None)
     return ended
-
-
-def _lost_message(kind: str, returncode: int | None, reason: str | None = None) -> str:
-    """The sentence for a job whose worker went away (:func:`tl_core.runs.endings.lost`)."""
-    from tl_core.runs.endings import lost
-
-    return lost(kind, returncode, reason)
 
 
 def _signal_group(proc: subprocess.Popen[str], signum: int) -> None:
@@ -230,7 +225,7 @@ class LocalExecutor:
                 self._workers.remove(worker)
         if job is not None and on_event is not None:
             status = ended_status(job.kind, worker.ending)
-            message = _lost_message(job.kind, returncode, worker.ending)
+            message = lost(job.kind, returncode, worker.ending)
             end = {"t": "end", "status": status, "message": message}
             if status == "failed":
                 end["error"] = message

@@ -1,11 +1,13 @@
 """The job queue: every long job (training, feature work, export, batch prediction) waits
 here, in the store's ``runs`` table, and starts when the fair queue gives it a slot.
 
-In the app server, a :class:`~tl_core.runs.supervisor.Supervisor` (started by :func:`serve`)
-claims jobs and runs them on warm worker processes. Any other process that pumps the queue
-(the command line, a test) while no server is running starts a lone worker per job instead:
-``python -m tl_core worker JOB_ID``, the same entry point a user can run. Either way a crash
-or an out-of-memory kill never takes the web server down.
+Store work only, no processes: submitting (:func:`submit`, with typed parameters whose kind
+is their entry in :mod:`tl_core.runs.kinds`), claiming (:func:`claim_next`), Stop and Resume
+requests, recovering the jobs whose process is gone (:func:`recover`), the waiting pages'
+estimates (:func:`estimated_wait`) and the clean-up of what killed processes left
+(:func:`sweep`). Who then runs a claimed job is the server side's business
+(:mod:`tl_core.runs.supervisor`: its :func:`~tl_core.runs.supervisor.pump` keeps the queue
+moving after a submit).
 """
 
 from __future__ import annotations
@@ -14,9 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -26,7 +25,9 @@ from typing import Any
 from tl_core.config import EpochRow
 from tl_core.errors import RunError
 from tl_core.runs import endings
-from tl_core.runs.store import ACTIVE, QUICK_KINDS, UNFINISHED, Run, Store, fair_order
+from tl_core.runs.kinds import KINDS, JobParams, entry_for, in_quick_lane
+from tl_core.runs.recording import flush_pending
+from tl_core.runs.store import ACTIVE, UNFINISHED, Run, Store, fair_order
 
 # A worker that has not written for this long while its process is gone or hung is interrupted.
 STALE_AFTER_S = 600.0
@@ -37,17 +38,10 @@ TMP_FILE_AGE_S = 120.0
 # The settings key that marks a project the command line is still setting up (its pid).
 CLI_PENDING = "cli_pid"
 
-# What one job is expected to take, in seconds, until this workspace has measured its own.
-TYPICAL_S = {
-    "import": 10.0,
-    "train": 60.0,
-    "features": 20.0,
-    "recommend": 60.0,
-    "verify": 10.0,
-    "export": 30.0,
-}
 JOB_MEMORY_GB = 2.5  # what one worker with a model and a data set may take
-# Jobs of QUICK_KINDS (store.py) have a lane of this many beside the queue's slots.
+# Short jobs a page waits on before anything else can happen (a student's first images: the
+# kinds whose lane is "quick" in tl_core.runs.kinds) have a lane of this many beside the
+# queue's slots, so they never wait behind other projects' long runs.
 QUICK_LANE = 1
 
 
@@ -94,32 +88,19 @@ def serving_slots(workspace: Path) -> int:
 def submit(
     store: Store,
     project_id: str,
-    config: dict[str, Any],
-    data_dir: Path,
-    start: bool = True,
-) -> Run:
-    """Queue a run and start it if a slot is free."""
-    run = store.create_run(project_id, config, data_dir)
-    if start:
-        pump(store)
-    return store.run(run.id) or run
-
-
-def submit_job(
-    store: Store,
-    project_id: str,
-    kind: str,
-    params: dict[str, Any],
+    params: JobParams,
     data_dir: Path | str,
     key: str | None = None,
-    inputs: list[tuple[str, bytes]] | None = None,
+    prepare: Callable[[Path], None] | None = None,
 ) -> Run:
-    """Queue a job of ``kind`` (config.JOB_KINDS) and start it when its turn comes.
+    """Queue a job with ``params`` (its kind: their entry in :mod:`tl_core.runs.kinds`); the
+    caller then keeps the queue moving (:func:`tl_core.runs.supervisor.pump`).
 
     A job with a ``key`` is computed once: when the project has a job with the same key that
     is waiting, running or finished, that job is returned instead of a new one (a refresh or
-    a second tab finds the same job; a second visit is instant). ``inputs`` are files the job
-    reads (pictures to predict), written to ``<job folder>/inputs/`` before it is queued.
+    a second tab finds the same job; a second visit is instant). ``prepare(folder)`` writes
+    what the job reads into its folder (pictures to predict, an upload to import) while it is
+    held; if it raises, the job is removed and the error raised again.
     """
     if key is not None:
         found = find_job(store, project_id, key)
@@ -127,21 +108,29 @@ def submit_job(
             return found
     job = store.create_run(
         project_id,
-        params,
+        params.to_dict(),
         Path(data_dir),
-        status="held" if inputs else "queued",
-        kind=kind,
+        status="held" if prepare else "queued",
+        kind=entry_for(params).name,
         key=key,
     )
-    if inputs:
-        folder = Path(job.run_dir) / "inputs"
-        folder.mkdir()
-        for i, (name, data) in enumerate(inputs):
-            safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(name).name)
-            (folder / f"{i:05d}-{safe}"[:200]).write_bytes(data)
+    if prepare is not None:
+        try:
+            prepare(Path(job.run_dir))
+        except BaseException:
+            discard_run(store, job.id)
+            raise
         store.update_run(job.id, status="queued", queued_at=time.time())
-    pump(store)
     return store.run(job.id) or job
+
+
+def write_inputs(folder: Path, inputs: list[tuple[str, bytes]]) -> None:
+    """Files a job reads (pictures to predict), written to ``<folder>/inputs/`` in order."""
+    inbox = folder / "inputs"
+    inbox.mkdir()
+    for i, (name, data) in enumerate(inputs):
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in Path(name).name)
+        (inbox / f"{i:05d}-{safe}"[:200]).write_bytes(data)
 
 
 def find_job(store: Store, project_id: str, key: str) -> Run | None:
@@ -150,7 +139,8 @@ def find_job(store: Store, project_id: str, key: str) -> Run | None:
     return found[-1] if found else None
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """True while the process ``pid`` runs (an exited child not reaped yet does not)."""
     if not pid:
         return False
     try:
@@ -194,7 +184,7 @@ def settle_cli_project(store: Store, project_id: str, force: bool = False) -> No
     removed when none of its runs is left, else kept as an ordinary project."""
     project = store.project(project_id)
     pid = project.settings.get(CLI_PENDING) if project else None
-    if not pid or not (force or not _pid_alive(int(pid))):
+    if not pid or not (force or not pid_alive(int(pid))):
         return
     if store.runs(project_id):
         store.update_settings(project_id, **{CLI_PENDING: None})
@@ -222,8 +212,6 @@ def recover(store: Store, held: Collection[str] = ()) -> list[str]:
     its link (:func:`drop_cut_off_project`). The first call in a process also sweeps the
     leftovers of killed processes (:func:`sweep`).
     """
-    from tl_core.runs.worker import flush_pending
-
     flush_pending(store)
     now = time.time()
     lost = []
@@ -231,12 +219,12 @@ def recover(store: Store, held: Collection[str] = ()) -> list[str]:
         if run.id in held:
             continue
         if run.status == "queued":  # held by a waiting command-line process?
-            if run.pid is not None and not _pid_alive(run.pid):
+            if run.pid is not None and not pid_alive(run.pid):
                 discard_run(store, run.id)
                 settle_cli_project(store, run.project_id)
             continue
         last_sign = run.heartbeat or run.started or run.created
-        gone = not _pid_alive(run.pid)
+        gone = not pid_alive(run.pid)
         if gone or now - last_sign > STALE_AFTER_S:
             # A run claimed a moment ago may not have its pid yet: give it a grace period.
             if run.pid is None and now - last_sign < 30:
@@ -355,7 +343,7 @@ def sweep(store: Store) -> None:
     staging = store.workspace / "incoming"
     for folder in staging.glob("*") if staging.is_dir() else []:
         owner = folder.name.split("-", 1)[0]
-        if not (owner.isdigit() and _pid_alive(int(owner))):
+        if not (owner.isdigit() and pid_alive(int(owner))):
             shutil.rmtree(folder, ignore_errors=True)
     used = {str(Path(d).resolve()) for d, _ in projects.values() if d}
     used |= {str(Path(r.data_dir).resolve()) for r in runs}
@@ -384,12 +372,12 @@ def sweep(store: Store) -> None:
                     tmp.unlink()
 
 
-def _claim_next(
+def claim_next(
     store: Store, limit: int, run_id: str | None = None, quick_lane: int = 0
 ) -> Run | None:
     """Atomically move the next job of the fair queue to 'starting' if fewer than ``limit``
     are active (:func:`~tl_core.runs.store.fair_order`); with the ``limit`` reached, a job of
-    :data:`QUICK_KINDS` still starts while fewer than ``quick_lane`` of them run.
+    a kind with a quick lane still starts while fewer than ``quick_lane`` of them run.
 
     A queued job with a ``pid`` belongs to a waiting command-line process: only that process
     claims it (passing its ``run_id``), when its turn comes; until then nothing else starts.
@@ -401,7 +389,7 @@ def _claim_next(
         active: dict[str, int] = {}
         for project_id, _ in rows:
             active[project_id] = active.get(project_id, 0) + 1
-        quick = sum(1 for _, kind in rows if kind in QUICK_KINDS)
+        quick = sum(1 for _, kind in rows if in_quick_lane(kind))
         full = len(rows) >= limit
         if full and (quick >= quick_lane or len(rows) >= limit + quick_lane):
             return None
@@ -410,7 +398,7 @@ def _claim_next(
         ]
         order = fair_order(queued, active)
         if full:
-            order = [job for job in order if job.kind in QUICK_KINDS]
+            order = [job for job in order if in_quick_lane(job.kind)]
         if not order:
             return None
         nxt = order[0]
@@ -435,7 +423,7 @@ def _durations(store: Store) -> dict[str, float]:
     took: dict[str, list[float]] = {}
     for row in rows:
         took.setdefault(row["kind"], []).append(max(0.0, float(row["took"])))
-    typical = dict(TYPICAL_S)
+    typical = {kind.name: kind.typical_s for kind in KINDS.values()}
     for kind, values in took.items():
         values.sort()
         typical[kind] = values[len(values) // 2]
@@ -530,9 +518,9 @@ def estimated_wait(store: Store, run_id: str) -> float | None:
     now = time.time()
     active = store.runs(statuses=ACTIVE, kind=None)
     limit = serving_slots(store.workspace)
-    if order[ids.index(run_id)].kind in QUICK_KINDS:  # at the latest, its lane takes it
-        order = [j for j in order if j.kind in QUICK_KINDS]
-        active = [j for j in active if j.kind in QUICK_KINDS]
+    if in_quick_lane(order[ids.index(run_id)].kind):  # at the latest, its lane takes it
+        order = [j for j in order if in_quick_lane(j.kind)]
+        active = [j for j in active if in_quick_lane(j.kind)]
         limit = QUICK_LANE
     slots = [_left_s(j, epochs.get(j.id, []), speed, typical, now) for j in active]
     slots = sorted(slots)[:limit]
@@ -560,7 +548,7 @@ def wait_for_turn(
     place = None
     while True:
         recover(store)  # a worker that died frees its slot
-        run = _claim_next(store, limit or max_parallel_runs(), run_id)
+        run = claim_next(store, limit or max_parallel_runs(), run_id)
         if run is not None:
             return run
         now = store.queue_position(run_id)
@@ -570,64 +558,6 @@ def wait_for_turn(
             place = now
             on_wait(now)
         time.sleep(poll_s)
-
-
-def worker_command(store: Store, run_id: str) -> list[str]:
-    return [sys.executable, "-m", "tl_core", "worker", run_id, "--workspace", str(store.workspace)]
-
-
-def _spawn(store: Store, run: Run) -> None:
-    """A lone worker process for one job (no server is running to give it a warm one)."""
-    from tl_core.runs.executor import WORKER_ENV
-
-    log = open(Path(run.run_dir) / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-    try:
-        proc = subprocess.Popen(
-            worker_command(store, run.id),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **WORKER_ENV},
-        )
-    except OSError as exc:
-        store.update_run(run.id, status="failed", error=f"Could not start the job: {exc}")
-        return
-    finally:
-        log.close()
-    store.update_run(run.id, pid=proc.pid, heartbeat=time.time())
-    # Reap the child when it exits so it never lingers as a zombie.
-    threading.Thread(target=proc.wait, daemon=True).start()
-
-
-def serve(store: Store, prewarm: bool | None = None) -> None:
-    """Run this workspace's queue from this process (the app server): warm workers, fair
-    claims, every event written here. Idempotent; ``prewarm`` starts a worker at once
-    (default: unless ``TL_STUDIO_PREWARM=0``)."""
-    from tl_core.runs.supervisor import supervisor
-
-    supervisor(store.workspace, prewarm).poke()
-
-
-def pump(store: Store, limit: int | None = None) -> list[str]:
-    """Keep the queue moving; return the ids of the jobs this call started.
-
-    In a process that serves the queue (:func:`serve`), this wakes its supervisor. Elsewhere,
-    when no server serves this workspace, queued jobs start in lone worker processes.
-    """
-    from tl_core.runs import supervisor as sup
-
-    here = sup.running_here(store.workspace)
-    if here is not None:
-        here.poke()
-        return []
-    recover(store)
-    if sup.served_elsewhere(store.workspace):
-        return []
-    started = []
-    while (run := _claim_next(store, limit or max_parallel_runs())) is not None:
-        _spawn(store, run)
-        started.append(run.id)
-    return started
 
 
 def request_stop(store: Store, run_id: str) -> None:
@@ -644,7 +574,8 @@ def request_stop(store: Store, run_id: str) -> None:
 
 
 def resume(store: Store, run_id: str) -> Run:
-    """Queue an interrupted or stopped run to continue from its last saved epoch."""
+    """Queue an interrupted or stopped run to continue from its last saved epoch (the caller
+    then keeps the queue moving)."""
     run = store.run(run_id)
     if run is None:
         raise RunError("This run no longer exists.")
@@ -662,5 +593,4 @@ def resume(store: Store, run_id: str) -> Run:
         message="Waiting to resume",
         queued_at=time.time(),
     )
-    pump(store)
     return store.run(run_id)  # type: ignore[return-value]

@@ -47,9 +47,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tl_core.config import JobSpec
 from tl_core.errors import StudioError
-from tl_core.runs.executor import EndReason, _lost_message, ended_event, ended_status
+from tl_core.events import Epoch, Event, Started
+from tl_core.runs.endings import lost
+from tl_core.runs.executor import EndReason, ended_event, ended_status
+from tl_core.runs.kinds import JobSpec, ReadsRun, entry
 
 __all__ = ["RAY_ADDRESS_ENV", "RayExecutor", "ray_address"]
 
@@ -216,10 +218,10 @@ class _NodeSink:
         self.back = back
         self.syncer: _Syncer | None = None
 
-    def emit(self, event: dict[str, Any]) -> None:
-        if event.get("t") == "epoch" and self.syncer is not None:
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Epoch) and self.syncer is not None:
             self.syncer.look()
-        self.channel.emit.remote(self.job_id, _remap(event, self.back))
+        self.channel.emit.remote(self.job_id, _remap(event.to_dict(), self.back))
 
     def stop_asked(self) -> bool:
         import ray
@@ -332,6 +334,7 @@ def _run_on_node(
     from tl_core.runs.worker import JobContext, execute
 
     spec = JobSpec.from_dict(spec_raw)
+    kind = entry(spec.kind)
     base = Path(tempfile.gettempdir()) / SCRATCH
     work = base / "jobs" / f"{spec.id}-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
@@ -354,13 +357,13 @@ def _run_on_node(
         spec,
         data_dir=str(roots.get("data", work / "no-data")),
         folder=str(roots["folder"]),
-        params=_remap(spec.params, there),
+        params=kind.read(_remap(spec.params.to_dict(), there)),
         threads=max(1, int(inputs["threads"])),
     )
     os.environ["TL_STUDIO_THREADS"] = str(local.threads)
     sink = _NodeSink(spec.id, channel, back)
     placement = _placement(plan_compute().describe())
-    sink.emit({"t": "started", "pid": os.getpid(), "placement": placement})
+    sink.emit(Started(os.getpid(), placement))
     syncer = sink.syncer = _Syncer(spec.id, channel, roots).start()
     try:
         end = execute(local, JobContext(local, sink))
@@ -368,7 +371,7 @@ def _run_on_node(
         syncer.close()
         ray.get(channel.flush.remote(), timeout=60)
         shutil.rmtree(work, ignore_errors=True)
-    return _remap(end, back)
+    return _remap(end.to_dict(), back)
 
 
 # ---------------------------------------------------------------------------- on the server
@@ -404,7 +407,7 @@ def _lost(kind: str, exc: BaseException) -> dict[str, Any]:
 def _ended(job: _Job) -> dict[str, Any]:
     """The end of a job whose task was cancelled by force (see :meth:`RayExecutor.end`)."""
     kind, reason = job.spec.kind, job.ending
-    status, message = ended_status(kind, reason), _lost_message(kind, None, reason)
+    status, message = ended_status(kind, reason), lost(kind, None, reason)
     end = {"t": "end", "status": status, "message": message}
     if status == "failed":
         end["error"] = message
@@ -523,10 +526,13 @@ class RayExecutor:
         return key, [ref]
 
     def _inputs(self, spec: JobSpec, threads: int) -> tuple[dict[str, Any], dict[str, Path]]:
+        """What travels with ``spec``: the folders its kind ships (``ships`` in
+        :mod:`tl_core.runs.kinds`), packed; and where each is on the server."""
         data = Path(spec.data_dir)
-        paths = {"data": data, "features": data / "cache", "folder": Path(spec.folder)}
-        if spec.params.get("run_dir"):
-            paths["source"] = Path(str(spec.params["run_dir"]))
+        where = {"data": data, "features": data / "cache", "folder": Path(spec.folder)}
+        if isinstance(spec.params, ReadsRun) and spec.params.run_dir:
+            where["source"] = Path(spec.params.run_dir)
+        paths = {name: where[name] for name in entry(spec.kind).ships if name in where}
         archives: dict[str, list[Any]] = {}
         keys: dict[str, str] = {}
         for name, root in paths.items():
@@ -565,7 +571,7 @@ class RayExecutor:
             on_event(spec.id, {"t": "end", "status": "failed", "error": message})
             return
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        use_gpu = gpus >= 1 and spec.kind in ("train", "features", "recommend", "predict")
+        use_gpu = gpus >= 1 and entry(spec.kind).gpu
         cpus = self._cpus(gpus if use_gpu else 0.0, nodes)
         inputs, paths = self._inputs(spec, cpus)
         self._ray.get(self._channel.forget.remote(spec.id))

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from tl_core import diskspace
-from tl_core.config import ACTIVE, UNFINISHED, EpochRow, RunSpec, StepRow
+from tl_core.config import ACTIVE, UNFINISHED, EpochRow, ProjectSettings, RunSpec, StepRow
 from tl_core.errors import RunError, StudioError
+from tl_core.events import Progress, describe
+from tl_core.runs.kinds import JobParams, entry, in_quick_lane
 
 _RECORDED_FIELDS = {"status", "result", "error", "finished", "config", "resume"}
 
@@ -49,7 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
     heartbeat REAL, started REAL, finished REAL, stop_requested INTEGER NOT NULL DEFAULT 0,
     resume INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', error TEXT,
     result TEXT, queued_at REAL, kind TEXT NOT NULL DEFAULT 'train', key TEXT, progress REAL,
-    placement TEXT
+    placement TEXT, phase TEXT, done INTEGER, total INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_by_project ON runs(project_id, created);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, created);
@@ -99,12 +101,6 @@ def _expected_columns() -> dict[str, list[tuple[str, str, int, str | None]]]:
 _OPENED_HERE: set[str] = set()  # studio.db files this process has open through SQLite
 
 
-# Short jobs a page waits on before anything else can happen (a student's first images):
-# besides the queue's slots they have a lane of their own (tl_core.runs.jobs.QUICK_LANE), so
-# they never wait behind other projects' long runs. They decode files and load no model.
-QUICK_KINDS = frozenset({"import"})
-
-
 def fair_order(queued: list[Run], active: dict[str, int]) -> list[Run]:
     """Waiting jobs in the order they start: round-robin across projects.
 
@@ -146,7 +142,12 @@ class Project:
     name: str
     created: float
     data_dir: str | None
-    settings: dict[str, Any]
+    settings: dict[str, Any]  # as stored (a JSON object); read it as ``typed_settings``
+
+    @property
+    def typed_settings(self) -> ProjectSettings:
+        """The typed form of ``settings``: model, preset and the next run's settings."""
+        return ProjectSettings.from_dict(self.settings)
 
 
 @dataclass(frozen=True)
@@ -169,19 +170,36 @@ class Run:
     error: str | None
     result: dict[str, Any] | None
     queued_at: float | None
-    kind: str = "train"  # one of config.JOB_KINDS: every long job is a row of this table
+    kind: str = "train"  # a job kind (tl_core.runs.kinds): every long job is a row of this table
     key: str | None = None  # what a feature-like job computes: equal keys, equal results
     progress: float | None = None  # 0..1 of the job's current phase, when it knows
     placement: str | None = None  # where it runs or ran: machine (or Ray node) and device
+    phase: str | None = None  # the phase its job last reported (tl_core.events.PHASES)
+    done: int | None = None  # ... and how far that phase is: done of total, when it counts
+    total: int | None = None
 
     @property
     def active(self) -> bool:
         return self.status in UNFINISHED
 
     @property
+    def reported(self) -> Progress | None:
+        """What its job last reported of its phase, while it runs (None before the first
+        report of its current start)."""
+        if self.status != "running" or self.phase is None:
+            return None
+        return Progress(self.phase, self.done, self.total)
+
+    @property
     def spec(self) -> RunSpec:
         """The typed form of ``config`` for a training run: settings and tags."""
         return RunSpec.from_dict(self.config)
+
+    @property
+    def params(self) -> JobParams:
+        """The typed form of ``config`` for a job of any kind (:mod:`tl_core.runs.kinds`);
+        UnknownKindError for a kind this version does not know."""
+        return entry(self.kind).read(self.config)
 
 
 def _json(text: str, what: str) -> Any:
@@ -192,6 +210,18 @@ def _json(text: str, what: str) -> Any:
         raise StoreDamagedError(
             f"The workspace index studio.db holds a damaged {what} (not valid JSON); {REPAIR_HINT}."
         ) from None
+
+
+def progress_columns(progress: Progress) -> dict[str, Any]:
+    """The runs table's columns for what a job reports of its phase: its typed figures, the
+    fraction done and the sentence the pages show (:func:`tl_core.events.describe`)."""
+    return {
+        "phase": progress.phase,
+        "done": progress.done,
+        "total": progress.total,
+        "progress": progress.fraction,
+        "message": describe(progress),
+    }
 
 
 def _run(row: sqlite3.Row) -> Run:
@@ -581,14 +611,15 @@ class Store:
         return fair_order(queued, {r["project_id"]: r["n"] for r in active})
 
     def queue_position(self, run_id: str) -> int | None:
-        """1 for the next job to start; None when the job is not waiting. A job of
-        :data:`QUICK_KINDS` counts only those ahead of it: it has a lane of its own."""
+        """1 for the next job to start; None when the job is not waiting. A job of a kind
+        with a quick lane (:mod:`tl_core.runs.kinds`) counts only those ahead of it: the lane
+        is its own."""
         order = self.queue_order()
         mine = next((r for r in order if r.id == run_id), None)
         if mine is None:
             return None
-        if mine.kind in QUICK_KINDS:
-            order = [r for r in order if r.kind in QUICK_KINDS]
+        if in_quick_lane(mine.kind):
+            order = [r for r in order if in_quick_lane(r.kind)]
         return [r.id for r in order].index(run_id) + 1
 
     # ------------------------------------------------------------------ self-describing folders
@@ -608,7 +639,7 @@ class Store:
             return
         epochs = [_epoch_record(run_id, e) for e in self.epochs(run_id)]
         record = {"format": 1, **asdict(run), "epochs": epochs}
-        for key in ("pid", "heartbeat", "stop_requested"):
+        for key in ("pid", "heartbeat", "stop_requested", "phase", "done", "total"):
             record.pop(key)
         _write_json(Path(run.run_dir) / RUN_RECORD, record)
         if new:

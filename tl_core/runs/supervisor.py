@@ -1,11 +1,16 @@
-"""The app server's side of the runtime: claim jobs fairly, run them on an executor, record.
+"""The server side of the runtime: claim jobs fairly, run them on an executor, record.
 
-One :class:`Supervisor` per workspace and process, on a background thread. Every tick
-(a quarter of a second, or at once when a page pokes it) it passes Stop requests on, claims
-jobs from the fair queue while the executor has room, and writes what the workers report:
-the store has one writer for jobs, and workers never open it. The file ``runtime.json`` in
-the workspace names the serving process, so a command line started beside the app leaves
-the queue to it. Nothing here imports torch.
+One :class:`Supervisor` per workspace and process (the app server's, started by
+:func:`serve`), on a background thread. Every tick (a quarter of a second, or at once when
+a page pokes it through :func:`pump`) it passes Stop requests on, claims jobs from the fair
+queue (:mod:`tl_core.runs.jobs`) while the executor has room, and has what the workers
+report written by :mod:`tl_core.runs.recording`: the store has one writer for jobs, and
+workers never open it. The file ``runtime.json`` in the workspace names the serving
+process, so a command line started beside the app leaves the queue to it. Where no server
+serves the workspace (the command line, a test), :func:`pump` starts a lone worker process
+per claimed job instead: ``python -m tl_core worker JOB_ID``, the same entry point a user can
+run. Either way a crash or an out-of-memory kill never takes the web server down. Nothing
+here imports torch.
 
 It also watches that running jobs make progress. The heartbeat it renews says only that
 this server owns the job; whether the job works is judged by its events. A job that reports
@@ -20,6 +25,8 @@ import atexit
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -27,20 +34,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_core.events import Progress, describe
 from tl_core.runs import jobs
-from tl_core.runs.executor import EndReason, Executor, LocalExecutor
+from tl_core.runs.executor import WORKER_ENV, EndReason, Executor, LocalExecutor
+from tl_core.runs.kinds import KINDS
+from tl_core.runs.recording import job_spec, record
 from tl_core.runs.store import Run, Store
-from tl_core.runs.worker import job_spec, record
 
 __all__ = [
     "STALLED",
     "Supervisor",
     "is_stalled",
     "make_executor",
+    "pump",
     "running_here",
+    "serve",
     "served_elsewhere",
     "shutdown_all",
     "supervisor",
+    "worker_command",
 ]
 
 TICK_S = 0.25
@@ -48,13 +60,11 @@ HEARTBEAT_S = 10.0  # a running job's heartbeat is renewed this often while its 
 RECOVER_S = 2.0
 REAP_IDLE_S = 600.0  # workers beyond the warm one leave after this long without work
 RUNTIME_FILE = "runtime.json"
-# Jobs that read this machine's disk (a folder path typed in the app, an upload saved beside
-# the server) run on this machine's workers even when the executor is a cluster.
-LOCAL_KINDS = frozenset({"import"})
-# A running job that reports nothing (no status, step, epoch or log line) for longer than
-# its limit is stalled. Between counted events (steps, epochs, "12/300" progress) the limit
-# is STALL_S; after a bare status ("Loading the model", "Training" before its first step,
-# "Scoring the best model ...") the job may work for long without a word: SLOW_STALL_S.
+# A running job that reports nothing (no progress, step, epoch or log line) for longer than
+# its limit is stalled. Between counted events (steps, epochs, progress with a count) the
+# limit is STALL_S; after progress without one ("Loading the model", "Training" before its
+# first step, "Scoring the best model ...") the job may work for long without a word:
+# SLOW_STALL_S.
 # A job's own longest gap so far (times STALL_GAP_FACTOR) raises either, so a slow machine
 # is not flagged. Environment: TL_STUDIO_STALL_S, TL_STUDIO_SLOW_STALL_S,
 # TL_STUDIO_STOP_GRACE_S (tests set them short).
@@ -108,7 +118,7 @@ class _Progress:
 
     kind: str
     last: float = field(default_factory=time.monotonic)  # its latest event
-    phase: str = "Preparing"  # its latest status text
+    phase: str = describe(Progress("start"))  # what its latest progress said
     counted: bool = False  # its latest status, step or epoch counted its progress
     longest: dict[bool, float] = field(default_factory=lambda: {True: 0.0, False: 0.0})
     stalled: bool = False
@@ -154,13 +164,13 @@ class _Progress:
             self.longest[self.counted] = max(self.longest[self.counted], gap)
         self.last = now
         kind = event.get("t")
-        if kind == "status":
-            self.phase = str(event.get("message") or self.phase)
-            self.counted = event.get("progress") is not None
+        if kind == Progress.T:
+            progress = Progress.from_dict(event)
+            self.phase, self.counted = describe(progress), progress.counted
         elif kind in ("step", "epoch"):
             self.counted = True
         elif kind == "started":
-            self.phase, self.counted = "Preparing", False
+            self.phase, self.counted = describe(Progress("start")), False
 
 
 def make_executor(workspace: Path) -> Executor:
@@ -180,7 +190,7 @@ class Supervisor:
     def __init__(self, workspace: Path, executor: Executor | None = None) -> None:
         self.store = Store(workspace)
         self.executor = executor or make_executor(self.store.workspace)
-        self._local: LocalExecutor | None = None  # for LOCAL_KINDS beside a cluster
+        self._local: LocalExecutor | None = None  # for local-only kinds beside a cluster
         self._folders: dict[str, Path] = {}
         self._stopping: set[str] = set()
         self._progress: dict[str, _Progress] = {}
@@ -218,9 +228,13 @@ class Supervisor:
         return [self.executor] + ([self._local] if self._local is not None else [])
 
     def executor_for(self, kind: str) -> Executor:
-        """Where a job of ``kind`` runs: the serving executor, except that LOCAL_KINDS run
+        """Where a job of ``kind`` runs: the serving executor, except that kinds that may run
+        only here (their entry's ``where``, :mod:`tl_core.runs.kinds`: they read this
+        machine's disk, a folder path typed in the app, an upload saved beside the server) run
         on workers of this machine (started on first use) when that executor is not."""
-        if kind not in LOCAL_KINDS or isinstance(self.executor, LocalExecutor):
+        found = KINDS.get(kind)
+        local_only = found is not None and found.where == "local"
+        if not local_only or isinstance(self.executor, LocalExecutor):
             return self.executor
         if self._local is None:
             log_dir = self.store.workspace / "logs" / "workers"
@@ -315,10 +329,10 @@ class Supervisor:
             executor.end(job_id, reason)
 
     def _unstall(self, job_id: str, progress: _Progress, event: dict[str, Any]) -> None:
-        """Progress came back: the job's message is its phase again (a status event wrote
+        """Progress came back: the job's message is its phase again (a progress event wrote
         its own already; a Stop asked meanwhile keeps "Stopping")."""
         progress.stalled = False
-        if event.get("t") == "status" or progress.stop_at is not None:
+        if event.get("t") == Progress.T or progress.stop_at is not None:
             return
         job = self.store.run(job_id)
         if job is not None and job.active and not job.stop_requested:
@@ -330,7 +344,7 @@ class Supervisor:
             self._slots = capacity
             self._write_runtime_file(capacity)
         while True:
-            job = jobs._claim_next(self.store, capacity, quick_lane=jobs.QUICK_LANE)
+            job = jobs.claim_next(self.store, capacity, quick_lane=jobs.QUICK_LANE)
             if job is None:
                 return
             busy += 1
@@ -399,7 +413,7 @@ def served_elsewhere(workspace: Path) -> bool:
         pid = int(json.loads((_key(workspace) / RUNTIME_FILE).read_text())["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return pid != os.getpid() and jobs._pid_alive(pid)
+    return pid != os.getpid() and jobs.pid_alive(pid)
 
 
 def shutdown(workspace: Path) -> None:
@@ -415,3 +429,59 @@ def shutdown_all() -> None:
     """Stop every supervisor of this process (at exit; tests call it between workspaces)."""
     for key in list(_here):
         shutdown(key)
+
+
+# ---------------------------------------------------------------------------- keeping it moving
+
+
+def serve(store: Store, prewarm: bool | None = None) -> None:
+    """Run this workspace's queue from this process (the app server): warm workers, fair
+    claims, every event written here. Idempotent; ``prewarm`` starts a worker at once
+    (default: unless ``TL_STUDIO_PREWARM=0``)."""
+    supervisor(store.workspace, prewarm).poke()
+
+
+def pump(store: Store, limit: int | None = None) -> list[str]:
+    """Keep the queue moving; return the ids of the jobs this call started.
+
+    In a process that serves the queue (:func:`serve`), this wakes its supervisor. Elsewhere,
+    when no server serves this workspace, queued jobs start in lone worker processes.
+    """
+    here = running_here(store.workspace)
+    if here is not None:
+        here.poke()
+        return []
+    jobs.recover(store)
+    if served_elsewhere(store.workspace):
+        return []
+    started = []
+    while (run := jobs.claim_next(store, limit or jobs.max_parallel_runs())) is not None:
+        _spawn(store, run)
+        started.append(run.id)
+    return started
+
+
+def worker_command(store: Store, run_id: str) -> list[str]:
+    """The command line of a lone worker for the job ``run_id``."""
+    return [sys.executable, "-m", "tl_core", "worker", run_id, "--workspace", str(store.workspace)]
+
+
+def _spawn(store: Store, run: Run) -> None:
+    """A lone worker process for one job (no server is running to give it a warm one)."""
+    log = open(Path(run.run_dir) / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(
+            worker_command(store, run.id),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **WORKER_ENV},
+        )
+    except OSError as exc:
+        store.update_run(run.id, status="failed", error=f"Could not start the job: {exc}")
+        return
+    finally:
+        log.close()
+    store.update_run(run.id, pid=proc.pid, heartbeat=time.time())
+    # Reap the child when it exits so it never lingers as a zombie.
+    threading.Thread(target=proc.wait, daemon=True).start()

@@ -1,7 +1,8 @@
-"""The worker side of the jobs that are not training runs: one task function per kind.
+"""The job side of the jobs that are not training runs: one task function per kind.
 
-Each task is ``task(spec, ctx) -> dict``: it reads ``spec.data_dir`` (and the trained run's
-folder named in ``spec.params`` where it needs one), writes only in ``spec.folder``, reports
+Each task is ``task(spec, ctx) -> dict``, named by its kind's entry in
+:mod:`tl_core.runs.kinds`: it reads ``spec.data_dir`` (and the trained run's folder named
+in its typed ``spec.params`` where it needs one), writes only in ``spec.folder``, reports
 through ``ctx`` (progress, log, stop flag) and returns a JSON-able result. It never opens the
 store. A task fails the job by raising a StudioError subclass with a one-sentence message.
 The pages rebuild the results into the analysis dataclasses (their fields are the dict keys).
@@ -17,13 +18,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from tl_core.config import JobSpec
 from tl_core.errors import DataError, RunError, StudioError
+from tl_core.events import Progress
+from tl_core.runs.kinds import (
+    ExportParams,
+    FeaturesParams,
+    ImportParams,
+    JobSpec,
+    PredictParams,
+    RecommendParams,
+    VerifyParams,
+)
 
 __all__ = [
     "IMPORT_STAGING",
     "IMPORT_UPLOAD",
-    "TASKS",
     "JobContextLike",
     "export",
     "features",
@@ -37,7 +46,7 @@ __all__ = [
 class JobContextLike(Protocol):
     """What a task may ask of the executor (tl_core.runs.worker.JobContext)."""
 
-    def progress(self, done: int, total: int, text: str) -> None: ...
+    def progress(self, progress: Progress) -> None: ...
 
     def log(self, text: str) -> None: ...
 
@@ -66,18 +75,17 @@ def _plain(value: Any) -> Any:
 def _split(spec: JobSpec):
     from tl_core.data.dataset import DatasetManifest, split_dataset
 
+    params: FeaturesParams | RecommendParams = spec.params
     manifest = DatasetManifest.load(Path(spec.data_dir))
-    split = split_dataset(
-        manifest, float(spec.params.get("val_fraction", 0.2)), int(spec.params.get("seed", 0))
-    )
+    split = split_dataset(manifest, params.split.val_fraction, params.split.seed)
     return manifest, split
 
 
-def _reporter(ctx: JobContextLike, what: str):
+def _reporter(ctx: JobContextLike, phase: str):
     def progress(done: int, total: int) -> None:
         if ctx.should_stop():
             raise _Stopped
-        ctx.progress(done, total, f"{what}: {done}/{total}")
+        ctx.progress(Progress(phase, done, total))
 
     return progress
 
@@ -89,18 +97,19 @@ def features(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     """
     from tl_core.analysis import transfer
 
+    params: FeaturesParams = spec.params
     manifest, split = _split(spec)
     try:
         feats = transfer.frozen_features(
             manifest,
             split,
-            str(spec.params["model"]),
-            progress=_reporter(ctx, "Looking at your images"),
+            params.model,
+            progress=_reporter(ctx, "features"),
             exact_val=True,  # so a head-only run after it needs no pass over the images
         )
     except _Stopped:
         return STOPPED
-    ctx.progress(1, 1, "Scoring the head start")
+    ctx.progress(Progress("headstart", 1, 1))
     gauge = transfer.domain_gauge(feats) if feats.entropy is not None else None
     return _plain(
         {
@@ -120,15 +129,14 @@ def recommend(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     from tl_core.analysis import transfer
 
     manifest, split = _split(spec)
-    keys = list(spec.params.get("keys") or transfer.offline_models())
+    params: RecommendParams = spec.params
+    keys = list(params.keys or transfer.offline_models())
 
     def progress(key: str, done: int, total: int) -> None:
         if ctx.should_stop():
             raise _Stopped
         i = keys.index(key) if key in keys else 0
-        ctx.progress(
-            i * max(total, 1) + done, len(keys) * max(total, 1), f"Scoring {key}: {done}/{total}"
-        )
+        ctx.progress(Progress("recommend", done, total, detail=key, part=(i, len(keys))))
 
     try:
         ranking = transfer.recommend(manifest, split, keys=keys, progress=progress)
@@ -141,8 +149,9 @@ def verify(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     """Load the run's best.pt and re-score its validation images (params ``run_dir``)."""
     from tl_core.analysis.evaluation import verify_run
 
-    ctx.progress(0, 1, "Checking the saved model against its predictions")
-    verdict = verify_run(Path(spec.params["run_dir"]), Path(spec.data_dir))
+    ctx.progress(Progress("verify", 0, 1))
+    params: VerifyParams = spec.params
+    verdict = verify_run(Path(params.run_dir), Path(spec.data_dir))
     return _plain(asdict(verdict))
 
 
@@ -153,21 +162,22 @@ def export(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     """
     from tl_core.export.bundle import export_run
 
-    name = Path(str(spec.params.get("name") or "model.zip")).name
+    params: ExportParams = spec.params
+    name = Path(params.name or "model.zip").name
     out = Path(spec.folder) / name
     steps = [0]
 
     def progress(line: str) -> None:
         steps[0] += 1
         ctx.log(line)
-        ctx.progress(steps[0], steps[0] + 1, line)
+        ctx.progress(Progress("export", steps[0], steps[0] + 1, detail=line))
 
     report = export_run(
-        Path(spec.params["run_dir"]),
+        Path(params.run_dir),
         out,
         Path(spec.data_dir) if Path(spec.data_dir).is_dir() else None,
         progress=progress,
-        corrections=spec.params.get("corrections"),
+        corrections=params.corrections,
     )
     return _plain({**report.summary(), "bundle": str(out), "name": name})
 
@@ -188,8 +198,9 @@ def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     """
     from tl_core.analysis.evaluation import load_model_checked
 
-    model = load_model_checked(Path(spec.params["run_dir"]))
-    temperature = float(spec.params.get("temperature", 1.0))
+    params: PredictParams = spec.params
+    model = load_model_checked(Path(params.run_dir))
+    temperature = params.temperature
     files = sorted((Path(spec.folder) / "inputs").glob("*"))
     if not files:
         raise RunError("No pictures reached the job; upload them again.")
@@ -209,7 +220,7 @@ def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         far = guessed.unfamiliarity
         return [None] * len(guessed.probs) if far is None else list(far)
 
-    ctx.progress(0, len(files), f"Looking at your pictures: 0/{len(files)}")
+    ctx.progress(Progress("predict", 0, len(files)))
     for start in range(0, len(files), batch):
         if ctx.should_stop():
             return STOPPED
@@ -230,7 +241,7 @@ def predict(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
                         {"name": name, "probs": None, "unfamiliarity": None, "error": str(exc)}
                     )
         done = start + len(chunk)
-        ctx.progress(done, len(files), f"Looking at your pictures: {done}/{len(files)}")
+        ctx.progress(Progress("predict", done, len(files)))
     return {"classes": list(model.classes), "rows": rows}
 
 
@@ -242,25 +253,17 @@ UPLOADED_ZIP = "upload.zip"
 UPLOADED_NAMES = "names.json"  # the uploaded files' names, in the order of their saved files
 
 
-def _eta(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    return f"{seconds / 60:.0f} min"
-
-
 def _import_reporter(ctx: JobContextLike):
-    """Progress with counts, the speed measured so far and the time left; Stop acts here."""
+    """Progress with counts and the speed measured so far (its sentence then tells the time
+    left); Stop acts here."""
     start = time.monotonic()
 
     def progress(done: int, total: int) -> None:
         if ctx.should_stop():
             raise _Stopped
-        text = f"Checking and preparing images: {done:,}/{total:,}"
         elapsed = time.monotonic() - start
-        if 0 < done < total and elapsed > 0.5:
-            rate = done / elapsed
-            text += f" · {rate:,.0f} images/s · about {_eta((total - done) / rate)} left"
-        ctx.progress(done, total, text)
+        rate = done / elapsed if 0 < done < total and elapsed > 0.5 else None
+        ctx.progress(Progress("import", done, total, rate=rate))
 
     return progress
 
@@ -300,22 +303,23 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
 
     folder = Path(spec.folder)
     dest, upload = folder / IMPORT_STAGING, folder / IMPORT_UPLOAD
-    way = str(spec.params.get("way", "folder"))
+    params: ImportParams = spec.params
+    way = params.way
     progress = _import_reporter(ctx)
-    ctx.progress(0, 1, "Looking at the files")
+    ctx.progress(Progress("files", 0, 1))
     started = time.monotonic()
     try:
-        if spec.params.get("grow"):
+        if params.grow:
             return _grown(spec, dest, upload, progress, started)
         kept = None
         if way in ("folder", "demo"):
-            src = folder_source(str(spec.params.get("path") or ""))
-            if way == "demo" and spec.params.get("reuse"):  # fingerprinted before reading it
-                kept = Path(str(spec.params["reuse"])) / tl_data.source_fingerprint(src)
+            src = folder_source(params.path)
+            if way == "demo" and params.reuse:  # fingerprinted before reading it
+                kept = Path(params.reuse) / tl_data.source_fingerprint(src)
                 reused = _reused_import(kept, dest)
                 if reused is not None:
                     n = len(reused.items)
-                    ctx.progress(n, n, f"Checking and preparing images: {n:,}/{n:,}")
+                    ctx.progress(Progress("import", n, n))
                     return _imported(reused, dest, started)
             if src.is_file():
                 manifest = tl_data.import_zip(src, dest, progress)
@@ -358,17 +362,16 @@ def _grown(
     """The job's data version (``spec.data_dir``) with the new images added, in ``dest``."""
     from tl_core.data import dataset as tl_data
 
-    way = str(spec.params.get("way"))
-    source: tl_data.GrowSource
-    if way == "folder":
-        source = folder_source(str(spec.params.get("path") or ""))
-    else:
-        source = _uploaded(upload, way)
+    params: ImportParams = spec.params
+    way = params.way
+    source: tl_data.GrowSource = (
+        folder_source(params.path) if way == "folder" else _uploaded(upload, way)
+    )
     base = tl_data.DatasetManifest.load(Path(spec.data_dir))
-    label = spec.params.get("label")
-    growth = tl_data.grow(base, source, dest, str(label) if label else None, progress)
+    growth = tl_data.grow(base, source, dest, params.label, progress)
     result = _imported(growth.manifest, dest, started)
-    return {**result, "summary": growth.summary(), "warnings": list(growth.warnings)}
+    warnings = [w.to_json() for w in growth.warnings]
+    return {**result, "summary": growth.summary(), "warnings": warnings}
 
 
 def _imported(manifest: Any, dest: Path, started: float) -> dict[str, Any]:
@@ -414,13 +417,3 @@ def _keep_for_reuse(manifest: Any, kept: Path) -> None:
         pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-TASKS = {
-    "import": import_images,
-    "features": features,
-    "recommend": recommend,
-    "verify": verify,
-    "export": export,
-    "predict": predict,
-}

@@ -1,10 +1,12 @@
-"""Run one job to its end: the same code in a warm pool worker, a lone worker and the CLI.
+"""The job side: run one job to its end, the same code in a pool worker, a Ray node and the CLI.
 
-A job runs as :func:`execute` (a :class:`~tl_core.config.JobSpec` in, events out through a
-:class:`Sink`); it never opens the store. What it reports is applied to the store by
-:func:`record`, in the process that owns the store: the app server for pool workers (the
-events travel over the worker's pipe, see :mod:`tl_core.runs.executor`), or the process
-itself for ``python -m tl_core train`` and ``python -m tl_core worker JOB_ID``.
+A job runs as :func:`execute` (a :class:`~tl_core.runs.kinds.JobSpec` in, events out through
+a :class:`Sink`): its kind's task (:mod:`tl_core.runs.kinds`; a training run's is
+:func:`train`, the others are in :mod:`tl_core.runs.tasks`) with a :class:`JobContext`. It
+never opens the store: what it reports is applied to the store on the server side
+(:func:`tl_core.runs.recording.record`), in the process that owns the store: the app server
+for pool workers (the events travel over the worker's pipe, see :mod:`tl_core.runs.executor`),
+or the process itself for ``python -m tl_core train`` and ``python -m tl_core worker JOB_ID``.
 
 A pool worker (:data:`POOL_COMMAND`): it imports torch once, then runs the jobs
 it is sent one after another (:func:`serve`).
@@ -16,43 +18,37 @@ import contextlib
 import json
 import os
 import queue
-import re
-import sqlite3
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from tl_core import diskspace
-from tl_core.config import EpochRow, JobSpec, RunSpec, StepRow, TrainConfig
+from tl_core.config import EpochRow, RunSpec, StepRow
 from tl_core.errors import DiskFullError, StudioError
+from tl_core.events import End, Epoch, Event, Log, Progress, Rewind, Started, Step
 from tl_core.runs import endings, interrupt
-from tl_core.runs.store import Run, Store
+from tl_core.runs.kinds import JobSpec, entry
+from tl_core.runs.tasks import STOPPED
 
 __all__ = [
     "POOL_COMMAND",
     "STOP_POLL_S",
     "JobContext",
     "Sink",
-    "StoreSink",
     "execute",
-    "flush_pending",
-    "job_spec",
-    "record",
-    "run_worker",
+    "placement",
     "serve",
+    "train",
+    "warm_up",
 ]
-
-_Row = TypeVar("_Row", StepRow, EpochRow)
 
 POOL_COMMAND = ["-c", "from tl_core.runs.worker import serve; raise SystemExit(serve())"]
 STOP_POLL_S = 0.25  # how often the stop flag is read: Stop acts within about a second
 PROGRESS_EVERY_S = 0.2  # progress events are thinned to this rate
-_COUNTED = re.compile(r"(?P<done>\d+)/(?P<total>\d+)$")  # "Decoding 12/300": a phase's progress
 # A pool worker leaves once it has been idle this long or grown past this many MB.
 IDLE_EXIT_S = float(os.environ.get("TL_STUDIO_WORKER_IDLE_S", "1800"))
 MEMORY_CEILING_MB = float(os.environ.get("TL_STUDIO_WORKER_MAX_MB", "3000"))
@@ -62,7 +58,7 @@ WORKER_NICE = 10  # pool workers' scheduling priority below the server's
 class Sink(Protocol):
     """Where a running job's events go, and where its stop request comes from."""
 
-    def emit(self, event: dict[str, Any]) -> None: ...
+    def emit(self, event: Event) -> None: ...
 
     def stop_asked(self) -> bool: ...
 
@@ -70,8 +66,8 @@ class Sink(Protocol):
 class JobContext:
     """What a job sees of the world: progress, log lines, metrics out; the stop flag in.
 
-    It is also the engine's callbacks object for training jobs (on_status, on_log,
-    on_step, on_epoch, should_stop).
+    It is also the engine's callbacks object for training jobs (on_progress, on_log,
+    on_step, on_epoch, on_resume, should_stop).
     """
 
     def __init__(self, spec: JobSpec, sink: Sink) -> None:
@@ -87,43 +83,34 @@ class JobContext:
         self.interrupted = signum
         self._stop = True
 
-    def progress(self, done: int, total: int, text: str) -> None:
-        now = time.monotonic()
-        if done < total and now - self._sent < PROGRESS_EVERY_S:
-            return
-        self._sent = now
-        self.sink.emit(
-            {
-                "t": "status",
-                "message": text,
-                "progress": done / max(total, 1),
-                "done": done,
-                "total": total,
-            }
-        )
+    def progress(self, progress: Progress) -> None:
+        """Pass ``progress`` on; counted progress at most every ``PROGRESS_EVERY_S`` (a
+        phase's last count and every uncounted phase always)."""
+        done, total = progress.done, progress.total
+        if done is not None and total is not None:
+            now = time.monotonic()
+            if done < total and now - self._sent < PROGRESS_EVERY_S:
+                return
+            self._sent = now
+        self.sink.emit(progress)
 
-    def on_status(self, message: str) -> None:
-        counted = _COUNTED.search(message)
-        if counted:
-            done, total = int(counted["done"]), int(counted["total"])
-            self.progress(done, total, message)
-        else:
-            self.sink.emit({"t": "status", "message": message, "progress": None})
+    on_progress = progress
 
     def log(self, text: str) -> None:
-        self.sink.emit({"t": "log", "text": text})
+        self.sink.emit(Log(text))
 
     on_log = log
 
     def on_step(self, m: StepRow) -> None:
-        self.sink.emit({"t": "step", **asdict(m)})
+        self.sink.emit(Step(m))
 
     def on_epoch(self, m: EpochRow) -> None:
-        self.sink.emit({"t": "epoch", **asdict(m)})
+        self.sink.emit(Epoch(m))
 
-    def rewind(self, epoch: int) -> None:
-        """A resumed run goes on from ``epoch``: what was recorded after it is replayed."""
-        self.sink.emit({"t": "rewind", "epoch": epoch})
+    def on_resume(self, epoch: int) -> None:
+        """A resumed run goes on from ``epoch`` (the one its last.pt holds): what was
+        recorded after it is trained again, so each epoch is recorded once."""
+        self.sink.emit(Rewind(epoch))
 
     def should_stop(self) -> bool:
         now = time.monotonic()
@@ -136,41 +123,14 @@ class JobContext:
 # ---------------------------------------------------------------------------- the job itself
 
 
-def _check_disk(folder: Path, n_images: int, n_classes: int, config: TrainConfig) -> None:
-    """A first check before the model loads: checkpoints and results must fit.
-
-    The engine checks again before it writes the decoded images, with the model's own sizes.
-    """
-    from tl_core.models.catalog import get_spec
-
-    params = int(get_spec(config.model).params_m * 1e6)
-    need = diskspace.run_need(
-        n_images,
-        int(n_images * config.val_fraction),
-        n_classes,
-        0,  # the decoded images: counted by the engine, which knows their size
-        params,
-        params if config.trainable_groups else 0,
-        config.epochs * max(n_images // config.batch_size, 1),
-    )
-    diskspace.check_free(folder, need)
-
-
 def _train(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
     from tl_core.data import review
     from tl_core.data.dataset import DatasetManifest, split_dataset
     from tl_core.training.engine import fit
 
-    run = RunSpec.from_dict(spec.params)
+    run: RunSpec = spec.params
     manifest = DatasetManifest.load(Path(spec.data_dir))
-    _check_disk(Path(spec.folder), len(manifest.items), len(manifest.classes), run.config)
     split = split_dataset(manifest, run.config.val_fraction, run.config.seed)
-    if spec.resume:  # last.pt may be older than the last epochs recorded (it is kept every
-        # few seconds): they are trained again, so each epoch is recorded once
-        from tl_core.training import checkpoint
-
-        last = checkpoint.load(Path(spec.folder) / checkpoint.LAST, "start the run again")
-        ctx.rewind(int(last["epoch"]))
     corrections = review.Corrections.from_dict(run.corrections)
     if corrections:
         split = review.apply(split, corrections, manifest.classes)
@@ -187,13 +147,20 @@ def _train(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
     return result.status, asdict(result)
 
 
-def _task(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
-    from tl_core.runs.tasks import STOPPED, TASKS
+def train(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
+    """The task of a training run (the ``train`` entry of :mod:`tl_core.runs.kinds`): the
+    engine's fit on the run's split; the result is its TrainResult as a dict, whose
+    ``status`` says whether it finished or stopped."""
+    return _train(spec, ctx)[1]
 
-    task = TASKS.get(spec.kind)
-    if task is None:
-        raise StudioError(f"This version of the app cannot run '{spec.kind}' jobs.")
-    result = task(spec, ctx)
+
+def _run_task(spec: JobSpec, ctx: JobContext) -> tuple[str, dict[str, Any]]:
+    """The job's status and result: the task of its kind run to its end (UnknownKindError
+    for a kind this version does not know)."""
+    kind = entry(spec.kind)
+    result = kind.load_task()(spec, ctx)
+    if kind.reports_status:
+        return str(result["status"]), result
     return ("stopped" if result == STOPPED or ctx.should_stop() else "finished"), result
 
 
@@ -229,326 +196,46 @@ def _failure(spec: JobSpec, exc: BaseException) -> str:
     )
 
 
-def execute(spec: JobSpec, ctx: JobContext) -> dict[str, Any]:
-    """Run ``spec`` to its end; return its ``end`` event (status, result, error, message).
+def execute(spec: JobSpec, ctx: JobContext) -> End:
+    """Run ``spec`` to its end; return its end (status, result, error, message).
 
-    A signal that cut the job short is in ``end["signal"]``: the process should then exit.
+    A signal that cut the job short is in ``end.signal``: the process should then exit.
     """
     if spec.threads > 0:
         os.environ["TL_STUDIO_THREADS"] = str(spec.threads)
-    end: dict[str, Any] = {"t": "end"}
     try:
-        status, result = _train(spec, ctx) if spec.kind == "train" else _task(spec, ctx)
+        status, result = _run_task(spec, ctx)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM, cut short: last.pt is from before
         interrupt.hold()
         signum = ctx.interrupted or interrupt.signum_of(exc)
-        return {
-            **end,
-            "status": "interrupted",
-            "message": interrupt.message(signum, spec.kind),
-            "signal": signum,
-        }
+        return End("interrupted", interrupt.message(signum, spec.kind), signal=signum)
     except Exception as exc:
         if ctx.interrupted is not None:  # the stop a signal asked for ended it
             interrupt.hold()
             message = interrupt.message(ctx.interrupted, spec.kind)
-            return {**end, "status": "interrupted", "message": message, "signal": ctx.interrupted}
-        return {**end, "status": "failed", "error": _failure(spec, exc), "message": "Failed"}
+            return End("interrupted", message, signal=ctx.interrupted)
+        return End("failed", "Failed", error=_failure(spec, exc))
     if ctx.interrupted is not None and status == "stopped":  # last.pt saved
         interrupt.hold()
         message = interrupt.message(ctx.interrupted, spec.kind)
-        return {**end, "status": "interrupted", "message": message, "signal": ctx.interrupted}
-    message = "Finished" if status == "finished" else "Stopped"
-    return {**end, "status": status, "result": result, "message": message}
-
-
-# ---------------------------------------------------------------------------- the store's side
-
-
-def job_spec(store: Store, job: Run, threads: int = 0) -> JobSpec:
-    """What the worker gets for ``job``; a resumed run forgets its cut-off epoch's steps."""
-    if job.kind == "train" and job.resume:
-        done = [e.epoch for e in store.epochs(job.id)]
-        store.drop_metrics_after(job.id, max(done, default=0))
-    return JobSpec(
-        id=job.id,
-        kind=job.kind,
-        project_id=job.project_id,
-        params=job.config,
-        data_dir=job.data_dir,
-        folder=job.run_dir,
-        resume=job.resume,
-        threads=threads,
-    )
-
-
-def _update(store: Store, job_id: str, folder: Path, **fields: Any) -> None:
-    """``store.update_run``; on a full disk free the job's temporary files and try once more."""
-    try:
-        store.update_run(job_id, **fields)
-    except DiskFullError:
-        diskspace.remove_temporary(folder)
-        store.update_run(job_id, **fields)
-
-
-def _append_log(folder: Path, text: str) -> None:
-    with (
-        diskspace.guard(folder, len(text) + diskspace.MB),
-        open(folder / "run.log", "a", encoding="utf-8") as log,
-    ):
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-
-
-def _row(cls: type[_Row], event: dict[str, Any]) -> _Row:
-    """The metric row an event carries (its other keys, like ``t`` or ``is_best``, aside)."""
-    return cls(**{f.name: event[f.name] for f in fields(cls)})
-
-
-def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> None:
-    """Apply one event of a running job to the store: the store's one writer for jobs.
-
-    An end the store cannot take is kept and written again with the next event recorded
-    here (or by :func:`flush_pending`, which ``jobs.recover`` calls).
-    """
-    kind, now = event["t"], time.time()
-    if endings.PENDING:
-        flush_pending(store)
-    if kind == "status":
-        store.update_run(
-            job_id, message=event["message"], progress=event.get("progress"), heartbeat=now
-        )
-    elif kind == "log":
-        _append_log(folder, event["text"])
-    elif kind == "rewind":
-        store.drop_metrics_after(job_id, int(event["epoch"]))
-    elif kind == "step":
-        store.add_step(job_id, _row(StepRow, event))
-    elif kind == "epoch":
-        store.add_epoch(job_id, _row(EpochRow, event))
-    elif kind == "started":
-        _reserve_note(job_id, folder)
-        job = store.run(job_id)
-        _update(
-            store,
-            job_id,
-            folder,
-            status="running",
-            pid=event["pid"],
-            heartbeat=now,
-            started=(job.started if job else None) or now,
-            placement=event.get("placement"),
-            message="Preparing",
-            progress=None,
-            error=None,
-        )
-    elif kind == "end":
-        _record_end(store, job_id, folder, _settle(store, job_id, folder, event), now)
-
-
-_NOTES: dict[str, endings.EndNote] = {}  # the end notes of the jobs this process records
-_notes_lock = threading.Lock()
-
-
-def _reserve_note(job_id: str, folder: Path) -> None:
-    """Reserve the job's end note (see :class:`tl_core.runs.endings.EndNote`)."""
-    with _notes_lock:
-        if job_id in _NOTES:
-            return
-    note = endings.EndNote.reserve(folder)
-    if note is not None:
-        with _notes_lock:
-            _NOTES[job_id] = note
-
-
-def _release_note(job_id: str, folder: Path) -> None:
-    """The job's end is in the store: its note goes."""
-    with _notes_lock:
-        note = _NOTES.pop(job_id, None)
-    if note is not None:
-        note.close(remove=True)
-    else:
-        endings.clear_note(folder)
-
-
-def _end_fields(event: dict[str, Any], now: float) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "status": event["status"],
-        "finished": now,
-        "message": event.get("message", ""),
-        "stop_requested": 0,
-        "progress": None,
-    }
-    if event["status"] == "interrupted":
-        fields["pid"] = None
-    if "result" in event:
-        fields["result"] = event["result"]
-    if event.get("error"):
-        fields["error"] = event["error"]
-    return fields
-
-
-def _record_end(store: Store, job_id: str, folder: Path, event: dict[str, Any], now: float) -> None:
-    """Write the job's end. When the store cannot take it (a full disk, a read-only
-    workspace), it is kept to be written again (:func:`flush_pending`) and in the job's end
-    note, which the next start reads; this never raises for that."""
-    fields = _end_fields(event, now)
-    try:
-        _update(store, job_id, folder, **fields)
-    except (StudioError, OSError, sqlite3.Error):
-        endings.keep_pending(store.workspace, job_id, fields)
-        with _notes_lock:
-            note = _NOTES.get(job_id)
-        if note is not None and not note.write(fields):
-            note.write({k: v for k, v in fields.items() if k != "result"})
-        return
-    _release_note(job_id, folder)
-
-
-def flush_pending(store: Store) -> list[str]:
-    """Write the ends this process could not record when they came; return their ids."""
-
-    def write(job_id: str, fields: dict[str, Any]) -> None:
-        store.update_run(job_id, **fields)
-        job = store.run(job_id)
-        _release_note(job_id, Path(job.run_dir) if job else store.workspace)
-
-    if not endings.PENDING:
-        return []
-    return endings.flush_pending(store.workspace, write)
-
-
-def _claim_data_dir(store: Store, project_id: str) -> Path:
-    """A new, empty ``data-N`` folder of the project (two imports never get the same one)."""
-    while True:
-        dest = store.new_data_dir(project_id)
-        try:
-            dest.mkdir()
-        except FileExistsError:
-            continue
-        return dest
-
-
-def _settle(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> dict[str, Any]:
-    """What a job's end changes beyond its own row; returns the end event to record.
-
-    An import that finished becomes the project's newest data version (its staged folder is
-    moved into the project); any other end removes what the import left in its folder.
-    """
-    import shutil
-
-    from tl_core.runs.tasks import IMPORT_STAGING, IMPORT_UPLOAD
-
-    job = store.run(job_id)
-    if job is None or job.kind != "import":
-        return event
-    staged = folder / IMPORT_STAGING
-    dest: Path | None = None
-    try:
-        if event["status"] == "finished" and (event.get("result") or {}).get("staged"):
-            project = store.project(job.project_id)
-            if project is None:
-                raise StudioError("The project was deleted while its images were imported.")
-            dest = _claim_data_dir(store, project.id)
-            try:
-                os.replace(staged, dest)  # the same disk: a rename, at once
-            except OSError:
-                shutil.copytree(staged, dest, dirs_exist_ok=True)
-            store.set_data_dir(project.id, dest)
-            store.update_run(job_id, data_dir=str(dest))
-            result = {k: v for k, v in event["result"].items() if k != "staged"}
-            event = {**event, "result": {**result, "data_dir": str(dest)}}
-    except (OSError, StudioError, sqlite3.Error) as exc:
-        if dest is not None:
-            shutil.rmtree(dest, ignore_errors=True)
-        cause = endings.cause_of(exc, store.workspace)
-        if isinstance(exc, StudioError) and cause != "disk_full":
-            error = str(exc)
-        elif cause is not None:
-            error = endings.failure("import", cause, store.project_dir(job.project_id))
-        else:
-            error = f"The imported images could not be moved into the project ({exc})."
-        event = {"t": "end", "status": "failed", "error": error, "message": "Failed"}
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.rmtree(folder / IMPORT_UPLOAD, ignore_errors=True)
-    return event
-
-
-class StoreSink:
-    """Events applied to the store at once: for a job run by the store's own process.
-
-    ``watch`` sees each event after the store has it (the command line's progress bars).
-    """
-
-    def __init__(
-        self, store: Store, job: Run, watch: Callable[[dict[str, Any]], None] | None = None
-    ) -> None:
-        self.store = store
-        self.job_id = job.id
-        self.folder = Path(job.run_dir)
-        self.watch = watch
-
-    def emit(self, event: dict[str, Any]) -> None:
-        record(self.store, self.job_id, self.folder, event)
-        if self.watch is not None:
-            self.watch(event)
-
-    def stop_asked(self) -> bool:
-        job = self.store.run(self.job_id)
-        return job is None or job.stop_requested
-
-
-def run_worker(
-    store: Store, run_id: str, watch: Callable[[dict[str, Any]], None] | None = None
-) -> Any:
-    """Run the job ``run_id`` in this process; its status and result land in the store.
-
-    ``watch`` sees every event of the job as it is recorded (see :class:`StoreSink`).
-
-    Returns the TrainResult of a training run that ended (None when it failed). A signal
-    that cut it short is raised again as :class:`~tl_core.runs.interrupt.Interrupted` once
-    the run is marked interrupted.
-    """
-    job = store.run(run_id)
-    if job is None:
-        raise StudioError(f"No run with id {run_id}.")
-    sink = StoreSink(store, job, watch)
-    try:
-        sink.emit({"t": "started", "pid": os.getpid(), "placement": placement()})
-    except (StudioError, OSError, sqlite3.Error) as exc:
-        cause = endings.cause_of(exc, sink.folder)
-        if cause is None and not isinstance(exc, StudioError):
-            raise
-        error = str(exc) if cause is None else endings.failure(job.kind, cause, sink.folder)
-        sink.emit({"t": "end", "status": "failed", "error": error, "message": "Failed"})
-        return None
-    spec = job_spec(store, job)
-    ctx = JobContext(spec, sink)
-    with interrupt.graceful(ctx.interrupt):
-        end = execute(spec, ctx)
-    sink.emit(end)
-    if end.get("signal"):
-        raise interrupt.Interrupted(end["signal"])
-    if end["status"] == "failed" or spec.kind != "train":
-        return end.get("result") if end["status"] != "failed" else None
-    from tl_core.training.engine import TrainResult
-
-    return TrainResult(**end["result"])
+        return End("interrupted", message, signal=ctx.interrupted)
+    return End(status, "Finished" if status == "finished" else "Stopped", result=result)
 
 
 # ---------------------------------------------------------------------------- the pool worker
 
 
 class _PipeSink:
-    """Events sent to the server over the worker's pipe; stops come back the same way."""
+    """Events sent to the server over the worker's pipe (their wire form, with the job's
+    id); stops come back the same way."""
 
     def __init__(self, job_id: str, send: Any, stops: set[str]) -> None:
         self.job_id = job_id
         self._send = send
         self._stops = stops
 
-    def emit(self, event: dict[str, Any]) -> None:
-        self._send({**event, "id": self.job_id})
+    def emit(self, event: Event) -> None:
+        self._send({**event.to_dict(), "id": self.job_id})
 
     def stop_asked(self) -> bool:
         return self.job_id in self._stops or "*" in self._stops
@@ -631,14 +318,14 @@ def serve() -> int:
         if spec is None:
             return 0
         sink = _PipeSink(spec.id, send, stops)
-        sink.emit({"t": "started", "pid": os.getpid(), "placement": placement()})
+        sink.emit(Started(os.getpid(), placement()))
         ctx = JobContext(spec, sink)
         with interrupt.graceful(ctx.interrupt):
             end = execute(spec, ctx)
-        if "*" in stops and end["status"] == "stopped":  # the server went, not the user
-            end = {**end, "status": "interrupted", "message": interrupt.message(2)}
+        if "*" in stops and end.status == "stopped":  # the server went, not the user
+            end = replace(end, status="interrupted", message=interrupt.message(2))
         sink.emit(end)
-        if end.get("signal") or "*" in stops:
+        if end.signal or "*" in stops:
             return 0
         if _rss_mb() > MEMORY_CEILING_MB:
             send({"t": "bye", "reason": f"memory ({_rss_mb():.0f} MB)"})
