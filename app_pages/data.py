@@ -3,7 +3,6 @@ they hold."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from tl_core import service
+from tl_core.config import SplitSettings
 from tl_core.data import dataset as tl_data
 from tl_ui import importing
 from tl_ui.charts import class_counts_figure
@@ -70,12 +70,8 @@ def _ways_in(has_data: bool, busy: bool = False) -> None:
             camera_panel()
 
 
-# The importer's few-images warning (one class, or many): the page writes its own, with a list.
-_FEW_WARNING = re.compile(
-    r"^(Class '.*' has .* at least \d+ are recommended\.|[\d,]+ classes have fewer than \d+ "
-    r"images: .*)$",
-    re.DOTALL,
-)
+# The importer's warnings the page words itself: too few images (one class, or many), with a list.
+_OWN_WORDING = frozenset({"few_images"})
 
 
 def _few_images(counts: dict[str, int]) -> None:
@@ -135,8 +131,8 @@ def _summary(manifest: tl_data.DatasetManifest) -> None:
     c3.metric("Skipped files", f"{len(manifest.skipped):,}")
     _few_images(counts)
     for warning in manifest.warnings:
-        if not _FEW_WARNING.match(warning):
-            st.warning(literal(warning))
+        if warning.kind not in _OWN_WORDING:
+            st.warning(literal(warning.text))
     shown = dict(zip(plot_literal(counts), counts.values(), strict=True))
     st.plotly_chart(class_counts_figure(shown, tl_data.MIN_IMAGES_PER_CLASS), key="class_counts")
     if manifest.skipped:
@@ -154,15 +150,14 @@ def _summary(manifest: tl_data.DatasetManifest) -> None:
     _thumbnails(manifest, counts)
 
 
-def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -> None:
+def _split(project_id: str, manifest: tl_data.DatasetManifest, saved: SplitSettings) -> None:
     st.subheader("Training and validation images")
     if manifest.has_explicit_val:
         st.info(
             "Your data came with its own validation folder: the model is checked on those "
             "images and never trains on them."
         )
-        fraction = settings.get("val_fraction", 0.2)
-        seed = int(settings.get("seed", 0))
+        fraction, seed = saved.val_fraction, saved.seed
     else:
         st.caption(
             "Some images are held back to check the model honestly: it never trains on them."
@@ -172,16 +167,12 @@ def _split(project_id: str, manifest: tl_data.DatasetManifest, settings: dict) -
             "Share of images held back for validation",
             0.1,
             0.5,
-            float(settings.get("val_fraction", 0.2)),
+            saved.val_fraction,
             0.05,
             key="val_fraction",
         )
-        seed = int(
-            c2.number_input(
-                "Shuffle seed", 0, 10_000, int(settings.get("seed", 0)), key="split_seed"
-            )
-        )
-        if fraction != settings.get("val_fraction") or seed != settings.get("seed"):
+        seed = int(c2.number_input("Shuffle seed", 0, 10_000, saved.seed, key="split_seed"))
+        if (fraction, seed) != (saved.val_fraction, saved.seed):
             get_store().update_settings(project_id, val_fraction=fraction, seed=seed)
     split = tl_data.split_dataset(manifest, fraction, seed)
     n_train, n_val = Counter(i.label for i in split.train), Counter(i.label for i in split.val)
@@ -202,7 +193,7 @@ def page() -> None:
     assert project is not None
     busy = importing.import_panel(project)  # an addition or a new set under way
     _summary(manifest)
-    _split(project.id, manifest, project.settings)
+    _split(project.id, manifest, project.typed_settings.split)
     near_duplicates_panel(project.id, manifest)
     add_images_panel(project, manifest, busy)
     with st.expander(RECORD, expanded=_has_shots(project.id)):

@@ -13,7 +13,6 @@ from tl_core.analysis import alarms, comparison, metrics
 from tl_core.analysis.evaluation import RunEvaluation, Verdict, evaluate_run
 from tl_core.data import review
 from tl_core.errors import RunError, StudioError
-from tl_core.models import catalog
 from tl_core.runs.store import Project, Run
 from tl_core.training import familiarity
 from tl_ui.alarms import show_alarm
@@ -85,53 +84,28 @@ def _heat(run_dir: str, image: str, target: int) -> Image.Image:
     return overlay(heatmap(model, Path(image), target_class=target))
 
 
-def _frozen_accuracy(project: Project, run: Run) -> float | None:
-    """A linear classifier on the run's model's frozen features, on the run's split: the
-    features job's probe accuracy (shared with the model page); None until it has finished."""
-    cfg = run.spec.config
-    job = service.submit_features(
-        get_store(), project, cfg.model, cfg.val_fraction, cfg.seed, data_dir=run.data_dir
-    )
-    done = watch(job, "Scoring the frozen pretrained features")
-    return float((done.result or {})["probe_accuracy"]) if done is not None else None
-
-
 def _baselines(project: Project, run: Run) -> tuple[float | None, float | None]:
-    """(from scratch, frozen features) accuracies to hold this run against, where they exist."""
-    cfg = run.spec.config
-    if not cfg.pretrained:
-        return None, None
-    scratch = service.scratch_accuracy(get_store(), project.id, run)
-    frozen = None
-    spec = catalog.get_spec(cfg.model)
-    if cfg.trainable_groups > 0 and catalog.weights_status(spec) != "needs download":
-        frozen = _frozen_accuracy(project, run)
-    return scratch, frozen
+    """(from scratch, frozen features) accuracies to hold this run against, where they exist
+    (:func:`tl_core.service.baselines`); the frozen one once its job has finished."""
+    found = service.baselines(get_store(), project, run)
+    if found.frozen_job is None:
+        return found.scratch, None
+    done = watch(found.frozen_job, "Scoring the frozen pretrained features")
+    frozen = float((done.result or {})["probe_accuracy"]) if done is not None else None
+    return found.scratch, frozen
 
 
 def _alarms(project: Project, run: Run, ev: RunEvaluation) -> None:
     """Overfitting, negative transfer and too little data: each with what to do."""
     acc, n_val = ev.summary.accuracy, ev.summary.total
     scratch, frozen = _baselines(project, run)
-    show_alarm(alarms.overfitting(get_store().epochs(run.id)))
-    show_alarm(alarms.negative_transfer(acc, n_val, scratch, frozen))
-    little = alarms.too_little_data(
-        n_val, acc, [acc - other for other in (scratch, frozen) if other is not None]
-    )
-    show_alarm(little)
-    if little is None and ev.warning:
-        st.warning(ev.warning, icon=":material/warning:")
+    said = alarms.run_alarms(get_store().epochs(run.id), acc, n_val, scratch, frozen, ev.warning)
+    for alarm in said.alarms:
+        show_alarm(alarm)
+    if said.warning:
+        st.warning(said.warning, icon=":material/warning:")
     if frozen is not None:
-        change = acc - frozen
-        effect = (
-            "made no difference"
-            if round(change * 100) == 0
-            else f"{'added' if change > 0 else 'cost'} {abs(change) * 100:.0f} points"
-        )
-        st.caption(
-            f"A classifier on the frozen pretrained features alone reaches {frozen:.0%} on "
-            f"these images; letting layer groups learn {effect}."
-        )
+        st.caption(comparison.frozen_sentence(acc, frozen))
 
 
 def _headline(project: Project, run: Run, ev: RunEvaluation) -> None:
@@ -293,7 +267,7 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
     if not wrong:
         st.success("The model got every validation image right.")
         return
-    data_dir = Path(project.data_dir or root)
+    data_dir = service.review_folder(project, run)
     corrections = review.load(data_dir)
     c1, c2 = st.columns([1, 2])
     missed = sorted({int(ev.labels[i]) for i in wrong})
@@ -345,11 +319,11 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
                     ),
                 )
         if st.form_submit_button("Save review", icon=":material/save:"):
-            service.merge_review(
+            service.save_review(
+                data_dir,
                 corrections,
                 [service.ReviewEdit(f, true, *choice) for (f, true), choice in widgets.items()],
             )
-            review.save(data_dir, corrections)
             st.toast("Review saved")
     if explain:
         st.caption(

@@ -29,7 +29,8 @@ def page() -> None:
     specs = catalog.visible_specs()
     status = {s.key: catalog.weights_status(s) for s in specs}
     keys = [s.key for s in specs]
-    current = project.settings.get("model", catalog.DEFAULT_MODEL)
+    saved = project.typed_settings.model
+    current = saved or catalog.DEFAULT_MODEL
     choice = st.radio(
         "Model",
         keys,
@@ -38,7 +39,7 @@ def page() -> None:
         captions=[s.description for s in specs],
         key="model_choice",
     )
-    if choice != project.settings.get("model"):
+    if choice != saved:
         get_store().update_settings(project.id, model=choice)
     spec = catalog.get_spec(choice)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import streamlit as st
 
 from tl_core.analysis.advice import depth_label
-from tl_core.config import AUGMENT_LEVELS, TrainConfig
+from tl_core.config import AUGMENT_LEVELS, ProjectSettings
 from tl_core.data import review
 from tl_core.errors import StudioError
 from tl_core.models import catalog
@@ -21,18 +21,10 @@ from tl_ui.live import run_panel
 from tl_ui.models import model_info
 from tl_ui.runs import submit_training
 from tl_ui.session import get_store, project_with_data
+from tl_ui.state import state
 from tl_ui.sweep import advice_box, sweep_panel
 from tl_ui.text import literal
 
-# What "Advanced settings" holds: TrainConfig's fields (and their types), saved in the
-# project's settings.
-_ADVANCED: dict[str, type] = {
-    "epochs": int,
-    "lr": float,
-    "batch_size": int,
-    "augment": str,
-    "seed": int,
-}
 T = TypeVar("T", int, float)
 
 AUGMENT_HELP = {
@@ -43,9 +35,9 @@ AUGMENT_HELP = {
 }
 
 
-def _freeze_picker(project_id: str, settings: dict, info: ModelInfo) -> int:
+def _freeze_picker(project_id: str, settings: ProjectSettings, info: ModelInfo) -> int:
     n = info.n_backbone
-    current = min(int(settings.get("trainable_groups", 0)), n)
+    current = min(settings.trainable_groups, n)
     trainable = st.select_slider(
         "How much of the network learns",
         options=list(range(n + 1)),
@@ -55,7 +47,7 @@ def _freeze_picker(project_id: str, settings: dict, info: ModelInfo) -> int:
         help="Layer groups come from the model's own grouping (timm). Frozen groups keep "
         "what they learned on ImageNet; the others adapt to your images.",
     )
-    if trainable != settings.get("trainable_groups"):
+    if trainable != settings.trainable_groups:
         get_store().update_settings(project_id, trainable_groups=trainable)
     st.plotly_chart(
         stages_figure(info.groups, trainable), key="stages", config={"displayModeBar": False}
@@ -75,11 +67,11 @@ def _span(low: T, high: T, value: T) -> tuple[T, T]:
 
 
 def _synced(project_id: str, saved: dict[str, Any]) -> dict[str, str]:
-    """Each advanced field's session key, holding the saved value whenever the setting was
+    """Each advanced field's widget key, holding the saved value whenever the setting was
     changed from outside this page since the field last showed it (the command line, a
     second tab), and the user's own value otherwise."""
-    keys = {name: f"advanced_{name}_{project_id}" for name in _ADVANCED}
-    seen = st.session_state.setdefault(f"_advanced_seen_{project_id}", {})
+    keys = {name: f"advanced_{name}_{project_id}" for name in saved}
+    seen = state().advanced_seen.setdefault(project_id, {})
     for name, key in keys.items():
         if key not in st.session_state or seen.get(name) != saved[name]:
             st.session_state[key] = saved[name]
@@ -87,15 +79,14 @@ def _synced(project_id: str, saved: dict[str, Any]) -> dict[str, str]:
     return keys
 
 
-def _advanced(project_id: str, settings: dict) -> dict[str, Any]:
+def _advanced(project_id: str, settings: ProjectSettings) -> dict[str, Any]:
     """The advanced settings, each saved as soon as it is changed (Enter, a step button or
     leaving the field): the values the summary line and Train use.
 
     Saved from the fields' values, not from the press of a button, so a change cannot be lost
     to a press the page missed, nor left unsaved by pressing Train straight after typing.
     """
-    defaults = TrainConfig()
-    saved = {k: kind(settings.get(k, getattr(defaults, k))) for k, kind in _ADVANCED.items()}
+    saved = settings.advanced()
     keys = _synced(project_id, saved)
     now = {name: st.session_state[key] for name, key in keys.items()}
     with st.expander("Advanced settings"):
@@ -127,7 +118,7 @@ def _advanced(project_id: str, settings: dict) -> dict[str, Any]:
     changed = {k: v for k, v in chosen.items() if v != saved[k]}
     if changed:
         get_store().update_settings(project_id, **changed)
-        st.session_state[f"_advanced_seen_{project_id}"].update(changed)
+        state().advanced_seen[project_id].update(changed)
     return chosen
 
 
@@ -142,8 +133,8 @@ def page() -> None:
     project, manifest = project_with_data()
     if project is None or manifest is None:
         return
-    settings = project.settings
-    key = settings.get("model", catalog.DEFAULT_MODEL)
+    settings = project.typed_settings
+    key = settings.model or catalog.DEFAULT_MODEL
     spec = catalog.get_spec(key)
     st.markdown(
         f"Model: **{spec.title}** · {len(manifest.items)} images in {len(manifest.classes)} classes"
@@ -154,9 +145,7 @@ def page() -> None:
     advice_box(project, advice, trainable, info.n_backbone)
     sweep_place = st.container()  # drawn below, once the advanced settings are read
     advanced = _advanced(project.id, settings)
-    config = TrainConfig.from_dict({**asdict(TrainConfig()), **settings, **advanced})
-    config.trainable_groups = trainable
-    config.model = key
+    config = replace(settings.train, **advanced, trainable_groups=trainable, model=key)
     run = _watched_run(project)
     busy = run is not None and run.active
     with sweep_place:

@@ -21,11 +21,11 @@ from tl_ui.jobs import watch
 from tl_ui.liveguess import camera_problem, live_view, verdict
 from tl_ui.runs import pick_run, trained_model
 from tl_ui.session import get_store
+from tl_ui.state import state
 from tl_ui.text import literal, plot_literal
 
 LIVE = "Live camera"
 OFF = "off"  # the unfamiliar check's choice that turns it off
-_ACCEPTS = "_try_unfamiliar"  # session state: each run's chosen share of validation pictures
 
 
 def _predict_one(run_dir: str, name: str, data: bytes, temperature: float):
@@ -97,7 +97,7 @@ def _unfamiliar_threshold(run: Run) -> float | None:
             "a picture looks like none of your classes; train it again to get the check."
         )
         return None
-    kept = st.session_state.setdefault(_ACCEPTS, {})
+    kept = state().unfamiliar_accepts
     key = f"try_unfamiliar_{run.id}"
     if key not in st.session_state:  # a page switch forgets the widget, not the choice
         st.session_state[key] = kept.get(run.id, familiarity.ACCEPT)
@@ -122,17 +122,8 @@ def _unfamiliar_threshold(run: Run) -> float | None:
     return None if accept == OFF else fam.threshold_at(float(accept))
 
 
-def page() -> None:
-    picked = pick_run("try it on new pictures")
-    if picked is None:
-        return
-    _, run = picked
-    try:  # a damaged predictions.json or best.pt: one sentence instead of a traceback
-        calibration = load_calibration(Path(run.run_dir))
-        trained_model(run.run_dir)
-    except StudioError as exc:
-        st.error(str(exc), icon=":material/error:")
-        return
+def _thresholds(run: Run, calibration: Calibration) -> tuple[float, float | None]:
+    """The 'not sure' threshold and the unfamiliar check's (None: off), side by side."""
     c1, c2 = st.columns(2)
     with c1:
         threshold = st.slider(
@@ -146,6 +137,20 @@ def page() -> None:
         )
     with c2:
         unfamiliar_threshold = _unfamiliar_threshold(run)
+    return threshold, unfamiliar_threshold
+
+
+def _photo(label: str) -> list[tuple[str, bytes]]:
+    """A photo taken with the browser's camera, as (name, bytes); none until it is taken."""
+    shot = st.camera_input(label, key="try_camera")
+    return [("camera.jpg", shot.getvalue())] if shot is not None else []
+
+
+def _pictures(
+    run: Run, calibration: Calibration, threshold: float, unfamiliar_threshold: float | None
+) -> list[tuple[str, bytes]] | None:
+    """The pictures to look at, from the source chosen; None when the live camera works
+    (it answers by itself)."""
     source = st.radio(
         "Pictures from",
         [LIVE, "Upload", "Camera"],
@@ -153,29 +158,71 @@ def page() -> None:
         label_visibility="collapsed",
         key="try_source",
     )
-    named: list[tuple[str, bytes]] = []
-    if source == LIVE:
-        st.caption(
-            "Hold things in front of the camera: the bars follow what it sees. The pictures "
-            "are looked at on this server and not kept."
+    if source == "Upload":
+        return _uploads()
+    if source != LIVE:
+        return _photo("Take a photo")
+    st.caption(
+        "Hold things in front of the camera: the bars follow what it sees. The pictures "
+        "are looked at on this server and not kept."
+    )
+    live_view(run.run_dir, calibration.temperature, threshold, unfamiliar_threshold)
+    trouble = camera_problem()
+    if trouble is None:
+        return None
+    # no camera in this browser: single pictures instead (uploads open a phone's camera)
+    named = _uploads()
+    if trouble in ("denied", "error"):
+        named = _photo("Or take a photo") or named
+    return named
+
+
+def _one_result(
+    named: tuple[str, bytes],
+    found: tuple,
+    classes: list[str],
+    threshold: float,
+    unfamiliar_threshold: float | None,
+) -> None:
+    """One picture beside its answer and the bars of its top classes."""
+    name, probs, error, far = found
+    if error or probs is None:
+        st.error(f"{literal(name)}: {literal(error)}")
+        return
+    flagged = far is not None and unfamiliar_threshold is not None and far > unfamiliar_threshold
+    c1, c2 = st.columns([1, 2])
+    c1.image(Image.open(io.BytesIO(named[1])), caption=name, width="stretch")
+    with c2:
+        said = verdict(probs, classes, threshold, unfamiliar=flagged)
+        if said.unfamiliar:
+            st.warning(literal(said.text), icon=":material/help:")
+            st.caption("The model's guesses if it had to choose one of your classes:")
+        elif said.sure:
+            st.success(f"**{literal(said.top)}** ({said.probability:.0%})")
+        else:
+            st.warning(literal(said.text))
+        st.plotly_chart(
+            top_classes_figure(
+                plot_literal(classes), probs.tolist(), threshold, unfamiliar=said.unfamiliar
+            ),
+            key="try_bars",
+            config={"displayModeBar": False},
         )
-        live_view(run.run_dir, calibration.temperature, threshold, unfamiliar_threshold)
-        trouble = camera_problem()
-        if trouble is None:
-            st.caption(_probabilities_note(calibration))
-            return
-        # no camera in this browser: single pictures instead (uploads open a phone's camera)
-        named = _uploads()
-        if trouble in ("denied", "error"):
-            shot = st.camera_input("Or take a photo", key="try_camera")
-            if shot is not None:
-                named = [("camera.jpg", shot.getvalue())]
-    elif source == "Upload":
-        named = _uploads()
-    else:
-        shot = st.camera_input("Take a photo", key="try_camera")
-        if shot is not None:
-            named = [("camera.jpg", shot.getvalue())]
+
+
+def page() -> None:
+    picked = pick_run("try it on new pictures")
+    if picked is None:
+        return
+    _, run = picked
+    try:  # a damaged predictions.json or best.pt: one sentence instead of a traceback
+        calibration = load_calibration(Path(run.run_dir))
+        trained_model(run.run_dir)
+    except StudioError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return
+    threshold, unfamiliar_threshold = _thresholds(run, calibration)
+    named = _pictures(run, calibration, threshold, unfamiliar_threshold)
     st.caption(_probabilities_note(calibration))
     if not named:
         return
@@ -189,31 +236,7 @@ def page() -> None:
             return
         results = found
     if len(results) == 1:
-        name, probs, error, far = results[0]
-        if error or probs is None:
-            st.error(f"{literal(name)}: {literal(error)}")
-            return
-        flagged = (
-            far is not None and unfamiliar_threshold is not None and far > unfamiliar_threshold
-        )
-        c1, c2 = st.columns([1, 2])
-        c1.image(Image.open(io.BytesIO(named[0][1])), caption=name, width="stretch")
-        with c2:
-            said = verdict(probs, list(classes), threshold, unfamiliar=flagged)
-            if said.unfamiliar:
-                st.warning(literal(said.text), icon=":material/help:")
-                st.caption("The model's guesses if it had to choose one of your classes:")
-            elif said.sure:
-                st.success(f"**{literal(said.top)}** ({said.probability:.0%})")
-            else:
-                st.warning(literal(said.text))
-            st.plotly_chart(
-                top_classes_figure(
-                    plot_literal(classes), probs.tolist(), threshold, unfamiliar=said.unfamiliar
-                ),
-                key="try_bars",
-                config={"displayModeBar": False},
-            )
+        _one_result(named[0], results[0], list(classes), threshold, unfamiliar_threshold)
         return
     results_table(results, classes, threshold, unfamiliar_threshold)
 

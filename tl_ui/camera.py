@@ -21,6 +21,8 @@ from typing import Any, Literal
 import streamlit as st
 from PIL import Image
 
+from tl_ui.state import state
+
 __all__ = [
     "MAX_FRAME_PIXELS",
     "MAX_FRAME_SIDE",
@@ -96,10 +98,6 @@ def frame_too_large(data: bytes) -> bool:
     return max(width, height) > MAX_FRAME_SIDE or width * height > MAX_FRAME_PIXELS
 
 
-def _reply_key(key: str) -> str:
-    return f"_{key}_reply"
-
-
 def camera(
     key: str,
     mode: Mode,
@@ -119,9 +117,9 @@ def camera(
         if isinstance(message, dict):
             reply = handler(message)
             if reply is not None:
-                st.session_state[_reply_key(key)] = reply
+                state().camera_replies[key] = reply
 
-    sent = {"mode": mode, **data, **st.session_state.get(_reply_key(key), {})}
+    sent = {"mode": mode, **data, **state().camera_replies.get(key, {})}
     result = _COMPONENT(
         key=key,
         data=sent,

@@ -18,13 +18,12 @@ from tl_core.errors import DataError, DiskFullError
 from tl_core.runs.store import Project
 from tl_ui import importing
 from tl_ui.session import get_store
+from tl_ui.state import state
 from tl_ui.text import literal
 
 # Choices besides the classes; a class name never holds a control character.
 NEW_CLASS = "\x00new"
 BY_FOLDER = "\x00folders"
-_DONE = "grow_job"  # the addition this session started: its summary is shown when done
-_ROUND = "grow_round"  # bumped after each addition: a fresh, empty uploader
 
 
 def _choice_text(choice: str) -> str:
@@ -51,22 +50,23 @@ def _add(project: Project, files: list, label: str | None) -> None:
         st.error(literal(exc))
         return
     importing.remember(job)
-    st.session_state[_DONE] = job.id
-    st.session_state[_ROUND] = st.session_state.get(_ROUND, 0) + 1
+    kept = state()
+    kept.grow_job = job.id
+    kept.grow_round += 1  # a fresh, empty uploader
     st.rerun()
 
 
 def _added_note() -> None:
     """The summary and warnings of the addition this session made, once it finished."""
-    job_id = st.session_state.get(_DONE)
-    job = get_store().run(job_id) if job_id else None
+    kept = state()
+    job = get_store().run(kept.grow_job) if kept.grow_job else None
     if job is None or job.status != "finished":
         return
-    st.session_state.pop(_DONE, None)
+    kept.grow_job = None
     result = job.result or {}
     st.success(literal(result.get("summary") or "The images were added."))
     for warning in result.get("warnings") or []:
-        st.warning(literal(warning))
+        st.warning(literal(tl_data.DataWarning.from_json(warning).text))
 
 
 def add_images_panel(
@@ -98,7 +98,7 @@ def add_images_panel(
         files = st.file_uploader(
             "Pictures, or one .zip",
             accept_multiple_files=True,
-            key=f"grow_upload_{st.session_state.get(_ROUND, 0)}",
+            key=f"grow_upload_{state().grow_round}",
         )
         if not files:
             return

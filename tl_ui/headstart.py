@@ -37,8 +37,8 @@ from tl_ui.session import get_store
 
 def _features_job(project: Project, key: str) -> Run | None:
     """The project's frozen-features job for model ``key`` (submitted when there is none)."""
-    fraction, seed = service.split_settings(project)
-    return service.submit_features(get_store(), project, key, fraction, seed)
+    split = service.split_settings(project)
+    return service.submit_features(get_store(), project, key, split.val_fraction, split.seed)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,8 @@ def advice_for(
     need a download, so only the data size speaks).
     """
     n_classes = len(manifest.classes)
-    n_train = len(split_dataset(manifest, *service.split_settings(project)).train)
+    split = service.split_settings(project)
+    n_train = len(split_dataset(manifest, split.val_fraction, split.seed).train)
     if catalog.weights_status(catalog.get_spec(key)) == "needs download":
         return freeze_advice(n_train, n_classes, n_backbone), None
     done = watch(_features_job(project, key), "Measuring the head start for the suggestion")
@@ -222,9 +223,9 @@ def recommend_panel(project: Project, manifest: DatasetManifest) -> None:
     st.markdown(verdict(ranking))
     if (
         best is not None
-        and project.settings.get("model") != best.key
+        and project.typed_settings.model != best.key
         and st.button(f"Use {best.title}", type="primary", key="use_best")
     ):
         get_store().update_settings(project.id, model=best.key)
-        st.session_state.pop("model_choice", None)
+        st.session_state.pop("model_choice", None)  # a widget key: the radio shows the new one
         st.rerun()

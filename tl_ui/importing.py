@@ -21,6 +21,7 @@ from tl_core.errors import DataError, DiskFullError
 from tl_core.runs.store import Project, Run, Store
 from tl_ui import jobs as job_panel
 from tl_ui.session import active_project, get_store, open_project
+from tl_ui.state import state
 from tl_ui.text import literal
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
 FOLDER_IMPORT_ENV = "TL_STUDIO_FOLDER_IMPORT"
 LOCAL_ADDRESSES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _ON, _OFF = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
-_SEEN = "import_jobs_seen"  # ids of the import jobs this session started
-_ROUND = "import_upload_round"  # a new round gives new upload widgets (the old files freed)
 WHAT = "Importing your images"
 GROW_WHAT = "Adding your images"
 
@@ -85,13 +84,13 @@ def start_import(way: str, path: str | Path | None = None, upload: Any = None) -
     if project is not None:
         open_project(project)
     remember(job)
-    st.session_state[_ROUND] = st.session_state.get(_ROUND, 0) + 1
+    state().import_round += 1  # new upload widgets: the old files are freed
     st.rerun()
 
 
 def remember(job: Run) -> None:
     """Mark ``job`` as started by this session: its panel keeps showing how it ended."""
-    st.session_state.setdefault(_SEEN, set()).add(job.id)
+    state().imports_seen.add(job.id)
 
 
 def gone_project_text(store: Store, project_id: str) -> str:
@@ -118,7 +117,7 @@ def _shown(project: Project | None) -> Run | None:
         return None
     if not project.data_dir:
         return job
-    return job if job.id in st.session_state.get(_SEEN, set()) else None
+    return job if job.id in state().imports_seen else None
 
 
 def import_panel(project: Project | None) -> bool:
@@ -139,7 +138,7 @@ def import_panel(project: Project | None) -> bool:
 
 
 def _round() -> int:
-    return int(st.session_state.get(_ROUND, 0))
+    return state().import_round
 
 
 def folder_tab() -> None:

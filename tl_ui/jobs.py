@@ -11,10 +11,11 @@ from __future__ import annotations
 import streamlit as st
 
 from tl_core import service
-from tl_core.runs import jobs
+from tl_core.runs import jobs, supervisor
 from tl_core.runs.store import Run, Store
 from tl_core.runs.supervisor import STALLED, is_stalled
 from tl_ui.session import get_store
+from tl_ui.state import state
 from tl_ui.text import literal
 
 POLL_S = 1.0
@@ -75,13 +76,13 @@ def _render(job_id: str, what: str) -> None:
         if st.button("Stop", key=f"stop_job_{job.id}", disabled=job.stop_requested):
             jobs.request_stop(store, job.id)
             st.rerun()
-        jobs.pump(store)  # a page that is watching also keeps the queue moving
+        supervisor.pump(store)  # a page that is watching also keeps the queue moving
     else:
         if job.status != "finished" and st.button("Try again", key=f"retry_job_{job.id}"):
             service.retry_job(store, job)
             st.rerun(scope="app")
-        if st.session_state.get(f"_watching_{job.id}"):
-            st.session_state.pop(f"_watching_{job.id}")
+        if job.id in state().watching:
+            state().watching.discard(job.id)
             st.rerun(scope="app")  # it just ended: draw the page with its result once
 
 
@@ -91,10 +92,10 @@ def watch(job: Run | None, what: str) -> Run | None:
     if job is None:
         return None
     if not job.active:  # this full run already shows the end: no second refresh
-        st.session_state.pop(f"_watching_{job.id}", None)
+        state().watching.discard(job.id)
     if job.status == "finished" and job.result is not None and not job.result.get("stopped"):
         return job
     if job.active:
-        st.session_state[f"_watching_{job.id}"] = True
+        state().watching.add(job.id)
     st.fragment(_render, run_every=POLL_S if job.active else None)(job.id, what)
     return None

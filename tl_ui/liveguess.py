@@ -18,11 +18,9 @@ import streamlit as st
 from tl_ui import live_route
 from tl_ui.camera import camera, decode_jpeg, problem
 from tl_ui.live_route import Verdict, verdict
+from tl_ui.state import state
 
 __all__ = ["Verdict", "answer_frame", "camera_problem", "live_view", "verdict"]
-
-PROBLEM = "live_camera_problem"
-TOKEN = "live_camera_token"
 
 FRAME_SIDE = 320  # the long side of a frame the browser sends (the model sees 224 px)
 
@@ -46,13 +44,14 @@ def _direct(
     """What the browser needs to ask the live route itself (nothing when it is not served)."""
     if not live_route.mounted():
         return {}
-    token = st.session_state.get(TOKEN) or live_route.new_token()
+    kept = state()
+    token = kept.live_token or live_route.new_token()
     if not live_route.grant(token, run_dir, temperature, threshold, unfamiliar_threshold):
         # the view's earlier model was deleted: a new view, unless this run is the deleted
         # one (then its frames read "removed")
         token = live_route.new_token()
         live_route.grant(token, run_dir, temperature, threshold, unfamiliar_threshold)
-    st.session_state[TOKEN] = token
+    kept.live_token = token
     return {"endpoint": live_route.ROUTE, "token": token, "header": live_route.TOKEN_HEADER}
 
 
@@ -78,13 +77,14 @@ def live_view(
     said = problem(status)
     if said:
         st.warning(f"{said} Meanwhile, try single pictures below.", icon=":material/videocam_off:")
-    if st.session_state.get(PROBLEM) != (status if said else None):
+    kept = state()
+    if kept.camera_problem != (status if said else None):
         # the page below the view (single pictures) changes: rerun all of it once
-        st.session_state[PROBLEM] = status if said else None
+        kept.camera_problem = status if said else None
         st.rerun()
     return status
 
 
 def camera_problem() -> str | None:
     """The status of a live camera that did not start in this session (None: it works)."""
-    return st.session_state.get(PROBLEM)
+    return state().camera_problem

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from tl_core.config import SplitSettings
 from tl_core.data import dataset as tl_data
 from tl_core.data import neardup, review
 from tl_ui.gallery import show_thumbnail
@@ -23,10 +24,8 @@ def _findings(
     project_id: str, manifest: tl_data.DatasetManifest, corrections: review.Corrections
 ) -> list[neardup.Finding]:
     project = get_store().project(project_id)
-    settings = project.settings if project else {}
-    split = tl_data.split_dataset(
-        manifest, float(settings.get("val_fraction", 0.2)), int(settings.get("seed", 0))
-    )
+    chosen = project.typed_settings.split if project else SplitSettings()
+    split = tl_data.split_dataset(manifest, chosen.val_fraction, chosen.seed)
     with st.spinner("Looking for near-duplicate images…"):
         pairs = neardup.manifest_pairs(manifest)
     return neardup.classify(pairs, split, corrections)

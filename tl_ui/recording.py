@@ -20,6 +20,7 @@ from tl_core.errors import DataError, DiskFullError, StudioError
 from tl_core.runs.store import Project, Store
 from tl_ui.camera import camera, decode_jpeg, problem
 from tl_ui.session import active_project, get_store, open_project, project_manifest
+from tl_ui.state import state
 from tl_ui.text import literal
 
 __all__ = ["BACKGROUND_TIP", "FPS", "camera_panel", "needs_background_class", "save_batch"]
@@ -27,12 +28,8 @@ __all__ = ["BACKGROUND_TIP", "FPS", "camera_panel", "needs_background_class", "s
 FPS = 8  # frames per second while recording
 FRAME_SIDE = 320  # the long side of a captured frame, in pixels
 SHOTS_SHOWN = 12  # the strip of latest shots
-_CLASS = "cam_class"  # the class shots go into
-_NEXT = "cam_class_next"  # the class to choose on the next run (after a rename)
+_CLASS = "cam_class"  # the radio of the class shots go into (a widget key)
 _ON = "cam_on"  # the camera is switched on (off until asked: no light, no prompt)
-_ERROR = "cam_error"  # the last batch's problem, shown on the next run
-_DONE = "cam_done"  # the commit's summary, shown after the whole-page rerun
-_SEEN = "cam_seen"  # {browser instance id: last batch number kept} (a resent batch is kept once)
 BURSTS = (
     "Shots next to each other are nearly the same picture: the frames of each second of a "
     "recording, and any near-identical shots, go together either to training or to the "
@@ -92,11 +89,10 @@ def save_batch(
 
 
 def _on_batch(project_id: str, message: dict[str, Any]) -> dict[str, Any]:
-    reply, error = save_batch(
-        get_store(), project_id, message, st.session_state.setdefault(_SEEN, {})
-    )
+    kept = state()
+    reply, error = save_batch(get_store(), project_id, message, kept.camera_seen)
     if error:
-        st.session_state[_ERROR] = error
+        kept.camera_error = error  # shown on the next run
     return reply
 
 
@@ -119,9 +115,9 @@ def _act(what, *args) -> bool:
     return True
 
 
-def _classes(project: Project | None, state) -> str | None:
+def _classes(project: Project | None, capture) -> str | None:
     """Add, pick, rename and remove classes; returns the class shots go into."""
-    names = [c.label for c in state.classes] if state else []
+    names = [c.label for c in capture.classes] if capture else []
     with st.form("cam_add", clear_on_submit=True, border=False):
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
         new = c1.text_input("New class", placeholder="e.g. banana", max_chars=80, key="cam_new")
@@ -133,12 +129,13 @@ def _classes(project: Project | None, state) -> str | None:
     if not names:
         st.caption("Add a class for each kind of thing the model should tell apart.")
         return None
-    if st.session_state.get(_NEXT) in names:  # renamed: the radio follows the class
-        st.session_state[_CLASS] = st.session_state.pop(_NEXT)
+    kept = state()
+    if kept.camera_next_class in names:  # renamed: the radio follows the class
+        st.session_state[_CLASS], kept.camera_next_class = kept.camera_next_class, None
     if st.session_state.get(_CLASS) not in names:
         st.session_state[_CLASS] = names[-1]
     cols = st.columns(min(len(names), 6))
-    for k, cls in enumerate(state.classes):
+    for k, cls in enumerate(capture.classes):
         cols[k % len(cols)].metric(literal(cls.label), f"{cls.count:,}", help="shots of this class")
     return st.radio("Record into", names, horizontal=True, key=_CLASS, format_func=literal)
 
@@ -149,7 +146,7 @@ def _manage(project: Project, label: str) -> None:
         new = st.text_input("New name", value=label, max_chars=80, key="cam_rename_" + label)
         renamed = st.button("Rename", key="cam_rename_go_" + label) and new.strip() != label
         if renamed and _act(service.camera_rename_class, project.id, label, new.strip()):
-            st.session_state[_NEXT] = new.strip()
+            state().camera_next_class = new.strip()
             st.rerun()
         removed = st.button(f"Remove '{literal(label)}' and its shots", key="cam_remove_" + label)
         if removed and _act(service.camera_remove_class, project.id, label):
@@ -183,7 +180,7 @@ def _commit(project: Project, total: int) -> None:
             st.error(literal(exc))
             return
     open_project(committed)
-    st.session_state[_DONE] = (
+    state().camera_done = (  # shown after the whole-page rerun
         f"{total:,} camera shots were checked like any import and added to this project's images."
     )
     st.rerun(scope="app")
@@ -191,7 +188,8 @@ def _commit(project: Project, total: int) -> None:
 
 def done_notice() -> None:
     """The last commit's one-line summary, once, after the page reran."""
-    done = st.session_state.pop(_DONE, None)
+    kept = state()
+    done, kept.camera_done = kept.camera_done, None
     if done:
         st.success(done, icon=":material/photo_camera:")
 
@@ -201,15 +199,15 @@ def camera_panel() -> None:
     """Record classes with the webcam (a fragment: a batch of frames reruns only this)."""
     project = active_project()
     store = get_store()
-    state = service.camera_state(store, project.id) if project else None
+    capture = service.camera_state(store, project.id) if project else None
     st.caption(
         f"Name a class, then hold the record button while you move the object in front of the "
         f"camera: about {FPS} shots a second. {PRIVACY}"
     )
     st.caption(BURSTS)
-    label = _classes(project, state)
+    label = _classes(project, capture)
     manifest = project_manifest(project)
-    known = [c.label for c in state.classes] if state else []
+    known = [c.label for c in capture.classes] if capture else []
     if needs_background_class(known + (list(manifest.classes) if manifest else [])):
         st.caption(BACKGROUND_TIP)
     on = st.toggle("Camera on", key=_ON)
@@ -223,15 +221,16 @@ def camera_panel() -> None:
         said = problem(status)
         if said:
             st.warning(f"{said} Meanwhile, add pictures from files instead.")
-    error = st.session_state.pop(_ERROR, None)
+    kept = state()
+    error, kept.camera_error = kept.camera_error, None
     if error:
         st.error(literal(error))
-    if project is None or state is None or not state.classes:
+    if project is None or capture is None or not capture.classes:
         return
-    chosen = next((c for c in state.classes if c.label == label), None)
+    chosen = next((c for c in capture.classes if c.label == label), None)
     if chosen is not None:
         _manage(project, chosen.label)
         _strip(project, chosen)
-    total = sum(c.count for c in state.classes)
+    total = sum(c.count for c in capture.classes)
     if total:
         _commit(project, total)

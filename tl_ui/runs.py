@@ -14,6 +14,7 @@ from tl_core.config import TrainConfig
 from tl_core.models import catalog
 from tl_core.runs.store import Project, Run
 from tl_ui.session import active_project, get_store, import_model_stack
+from tl_ui.state import state
 
 if TYPE_CHECKING:
     from tl_core.training.inference import TrainedModel
@@ -46,10 +47,10 @@ def pick_run(what: str) -> tuple[Project, Run] | None:
         return None
     runs.reverse()
     ids = [r.id for r in runs]
-    chosen = st.session_state.get("chosen_run")
-    index = ids.index(chosen) if chosen in ids else 0
+    kept = state()
+    index = ids.index(kept.chosen_run) if kept.chosen_run in ids else 0
     run = st.selectbox("Trained model", runs, index=index, format_func=run_label)
-    st.session_state["chosen_run"] = run.id  # the same run on every page
+    kept.chosen_run = run.id  # the same run on every page
     return project, run
 
 

@@ -1,4 +1,7 @@
-"""The browser session's state: one typed object, and the project id mirrored in the URL."""
+"""The session's project (mirrored in the URL), the store, the sidebar and the damaged-index page.
+
+What a session keeps between reruns is one typed object: :mod:`tl_ui.state`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import contextlib
 import importlib
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -15,28 +17,20 @@ from tl_core import service
 from tl_core.data.dataset import DatasetManifest
 from tl_core.errors import StudioError
 from tl_core.models.catalog import get_spec
-from tl_core.runs import jobs
+from tl_core.runs import jobs, supervisor
 from tl_core.runs.store import Project, Run, Store, StoreDamagedError, repair
-from tl_ui.access import require_access_code
 from tl_ui.server import freeze_startup_objects
+from tl_ui.state import state
 
-_KEY = "studio"
 DONE = ":material/check_circle:"
 TODO = ":material/radio_button_unchecked:"
 BUSY = ":material/hourglass_top:"
 
 
-@dataclass
-class StudioSession:
-    """All a browser session keeps; everything else lives in the store."""
-
-    project_id: str | None = None
-
-
 @st.cache_resource(show_spinner="Starting the studio…")
 def get_store() -> Store:
     """One store per server process; at start, runs whose worker is gone become interrupted,
-    and this process starts serving the job queue (warm workers, see tl_core.runs.jobs.serve).
+    and this process starts serving the job queue (warm workers, see tl_core.runs.supervisor.serve).
 
     Raises StoreDamagedError (not cached) when studio.db cannot be used.
     """
@@ -44,7 +38,7 @@ def get_store() -> Store:
     store.check()
     jobs.recover(store)
     if os.environ.get("TL_STUDIO_SERVE", "1") != "0":  # 0: another process serves the queue
-        jobs.serve(store)
+        supervisor.serve(store)
         if os.environ.get("TL_STUDIO_PREWARM", "1") != "0":
             _prewarm_pages()
     return store
@@ -91,9 +85,6 @@ def _prewarm_pages() -> None:
     threading.Thread(target=warm, name="tl-studio-prewarm-pages", daemon=True).start()
 
 
-_REPAIRED = "store_repaired"
-
-
 def store_trouble(error: StoreDamagedError) -> None:
     """The page shown instead of the studio when its index cannot be used: what and a way on."""
     st.title("Transfer Learning Studio")
@@ -110,40 +101,34 @@ def store_trouble(error: StoreDamagedError) -> None:
             st.error(f"The repair did not succeed: {exc}")
             return
         get_store.clear()
-        st.session_state[_REPAIRED] = report.sentence()
+        state().repaired = report.sentence()
         st.rerun()
 
 
 def repaired_notice() -> None:
     """Once, after a repair (what it did) or a project's deletion."""
-    sentence = st.session_state.pop(_REPAIRED, None)
+    kept = state()
+    sentence, kept.repaired = kept.repaired, None
     if sentence:
         st.success(sentence, icon=":material/build:")
-    deleted = st.session_state.pop("_project_deleted", None)
+    deleted, kept.deleted_project = kept.deleted_project, None
     if deleted:
         st.success(f"The project “{deleted}” was deleted.", icon=":material/delete:")
 
 
-def session() -> StudioSession:
-    require_access_code()  # also guards a page opened by its own address
-    if _KEY not in st.session_state:
-        st.session_state[_KEY] = StudioSession()
-    return st.session_state[_KEY]
-
-
 def active_project() -> Project | None:
     """The project of this session, from session state or the URL's ``?project=`` id."""
-    state = session()
+    kept = state()
     store = get_store()
     url_id = st.query_params.get("project")
-    if url_id and url_id != state.project_id:
-        state.project_id = url_id
-    project = store.project(state.project_id) if state.project_id else None
-    if state.project_id and project is None:
+    if url_id and url_id != kept.project_id:
+        kept.project_id = url_id
+    project = store.project(kept.project_id) if kept.project_id else None
+    if kept.project_id and project is None:
         from tl_ui.importing import gone_project_text
 
-        st.warning(gone_project_text(store, state.project_id))
-        state.project_id = None
+        st.warning(gone_project_text(store, kept.project_id))
+        kept.project_id = None
         st.query_params.pop("project", None)
     if project is not None and st.query_params.get("project") != project.id:
         st.query_params["project"] = project.id  # page switches drop it; put it back
@@ -151,7 +136,7 @@ def active_project() -> Project | None:
 
 
 def open_project(project: Project) -> None:
-    session().project_id = project.id
+    state().project_id = project.id
     st.query_params["project"] = project.id
 
 
@@ -209,10 +194,11 @@ def _training_line(run_id: str) -> None:
         st.markdown(f"{TODO} Training: not started")
         return
     st.markdown(f"{BUSY if run.active else DONE} Training: {run_state(store, run)}")
+    kept = state()
     if run.active:
-        st.session_state["_sidebar_polling"] = run.id
-    elif st.session_state.get("_sidebar_polling") == run.id:
-        st.session_state["_sidebar_polling"] = None
+        kept.sidebar_polling = run.id
+    elif kept.sidebar_polling == run.id:
+        kept.sidebar_polling = None
         st.rerun(scope="app")  # the run just ended: stop polling, refresh the page once
 
 
@@ -228,7 +214,7 @@ def sidebar(project: Project | None) -> None:
             st.markdown(f"{TODO} Images: not yet")
         else:
             st.markdown(f"{DONE} Images: {len(manifest.items)} in {len(manifest.classes)} classes")
-        model = project.settings.get("model")
+        model = project.typed_settings.model
         title = get_spec(model).title if model else None
         st.markdown(f"{DONE} Model: {title}" if title else f"{TODO} Model: not chosen")
         run = latest_run(project)
@@ -236,7 +222,7 @@ def sidebar(project: Project | None) -> None:
             st.markdown(f"{TODO} Training: not started")
         else:
             if not run.active:  # this full run already shows the end: no second refresh
-                st.session_state["_sidebar_polling"] = None
+                state().sidebar_polling = None
             st.fragment(_training_line, run_every=POLL_S if run.active else None)(run.id)
         st.caption("Bookmark this page's address to come back to this project.")
         st.code(f"?project={project.id}", language=None)
@@ -265,8 +251,9 @@ def delete_control(project: Project) -> None:
             from tl_ui import live_route
 
             live_route.revoke(folders)  # its live views stop, its models leave the cache
-            session().project_id = None
+            kept = state()
+            kept.project_id = None
             st.query_params.pop("project", None)
-            st.session_state.pop("delete_project_sure", None)
-            st.session_state["_project_deleted"] = project.name
+            st.session_state.pop("delete_project_sure", None)  # a widget's: the box unticked
+            kept.deleted_project = project.name
             st.rerun(scope="app")

@@ -14,19 +14,20 @@ from tl_core.analysis.advice import (
     sweep_reading,
 )
 from tl_core.config import TrainConfig
-from tl_core.runs import jobs
+from tl_core.runs import supervisor
 from tl_core.runs.store import Project
 from tl_ui.alarms import show_alarm
 from tl_ui.charts import depth_sweep_figure
 from tl_ui.runs import submit_training
 from tl_ui.session import get_store
+from tl_ui.state import state
 
 POLL_S = 1.0
 
 
 def use_depth(project_id: str, trainable_groups: int) -> None:
     """Button callback: set the freeze slider (it runs before the slider is drawn again)."""
-    st.session_state["trainable_groups"] = trainable_groups
+    st.session_state["trainable_groups"] = trainable_groups  # the slider's widget key
     get_store().update_settings(project_id, trainable_groups=trainable_groups)
 
 
@@ -84,9 +85,9 @@ def _results(project_id: str, n_backbone: int, head_start: float | None) -> None
             args=(project_id, best.trainable_groups),
         )
     if any(p.pending for p in points):
-        jobs.pump(store)
-    elif st.session_state.get("_sweep_polling"):
-        st.session_state["_sweep_polling"] = False
+        supervisor.pump(store)
+    elif state().sweep_polling:
+        state().sweep_polling = False
         st.rerun(scope="app")
 
 
@@ -120,7 +121,7 @@ def sweep_panel(
         points = service.latest_sweep(get_store().runs(project.id))
         active = any(p.pending for p in points)
         if active:
-            st.session_state["_sweep_polling"] = True
+            state().sweep_polling = True
         st.fragment(_results, run_every=POLL_S if active else None)(
             project.id, n_backbone, head_start
         )
