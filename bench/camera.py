@@ -9,7 +9,7 @@ character, a grass texture) held in front of a plain background, moving a little
 of 10 frames, each take a different picture of its set. The frames go through the service as
 the Data page sends them (``camera_add_frames``, 5 at a time), then ``camera_commit`` makes
 them the project's data with its classroom-speed settings, and Train is pressed with those
-settings through the real queue: the app server's runtime (``jobs.serve``) with its warm
+settings through the real queue: the app server's runtime (``supervisor.serve``) with its warm
 worker (``--cold`` also times a new worker process, no server). A held-out check scores
 frames of pictures no take used (the sets' test images) with the run's saved model.
 
@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +39,8 @@ sys.path.insert(0, str(ROOT))
 from warm_start import serve_warm  # noqa: E402 - the same warm queue as bench/warm_start.py
 
 from tl_core import service  # noqa: E402
-from tl_core.config import TrainConfig  # noqa: E402
 from tl_core.data.dataset import DatasetManifest, split_dataset  # noqa: E402
-from tl_core.runs import jobs, supervisor  # noqa: E402
+from tl_core.runs import supervisor  # noqa: E402
 from tl_core.runs.store import Store  # noqa: E402
 
 # ../shared/datasets beside the checkout (or beside the folder of checkouts)
@@ -112,7 +111,7 @@ def _record(store: Store, project_id: str, root: Path, n: int) -> float:
 def _train(store: Store, project_id: str, overrides: dict, clicked: float) -> dict:
     project = store.project(project_id)
     assert project is not None
-    config = TrainConfig.from_dict({**asdict(TrainConfig()), **project.settings, **overrides})
+    config = replace(project.typed_settings.train, **overrides)
     manifest = DatasetManifest.load(Path(project.data_dir or ""))
     run = service.submit_training(store, project, config)
     first = None
@@ -127,7 +126,7 @@ def _train(store: Store, project_id: str, overrides: dict, clicked: float) -> di
             first = time.perf_counter() - clicked
         if not now.active:
             break
-        jobs.pump(store)
+        supervisor.pump(store)
         time.sleep(0.02)
     return {
         "first_point_s": round(first or float("nan"), 2),
@@ -165,7 +164,7 @@ def one_case(store: Store, root: Path, n: int, overrides: dict) -> dict:
     t = time.perf_counter()
     project = service.camera_commit(store, project.id)
     commit_s = time.perf_counter() - t
-    out = {"commit_s": round(commit_s, 2), "preset": project.settings.get("preset")}
+    out = {"commit_s": round(commit_s, 2), "preset": project.typed_settings.preset}
     clicked = time.perf_counter()
     out.update(_train(store, project.id, overrides, clicked))
     out["last_frame_to_model_s"] = round(time.perf_counter() - last_frame, 2)

@@ -43,7 +43,6 @@ import time
 import traceback
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -253,9 +252,8 @@ def _watch_browser_run(pg: Any, clicked: float, deadline: float, out: dict[str, 
 def simulated_student(workspace: Path, index: int, deadline: float) -> dict[str, Any]:
     """What the pages do for a student, through the store of the server's workspace."""
     from tl_core import service
-    from tl_core.config import TrainConfig
+    from tl_core.config import RunSpec, TrainConfig
     from tl_core.models import catalog
-    from tl_core.runs import jobs
     from tl_core.runs.store import Store
 
     store = Store(workspace)
@@ -277,8 +275,10 @@ def simulated_student(workspace: Path, index: int, deadline: float) -> dict[str,
     if True:  # the Model page's head start, as a job
         t = time.perf_counter()
         project = store.project(project.id)
-        val_fraction, seed = service.split_settings(project)
-        job = service.submit_features(store, project, catalog.DEFAULT_MODEL, val_fraction, seed)
+        split = service.split_settings(project)
+        job = service.submit_features(
+            store, project, catalog.DEFAULT_MODEL, split.val_fraction, split.seed
+        )
         end = _watch_job(store, job.id, t, deadline)
         out["head_start_queue"] = end["queue"]
         out["head_start_s"] = end.get("finish_s")
@@ -288,7 +288,7 @@ def simulated_student(workspace: Path, index: int, deadline: float) -> dict[str,
             return out
 
     t = time.perf_counter()
-    run = jobs.submit(store, project.id, asdict(TrainConfig(epochs=EPOCHS)), data)
+    run = service.submit_job(store, project.id, RunSpec(TrainConfig(epochs=EPOCHS)), data)
     end = _watch_job(store, run.id, t, deadline)
     out.update({k: end[k] for k in ("first_point_s", "finish_s", "status", "queue") if k in end})
     if end.get("error"):
@@ -298,7 +298,7 @@ def simulated_student(workspace: Path, index: int, deadline: float) -> dict[str,
 
 def _watch_job(store: Any, job_id: str, clicked: float, deadline: float) -> dict[str, Any]:
     """Poll like a page: place and estimated wait while queued, the first point, the end."""
-    from tl_core.runs import jobs
+    from tl_core.runs import jobs, supervisor
     from tl_core.runs.store import UNFINISHED
 
     seen: list[dict[str, Any]] = []
@@ -319,7 +319,7 @@ def _watch_job(store: Any, job_id: str, clicked: float, deadline: float) -> dict
         if run.status not in (*UNFINISHED, "held"):
             end.update(status=run.status, finish_s=round(now, 2), error=run.error)
             return end
-        jobs.pump(store)  # a watching page keeps the queue moving (the server runs the job)
+        supervisor.pump(store)  # a watching page keeps the queue moving (the server runs the job)
         time.sleep(POLL_S)
     end["status"] = "timed out"
     return end

@@ -30,14 +30,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 from raycluster import local_cluster  # noqa: E402
 from warm_start import _click, _head_start, _project  # noqa: E402
 
-from tl_core.runs import jobs, supervisor  # noqa: E402
+from tl_core.runs import supervisor  # noqa: E402
 from tl_core.runs.store import Store  # noqa: E402
 
 
 def _clicks(workspace: Path, source: Path) -> dict[str, object]:
     store = Store(workspace)
     started = time.perf_counter()
-    jobs.serve(store, prewarm=True)
+    supervisor.serve(store, prewarm=True)
     project_id, data = _project(store, source)
     out: dict[str, object] = {"head_start_s": _head_start(store, project_id)}
     out["serve_to_head_start_done_s"] = round(time.perf_counter() - started, 2)

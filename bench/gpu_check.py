@@ -53,6 +53,7 @@ from torch import nn  # noqa: E402
 from tl_core.data.dataset import import_folder, split_dataset  # noqa: E402
 from tl_core.data.imageprep import decode_workers  # noqa: E402
 from tl_core.errors import ModelUnavailableError  # noqa: E402
+from tl_core.events import Progress, label  # noqa: E402
 from tl_core.models.catalog import DataConfig, create_model, get_spec  # noqa: E402
 from tl_core.models.device import ComputePlan, plan_compute  # noqa: E402
 from tl_core.models.freezing import layer_groups  # noqa: E402
@@ -293,15 +294,15 @@ def finetune_rates(
 
 
 class Phases(QuietCallbacks):
-    """Seconds from each status message to the next: the run's phases."""
+    """Seconds from each phase's first progress to the next phase's: the run's phases."""
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.marks: list[tuple[str, float]] = []
         self.notes: list[str] = []
 
-    def on_status(self, message: str) -> None:
-        head = message.split(":")[0]
+    def on_progress(self, progress: Progress) -> None:
+        head = label(progress)
         if not self.marks or self.marks[-1][0] != head:
             self.marks.append((head, time.perf_counter()))
 

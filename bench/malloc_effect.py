@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cli_run import train_cli
 
-from tl_core.runs.jobs import WORKER_ENV
+from tl_core.runs.executor import WORKER_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 

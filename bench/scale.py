@@ -36,10 +36,13 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from tl_core.events import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "assets" / "demo" / "fashion_mnist"
@@ -135,12 +138,12 @@ def phase_import(photos: str, data: str) -> dict[str, Any]:
 
 
 class _Sink:
-    """A job's events, kept with their time (the phases of a run come from its status)."""
+    """A job's events, kept with their time (the phases of a run come from its progress)."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.events: list[tuple[float, Event]] = []
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: Event) -> None:
         self.events.append((time.perf_counter(), event))
 
     def stop_asked(self) -> bool:
@@ -148,11 +151,13 @@ class _Sink:
 
 
 def phase_train(data: str, run: str, model: str, groups: int, epochs: int) -> dict[str, Any]:
-    """One training job as a worker runs it; its phases' seconds from its status events."""
+    """One training job as a worker runs it; its phases' seconds from its progress events."""
     from train_speed import PHASES
 
-    from tl_core.config import JobSpec, RunSpec, TrainConfig
+    from tl_core.config import RunSpec, TrainConfig
+    from tl_core.events import Log, Progress
     from tl_core.runs import jobs
+    from tl_core.runs.kinds import JobSpec
     from tl_core.runs.worker import JobContext, execute
 
     config = TrainConfig(model=model, trainable_groups=groups, epochs=epochs)
@@ -160,7 +165,7 @@ def phase_train(data: str, run: str, model: str, groups: int, epochs: int) -> di
         id="bench",
         kind="train",
         project_id="bench",
-        params=RunSpec(config).to_dict(),
+        params=RunSpec(config),
         data_dir=data,
         folder=run,
         threads=jobs.cpu_count(),
@@ -169,25 +174,25 @@ def phase_train(data: str, run: str, model: str, groups: int, epochs: int) -> di
     started = time.perf_counter()
     end = execute(spec, JobContext(spec, sink))
     finished = time.perf_counter()
-    if end["status"] != "finished":
-        raise SystemExit(f"training ended {end['status']}: {end.get('error')}")
+    if end.status != "finished" or end.result is None:
+        raise SystemExit(f"training ended {end.status}: {end.error}")
     marks: list[tuple[str, float]] = []
     for t, event in sink.events:
-        if event["t"] != "status":
+        if not isinstance(event, Progress):
             continue
-        phase = next((v for k, v in PHASES.items() if event["message"].startswith(k)), None)
+        phase = PHASES.get(event.phase)
         if phase and (not marks or marks[-1][0] != phase):
             marks.append((phase, t))
     phases: dict[str, float] = {}
     for (phase, t), (_, t_next) in zip(marks, [*marks[1:], ("", finished)], strict=True):
         phases[phase] = round(phases.get(phase, 0.0) + t_next - t, 2)
-    logs = [e["text"] for _, e in sink.events if e["t"] == "log"]
+    logs = [e.text for _, e in sink.events if isinstance(e, Log)]
     return {
         "seconds": finished - started,
-        "val_accuracy": end["result"]["val_accuracy"],
+        "val_accuracy": end.result["val_accuracy"],
         "phases": phases,
         "decodes_every_epoch": any("decodes them again" in line for line in logs),
-        "compute": end["result"].get("compute"),
+        "compute": end.result.get("compute"),
     }
 
 

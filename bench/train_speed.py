@@ -46,6 +46,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tl_core.data.dataset import MAX_SIDE, import_folder, split_dataset
+from tl_core.events import Progress
 from tl_core.models.catalog import create_model, get_spec
 from tl_core.models.device import plan_compute
 from tl_core.models.freezing import set_train_mode
@@ -90,24 +91,24 @@ def make_photos(src: Path, dest: Path, size: tuple[int, int], limit: int | None)
     return dest
 
 
-# The engine's status lines, by their first words, and the phase each one starts.
+# The engine's progress phases (tl_core.events.PHASES), and the name each one has here.
 PHASES = {
-    "Loading the model": "load_model",
-    "Preparing your images": "decode_cache",
-    "Running your images": "frozen_pass",
-    "Training": "train",
-    "Scoring the best model": "final_scoring",
+    "load": "load_model",
+    "decode": "decode_cache",
+    "frozen": "frozen_pass",
+    "train": "train",
+    "score": "final_scoring",
 }
 
 
 class PhaseClock(QuietCallbacks):
-    """Seconds per phase of ``fit``, from the time each status line first appears."""
+    """Seconds per phase of ``fit``, from the time each phase's progress first appears."""
 
     def __init__(self) -> None:
         self.marks: list[tuple[str, float]] = []
 
-    def on_status(self, message: str) -> None:
-        phase = next((v for k, v in PHASES.items() if message.startswith(k)), None)
+    def on_progress(self, progress: Progress) -> None:
+        phase = PHASES.get(progress.phase)
         if phase is not None and (not self.marks or self.marks[-1][0] != phase):
             self.marks.append((phase, time.perf_counter()))
 

@@ -7,7 +7,7 @@ Each case is one press of Train with the page's defaults (EfficientNet-Lite0, he
 - ``cold``: no server serves the queue, so the run gets a new ``python -m tl_core worker``
   process (import torch, build the model, decode, frozen pass): the path every run took
   before warm workers;
-- ``warm``: the app server's runtime (``jobs.serve``) with its worker already started, after
+- ``warm``: the app server's runtime (``supervisor.serve``) with its worker already started, after
   the Model page's head start has run (as in the wizard, where it comes before Train);
 - ``warm again``: a second run of the same project.
 Prints one JSON object with the seconds and the ratios, measured side by side in one run.
@@ -19,16 +19,15 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tl_core import service  # noqa: E402
-from tl_core.config import TrainConfig  # noqa: E402
+from tl_core.config import RunSpec, TrainConfig  # noqa: E402
 from tl_core.data.dataset import import_folder  # noqa: E402
-from tl_core.runs import jobs, supervisor  # noqa: E402
+from tl_core.runs import supervisor  # noqa: E402
 from tl_core.runs.store import Store  # noqa: E402
 
 
@@ -44,7 +43,7 @@ def _project(store: Store, source: Path) -> tuple[str, Path]:
 def _click(store: Store, project_id: str, data: Path) -> dict[str, float | str]:
     """Press Train; wait for the first epoch's point and the end."""
     clicked = time.perf_counter()
-    run = jobs.submit(store, project_id, asdict(TrainConfig()), data)
+    run = service.submit_job(store, project_id, RunSpec(TrainConfig()), data)
     first = None
     while True:
         now = store.run(run.id)
@@ -80,7 +79,7 @@ def serve_warm(workspace: Path) -> tuple[Store, float]:
     seconds that took."""
     store = Store(workspace)
     started = time.perf_counter()
-    jobs.serve(store, prewarm=True)
+    supervisor.serve(store, prewarm=True)
     sup = supervisor.running_here(store.workspace)
     assert sup is not None
     while not sup.executor.ready_count():  # type: ignore[attr-defined]

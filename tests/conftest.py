@@ -19,9 +19,9 @@ def _no_queue_left_behind(monkeypatch):
     monkeypatch.setenv("TL_STUDIO_PREWARM", "0")
     from jobrunner import run_job
 
-    from tl_core.runs import jobs
+    from tl_core.runs import supervisor
 
-    real_spawn = jobs._spawn
+    real_spawn = supervisor._spawn
 
     def spawn(store, run) -> None:  # a page's job other than training: done at once, here
         if run.kind == "train":
@@ -29,10 +29,8 @@ def _no_queue_left_behind(monkeypatch):
         else:
             run_job(store, run)
 
-    monkeypatch.setattr(jobs, "_spawn", spawn)
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
     yield
-    from tl_core.runs import supervisor
-
     supervisor.shutdown_all()
 
 

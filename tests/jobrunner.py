@@ -7,23 +7,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tl_core.errors import StudioError
-from tl_core.runs import tasks
+from tl_core.events import Progress, describe
+from tl_core.runs.kinds import entry
+from tl_core.runs.recording import job_spec, record
 from tl_core.runs.store import Run, Store
-from tl_core.runs.worker import job_spec, record
 
 WAITING = ("queued", "starting", "running")
 
 
 @dataclass
 class FakeContext:
-    """A JobContext that records what the task reports."""
+    """A JobContext that records what the task reports (progress as done, total and the
+    sentence a user reads)."""
 
     stop: bool = False
     steps: list[tuple[int, int, str]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
-    def progress(self, done: int, total: int, text: str) -> None:
-        self.steps.append((done, total, text))
+    def progress(self, progress: Progress) -> None:
+        assert progress.done is not None and progress.total is not None
+        self.steps.append((progress.done, progress.total, describe(progress)))
 
     def log(self, text: str) -> None:
         self.lines.append(text)
@@ -35,7 +38,7 @@ class FakeContext:
 def run_job(store: Store, job: Run) -> Run:
     """Run one job's task here and write its end as the worker would."""
     try:
-        result = tasks.TASKS[job.kind](job_spec(store, job), FakeContext())
+        result = entry(job.kind).load_task()(job_spec(store, job), FakeContext())
     except StudioError as exc:
         end = {"t": "end", "status": "failed", "error": str(exc), "message": "Failed"}
     else:
@@ -57,7 +60,7 @@ def finish_jobs(workspace: Path, kinds: tuple[str, ...] | None = None) -> list[R
 def inline_spawn(monkeypatch) -> list[str]:
     """Workers replaced: a claimed training run is only recorded (its id in the list
     returned); any other job runs to its end right away, in this process."""
-    from tl_core.runs import jobs
+    from tl_core.runs import supervisor
 
     spawned: list[str] = []
 
@@ -67,7 +70,7 @@ def inline_spawn(monkeypatch) -> list[str]:
         else:
             run_job(store, run)
 
-    monkeypatch.setattr(jobs, "_spawn", spawn)
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
     return spawned
 
 

@@ -305,7 +305,8 @@ def test_the_worker_and_the_near_duplicate_panel_agree(store) -> None:
     record(store, project.id, 3, 10, 0)
     project = service.camera_commit(store, project.id)
     manifest = DatasetManifest.load(Path(project.data_dir))
-    fraction, seed = service.split_settings(project)
+    split = service.split_settings(project)
+    fraction, seed = split.val_fraction, split.seed
     summary = neardup.run_summary(manifest, fraction, seed)
     assert summary["train_val"] == 0 and len(neardup.manifest_pairs(manifest)) > 100
     counts = Counter(i.label for i in split_dataset(manifest, fraction, seed).val)

@@ -216,7 +216,8 @@ def test_commit_camera_only(store, project):
     for key, value in service.CAMERA_SETTINGS.items():
         assert project.settings[key] == value
     assert project.settings["preset"] == service.CAMERA_PRESET
-    split = split_dataset(manifest, *service.split_settings(project))
+    chosen = service.split_settings(project)
+    split = split_dataset(manifest, chosen.val_fraction, chosen.seed)
     assert split.val and split.train
 
 
@@ -254,7 +255,7 @@ def test_commit_mixed_with_uploaded_images(store, tmp_path):
     assert after.root != before.root and after.grown_from == before.root.name
     assert after.classes == ["disc", "pen", "square", "stripes"]
     assert after.counts()["disc"] == 30 + 12 and after.counts()["pen"] == 12
-    assert any("capital letters" in w for w in after.warnings)  # 'Disc' joined 'disc'
+    assert any("capital letters" in w.text for w in after.warnings)  # 'Disc' joined 'disc'
     assert old_val <= {i.file for i in split_dataset(after).val}  # old sides kept
     assert "preset" not in project.settings  # uploaded images too: the user's settings stay
     assert service.camera_state(store, project.id).total == 0

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 from helpers import make_shapes, wait_until
 
+from tl_core import service
+from tl_core.config import RunSpec
 from tl_core.data.dataset import import_folder
-from tl_core.models.freezing import describe_model
-from tl_core.runs import jobs
+from tl_core.models.facts import model_info
+from tl_core.runs import jobs, supervisor
 from tl_core.runs.store import Store
 
 
@@ -114,7 +116,7 @@ def test_from_scratch_baseline_and_recommend_commands(shapes_dir, tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     config = Store(ws).run(summary["run_id"]).config
     assert summary["pretrained"] is False and config["pretrained"] is False
-    every = describe_model("efficientnet_lite0", 3).n_backbone
+    every = model_info("efficientnet_lite0", 3).n_backbone
     assert config["trainable_groups"] == every and config["head_epochs"] == 0
     assert config["lr"] <= 2e-3
 
@@ -192,23 +194,24 @@ def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(
         "pretrained": False,
         "trainable_groups": 6,
     }
-    first = jobs.submit(store, project.id, config, data_dir)
-    second = jobs.submit(store, project.id, {**config, "epochs": 1}, data_dir)
+    first = service.submit_job(store, project.id, RunSpec.from_dict(config), data_dir)
+    one_epoch = RunSpec.from_dict({**config, "epochs": 1})
+    second = service.submit_job(store, project.id, one_epoch, data_dir)
     assert store.queue_position(second.id) == 1  # one slot: the second waits its turn
 
     # Crash the worker mid-run (as an out-of-memory kill would), after one finished epoch.
     wait_until(lambda: len(store.epochs(first.id)) >= 1)
     run = store.run(first.id)
     os.kill(run.pid, signal.SIGKILL)
-    wait_until(lambda: not jobs._pid_alive(run.pid))
+    wait_until(lambda: not jobs.pid_alive(run.pid))
     assert jobs.recover(store) == [first.id]
     assert store.run(first.id).status == "interrupted"
 
     # The freed slot goes to the waiting run, which finishes; then resume the first one.
-    jobs.pump(store)
+    supervisor.pump(store)
     wait_until(lambda: store.run(second.id).status == "finished", timeout=180)
     epochs_before = len(store.epochs(first.id))
-    jobs.resume(store, first.id)
+    service.resume_run(store, first.id)
     wait_until(lambda: len(store.epochs(first.id)) > epochs_before, timeout=180)
     assert [e.epoch for e in store.epochs(first.id)] == list(
         range(1, len(store.epochs(first.id)) + 1)

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from helpers import make_shapes, tree_digest, wait_until
 
+from tl_core import service
 from tl_core.cli import _parser
+from tl_core.config import RunSpec
 from tl_core.data import paths
 from tl_core.errors import RunError, StudioError
-from tl_core.runs import jobs
+from tl_core.runs import jobs, supervisor
 from tl_core.runs.store import Store
 
 HEAVY = ("torch", "timm", "numpy", "PIL")
@@ -548,7 +550,7 @@ def test_a_cli_run_waits_its_turn_in_the_shared_queue(shapes: Path, tmp_path: Pa
         assert cli_run.pid == proc.pid
         jobs.request_stop(store, ahead.id)  # cancelled in the app: the command line is next
         assert _next_wait(proc) == "waiting: place 1 in the queue"
-        assert jobs.pump(store, limit=2) == []  # never the run a command line waits for
+        assert supervisor.pump(store, limit=2) == []  # never the run a command line waits for
         assert store.run(cli_run.id).status == "queued"
         sleeper.kill()
         sleeper.wait()
@@ -629,7 +631,7 @@ def test_a_signal_during_a_cli_run_marks_it_interrupted_and_resume_works(
     assert store.project(run.project_id).settings.get(jobs.CLI_PENDING) is None
     done = len(store.epochs(run.id))
 
-    jobs.resume(store, run.id)
+    service.resume_run(store, run.id)
     wait_until(lambda: len(store.epochs(run.id)) > done + 1)
     jobs.request_stop(store, run.id)
     wait_until(lambda: store.run(run.id).status == "stopped", timeout=60)
@@ -651,12 +653,12 @@ def test_sigterm_to_an_app_worker_says_the_server_stopped_it(shapes: Path, tmp_p
         "pretrained": False,
         "trainable_groups": 6,
     }
-    run = jobs.submit(store, project.id, config, data_dir)
+    run = service.submit_job(store, project.id, RunSpec.from_dict(config), data_dir)
     wait_until(lambda: store.epochs(run.id))
     pid = store.run(run.id).pid
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: store.run(run.id).status == "interrupted", timeout=60)
-    wait_until(lambda: not jobs._pid_alive(pid), timeout=30)
+    wait_until(lambda: not jobs.pid_alive(pid), timeout=30)
     final = store.run(run.id)
     assert final.message == "Interrupted: the server stopped the training process."
     assert (Path(final.run_dir) / "last.pt").exists()

@@ -35,9 +35,10 @@ from tl_core.data.dataset import (
     split_dataset,
 )
 from tl_core.errors import DiskFullError
+from tl_core.events import Log
 from tl_core.models.device import ComputePlan
+from tl_core.runs.recording import StoreSink, run_worker
 from tl_core.runs.store import Store
-from tl_core.runs.worker import StoreSink, run_worker
 from tl_core.training import checkpoint, inputs
 from tl_core.training.engine import TrainConfig, fit, write_predictions
 
@@ -326,7 +327,7 @@ def test_run_log_on_a_full_disk(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr("builtins.open", full_open)
     with pytest.raises(DiskFullError):
-        StoreSink(store, run).emit({"t": "log", "text": "hello"})
+        StoreSink(store, run).emit(Log("hello"))
 
 
 @pytest.mark.parametrize("site", ["image", "manifest", "zip-member"])
@@ -471,11 +472,13 @@ def test_the_data_page_says_the_disk_is_full(tiny_disk, monkeypatch, free_kib) -
 
 
 def test_the_train_page_says_the_disk_is_full(tiny_disk, tmp_path, monkeypatch) -> None:
-    from tl_core.runs import jobs
+    from tl_core.runs import supervisor
 
     spawned: list[str] = []
     monkeypatch.setattr(
-        jobs, "_spawn", lambda store, run: spawned.append(run.id) if run.kind == "train" else None
+        supervisor,
+        "_spawn",
+        lambda store, run: spawned.append(run.id) if run.kind == "train" else None,
     )
     disk = tiny_disk("disk", 8192)
     store, project_id, _ = _workspace_with_data(disk, tmp_path)

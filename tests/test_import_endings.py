@@ -15,7 +15,7 @@ from helpers import app_test, wait_until
 from PIL import Image
 
 from tl_core import service
-from tl_core.runs import endings, jobs
+from tl_core.runs import endings, jobs, supervisor
 from tl_core.runs.store import Store
 
 CUT_OFF = "The import stopped when the server stopped; import the pictures again."
@@ -35,13 +35,13 @@ def _pictures(root: Path, per_class: int = 300, size: int = 96) -> Path:
 def test_a_first_import_killed_mid_way_leaves_no_empty_project(tmp_path, monkeypatch) -> None:
     src = _pictures(tmp_path / "src")
     store = Store(tmp_path / "ws")
-    monkeypatch.setattr(jobs, "pump", lambda store, limit=None: [])  # started below
+    monkeypatch.setattr(supervisor, "pump", lambda store, limit=None: [])  # started below
     job = service.submit_import(store, None, "folder", path=src)
     project = store.project(job.project_id)
     assert project is not None and not project.data_dir
-    assert jobs._claim_next(store, 1).id == job.id
+    assert jobs.claim_next(store, 1).id == job.id
     with open(tmp_path / "worker.log", "wb") as log:  # the worker the queue would start
-        proc = subprocess.Popen(jobs.worker_command(store, job.id), stdout=log, stderr=log)
+        proc = subprocess.Popen(supervisor.worker_command(store, job.id), stdout=log, stderr=log)
 
     def working():  # its own worker process has started on the pictures
         run = store.run(job.id)

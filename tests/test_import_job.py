@@ -16,10 +16,11 @@ from helpers import app_test, make_shapes
 from jobrunner import FakeContext
 
 from tl_core import service
-from tl_core.config import JobSpec
 from tl_core.data import neardup
 from tl_core.data.dataset import MAX_IMPORT_MB, DatasetManifest, import_folder
-from tl_core.runs import jobs, supervisor, tasks, worker
+from tl_core.events import Event, Progress
+from tl_core.runs import jobs, recording, supervisor, tasks, worker
+from tl_core.runs.kinds import JobSpec
 from tl_core.runs.store import Run, Store
 from tl_ui.importing import FOLDER_IMPORT_ENV, folder_import_setting
 
@@ -131,7 +132,7 @@ def test_the_demo_set_is_decoded_once_per_workspace_then_linked(store, shapes, m
     """A class importing the bundled set: the first import decodes it, later ones (other
     projects) link that import, equal to a fresh one and independent of the first project;
     a changed folder is imported afresh."""
-    from tl_core.data import dataset as tl_data
+    from tl_core.data import ingest
 
     owners: dict[Path, str] = {}
 
@@ -144,8 +145,8 @@ def test_the_demo_set_is_decoded_once_per_workspace_then_linked(store, shapes, m
 
     first = imported(shapes)
     decoded: list[Any] = []
-    real = tl_data._prepare_and_encode
-    monkeypatch.setattr(tl_data, "_prepare_and_encode", lambda src: decoded.append(1) or real(src))
+    real = ingest._prepare_and_encode
+    monkeypatch.setattr(ingest, "_prepare_and_encode", lambda src: decoded.append(1) or real(src))
     second = imported(shapes)
     assert decoded == [] and second.root != first.root
     assert [(i.file, i.sha256, i.label) for i in second.items] == [
@@ -164,7 +165,7 @@ def test_the_demo_set_is_decoded_once_per_workspace_then_linked(store, shapes, m
 
 
 def test_the_page_finds_the_job_under_way_instead_of_starting_another(store, shapes, monkeypatch):
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # it waits: no worker
+    monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)  # it waits: no worker
     job = service.submit_import(store, None, "folder", path=shapes)
     project = store.project(job.project_id)
     assert service.submit_import(store, project, "folder", path=shapes).id == job.id
@@ -187,20 +188,20 @@ def test_progress_says_counts_speed_and_time_left(monkeypatch) -> None:
     assert "left" not in ctx.steps[1][2]
 
 
-class _StopMidway(worker.StoreSink):
+class _StopMidway(recording.StoreSink):
     """The store's sink, and the user presses Stop once a share of the images is in."""
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: Event) -> None:
         super().emit(event)
-        if event.get("t") == "status" and (event.get("progress") or 0) > 0.2:
+        if isinstance(event, Progress) and (event.fraction or 0) > 0.2:
             jobs.request_stop(self.store, self.job_id)
 
 
-def _run_here(store: Store, job: Run, sink_cls=worker.StoreSink) -> Run:
+def _run_here(store: Store, job: Run, sink_cls=recording.StoreSink) -> Run:
     """The job through the worker's own code (execute, then the end recorded)."""
-    job = jobs._claim_next(store, 10) or job
+    job = jobs.claim_next(store, 10) or job
     sink = sink_cls(store, job)
-    spec = worker.job_spec(store, job)
+    spec = recording.job_spec(store, job)
     sink.emit(worker.execute(spec, worker.JobContext(spec, sink)))
     return store.run(job.id)
 
@@ -210,7 +211,7 @@ def _run_here(store: Store, job: Run, sink_cls=worker.StoreSink) -> Run:
 def test_stop_mid_import_leaves_nothing_and_keeps_the_old_data(
     store, tmp_path, monkeypatch, way, had_data
 ) -> None:
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)
+    monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)
     monkeypatch.setattr(worker, "STOP_POLL_S", 0.0)  # the flag is read at every image
     monkeypatch.setattr(worker, "PROGRESS_EVERY_S", 0.0)
     big = make_shapes(tmp_path / "big", per_class=60, size=32)
@@ -323,18 +324,18 @@ def test_a_failing_upload_leaves_nothing(store, way, upload, says) -> None:
 
 
 def test_a_worker_killed_mid_import_leaves_nothing(store, shapes, tmp_path, monkeypatch):
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)
+    monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)
     job = service.submit_import(store, None, "zip", upload=io.BytesIO(_zip_bytes(shapes)))
     job = store.run(job.id)  # claimed, its worker not started
     (Path(job.run_dir) / "data" / "images").mkdir(parents=True)  # half made
     lost = {"t": "end", "status": "failed", "error": "The process stopped.", "message": "x"}
-    worker.record(store, job.id, Path(job.run_dir), lost)  # what the executor reports
+    recording.record(store, job.id, Path(job.run_dir), lost)  # what the executor reports
     assert _leftovers(store, store.run(job.id)) == []
     assert store.project(job.project_id).data_dir is None
 
 
 def test_a_server_restart_sweeps_what_a_cut_off_import_left(store, shapes, monkeypatch):
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)
+    monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)
     job = service.submit_import(store, None, "zip", upload=io.BytesIO(_zip_bytes(shapes)))
     (Path(job.run_dir) / "data").mkdir()
     store.update_run(job.id, status="interrupted")
@@ -564,7 +565,7 @@ def test_a_thread_safe_data_dir_claim(store) -> None:
     project = store.create_project()
     got: list[Path] = []
     threads = [
-        threading.Thread(target=lambda: got.append(worker._claim_data_dir(store, project.id)))
+        threading.Thread(target=lambda: got.append(recording._claim_data_dir(store, project.id)))
         for _ in range(4)
     ]
     for t in threads:

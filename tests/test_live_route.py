@@ -22,7 +22,9 @@ from starlette.applications import Starlette
 from tl_core.data.dataset import import_folder
 from tl_ui import live_route
 from tl_ui.camera import MAX_FRAME_BYTES
-from tl_ui.liveguess import TOKEN, answer_frame
+from tl_ui.liveguess import answer_frame
+from tl_ui.state import KEY as STATE_KEY
+from tl_ui.state import StudioState
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -311,6 +313,13 @@ def test_app_py_serves_the_route_beside_the_pages() -> None:
     assert found.is_asgi_app and found.import_string == "app:app"
 
 
+def _studio(at) -> StudioState:
+    """The session's own state after an AppTest run."""
+    found = at.session_state[STATE_KEY]
+    assert isinstance(found, StudioState)
+    return found
+
+
 @pytest.mark.parametrize("served", [False, True])
 def test_the_live_view_is_granted_only_where_the_route_is_served(
     workspace, run_dir, monkeypatch, served
@@ -332,18 +341,18 @@ def test_the_live_view_is_granted_only_where_the_route_is_served(
     at = app_test("app_pages/try_it.py", project.id, 120)
     assert not at.exception
     if not served:
-        assert TOKEN not in at.session_state  # frames go as trigger values
+        assert _studio(at).live_token is None  # frames go as trigger values
         return
-    token = at.session_state[TOKEN]
+    token = _studio(at).live_token
     found = live_route._granted(token)
     assert found is not None and Path(found.run_dir) == Path(run.run_dir)
     at.run()  # a rerun keeps the same view, and its grant
-    assert at.session_state[TOKEN] == token and live_route._granted(token) is not None
+    assert _studio(at).live_token == token and live_route._granted(token) is not None
     with live_route._LOCK:  # as revoke() does when the model it showed before is deleted
         live_route._GRANTS.pop(token)
         live_route._REVOKED[token] = None
     at.run()  # the view starts afresh under a new token, for the run it shows now
-    fresh = at.session_state[TOKEN]
+    fresh = _studio(at).live_token
     assert fresh != token and live_route._granted(fresh) is not None
     assert live_route.revoked(token) and live_route._granted(token) is None
 

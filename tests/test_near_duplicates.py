@@ -20,8 +20,8 @@ from tl_core import cli
 from tl_core.analysis.results import load_predictions
 from tl_core.data import neardup, review
 from tl_core.data.dataset import DatasetManifest, import_folder, split_dataset
+from tl_core.runs.recording import run_worker
 from tl_core.runs.store import Store
-from tl_core.runs.worker import run_worker
 from tl_core.training.engine import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,9 +11,9 @@ from helpers import app_test
 from jobrunner import inline_spawn, run_job
 from streamlit.testing.v1 import AppTest
 
-from tl_core.config import EpochRow
+from tl_core.config import EpochRow, SplitSettings
 from tl_core.data.dataset import import_folder
-from tl_core.runs import jobs
+from tl_core.runs import jobs, supervisor
 from tl_core.runs.store import Store
 from tl_ui.text import literal
 
@@ -628,7 +628,7 @@ def test_sidebar_and_run_panel_say_the_same(workspace, demo_import, epochs_done,
 def test_evaluate_page_waits_for_its_model_check_then_shows_scores(
     workspace, trained, monkeypatch
 ) -> None:
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # no worker picks it up
+    monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)  # no worker picks it up
     project_id, _run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
     at = _app("app_pages/evaluate.py", project_id)
@@ -646,7 +646,7 @@ def test_evaluate_page_waits_for_its_model_check_then_shows_scores(
 def test_evaluate_page_shows_a_failed_model_check(workspace, trained, monkeypatch) -> None:
     from tl_core import service
 
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)
+    monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)
     project_id, run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
     service.submit_verify(store, store.run(run_id))
@@ -660,7 +660,7 @@ def test_evaluate_page_shows_a_failed_model_check(workspace, trained, monkeypatc
 def test_export_page_builds_the_bundle_as_a_job_and_a_second_visit_finds_it(
     workspace, trained, monkeypatch
 ) -> None:
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # the worker: run_job below
+    monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)  # the worker: run_job below
     project_id, _run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
     at = _app("app_pages/export.py", project_id)
@@ -708,8 +708,8 @@ def test_features_task_returns_what_the_pages_rebuild(demo_import, tmp_path, whi
     from helpers import make_shapes
     from jobrunner import FakeContext
 
-    from tl_core.config import JobSpec
     from tl_core.runs import tasks
+    from tl_core.runs.kinds import FeaturesParams, JobSpec
     from tl_ui.headstart import readings
 
     if which == "demo":
@@ -717,7 +717,7 @@ def test_features_task_returns_what_the_pages_rebuild(demo_import, tmp_path, whi
     else:  # no validation folder, few images: the head start is cross-validated
         data = import_folder(make_shapes(tmp_path / "src", per_class=12), tmp_path / "d").root
         classes, n_train = 3, 30
-    params = {"model": "efficientnet_lite0", "val_fraction": 0.2, "seed": 0}
+    params = FeaturesParams("efficientnet_lite0", SplitSettings(0.2, 0))
     spec = JobSpec("j", "features", "p", params, str(data), str(tmp_path))
     ctx = FakeContext()
     result = tasks.features(spec, ctx)
@@ -735,13 +735,13 @@ def test_a_stopped_task_returns_early(demo_import, tmp_path, kind) -> None:
 
     from jobrunner import FakeContext
 
-    from tl_core.config import JobSpec
-    from tl_core.runs import tasks
+    from tl_core.runs.kinds import JobSpec, entry
+    from tl_core.runs.tasks import STOPPED
 
     data = tmp_path / "data"  # a copy: no cached features, so the pass must start
     sh.copytree(demo_import, data)
     for cached in data.rglob("*.npz"):
         cached.unlink()
-    params = {"model": "efficientnet_lite0", "keys": ["efficientnet_lite0"]}
-    spec = JobSpec("j", kind, "p", params, str(data), str(tmp_path))
-    assert tasks.TASKS[kind](spec, FakeContext(stop=True)) == tasks.STOPPED
+    raw = {"model": "efficientnet_lite0", "keys": ["efficientnet_lite0"]}
+    spec = JobSpec("j", kind, "p", entry(kind).read(raw), str(data), str(tmp_path))
+    assert entry(kind).load_task()(spec, FakeContext(stop=True)) == STOPPED

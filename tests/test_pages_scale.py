@@ -17,9 +17,9 @@ from jobrunner import FakeContext
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tl_core.config import JobSpec
 from tl_core.data.dataset import MIN_IMAGES_PER_CLASS
 from tl_core.runs import tasks
+from tl_core.runs.kinds import JobSpec, PredictParams
 from tl_core.runs.store import Store
 from tl_ui.text import literal
 
@@ -159,7 +159,7 @@ def _evaluated_run(workspace: Path, tmp_path: Path, n_classes: int, monkeypatch)
         result={"val_accuracy": acc, "best_epoch": 2, "epochs_done": 2, "seconds": 3},
     )
     verdict = Verdict("verified", "The saved model gives its recorded answers again.", len(rows))
-    monkeypatch.setitem(tasks.TASKS, "verify", lambda spec, ctx: asdict(verdict))
+    monkeypatch.setattr(tasks, "verify", lambda spec, ctx: asdict(verdict))
     return project_id
 
 
@@ -277,7 +277,7 @@ def test_predict_task_scores_hundreds_of_pictures_by_batch_and_reports_progress(
         "j",
         "predict",
         "p",
-        {"run_dir": str(tmp_path), "temperature": 1.0},
+        PredictParams(str(tmp_path), 1.0),
         str(tmp_path),
         str(tmp_path / "job"),
     )
@@ -310,7 +310,7 @@ def test_a_stopped_predict_task_returns_early(tmp_path, monkeypatch) -> None:
     for i in range(20):
         Image.new("RGB", (8, 8)).save(inputs / f"{i:05d}-p.png")
     spec = JobSpec(
-        "j", "predict", "p", {"run_dir": str(tmp_path)}, str(tmp_path), str(tmp_path / "job")
+        "j", "predict", "p", PredictParams(str(tmp_path)), str(tmp_path), str(tmp_path / "job")
     )
     assert tasks.predict(spec, FakeContext(stop=True)) == tasks.STOPPED
 

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from jobrunner import wait_for
 from raycluster import local_cluster
 
 from tl_core import service
-from tl_core.config import TrainConfig
+from tl_core.config import RunSpec, TrainConfig
 from tl_core.data.dataset import import_folder
 from tl_core.runs import jobs, supervisor
 from tl_core.runs.ray_executor import RayExecutor
@@ -51,7 +50,7 @@ def served(cluster, tmp_path, monkeypatch) -> tuple[Store, str, Path]:
     """A workspace whose queue this process serves on the cluster, with a small data set."""
     monkeypatch.setenv("TL_STUDIO_RAY_ADDRESS", cluster)
     store, project_id, data = _shapes_project(tmp_path / "ws", tmp_path / "src")
-    jobs.serve(store, prewarm=True)
+    supervisor.serve(store, prewarm=True)
     sup = supervisor.running_here(store.workspace)
     assert sup is not None and isinstance(sup.executor, RayExecutor)
     return store, project_id, data
@@ -99,7 +98,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
     # Enough epochs that the resumed run is still training when Stop is pressed: a Stop that
     # lands after its last epoch (while it scores the best model) rightly leaves it finished.
     config = TrainConfig(epochs=10, batch_size=4, head_epochs=1, trainable_groups=1)
-    run = jobs.submit(store, pid, asdict(config), data)
+    run = service.submit_job(store, pid, RunSpec(config), data)
     _wait_for_epoch(store, run.id, 2)  # (fails if the run ends first)
     folder = Path(run.run_dir)
     assert store.run(run.id).placement.startswith("Ray node")
@@ -115,7 +114,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
     assert "killed" in lost.message and "saved epoch" in lost.message
     assert 2 <= len(store.epochs(run.id)) <= 6
 
-    jobs.resume(store, run.id)
+    service.resume_run(store, run.id)
     deadline = time.monotonic() + 300
     while (now := store.run(run.id)).message != "Training":  # it trains again
         assert now.status not in ENDED and time.monotonic() < deadline, now
@@ -128,7 +127,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
     assert stopped.status == "stopped"
     assert took < 3.0
 
-    jobs.resume(store, run.id)
+    service.resume_run(store, run.id)
     done = wait_for(store, run.id, ENDED)
     assert done.status == "finished", done.error
     assert [m.epoch for m in store.epochs(run.id)] == list(range(1, 11))
@@ -144,7 +143,7 @@ def test_recommend_and_export_run_on_the_cluster(served) -> None:
     assert project is not None
     ranking = service.submit_recommend(store, project, ["efficientnet_lite0"])
     assert ranking is not None
-    run = jobs.submit(store, pid, asdict(TrainConfig(epochs=1, batch_size=16)), data)
+    run = service.submit_job(store, pid, RunSpec(TrainConfig(epochs=1, batch_size=16)), data)
     rec = wait_for(store, ranking.id, ENDED)
     assert rec.status == "finished", rec.error
     assert rec.placement and rec.placement.startswith("Ray node")
@@ -167,7 +166,7 @@ def test_recommend_and_export_run_on_the_cluster(served) -> None:
 def test_a_job_bigger_than_any_machine_fails_with_a_message(served, monkeypatch) -> None:
     store, pid, data = served
     monkeypatch.setenv("TL_STUDIO_JOB_MEMORY_GB", "100000")
-    run = jobs.submit(store, pid, asdict(TrainConfig(epochs=1)), data)
+    run = service.submit_job(store, pid, RunSpec(TrainConfig(epochs=1)), data)
     failed = wait_for(store, run.id, ENDED, timeout=60)
     assert failed.status == "failed"
     assert "memory" in (failed.error or "") and "largest" in (failed.error or "")
@@ -176,9 +175,9 @@ def test_a_job_bigger_than_any_machine_fails_with_a_message(served, monkeypatch)
 _SERVER = """
 import sys, time
 from pathlib import Path
-from tl_core.runs import jobs
+from tl_core.runs import supervisor
 from tl_core.runs.store import Store
-jobs.serve(Store(Path(sys.argv[1])), prewarm=False)
+supervisor.serve(Store(Path(sys.argv[1])), prewarm=False)
 while True:
     time.sleep(1)
 """
@@ -210,7 +209,7 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
             assert server.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
         config = TrainConfig(epochs=6, batch_size=4, head_epochs=1, trainable_groups=1)
-        run = jobs.submit(store, pid, asdict(config), data)
+        run = service.submit_job(store, pid, RunSpec(config), data)
         _wait_for_epoch(store, run.id, 2)
         # The epochs recorded have their checkpoint on the server (sent before them).
         assert (Path(run.run_dir) / "last.pt").is_file()
@@ -226,10 +225,10 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
         time.sleep(0.5)
     assert len(store.epochs(run.id)) == recorded  # nobody wrote after the server
 
-    jobs.serve(store, prewarm=False)  # the server starts again
+    supervisor.serve(store, prewarm=False)  # the server starts again
     lost = wait_for(store, run.id, ENDED, timeout=60)
     assert lost.status == "interrupted"
-    jobs.resume(store, run.id)
+    service.resume_run(store, run.id)
     done = wait_for(store, run.id, ENDED)
     assert done.status == "finished", done.error
     assert [m.epoch for m in store.epochs(run.id)] == [1, 2, 3, 4, 5, 6]
@@ -265,8 +264,8 @@ def test_a_cluster_setting_without_ray_installed_fails_the_job_with_advice(
     monkeypatch.setitem(sys.modules, "ray", None)  # as on an install without the ray extra
     monkeypatch.setenv("TL_STUDIO_RAY_ADDRESS", "auto")
     store, project_id, data = _shapes_project(tmp_path / "ws", tmp_path / "src", per_class=4)
-    jobs.serve(store, prewarm=True)
-    run = jobs.submit(store, project_id, asdict(TrainConfig(epochs=1)), data)
+    supervisor.serve(store, prewarm=True)
+    run = service.submit_job(store, project_id, RunSpec(TrainConfig(epochs=1)), data)
     failed = wait_for(store, run.id, ENDED, timeout=30)
     assert failed.status == "failed"
     assert "uv sync --extra ray" in (failed.error or "")

@@ -215,7 +215,8 @@ def jobs_submit(store, project_id: str):
 
     project = store.project(project_id)
     keys = transfer.offline_models()
-    fraction, seed = service.split_settings(project)
+    split = service.split_settings(project)
+    fraction, seed = split.val_fraction, split.seed
     key = f"recommend|{Path(project.data_dir).resolve()}|{fraction:g}|{seed}|{','.join(keys)}"
     params = {"keys": keys, "val_fraction": fraction, "seed": seed}
     job = store.create_run(

@@ -11,8 +11,8 @@ from tl_core.analysis.results import load_predictions
 from tl_core.data import review
 from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.errors import DataError
+from tl_core.runs.recording import run_worker
 from tl_core.runs.store import Store
-from tl_core.runs.worker import run_worker
 from tl_core.training.engine import TrainConfig
 
 

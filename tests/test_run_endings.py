@@ -23,8 +23,9 @@ import pytest
 from helpers import make_shapes
 
 from tl_core import diskspace
-from tl_core.config import JOB_KINDS, JobSpec
-from tl_core.runs import endings, jobs, worker
+from tl_core.events import Event
+from tl_core.runs import endings, jobs, recording, worker
+from tl_core.runs.kinds import NAMES, JobSpec, entry
 from tl_core.runs.store import Store
 
 DISK_FULL = "The disk is full:"
@@ -199,15 +200,20 @@ def test_a_disk_that_fills_mid_run(shapes, tmp_path, mounts) -> None:
 
 def _spec(tmp_path: Path, kind: str) -> JobSpec:
     return JobSpec(
-        id="j1", kind=kind, project_id="p", params={}, data_dir=str(tmp_path), folder=str(tmp_path)
+        id="j1",
+        kind=kind,
+        project_id="p",
+        params=entry(kind).read({}),
+        data_dir=str(tmp_path),
+        folder=str(tmp_path),
     )
 
 
 class _Sink:
     def __init__(self) -> None:
-        self.events: list[dict] = []
+        self.events: list[Event] = []
 
-    def emit(self, event: dict) -> None:
+    def emit(self, event: Event) -> None:
         self.events.append(event)
 
     def stop_asked(self) -> bool:
@@ -232,16 +238,16 @@ def test_a_job_that_fails_on_memory_or_storage_says_so_without_a_traceback(
     def task(spec, ctx):
         raise raised
 
-    monkeypatch.setitem(tasks.TASKS, "export", task)
+    monkeypatch.setattr(tasks, "export", task)
     end = worker.execute(
         _spec(tmp_path, "export"), worker.JobContext(_spec(tmp_path, "export"), _Sink())
     )
-    assert end["status"] == "failed"
-    assert words in end["error"]
+    assert end.status == "failed" and end.error is not None
+    assert words in end.error
     if words != DISK_FULL:
-        assert end["error"].startswith("The export ")
+        assert end.error.startswith("The export ")
     assert "Traceback" not in capsys.readouterr().err
-    assert "killed" not in end["error"]
+    assert "killed" not in end.error
 
 
 def test_an_end_the_store_cannot_take_is_kept_and_written_later(tmp_path, monkeypatch) -> None:
@@ -249,7 +255,7 @@ def test_an_end_the_store_cannot_take_is_kept_and_written_later(tmp_path, monkey
     project = store.create_project()
     run = store.create_run(project.id, {}, tmp_path, kind="export", status="starting")
     folder = Path(run.run_dir)
-    worker.record(store, run.id, folder, {"t": "started", "pid": os.getpid()})
+    recording.record(store, run.id, folder, {"t": "started", "pid": os.getpid()})
     assert (folder / endings.NOTE_NAME).stat().st_size == endings.NOTE_BYTES  # reserved
     real = Store.update_run
 
@@ -258,11 +264,11 @@ def test_an_end_the_store_cannot_take_is_kept_and_written_later(tmp_path, monkey
 
     monkeypatch.setattr(Store, "update_run", read_only)
     end = {"t": "end", "status": "failed", "message": "Failed", "error": "The export stopped."}
-    worker.record(store, run.id, folder, end)  # does not raise
+    recording.record(store, run.id, folder, end)  # does not raise
     assert store.run(run.id).status == "running"
     assert endings.read_note(folder)["error"] == "The export stopped."
     monkeypatch.setattr(Store, "update_run", real)
-    assert worker.flush_pending(store) == [run.id]
+    assert recording.flush_pending(store) == [run.id]
     assert store.run(run.id).status == "failed"
     assert store.run(run.id).error == "The export stopped."
     assert not (folder / endings.NOTE_NAME).exists()
@@ -272,7 +278,7 @@ def test_an_end_the_store_cannot_take_is_kept_and_written_later(tmp_path, monkey
 
 
 def test_a_lost_worker_is_worded_by_its_kind_and_cause() -> None:
-    for kind in JOB_KINDS:
+    for kind in NAMES:
         sentences = {
             "oom": endings.lost(kind, -signal.SIGKILL),
             "term": endings.lost(kind, -signal.SIGTERM),
@@ -310,7 +316,7 @@ def test_recover_words_a_lost_job_by_its_kind(tmp_path) -> None:
     dead = _dead_pid()
     lost = {
         kind: store.create_run(project.id, {}, data, kind=kind, status="running", pid=dead)
-        for kind in JOB_KINDS
+        for kind in NAMES
     }
     (Path(lost["train"].run_dir) / "last.pt").write_bytes(b"x")
     assert sorted(jobs.recover(store)) == sorted(r.id for r in lost.values())

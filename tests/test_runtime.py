@@ -12,9 +12,11 @@ import pytest
 from helpers import make_shapes
 from jobrunner import wait_for
 
-from tl_core.config import TrainConfig
+from tl_core import service
+from tl_core.config import RunSpec, TrainConfig
 from tl_core.data.dataset import import_folder
 from tl_core.runs import jobs, supervisor
+from tl_core.runs.kinds import entry
 from tl_core.runs.store import Run, Store, fair_order
 
 FAST = TrainConfig(epochs=1, batch_size=16, head_epochs=1)
@@ -117,19 +119,19 @@ def test_imports_have_a_lane_beside_a_full_queue(tmp_path, monkeypatch) -> None:
     assert store.queue_position(train.id) == 1
     assert [store.queue_position(j.id) for j in (first, second)] == [1, 2]
     assert jobs.estimated_wait(store, first.id) == 0.0
-    assert jobs._claim_next(store, 1) is None  # without a lane: the queue is full
-    claimed = jobs._claim_next(store, 1, quick_lane=1)
+    assert jobs.claim_next(store, 1) is None  # without a lane: the queue is full
+    claimed = jobs.claim_next(store, 1, quick_lane=1)
     assert claimed is not None and claimed.id == first.id
-    assert jobs._claim_next(store, 1, quick_lane=1) is None  # the lane is taken too
+    assert jobs.claim_next(store, 1, quick_lane=1) is None  # the lane is taken too
     assert store.queue_position(second.id) == 1
     wait = jobs.estimated_wait(store, second.id)
-    assert wait is not None and 0 < wait <= jobs.TYPICAL_S["import"]
+    assert wait is not None and 0 < wait <= entry("import").typical_s
     store.update_run(first.id, status="finished", finished=time.time())
-    assert getattr(jobs._claim_next(store, 1, quick_lane=1), "id", None) == second.id
+    assert getattr(jobs.claim_next(store, 1, quick_lane=1), "id", None) == second.id
     store.update_run(second.id, status="finished", finished=time.time())
-    assert jobs._claim_next(store, 1, quick_lane=1) is None  # a train waits for its slot
+    assert jobs.claim_next(store, 1, quick_lane=1) is None  # a train waits for its slot
     store.update_run(running.id, status="finished", finished=time.time())
-    assert getattr(jobs._claim_next(store, 1, quick_lane=1), "id", None) == train.id
+    assert getattr(jobs.claim_next(store, 1, quick_lane=1), "id", None) == train.id
 
 
 def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
@@ -137,13 +139,13 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
 ) -> None:
     monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")
     store, pid, data = _project(tmp_path)
-    jobs.serve(store, prewarm=True)
+    supervisor.serve(store, prewarm=True)
     sup = supervisor.running_here(store.workspace)
     assert sup is not None and len(sup.executor.pids()) == 1
-    assert jobs.pump(store) == []  # served here: a page's pump only wakes the supervisor
+    assert supervisor.pump(store) == []  # served here: a page's pump only wakes the supervisor
 
-    first = jobs.submit(store, pid, asdict(FAST), data)
-    second = jobs.submit(store, pid, asdict(FAST), data)
+    first = service.submit_job(store, pid, RunSpec(FAST), data)
+    second = service.submit_job(store, pid, RunSpec(FAST), data)
     assert store.queue_position(second.id) in (1, 2)  # behind the first until it starts
     a = wait_for(store, first.id, ("finished", "failed"))
     b = wait_for(store, second.id, ("finished", "failed"))
@@ -153,7 +155,7 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     assert (Path(b.run_dir) / "run.log").read_text().count("Computing on") == 1
 
     # Stop: a long run ends 'stopped' within about a second of the request once it trains
-    long = jobs.submit(store, pid, asdict(TrainConfig(epochs=200, batch_size=4)), data)
+    long = service.submit_job(store, pid, RunSpec(TrainConfig(epochs=200, batch_size=4)), data)
     _wait_for_steps(store, long.id)
     jobs.request_stop(store, long.id)
     asked = time.monotonic()
@@ -162,13 +164,13 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     assert time.monotonic() - asked < 5
 
     # A worker killed mid-run: the run is interrupted with a message, the server goes on
-    crash = jobs.submit(store, pid, asdict(TrainConfig(epochs=200, batch_size=4)), data)
+    crash = service.submit_job(store, pid, RunSpec(TrainConfig(epochs=200, batch_size=4)), data)
     _wait_for_steps(store, crash.id)
     os.kill(store.run(crash.id).pid, signal.SIGKILL)
     lost = wait_for(store, crash.id, ("interrupted", "failed"), timeout=30)
     assert lost.status == "interrupted"
     assert "signal 9" in lost.message and "Resume" in lost.message
-    after = jobs.submit(store, pid, asdict(FAST), data)
+    after = service.submit_job(store, pid, RunSpec(FAST), data)
     assert wait_for(store, after.id, ("finished", "failed")).status == "finished"
 
 
@@ -182,10 +184,10 @@ def _wait_for_steps(store: Store, run_id: str) -> None:
 def test_another_process_leaves_the_queue_to_the_server(tmp_path, monkeypatch) -> None:
     store, pid, data = _project(tmp_path)
     (store.workspace / supervisor.RUNTIME_FILE).write_text(f'{{"pid": {os.getppid()}}}')
-    run = jobs.submit(store, pid, asdict(FAST), data)
+    run = service.submit_job(store, pid, RunSpec(FAST), data)
     assert store.run(run.id).status == "queued"  # not started by this process
     (store.workspace / supervisor.RUNTIME_FILE).write_text('{"pid": 999999999}')
-    assert jobs.pump(store) == [run.id]  # a server that is gone: start it here
+    assert supervisor.pump(store) == [run.id]  # a server that is gone: start it here
 
 
 def test_another_process_sees_what_a_process_with_two_stores_writes(tmp_path) -> None:
@@ -199,7 +201,7 @@ def test_another_process_sees_what_a_process_with_two_stores_writes(tmp_path) ->
     ws = tmp_path / "ws"
     first = Store(ws)
     first.create_project("server")
-    jobs.serve(first, prewarm=False)  # the supervisor's own Store opens it again
+    supervisor.serve(first, prewarm=False)  # the supervisor's own Store opens it again
     second = Store(ws)
     second.create_project("pages")
     code = (

@@ -21,8 +21,8 @@ from tl_core.data.dataset import DatasetManifest, import_folder, split_dataset
 from tl_core.errors import CheckpointError, StudioError
 from tl_core.export import bundle as export
 from tl_core.models.device import ComputePlan
+from tl_core.runs.recording import run_worker
 from tl_core.runs.store import Store
-from tl_core.runs.worker import run_worker
 from tl_core.training import checkpoint
 from tl_core.training.engine import QuietCallbacks, TrainConfig, fit
 from tl_core.training.inference import load_trained

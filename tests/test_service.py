@@ -11,13 +11,13 @@ from tl_core import service
 from tl_core.config import TrainConfig
 from tl_core.data import review
 from tl_core.errors import DataError, RunError
-from tl_core.runs import jobs
+from tl_core.runs import supervisor
 from tl_core.runs.store import Store
 
 
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> Store:
-    monkeypatch.setattr(jobs, "_spawn", lambda store, run: None)  # no worker processes
+    monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)  # no worker processes
     return Store(tmp_path / "ws")
 
 

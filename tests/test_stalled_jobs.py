@@ -22,10 +22,12 @@ import pytest
 from helpers import make_shapes
 from jobrunner import wait_for
 
-from tl_core.config import TrainConfig
+from tl_core import service
+from tl_core.config import RunSpec, TrainConfig
 from tl_core.data.dataset import import_folder
 from tl_core.runs import jobs, supervisor
-from tl_core.runs.executor import LocalExecutor, _lost_message
+from tl_core.runs.endings import lost
+from tl_core.runs.executor import LocalExecutor
 from tl_core.runs.store import Run, Store
 
 ENDED = ("finished", "failed", "stopped", "interrupted")
@@ -48,7 +50,7 @@ def served(tmp_path, monkeypatch) -> tuple[Store, str, Path]:
     data = store.new_data_dir(project.id)
     import_folder(make_shapes(tmp_path / "src", per_class=12, size=32), data)
     store.set_data_dir(project.id, data)
-    jobs.serve(store, prewarm=True)
+    supervisor.serve(store, prewarm=True)
     return store, project.id, data
 
 
@@ -74,7 +76,7 @@ def _until(store: Store, run_id: str, test, what: str, timeout: float = 120) -> 
 def _frozen_mid_run(store: Store, project_id: str, data: Path) -> Iterator[tuple[Run, int]]:
     """A run trained past its first epoch (last.pt on disk), its worker then SIGSTOPped;
     the worker is let go again on the way out if it is still there."""
-    run = jobs.submit(store, project_id, asdict(CONFIG), data)
+    run = service.submit_job(store, project_id, RunSpec(CONFIG), data)
     _until(store, run.id, lambda r: len(store.epochs(r.id)) >= 2 or r.status in ENDED, "epochs")
     running = store.run(run.id)
     assert running is not None and running.status == "running", running
@@ -95,10 +97,10 @@ def _stalled(run: Run) -> bool:
 def _next_job_runs_and_resume_finishes(store: Store, project_id: str, data: Path, run: Run):
     """The slot and the project are free: a new job of the same project runs to its end on a
     fresh worker; then Resume finishes the run, every epoch recorded once."""
-    after = jobs.submit(store, project_id, asdict(FAST), data)
+    after = service.submit_job(store, project_id, RunSpec(FAST), data)
     done = wait_for(store, after.id, ENDED)
     assert done.status == "finished", (done.status, done.error)
-    jobs.resume(store, run.id)
+    service.resume_run(store, run.id)
     resumed = wait_for(store, run.id, ENDED)
     assert resumed.status == "finished", (resumed.status, resumed.message, resumed.error)
     assert [e.epoch for e in store.epochs(run.id)] == list(range(1, CONFIG.epochs + 1))
@@ -120,7 +122,7 @@ def test_a_frozen_worker_is_marked_stalled_and_stop_ends_it(served) -> None:
         took = time.monotonic() - asked
         print(f"stopped {took:.1f} s after Stop")
     assert ended.status == "stopped", (ended.status, ended.message)
-    assert ended.message == _lost_message("train", -signal.SIGKILL, "stop")
+    assert ended.message == lost("train", -signal.SIGKILL, "stop")
     assert took < 20
     assert pid not in _executor(store).pids()  # the frozen worker is gone
     assert not Path(f"/proc/{pid}").exists() or _zombie(pid)
@@ -143,7 +145,7 @@ def test_a_frozen_worker_nobody_stops_is_ended_by_itself_as_interrupted(served) 
         ended = wait_for(store, run.id, ENDED, timeout=180)
         print(f"marked after {marked:.1f} s, ended after {time.monotonic() - frozen_at:.1f} s")
     assert ended.status == "interrupted", (ended.status, ended.message)
-    assert ended.message == _lost_message("train", -signal.SIGKILL, "stalled")
+    assert ended.message == lost("train", -signal.SIGKILL, "stalled")
     assert pid not in _executor(store).pids()
     _next_job_runs_and_resume_finishes(store, project_id, data, ended)
 
@@ -183,10 +185,10 @@ def test_a_frozen_ray_worker_is_marked_stalled_and_stop_ends_it(tmp_path, monkey
         import_folder(make_shapes(tmp_path / "src", per_class=12, size=32), data)
         store.set_data_dir(project.id, data)
         try:
-            jobs.serve(store, prewarm=True)
+            supervisor.serve(store, prewarm=True)
             sup = supervisor.running_here(store.workspace)
             assert sup is not None and isinstance(sup.executor, RayExecutor)
-            run = jobs.submit(store, project.id, asdict(CONFIG), data)
+            run = service.submit_job(store, project.id, RunSpec(CONFIG), data)
             _until(store, run.id, lambda r: len(store.epochs(r.id)) >= 2, "epochs", timeout=300)
             assert (Path(run.run_dir) / "last.pt").is_file()
             pid = sup.executor.worker_pid(run.id)
@@ -204,10 +206,10 @@ def test_a_frozen_ray_worker_is_marked_stalled_and_stop_ends_it(tmp_path, monkey
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
             assert ended.status == "stopped", (ended.status, ended.message)
-            assert ended.message == _lost_message("train", None, "stop")
+            assert ended.message == lost("train", None, "stop")
             assert took < 40
             assert sup.executor.running() == []
-            jobs.resume(store, run.id)
+            service.resume_run(store, run.id)
             done = wait_for(store, run.id, ENDED, timeout=300)
             assert done.status == "finished", (done.status, done.message, done.error)
             assert [e.epoch for e in store.epochs(run.id)] == list(range(1, CONFIG.epochs + 1))

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tl_core.config import EpochRow, JobSpec, StepRow
-from tl_core.runs import jobs
+from tl_core import events
+from tl_core.config import EpochRow, RunSpec, StepRow, TrainConfig
+from tl_core.runs import jobs, supervisor
+from tl_core.runs.kinds import JobSpec
+from tl_core.runs.recording import StoreSink
 from tl_core.runs.store import Store, repair
-from tl_core.runs.worker import JobContext, StoreSink
+from tl_core.runs.worker import JobContext
 
 
 @pytest.fixture
@@ -41,15 +44,16 @@ def test_new_data_dirs_never_overwrite_earlier_imports(store: Store) -> None:
 
 def test_queue_positions_and_slot_limit(store: Store, monkeypatch) -> None:
     spawned: list[str] = []
-    monkeypatch.setattr(jobs, "_spawn", lambda s, run: spawned.append(run.id))
+    monkeypatch.setattr(supervisor, "_spawn", lambda s, run: spawned.append(run.id))
     p = store.create_project()
-    runs = [jobs.submit(store, p.id, {"epochs": 1}, store.workspace, start=False) for _ in range(3)]
+    one = RunSpec(TrainConfig(epochs=1))
+    runs = [jobs.submit(store, p.id, one, store.workspace) for _ in range(3)]
     assert [store.queue_position(r.id) for r in runs] == [1, 2, 3]
     # Claimed runs have no live pid yet; within the grace period they still hold their slot.
-    assert jobs.pump(store, limit=2) == [runs[0].id, runs[1].id]
+    assert supervisor.pump(store, limit=2) == [runs[0].id, runs[1].id]
     assert store.queue_position(runs[2].id) == 1
     assert store.run(runs[0].id).status == "starting"
-    assert jobs.pump(store, limit=2) == []
+    assert supervisor.pump(store, limit=2) == []
     jobs.request_stop(store, runs[2].id)
     assert store.run(runs[2].id).status == "stopped"
 
@@ -181,8 +185,12 @@ def test_engine_events_are_recorded_as_the_same_rows(store: Store, tmp_path, thr
     sink = StoreSink(store, run)
     if through_a_pipe:
         emit = sink.emit
-        sink.emit = lambda event: emit(json.loads(json.dumps(event)))  # type: ignore[method-assign]
-    ctx = JobContext(JobSpec(run.id, "train", run.project_id, {}, "", run.run_dir), sink)
+        sink.emit = lambda event: emit(  # type: ignore[method-assign]
+            events.from_dict(json.loads(json.dumps(event.to_dict())))
+        )
+    ctx = JobContext(
+        JobSpec(run.id, "train", run.project_id, RunSpec(TrainConfig()), "", run.run_dir), sink
+    )
     steps = STEPS[1]
     for row in steps:
         ctx.on_step(row)

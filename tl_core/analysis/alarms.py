@@ -15,9 +15,11 @@ from tl_core.config import EpochRow
 
 __all__ = [
     "Alarm",
+    "RunAlarms",
     "domain_mismatch",
     "negative_transfer",
     "overfitting",
+    "run_alarms",
     "too_little_data",
 ]
 
@@ -148,3 +150,37 @@ def domain_mismatch(level: str | None, score: float) -> Alarm | None:
         "maximum), so its ready-made features fit them less well.",
         "Let more layer groups learn (the later ones at least), or use more images.",
     )
+
+
+@dataclass(frozen=True)
+class RunAlarms:
+    """What is said about a finished run above its scores: the alarms that apply, in the
+    order shown, and the evaluation's own small-sample warning where no alarm already says
+    the validation set is too small."""
+
+    alarms: tuple[Alarm, ...]
+    warning: str | None
+
+
+def run_alarms(
+    epochs: Sequence[EpochRow],
+    accuracy: float,
+    n_val: int,
+    scratch_accuracy: float | None = None,
+    frozen_accuracy: float | None = None,
+    warning: str | None = None,
+) -> RunAlarms:
+    """Overfitting, negative transfer and too little data for a run's ``epochs`` and its
+    validation ``accuracy`` on ``n_val`` images, held against its baselines where they exist
+    (the too-little-data alarm then judges the differences to them); ``warning``: the
+    evaluation's small-sample warning, kept only when that alarm is not raised."""
+    baselines = (scratch_accuracy, frozen_accuracy)
+    little = too_little_data(
+        n_val, accuracy, [accuracy - other for other in baselines if other is not None]
+    )
+    found = (
+        overfitting(epochs),
+        negative_transfer(accuracy, n_val, scratch_accuracy, frozen_accuracy),
+        little,
+    )
+    return RunAlarms(tuple(a for a in found if a is not None), warning if little is None else None)

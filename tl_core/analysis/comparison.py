@@ -2,7 +2,8 @@
 
 Higher start (validation accuracy after the first epoch), faster rise (epochs to reach 90% of
 the from-scratch run's best), higher end (best validation accuracy). Differences within the
-validation set's noise are called a tie.
+validation set's noise are called a tie. And what letting layer groups learn added to the
+frozen pretrained features alone (:func:`frozen_sentence`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from tl_core.config import EpochRow
 
 __all__ = [
     "Gain",
+    "frozen_sentence",
     "gains",
 ]
 
@@ -93,3 +95,18 @@ def gains(
         )
     )
     return out
+
+
+def frozen_sentence(accuracy: float, frozen_accuracy: float) -> str:
+    """What a fine-tuned run's validation ``accuracy`` adds to a classifier on the frozen
+    pretrained features alone (``frozen_accuracy``), in whole points."""
+    change = accuracy - frozen_accuracy
+    effect = (
+        "made no difference"
+        if round(change * 100) == 0
+        else f"{'added' if change > 0 else 'cost'} {abs(change) * 100:.0f} points"
+    )
+    return (
+        f"A classifier on the frozen pretrained features alone reaches {frozen_accuracy:.0%} on "
+        f"these images; letting layer groups learn {effect}."
+    )
