@@ -13,7 +13,7 @@ from tl_core.analysis import alarms, comparison, metrics
 from tl_core.analysis.evaluation import RunEvaluation, Verdict, evaluate_run
 from tl_core.data import review
 from tl_core.errors import RunError, StudioError
-from tl_core.runs.store import Project, Run
+from tl_core.runs.store import Job, Project
 from tl_core.training import familiarity
 from tl_ui.alarms import show_alarm
 from tl_ui.charts import (
@@ -47,14 +47,14 @@ def _evaluation(run_dir: str, mtime: float) -> RunEvaluation | None:
     return evaluate_run(Path(run_dir))
 
 
-def _verdict(run: Run) -> Verdict | None:
+def _verdict(run: Job) -> Verdict | None:
     """The saved model's check, a job of the queue keyed by the run's file stamps (once per
     run and version of its files); None while it waits or works (its panel shows)."""
     done = watch(service.submit_verify(get_store(), run), "Checking the saved model")
     return Verdict(**done.result) if done is not None and done.result else None
 
 
-def _show_verdict(run: Run) -> bool:
+def _show_verdict(run: Job) -> bool:
     """The saved model's verdict above the scores; False when no score may be shown.
 
     As on the command line, scores are shown only for a model that loads and reproduces
@@ -84,7 +84,7 @@ def _heat(run_dir: str, image: str, target: int) -> Image.Image:
     return overlay(heatmap(model, Path(image), target_class=target))
 
 
-def _baselines(project: Project, run: Run) -> tuple[float | None, float | None]:
+def _baselines(project: Project, run: Job) -> tuple[float | None, float | None]:
     """(from scratch, frozen features) accuracies to hold this run against, where they exist
     (:func:`tl_core.service.baselines`); the frozen one once its job has finished."""
     found = service.baselines(get_store(), project, run)
@@ -95,7 +95,7 @@ def _baselines(project: Project, run: Run) -> tuple[float | None, float | None]:
     return found.scratch, frozen
 
 
-def _alarms(project: Project, run: Run, ev: RunEvaluation) -> None:
+def _alarms(project: Project, run: Job, ev: RunEvaluation) -> None:
     """Overfitting, negative transfer and too little data: each with what to do."""
     acc, n_val = ev.summary.accuracy, ev.summary.total
     scratch, frozen = _baselines(project, run)
@@ -108,7 +108,7 @@ def _alarms(project: Project, run: Run, ev: RunEvaluation) -> None:
         st.caption(comparison.frozen_sentence(acc, frozen))
 
 
-def _headline(project: Project, run: Run, ev: RunEvaluation) -> None:
+def _headline(project: Project, run: Job, ev: RunEvaluation) -> None:
     result = run.result or {}
     s = ev.summary
     c1, c2, c3, c4 = st.columns(4)
@@ -262,7 +262,7 @@ def _confusion(root: Path, ev: RunEvaluation) -> None:
     _thumbs(root, ev, [rows[k] for k in shown])
 
 
-def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None:
+def _mistakes(project: Project, run: Job, root: Path, ev: RunEvaluation) -> None:
     wrong = ev.wrong_by_loss
     if not wrong:
         st.success("The model got every validation image right.")
@@ -342,7 +342,7 @@ def _mistakes(project: Project, run: Run, root: Path, ev: RunEvaluation) -> None
             st.switch_page("app_pages/train.py")
 
 
-def _versus_scratch(project: Project, run: Run, ev: RunEvaluation) -> None:
+def _versus_scratch(project: Project, run: Job, ev: RunEvaluation) -> None:
     """The same run from random weights, on one chart with this one, and the three gains."""
     if not run.spec.config.pretrained:
         st.info("This run learned from random weights: the baseline for transfer learning.")
@@ -464,7 +464,7 @@ def _calibration(ev: RunEvaluation) -> None:
     )
 
 
-def _unfamiliar(run: Run) -> None:
+def _unfamiliar(run: Job) -> None:
     """How well the unfamiliar check notices pictures of none of the classes (measured at the
     end of training: familiarity.json), and what to do when it cannot."""
     rep = familiarity.load_report(Path(run.run_dir))

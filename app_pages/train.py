@@ -14,7 +14,7 @@ from tl_core.data import review
 from tl_core.errors import StudioError
 from tl_core.models import catalog
 from tl_core.models.facts import ModelInfo, freeze_sentence
-from tl_core.runs.store import ACTIVE, Project, Run
+from tl_core.runs.store import ACTIVE, Job, Project
 from tl_ui.charts import stages_figure
 from tl_ui.headstart import advice_for
 from tl_ui.live import run_panel
@@ -122,7 +122,7 @@ def _advanced(project_id: str, settings: ProjectSettings) -> dict[str, Any]:
     return chosen
 
 
-def _watched_run(project: Project) -> Run | None:
+def _watched_run(project: Project) -> Job | None:
     """The run that is training now, else the newest (a sweep queues several at once)."""
     runs = get_store().runs(project.id)
     training = [r for r in runs if r.status in ACTIVE]

@@ -13,7 +13,7 @@ from tl_core import service
 from tl_core.analysis.evaluation import Calibration, load_calibration
 from tl_core.data.dataset import IMAGE_SUFFIXES
 from tl_core.errors import StudioError
-from tl_core.runs.store import Run
+from tl_core.runs.store import Job
 from tl_core.training import familiarity
 from tl_ui.batch import results_table
 from tl_ui.charts import top_classes_figure
@@ -39,7 +39,7 @@ def _predict_one(run_dir: str, name: str, data: bytes, temperature: float):
     return name, guessed.probs[0], None, None if far is None else float(far[0])
 
 
-def _predict_many(run: Run, named: list[tuple[str, bytes]], temperature: float):
+def _predict_many(run: Job, named: list[tuple[str, bytes]], temperature: float):
     """The same for many pictures, as a job of the queue; None while it waits or works."""
     job = service.submit_predict(get_store(), run, named, temperature)
     done = watch(job, f"Looking at {len(named)} pictures")
@@ -87,7 +87,7 @@ def _accept_label(accept: float | str) -> str:
     return f"{accept:.0%} of your validation pictures"
 
 
-def _unfamiliar_threshold(run: Run) -> float | None:
+def _unfamiliar_threshold(run: Job) -> float | None:
     """The unfamiliar check's control, kept per run across reruns and pages; its threshold
     (None: off, or a run trained before the check existed, which a caption says)."""
     fam = trained_model(run.run_dir).familiarity
@@ -122,7 +122,7 @@ def _unfamiliar_threshold(run: Run) -> float | None:
     return None if accept == OFF else fam.threshold_at(float(accept))
 
 
-def _thresholds(run: Run, calibration: Calibration) -> tuple[float, float | None]:
+def _thresholds(run: Job, calibration: Calibration) -> tuple[float, float | None]:
     """The 'not sure' threshold and the unfamiliar check's (None: off), side by side."""
     c1, c2 = st.columns(2)
     with c1:
@@ -147,7 +147,7 @@ def _photo(label: str) -> list[tuple[str, bytes]]:
 
 
 def _pictures(
-    run: Run, calibration: Calibration, threshold: float, unfamiliar_threshold: float | None
+    run: Job, calibration: Calibration, threshold: float, unfamiliar_threshold: float | None
 ) -> list[tuple[str, bytes]] | None:
     """The pictures to look at, from the source chosen; None when the live camera works
     (it answers by itself)."""

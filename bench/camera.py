@@ -117,7 +117,7 @@ def _train(store: Store, project_id: str, overrides: dict, clicked: float) -> di
     first = None
     phases: list[tuple[float, str]] = []  # (seconds after the click, the status line's start)
     while True:
-        now = store.run(run.id)
+        now = store.job(run.id)
         assert now is not None
         said = " ".join((now.message or now.status).split()[:3])
         if not phases or phases[-1][1] != said:

@@ -305,7 +305,7 @@ def _watch_job(store: Any, job_id: str, clicked: float, deadline: float) -> dict
     end: dict[str, Any] = {"queue": seen, "first_point_s": None}
     while time.time() < deadline:
         now = time.perf_counter() - clicked
-        run = store.run(job_id)
+        run = store.job(job_id)
         if run is None:
             end.update(status="lost", error="the job disappeared")
             return end

@@ -46,7 +46,7 @@ def _click(store: Store, project_id: str, data: Path) -> dict[str, float | str]:
     run = service.submit_job(store, project_id, RunSpec(TrainConfig()), data)
     first = None
     while True:
-        now = store.run(run.id)
+        now = store.job(run.id)
         assert now is not None
         if first is None and store.epochs(run.id):
             first = time.perf_counter() - clicked
@@ -68,7 +68,7 @@ def _head_start(store: Store, project_id: str) -> float:
     started = time.perf_counter()
     job = service.submit_features(store, project, "efficientnet_lite0", 0.2, 0)
     assert job is not None
-    while (now := store.run(job.id)) is not None and now.active:
+    while (now := store.job(job.id)) is not None and now.active:
         time.sleep(0.05)
     assert now is not None and now.status == "finished", now
     return round(time.perf_counter() - started, 2)

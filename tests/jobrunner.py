@@ -10,7 +10,7 @@ from tl_core.errors import StudioError
 from tl_core.events import Progress, describe
 from tl_core.runs.kinds import entry
 from tl_core.runs.recording import job_spec, record
-from tl_core.runs.store import Run, Store
+from tl_core.runs.store import Job, Store
 
 WAITING = ("queued", "starting", "running")
 
@@ -35,7 +35,7 @@ class FakeContext:
         return self.stop
 
 
-def run_job(store: Store, job: Run) -> Run:
+def run_job(store: Store, job: Job) -> Job:
     """Run one job's task here and write its end as the worker would."""
     try:
         result = entry(job.kind).load_task()(job_spec(store, job), FakeContext())
@@ -44,10 +44,10 @@ def run_job(store: Store, job: Run) -> Run:
     else:
         end = {"t": "end", "status": "finished", "result": result, "message": "Finished"}
     record(store, job.id, Path(job.run_dir), end)  # as the server does: an import's data moves
-    return store.run(job.id)  # type: ignore[return-value]
+    return store.job(job.id)  # type: ignore[return-value]
 
 
-def finish_jobs(workspace: Path, kinds: tuple[str, ...] | None = None) -> list[Run]:
+def finish_jobs(workspace: Path, kinds: tuple[str, ...] | None = None) -> list[Job]:
     """Run every waiting job that is not a training run (or of ``kinds``); return them."""
     store = Store(workspace)
     done = []
@@ -64,7 +64,7 @@ def inline_spawn(monkeypatch) -> list[str]:
 
     spawned: list[str] = []
 
-    def spawn(store: Store, run: Run) -> None:
+    def spawn(store: Store, run: Job) -> None:
         if run.kind == "train":
             spawned.append(run.id)
         else:
@@ -74,12 +74,12 @@ def inline_spawn(monkeypatch) -> list[str]:
     return spawned
 
 
-def wait_for(store: Store, run_id: str, statuses: tuple[str, ...], timeout: float = 240) -> Run:
+def wait_for(store: Store, run_id: str, statuses: tuple[str, ...], timeout: float = 240) -> Job:
     """The job once its status is one of ``statuses`` (polled every 0.1 s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = store.run(run_id)
+        run = store.job(run_id)
         if run is not None and run.status in statuses:
             return run
         time.sleep(0.1)
-    raise AssertionError(f"{run_id} is still {store.run(run_id)}")
+    raise AssertionError(f"{run_id} is still {store.job(run_id)}")

@@ -78,12 +78,12 @@ def test_sweep_configs_are_short_runs_with_one_id() -> None:
 
 
 def _finish(store: Store, run_id: str, accuracy: float, n_val: int) -> None:
-    run = store.run(run_id)
+    run = store.job(run_id)
     assert run is not None
     Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     rows = [{"file": f"{i}.png"} for i in range(n_val)]
     (Path(run.run_dir) / "predictions.json").write_text(json.dumps({"classes": [], "rows": rows}))
-    store.update_run(run_id, status="finished", result={"val_accuracy": accuracy, "seconds": 3.0})
+    store.update_job(run_id, status="finished", result={"val_accuracy": accuracy, "seconds": 3.0})
 
 
 def test_the_newest_sweep_is_read_back_and_judged_against_the_noise(tmp_path) -> None:
@@ -91,7 +91,7 @@ def test_the_newest_sweep_is_read_back_and_judged_against_the_noise(tmp_path) ->
     project = store.create_project()
     old = sweep_configs(TrainConfig(), (0, 1))
     new = sweep_configs(TrainConfig(), (0, 1, 3))
-    ids = [store.create_run(project.id, raw, tmp_path).id for raw in (*old, *new)]
+    ids = [store.create_job(project.id, raw, tmp_path).id for raw in (*old, *new)]
     points = service.latest_sweep(store.runs(project.id))
     assert [p.trainable_groups for p in points] == [0, 1, 3]
     assert sweep_reading(points, 8) is None  # nothing finished yet

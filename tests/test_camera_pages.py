@@ -281,9 +281,9 @@ def _try_page(workspace: Path, quick_run) -> AppTest:
     project = store.create_project()
     store.set_data_dir(project.id, data_dir)
     cfg = TrainConfig(model="efficientnet_lite0", epochs=1)
-    run = store.create_run(project.id, asdict(cfg), data_dir)
+    run = store.create_job(project.id, asdict(cfg), data_dir)
     shutil.copytree(run_dir, run.run_dir, dirs_exist_ok=True)
-    store.update_run(run.id, status="finished", result={"val_accuracy": 1.0})
+    store.update_job(run.id, status="finished", result={"val_accuracy": 1.0})
     return app_test("app_pages/try_it.py", project.id, TIMEOUT)
 
 

@@ -66,7 +66,7 @@ def test_train_command_prints_json_and_the_run_appears_in_the_store(shapes_dir, 
     assert 0 <= unfamiliar["own_validation_flagged"] <= 1
     assert unfamiliar["left_out_classes_auroc"] is not None
     store = Store(tmp_path / "ws")
-    run = store.run(summary["run_id"])
+    run = store.job(summary["run_id"])
     assert run is not None and run.status == "finished" and run.source == "cli"
     assert store.project(summary["project_id"]).data_dir
     assert len(store.epochs(run.id)) == 2
@@ -114,7 +114,7 @@ def test_from_scratch_baseline_and_recommend_commands(shapes_dir, tmp_path):
     proc = _cli("train", "--data", str(shapes_dir), "--epochs", "1", "--from-scratch", workspace=ws)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    config = Store(ws).run(summary["run_id"]).config
+    config = Store(ws).job(summary["run_id"]).config
     assert summary["pretrained"] is False and config["pretrained"] is False
     every = model_info("efficientnet_lite0", 3).n_backbone
     assert config["trainable_groups"] == every and config["head_epochs"] == 0
@@ -201,15 +201,15 @@ def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(
 
     # Crash the worker mid-run (as an out-of-memory kill would), after one finished epoch.
     wait_until(lambda: len(store.epochs(first.id)) >= 1)
-    run = store.run(first.id)
+    run = store.job(first.id)
     os.kill(run.pid, signal.SIGKILL)
     wait_until(lambda: not jobs.pid_alive(run.pid))
     assert jobs.recover(store) == [first.id]
-    assert store.run(first.id).status == "interrupted"
+    assert store.job(first.id).status == "interrupted"
 
     # The freed slot goes to the waiting run, which finishes; then resume the first one.
     supervisor.pump(store)
-    wait_until(lambda: store.run(second.id).status == "finished", timeout=180)
+    wait_until(lambda: store.job(second.id).status == "finished", timeout=180)
     epochs_before = len(store.epochs(first.id))
     service.resume_run(store, first.id)
     wait_until(lambda: len(store.epochs(first.id)) > epochs_before, timeout=180)
@@ -220,6 +220,6 @@ def test_worker_runs_in_background_stops_fast_and_resumes_after_a_crash(
     # Stop takes effect within about a second and keeps the best checkpoint.
     asked = time.monotonic()
     jobs.request_stop(store, first.id)
-    wait_until(lambda: store.run(first.id).status == "stopped", timeout=30, interval=0.05)
+    wait_until(lambda: store.job(first.id).status == "stopped", timeout=30, interval=0.05)
     assert time.monotonic() - asked < 2.5
-    assert (Path(store.run(first.id).run_dir) / "best.pt").exists()
+    assert (Path(store.job(first.id).run_dir) / "best.pt").exists()

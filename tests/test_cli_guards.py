@@ -447,7 +447,7 @@ def test_an_out_folder_that_would_be_overwritten_or_shared_is_refused(
     assert not any((ws / "incoming").glob("*"))
     assert (run_dir / "best.pt").read_bytes() == best
     assert [tree_digest(f) for f in watched] == before
-    assert store.run(run_id).run_dir == str(run_dir.resolve())
+    assert store.job(run_id).run_dir == str(run_dir.resolve())
 
 
 def test_overwrite_replaces_a_folder_cleanly(shapes: Path, tmp_path: Path) -> None:
@@ -466,7 +466,7 @@ def test_overwrite_replaces_a_folder_cleanly(shapes: Path, tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stderr
     second = json.loads(proc.stdout.strip().splitlines()[-1])["run_id"]
     store = Store(ws)
-    assert store.run(first) is None  # the replaced run's record is gone with its files
+    assert store.job(first) is None  # the replaced run's record is gone with its files
     assert [r.id for r in store.runs() if r.run_dir == str(out.resolve())] == [second]
 
 
@@ -474,16 +474,16 @@ def test_two_runs_never_share_a_folder_in_the_store(tmp_path: Path) -> None:
     store = Store(tmp_path / "ws")
     project = store.create_project()
     folder = tmp_path / "run"
-    store.create_run(project.id, {}, tmp_path, run_dir=folder)
+    store.create_job(project.id, {}, tmp_path, run_dir=folder)
     for alias in (folder, Path(str(folder) + "/"), folder / ".." / "run"):
         with pytest.raises(RunError, match="cannot share a folder"):
-            store.create_run(project.id, {}, tmp_path, run_dir=alias)
+            store.create_job(project.id, {}, tmp_path, run_dir=alias)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     (tmp_path / "afile").write_text("x")
     for busy in (tmp_path / "full", tmp_path / "afile"):
         with pytest.raises(RunError, match="new or empty"):
-            store.create_run(project.id, {}, tmp_path, run_dir=busy)
+            store.create_job(project.id, {}, tmp_path, run_dir=busy)
     assert len(store.runs()) == 1
 
 
@@ -525,8 +525,8 @@ def _holder(store: Store) -> tuple[subprocess.Popen[bytes], str]:
     """An app run that holds the only slot, 'trained' by a live sleeping process."""
     project = store.create_project()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    run = store.create_run(project.id, {}, store.workspace, status="running")
-    store.update_run(run.id, pid=sleeper.pid, heartbeat=time.time())
+    run = store.create_job(project.id, {}, store.workspace, status="running")
+    store.update_job(run.id, pid=sleeper.pid, heartbeat=time.time())
     return sleeper, run.id
 
 
@@ -541,7 +541,7 @@ def _next_wait(proc: subprocess.Popen[str]) -> str:
 def test_a_cli_run_waits_its_turn_in_the_shared_queue(shapes: Path, tmp_path: Path) -> None:
     store = Store(tmp_path / "ws")
     sleeper, holder = _holder(store)
-    ahead = store.create_run(store.create_project().id, {}, store.workspace)  # an app run
+    ahead = store.create_job(store.create_project().id, {}, store.workspace)  # an app run
     env = {"TL_STUDIO_MAX_RUNS": "1"}
     proc = _start("train", "--data", str(shapes), *FAST, workspace=store.workspace, env=env)
     try:
@@ -551,7 +551,7 @@ def test_a_cli_run_waits_its_turn_in_the_shared_queue(shapes: Path, tmp_path: Pa
         jobs.request_stop(store, ahead.id)  # cancelled in the app: the command line is next
         assert _next_wait(proc) == "waiting: place 1 in the queue"
         assert supervisor.pump(store, limit=2) == []  # never the run a command line waits for
-        assert store.run(cli_run.id).status == "queued"
+        assert store.job(cli_run.id).status == "queued"
         sleeper.kill()
         sleeper.wait()
         _, err = proc.communicate(timeout=300)
@@ -559,8 +559,8 @@ def test_a_cli_run_waits_its_turn_in_the_shared_queue(shapes: Path, tmp_path: Pa
         sleeper.kill()
         proc.kill()
     assert proc.returncode == 0, err
-    assert store.run(holder).status == "interrupted"
-    assert store.run(cli_run.id).status == "finished"
+    assert store.job(holder).status == "interrupted"
+    assert store.job(cli_run.id).status == "finished"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
@@ -625,7 +625,7 @@ def test_a_signal_during_a_cli_run_marks_it_interrupted_and_resume_works(
     assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err and SIGNAL_MESSAGES[sig] in err
     assert json.loads(out.strip().splitlines()[-1])["status"] == "interrupted"
-    run = store.run(run.id)
+    run = store.job(run.id)
     assert run.status == "interrupted" and run.message == SIGNAL_MESSAGES[sig]
     assert (Path(run.run_dir) / "last.pt").exists()
     assert store.project(run.project_id).settings.get(jobs.CLI_PENDING) is None
@@ -634,7 +634,7 @@ def test_a_signal_during_a_cli_run_marks_it_interrupted_and_resume_works(
     service.resume_run(store, run.id)
     wait_until(lambda: len(store.epochs(run.id)) > done + 1)
     jobs.request_stop(store, run.id)
-    wait_until(lambda: store.run(run.id).status == "stopped", timeout=60)
+    wait_until(lambda: store.job(run.id).status == "stopped", timeout=60)
     epochs = [e.epoch for e in store.epochs(run.id)]
     assert epochs == list(range(1, len(epochs) + 1))
 
@@ -655,11 +655,11 @@ def test_sigterm_to_an_app_worker_says_the_server_stopped_it(shapes: Path, tmp_p
     }
     run = service.submit_job(store, project.id, RunSpec.from_dict(config), data_dir)
     wait_until(lambda: store.epochs(run.id))
-    pid = store.run(run.id).pid
+    pid = store.job(run.id).pid
     os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: store.run(run.id).status == "interrupted", timeout=60)
+    wait_until(lambda: store.job(run.id).status == "interrupted", timeout=60)
     wait_until(lambda: not jobs.pid_alive(pid), timeout=30)
-    final = store.run(run.id)
+    final = store.job(run.id)
     assert final.message == "Interrupted: the server stopped the training process."
     assert (Path(final.run_dir) / "last.pt").exists()
     assert "Traceback" not in (Path(final.run_dir) / "worker.log").read_text()
@@ -703,17 +703,17 @@ def test_the_start_up_sweep_removes_leftovers_of_killed_processes_only(tmp_path:
     # A queued command-line run whose process died: removed, with its pending project.
     queued = store.create_project("cli queued")
     store.update_settings(queued.id, **{jobs.CLI_PENDING: dead})
-    waiting = store.create_run(queued.id, {}, done, source="cli", pid=dead)
+    waiting = store.create_job(queued.id, {}, done, source="cli", pid=dead)
     # A killed command-line run that saved an epoch: kept as interrupted, project kept.
     kept_project = store.create_project("cli kept")
     store.update_settings(kept_project.id, **{jobs.CLI_PENDING: dead})
-    kept = store.create_run(kept_project.id, {}, done, source="cli", status="running", pid=dead)
+    kept = store.create_job(kept_project.id, {}, done, source="cli", status="running", pid=dead)
     (Path(kept.run_dir) / "last.pt").write_bytes(b"x")
     # A killed command-line run in its first epoch: removed.
-    first = store.create_run(kept_project.id, {}, done, source="cli", status="running", pid=dead)
+    first = store.create_job(kept_project.id, {}, done, source="cli", status="running", pid=dead)
     # Temporary files: old ones of stopped runs go; those of a live run stay.
-    stopped = store.create_run(app.id, {}, done, status="interrupted")
-    live = store.create_run(app.id, {}, done, status="running", pid=os.getpid())
+    stopped = store.create_job(app.id, {}, done, status="interrupted")
+    live = store.create_job(app.id, {}, done, status="running", pid=os.getpid())
     for run in (stopped, live):
         tmp = Path(run.run_dir) / "last.pt.tmp"
         tmp.write_bytes(b"partial")
@@ -731,11 +731,11 @@ def test_the_start_up_sweep_removes_leftovers_of_killed_processes_only(tmp_path:
     assert store.project(busy.id) is not None
     assert store.project(filling.id) is not None and fresh.exists()
     assert done.exists() and not cut.exists()
-    assert store.run(waiting.id) is None and store.project(queued.id) is None
-    assert store.run(kept.id).status == "interrupted"
-    assert "command-line run stopped unexpectedly" in store.run(kept.id).message
+    assert store.job(waiting.id) is None and store.project(queued.id) is None
+    assert store.job(kept.id).status == "interrupted"
+    assert "command-line run stopped unexpectedly" in store.job(kept.id).message
     assert store.project(kept_project.id).settings.get(jobs.CLI_PENDING) is None
-    assert store.run(first.id) is None and not Path(first.run_dir).exists()
+    assert store.job(first.id) is None and not Path(first.run_dir).exists()
     assert not (Path(stopped.run_dir) / "last.pt.tmp").exists() and young.exists()
     assert (Path(live.run_dir) / "last.pt.tmp").exists()
     assert not (staging / f"{dead}-abc").exists() and (staging / f"{os.getpid()}-def").exists()

@@ -355,7 +355,7 @@ def _real_db(ws: Path) -> bytes:
     store = Store(ws)
     project = store.create_project("p")
     for _ in range(0 if (ws / "runs").is_dir() else 8):
-        run = store.create_run(project.id, {"model": "m", "pad": "x" * 2000}, ws)
+        run = store.create_job(project.id, {"model": "m", "pad": "x" * 2000}, ws)
         for k in range(5):
             store.add_step(run.id, StepRow(1, k, 10, 0.5, 0.5, 0.1, 1.0))
     store.close()
@@ -522,8 +522,8 @@ def test_a_db_of_an_older_version_is_brought_up_to_date(tmp_path) -> None:
     assert run.source == "app" and run.message == "" and not run.resume
     assert run.result == {"val_accuracy": 0.5}
     assert store.epochs("r1") == []
-    store.update_run("r1", queued_at=3.0)
-    assert Store(ws).run("r1").queued_at == 3.0
+    store.update_job("r1", queued_at=3.0)
+    assert Store(ws).job("r1").queued_at == 3.0
 
 
 @pytest.mark.parametrize(
@@ -548,7 +548,7 @@ def test_run_folder_commands_work_and_repair_rebuilds_the_index(trained, tmp_pat
     assert Path(summary["moved_to"]).is_file()
     old, new = Store(tmp_path / "ws-before"), Store(ws)
     for run in old.runs():
-        again = new.run(run.id)
+        again = new.job(run.id)
         assert again is not None and again.status == run.status == "finished"
         assert again.result == run.result and again.config == run.config
         moved = run.id == trained["run_id"]  # the copy of runs/<id>/ is where it is now
@@ -608,14 +608,14 @@ def test_unfinished_runs_come_back_interrupted_and_folders_without_a_record_are_
     ws = tmp_path / "ws"
     store = Store(ws)
     project = store.create_project("p")
-    run = store.create_run(project.id, {"model": "m"}, ws / "data")
-    store.update_run(run.id, status="running", pid=1)
+    run = store.create_job(project.id, {"model": "m"}, ws / "data")
+    store.update_job(run.id, status="running", pid=1)
     (ws / "runs" / "old-run").mkdir()  # a run folder written before runs described themselves
     _damaged_workspace(ws, _db_text)
     report = repair(ws)
     assert report.runs == 1 and report.skipped == [str((ws / "runs" / "old-run").resolve())]
     assert "1 folder(s) could not be read back" in report.sentence()
-    assert Store(ws).run(run.id).status == "interrupted"
+    assert Store(ws).job(run.id).status == "interrupted"
 
 
 # -------------------------------------------------------------------------------- the app
@@ -713,7 +713,7 @@ def test_the_pages_show_damaged_predictions_as_one_sentence(
 def test_the_evaluate_page_says_when_the_images_are_gone(trained, tmp_path, app_env) -> None:
     run_dir = _app_run(trained, tmp_path, app_env)
     store = Store(tmp_path / "ws")
-    store.update_run(trained["run_id"], data_dir=str(tmp_path / "gone"))
+    store.update_job(trained["run_id"], data_dir=str(tmp_path / "gone"))
     assert run_dir.is_dir()
     at = _app("app_pages/evaluate.py", trained["project_id"])
     assert not at.exception

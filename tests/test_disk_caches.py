@@ -262,8 +262,8 @@ def test_the_run_panel_says_how_much_disk_the_caches_take(
     data = store.new_data_dir(project.id)
     import_folder(make_shapes(tmp_path / "src", per_class=4, size=24), data)
     store.set_data_dir(project.id, data)
-    run = store.create_run(project.id, {"model": "efficientnet_lite0"}, data, status="stopped")
-    store.update_run(run.id, result={"best_epoch": 1, "cache_bytes": cache})
+    run = store.create_job(project.id, {"model": "efficientnet_lite0"}, data, status="stopped")
+    store.update_job(run.id, result={"best_epoch": 1, "cache_bytes": cache})
     at = app_test("app_pages/train.py", project.id)
     assert not at.exception
     (line,) = [c.value for c in at.caption if c.value.startswith("Caches on disk")]

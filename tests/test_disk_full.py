@@ -196,7 +196,7 @@ def test_a_run_whose_files_do_not_fit_is_refused_before_it_trains(tiny_disk, tmp
     disk = tiny_disk("disk", 8192)
     store, project_id, data_dir = _workspace_with_data(disk, tmp_path)
     _fill(disk, 1024 * 1024)  # the import fit; the run's cache and checkpoints do not
-    run = store.create_run(project_id, asdict(CFG), data_dir)
+    run = store.create_job(project_id, asdict(CFG), data_dir)
     assert run_worker(store, run.id) is None
     _assert_failed_cleanly(disk, run.id)
     assert not (Path(run.run_dir) / "best.pt").exists()
@@ -218,7 +218,7 @@ def test_a_run_that_fills_the_disk_fails_with_the_message_and_no_temporary_files
     disk = tiny_disk("disk", 8192)
     store, project_id, data_dir = _workspace_with_data(disk, tmp_path)
     cfg = TrainConfig(**{**asdict(CFG), "cache": cache, "epochs": 3})
-    run = store.create_run(project_id, asdict(cfg), data_dir)
+    run = store.create_job(project_id, asdict(cfg), data_dir)
     _fill(disk, free_kib * 1024)
     monkeypatch.setattr(diskspace, "check_free", lambda path, needed: None)  # estimate missed
     monkeypatch.setattr("tl_core.training.engine._Checkpoints.__init__.__defaults__", (0.0,))
@@ -232,12 +232,12 @@ def test_the_status_write_gets_through_after_the_temporary_files_go(
     """The database is full too: the worker frees the run's .tmp files and writes again."""
     disk = tiny_disk("disk", 8192)
     store, project_id, data_dir = _workspace_with_data(disk, tmp_path)
-    run = store.create_run(project_id, asdict(CFG), data_dir)
+    run = store.create_job(project_id, asdict(CFG), data_dir)
     run_dir = Path(run.run_dir)
     calls = {"n": 0}
-    real = Store.update_run
+    real = Store.update_job
 
-    def update_run(self, run_id, **fields):
+    def update_job(self, run_id, **fields):
         if fields.get("status") == "failed" and not calls["n"]:
             calls["n"] += 1
             (run_dir / "last.pt.tmp").write_bytes(b"x")  # the leftover the retry removes
@@ -247,7 +247,7 @@ def test_the_status_write_gets_through_after_the_temporary_files_go(
     def full_fit(*args, **kwargs):
         raise diskspace.disk_full_error(run_dir, 10 * diskspace.MB)
 
-    monkeypatch.setattr(Store, "update_run", update_run)
+    monkeypatch.setattr(Store, "update_job", update_job)
     monkeypatch.setattr("tl_core.training.engine.fit", full_fit)
     assert run_worker(store, run.id) is None
     assert calls["n"] == 1
@@ -317,7 +317,7 @@ def test_the_decoded_cache_on_a_full_disk(monkeypatch, shapes, where) -> None:
 def test_run_log_on_a_full_disk(tmp_path, monkeypatch) -> None:
     store = Store(tmp_path / "ws")
     project = store.create_project()
-    run = store.create_run(project.id, {}, tmp_path)
+    run = store.create_job(project.id, {}, tmp_path)
     real_open = open
 
     def full_open(path, *args, **kwargs):
@@ -380,18 +380,18 @@ class _FullConnection:
 
 
 @pytest.mark.parametrize("message", ["database or disk is full", "disk is full"])
-@pytest.mark.parametrize("write", ["create_project", "update_run", "add_step", "add_epoch"])
+@pytest.mark.parametrize("write", ["create_project", "update_job", "add_step", "add_epoch"])
 def test_store_writes_on_a_full_disk(tmp_path, monkeypatch, message, write) -> None:
     store = Store(tmp_path / "ws")
     project = store.create_project()
-    run = store.create_run(project.id, {}, tmp_path)
+    run = store.create_job(project.id, {}, tmp_path)
     real_connect = sqlite3.connect
     monkeypatch.setattr(
         sqlite3, "connect", lambda *a, **k: _FullConnection(real_connect(*a, **k), message)
     )
     calls = {
         "create_project": lambda: store.create_project(),
-        "update_run": lambda: store.update_run(run.id, status="failed"),
+        "update_job": lambda: store.update_job(run.id, status="failed"),
         "add_step": lambda: store.add_step(run.id, StepRow(1, 1, 1, 0.1, 0.5, 0.01, 1.0)),
         "add_epoch": lambda: store.add_epoch(run.id, EpochRow(1, 1, 0.1, 0.5, 0.1, 0.5, 1.0)),
     }
@@ -399,7 +399,7 @@ def test_store_writes_on_a_full_disk(tmp_path, monkeypatch, message, write) -> N
         calls[write]()
     _assert_message(info.value)
     monkeypatch.setattr(sqlite3, "connect", real_connect)
-    assert Store(tmp_path / "ws").run(run.id).status == "queued"
+    assert Store(tmp_path / "ws").job(run.id).status == "queued"
 
 
 def test_other_store_errors_are_not_called_a_full_disk(tmp_path, monkeypatch) -> None:
@@ -500,7 +500,7 @@ def test_the_train_page_shows_a_run_that_failed_on_a_full_disk(tiny_disk, tmp_pa
     disk = tiny_disk("disk", 8192)
     store, project_id, data_dir = _workspace_with_data(disk, tmp_path)
     store.update_settings(project_id, model="test_efficientnet")
-    run = store.create_run(project_id, asdict(CFG), data_dir)
+    run = store.create_job(project_id, asdict(CFG), data_dir)
     _fill(disk, 1024 * 1024)
     run_worker(store, run.id)
     (disk / "ballast").unlink()

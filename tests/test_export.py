@@ -76,7 +76,7 @@ def _train(tmp: Path, model: str, per_class: int, size: int, epochs: int) -> tup
         pretrained=model != "test_efficientnet",
         trainable_groups=0 if model != "test_efficientnet" else 2,
     )
-    run = store.create_run(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
+    run = store.create_job(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
     split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
     fit(cfg, split, manifest.root, manifest.classes, Path(run.run_dir), plan=FP32)
     return tmp / "ws", Path(run.run_dir)

@@ -345,7 +345,7 @@ def test_a_failing_grow_job_leaves_no_new_version(project, shapes, files, label,
     before = store.project(project_id)
     snapshot = tree_digest(Path(before.data_dir))
     upload = [(name, io.BytesIO(data)) for name, data in files]
-    job = store.run(service.submit_grow(store, before, upload, label).id)
+    job = store.job(service.submit_grow(store, before, upload, label).id)
     assert job.status == "failed" and said in (job.error or ""), job.error
     assert store.project(project_id).data_dir == before.data_dir
     assert [p.name for p in store.project_dir(project_id).glob("data-*")] == [
@@ -372,7 +372,7 @@ def test_a_grow_job_adds_a_new_version_in_the_worker(project, tmp_path, way) -> 
         job = service.submit_grow(store, before, _zip(pictures))
     else:
         job = service.submit_grow(store, before, [(n, io.BytesIO(d)) for n, d in pictures])
-    job = store.run(job.id)
+    job = store.job(job.id)
     assert job.status == "finished", job.error
     assert job.result["summary"].startswith("Added 4 images to 'disc'")
     after = store.project(project_id)
@@ -422,7 +422,7 @@ def test_an_earlier_run_keeps_its_data_version(project, monkeypatch) -> None:
     after, growth = service.grow_data(store, before, _pictures(5), "disc")
     assert Path(after.data_dir) == growth.manifest.root != old
     assert growth.manifest.root.parent == old.parent  # data-2 beside data-1
-    assert store.run(run.id).data_dir == str(old)
+    assert store.job(run.id).data_dir == str(old)
     assert tree_digest(old) == snapshot
     assert DatasetManifest.load(old).counts()["disc"] == PER_CLASS
 

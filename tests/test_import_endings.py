@@ -44,7 +44,7 @@ def test_a_first_import_killed_mid_way_leaves_no_empty_project(tmp_path, monkeyp
         proc = subprocess.Popen(supervisor.worker_command(store, job.id), stdout=log, stderr=log)
 
     def working():  # its own worker process has started on the pictures
-        run = store.run(job.id)
+        run = store.job(job.id)
         return run if run.status == "running" and run.pid and run.pid != os.getpid() else None
 
     run = wait_until(working, 300, 0.05)
@@ -54,7 +54,7 @@ def test_a_first_import_killed_mid_way_leaves_no_empty_project(tmp_path, monkeyp
     assert jobs.recover(store) == [job.id]  # the next start
     assert store.project(project.id) is None
     assert not store.project_dir(project.id).exists()
-    assert store.run(job.id) is None and not Path(run.run_dir).exists()
+    assert store.job(job.id) is None and not Path(run.run_dir).exists()
     said = service.import_cut_off(store, project.id)
     assert said is not None and project.name in said and "start the import again" in said
     assert "killed" not in said and "training" not in said.lower()
@@ -71,9 +71,9 @@ def test_a_lost_import_of_a_project_with_images_reads_as_an_import(tmp_path) -> 
     if proc == 0:
         os._exit(0)
     os.waitpid(proc, 0)
-    job = store.create_run(project.id, {}, data, kind="import", status="running", pid=proc)
+    job = store.create_job(project.id, {}, data, kind="import", status="running", pid=proc)
     assert jobs.recover(store) == [job.id]
-    lost = store.run(job.id)
+    lost = store.job(job.id)
     assert lost.status == "failed" and lost.error == CUT_OFF and lost.message == CUT_OFF
     assert store.project(project.id) is not None  # its images are still there
 
@@ -84,7 +84,7 @@ def test_a_project_with_other_work_is_not_removed(tmp_path) -> None:
     shots = store.project_dir(project.id) / "capture" / "cat"
     shots.mkdir(parents=True)
     (shots / "1.jpg").write_bytes(b"x")
-    job = store.create_run(project.id, {}, tmp_path, kind="import", status="failed")
+    job = store.create_job(project.id, {}, tmp_path, kind="import", status="failed")
     assert job is not None
     assert not jobs.drop_cut_off_project(store, project.id)
     assert store.project(project.id) is not None
@@ -109,21 +109,21 @@ def test_the_data_page_says_why_a_project_is_empty_or_gone(tmp_path, monkeypatch
     workspace = tmp_path / "ws"
     store = Store(workspace)
     failed = store.create_project("failed first")
-    store.create_run(
+    store.create_job(
         failed.id,
         {"way": "folder"},
         tmp_path,
         kind="import",
         status="failed",
     )
-    store.update_run(store.runs(failed.id, kind="import")[0].id, error=CUT_OFF)
+    store.update_job(store.runs(failed.id, kind="import")[0].id, error=CUT_OFF)
     at = _app(workspace, monkeypatch, failed.id)  # a new session, not the one that imported
     assert not at.exception
     assert CUT_OFF in _texts(at)
     assert "import them again below" in _texts(at)
 
     gone = store.create_project("cut off")
-    store.create_run(gone.id, {}, tmp_path, kind="import", status="failed")
+    store.create_job(gone.id, {}, tmp_path, kind="import", status="failed")
     assert jobs.drop_cut_off_project(store, gone.id)
     at = _app(workspace, monkeypatch, gone.id, page=None)  # the link opens the Data page
     assert not at.exception

@@ -21,7 +21,7 @@ from tl_core.data.dataset import MAX_IMPORT_MB, DatasetManifest, import_folder
 from tl_core.events import Event, Progress
 from tl_core.runs import jobs, recording, supervisor, tasks, worker
 from tl_core.runs.kinds import JobSpec
-from tl_core.runs.store import Run, Store
+from tl_core.runs.store import Job, Store
 from tl_ui.importing import FOLDER_IMPORT_ENV, folder_import_setting
 
 TIMEOUT = 120
@@ -78,7 +78,7 @@ def _way(way: str) -> str:
     return "folder" if way == "zip-path" else way
 
 
-def _leftovers(store: Store, job: Run) -> list[str]:
+def _leftovers(store: Store, job: Job) -> list[str]:
     """What an ended import left: its upload, its staged data, temporary files."""
     folder = Path(job.run_dir)
     found = [p.name for p in (folder / "upload", folder / "data") if p.exists()]
@@ -102,7 +102,7 @@ def test_an_import_job_points_the_project_at_its_new_data(
     store, shapes, tmp_path, way, monkeypatch
 ) -> None:
     job = service.submit_import(store, None, _way(way), **_source(way, shapes, tmp_path))
-    job = store.run(job.id)  # run in this process by the test's queue (conftest)
+    job = store.job(job.id)  # run in this process by the test's queue (conftest)
     assert job.kind == "import" and job.status == "finished", job.error
     project = store.project(job.project_id)
     assert project.settings["model"]  # a new project, ready for the next steps
@@ -120,9 +120,9 @@ def test_an_import_job_points_the_project_at_its_new_data(
 
 
 def test_a_second_import_is_a_new_version_and_the_old_one_stays(store, shapes, demo_dir):
-    first = store.run(service.submit_import(store, None, "demo", path=demo_dir).id)
+    first = store.job(service.submit_import(store, None, "demo", path=demo_dir).id)
     project = store.project(first.project_id)
-    second = store.run(service.submit_import(store, project, "folder", path=shapes).id)
+    second = store.job(service.submit_import(store, project, "folder", path=shapes).id)
     assert second.status == "finished"
     now = store.project(project.id)
     assert Path(now.data_dir).name == "data-2" and (Path(first.data_dir) / "manifest.json").exists()
@@ -137,7 +137,7 @@ def test_the_demo_set_is_decoded_once_per_workspace_then_linked(store, shapes, m
     owners: dict[Path, str] = {}
 
     def imported(path: Path) -> DatasetManifest:
-        job = store.run(service.submit_import(store, None, "demo", path=path).id)
+        job = store.job(service.submit_import(store, None, "demo", path=path).id)
         assert job.status == "finished", job.error
         manifest = DatasetManifest.load(Path(store.project(job.project_id).data_dir))
         owners[manifest.root] = job.project_id
@@ -197,13 +197,13 @@ class _StopMidway(recording.StoreSink):
             jobs.request_stop(self.store, self.job_id)
 
 
-def _run_here(store: Store, job: Run, sink_cls=recording.StoreSink) -> Run:
+def _run_here(store: Store, job: Job, sink_cls=recording.StoreSink) -> Job:
     """The job through the worker's own code (execute, then the end recorded)."""
     job = jobs.claim_next(store, 10) or job
     sink = sink_cls(store, job)
     spec = recording.job_spec(store, job)
     sink.emit(worker.execute(spec, worker.JobContext(spec, sink)))
-    return store.run(job.id)
+    return store.job(job.id)
 
 
 @pytest.mark.parametrize("had_data", [False, True])
@@ -293,7 +293,7 @@ def test_a_failing_import_says_why_and_changes_nothing(
     if had_data:
         _old_data(store, project.id, tmp_path)
     before = store.project(project.id).data_dir
-    job = store.run(service.submit_import(store, project, "folder", path=make(tmp_path)).id)
+    job = store.job(service.submit_import(store, project, "folder", path=make(tmp_path)).id)
     assert job.status == "failed" and says in job.error, job.error
     assert "Traceback" not in job.error and len(job.error) < 400
     assert store.project(project.id).data_dir == before
@@ -316,7 +316,7 @@ def test_a_failing_import_says_why_and_changes_nothing(
     ],
 )
 def test_a_failing_upload_leaves_nothing(store, way, upload, says) -> None:
-    job = store.run(service.submit_import(store, None, way, upload=upload).id)
+    job = store.job(service.submit_import(store, None, way, upload=upload).id)
     assert job.status == "failed" and says in job.error, job.error
     assert store.project(job.project_id).data_dir is None
     assert not list(store.project_dir(job.project_id).glob("data-*"))
@@ -326,11 +326,11 @@ def test_a_failing_upload_leaves_nothing(store, way, upload, says) -> None:
 def test_a_worker_killed_mid_import_leaves_nothing(store, shapes, tmp_path, monkeypatch):
     monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)
     job = service.submit_import(store, None, "zip", upload=io.BytesIO(_zip_bytes(shapes)))
-    job = store.run(job.id)  # claimed, its worker not started
+    job = store.job(job.id)  # claimed, its worker not started
     (Path(job.run_dir) / "data" / "images").mkdir(parents=True)  # half made
     lost = {"t": "end", "status": "failed", "error": "The process stopped.", "message": "x"}
     recording.record(store, job.id, Path(job.run_dir), lost)  # what the executor reports
-    assert _leftovers(store, store.run(job.id)) == []
+    assert _leftovers(store, store.job(job.id)) == []
     assert store.project(job.project_id).data_dir is None
 
 
@@ -338,15 +338,15 @@ def test_a_server_restart_sweeps_what_a_cut_off_import_left(store, shapes, monke
     monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)
     job = service.submit_import(store, None, "zip", upload=io.BytesIO(_zip_bytes(shapes)))
     (Path(job.run_dir) / "data").mkdir()
-    store.update_run(job.id, status="interrupted")
-    held = store.create_run(job.project_id, {"way": "zip"}, Path(""), status="held", kind="import")
+    store.update_job(job.id, status="interrupted")
+    held = store.create_job(job.project_id, {"way": "zip"}, Path(""), status="held", kind="import")
     (Path(held.run_dir) / "upload").mkdir()
     jobs.sweep(store)
-    assert _leftovers(store, store.run(job.id)) == []
-    assert store.run(held.id) is not None  # its upload may still be arriving
-    store.update_run(held.id, created=time.time() - jobs.PARTIAL_IMPORT_AGE_S - 1)
+    assert _leftovers(store, store.job(job.id)) == []
+    assert store.job(held.id) is not None  # its upload may still be arriving
+    store.update_job(held.id, created=time.time() - jobs.PARTIAL_IMPORT_AGE_S - 1)
     jobs.sweep(store)
-    assert store.run(held.id) is None and not Path(held.run_dir).exists()
+    assert store.job(held.id) is None and not Path(held.run_dir).exists()
 
 
 # ------------------------------------------------------------------------ where it runs
@@ -395,7 +395,7 @@ def test_imports_run_on_this_machine_beside_a_cluster(store, shapes, monkeypatch
     cluster = _Cluster()
     project = store.create_project()
     for kind in ("import", "features", "import"):
-        store.create_run(project.id, {"way": "folder", "path": str(shapes)}, shapes, kind=kind)
+        store.create_job(project.id, {"way": "folder", "path": str(shapes)}, shapes, kind=kind)
     sup = supervisor.Supervisor(store.workspace, executor=cluster)
     try:
         deadline = time.monotonic() + 20
@@ -531,11 +531,11 @@ def test_page_uploads_become_an_import_job(workspace, tmp_path, way) -> None:
     assert job.status == "finished" and _leftovers(Store(workspace), job) == []
 
 
-def _running_import(workspace: Path) -> tuple[str, Run]:
+def _running_import(workspace: Path) -> tuple[str, Job]:
     store = Store(workspace)
     project = store.create_project()
-    job = store.create_run(project.id, {"way": "folder", "path": "/x"}, Path(""), kind="import")
-    store.update_run(
+    job = store.create_job(project.id, {"way": "folder", "path": "/x"}, Path(""), kind="import")
+    store.update_job(
         job.id,
         status="running",
         pid=os.getpid(),
@@ -543,7 +543,7 @@ def _running_import(workspace: Path) -> tuple[str, Run]:
         progress=0.4,
         message="Checking and preparing images: 400/1,000 · 80 images/s · about 8 s left",
     )
-    return project.id, store.run(job.id)
+    return project.id, store.job(job.id)
 
 
 def test_page_shows_the_import_under_way_in_every_tab_and_stops_it(workspace) -> None:
@@ -557,7 +557,7 @@ def test_page_shows_the_import_under_way_in_every_tab_and_stops_it(workspace) ->
         assert "400/1,000" in text and "images/s" in text and "left" in text
         assert not [b for b in at.button if b.key == "use_demo"]  # no second import meanwhile
     tabs[1].button(key=f"stop_job_{job.id}").click().run()
-    assert Store(workspace).run(job.id).stop_requested
+    assert Store(workspace).job(job.id).stop_requested
 
 
 def test_a_thread_safe_data_dir_claim(store) -> None:

@@ -164,8 +164,8 @@ def test_the_store_reads_a_row_back_as_its_kinds_params(tmp_path) -> None:
     store = Store(tmp_path / "ws")
     project = store.create_project()
     for kind, params in SAMPLES.items():
-        job = store.create_run(project.id, params.to_dict(), tmp_path, kind=kind)
-        assert store.run(job.id).params == params
+        job = store.create_job(project.id, params.to_dict(), tmp_path, kind=kind)
+        assert store.job(job.id).params == params
 
 
 def test_the_registry_loads_no_task_and_no_torch() -> None:

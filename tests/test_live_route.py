@@ -335,9 +335,9 @@ def test_the_live_view_is_granted_only_where_the_route_is_served(
     project = store.create_project()
     store.set_data_dir(project.id, run_dir.parent / "data")
     cfg = TrainConfig(model="efficientnet_lite0", epochs=1)
-    run = store.create_run(project.id, asdict(cfg), run_dir.parent / "data")
+    run = store.create_job(project.id, asdict(cfg), run_dir.parent / "data")
     shutil.copytree(run_dir, run.run_dir, dirs_exist_ok=True)
-    store.update_run(run.id, status="finished", result={"val_accuracy": 1.0})
+    store.update_job(run.id, status="finished", result={"val_accuracy": 1.0})
     at = app_test("app_pages/try_it.py", project.id, 120)
     assert not at.exception
     if not served:
@@ -538,10 +538,10 @@ def _project_with_run(workspace: Path, run_dir: Path, folder: Path | None = None
     project = store.create_project()
     store.set_data_dir(project.id, run_dir.parent / "data")
     cfg = TrainConfig(model="efficientnet_lite0", epochs=1)
-    run = store.create_run(project.id, asdict(cfg), run_dir.parent / "data", run_dir=folder)
+    run = store.create_job(project.id, asdict(cfg), run_dir.parent / "data", run_dir=folder)
     shutil.copytree(run_dir, run.run_dir, dirs_exist_ok=True)
-    store.update_run(run.id, status="finished", result={"val_accuracy": 1.0})
-    return store, project, store.run(run.id)
+    store.update_job(run.id, status="finished", result={"val_accuracy": 1.0})
+    return store, project, store.job(run.id)
 
 
 def test_deleting_a_project_stops_its_live_views_at_once(
@@ -597,7 +597,7 @@ def test_a_model_deleted_by_another_process_is_answered_removed(
         assert _post(server, picture, token)[0] == 200  # its model is now cached
     script = (
         "import sys; from tl_core.runs.store import Store; store = Store(sys.argv[1]); "
-        f"run = store.run(sys.argv[2]); {DELETE_ELSEWHERE[how]}"
+        f"run = store.job(sys.argv[2]); {DELETE_ELSEWHERE[how]}"
     )
     _python(script, str(workspace), run.id, timeout=120)
     assert not Path(run.run_dir).exists()

@@ -231,9 +231,9 @@ def test_data_page_shows_the_pairs_and_leaves_out_the_validation_copies(
         **asdict(TrainConfig(model="test_efficientnet", epochs=1, pretrained=False)),
         "corrections": corrections.to_dict(),
     }
-    run = store.create_run(project_id, config, manifest.root, status="starting")
+    run = store.create_job(project_id, config, manifest.root, status="starting")
     assert run_worker(store, run.id) is not None
-    preds = load_predictions(store.run(run.id).run_dir)
+    preds = load_predictions(store.job(run.id).run_dir)
     assert preds is not None and not set(preds.files) & val_copies
     assert len(preds.files) == sum(i.subset == "val" for i in manifest.items) - len(val_copies)
 

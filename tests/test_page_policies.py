@@ -79,8 +79,8 @@ def store(tmp_path, monkeypatch) -> Store:
 def _finished(store: Store, demo_dir: Path, **config):
     project = service.import_data(store, None, "demo", None, demo_dir=demo_dir)
     run = service.submit_training(store, project, TrainConfig(epochs=2, **config))
-    store.update_run(run.id, status="finished", result={"val_accuracy": 0.9})
-    return project, store.run(run.id)
+    store.update_job(run.id, status="finished", result={"val_accuracy": 0.9})
+    return project, store.job(run.id)
 
 
 def _features_jobs(store: Store, project_id: str) -> list:
@@ -97,7 +97,7 @@ def test_a_head_only_run_is_held_against_its_scratch_run_only(store, demo_dir) -
     project, run = _finished(store, demo_dir, trainable_groups=0)
     assert service.baselines(store, project, run) == service.Baselines(None, None)
     scratch = service.train_scratch_baseline(store, project, run, n_backbone=5)
-    store.update_run(scratch.id, status="finished", result={"val_accuracy": 0.4})
+    store.update_job(scratch.id, status="finished", result={"val_accuracy": 0.4})
     assert service.baselines(store, project, run) == service.Baselines(0.4, None)
     assert not _features_jobs(store, project.id)  # nothing learned beyond the head
 

@@ -211,7 +211,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
 
 def _register_run(store: Store, project_id: str, config: dict, data_dir: Path, files: Path):
     """A run record in its own new folder, holding a copy of an already trained run's files."""
-    run = store.create_run(project_id, config, data_dir)
+    run = store.create_job(project_id, config, data_dir)
     shutil.copytree(files, run.run_dir, dirs_exist_ok=True)
     return run
 
@@ -221,7 +221,7 @@ def _project_with_run(workspace: Path, trained) -> tuple[str, str]:
     project_id = _project_with_data(workspace, data_dir, model="efficientnet_lite0")
     store = Store(workspace)
     run = _register_run(store, project_id, raw["config"], data_dir, run_dir)
-    store.update_run(run.id, status="finished", result=raw["result"])
+    store.update_job(run.id, status="finished", result=raw["result"])
     return project_id, run.id
 
 
@@ -278,7 +278,7 @@ def test_one_click_baseline_from_scratch_and_the_two_curve_chart(
     assert baseline.config["pretrained"] is False and baseline.config["head_epochs"] == 0
     for epoch, acc in enumerate([0.2, 0.35], 1):
         store.add_epoch(baseline.id, EpochRow(epoch, epoch * 10, 2.0, acc, 2.0, acc, float(epoch)))
-    store.update_run(baseline.id, status="finished")
+    store.update_job(baseline.id, status="finished")
     at = _app("app_pages/evaluate.py", project_id)
     text = _texts(at)
     assert "78% with the pretrained start against 20% from scratch." in text
@@ -393,7 +393,7 @@ def test_a_run_trained_before_the_unfamiliar_check_says_so(workspace, trained) -
     from tl_core.training import familiarity
 
     project_id, run_id = _project_with_run(workspace, trained)
-    run_dir = Path(Store(workspace).run(run_id).run_dir)
+    run_dir = Path(Store(workspace).job(run_id).run_dir)
     (run_dir / familiarity.FEATURES_FILE).unlink()
     (run_dir / familiarity.REPORT_FILE).unlink()
     at = _try_upload(_app("app_pages/try_it.py", project_id), FOREIGN_CAT)
@@ -410,17 +410,17 @@ def test_an_interrupted_run_offers_resume(workspace, demo_import, monkeypatch) -
     spawned = inline_spawn(monkeypatch)
     project_id = _project_with_data(workspace, demo_import, model="efficientnet_lite0")
     store = Store(workspace)
-    run = store.create_run(
+    run = store.create_job(
         project_id, {"model": "efficientnet_lite0", "epochs": 3}, demo_import, status="running"
     )
     (Path(run.run_dir) / "last.pt").write_bytes(b"checkpoint")
-    store.update_run(run.id, pid=None, heartbeat=1.0)  # its worker vanished long ago
+    store.update_job(run.id, pid=None, heartbeat=1.0)  # its worker vanished long ago
     jobs.recover(store)  # what the server does when it starts
     at = _app("app_pages/train.py", project_id)
     assert not at.exception
     assert "Resume continues from the last finished epoch" in _texts(at)
     at.button(key=f"resume_{run.id}").click().run()
-    assert store.run(run.id).status == "starting" and store.run(run.id).resume
+    assert store.job(run.id).status == "starting" and store.job(run.id).resume
     assert spawned == [run.id]
 
 
@@ -455,7 +455,7 @@ def test_train_page_suggests_a_depth_and_runs_a_quick_sweep(workspace, demo_impo
         Path(run.run_dir).mkdir(parents=True, exist_ok=True)
         rows = [{"file": str(i)} for i in range(200)]
         (Path(run.run_dir) / "predictions.json").write_text(json.dumps({"rows": rows}))
-        store.update_run(run.id, status="finished", result={"val_accuracy": acc, "seconds": 9})
+        store.update_job(run.id, status="finished", result={"val_accuracy": acc, "seconds": 9})
     at = _app("app_pages/train.py", project_id)
     assert not at.exception
     text = _texts(at)
@@ -496,11 +496,11 @@ def test_evaluate_page_holds_the_run_against_scratch_and_frozen_features(workspa
     store = Store(workspace)
     config = {**raw["config"], "trainable_groups": 2}  # as if two groups had learned
     run = _register_run(store, project_id, config, data_dir, run_dir)
-    store.update_run(run.id, status="finished", result=raw["result"])
-    scratch = store.create_run(
+    store.update_job(run.id, status="finished", result=raw["result"])
+    scratch = store.create_job(
         project_id, {**config, "pretrained": False, "baseline_of": run.id}, data_dir
     )
-    store.update_run(scratch.id, status="finished", result={"val_accuracy": 0.995})
+    store.update_job(scratch.id, status="finished", result={"val_accuracy": 0.995})
     at = _app("app_pages/evaluate.py", project_id)  # the baseline has no predictions: not listed
     assert not at.exception
     text = _texts(at)
@@ -540,10 +540,10 @@ def _occupy_the_slot(store: Store, project_id: str, data_dir: Path, **config) ->
     import os
     import time
 
-    run = store.create_run(
+    run = store.create_job(
         project_id, {"model": "efficientnet_lite0", **config}, data_dir, status="running"
     )
-    store.update_run(run.id, pid=os.getpid(), heartbeat=time.time(), message="Training")
+    store.update_job(run.id, pid=os.getpid(), heartbeat=time.time(), message="Training")
     return run.id
 
 
@@ -577,7 +577,7 @@ def test_a_waiting_features_job_shows_its_place_wait_and_stop(
     again = _app("app_pages/model.py", project_id)  # a refresh or a second tab: the same job
     assert [j.id for j in store.jobs(project_id, kind="features")] == [job.id]
     again.button(key=f"stop_job_{job.id}").click().run()
-    assert store.run(job.id).status == "stopped"
+    assert store.job(job.id).status == "stopped"
 
 
 @pytest.mark.parametrize(
@@ -591,10 +591,10 @@ def test_a_failed_features_job_shows_its_error_and_can_be_tried_again(
     project_id = _project_with_data(workspace, demo_import)
     store = Store(workspace)
     key = service.features_key(str(demo_import), "efficientnet_lite0", 0.2, 0)
-    failed = store.create_run(
+    failed = store.create_job(
         project_id, {"model": "efficientnet_lite0"}, demo_import, kind="features", key=key
     )
-    store.update_run(failed.id, status="failed", error=error)
+    store.update_job(failed.id, status="failed", error=error)
     at = _app("app_pages/model.py", project_id)
     assert not at.exception
     assert error in [e.value for e in at.error]
@@ -617,7 +617,7 @@ def test_sidebar_and_run_panel_say_the_same(workspace, demo_import, epochs_done,
         store.add_epoch(run_id, EpochRow(epoch, epoch * 10, 0.5, 0.8, 0.5, 0.8, float(epoch)))
     at = _app("app_pages/train.py", project_id)
     assert not at.exception
-    state = run_state(store, store.run(run_id))
+    state = run_state(store, store.job(run_id))
     assert f"epoch {min(epochs_done + 1, total)}/{total}" in state
     home = _app(project=project_id)  # AppTest keeps the sidebar of the first page only
     assert f"Training: {state}" in " ".join(m.value for m in home.sidebar.markdown)
@@ -636,7 +636,7 @@ def test_evaluate_page_waits_for_its_model_check_then_shows_scores(
     (check,) = store.jobs(project_id, kind="verify")
     assert "Validation accuracy" not in [m.label for m in at.metric]  # no score before it
     assert at.button(key=f"stop_job_{check.id}")
-    run_job(store, store.run(check.id))
+    run_job(store, store.job(check.id))
     at = _app("app_pages/evaluate.py", project_id)
     assert not at.exception
     assert "Validation accuracy" in [m.label for m in at.metric]
@@ -649,9 +649,9 @@ def test_evaluate_page_shows_a_failed_model_check(workspace, trained, monkeypatc
     monkeypatch.setattr(supervisor, "_spawn", lambda store, run: None)
     project_id, run_id = _project_with_run(workspace, trained)
     store = Store(workspace)
-    service.submit_verify(store, store.run(run_id))
+    service.submit_verify(store, store.job(run_id))
     (check,) = store.jobs(project_id, kind="verify")
-    store.update_run(check.id, status="failed", error="The check could not run; try again.")
+    store.update_job(check.id, status="failed", error="The check could not run; try again.")
     at = _app("app_pages/evaluate.py", project_id)
     assert "The check could not run; try again." in [e.value for e in at.error]
     assert "Validation accuracy" not in [m.label for m in at.metric]
@@ -670,7 +670,7 @@ def test_export_page_builds_the_bundle_as_a_job_and_a_second_visit_finds_it(
     assert not at.exception
     (job,) = store.jobs(project_id, kind="export")
     assert at.button(key=f"stop_job_{job.id}")  # building: progress and Stop
-    job = run_job(store, store.run(job.id))
+    job = run_job(store, store.job(job.id))
     assert job.status == "finished" and Path(job.result["bundle"]).is_file()
     assert Path(job.result["bundle"]).parent == Path(job.run_dir)
     again = _app("app_pages/export.py", project_id)  # another visit: the same bundle, at once
@@ -693,14 +693,14 @@ def test_many_pictures_are_predicted_in_one_job_and_the_same_pictures_reuse_it(
     files = sorted(data_dir.rglob("*.png"))[:count]
     pictures = [(f"pic{i}.png", f.read_bytes()) for i, f in enumerate(files)]
     pictures.append(("broken.png", b"not a picture"))
-    job = service.submit_predict(store, store.run(run_id), pictures, 1.0)
+    job = service.submit_predict(store, store.job(run_id), pictures, 1.0)
     assert job.status == "finished"
     rows = job.result["rows"]
     assert [r["name"] for r in rows] == [n for n, _ in pictures]
     assert all(r["probs"] is not None for r in rows[:-1]) and rows[-1]["error"]
     assert all(isinstance(r["unfamiliarity"], float) for r in rows[:-1])  # the run has the check
     assert rows[-1]["unfamiliarity"] is None
-    assert service.submit_predict(store, store.run(run_id), pictures, 1.0).id == job.id
+    assert service.submit_predict(store, store.job(run_id), pictures, 1.0).id == job.id
 
 
 @pytest.mark.parametrize("which", ["demo", "shapes"])

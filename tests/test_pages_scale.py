@@ -147,13 +147,13 @@ def _evaluated_run(workspace: Path, tmp_path: Path, n_classes: int, monkeypatch)
         )
     project_id = _project(workspace, data)
     store = Store(workspace)
-    run = store.create_run(project_id, {"model": "efficientnet_lite0", "epochs": 2}, data)
+    run = store.create_job(project_id, {"model": "efficientnet_lite0", "epochs": 2}, data)
     Path(run.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run.run_dir) / "predictions.json").write_text(
         json.dumps({"classes": classes, "rows": rows})
     )
     acc = 1 - len(wrong) / len(rows)
-    store.update_run(
+    store.update_job(
         run.id,
         status="finished",
         result={"val_accuracy": acc, "best_epoch": 2, "epochs_done": 2, "seconds": 3},

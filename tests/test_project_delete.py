@@ -40,22 +40,22 @@ def test_deleting_a_project_removes_its_rows_data_caches_and_run_folders(tmp_pat
     store = Store(tmp_path / "ws")
     pid, dirs = _project(store, tmp_path)
     other, other_dirs = _project(Store(tmp_path / "ws"), tmp_path / "b", versions=1)
-    run = store.create_run(pid, {}, dirs[-1], status=status)
-    job = store.create_run(pid, {}, dirs[-1], kind="features", status="finished")
-    kept = store.create_run(other, {}, other_dirs[0], status="finished")
+    run = store.create_job(pid, {}, dirs[-1], status=status)
+    job = store.create_job(pid, {}, dirs[-1], kind="features", status="finished")
+    kept = store.create_job(other, {}, other_dirs[0], status="finished")
     outside = tmp_path / "chosen-by-user"
-    own = store.create_run(pid, {}, dirs[-1], run_dir=outside, status="finished")
+    own = store.create_job(pid, {}, dirs[-1], run_dir=outside, status="finished")
     store.add_epoch(run.id, _epoch())
     service.delete_project(store, pid)
     assert store.project(pid) is None
-    assert store.run(run.id) is None and store.run(job.id) is None and store.run(own.id) is None
+    assert store.job(run.id) is None and store.job(job.id) is None and store.job(own.id) is None
     assert store.epochs(run.id) == []
     assert not store.project_dir(pid).exists()
     assert not any(d.exists() for d in dirs)  # every data version and its cache/ folder
     assert not Path(run.run_dir).exists() and not Path(job.run_dir).exists()
     assert outside.is_dir()  # a folder the user chose is theirs
     # Another project is untouched.
-    assert store.project(other) is not None and store.run(kept.id) is not None
+    assert store.project(other) is not None and store.job(kept.id) is not None
     assert (other_dirs[0] / "cache" / "decoded-18-bicubic.u8").exists()
 
 
@@ -63,10 +63,10 @@ def test_deleting_a_project_removes_its_rows_data_caches_and_run_folders(tmp_pat
 def test_a_project_with_a_running_job_is_not_deleted(tmp_path, status) -> None:
     store = Store(tmp_path / "ws")
     pid, dirs = _project(store, tmp_path, versions=1)
-    run = store.create_run(pid, {}, dirs[0], status=status)
+    run = store.create_job(pid, {}, dirs[0], status=status)
     with pytest.raises(RunError, match="still running"):
         service.delete_project(store, pid)
-    assert store.project(pid) is not None and store.run(run.id) is not None
+    assert store.project(pid) is not None and store.job(run.id) is not None
     assert (dirs[0] / "cache" / "decoded-18-bicubic.u8").exists()
 
 
@@ -129,7 +129,7 @@ def test_the_control_deletes_the_project_after_confirmation(workspace, tmp_path)
 def test_the_control_says_why_a_busy_project_is_kept(workspace, tmp_path) -> None:
     store = Store(workspace)
     pid, dirs = _project(store, tmp_path, versions=1)
-    store.create_run(pid, {}, dirs[0], status="running")
+    store.create_job(pid, {}, dirs[0], status="running")
     at = _control_app(pid)
     at.checkbox(key="delete_project_sure").check().run()
     at.button(key="delete_project").click().run()

@@ -75,7 +75,7 @@ def _executor(store: Store) -> RayExecutor:
 def _wait_for_epoch(store: Store, run_id: str, n: int = 1) -> None:
     deadline = time.monotonic() + 300
     while len(store.epochs(run_id)) < n:
-        run = store.run(run_id)
+        run = store.job(run_id)
         assert run is not None and run.status not in ENDED, run
         assert time.monotonic() < deadline, run
         time.sleep(0.05)
@@ -101,7 +101,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
     run = service.submit_job(store, pid, RunSpec(config), data)
     _wait_for_epoch(store, run.id, 2)  # (fails if the run ends first)
     folder = Path(run.run_dir)
-    assert store.run(run.id).placement.startswith("Ray node")
+    assert store.job(run.id).placement.startswith("Ray node")
     deadline = time.monotonic() + 30
     while not (folder / "last.pt").is_file():  # the checkpoint is on the server
         assert time.monotonic() < deadline
@@ -116,7 +116,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
 
     service.resume_run(store, run.id)
     deadline = time.monotonic() + 300
-    while (now := store.run(run.id)).message != "Training":  # it trains again
+    while (now := store.job(run.id)).message != "Training":  # it trains again
         assert now.status not in ENDED and time.monotonic() < deadline, now
         time.sleep(0.05)
     jobs.request_stop(store, run.id)
@@ -213,7 +213,7 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
         _wait_for_epoch(store, run.id, 2)
         # The epochs recorded have their checkpoint on the server (sent before them).
         assert (Path(run.run_dir) / "last.pt").is_file()
-        assert store.run(run.id).pid == server.pid
+        assert store.job(run.id).pid == server.pid
         assert _titles_naming(run.id), "the task should run under a title naming the job"
     finally:
         server.kill()

@@ -186,7 +186,7 @@ def test_model_page_says_when_the_leaders_are_tied(tmp_path, monkeypatch) -> Non
     job = service.submit_recommend(
         store, store.project(project.id), transfer.offline_models(), submit=False
     ) or jobs_submit(store, project.id)
-    store.update_run(
+    store.update_job(
         job.id,
         status="finished",
         result=json.loads(json.dumps({"ranking": [asdict(r) for r in ranking]})),
@@ -219,7 +219,7 @@ def jobs_submit(store, project_id: str):
     fraction, seed = split.val_fraction, split.seed
     key = f"recommend|{Path(project.data_dir).resolve()}|{fraction:g}|{seed}|{','.join(keys)}"
     params = {"keys": keys, "val_fraction": fraction, "seed": seed}
-    job = store.create_run(
+    job = store.create_job(
         project_id, params, Path(project.data_dir), status="held", kind="recommend", key=key
     )
     assert jobs.find_job(store, project_id, key) is not None

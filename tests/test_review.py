@@ -60,15 +60,15 @@ def test_a_run_uses_the_snapshot_of_corrections_it_was_given(manifest, tmp_path)
         "val_fraction": 0.3,
         "corrections": corrections.to_dict(),
     }
-    run = store.create_run(project.id, config, manifest.root, status="starting")
+    run = store.create_job(project.id, config, manifest.root, status="starting")
     review.save(manifest.root, review.Corrections())  # later edits do not change this run
     assert run_worker(store, run.id) is not None
-    preds = load_predictions(store.run(run.id).run_dir)
+    preds = load_predictions(store.job(run.id).run_dir)
     assert preds is not None
     by_file = dict(zip(preds.files, preds.labels, strict=True))
     assert excluded not in by_file
     assert preds.classes[by_file[relabelled.file]] == target
     assert (
         "Label review applied"
-        in (tmp_path / "ws").joinpath(store.run(run.id).run_dir, "run.log").read_text()
+        in (tmp_path / "ws").joinpath(store.job(run.id).run_dir, "run.log").read_text()
     )

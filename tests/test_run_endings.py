@@ -253,24 +253,24 @@ def test_a_job_that_fails_on_memory_or_storage_says_so_without_a_traceback(
 def test_an_end_the_store_cannot_take_is_kept_and_written_later(tmp_path, monkeypatch) -> None:
     store = Store(tmp_path / "ws")
     project = store.create_project()
-    run = store.create_run(project.id, {}, tmp_path, kind="export", status="starting")
+    run = store.create_job(project.id, {}, tmp_path, kind="export", status="starting")
     folder = Path(run.run_dir)
     recording.record(store, run.id, folder, {"t": "started", "pid": os.getpid()})
     assert (folder / endings.NOTE_NAME).stat().st_size == endings.NOTE_BYTES  # reserved
-    real = Store.update_run
+    real = Store.update_job
 
     def read_only(self, run_id, **fields):
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
-    monkeypatch.setattr(Store, "update_run", read_only)
+    monkeypatch.setattr(Store, "update_job", read_only)
     end = {"t": "end", "status": "failed", "message": "Failed", "error": "The export stopped."}
     recording.record(store, run.id, folder, end)  # does not raise
-    assert store.run(run.id).status == "running"
+    assert store.job(run.id).status == "running"
     assert endings.read_note(folder)["error"] == "The export stopped."
-    monkeypatch.setattr(Store, "update_run", real)
+    monkeypatch.setattr(Store, "update_job", real)
     assert recording.flush_pending(store) == [run.id]
-    assert store.run(run.id).status == "failed"
-    assert store.run(run.id).error == "The export stopped."
+    assert store.job(run.id).status == "failed"
+    assert store.job(run.id).error == "The export stopped."
     assert not (folder / endings.NOTE_NAME).exists()
 
 
@@ -315,13 +315,13 @@ def test_recover_words_a_lost_job_by_its_kind(tmp_path) -> None:
     store.set_data_dir(project.id, data)  # a project with images: kept whatever is lost
     dead = _dead_pid()
     lost = {
-        kind: store.create_run(project.id, {}, data, kind=kind, status="running", pid=dead)
+        kind: store.create_job(project.id, {}, data, kind=kind, status="running", pid=dead)
         for kind in NAMES
     }
     (Path(lost["train"].run_dir) / "last.pt").write_bytes(b"x")
     assert sorted(jobs.recover(store)) == sorted(r.id for r in lost.values())
     for kind, run in lost.items():
-        run = store.run(run.id)
+        run = store.job(run.id)
         text = f"{run.message} {run.error or ''}"
         assert "killed" not in text and "unexpectedly" not in text, text
         assert ("training" in text.lower()) == (kind == "train"), text
@@ -330,7 +330,7 @@ def test_recover_words_a_lost_job_by_its_kind(tmp_path) -> None:
             assert run.status == "interrupted" and "press Resume" in run.message
         else:
             assert run.status == "failed" and run.error == run.message
-    assert store.run(lost["import"].id).message == (
+    assert store.job(lost["import"].id).message == (
         "The import stopped when the server stopped; import the pictures again."
     )
     assert store.project(project.id) is not None
@@ -339,11 +339,11 @@ def test_recover_words_a_lost_job_by_its_kind(tmp_path) -> None:
 def test_recover_takes_the_end_a_run_noted_when_the_store_was_full(tmp_path) -> None:
     store = Store(tmp_path / "ws")
     project = store.create_project()
-    run = store.create_run(project.id, {}, tmp_path, status="running", pid=_dead_pid())
+    run = store.create_job(project.id, {}, tmp_path, status="running", pid=_dead_pid())
     note = endings.EndNote.reserve(Path(run.run_dir))
     assert note is not None
     error = str(diskspace.disk_full_error(tmp_path))
     assert note.write({"status": "failed", "message": "Failed", "error": error})
     note.close()
     assert jobs.recover(store) == [run.id]
-    assert store.run(run.id).status == "failed" and store.run(run.id).error == error
+    assert store.job(run.id).status == "failed" and store.job(run.id).error == error

@@ -17,13 +17,13 @@ from tl_core.config import RunSpec, TrainConfig
 from tl_core.data.dataset import import_folder
 from tl_core.runs import jobs, supervisor
 from tl_core.runs.kinds import entry
-from tl_core.runs.store import Run, Store, fair_order
+from tl_core.runs.store import Job, Store, fair_order
 
 FAST = TrainConfig(epochs=1, batch_size=16, head_epochs=1)
 
 
-def _job(project: str, queued_at: float, pid: int | None = None) -> Run:
-    return Run(
+def _job(project: str, queued_at: float, pid: int | None = None) -> Job:
+    return Job(
         id=f"{project}-{queued_at}",
         project_id=project,
         created=queued_at,
@@ -90,12 +90,12 @@ def test_queue_places_and_estimated_waits_follow_measured_durations(tmp_path, mo
     monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")
     store, pid, data = _project(tmp_path)
     other = store.create_project("other").id
-    done = store.create_run(pid, asdict(FAST), data)
-    store.update_run(done.id, status="finished", started=100.0, finished=130.0)  # took 30 s
-    running = store.create_run(pid, asdict(FAST), data)
-    store.update_run(running.id, status="running", started=time.time() - 10, pid=os.getpid())
-    mine = [store.create_run(pid, asdict(FAST), data) for _ in range(2)]
-    theirs = store.create_run(other, asdict(FAST), data)
+    done = store.create_job(pid, asdict(FAST), data)
+    store.update_job(done.id, status="finished", started=100.0, finished=130.0)  # took 30 s
+    running = store.create_job(pid, asdict(FAST), data)
+    store.update_job(running.id, status="running", started=time.time() - 10, pid=os.getpid())
+    mine = [store.create_job(pid, asdict(FAST), data) for _ in range(2)]
+    theirs = store.create_job(other, asdict(FAST), data)
     # the other project's job goes first: it has nothing running
     assert [store.queue_position(j.id) for j in (theirs, *mine)] == [1, 2, 3]
     waits = [jobs.estimated_wait(store, j.id) for j in (theirs, *mine)]
@@ -111,11 +111,11 @@ def test_imports_have_a_lane_beside_a_full_queue(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("TL_STUDIO_MAX_RUNS", "1")
     store, pid, data = _project(tmp_path)
     a, b, c = (store.create_project(n).id for n in "abc")
-    running = store.create_run(pid, asdict(FAST), data)
-    store.update_run(running.id, status="running", started=time.time(), pid=os.getpid())
-    train = store.create_run(a, asdict(FAST), data)
-    first = store.create_run(b, {"way": "demo"}, data, kind="import")
-    second = store.create_run(c, {"way": "demo"}, data, kind="import")
+    running = store.create_job(pid, asdict(FAST), data)
+    store.update_job(running.id, status="running", started=time.time(), pid=os.getpid())
+    train = store.create_job(a, asdict(FAST), data)
+    first = store.create_job(b, {"way": "demo"}, data, kind="import")
+    second = store.create_job(c, {"way": "demo"}, data, kind="import")
     assert store.queue_position(train.id) == 1
     assert [store.queue_position(j.id) for j in (first, second)] == [1, 2]
     assert jobs.estimated_wait(store, first.id) == 0.0
@@ -126,11 +126,11 @@ def test_imports_have_a_lane_beside_a_full_queue(tmp_path, monkeypatch) -> None:
     assert store.queue_position(second.id) == 1
     wait = jobs.estimated_wait(store, second.id)
     assert wait is not None and 0 < wait <= entry("import").typical_s
-    store.update_run(first.id, status="finished", finished=time.time())
+    store.update_job(first.id, status="finished", finished=time.time())
     assert getattr(jobs.claim_next(store, 1, quick_lane=1), "id", None) == second.id
-    store.update_run(second.id, status="finished", finished=time.time())
+    store.update_job(second.id, status="finished", finished=time.time())
     assert jobs.claim_next(store, 1, quick_lane=1) is None  # a train waits for its slot
-    store.update_run(running.id, status="finished", finished=time.time())
+    store.update_job(running.id, status="finished", finished=time.time())
     assert getattr(jobs.claim_next(store, 1, quick_lane=1), "id", None) == train.id
 
 
@@ -166,7 +166,7 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
     # A worker killed mid-run: the run is interrupted with a message, the server goes on
     crash = service.submit_job(store, pid, RunSpec(TrainConfig(epochs=200, batch_size=4)), data)
     _wait_for_steps(store, crash.id)
-    os.kill(store.run(crash.id).pid, signal.SIGKILL)
+    os.kill(store.job(crash.id).pid, signal.SIGKILL)
     lost = wait_for(store, crash.id, ("interrupted", "failed"), timeout=30)
     assert lost.status == "interrupted"
     assert "signal 9" in lost.message and "Resume" in lost.message
@@ -177,7 +177,7 @@ def test_warm_worker_runs_jobs_one_after_another_and_stop_and_a_crash(
 def _wait_for_steps(store: Store, run_id: str) -> None:
     deadline = time.monotonic() + 240
     while not store.steps(run_id):
-        assert time.monotonic() < deadline, store.run(run_id)
+        assert time.monotonic() < deadline, store.job(run_id)
         time.sleep(0.1)
 
 
@@ -185,7 +185,7 @@ def test_another_process_leaves_the_queue_to_the_server(tmp_path, monkeypatch) -
     store, pid, data = _project(tmp_path)
     (store.workspace / supervisor.RUNTIME_FILE).write_text(f'{{"pid": {os.getppid()}}}')
     run = service.submit_job(store, pid, RunSpec(FAST), data)
-    assert store.run(run.id).status == "queued"  # not started by this process
+    assert store.job(run.id).status == "queued"  # not started by this process
     (store.workspace / supervisor.RUNTIME_FILE).write_text('{"pid": 999999999}')
     assert supervisor.pump(store) == [run.id]  # a server that is gone: start it here
 

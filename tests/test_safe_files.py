@@ -215,13 +215,13 @@ def test_resume_through_the_worker_fails_the_run_with_the_message(trained, tmp_p
     base, data = trained
     store = Store(tmp_path / "ws")
     project = store.create_project()
-    run = store.create_run(project.id, asdict(CFG), data, run_dir=tmp_path / "run")
+    run = store.create_job(project.id, asdict(CFG), data, run_dir=tmp_path / "run")
     run_dir = Path(shutil.copytree(base / "cut", run.run_dir, dirs_exist_ok=True))
     marker = tmp_path / "marker"
     _plant(run_dir / "last.pt", kind, marker)
-    store.update_run(run.id, status="stopped", resume=1)
+    store.update_job(run.id, status="stopped", resume=1)
     assert run_worker(store, run.id) is None
-    after = store.run(run.id)
+    after = store.job(run.id)
     assert after.status == "failed" and not marker.exists()
     assert "cannot be read" in after.error and "Traceback" not in after.error
 

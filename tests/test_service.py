@@ -68,13 +68,13 @@ def test_baseline_retrain_and_one_run_at_a_time(store, demo_dir) -> None:
     run = service.submit_training(store, project, TrainConfig(epochs=2, trainable_groups=1))
     with pytest.raises(RunError):  # the first one is still waiting
         service.retrain(store, project, run)
-    store.update_run(run.id, status="finished", result={"val_accuracy": 0.9})
+    store.update_job(run.id, status="finished", result={"val_accuracy": 0.9})
     assert service.baseline_run(store, project.id, run) is None
     scratch = service.train_scratch_baseline(store, project, run, n_backbone=5)
     assert scratch.spec.baseline_of == run.id and not scratch.spec.config.pretrained
     assert service.baseline_run(store, project.id, run).id == scratch.id
     assert service.scratch_accuracy(store, project.id, run) is None  # not finished yet
-    store.update_run(scratch.id, status="finished", result={"val_accuracy": 0.4})
+    store.update_job(scratch.id, status="finished", result={"val_accuracy": 0.4})
     assert service.scratch_accuracy(store, project.id, run) == 0.4
     review.save(Path(project.data_dir), review.Corrections(exclude={"x.png"}))
     again = service.retrain(store, project, run)
@@ -87,7 +87,7 @@ def test_feature_jobs_are_found_again_and_failed_ones_are_not_restarted(store, d
     assert service.submit_features(store, project, "efficientnet_lite0", 0.2, 0).id == first.id
     other = service.submit_features(store, project, "efficientnet_lite0", 0.3, 0)
     assert other.id != first.id  # another split: another job
-    store.update_run(first.id, status="failed", error="It broke.")
+    store.update_job(first.id, status="failed", error="It broke.")
     assert service.submit_features(store, project, "efficientnet_lite0", 0.2, 0).id == first.id
-    retried = service.retry_job(store, store.run(first.id))
+    retried = service.retry_job(store, store.job(first.id))
     assert retried.id != first.id and retried.key == first.key and retried.kind == "features"

@@ -28,7 +28,7 @@ from tl_core.data.dataset import import_folder
 from tl_core.runs import jobs, supervisor
 from tl_core.runs.endings import lost
 from tl_core.runs.executor import LocalExecutor
-from tl_core.runs.store import Run, Store
+from tl_core.runs.store import Job, Store
 
 ENDED = ("finished", "failed", "stopped", "interrupted")
 # Two phases: the first epoch (the head alone) ends its phase, so last.pt is written at once;
@@ -60,11 +60,11 @@ def _executor(store: Store) -> LocalExecutor:
     return sup.executor
 
 
-def _until(store: Store, run_id: str, test, what: str, timeout: float = 120) -> Run:
+def _until(store: Store, run_id: str, test, what: str, timeout: float = 120) -> Job:
     """The run once ``test(run)`` holds (polled every 0.1 s)."""
     deadline = time.monotonic() + timeout
     while True:
-        run = store.run(run_id)
+        run = store.job(run_id)
         assert run is not None
         if test(run):
             return run
@@ -73,12 +73,12 @@ def _until(store: Store, run_id: str, test, what: str, timeout: float = 120) -> 
 
 
 @contextlib.contextmanager
-def _frozen_mid_run(store: Store, project_id: str, data: Path) -> Iterator[tuple[Run, int]]:
+def _frozen_mid_run(store: Store, project_id: str, data: Path) -> Iterator[tuple[Job, int]]:
     """A run trained past its first epoch (last.pt on disk), its worker then SIGSTOPped;
     the worker is let go again on the way out if it is still there."""
     run = service.submit_job(store, project_id, RunSpec(CONFIG), data)
     _until(store, run.id, lambda r: len(store.epochs(r.id)) >= 2 or r.status in ENDED, "epochs")
-    running = store.run(run.id)
+    running = store.job(run.id)
     assert running is not None and running.status == "running", running
     assert (Path(run.run_dir) / "last.pt").is_file()
     assert running.pid is not None and running.pid in _executor(store).pids()
@@ -90,11 +90,11 @@ def _frozen_mid_run(store: Store, project_id: str, data: Path) -> Iterator[tuple
             os.kill(running.pid, signal.SIGCONT)
 
 
-def _stalled(run: Run) -> bool:
+def _stalled(run: Job) -> bool:
     return run.message.startswith(supervisor.STALLED)
 
 
-def _next_job_runs_and_resume_finishes(store: Store, project_id: str, data: Path, run: Run):
+def _next_job_runs_and_resume_finishes(store: Store, project_id: str, data: Path, run: Job):
     """The slot and the project are free: a new job of the same project runs to its end on a
     fresh worker; then Resume finishes the run, every epoch recorded once."""
     after = service.submit_job(store, project_id, RunSpec(FAST), data)
@@ -115,7 +115,7 @@ def test_a_frozen_worker_is_marked_stalled_and_stop_ends_it(served) -> None:
         assert stalled.status == "running"
         assert "Press Stop" in stalled.message
         assert supervisor.is_stalled(stalled)
-        assert store.run(run.id).heartbeat is not None
+        assert store.job(run.id).heartbeat is not None
         jobs.request_stop(store, run.id)
         asked = time.monotonic()
         ended = wait_for(store, run.id, ENDED, timeout=60)
@@ -232,9 +232,9 @@ def test_the_training_panel_says_a_stalled_run_seems_stuck(workspace, tmp_path) 
     store = Store(workspace)
     project = store.create_project("shapes")
     data = store.new_data_dir(project.id)
-    run = store.create_run(project.id, asdict(FAST), data, status="running")
+    run = store.create_job(project.id, asdict(FAST), data, status="running")
     said = supervisor.stalled_message("train", 320, 600)
-    store.update_run(run.id, message=said)
+    store.update_job(run.id, message=said)
     at = AppTest.from_function(_panel, args=(run.id,), default_timeout=60).run()
     assert not at.exception
     assert [w.value for w in at.warning] == [
@@ -242,6 +242,6 @@ def test_the_training_panel_says_a_stalled_run_seems_stuck(workspace, tmp_path) 
     ]
     assert "Press Stop" in at.warning[0].value
 
-    store.update_run(run.id, message="Training")
+    store.update_job(run.id, message="Training")
     at = AppTest.from_function(_panel, args=(run.id,), default_timeout=60).run()
     assert not at.exception and not at.warning

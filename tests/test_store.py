@@ -52,33 +52,33 @@ def test_queue_positions_and_slot_limit(store: Store, monkeypatch) -> None:
     # Claimed runs have no live pid yet; within the grace period they still hold their slot.
     assert supervisor.pump(store, limit=2) == [runs[0].id, runs[1].id]
     assert store.queue_position(runs[2].id) == 1
-    assert store.run(runs[0].id).status == "starting"
+    assert store.job(runs[0].id).status == "starting"
     assert supervisor.pump(store, limit=2) == []
     jobs.request_stop(store, runs[2].id)
-    assert store.run(runs[2].id).status == "stopped"
+    assert store.job(runs[2].id).status == "stopped"
 
 
 def test_recover_marks_runs_with_a_dead_worker_interrupted(store: Store) -> None:
     p = store.create_project()
-    run = store.create_run(p.id, {}, store.workspace, status="running")
+    run = store.create_job(p.id, {}, store.workspace, status="running")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    store.update_run(run.id, pid=dead.pid, heartbeat=1.0)
-    alive = store.create_run(p.id, {}, store.workspace, status="running")
+    store.update_job(run.id, pid=dead.pid, heartbeat=1.0)
+    alive = store.create_job(p.id, {}, store.workspace, status="running")
     import os
     import time
 
-    store.update_run(alive.id, pid=os.getpid(), heartbeat=time.time())
+    store.update_job(alive.id, pid=os.getpid(), heartbeat=time.time())
     assert jobs.recover(store) == [run.id]
-    assert store.run(run.id).status == "interrupted"
-    assert store.run(alive.id).status == "running"
+    assert store.job(run.id).status == "interrupted"
+    assert store.job(alive.id).status == "running"
 
 
 def test_resume_needs_a_saved_epoch(store: Store) -> None:
     from tl_core.errors import RunError
 
     p = store.create_project()
-    run = store.create_run(p.id, {}, store.workspace, status="interrupted")
+    run = store.create_job(p.id, {}, store.workspace, status="interrupted")
     with pytest.raises(RunError, match="first epoch"):
         jobs.resume(store, run.id)
 
@@ -97,7 +97,7 @@ EPOCHS = [
 
 def _run(store: Store, tmp_path) -> str:
     project = store.create_project()
-    return store.create_run(project.id, {"epochs": 4}, tmp_path / "data").id
+    return store.create_job(project.id, {"epochs": 4}, tmp_path / "data").id
 
 
 @pytest.mark.parametrize(("steps", "epochs"), list(zip(STEPS, EPOCHS, strict=True)))
@@ -124,8 +124,8 @@ def test_run_json_keeps_epochs_as_table_rows_and_repair_reads_them_back(
     run_id = _run(store, tmp_path)
     for row in epochs:
         store.add_epoch(run_id, row)
-    store.update_run(run_id, status="finished")
-    record = json.loads((Path(store.run(run_id).run_dir) / "run.json").read_text())
+    store.update_job(run_id, status="finished")
+    record = json.loads((Path(store.job(run_id).run_dir) / "run.json").read_text())
     first = epochs[0]
     assert record["epochs"][0] == {
         "run_id": run_id,
@@ -163,8 +163,8 @@ def test_repair_skips_epoch_entries_that_are_not_rows(store: Store, tmp_path, ba
     run_id = _run(store, tmp_path)
     good = EpochRow(1, 4, 1.2, 0.5, 1.1, 0.55, 1.5)
     store.add_epoch(run_id, good)
-    store.update_run(run_id, status="finished")
-    path = Path(store.run(run_id).run_dir) / "run.json"
+    store.update_job(run_id, status="finished")
+    path = Path(store.job(run_id).run_dir) / "run.json"
     record = json.loads(path.read_text())
     record["epochs"].append(bad)
     path.write_text(json.dumps(record))
@@ -181,7 +181,7 @@ def test_engine_events_are_recorded_as_the_same_rows(store: Store, tmp_path, thr
     callbacks (as JSON over a worker's pipe or straight into the store) is what it reads."""
     from tl_core.training.engine import EpochMetrics
 
-    run = store.run(_run(store, tmp_path))
+    run = store.job(_run(store, tmp_path))
     sink = StoreSink(store, run)
     if through_a_pipe:
         emit = sink.emit

@@ -10,7 +10,7 @@ import pytest
 
 from tl_core.config import EpochRow, TrainConfig
 from tl_core.runs import jobs
-from tl_core.runs.store import Run, Store
+from tl_core.runs.store import Job, Store
 
 
 @pytest.fixture
@@ -19,18 +19,18 @@ def store(tmp_path, monkeypatch) -> Store:
     return Store(tmp_path / "ws")
 
 
-def _train(store: Store, project: str, epochs: int, **fields) -> Run:
-    run = store.create_run(project, asdict(TrainConfig(epochs=epochs)), store.workspace)
+def _train(store: Store, project: str, epochs: int, **fields) -> Job:
+    run = store.create_job(project, asdict(TrainConfig(epochs=epochs)), store.workspace)
     if fields:
-        store.update_run(run.id, **fields)
-    return store.run(run.id)
+        store.update_job(run.id, **fields)
+    return store.job(run.id)
 
 
-def _working(store: Store, project: str, kind: str = "train", **params) -> Run:
+def _working(store: Store, project: str, kind: str = "train", **params) -> Job:
     config = asdict(TrainConfig(**params)) if kind == "train" else params
-    run = store.create_run(project, config, store.workspace, kind=kind)
-    store.update_run(run.id, status="running", started=time.time() - 5, pid=os.getpid())
-    return store.run(run.id)
+    run = store.create_job(project, config, store.workspace, kind=kind)
+    store.update_job(run.id, status="running", started=time.time() - 5, pid=os.getpid())
+    return store.job(run.id)
 
 
 def _epochs(store: Store, run_id: str, elapsed: list[float], first_epoch: int = 1) -> None:
@@ -114,7 +114,7 @@ def test_a_run_yet_to_end_an_epoch_uses_the_speed_of_earlier_runs(store) -> None
 )
 def test_a_job_that_counts_its_work_frees_its_slot_by_its_pace(store, kind, progress, left):
     working = _working(store, store.create_project("a").id, kind=kind)
-    store.update_run(working.id, progress=progress)
+    store.update_job(working.id, progress=progress)
     waiting = _train(store, store.create_project("b").id, 2)
     assert jobs.estimated_wait(store, waiting.id) == pytest.approx(left, abs=0.5)
 

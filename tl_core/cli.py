@@ -44,7 +44,7 @@ from tl_core.data import paths
 from tl_core.errors import DataError, RunError, StudioError
 from tl_core.models.catalog import DEFAULT_MODEL, get_spec
 from tl_core.runs import endings, interrupt, jobs, supervisor
-from tl_core.runs.store import Run, Store, default_workspace, new_id
+from tl_core.runs.store import Job, Store, default_workspace, new_id
 
 if TYPE_CHECKING:
     from tl_core.data.dataset import DatasetManifest, Split
@@ -466,12 +466,12 @@ def _recommend(args: argparse.Namespace, bars: _Bars) -> dict[str, object]:
     }
 
 
-def _run_in_folder(store: Store, folder: Path) -> Run | None:
+def _run_in_folder(store: Store, folder: Path) -> Job | None:
     target = str(folder.resolve())
     return next((r for r in store.runs() if r.run_dir == target), None)
 
 
-def _check_out(store: Store, args: argparse.Namespace) -> tuple[bool, Run | None]:
+def _check_out(store: Store, args: argparse.Namespace) -> tuple[bool, Job | None]:
     """--out: (whether it must be emptied first, the finished run it replaces)."""
     if args.out is None:
         return False, None
@@ -530,7 +530,7 @@ def _queue_run(
     args: argparse.Namespace,
     t: _Training,
     clear: bool,
-    previous: Run | None,
+    previous: Job | None,
     bars: _Bars,
 ) -> None:
     """Import the data into a new project and queue its run (ids kept in ``t``)."""
@@ -554,7 +554,7 @@ def _queue_run(
         jobs.discard_run(store, previous.id, remove_folder=False)
     if clear:
         paths.empty_folder(args.out)
-    t.run_id = store.create_run(
+    t.run_id = store.create_job(
         project_id,
         asdict(t.config),
         data_dir,
@@ -573,7 +573,7 @@ def _undo(store: Store, t: _Training, exc: BaseException) -> None:
     if isinstance(exc, KeyboardInterrupt):
         interrupt.hold()
     try:
-        run = store.run(t.run_id) if t.run_id else None
+        run = store.job(t.run_id) if t.run_id else None
     except (StudioError, OSError, sqlite3.Error):
         run = None
     if run is not None and (Path(run.run_dir) / "last.pt").exists():  # resumable: kept
@@ -644,7 +644,7 @@ def _train(store: Store, args: argparse.Namespace, bars: _Bars) -> dict[str, obj
 
 
 def _run_dir(store: Store, run_id: str) -> str:
-    final = store.run(run_id)
+    final = store.job(run_id)
     if final is None:
         raise StudioError("The run was removed from the workspace while it trained.")
     return final.run_dir

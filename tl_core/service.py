@@ -32,7 +32,7 @@ from tl_core.runs.kinds import (
     RecommendParams,
     VerifyParams,
 )
-from tl_core.runs.store import Project, Run, Store
+from tl_core.runs.store import Job, Project, Store
 from tl_core.training.familiarity import FEATURES_FILE
 
 __all__ = [
@@ -169,13 +169,13 @@ def _new_project(store: Store) -> Project:
     return store.project(project.id) or project
 
 
-def active_import(store: Store, project_id: str) -> Run | None:
+def active_import(store: Store, project_id: str) -> Job | None:
     """The project's import job that is waiting or working, if any."""
     found = store.runs(project_id, UNFINISHED, kind="import")
     return found[-1] if found else None
 
 
-def latest_import(store: Store, project_id: str) -> Run | None:
+def latest_import(store: Store, project_id: str) -> Job | None:
     """The project's newest import job (any status), or None."""
     found = store.runs(project_id, kind="import")
     return found[-1] if found else None
@@ -226,7 +226,7 @@ def submit_import(
     way: str,
     path: str | Path | None = None,
     upload: Any = None,
-) -> Run:
+) -> Job:
     """Queue an import into a new data version of ``project`` (a new project when None).
 
     ``way``: ``demo`` or ``folder`` (``path``: a folder or .zip on this machine, imported in
@@ -253,7 +253,7 @@ def submit_grow(
     upload: Any,
     label: str | None = None,
     path: str | Path | None = None,
-) -> Run:
+) -> Job:
     """Queue an addition of images to ``project``'s data, as a new data version beside the
     current one (an import job that grows it, :func:`tl_core.data.dataset.grow`).
 
@@ -272,7 +272,7 @@ def submit_grow(
     return _queue_import(store, project, params, upload)
 
 
-def _queue_import(store: Store, project: Project, params: ImportParams, upload: Any) -> Run:
+def _queue_import(store: Store, project: Project, params: ImportParams, upload: Any) -> Job:
     """The import job of ``params`` for ``project``, its upload saved first; or the one that
     is under way."""
     found = active_import(store, project.id)
@@ -399,7 +399,7 @@ def delete_project(store: Store, project_id: str) -> None:
     store.delete_project(project_id)
 
 
-def active_training(store: Store, project_id: str) -> Run | None:
+def active_training(store: Store, project_id: str) -> Job | None:
     """The project's training run that is waiting or going, if any."""
     return next((r for r in store.runs(project_id) if r.active), None)
 
@@ -410,7 +410,7 @@ def submit_training(
     config: TrainConfig,
     baseline_of: str | None = None,
     sweep: str | None = None,
-) -> Run:
+) -> Job:
     """Queue a run with the project's current label review snapshotted into its record."""
     corrections = review.load(Path(project.data_dir)) if project.data_dir else None
     spec = RunSpec(
@@ -422,22 +422,22 @@ def submit_training(
     return submit_job(store, project.id, spec, project.data_dir or "")
 
 
-def resume_run(store: Store, run_id: str) -> Run:
+def resume_run(store: Store, run_id: str) -> Job:
     """Queue an interrupted or stopped run to go on from its last saved epoch, and keep the
     queue moving; RunError when it cannot (:func:`tl_core.runs.jobs.resume`)."""
     run = jobs.resume(store, run_id)
     supervisor.pump(store)
-    return store.run(run_id) or run
+    return store.job(run_id) or run
 
 
-def retrain(store: Store, project: Project, run: Run) -> Run:
+def retrain(store: Store, project: Project, run: Job) -> Job:
     """The same settings as ``run`` with the current label review; RunError while one trains."""
     if active_training(store, project.id) is not None:
         raise RunError("A run is already training; wait for it to finish.")
     return submit_training(store, project, run.spec.config)
 
 
-def train_scratch_baseline(store: Store, project: Project, run: Run, n_backbone: int) -> Run:
+def train_scratch_baseline(store: Store, project: Project, run: Job, n_backbone: int) -> Job:
     """The same run from random weights, tagged as ``run``'s baseline."""
     if active_training(store, project.id) is not None:
         raise RunError("A run is already training; wait for it to finish.")
@@ -445,12 +445,12 @@ def train_scratch_baseline(store: Store, project: Project, run: Run, n_backbone:
     return submit_training(store, project, config, baseline_of=run.id)
 
 
-def baseline_run(store: Store, project_id: str, run: Run) -> Run | None:
+def baseline_run(store: Store, project_id: str, run: Job) -> Job | None:
     """The newest from-scratch run started as ``run``'s baseline, if any."""
     return next((r for r in reversed(store.runs(project_id)) if r.spec.baseline_of == run.id), None)
 
 
-def scratch_accuracy(store: Store, project_id: str, run: Run) -> float | None:
+def scratch_accuracy(store: Store, project_id: str, run: Job) -> float | None:
     """The finished baseline's validation accuracy, if there is one."""
     baseline = baseline_run(store, project_id, run)
     if baseline is None or baseline.status != "finished":
@@ -492,7 +492,7 @@ def submit_job(
     data_dir: Path | str,
     key: str | None = None,
     prepare: Callable[[Path], None] | None = None,
-) -> Run:
+) -> Job:
     """Queue a job and keep the queue moving: the one path of every submit_* function here.
 
     Its kind is its parameters' entry in :mod:`tl_core.runs.kinds`; a job with a ``key``
@@ -500,7 +500,7 @@ def submit_job(
     writes what the job reads into its folder first (:func:`tl_core.runs.jobs.submit`)."""
     job = jobs.submit(store, project_id, params, data_dir, key=key, prepare=prepare)
     supervisor.pump(store)
-    return store.run(job.id) or job
+    return store.job(job.id) or job
 
 
 def job_for(
@@ -510,7 +510,7 @@ def job_for(
     data_dir: Path | str,
     key: str,
     submit: bool = True,
-) -> Run | None:
+) -> Job | None:
     """The job computing ``key``: a waiting, running or finished one is reused; a failed or
     stopped one is returned as it is (the page shows why and offers to try again), so a
     failing job is not started again on every refresh. None when there is none and not
@@ -533,7 +533,7 @@ def submit_features(
     seed: int,
     submit: bool = True,
     data_dir: str | None = None,
-) -> Run | None:
+) -> Job | None:
     """The frozen-features job (head start, gauge, curve, probe) of ``model`` on the images
     (the project's current ones, or ``data_dir``: a run's own data version)."""
     data_dir = data_dir or project.data_dir or ""
@@ -549,7 +549,7 @@ def split_settings(project: Project) -> SplitSettings:
 
 def submit_recommend(
     store: Store, project: Project, keys: list[str], submit: bool = True
-) -> Run | None:
+) -> Job | None:
     """The model comparison over ``keys`` on the project's images and split."""
     data_dir = project.data_dir or ""
     split = split_settings(project)
@@ -570,7 +570,7 @@ def files_stamp(run_dir: Path | str) -> str:
     return ":".join(f"{p:.6f}" if isinstance(p, float) else str(p) for p in parts)
 
 
-def submit_verify(store: Store, run: Run) -> Run:
+def submit_verify(store: Store, run: Job) -> Job:
     """The check that the run's saved model gives its recorded predictions again."""
     key = f"verify|{run.id}|{files_stamp(run.run_dir)}"
     job = job_for(store, run.project_id, VerifyParams(run.run_dir), run.data_dir, key)
@@ -578,22 +578,22 @@ def submit_verify(store: Store, run: Run) -> Run:
     return job
 
 
-def bundle_name(project: Project, run: Run) -> str:
+def bundle_name(project: Project, run: Job) -> str:
     name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in (project.name or "model"))
     return f"{name.strip('-') or 'model'}-{run.spec.config.model}.zip"
 
 
-def export_key(project: Project, run: Run) -> str:
+def export_key(project: Project, run: Job) -> str:
     return f"export|{run.id}|{files_stamp(run.run_dir)}|{bundle_name(project, run)}"
 
 
-def submit_export(store: Store, project: Project, run: Run, submit: bool = True) -> Run | None:
+def submit_export(store: Store, project: Project, run: Job, submit: bool = True) -> Job | None:
     """The export job (bundle + parity check) of ``run``; ``submit=False`` only looks."""
     params = ExportParams(run.run_dir, bundle_name(project, run), run.spec.corrections)
     return job_for(store, project.id, params, run.data_dir, export_key(project, run), submit)
 
 
-def rebuild_export(store: Store, project: Project, run: Run) -> Run:
+def rebuild_export(store: Store, project: Project, run: Job) -> Job:
     """Forget the run's finished export and build it again."""
     old = jobs.find_job(store, project.id, export_key(project, run))
     if old is not None and not old.active:
@@ -604,8 +604,8 @@ def rebuild_export(store: Store, project: Project, run: Run) -> Run:
 
 
 def submit_predict(
-    store: Store, run: Run, pictures: list[tuple[str, bytes]], temperature: float
-) -> Run:
+    store: Store, run: Job, pictures: list[tuple[str, bytes]], temperature: float
+) -> Job:
     """Predict many pictures with ``run``'s model in a worker; the same pictures, same job."""
     import hashlib
 
@@ -631,7 +631,7 @@ def submit_predict(
     )
 
 
-def retry_job(store: Store, job: Run) -> Run:
+def retry_job(store: Store, job: Job) -> Job:
     """Queue a failed or stopped job again with the same params, key and input files."""
     folder = Path(job.run_dir) / "inputs"
     inputs = (
@@ -649,7 +649,7 @@ def retry_job(store: Store, job: Run) -> Run:
     )
 
 
-def _n_val(run: Run) -> int:
+def _n_val(run: Job) -> int:
     path = Path(run.run_dir) / "predictions.json"
     try:
         return len(json.loads(path.read_text())["rows"])
@@ -657,7 +657,7 @@ def _n_val(run: Run) -> int:
         return 0
 
 
-def latest_sweep(runs: Sequence[Run]) -> list[SweepPoint]:
+def latest_sweep(runs: Sequence[Job]) -> list[SweepPoint]:
     """The newest sweep among ``runs`` (in creation order), by depth."""
     tagged = [r for r in runs if r.config.get("sweep")]
     if not tagged:
@@ -688,10 +688,10 @@ class Baselines:
     baseline does not apply)."""
 
     scratch: float | None
-    frozen_job: Run | None
+    frozen_job: Job | None
 
 
-def baselines(store: Store, project: Project, run: Run) -> Baselines:
+def baselines(store: Store, project: Project, run: Job) -> Baselines:
     """The baselines of ``run``: none for a run from random weights (it is the baseline);
     for a pretrained run, its from-scratch run's accuracy, and, when layer groups learned and
     the model's weights are on this computer, the frozen-features job on the run's own data
@@ -713,7 +713,7 @@ def baselines(store: Store, project: Project, run: Run) -> Baselines:
     return Baselines(scratch, frozen)
 
 
-def review_folder(project: Project, run: Run) -> Path:
+def review_folder(project: Project, run: Job) -> Path:
     """The data folder whose label review the Evaluate page shows and saves: the project's
     current images (the next run's), else the run's own."""
     return Path(project.data_dir or run.data_dir)

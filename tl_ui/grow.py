@@ -59,7 +59,7 @@ def _add(project: Project, files: list, label: str | None) -> None:
 def _added_note() -> None:
     """The summary and warnings of the addition this session made, once it finished."""
     kept = state()
-    job = get_store().run(kept.grow_job) if kept.grow_job else None
+    job = get_store().job(kept.grow_job) if kept.grow_job else None
     if job is None or job.status != "finished":
         return
     kept.grow_job = None

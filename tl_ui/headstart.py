@@ -28,14 +28,14 @@ from tl_core.analysis.readings import (
 )
 from tl_core.data.dataset import DatasetManifest, split_dataset
 from tl_core.models import catalog
-from tl_core.runs.store import Project, Run
+from tl_core.runs.store import Job, Project
 from tl_ui.alarms import show_alarm
 from tl_ui.charts import TRAIN_COLOR
 from tl_ui.jobs import watch
 from tl_ui.session import get_store
 
 
-def _features_job(project: Project, key: str) -> Run | None:
+def _features_job(project: Project, key: str) -> Job | None:
     """The project's frozen-features job for model ``key`` (submitted when there is none)."""
     split = service.split_settings(project)
     return service.submit_features(get_store(), project, key, split.val_fraction, split.seed)

@@ -18,7 +18,7 @@ import streamlit as st
 from tl_core import service
 from tl_core.data.dataset import MAX_IMPORT_MB
 from tl_core.errors import DataError, DiskFullError
-from tl_core.runs.store import Project, Run, Store
+from tl_core.runs.store import Job, Project, Store
 from tl_ui import jobs as job_panel
 from tl_ui.session import active_project, get_store, open_project
 from tl_ui.state import state
@@ -88,7 +88,7 @@ def start_import(way: str, path: str | Path | None = None, upload: Any = None) -
     st.rerun()
 
 
-def remember(job: Run) -> None:
+def remember(job: Job) -> None:
     """Mark ``job`` as started by this session: its panel keeps showing how it ended."""
     state().imports_seen.add(job.id)
 
@@ -102,7 +102,7 @@ def gone_project_text(store: Store, project_id: str) -> str:
     return "That project link is unknown here; start a new project below."
 
 
-def _shown(project: Project | None) -> Run | None:
+def _shown(project: Project | None) -> Job | None:
     """The import job to show: one under way (seen from any tab), one this session started
     that did not succeed (its message stays until the next import), or the failed import
     of a project that has no images yet (whoever opens it sees why, and imports again)."""

@@ -12,7 +12,7 @@ import streamlit as st
 
 from tl_core import service
 from tl_core.runs import jobs, supervisor
-from tl_core.runs.store import Run, Store
+from tl_core.runs.store import Job, Store
 from tl_core.runs.supervisor import STALLED, is_stalled
 from tl_ui.session import get_store
 from tl_ui.state import state
@@ -21,7 +21,7 @@ from tl_ui.text import literal
 POLL_S = 1.0
 
 
-def wait_text(store: Store, job: Run) -> str:
+def wait_text(store: Store, job: Job) -> str:
     """'place 2 in the queue, about 40 s' for a waiting job; '' otherwise."""
     place = store.queue_position(job.id)
     if place is None:
@@ -34,7 +34,7 @@ def wait_text(store: Store, job: Run) -> str:
     return text
 
 
-def state_text(store: Store, job: Run) -> str:
+def state_text(store: Store, job: Job) -> str:
     """One line of what the job is doing now, the same wherever it is shown."""
     if job.status == "queued":
         return f"waiting: {wait_text(store, job)}"
@@ -49,7 +49,7 @@ def state_text(store: Store, job: Run) -> str:
 
 def _render(job_id: str, what: str) -> None:
     store = get_store()
-    job = store.run(job_id)
+    job = store.job(job_id)
     if job is None:
         st.warning("This job no longer exists; reload the page to start it again.")
         return
@@ -86,7 +86,7 @@ def _render(job_id: str, what: str) -> None:
             st.rerun(scope="app")  # it just ended: draw the page with its result once
 
 
-def watch(job: Run | None, what: str) -> Run | None:
+def watch(job: Job | None, what: str) -> Job | None:
     """The job when it has finished with a result; else its panel (polling while it is
     waiting or working) and None."""
     if job is None:

@@ -10,7 +10,7 @@ from tl_core.errors import RunError
 from tl_core.events import describe
 from tl_core.models import catalog
 from tl_core.runs import jobs, supervisor
-from tl_core.runs.store import Run, Store
+from tl_core.runs.store import Job, Store
 from tl_core.runs.supervisor import STALLED, is_stalled
 from tl_ui.charts import comparison_figure, curves_figure
 from tl_ui.jobs import wait_text
@@ -58,7 +58,7 @@ def cache_text(cache: object) -> str | None:
 
 def _render(run_id: str) -> None:
     store = get_store()
-    run = store.run(run_id)
+    run = store.job(run_id)
     if run is None:
         st.warning("This run no longer exists.")
         return
@@ -98,7 +98,7 @@ def _render(run_id: str) -> None:
         st.rerun(scope="app")  # the run just ended: refresh the whole page once
 
 
-def _state(store: Store, run: Run, steps: list[StepRow]) -> None:
+def _state(store: Store, run: Job, steps: list[StepRow]) -> None:
     """Where the run stands: waiting, stuck, working (its progress bars) or how it ended."""
     if run.status == "queued":
         wait = wait_text(store, run)
@@ -115,7 +115,7 @@ def _state(store: Store, run: Run, steps: list[StepRow]) -> None:
         _ended(run)
 
 
-def _working(store: Store, run: Run, steps: list[StepRow]) -> None:
+def _working(store: Store, run: Job, steps: list[StepRow]) -> None:
     """A working run's bars: its counted phase (decoding, the one pass through the frozen
     layers) while it is in one, then its steps with the time left."""
     reported = run.reported
@@ -129,7 +129,7 @@ def _working(store: Store, run: Run, steps: list[StepRow]) -> None:
     st.progress(frac, text=f"{run_state(store, run)}{step_text}{_eta(steps)}")
 
 
-def _ended(run: Run) -> None:
+def _ended(run: Job) -> None:
     """How the run ended, in one box."""
     if run.status == "finished":
         title = catalog.get_spec(run.spec.config.model).title
@@ -160,7 +160,7 @@ def _ended(run: Run) -> None:
 
 def run_panel(run_id: str) -> None:
     """Show a run; while it is unfinished, refresh every second without rerunning the page."""
-    run = get_store().run(run_id)
+    run = get_store().job(run_id)
     active = run is not None and run.active
     if active:
         state().run_polling = run_id

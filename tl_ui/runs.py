@@ -12,7 +12,7 @@ from tl_core import service
 from tl_core.analysis.advice import depth_label
 from tl_core.config import TrainConfig
 from tl_core.models import catalog
-from tl_core.runs.store import Project, Run
+from tl_core.runs.store import Job, Project
 from tl_ui.session import active_project, get_store, import_model_stack
 from tl_ui.state import state
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tl_core.training.inference import TrainedModel
 
 
-def run_label(run: Run) -> str:
+def run_label(run: Job) -> str:
     when = dt.datetime.fromtimestamp(run.created).strftime("%d %b %H:%M")
     acc = (run.result or {}).get("val_accuracy")
     score = f" · {acc:.1%}" if acc is not None else ""
@@ -36,7 +36,7 @@ def run_label(run: Run) -> str:
     return f"{when} · {title} · {what}{fixes}{score}"
 
 
-def pick_run(what: str) -> tuple[Project, Run] | None:
+def pick_run(what: str) -> tuple[Project, Job] | None:
     """The project and the finished run the user looks at (newest first), shared by pages."""
     project = active_project()
     runs = [r for r in get_store().runs(project.id) if r.result] if project else []
@@ -56,7 +56,7 @@ def pick_run(what: str) -> tuple[Project, Run] | None:
 
 def submit_training(
     project: Project, config: TrainConfig, baseline_of: str | None = None, sweep: str | None = None
-) -> Run:
+) -> Job:
     """Queue a run with the project's current label review snapshotted into its record
     (:func:`tl_core.service.submit_training`)."""
     return service.submit_training(get_store(), project, config, baseline_of, sweep)

@@ -18,7 +18,7 @@ from tl_core.data.dataset import DatasetManifest
 from tl_core.errors import StudioError
 from tl_core.models.catalog import get_spec
 from tl_core.runs import jobs, supervisor
-from tl_core.runs.store import Project, Run, Store, StoreDamagedError, repair
+from tl_core.runs.store import Job, Project, Store, StoreDamagedError, repair
 from tl_ui.server import freeze_startup_objects
 from tl_ui.state import state
 
@@ -162,7 +162,7 @@ def project_with_data() -> tuple[Project | None, DatasetManifest | None]:
     return project, manifest
 
 
-def latest_run(project: Project | None) -> Run | None:
+def latest_run(project: Project | None) -> Job | None:
     if project is None:
         return None
     runs = get_store().runs(project.id)
@@ -172,7 +172,7 @@ def latest_run(project: Project | None) -> Run | None:
 POLL_S = 1.0
 
 
-def run_state(store: Store, run: Run) -> str:
+def run_state(store: Store, run: Job) -> str:
     """What a training run is doing now, from its row and its epochs: the words the sidebar
     and the run panel both use, so they never disagree."""
     if run.status == "queued":
@@ -189,7 +189,7 @@ def run_state(store: Store, run: Run) -> str:
 def _training_line(run_id: str) -> None:
     """The sidebar's training line; re-read every second while the run is going."""
     store = get_store()
-    run = store.run(run_id)
+    run = store.job(run_id)
     if run is None:
         st.markdown(f"{TODO} Training: not started")
         return

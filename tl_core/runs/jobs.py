@@ -27,7 +27,7 @@ from tl_core.errors import RunError
 from tl_core.runs import endings
 from tl_core.runs.kinds import KINDS, JobParams, entry_for, in_quick_lane
 from tl_core.runs.recording import flush_pending
-from tl_core.runs.store import ACTIVE, UNFINISHED, Run, Store, fair_order
+from tl_core.runs.store import ACTIVE, UNFINISHED, Job, Store, fair_order
 
 # A worker that has not written for this long while its process is gone or hung is interrupted.
 STALE_AFTER_S = 600.0
@@ -92,7 +92,7 @@ def submit(
     data_dir: Path | str,
     key: str | None = None,
     prepare: Callable[[Path], None] | None = None,
-) -> Run:
+) -> Job:
     """Queue a job with ``params`` (its kind: their entry in :mod:`tl_core.runs.kinds`); the
     caller then keeps the queue moving (:func:`tl_core.runs.supervisor.pump`).
 
@@ -106,7 +106,7 @@ def submit(
         found = find_job(store, project_id, key)
         if found is not None and found.status in (*UNFINISHED, "finished"):
             return found
-    job = store.create_run(
+    job = store.create_job(
         project_id,
         params.to_dict(),
         Path(data_dir),
@@ -120,8 +120,8 @@ def submit(
         except BaseException:
             discard_run(store, job.id)
             raise
-        store.update_run(job.id, status="queued", queued_at=time.time())
-    return store.run(job.id) or job
+        store.update_job(job.id, status="queued", queued_at=time.time())
+    return store.job(job.id) or job
 
 
 def write_inputs(folder: Path, inputs: list[tuple[str, bytes]]) -> None:
@@ -133,7 +133,7 @@ def write_inputs(folder: Path, inputs: list[tuple[str, bytes]]) -> None:
         (inbox / f"{i:05d}-{safe}"[:200]).write_bytes(data)
 
 
-def find_job(store: Store, project_id: str, key: str) -> Run | None:
+def find_job(store: Store, project_id: str, key: str) -> Job | None:
     """The project's newest job with ``key`` (any status), or None."""
     found = store.jobs(project_id, key=key)
     return found[-1] if found else None
@@ -156,13 +156,13 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def _has_checkpoint(run: Run) -> bool:
+def _has_checkpoint(run: Job) -> bool:
     return (Path(run.run_dir) / "last.pt").exists()
 
 
 def discard_run(store: Store, run_id: str, remove_folder: bool = True) -> None:
     """Forget a run: its record, its metrics and (by default) its folder."""
-    run = store.run(run_id)
+    run = store.job(run_id)
     with store.transaction() as db:
         db.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
         db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
@@ -243,7 +243,7 @@ def recover(store: Store, held: Collection[str] = ()) -> list[str]:
     return lost
 
 
-def _noted_end(run: Run, noted: dict[str, Any]) -> dict[str, Any]:
+def _noted_end(run: Job, noted: dict[str, Any]) -> dict[str, Any]:
     """The fields of the end kept in ``run``'s end note, as the store takes them."""
     keys = ("status", "message", "error", "result", "finished")
     fields = {k: noted[k] for k in keys if k in noted}
@@ -253,13 +253,13 @@ def _noted_end(run: Run, noted: dict[str, Any]) -> dict[str, Any]:
     return {**fields, "pid": None, "stop_requested": 0, "progress": None}
 
 
-def _record_lost(store: Store, run: Run, gone: bool, now: float) -> None:
+def _record_lost(store: Store, run: Job, gone: bool, now: float) -> None:
     """Record the end of ``run``, whose process is gone (or silent): its note's, else the
     sentence for what is known."""
     folder = Path(run.run_dir)
     noted = endings.read_note(folder) if gone else None
     if noted is not None:
-        store.update_run(run.id, **_noted_end(run, noted))
+        store.update_job(run.id, **_noted_end(run, noted))
         endings.clear_note(folder)
         return
     resumable = run.kind == "train" and _has_checkpoint(run)
@@ -274,7 +274,7 @@ def _record_lost(store: Store, run: Run, gone: bool, now: float) -> None:
         fields["status"] = "interrupted"
     else:
         fields.update(status="failed", error=message, finished=now, stop_requested=0)
-    store.update_run(run.id, **fields)
+    store.update_job(run.id, **fields)
     endings.clear_note(folder)
 
 
@@ -374,7 +374,7 @@ def sweep(store: Store) -> None:
 
 def claim_next(
     store: Store, limit: int, run_id: str | None = None, quick_lane: int = 0
-) -> Run | None:
+) -> Job | None:
     """Atomically move the next job of the fair queue to 'starting' if fewer than ``limit``
     are active (:func:`~tl_core.runs.store.fair_order`); with the ``limit`` reached, a job of
     a kind with a quick lane still starts while fewer than ``quick_lane`` of them run.
@@ -394,7 +394,7 @@ def claim_next(
         if full and (quick >= quick_lane or len(rows) >= limit + quick_lane):
             return None
         queued = [
-            store.row_to_run(r) for r in db.execute("SELECT * FROM runs WHERE status = 'queued'")
+            store.row_to_job(r) for r in db.execute("SELECT * FROM runs WHERE status = 'queued'")
         ]
         order = fair_order(queued, active)
         if full:
@@ -410,7 +410,7 @@ def claim_next(
             " heartbeat = ?, pid = ? WHERE id = ?",
             (now, now, nxt.pid or os.getpid(), nxt.id),
         )
-    return store.run(nxt.id)
+    return store.job(nxt.id)
 
 
 def _durations(store: Store) -> dict[str, float]:
@@ -470,7 +470,7 @@ def _speed(epochs: dict[str, list[EpochRow]]) -> _Speed | None:
 
 
 def _left_s(
-    job: Run, epochs: list[EpochRow], speed: _Speed | None, typical: dict[str, float], now: float
+    job: Job, epochs: list[EpochRow], speed: _Speed | None, typical: dict[str, float], now: float
 ) -> float:
     """Seconds until the working ``job`` frees its slot, from what it has told so far."""
     elapsed = now - (job.started or now)
@@ -488,7 +488,7 @@ def _left_s(
 
 
 def _takes_s(
-    job: Run, epochs: list[EpochRow], speed: _Speed | None, typical: dict[str, float]
+    job: Job, epochs: list[EpochRow], speed: _Speed | None, typical: dict[str, float]
 ) -> float:
     """Seconds the waiting ``job`` will run: a training run by its epochs (those left, when
     it resumes) at the workspace's speed, other jobs their kind's measured duration."""
@@ -539,7 +539,7 @@ def wait_for_turn(
     on_wait: Callable[[int], None],
     poll_s: float = 0.5,
     limit: int | None = None,
-) -> Run:
+) -> Job:
     """Block until ``run_id`` (queued with this process's pid) may start; claim it.
 
     ``on_wait(place)`` is called whenever its place in the queue changes (1: next). Raises
@@ -562,28 +562,28 @@ def wait_for_turn(
 
 def request_stop(store: Store, run_id: str) -> None:
     """Ask a run to stop: a waiting run is cancelled, a training one stops within a step."""
-    run = store.run(run_id)
+    run = store.job(run_id)
     if run is None:
         return
     if run.status == "queued":
-        store.update_run(
+        store.update_job(
             run_id, status="stopped", message="Cancelled before it started", finished=time.time()
         )
     elif run.status in ACTIVE:
-        store.update_run(run_id, stop_requested=1, message="Stopping")
+        store.update_job(run_id, stop_requested=1, message="Stopping")
 
 
-def resume(store: Store, run_id: str) -> Run:
+def resume(store: Store, run_id: str) -> Job:
     """Queue an interrupted or stopped run to continue from its last saved epoch (the caller
     then keeps the queue moving)."""
-    run = store.run(run_id)
+    run = store.job(run_id)
     if run is None:
         raise RunError("This run no longer exists.")
     if run.status not in ("interrupted", "stopped", "failed"):
         raise RunError(f"A {run.status} run cannot be resumed.")
     if not (Path(run.run_dir) / "last.pt").exists():
         raise RunError("This run stopped before finishing its first epoch; start a new run.")
-    store.update_run(
+    store.update_job(
         run_id,
         status="queued",
         resume=1,
@@ -593,4 +593,4 @@ def resume(store: Store, run_id: str) -> Run:
         message="Waiting to resume",
         queued_at=time.time(),
     )
-    return store.run(run_id)  # type: ignore[return-value]
+    return store.job(run_id)  # type: ignore[return-value]

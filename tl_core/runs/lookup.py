@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tl_core.runs.store import Run, Store, StoreDamagedError, default_workspace, read_run_record
+from tl_core.runs.store import Job, Store, StoreDamagedError, default_workspace, read_run_record
 
 __all__ = ["find_data_root", "find_run", "locate_data_root"]
 
 
-def find_run(run_dir: Path, workspace: Path | None = None) -> Run | None:
+def find_run(run_dir: Path, workspace: Path | None = None) -> Job | None:
     """The store's record of the run in ``run_dir``.
 
     Tried in order: ``workspace``, the workspace that holds ``run_dir`` (runs/<id>/), the

@@ -29,7 +29,7 @@ from tl_core.errors import DiskFullError, StudioError
 from tl_core.events import End, Event, Progress, Started
 from tl_core.runs import endings, interrupt
 from tl_core.runs.kinds import JobSpec, entry
-from tl_core.runs.store import Run, Store, progress_columns
+from tl_core.runs.store import Job, Store, progress_columns
 from tl_core.runs.tasks import IMPORT_STAGING, IMPORT_UPLOAD
 from tl_core.runs.worker import JobContext, execute, placement
 
@@ -38,7 +38,7 @@ __all__ = ["StoreSink", "flush_pending", "job_spec", "record", "run_worker", "se
 _Row = TypeVar("_Row", StepRow, EpochRow)
 
 
-def job_spec(store: Store, job: Run, threads: int = 0) -> JobSpec:
+def job_spec(store: Store, job: Job, threads: int = 0) -> JobSpec:
     """What the worker gets for ``job``: its row with the typed parameters of its kind
     (UnknownKindError for a kind this version does not know); a resumed run forgets its
     cut-off epoch's steps."""
@@ -59,12 +59,12 @@ def job_spec(store: Store, job: Run, threads: int = 0) -> JobSpec:
 
 
 def _update(store: Store, job_id: str, folder: Path, **fields: Any) -> None:
-    """``store.update_run``; on a full disk free the job's temporary files and try once more."""
+    """``store.update_job``; on a full disk free the job's temporary files and try once more."""
     try:
-        store.update_run(job_id, **fields)
+        store.update_job(job_id, **fields)
     except DiskFullError:
         diskspace.remove_temporary(folder)
-        store.update_run(job_id, **fields)
+        store.update_job(job_id, **fields)
 
 
 def _append_log(folder: Path, text: str) -> None:
@@ -90,7 +90,7 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
     if endings.PENDING:
         flush_pending(store)
     if kind == Progress.T:
-        store.update_run(job_id, heartbeat=now, **progress_columns(Progress.from_dict(event)))
+        store.update_job(job_id, heartbeat=now, **progress_columns(Progress.from_dict(event)))
     elif kind == "log":
         _append_log(folder, event["text"])
     elif kind == "rewind":
@@ -101,7 +101,7 @@ def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> No
         store.add_epoch(job_id, _row(EpochRow, event))
     elif kind == "started":
         _reserve_note(job_id, folder)
-        job = store.run(job_id)
+        job = store.job(job_id)
         _update(
             store,
             job_id,
@@ -181,8 +181,8 @@ def flush_pending(store: Store) -> list[str]:
     """Write the ends this process could not record when they came; return their ids."""
 
     def write(job_id: str, fields: dict[str, Any]) -> None:
-        store.update_run(job_id, **fields)
-        job = store.run(job_id)
+        store.update_job(job_id, **fields)
+        job = store.job(job_id)
         _release_note(job_id, Path(job.run_dir) if job else store.workspace)
 
     if not endings.PENDING:
@@ -207,7 +207,7 @@ def settle(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> di
     An import that finished becomes the project's newest data version (its staged folder is
     moved into the project); any other end removes what the import left in its folder.
     """
-    job = store.run(job_id)
+    job = store.job(job_id)
     if job is None or job.kind != "import":
         return event
     staged = folder / IMPORT_STAGING
@@ -223,7 +223,7 @@ def settle(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> di
             except OSError:
                 shutil.copytree(staged, dest, dirs_exist_ok=True)
             store.set_data_dir(project.id, dest)
-            store.update_run(job_id, data_dir=str(dest))
+            store.update_job(job_id, data_dir=str(dest))
             result = {k: v for k, v in event["result"].items() if k != "staged"}
             event = {**event, "result": {**result, "data_dir": str(dest)}}
     except (OSError, StudioError, sqlite3.Error) as exc:
@@ -250,7 +250,7 @@ class StoreSink:
     """
 
     def __init__(
-        self, store: Store, job: Run, watch: Callable[[Event], None] | None = None
+        self, store: Store, job: Job, watch: Callable[[Event], None] | None = None
     ) -> None:
         self.store = store
         self.job_id = job.id
@@ -263,7 +263,7 @@ class StoreSink:
             self.watch(event)
 
     def stop_asked(self) -> bool:
-        job = self.store.run(self.job_id)
+        job = self.store.job(self.job_id)
         return job is None or job.stop_requested
 
 
@@ -276,7 +276,7 @@ def run_worker(store: Store, run_id: str, watch: Callable[[Event], None] | None 
     that cut it short is raised again as :class:`~tl_core.runs.interrupt.Interrupted` once
     the run is marked interrupted.
     """
-    job = store.run(run_id)
+    job = store.job(run_id)
     if job is None:
         raise StudioError(f"No run with id {run_id}.")
     sink = StoreSink(store, job, watch)

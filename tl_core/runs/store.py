@@ -101,7 +101,7 @@ def _expected_columns() -> dict[str, list[tuple[str, str, int, str | None]]]:
 _OPENED_HERE: set[str] = set()  # studio.db files this process has open through SQLite
 
 
-def fair_order(queued: list[Run], active: dict[str, int]) -> list[Run]:
+def fair_order(queued: list[Job], active: dict[str, int]) -> list[Job]:
     """Waiting jobs in the order they start: round-robin across projects.
 
     The next job is the oldest waiting one of the project with the fewest jobs running, ties
@@ -110,7 +110,7 @@ def fair_order(queued: list[Run], active: dict[str, int]) -> list[Run]:
     once only when nobody else is waiting.
     """
     running = dict(active)
-    waiting: dict[str, list[Run]] = {}
+    waiting: dict[str, list[Job]] = {}
     for job in sorted(queued, key=lambda j: (j.queued_at or j.created, j.created)):
         waiting.setdefault(job.project_id, []).append(job)
     order = []
@@ -151,7 +151,10 @@ class Project:
 
 
 @dataclass(frozen=True)
-class Run:
+class Job:
+    """One row of the store's ``runs`` table: any long job, of one of the registry's kinds
+    (:mod:`tl_core.runs.kinds`). A training run is the job of kind ``train``."""
+
     id: str
     project_id: str
     created: float
@@ -224,13 +227,13 @@ def progress_columns(progress: Progress) -> dict[str, Any]:
     }
 
 
-def _run(row: sqlite3.Row) -> Run:
+def _job(row: sqlite3.Row) -> Job:
     d = dict(row)
     d["config"] = _json(d["config"], "run configuration")
     d["result"] = _json(d["result"], "run result") if d["result"] else None
     d["stop_requested"] = bool(d["stop_requested"])
     d["resume"] = bool(d["resume"])
-    return Run(**d)
+    return Job(**d)
 
 
 class Store:
@@ -484,7 +487,7 @@ class Store:
 
     # ------------------------------------------------------------------ runs
 
-    def create_run(
+    def create_job(
         self,
         project_id: str,
         config: dict[str, Any],
@@ -495,7 +498,7 @@ class Store:
         pid: int | None = None,
         kind: str = "train",
         key: str | None = None,
-    ) -> Run:
+    ) -> Job:
         """A new run record and its folder (``run_dir``, or ``runs/<id>`` of the workspace).
 
         Two runs never share a folder: ``run_dir`` must be new or empty and no other run may
@@ -543,19 +546,19 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)  # fails before COMMIT: no record
         if kind == "train":  # other jobs are recomputed, never repaired
             self._write_run_record(rid, new=True)
-        return self.run(rid)  # type: ignore[return-value]
+        return self.job(rid)  # type: ignore[return-value]
 
-    def run(self, run_id: str) -> Run | None:
+    def job(self, run_id: str) -> Job | None:
         with self._connect() as db:
             row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return None if row is None else _run(row)
+        return None if row is None else _job(row)
 
     def runs(
         self,
         project_id: str | None = None,
         statuses: tuple[str, ...] = (),
         kind: str | None = "train",
-    ) -> list[Run]:
+    ) -> list[Job]:
         """Training runs (or jobs of ``kind``; None: every job), oldest first, filtered by
         project and status."""
         sql, args = "SELECT * FROM runs WHERE 1=1", []
@@ -569,9 +572,9 @@ class Store:
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             args.extend(statuses)
         with self._connect() as db:
-            return [_run(r) for r in db.execute(sql + " ORDER BY created", args)]
+            return [_job(r) for r in db.execute(sql + " ORDER BY created", args)]
 
-    def update_run(self, run_id: str, **fields: Any) -> None:
+    def update_job(self, run_id: str, **fields: Any) -> None:
         """Set columns of a run; dicts are stored as JSON."""
         cols = []
         values = []
@@ -589,20 +592,20 @@ class Store:
         statuses: tuple[str, ...] = (),
         kind: str | None = None,
         key: str | None = None,
-    ) -> list[Run]:
+    ) -> list[Job]:
         """Jobs of every kind (or one), oldest first; ``key`` picks those computing one thing."""
         jobs = self.runs(project_id, statuses, kind)
         return jobs if key is None else [j for j in jobs if j.key == key]
 
     @staticmethod
-    def row_to_run(row: sqlite3.Row) -> Run:
-        """A ``runs`` row read through :meth:`transaction`, as a Run."""
-        return _run(row)
+    def row_to_job(row: sqlite3.Row) -> Job:
+        """A ``runs`` row read through :meth:`transaction`, as a Job."""
+        return _job(row)
 
-    def queue_order(self) -> list[Run]:
+    def queue_order(self) -> list[Job]:
         """The waiting jobs in the order the fair queue starts them (:func:`fair_order`)."""
         with self._connect() as db:
-            queued = [_run(r) for r in db.execute("SELECT * FROM runs WHERE status = 'queued'")]
+            queued = [_job(r) for r in db.execute("SELECT * FROM runs WHERE status = 'queued'")]
             active = db.execute(
                 "SELECT project_id, COUNT(*) AS n FROM runs WHERE status IN (?, ?)"
                 " GROUP BY project_id",
@@ -634,7 +637,7 @@ class Store:
 
     def _write_run_record(self, run_id: str, new: bool = False) -> None:
         """run.json in the run folder (and, for a new run, a pointer in its project folder)."""
-        run = self.run(run_id)
+        run = self.job(run_id)
         if run is None or run.kind != "train":
             return
         epochs = [_epoch_record(run_id, e) for e in self.epochs(run_id)]

@@ -39,7 +39,7 @@ from tl_core.runs import jobs
 from tl_core.runs.executor import WORKER_ENV, EndReason, Executor, LocalExecutor
 from tl_core.runs.kinds import KINDS
 from tl_core.runs.recording import job_spec, record
-from tl_core.runs.store import Run, Store
+from tl_core.runs.store import Job, Store
 
 __all__ = [
     "STALLED",
@@ -90,7 +90,7 @@ def _seconds(name: str, default: float) -> float:
         return default
 
 
-def is_stalled(run: Run) -> bool:
+def is_stalled(run: Job) -> bool:
     """True when ``run`` is running but has reported nothing for longer than its limit."""
     return run.active and (run.message or "").startswith(STALLED)
 
@@ -275,7 +275,7 @@ class Supervisor:
             self._recovered = now
             jobs.recover(self.store, held=set(running))
         for job_id, executor in running.items():
-            job = self.store.run(job_id)
+            job = self.store.job(job_id)
             if (job is None or job.stop_requested) and job_id not in self._stopping:
                 self._stopping.add(job_id)
                 self._watch(job_id, job.kind if job else "").stop_at = now
@@ -286,7 +286,7 @@ class Supervisor:
             self._beat = now
             for job_id in running:
                 with contextlib.suppress(Exception):
-                    self.store.update_run(job_id, heartbeat=time.time())
+                    self.store.update_job(job_id, heartbeat=time.time())
         self._claim(len(running))
         for executor in self._executors():
             if isinstance(executor, LocalExecutor):
@@ -323,7 +323,7 @@ class Supervisor:
                         progress.kind, now - progress.last, (STALL_END_FACTOR - 1) * limit
                     )
                     with contextlib.suppress(Exception):  # a full disk: the page misses it
-                        self.store.update_run(job_id, message=message)
+                        self.store.update_job(job_id, message=message)
             progress.ended = reason is not None
         if reason is not None:
             executor.end(job_id, reason)
@@ -334,9 +334,9 @@ class Supervisor:
         progress.stalled = False
         if event.get("t") == Progress.T or progress.stop_at is not None:
             return
-        job = self.store.run(job_id)
+        job = self.store.job(job_id)
         if job is not None and job.active and not job.stop_requested:
-            self.store.update_run(job_id, message=progress.phase)
+            self.store.update_job(job_id, message=progress.phase)
 
     def _claim(self, busy: int) -> None:
         capacity = self.executor.capacity()
@@ -366,7 +366,7 @@ class Supervisor:
     def _on_event(self, job_id: str, event: dict[str, Any]) -> None:
         folder = self._folders.get(job_id)
         if folder is None:
-            job = self.store.run(job_id)
+            job = self.store.job(job_id)
             if job is None:
                 return
             folder = self._folders[job_id] = Path(job.run_dir)
@@ -466,7 +466,7 @@ def worker_command(store: Store, run_id: str) -> list[str]:
     return [sys.executable, "-m", "tl_core", "worker", run_id, "--workspace", str(store.workspace)]
 
 
-def _spawn(store: Store, run: Run) -> None:
+def _spawn(store: Store, run: Job) -> None:
     """A lone worker process for one job (no server is running to give it a warm one)."""
     log = open(Path(run.run_dir) / "worker.log", "ab")  # noqa: SIM115 - handed to the child
     try:
@@ -478,10 +478,10 @@ def _spawn(store: Store, run: Run) -> None:
             env={**os.environ, **WORKER_ENV},
         )
     except OSError as exc:
-        store.update_run(run.id, status="failed", error=f"Could not start the job: {exc}")
+        store.update_job(run.id, status="failed", error=f"Could not start the job: {exc}")
         return
     finally:
         log.close()
-    store.update_run(run.id, pid=proc.pid, heartbeat=time.time())
+    store.update_job(run.id, pid=proc.pid, heartbeat=time.time())
     # Reap the child when it exits so it never lingers as a zombie.
     threading.Thread(target=proc.wait, daemon=True).start()
