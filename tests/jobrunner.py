@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tl_core.errors import StudioError
-from tl_core.events import Progress, describe
+from tl_core.events import End, Progress, describe
 from tl_core.runs.kinds import entry
 from tl_core.runs.recording import job_spec, record
 from tl_core.runs.store import Job, Store
@@ -40,9 +40,9 @@ def run_job(store: Store, job: Job) -> Job:
     try:
         result = entry(job.kind).load_task()(job_spec(store, job), FakeContext())
     except StudioError as exc:
-        end = {"t": "end", "status": "failed", "error": str(exc), "message": "Failed"}
+        end = End("failed", "Failed", error=str(exc))
     else:
-        end = {"t": "end", "status": "finished", "result": result, "message": "Finished"}
+        end = End("finished", "Finished", result=result)
     record(store, job.id, Path(job.run_dir), end)  # as the server does: an import's data moves
     return store.job(job.id)  # type: ignore[return-value]
 

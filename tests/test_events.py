@@ -199,21 +199,21 @@ def test_the_store_keeps_the_figures_and_the_sentence(tmp_path: Path) -> None:
     project = store.create_project()
     run = store.create_job(project.id, {}, tmp_path / "data")
     folder = Path(run.run_dir)
-    record(store, run.id, folder, Started(1, "here").to_dict())
+    record(store, run.id, folder, Started(1, "here"))
     started = store.job(run.id)
     assert started is not None and started.message == "Preparing"
     assert started.reported == Progress("start") and started.progress is None
-    record(store, run.id, folder, Progress("frozen", 30, 120).to_dict())
+    record(store, run.id, folder, Progress("frozen", 30, 120))
     now = store.job(run.id)
     assert now is not None
     assert (now.phase, now.done, now.total) == ("frozen", 30, 120)
     assert now.progress == 0.25
     assert now.message == "Running your images through the frozen layers once: 30/120"
     assert now.reported == Progress("frozen", 30, 120)
-    record(store, run.id, folder, Progress("train").to_dict())
+    record(store, run.id, folder, Progress("train"))
     training = store.job(run.id)
     assert training is not None and training.progress is None and training.message == "Training"
     assert training.reported == Progress("train")
-    record(store, run.id, folder, End("stopped", "Stopped").to_dict())
+    record(store, run.id, folder, End("stopped", "Stopped"))
     ended = store.job(run.id)
     assert ended is not None and ended.reported is None  # only while it runs

@@ -18,7 +18,7 @@ from jobrunner import FakeContext
 from tl_core import service
 from tl_core.data import neardup
 from tl_core.data.dataset import MAX_IMPORT_MB, DatasetManifest, import_folder
-from tl_core.events import Event, Progress
+from tl_core.events import End, Event, Progress
 from tl_core.runs import jobs, recording, supervisor, tasks, worker
 from tl_core.runs.kinds import JobSpec
 from tl_core.runs.store import Job, Store
@@ -328,7 +328,7 @@ def test_a_worker_killed_mid_import_leaves_nothing(store, shapes, tmp_path, monk
     job = service.submit_import(store, None, "zip", upload=io.BytesIO(_zip_bytes(shapes)))
     job = store.job(job.id)  # claimed, its worker not started
     (Path(job.run_dir) / "data" / "images").mkdir(parents=True)  # half made
-    lost = {"t": "end", "status": "failed", "error": "The process stopped.", "message": "x"}
+    lost = End("failed", "x", error="The process stopped.")
     recording.record(store, job.id, Path(job.run_dir), lost)  # what the executor reports
     assert _leftovers(store, store.job(job.id)) == []
     assert store.project(job.project_id).data_dir is None

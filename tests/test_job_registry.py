@@ -12,6 +12,7 @@ import pytest
 
 from tl_core.config import RunSpec, SplitSettings, TrainConfig
 from tl_core.errors import RunError
+from tl_core.events import End
 from tl_core.runs import endings, kinds, tasks, worker
 from tl_core.runs.kinds import (
     ExportParams,
@@ -43,7 +44,8 @@ SAMPLES = {
     "predict": PredictParams("/ws/runs/r1", 1.5),
 }
 
-# What the registry says of each kind: (task, lane, where, gpu, ships, typical seconds).
+# What the registry says of each kind: (task, lane, where, gpu, ships, typical seconds), and
+# (resumable, home, keeps_record).
 EVERYTHING = ("data", "features", "folder")
 DOCUMENTED = {
     "train": (worker.train, "queue", "any", True, EVERYTHING, 60.0),
@@ -54,6 +56,15 @@ DOCUMENTED = {
     "export": (tasks.export, "queue", "any", False, (*EVERYTHING, "source"), 30.0),
     "predict": (tasks.predict, "queue", "any", True, (*EVERYTHING, "source"), 60.0),
 }
+KEPT = {
+    "train": (True, "runs", True),
+    "import": (False, "jobs", False),
+    "features": (False, "jobs", False),
+    "recommend": (False, "jobs", False),
+    "verify": (False, "jobs", False),
+    "export": (False, "jobs", False),
+    "predict": (False, "jobs", False),
+}
 
 
 def _spec(kind: str, params=None, **extra) -> JobSpec:
@@ -62,7 +73,7 @@ def _spec(kind: str, params=None, **extra) -> JobSpec:
 
 
 def test_the_registry_holds_every_kind_once() -> None:
-    assert tuple(DOCUMENTED) == kinds.NAMES
+    assert tuple(DOCUMENTED) == kinds.NAMES == tuple(KEPT)
     assert set(SAMPLES) == set(kinds.KINDS)
     assert len({k.params for k in kinds.KINDS.values()}) == len(kinds.KINDS)
     for name, params in SAMPLES.items():
@@ -145,6 +156,34 @@ def test_each_entry_is_as_documented(kind: str) -> None:
     assert entry.reports_status == (kind == "train")
     assert kinds.in_quick_lane(kind) == (lane == "quick")
     assert endings.what(kind) == entry.title and entry.title.startswith("The ")
+    assert (entry.resumable, entry.home, entry.keeps_record) == KEPT[kind]
+    assert kinds.resumable(kind) == entry.resumable
+
+
+def test_a_kinds_entry_says_where_its_folder_lives_and_how_a_cut_off_job_ends(tmp_path) -> None:
+    """A job's folder is under its kind's home; a job of a resumable kind whose worker is
+    lost (or that was ended from outside) ends interrupted, any other failed, with the
+    sentence as its error; run.json is kept only by the kinds that keep a record."""
+    from tl_core.runs.executor import ended_event, lost_end
+
+    store = Store(tmp_path / "ws")
+    project = store.create_project()
+    for kind, params in SAMPLES.items():
+        resumable, home, keeps_record = KEPT[kind]
+        job = store.create_job(project.id, params.to_dict(), tmp_path, kind=kind)
+        assert Path(job.run_dir).parent == (store.workspace / home).resolve()
+        assert (Path(job.run_dir) / "run.json").exists() == keeps_record
+        end = lost_end(kind, -9, None)
+        assert end.status == ("interrupted" if resumable else "failed")
+        assert end.error == (None if resumable else end.message)
+        assert ("press Resume" in end.message) == resumable
+        cut = ended_event(kind, End("failed", error="x", result={"n": 1}), "stalled")
+        assert (cut.status, cut.message) == (end.status, endings.lost(kind, None, "stalled"))
+        assert cut.error == (None if resumable else cut.message) and cut.result == {"n": 1}
+        finished = End("finished", "Finished", result={"n": 2})
+        assert ended_event(kind, finished, "stop") is finished  # it ended by itself
+        assert lost_end(kind, None, "stop").status == "stopped"
+    assert not kinds.resumable("label")  # a kind not known here
 
 
 def test_a_ray_node_gets_the_folders_its_kind_ships(tmp_path) -> None:

@@ -23,7 +23,7 @@ import pytest
 from helpers import make_shapes
 
 from tl_core import diskspace
-from tl_core.events import Event
+from tl_core.events import End, Event, Started
 from tl_core.runs import endings, jobs, recording, worker
 from tl_core.runs.kinds import NAMES, JobSpec, entry
 from tl_core.runs.store import Store
@@ -255,7 +255,7 @@ def test_an_end_the_store_cannot_take_is_kept_and_written_later(tmp_path, monkey
     project = store.create_project()
     run = store.create_job(project.id, {}, tmp_path, kind="export", status="starting")
     folder = Path(run.run_dir)
-    recording.record(store, run.id, folder, {"t": "started", "pid": os.getpid()})
+    recording.record(store, run.id, folder, Started(os.getpid()))
     assert (folder / endings.NOTE_NAME).stat().st_size == endings.NOTE_BYTES  # reserved
     real = Store.update_job
 
@@ -263,7 +263,7 @@ def test_an_end_the_store_cannot_take_is_kept_and_written_later(tmp_path, monkey
         raise sqlite3.OperationalError("attempt to write a readonly database")
 
     monkeypatch.setattr(Store, "update_job", read_only)
-    end = {"t": "end", "status": "failed", "message": "Failed", "error": "The export stopped."}
+    end = End("failed", "Failed", error="The export stopped.")
     recording.record(store, run.id, folder, end)  # does not raise
     assert store.job(run.id).status == "running"
     assert endings.read_note(folder)["error"] == "The export stopped."

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core import diskspace
+from tl_core.runs import kinds
 from tl_core.runs.kinds import KINDS
 
 __all__ = [
@@ -65,8 +66,9 @@ def what(kind: str) -> str:
 
 
 def _again(kind: str, resumable: bool = False) -> str:
-    """What the user does next, after a job of ``kind`` ended before its work was done."""
-    if kind == "train":
+    """What the user does next, after a job of ``kind`` ended before its work was done
+    (``resumable``: it left a checkpoint to go on from)."""
+    if kinds.resumable(kind):
         return (
             "press Resume to continue from its last saved epoch" if resumable else "start it again"
         )
@@ -159,7 +161,7 @@ def lost(kind: str, returncode: int | None, reason: str | None = None) -> str:
     """
     subject = what(kind)
     again = _again(kind)
-    if kind == "train":
+    if kinds.resumable(kind):
         again = "press Resume to continue from its last saved epoch, or start it again"
     if reason == "stop":
         return f"{subject} did not stop when asked, so the server ended it; {again}."

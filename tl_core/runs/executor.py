@@ -1,7 +1,10 @@
 """Executors: where a claimed job runs. The first one keeps warm worker processes on this machine.
 
 An :class:`Executor` takes a job (a :class:`~tl_core.runs.kinds.JobSpec`) and hands its
-events back to the caller's ``on_event``; it knows nothing of the store, the queue or the
+events back to the caller's ``on_event``, typed (:mod:`tl_core.events`): the wire form a
+worker's pipe or the Ray channel carries is read back (:func:`read_event`) where it arrives,
+and the ends an executor gives a job itself (its worker lost, or ended from outside) are
+:class:`~tl_core.events.End` objects too. It knows nothing of the store, the queue or the
 pages. The :class:`~tl_core.runs.supervisor.Supervisor` (one per workspace, in the app
 server's process) is the other half: it claims jobs from the fair queue while the executor
 has room, has every event applied to the store (:func:`tl_core.runs.recording.record`), and
@@ -27,16 +30,29 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
+from tl_core import events
+from tl_core.events import End, Event
 from tl_core.runs.endings import lost
-from tl_core.runs.kinds import JobSpec
+from tl_core.runs.kinds import JobSpec, resumable
 
-__all__ = ["TERM_GRACE_S", "WORKER_ENV", "EndReason", "Executor", "LocalExecutor", "OnEvent"]
+__all__ = [
+    "TERM_GRACE_S",
+    "WORKER_ENV",
+    "EndReason",
+    "Executor",
+    "LocalExecutor",
+    "OnEvent",
+    "ended_event",
+    "ended_status",
+    "lost_end",
+    "read_event",
+]
 
-OnEvent = Callable[[str, dict[str, Any]], None]  # (job id, event)
+OnEvent = Callable[[str, Event], None]  # (job id, event)
 # Why a job is ended from outside: Stop was not answered in time, or it reported nothing
 # for much longer than its limit (see tl_core.runs.supervisor).
 EndReason = Literal["stop", "stalled"]
@@ -61,8 +77,8 @@ class Executor(Protocol):
         ...
 
     def start(self, spec: JobSpec, on_event: OnEvent) -> None:
-        """Run ``spec``; every event (``started``, ``status``, ``end``, ...) goes to
-        ``on_event``. A job whose worker is lost gets an ``end`` event saying so."""
+        """Run ``spec``; every event (Started, Progress, ..., End) goes to ``on_event``.
+        A job whose worker is lost gets an End saying so."""
         ...
 
     def stop(self, job_id: str) -> None:
@@ -71,7 +87,7 @@ class Executor(Protocol):
 
     def end(self, job_id: str, reason: EndReason) -> None:
         """End a running job that does not answer, from outside (its process is terminated,
-        then killed); its ``end`` event then says why (``stopped`` when Stop was asked)."""
+        then killed); its End then says why (``stopped`` when Stop was asked)."""
         ...
 
     def shutdown(self) -> None:
@@ -115,28 +131,41 @@ def term_grace_s() -> float:
         return TERM_GRACE_S
 
 
+def read_event(raw: Any) -> Event | None:
+    """The typed event a wire form holds (see :func:`tl_core.events.from_dict`); None for
+    anything else (a message this version does not know)."""
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return events.from_dict(raw)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def ended_status(kind: str, reason: EndReason | None) -> str:
     """The status of a job whose process is gone: ``stopped`` when Stop was asked, else
-    ``interrupted`` (training: Resume goes on) or ``failed`` (Try again)."""
+    ``interrupted`` (a resumable kind, training: Resume goes on) or ``failed`` (Try again)."""
     if reason == "stop":
         return "stopped"
-    return "interrupted" if kind == "train" else "failed"
+    return "interrupted" if resumable(kind) else "failed"
 
 
-def ended_event(kind: str, event: dict[str, Any], reason: EndReason) -> dict[str, Any]:
-    """A job's own ``end`` event after it was ended from outside: the signal it was sent
-    made it end ``interrupted`` (or fail); say why instead. A job that ended by itself
-    meanwhile (finished, stopped) keeps its end."""
-    if event.get("status") not in ("interrupted", "failed"):
-        return event
+def lost_end(kind: str, returncode: int | None, reason: EndReason | None) -> End:
+    """The end of a job whose process went away before it reported its own (``returncode``
+    its exit status, when known; ``reason`` why the server ended it, if it did)."""
     status = ended_status(kind, reason)
-    message = lost(kind, None, reason)
-    ended = {**event, "status": status, "message": message}
-    if status == "failed":
-        ended["error"] = message
-    else:
-        ended.pop("error", None)
-    return ended
+    message = lost(kind, returncode, reason)
+    return End(status, message, error=message if status == "failed" else None)
+
+
+def ended_event(kind: str, end: End, reason: EndReason) -> End:
+    """A job's own end after it was ended from outside: the signal it was sent made it end
+    ``interrupted`` (or fail); say why instead. A job that ended by itself meanwhile
+    (finished, stopped) keeps its end."""
+    if end.status not in ("interrupted", "failed"):
+        return end
+    why = lost_end(kind, None, reason)
+    return replace(end, status=why.status, message=why.message, error=why.error)
 
 
 def _signal_group(proc: subprocess.Popen[str], signum: int) -> None:
@@ -196,25 +225,30 @@ class LocalExecutor:
                 self._spawn()
 
     def _read(self, worker: _Worker) -> None:
+        """The worker's output: its own messages (``ready``, ``bye``) and its job's events,
+        typed as they are read and passed on; a worker that ends mid-job ends its job."""
         assert worker.proc.stdout is not None
         for line in worker.proc.stdout:
             try:
-                event = json.loads(line)
+                raw = json.loads(line)
             except ValueError:
                 continue
-            kind = event.get("t")
-            if kind == "ready":  # warmed up, or done with its job
+            said = raw.get("t") if isinstance(raw, dict) else None
+            if said == "ready":  # warmed up, or done with its job
                 worker.idle_since = time.monotonic()
                 worker.ready.set()
                 continue
-            if kind == "bye":
+            if said == "bye":
                 break
-            job_id = event.pop("id", None)
-            if kind == "end" and worker.ending is not None and worker.job is not None:
+            job_id = raw.pop("id", None) if isinstance(raw, dict) else None
+            event = read_event(raw)
+            if event is None:
+                continue
+            if isinstance(event, End) and worker.ending is not None and worker.job is not None:
                 event = ended_event(worker.job.kind, event, worker.ending)
             if worker.on_event is not None and job_id is not None:
                 worker.on_event(job_id, event)
-            if kind == "end":
+            if isinstance(event, End):
                 with self._lock:
                     worker.job, worker.on_event = None, None
         returncode = worker.proc.wait()
@@ -224,12 +258,7 @@ class LocalExecutor:
             if worker in self._workers:
                 self._workers.remove(worker)
         if job is not None and on_event is not None:
-            status = ended_status(job.kind, worker.ending)
-            message = lost(job.kind, returncode, worker.ending)
-            end = {"t": "end", "status": status, "message": message}
-            if status == "failed":
-                end["error"] = message
-            on_event(job.id, end)
+            on_event(job.id, lost_end(job.kind, returncode, worker.ending))
 
     # -------------------------------------------------------------- Executor
     def capacity(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 from tl_core.config import EpochRow
 from tl_core.errors import RunError
 from tl_core.runs import endings
-from tl_core.runs.kinds import KINDS, JobParams, entry_for, in_quick_lane
+from tl_core.runs.kinds import KINDS, JobParams, entry_for, in_quick_lane, resumable
 from tl_core.runs.recording import flush_pending
 from tl_core.runs.store import ACTIVE, UNFINISHED, Job, Store, fair_order
 
@@ -262,15 +262,15 @@ def _record_lost(store: Store, run: Job, gone: bool, now: float) -> None:
         store.update_job(run.id, **_noted_end(run, noted))
         endings.clear_note(folder)
         return
-    resumable = run.kind == "train" and _has_checkpoint(run)
+    from_checkpoint = resumable(run.kind) and _has_checkpoint(run)
     if not gone:
-        message = endings.stale(run.kind, STALE_AFTER_S / 60, resumable)
+        message = endings.stale(run.kind, STALE_AFTER_S / 60, from_checkpoint)
     elif run.source == "cli" and not run.resume:
-        message = endings.cli_lost(resumable)
+        message = endings.cli_lost(from_checkpoint)
     else:
-        message = endings.server_lost(run.kind, resumable)
+        message = endings.server_lost(run.kind, from_checkpoint)
     fields: dict[str, Any] = {"pid": None, "message": message, "progress": None}
-    if run.kind == "train":
+    if resumable(run.kind):
         fields["status"] = "interrupted"
     else:
         fields.update(status="failed", error=message, finished=now, stop_requested=0)

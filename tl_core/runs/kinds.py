@@ -4,7 +4,8 @@ Each :class:`JobKind` says everything the runtime needs to know about a kind: it
 parameters (a dataclass with ``to_dict``/``from_dict``; their dict form is what the store's
 ``config`` column and the pipes to the workers carry), the task that runs it, the lane it
 waits in, where it may run, whether it wants a GPU, what travels to a Ray node with it, how
-long it typically takes and how its end is worded. Submitting, claiming, executing on
+long it typically takes, how its end is worded, whether a job cut short can be resumed,
+and where in the workspace its folder lives. Submitting, claiming, executing on
 either executor and showing a job read the entry of its kind and nothing else; a new kind
 is a new entry here, its task and its page.
 
@@ -29,6 +30,7 @@ __all__ = [
     "SHIPPED",
     "ExportParams",
     "FeaturesParams",
+    "Home",
     "ImportParams",
     "JobKind",
     "JobParams",
@@ -43,10 +45,12 @@ __all__ = [
     "entry",
     "entry_for",
     "in_quick_lane",
+    "resumable",
 ]
 
 Lane = Literal["quick", "queue"]  # quick: a lane of its own beside the queue's slots
 Where = Literal["local", "any"]  # local: on this machine's workers, even beside a cluster
+Home = Literal["runs", "jobs"]  # the workspace folder that holds its jobs' own folders
 # What can travel to a Ray node with a job: the data version's images ("data"), its cached
 # frozen features ("features"), the job's own folder ("folder"), the trained run it reads
 # ("source", named by its parameters' ``run_dir``).
@@ -202,6 +206,14 @@ class JobKind:
     # Its task's result says whether it finished or stopped (``status``, a training run's
     # TrainResult); any other job stopped when its task returns STOPPED or Stop was asked.
     reports_status: bool = False
+    # A job cut short (its process lost, ended from outside, the server gone) ends
+    # ``interrupted`` and Resume goes on from its last checkpoint; any other kind's ends
+    # ``failed`` (Try again), and its partial work is recomputed.
+    resumable: bool = False
+    home: Home = "jobs"
+    # Its folder keeps a record of the job (run.json: the spec, the end, the epochs) from
+    # which the store's row is rebuilt; other jobs are recomputed, never repaired.
+    keeps_record: bool = False
 
     def load_task(self) -> Task:
         """The task function (its module is imported now, with what it needs)."""
@@ -227,6 +239,9 @@ KINDS: Mapping[str, JobKind] = MappingProxyType(
                 "The training run",
                 gpu=True,
                 reports_status=True,
+                resumable=True,
+                home="runs",
+                keeps_record=True,
             ),
             JobKind(
                 "import",
@@ -304,6 +319,13 @@ def in_quick_lane(name: str) -> bool:
     waits in the queue)."""
     found = KINDS.get(name)
     return found is not None and found.lane == "quick"
+
+
+def resumable(name: str) -> bool:
+    """True for a kind whose jobs cut short can be resumed from their last checkpoint (they
+    end ``interrupted``, not ``failed``); an unknown kind cannot."""
+    found = KINDS.get(name)
+    return found is not None and found.resumable
 
 
 # ---------------------------------------------------------------------------- the spec

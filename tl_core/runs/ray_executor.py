@@ -10,9 +10,10 @@ owner of the store and the workspace:
   folder (``last.pt`` to resume from, the pictures of a batch prediction) and the trained
   run it reads (export, verify, predict), each packed once as a tar archive;
 - a Ray task (:func:`_run_on_node`) unpacks them into a scratch folder of its node, runs
-  :func:`~tl_core.runs.worker.execute` there, and sends every event and every file it writes
-  (checkpoints each epoch, results) back through a small actor owned by the server
-  (:class:`_Channel`); the server writes them into the workspace as they arrive;
+  :func:`~tl_core.runs.worker.execute` there, and sends every event (its wire form) and every
+  file it writes (checkpoints each epoch, results) back through a small actor owned by the
+  server (:class:`_Channel`); the server reads each event back typed and writes the files into
+  the workspace as they arrive;
 - Stop goes the other way through the same actor, read every quarter of a second; a job
   that does not answer (its worker stopped or deadlocked) is ended on the supervisor's word
   with ``ray.cancel(force=True)``, which kills its worker process (:meth:`RayExecutor.end`);
@@ -42,16 +43,15 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tl_core.errors import StudioError
-from tl_core.events import Epoch, Event, Started
-from tl_core.runs.endings import lost
-from tl_core.runs.executor import EndReason, ended_event, ended_status
-from tl_core.runs.kinds import JobSpec, ReadsRun, entry
+from tl_core.events import End, Epoch, Event, Started
+from tl_core.runs.executor import EndReason, OnEvent, ended_event, lost_end, read_event
+from tl_core.runs.kinds import JobSpec, ReadsRun, entry, resumable
 
 __all__ = ["RAY_ADDRESS_ENV", "RayExecutor", "ray_address"]
 
@@ -174,7 +174,8 @@ def _remap(value: Any, pairs: list[tuple[str, str]]) -> Any:
 
 
 class _Channel:
-    """The server's mailbox on the cluster: events and files in, stop requests out."""
+    """The server's mailbox on the cluster: events (their wire form) and files in, stop
+    requests out."""
 
     def __init__(self) -> None:
         self._messages: list[tuple[str, str, Any]] = []
@@ -327,7 +328,7 @@ def _run_on_node(
     inputs: dict[str, Any],
     channel: Any,
 ) -> dict[str, Any]:
-    """The Ray task: one job on whichever node Ray chose. Returns the job's ``end`` event."""
+    """The Ray task: one job on whichever node Ray chose. Returns the wire form of its End."""
     import ray
 
     from tl_core.models.device import plan_compute
@@ -380,7 +381,7 @@ def _run_on_node(
 @dataclass
 class _Job:
     spec: JobSpec
-    on_event: Callable[[str, dict[str, Any]], None]
+    on_event: OnEvent
     ref: Any
     paths: dict[str, Path]
     pid: int | None = None  # the Ray worker process's, on its node
@@ -388,7 +389,7 @@ class _Job:
     ending_at: float = 0.0  # when (monotonic)
 
 
-def _lost(kind: str, exc: BaseException) -> dict[str, Any]:
+def _lost(kind: str, exc: BaseException) -> End:
     """The end of a job whose Ray worker is gone: interrupted (training) or failed."""
     name = type(exc).__name__
     if "NodeDied" in name:
@@ -397,21 +398,16 @@ def _lost(kind: str, exc: BaseException) -> dict[str, Any]:
         why = "its machine ran out of memory"
     else:
         why = "the Ray worker process running it was killed or crashed"
-    if kind == "train":
+    if resumable(kind):
         message = f"The training stopped: {why}. Its last saved epoch is kept on the server."
-        return {"t": "end", "status": "interrupted", "message": message}
+        return End("interrupted", message)
     message = f"The job stopped: {why}. Press Try again."
-    return {"t": "end", "status": "failed", "message": "Failed", "error": message}
+    return End("failed", "Failed", error=message)
 
 
-def _ended(job: _Job) -> dict[str, Any]:
+def _ended(job: _Job) -> End:
     """The end of a job whose task was cancelled by force (see :meth:`RayExecutor.end`)."""
-    kind, reason = job.spec.kind, job.ending
-    status, message = ended_status(kind, reason), lost(kind, None, reason)
-    end = {"t": "end", "status": status, "message": message}
-    if status == "failed":
-        end["error"] = message
-    return end
+    return lost_end(job.spec.kind, None, job.ending)
 
 
 class RayExecutor:
@@ -558,7 +554,7 @@ class RayExecutor:
         with self._lock:
             return list(self._jobs)
 
-    def start(self, spec: JobSpec, on_event: Callable[[str, dict[str, Any]], None]) -> None:
+    def start(self, spec: JobSpec, on_event: OnEvent) -> None:
         ray = self._connect()
         _, biggest, gpus = self._cluster()
         need_gb = float(os.environ.get("TL_STUDIO_JOB_MEMORY_GB", JOB_MEMORY_GB))
@@ -568,7 +564,7 @@ class RayExecutor:
                 f"Ray cluster offers (the largest: {biggest:.1f} GB). Use fewer or smaller "
                 "images, or add a machine with more memory to the cluster."
             )
-            on_event(spec.id, {"t": "end", "status": "failed", "error": message})
+            on_event(spec.id, End("failed", error=message))
             return
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         use_gpu = gpus >= 1 and entry(spec.kind).gpu
@@ -621,7 +617,7 @@ class RayExecutor:
         for job in list(self._jobs.values()):
             with contextlib.suppress(Exception):
                 self._ray.cancel(job.ref, force=True)
-            self._finish(job, {"t": "end", "status": "interrupted", "message": "Server stopped"})
+            self._finish(job, End("interrupted", "Server stopped"))
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -646,13 +642,14 @@ class RayExecutor:
                 if root in job.paths:
                     _write_atomic(job.paths[root] / rel, data, mtime)
                 continue
-            if payload.get("t") == "started":
-                job.pid = payload.get("pid")
+            event = read_event(payload)
+            if isinstance(event, Started):
+                job.pid = event.pid
                 # The run's recorded pid is this server's: if the server goes, so do its
                 # tasks, and the next start marks the run interrupted.
-                payload = {**payload, "pid": os.getpid()}
-            if payload.get("t") != "end":
-                job.on_event(job_id, payload)
+                event = replace(event, pid=os.getpid())
+            if event is not None and not isinstance(event, End):  # the task returns its end
+                job.on_event(job_id, event)
 
     def _reap(self) -> None:
         with self._lock:
@@ -667,10 +664,11 @@ class RayExecutor:
         for ref in done:
             job = refs[ref]
             try:
-                end = self._ray.get(ref)
+                raw = self._ray.get(ref)
             except Exception as exc:
                 end = _lost(job.spec.kind, exc) if job.ending is None else _ended(job)
             else:
+                end = End.from_dict(raw)
                 if job.ending is not None:
                     end = ended_event(job.spec.kind, end, job.ending)
             self._finish(job, end)
@@ -682,7 +680,7 @@ class RayExecutor:
             if job.ending is not None and now - job.ending_at > GIVE_UP_S:
                 self._finish(job, _ended(job))
 
-    def _finish(self, job: _Job, end: dict[str, Any]) -> None:
+    def _finish(self, job: _Job, end: End) -> None:
         with self._lock:
             if self._jobs.pop(job.spec.id, None) is None:
                 return

@@ -1,8 +1,9 @@
 """The server side's record of a job: the store's one writer for what a job reports.
 
-Every event a job sends (through a pool worker's pipe, a Ray node's channel, or directly in
-the process that owns the store) is applied here (:func:`record`): its status, log lines,
-steps and epochs, its start and its end. An end also settles what the job changes beyond its
+Every event a job sends (through a pool worker's pipe or a Ray node's channel, read back
+typed by its executor, or directly in the process that owns the store) is applied here
+(:func:`record`, by the event's type): its progress, log lines, steps and epochs, its start
+and its end. An end also settles what the job changes beyond its
 own row (:func:`settle`: an import that finished becomes the project's newest data version).
 An end the store cannot take (a full disk, a read-only workspace) is kept to be written
 again (:func:`flush_pending`) and in the job's end note. :func:`run_worker` runs one job in
@@ -19,14 +20,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tl_core import diskspace
-from tl_core.config import EpochRow, StepRow
 from tl_core.errors import DiskFullError, StudioError
-from tl_core.events import End, Event, Progress, Started
+from tl_core.events import End, Epoch, Event, Log, Progress, Rewind, Started, Step
 from tl_core.runs import endings, interrupt
 from tl_core.runs.kinds import JobSpec, entry
 from tl_core.runs.store import Job, Store, progress_columns
@@ -35,15 +35,14 @@ from tl_core.runs.worker import JobContext, execute, placement
 
 __all__ = ["StoreSink", "flush_pending", "job_spec", "record", "run_worker", "settle"]
 
-_Row = TypeVar("_Row", StepRow, EpochRow)
-
 
 def job_spec(store: Store, job: Job, threads: int = 0) -> JobSpec:
     """What the worker gets for ``job``: its row with the typed parameters of its kind
     (UnknownKindError for a kind this version does not know); a resumed run forgets its
     cut-off epoch's steps."""
-    params = entry(job.kind).read(job.config)
-    if job.kind == "train" and job.resume:
+    kind = entry(job.kind)
+    params = kind.read(job.config)
+    if kind.resumable and job.resume:
         done = [e.epoch for e in store.epochs(job.id)]
         store.drop_metrics_after(job.id, max(done, default=0))
     return JobSpec(
@@ -75,47 +74,49 @@ def _append_log(folder: Path, text: str) -> None:
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
 
-def _row(cls: type[_Row], event: dict[str, Any]) -> _Row:
-    """The metric row an event carries (its other keys, like ``t`` or ``is_best``, aside)."""
-    return cls(**{f.name: event[f.name] for f in fields(cls)})
-
-
-def record(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> None:
+def record(store: Store, job_id: str, folder: Path, event: Event) -> None:
     """Apply one event of a running job to the store: the store's one writer for jobs.
 
     An end the store cannot take is kept and written again with the next event recorded
     here (or by :func:`flush_pending`, which ``jobs.recover`` calls).
     """
-    kind, now = event["t"], time.time()
+    now = time.time()
     if endings.PENDING:
         flush_pending(store)
-    if kind == Progress.T:
-        store.update_job(job_id, heartbeat=now, **progress_columns(Progress.from_dict(event)))
-    elif kind == "log":
-        _append_log(folder, event["text"])
-    elif kind == "rewind":
-        store.drop_metrics_after(job_id, int(event["epoch"]))
-    elif kind == "step":
-        store.add_step(job_id, _row(StepRow, event))
-    elif kind == "epoch":
-        store.add_epoch(job_id, _row(EpochRow, event))
-    elif kind == "started":
-        _reserve_note(job_id, folder)
-        job = store.job(job_id)
-        _update(
-            store,
-            job_id,
-            folder,
-            status="running",
-            pid=event["pid"],
-            heartbeat=now,
-            started=(job.started if job else None) or now,
-            placement=event.get("placement"),
-            error=None,
-            **progress_columns(Progress("start")),
-        )
-    elif kind == "end":
-        _record_end(store, job_id, folder, settle(store, job_id, folder, event), now)
+    match event:
+        case Progress():
+            store.update_job(job_id, heartbeat=now, **progress_columns(event))
+        case Log():
+            _append_log(folder, event.text)
+        case Rewind():
+            store.drop_metrics_after(job_id, event.epoch)
+        case Step():
+            store.add_step(job_id, event.row)
+        case Epoch():
+            store.add_epoch(job_id, event.row)
+        case Started():
+            _record_start(store, job_id, folder, event, now)
+        case End():
+            _record_end(store, job_id, folder, settle(store, job_id, folder, event), now)
+
+
+def _record_start(store: Store, job_id: str, folder: Path, started: Started, now: float) -> None:
+    """The job's process took it: running, where, since when (a resumed run keeps its first
+    start); its end note is reserved."""
+    _reserve_note(job_id, folder)
+    job = store.job(job_id)
+    _update(
+        store,
+        job_id,
+        folder,
+        status="running",
+        pid=started.pid,
+        heartbeat=now,
+        started=(job.started if job else None) or now,
+        placement=started.placement,
+        error=None,
+        **progress_columns(Progress("start")),
+    )
 
 
 _NOTES: dict[str, endings.EndNote] = {}  # the end notes of the jobs this process records
@@ -143,28 +144,30 @@ def _release_note(job_id: str, folder: Path) -> None:
         endings.clear_note(folder)
 
 
-def _end_fields(event: dict[str, Any], now: float) -> dict[str, Any]:
+def _end_fields(end: End, now: float) -> dict[str, Any]:
+    """The store's fields of ``end``: a result or an error only when it has one (an end
+    without a result leaves the one recorded before in place)."""
     fields: dict[str, Any] = {
-        "status": event["status"],
+        "status": end.status,
         "finished": now,
-        "message": event.get("message", ""),
+        "message": end.message,
         "stop_requested": 0,
         "progress": None,
     }
-    if event["status"] == "interrupted":
+    if end.status == "interrupted":
         fields["pid"] = None
-    if "result" in event:
-        fields["result"] = event["result"]
-    if event.get("error"):
-        fields["error"] = event["error"]
+    if end.result is not None:
+        fields["result"] = end.result
+    if end.error:
+        fields["error"] = end.error
     return fields
 
 
-def _record_end(store: Store, job_id: str, folder: Path, event: dict[str, Any], now: float) -> None:
+def _record_end(store: Store, job_id: str, folder: Path, end: End, now: float) -> None:
     """Write the job's end. When the store cannot take it (a full disk, a read-only
     workspace), it is kept to be written again (:func:`flush_pending`) and in the job's end
     note, which the next start reads; this never raises for that."""
-    fields = _end_fields(event, now)
+    fields = _end_fields(end, now)
     try:
         _update(store, job_id, folder, **fields)
     except (StudioError, OSError, sqlite3.Error):
@@ -201,19 +204,19 @@ def _claim_data_dir(store: Store, project_id: str) -> Path:
         return dest
 
 
-def settle(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> dict[str, Any]:
-    """What a job's end changes beyond its own row; returns the end event to record.
+def settle(store: Store, job_id: str, folder: Path, end: End) -> End:
+    """What a job's end changes beyond its own row; returns the end to record.
 
     An import that finished becomes the project's newest data version (its staged folder is
     moved into the project); any other end removes what the import left in its folder.
     """
     job = store.job(job_id)
     if job is None or job.kind != "import":
-        return event
+        return end
     staged = folder / IMPORT_STAGING
     dest: Path | None = None
     try:
-        if event["status"] == "finished" and (event.get("result") or {}).get("staged"):
+        if end.status == "finished" and end.result and end.result.get("staged"):
             project = store.project(job.project_id)
             if project is None:
                 raise StudioError("The project was deleted while its images were imported.")
@@ -224,8 +227,8 @@ def settle(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> di
                 shutil.copytree(staged, dest, dirs_exist_ok=True)
             store.set_data_dir(project.id, dest)
             store.update_job(job_id, data_dir=str(dest))
-            result = {k: v for k, v in event["result"].items() if k != "staged"}
-            event = {**event, "result": {**result, "data_dir": str(dest)}}
+            result = {k: v for k, v in end.result.items() if k != "staged"}
+            end = replace(end, result={**result, "data_dir": str(dest)})
     except (OSError, StudioError, sqlite3.Error) as exc:
         if dest is not None:
             shutil.rmtree(dest, ignore_errors=True)
@@ -236,11 +239,11 @@ def settle(store: Store, job_id: str, folder: Path, event: dict[str, Any]) -> di
             error = endings.failure("import", cause, store.project_dir(job.project_id))
         else:
             error = f"The imported images could not be moved into the project ({exc})."
-        event = {"t": "end", "status": "failed", "error": error, "message": "Failed"}
+        end = End("failed", "Failed", error=error)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
         shutil.rmtree(folder / IMPORT_UPLOAD, ignore_errors=True)
-    return event
+    return end
 
 
 class StoreSink:
@@ -258,7 +261,7 @@ class StoreSink:
         self.watch = watch
 
     def emit(self, event: Event) -> None:
-        record(self.store, self.job_id, self.folder, event.to_dict())
+        record(self.store, self.job_id, self.folder, event)
         if self.watch is not None:
             self.watch(event)
 

@@ -35,7 +35,7 @@ from tl_core import diskspace
 from tl_core.config import ACTIVE, UNFINISHED, EpochRow, ProjectSettings, RunSpec, StepRow
 from tl_core.errors import RunError, StudioError
 from tl_core.events import Progress, describe
-from tl_core.runs.kinds import JobParams, entry, in_quick_lane
+from tl_core.runs.kinds import KINDS, JobParams, entry, in_quick_lane
 
 _RECORDED_FIELDS = {"status", "result", "error", "finished", "config", "resume"}
 
@@ -499,14 +499,16 @@ class Store:
         kind: str = "train",
         key: str | None = None,
     ) -> Job:
-        """A new run record and its folder (``run_dir``, or ``runs/<id>`` of the workspace).
+        """A new job record and its folder (``run_dir``, or ``<home>/<id>`` of the workspace,
+        its kind's ``home``: ``runs`` for a training run, ``jobs`` for the others).
 
         Two runs never share a folder: ``run_dir`` must be new or empty and no other run may
         use it, else RunError. ``pid`` marks a queued run that its own process (the command
         line) starts when its turn comes, instead of a worker.
         """
         rid = new_id()
-        home = "runs" if kind == "train" else "jobs"
+        known = KINDS.get(kind)
+        home = known.home if known is not None else "jobs"
         folder = (Path(run_dir) if run_dir else self.workspace / home / rid).resolve()
         created = not folder.exists()
         now = time.time()
@@ -544,7 +546,7 @@ class Store:
                 ),
             )
             folder.mkdir(parents=True, exist_ok=True)  # fails before COMMIT: no record
-        if kind == "train":  # other jobs are recomputed, never repaired
+        if known is not None and known.keeps_record:  # others are recomputed, never repaired
             self._write_run_record(rid, new=True)
         return self.job(rid)  # type: ignore[return-value]
 
@@ -638,7 +640,8 @@ class Store:
     def _write_run_record(self, run_id: str, new: bool = False) -> None:
         """run.json in the run folder (and, for a new run, a pointer in its project folder)."""
         run = self.job(run_id)
-        if run is None or run.kind != "train":
+        known = KINDS.get(run.kind) if run is not None else None
+        if run is None or known is None or not known.keeps_record:
             return
         epochs = [_epoch_record(run_id, e) for e in self.epochs(run_id)]
         record = {"format": 1, **asdict(run), "epochs": epochs}

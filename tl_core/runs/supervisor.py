@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tl_core.events import Progress, describe
+from tl_core.events import End, Epoch, Event, Progress, Started, Step, describe
 from tl_core.runs import jobs
 from tl_core.runs.executor import WORKER_ENV, EndReason, Executor, LocalExecutor
-from tl_core.runs.kinds import KINDS
+from tl_core.runs.kinds import KINDS, resumable
 from tl_core.runs.recording import job_spec, record
 from tl_core.runs.store import Job, Store
 
@@ -105,7 +105,7 @@ def stalled_message(kind: str, silent_s: float, end_after_s: float) -> str:
     what = "training" if kind == "train" else "job"
     silent = f"{silent_s:.0f} seconds" if silent_s < 60 else f"over {_minutes(silent_s)}"
     after = f"{end_after_s:.0f} seconds" if end_after_s < 60 else _minutes(end_after_s)
-    resume = " (Resume then goes on from its last finished epoch)" if kind == "train" else ""
+    resume = " (Resume then goes on from its last finished epoch)" if resumable(kind) else ""
     return (
         f"{STALLED} the {what} has reported no progress for {silent}. Press Stop to end "
         f"it{resume}; otherwise it is ended by itself if it stays stuck for {after} more."
@@ -156,21 +156,20 @@ class _Progress:
         grace = max(_seconds("TL_STUDIO_STOP_GRACE_S", STOP_GRACE_S), 2 * self.longest[True])
         return now - max(self.last, self.stop_at or now) > grace
 
-    def heard(self, event: dict[str, Any], now: float) -> None:
+    def heard(self, event: Event, now: float) -> None:
         """An event came: the gap before it counts towards this phase's longest (unless it
         was a stall), then the phase follows the event."""
         gap = now - self.last
         if not self.stalled:
             self.longest[self.counted] = max(self.longest[self.counted], gap)
         self.last = now
-        kind = event.get("t")
-        if kind == Progress.T:
-            progress = Progress.from_dict(event)
-            self.phase, self.counted = describe(progress), progress.counted
-        elif kind in ("step", "epoch"):
-            self.counted = True
-        elif kind == "started":
-            self.phase, self.counted = describe(Progress("start")), False
+        match event:
+            case Progress():
+                self.phase, self.counted = describe(event), event.counted
+            case Step() | Epoch():
+                self.counted = True
+            case Started():
+                self.phase, self.counted = describe(Progress("start")), False
 
 
 def make_executor(workspace: Path) -> Executor:
@@ -328,11 +327,11 @@ class Supervisor:
         if reason is not None:
             executor.end(job_id, reason)
 
-    def _unstall(self, job_id: str, progress: _Progress, event: dict[str, Any]) -> None:
+    def _unstall(self, job_id: str, progress: _Progress, event: Event) -> None:
         """Progress came back: the job's message is its phase again (a progress event wrote
         its own already; a Stop asked meanwhile keeps "Stopping")."""
         progress.stalled = False
-        if event.get("t") == Progress.T or progress.stop_at is not None:
+        if isinstance(event, Progress) or progress.stop_at is not None:
             return
         job = self.store.job(job_id)
         if job is not None and job.active and not job.stop_requested:
@@ -356,14 +355,12 @@ class Supervisor:
                 executor = self.executor_for(job.kind)
                 executor.start(job_spec(self.store, job, threads), self._on_event)
             except Exception as exc:  # no worker could be started
-                record(
-                    self.store,
-                    job.id,
-                    Path(job.run_dir),
-                    {"t": "end", "status": "failed", "error": f"Could not start the job: {exc}"},
-                )
+                failed = End("failed", error=f"Could not start the job: {exc}")
+                record(self.store, job.id, Path(job.run_dir), failed)
 
-    def _on_event(self, job_id: str, event: dict[str, Any]) -> None:
+    def _on_event(self, job_id: str, event: Event) -> None:
+        """One event of a running job (typed by its executor): the stall watch hears it,
+        the store records it; an end frees the job's slot."""
         folder = self._folders.get(job_id)
         if folder is None:
             job = self.store.job(job_id)
@@ -376,13 +373,13 @@ class Supervisor:
             progress.heard(event, time.monotonic())
             try:
                 record(self.store, job_id, folder, event)
-                if stalled and event.get("t") != "end":
+                if stalled and not isinstance(event, End):
                     self._unstall(job_id, progress, event)
             except Exception:  # a full disk or a removed job: the worker goes on either way
                 traceback.print_exc()
-            if event.get("t") == "end":
+            if isinstance(event, End):
                 self._progress.pop(job_id, None)
-        if event.get("t") == "end":
+        if isinstance(event, End):
             self._folders.pop(job_id, None)
             self._stopping.discard(job_id)
             self.poke()  # a slot is free
