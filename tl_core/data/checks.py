@@ -8,7 +8,7 @@ import (:mod:`tl_core.data.ingest`) and the addition (:mod:`tl_core.data.grow`) 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from tl_core.data.layout import Plan, some
 from tl_core.data.records import DataWarning, ImageItem, SkippedFile
@@ -24,6 +24,7 @@ __all__ = [
     "examples",
     "missing_val_warnings",
     "plural",
+    "refuse_thin_classes",
     "skipped_warning",
     "val_copies_warning",
 ]
@@ -54,6 +55,35 @@ def classes_of(plan: Plan) -> list[str]:
     return wanted
 
 
+def refuse_thin_classes(
+    items: list[ImageItem],
+    labels: Iterable[str],
+    skipped_in: dict[str, list[SkippedFile]],
+    held_back: bool,
+    name: str,
+    if_empty: str,
+    if_one: str,
+) -> None:
+    """Refuse a class of ``labels`` with no usable training image, or with one when part of
+    the training images is held back for validation (``held_back``). ``name`` and the two
+    remedies are worded by the caller (an import's class, a grown set's new class), with
+    ``{label}`` for the class."""
+    per_class = Counter(i.label for i in items if i.subset != "val")
+    for label in labels:
+        subject = name.format(label=label)
+        if per_class[label] == 0:
+            why = examples(skipped_in.get(label, [])) or "all are copies of other images"
+            raise DataError(
+                f"{subject} has no usable images ({why}). {if_empty.format(label=label)}"
+            )
+        if held_back and per_class[label] < 2:
+            raise DataError(
+                f"{subject} has 1 usable image; each class needs at least 2 (10 or more "
+                "recommended) so that some can be held back to check the model. "
+                + if_one.format(label=label)
+            )
+
+
 def check_import(
     plan: Plan,
     items: list[ImageItem],
@@ -69,20 +99,15 @@ def check_import(
             f"None of the {len(plan.todo)} image files could be used ({examples(skipped)}). "
             "Check that they are real, complete pictures and try again."
         )
-    per_class = Counter(i.label for i in items if i.subset != "val")
-    for label in wanted:
-        if per_class[label] == 0:
-            why = examples(skipped_in.get(label, [])) or "all are copies of other images"
-            raise DataError(
-                f"Class '{label}' has no usable images ({why}). Add real pictures to its "
-                "folder, or remove the folder."
-            )
-        if not plan.explicit and per_class[label] < 2:
-            raise DataError(
-                f"Class '{label}' has 1 usable image; each class needs at least 2 (10 or more "
-                "recommended) so that some can be held back to check the model. Add images to "
-                f"'{label}' or remove its folder."
-            )
+    refuse_thin_classes(
+        items,
+        wanted,
+        skipped_in,
+        held_back=not plan.explicit,
+        name="Class '{label}'",
+        if_empty="Add real pictures to its folder, or remove the folder.",
+        if_one="Add images to '{label}' or remove its folder.",
+    )
     out = list(plan.warnings) + count_warnings(items, wanted)
     if plan.explicit:
         val_counts = Counter(i.label for i in items if i.subset == "val")

@@ -22,6 +22,7 @@ from tl_core.data.checks import (
     examples,
     missing_val_warnings,
     plural,
+    refuse_thin_classes,
     skipped_warning,
     val_copies_warning,
 )
@@ -225,20 +226,15 @@ def _check_growth(
             "Check that they are real, complete pictures and try again."
         )
     new_classes = sorted({label for _, label, _ in todo} - set(base.classes))
-    per_class = Counter(i.label for i in taken.items if i.subset != "val")
-    for label in new_classes:
-        if per_class[label] == 0:
-            why = examples(taken.skipped_in.get(label, [])) or "all are copies of other images"
-            raise DataError(
-                f"The new class '{label}' has no usable images ({why}). Add real pictures to "
-                "it, or leave it out."
-            )
-        if not base.has_explicit_val and per_class[label] < 2:
-            raise DataError(
-                f"The new class '{label}' has 1 usable image; each class needs at least 2 (10 "
-                "or more recommended) so that some can be held back to check the model. Add "
-                f"more images of '{label}'."
-            )
+    refuse_thin_classes(
+        taken.items,
+        new_classes,
+        taken.skipped_in,
+        held_back=not base.has_explicit_val,
+        name="The new class '{label}'",
+        if_empty="Add real pictures to it, or leave it out.",
+        if_one="Add more images of '{label}'.",
+    )
     return new_classes
 
 
