@@ -155,11 +155,11 @@ def test_a_file_that_is_not_a_zip_is_refused(tmp_path) -> None:
         import_zip(path, tmp_path / "d")
 
 
-def test_a_zip_without_class_folders_is_refused(tmp_path) -> None:
+def test_a_zip_without_class_folders_holds_unlabelled_pictures(tmp_path) -> None:
     files = {f"{i}.png": encode(noise(i)) for i in range(4)}
-    with pytest.raises(DataError, match=r"No class folders were found.*cats/…, dogs/…"):
-        import_zip(io.BytesIO(make_zip(files)), tmp_path / "d")
-    assert not (tmp_path / "d").exists()
+    manifest = import_zip(io.BytesIO(make_zip(files)), tmp_path / "d")
+    assert manifest.items == [] and manifest.classes == []
+    assert sorted(i.source for i in manifest.unlabelled) == sorted(files)
 
 
 def test_a_folder_without_any_image_is_refused(tmp_path) -> None:

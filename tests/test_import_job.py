@@ -237,6 +237,14 @@ def _unreadable(tmp_path: Path) -> str:
     return str(folder)
 
 
+def _one_class(tmp_path: Path) -> str:
+    """A folder holding one class folder (and nothing unlabelled)."""
+    root = make_shapes(tmp_path / "one", per_class=3, size=16)
+    for other in ("square", "stripes"):
+        shutil.rmtree(root / other)
+    return str(root)
+
+
 def _flat(tmp_path: Path) -> str:
     folder = tmp_path / "flat"
     folder.mkdir()
@@ -272,12 +280,8 @@ PATH_CASES = {
     "a file": (_a_file, "is a file, not a folder"),
     "relative": (lambda t: "photos/cats", "not a full path"),
     "blank": (lambda t: "   ", "Type the path"),
-    "no class folders": (_flat, "No class folders were found"),
     "empty folder": (_empty, "is empty"),
-    "one class": (
-        lambda t: str(make_shapes(t / "one", per_class=3, size=16) / "disc"),
-        "No class folders",
-    ),
+    "one class": (_one_class, "Only one class was found (only 'disc')"),
     "unreadable": (_unreadable, "cannot be opened"),
 }
 
@@ -300,6 +304,19 @@ def test_a_failing_import_says_why_and_changes_nothing(
     versions = sorted(p.name for p in store.project_dir(project.id).glob("data-*"))
     assert versions == (["data-1"] if had_data else [])
     assert _leftovers(store, job) == []
+
+
+def test_a_folder_without_class_folders_comes_in_as_unlabelled_pictures(
+    store, tmp_path, monkeypatch
+) -> None:
+    _no_entry(monkeypatch)
+    project = store.create_project()
+    job = store.job(service.submit_import(store, project, "folder", path=_flat(tmp_path)).id)
+    assert job.status == "finished", job.error
+    assert (job.result["images"], job.result["unlabelled"], job.result["classes"]) == (0, 5, 0)
+    manifest = DatasetManifest.load(Path(store.project(project.id).data_dir))
+    assert manifest.items == [] and len(manifest.unlabelled) == 5
+    assert all((manifest.root / i.file).is_file() for i in manifest.unlabelled)
 
 
 @pytest.mark.parametrize(
@@ -487,7 +504,18 @@ def test_page_explains_when_folder_import_is_off(workspace, monkeypatch, setting
     assert f"{FOLDER_IMPORT_ENV}=on" in _texts(at)
 
 
-@pytest.mark.parametrize("case", ["missing", "a file", "no class folders"])
+def test_page_imports_a_folder_of_unlabelled_pictures(workspace, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(FOLDER_IMPORT_ENV, "on")
+    at = app_test(timeout=TIMEOUT)
+    at.text_input(key="import_path").input(_flat(tmp_path)).run()
+    at.button(key="import_path_go").click().run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Not labelled yet"] == "5"
+    assert "**5** picture(s) have no label yet" in _texts(at)
+    assert Store(workspace).project(_project_id(at)).data_dir is not None
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "one class"])
 def test_page_shows_why_a_folder_did_not_import(workspace, tmp_path, monkeypatch, case) -> None:
     monkeypatch.setenv(FOLDER_IMPORT_ENV, "on")
     make, says = PATH_CASES[case]

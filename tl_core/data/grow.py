@@ -39,7 +39,7 @@ from tl_core.data.ingest import (
     take,
     zip_source,
 )
-from tl_core.data.layout import Entry, clean_name, label_key, nfc, plan_layout, some
+from tl_core.data.layout import POOL_FOLDER, Entry, clean_name, label_key, nfc, plan_layout, some
 from tl_core.data.manifest import batch_count, link_old, new_dest, undo
 from tl_core.data.neardup import near_links
 from tl_core.data.records import DatasetManifest, DataWarning, ImageItem, SkippedFile
@@ -107,11 +107,11 @@ def _grow_source(source: GrowSource, dest: Path) -> Iterator[Source]:
 
 def _intake_of(base: DatasetManifest, dest: Path) -> Intake:
     """New images are compared with the old ones and numbered after them, class by class."""
-    intake = Intake(dest)
-    for item in base.items:
+    intake = Intake(dest, taken={POOL_FOLDER.casefold()})
+    for item in [*base.items, *base.unlabelled]:
         intake.first.setdefault(item.sha256, item)
         parts = item.file.split("/")
-        if len(parts) != 3:
+        if len(parts) != 3 or parts[1] == POOL_FOLDER:  # labelled later: numbered as the pool
             continue
         intake.dirs.setdefault(item.label, parts[1])
         intake.taken.add(parts[1].casefold())
@@ -274,6 +274,7 @@ def _grown(
         grown_from=Path(base.root).name,
         # an older base was split without near-duplicates: its batches stay so
         near_since=base.near_since if base.near_links is not None else batch_count(base),
+        unlabelled=base.unlabelled,
     )
     manifest.near_links = near_links(manifest, base)  # only the new images' pairs
     return manifest

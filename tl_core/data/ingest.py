@@ -1,4 +1,4 @@
-"""Import a user's labelled images once: a folder, a .zip or uploaded files, as a new data
+"""Import a user's images once: a folder, a .zip or uploaded files, as a new data
 version.
 
 Every import writes a new folder ``dest/`` holding ``manifest.json`` and
@@ -29,15 +29,18 @@ from tl_core import diskspace
 from tl_core.data.checks import check_import, classes_of, copy_warnings, examples
 from tl_core.data.imageprep import ImageSkip, Prepared, decode_workers, prepare
 from tl_core.data.layout import (
+    POOL_FOLDER,
     Entry,
     Plan,
     class_dir,
     folder_entries,
+    in_unlabelled_folder,
     is_junk,
     nfc,
     os_reason,
     plan_layout,
     screen,
+    split_unlabelled,
 )
 from tl_core.data.manifest import new_dest, undo
 from tl_core.data.neardup import image_hash, near_links
@@ -151,22 +154,27 @@ def _import(
 ) -> DatasetManifest:
     """Shared pipeline: plan, normalise, dedupe, check, save; ``dest`` vanishes on failure.
 
-    ``source_bytes`` (the sources' total size) sizes the free-space check; a full disk,
-    before or during the import, is a DiskFullError.
+    Pictures in an ``unlabelled/`` folder, or all of them when there is no class folder at
+    all, are kept without a label (``DatasetManifest.unlabelled``). ``source_bytes`` (the
+    sources' total size) sizes the free-space check; a full disk, before or during the
+    import, is a DiskFullError.
     """
     skipped = list(skipped or [])
     images = images_only(entries, skipped, what, "Put one folder of images per class in it.")
     folders = list(folders) + [e.parts[:-1] for e in entries if len(e.parts) > 1]
-    plan = plan_layout(images, folders)
+    labelled, pool = split_unlabelled(images)
+    plan = plan_layout(labelled, [f for f in folders if not in_unlabelled_folder(f)])
+    if not plan.todo and not pool:  # no class folder anywhere: none of them is labelled yet
+        plan, pool = Plan([], [], False, None, []), labelled
     skipped += [SkippedFile(source, reason) for source, reason in plan.skipped]
-    if not plan.todo:
-        raise no_class_folders()
-    classes_of(plan)
+    if not pool:
+        classes_of(plan)
+    todo = plan.todo + [(e, "", None) for e in sorted(pool, key=lambda e: e.parts)]
     created = new_dest(dest)
-    need = diskspace.import_need(len(plan.todo), source_bytes or 0)
+    need = diskspace.import_need(len(todo), source_bytes or 0)
     diskspace.check_free(dest, need)
     try:
-        manifest = _convert(plan, dest, progress, skipped)
+        manifest = _convert(plan, todo, dest, progress, skipped)
         manifest.near_links = near_links(manifest)
         manifest.save()
         return manifest
@@ -277,7 +285,7 @@ def take(
             if kept is not None:
                 out.duplicates.append((entry.source, kept.source))
                 out.leaks += kept.subset == "train" and subset == "val"
-                out.across += kept.label != label
+                out.across += bool(label and kept.label) and kept.label != label
                 out.known += prepared.sha256 in before
             else:
                 folder = intake.dirs.get(label) or intake.dirs.setdefault(
@@ -302,11 +310,26 @@ def take(
 
 
 def _convert(
-    plan: Plan, dest: Path, progress: Progress | None, skipped: list[SkippedFile]
+    plan: Plan,
+    todo: list[tuple[Entry, str, str | None]],
+    dest: Path,
+    progress: Progress | None,
+    skipped: list[SkippedFile],
 ) -> DatasetManifest:
-    taken = take(plan.todo, Intake(dest), progress, skipped)
-    items = taken.items
-    warnings = check_import(plan, items, skipped, taken.skipped_in, taken.leaks)
+    """Write the pictures of ``todo`` (the plan's, then the unlabelled ones, label "")."""
+    intake = Intake(dest, dirs={"": POOL_FOLDER}, taken={POOL_FOLDER.casefold()})
+    taken = take(todo, intake, progress, skipped)
+    items = [i for i in taken.items if i.label]
+    unlabelled = [i for i in taken.items if not i.label]
+    if len(todo) > len(plan.todo):  # some pictures have no label yet: few labels are normal
+        if not taken.items:
+            raise DataError(
+                f"None of the {len(todo)} image files could be used ({examples(skipped)}). "
+                "Check that they are real, complete pictures and try again."
+            )
+        warnings = list(plan.warnings)
+    else:
+        warnings = check_import(plan, items, skipped, taken.skipped_in, taken.leaks)
     warnings += copy_warnings(
         len(taken.duplicates), taken.leaks, taken.across, len(skipped), plan.val_dir
     )
@@ -318,6 +341,7 @@ def _convert(
         duplicates=taken.duplicates,
         warnings=warnings,
         has_explicit_val=plan.explicit,
+        unlabelled=unlabelled,
     )
 
 

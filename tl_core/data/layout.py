@@ -37,8 +37,10 @@ from tl_core.errors import DataError
 
 __all__ = [
     "HIDDEN_FILE_REASON",
+    "POOL_FOLDER",
     "SPLIT_FOLDER_NAMES",
     "TRAIN_FOLDER_NAMES",
+    "UNLABELLED_FOLDER_NAMES",
     "UNNAMED_CLASS",
     "VAL_FOLDER_NAMES",
     "Entry",
@@ -47,6 +49,7 @@ __all__ = [
     "class_dir",
     "clean_name",
     "folder_entries",
+    "in_unlabelled_folder",
     "is_junk",
     "label_key",
     "nfc",
@@ -55,11 +58,16 @@ __all__ = [
     "screen",
     "shown_raw",
     "some",
+    "split_unlabelled",
 ]
 
 TRAIN_FOLDER_NAMES = ("train", "training")
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")  # in order of preference
 SPLIT_FOLDER_NAMES = frozenset(TRAIN_FOLDER_NAMES + VAL_FOLDER_NAMES)
+# A folder of pictures without labels yet, beside the class folders (any depth).
+UNLABELLED_FOLDER_NAMES = frozenset({"unlabelled", "unlabeled", "_unlabelled", "_unlabeled"})
+# Where an import writes those pictures, under images/ (never a class folder's name).
+POOL_FOLDER = "_pool"
 # Clutter the operating system leaves in folders and archives: ignored without a word.
 _JUNK = frozenset(
     {
@@ -461,6 +469,17 @@ def _drop_orphans(
     reason = f"its class has no folder in '{train_dir}'"
     skipped = [(e.source, reason) for e, label, _ in todo if label in orphans]
     return [t for t in todo if t[1] not in orphans], skipped, warnings
+
+
+def in_unlabelled_folder(parts: tuple[str, ...]) -> bool:
+    """Whether a file (its path parts) or folder lies in an ``unlabelled/`` folder."""
+    return any(p.casefold() in UNLABELLED_FOLDER_NAMES for p in parts)
+
+
+def split_unlabelled(images: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """(images in class folders or loose, images in an ``unlabelled/`` folder)."""
+    pool = [e for e in images if in_unlabelled_folder(e.parts[:-1])]
+    return [e for e in images if not in_unlabelled_folder(e.parts[:-1])], pool
 
 
 def plan_layout(images: list[Entry], folders: Iterable[tuple[str, ...]] = ()) -> Plan:

@@ -31,8 +31,9 @@ __all__ = [
     "undo",
 ]
 
-# Files beside the images that a new data version takes over (the user's label review).
-CARRIED = ("corrections.json",)
+# Files beside the images that a new data version takes over (the user's label review and
+# the history of the labels given on the Label page).
+CARRIED = ("corrections.json", "labels.jsonl")
 
 
 def new_dest(dest: Path) -> bool:
@@ -58,7 +59,7 @@ def link_old(base: DatasetManifest, dest: Path) -> int:
     """Hard-link (copy where the disk cannot) the old images and label review into ``dest``;
     how many were linked."""
     root, linked = Path(base.root), 0
-    for item in base.items:
+    for item in [*base.items, *base.unlabelled]:
         src, dst = root / item.file, dest / item.file
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:

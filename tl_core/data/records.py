@@ -143,6 +143,11 @@ class DatasetManifest:
     # first ``grow``, ...) split with them; earlier batches keep the sides they had.
     near_links: list[tuple[str, str]] | None = None
     near_since: int = 0
+    # Pictures without a label yet (label ""), under ``images/_pool/``: imported from a folder
+    # with no class folders or from its ``unlabelled/`` folder. Training never sees them; the
+    # labels given on the Label page (tl_core.data.labels) move them into ``items`` in the
+    # next data version.
+    unlabelled: list[ImageItem] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """Images per class, all subsets together."""
@@ -162,6 +167,7 @@ class DatasetManifest:
             "grown_from": self.grown_from,
             "near_links": None if self.near_links is None else [list(x) for x in self.near_links],
             "near_since": self.near_since,
+            "unlabelled": [asdict(i) for i in self.unlabelled],
         }
         tmp = self.root / (MANIFEST_NAME + ".tmp")
         tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
@@ -191,6 +197,7 @@ class DatasetManifest:
                 else [(str(a), str(b)) for a, b in data["near_links"]]
             ),
             near_since=int(data.get("near_since") or 0),
+            unlabelled=[ImageItem(**i) for i in data.get("unlabelled") or []],
         )
 
 
