@@ -288,3 +288,13 @@ def test_a_cache_of_the_first_format_is_used_and_then_reused_by_a_new_version(
     assert json.loads(index.read_text())["sha256"] == [i.sha256 for i in v1.items]
     inputs.decode_all(v2.root, v2.items, 28, "bicubic", 0)
     assert len(decodes) == n_new
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 torn", b"not an npz"])
+def test_a_torn_features_cache_is_computed_again_not_a_crash(tmp_path, content) -> None:
+    from tl_core.training import featurecache
+
+    path = tmp_path / "cache" / "features-x.npz"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    assert featurecache.read_cache(path, ["a.png"]) is None
