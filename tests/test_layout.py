@@ -22,9 +22,11 @@ RANK = {
     "models": 2,
     "training": 3,
     "analysis": 4,
+    "labeling": 4.5,  # labels from frozen features: after analysis, before export
     "export": 5,
     "runs": 6,
     "service": 7,
+    "cli_label": 7.5,  # the label commands, dispatched by cli
     "cli": 8,
     "__main__": 9,
 }
@@ -97,6 +99,9 @@ def test_the_engine_never_imports_streamlit_or_the_ui() -> None:
         "tl_core.models",
         "tl_core.training",
         "tl_core.analysis",
+        "tl_core.labeling.assist",
+        "tl_core.labeling.issues",
+        "tl_core.labeling.projection",
         "tl_core.export",
     ],
 )
