@@ -17,6 +17,9 @@ def _no_queue_left_behind(monkeypatch):
     supervisor a test started is stopped after it."""
     monkeypatch.setenv("TL_STUDIO_SERVE", "0")
     monkeypatch.setenv("TL_STUDIO_PREWARM", "0")
+    # The Data page's check of the labels after an import waits for its button (its tests
+    # turn it on): a page test would otherwise run the whole survey of its data inline.
+    monkeypatch.setenv("TL_STUDIO_LABEL_CHECK", "off")
     from jobrunner import run_job
 
     from tl_core.runs import supervisor

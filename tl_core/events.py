@@ -50,6 +50,8 @@ PHASES: dict[str, str] = {
     "verify": "Checking the saved model against its predictions",
     "export": "Exporting the model",
     "predict": "Looking at your pictures",
+    "map": "Drawing the map of your pictures",
+    "label_issues": "Looking for labels that may be wrong",
 }
 _COUNT_SHOWN = frozenset({"decode", "frozen", "features", "recommend", "predict"})
 

@@ -10,6 +10,7 @@ second visit find the same job.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from tl_core.runs.kinds import (
     JobParams,
     PredictParams,
     RecommendParams,
+    SurveyParams,
     VerifyParams,
 )
 from tl_core.runs.store import Job, Project, Store
@@ -37,6 +39,7 @@ from tl_core.training.familiarity import FEATURES_FILE
 
 __all__ = [
     "FINISHED_OR_WAITING",
+    "LABEL_CHECK_ENV",
     "Baselines",
     "ReviewEdit",
     "active_import",
@@ -60,6 +63,7 @@ __all__ = [
     "import_cut_off",
     "import_data",
     "job_for",
+    "label_check_at_import",
     "latest_import",
     "merge_review",
     "rebuild_export",
@@ -76,9 +80,13 @@ __all__ = [
     "submit_job",
     "submit_predict",
     "submit_recommend",
+    "submit_survey",
     "submit_training",
     "submit_verify",
+    "survey_key",
+    "survey_of",
     "train_scratch_baseline",
+    "use_labels",
 ]
 
 FINISHED_OR_WAITING = ("queued", "starting", "running", "held", "finished")
@@ -727,3 +735,66 @@ def save_review(
     merge_review(corrections, edits)
     review.save(folder, corrections)
     return corrections
+
+
+# ------------------------------------------------------------------------------ labelling
+
+
+LABEL_CHECK_ENV = "TL_STUDIO_LABEL_CHECK"
+
+
+def label_check_at_import() -> bool:
+    """Whether the Data page looks for wrong labels by itself after an import (``on``, the
+    default) or only when asked (``off``: e.g. a classroom server that keeps its cores for
+    training)."""
+    return os.environ.get(LABEL_CHECK_ENV, "on").strip().lower() not in ("off", "0", "no")
+
+
+def survey_key(data_dir: str, model: str, run_dir: str = "") -> str:
+    where = f"|{Path(run_dir).resolve()}" if run_dir else ""
+    return f"survey|{Path(data_dir).resolve()}|{model}{where}"
+
+
+def submit_survey(
+    store: Store,
+    project: Project,
+    run: Job | None = None,
+    submit: bool = True,
+    data_dir: str | None = None,
+) -> Job | None:
+    """The survey job (map, label suggestions' space, likely wrong labels) of the project's
+    current pictures (or ``data_dir``) with its chosen model, or with ``run``'s trained model.
+    Computed once per data version and model: a finished one is reused."""
+    from tl_core.models.catalog import DEFAULT_MODEL
+
+    data_dir = data_dir or project.data_dir or ""
+    if run is not None:
+        model, run_dir = str(run.config.get("model") or DEFAULT_MODEL), run.run_dir
+    else:
+        model, run_dir = project.typed_settings.model or DEFAULT_MODEL, ""
+    params = SurveyParams(run_dir, model)
+    key = survey_key(data_dir, model, run_dir)
+    return job_for(store, project.id, params, data_dir, key, submit)
+
+
+def survey_of(job: Job | None) -> Any:
+    """The survey a finished survey job saved (tl_core.labeling.survey.Survey), else None."""
+    if job is None or job.status != "finished" or job.result is None:
+        return None
+    from tl_core.labeling import survey
+
+    return survey.load(Path(job.run_dir) / survey.FILE_NAME)
+
+
+def use_labels(store: Store, project: Project) -> Path:
+    """Make the labels given so far the project's data: a new data version (the pictures
+    still unlabelled stay so), which the next run trains on; earlier runs keep theirs."""
+    from tl_core.data import labels
+
+    if not project.data_dir:
+        raise DataError("Bring pictures first.")
+    base = tl_data.DatasetManifest.load(Path(project.data_dir))
+    dest = store.new_data_dir(project.id)
+    labels.labelled_version(base, dest)
+    store.set_data_dir(project.id, dest)
+    return dest

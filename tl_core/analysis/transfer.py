@@ -86,6 +86,7 @@ __all__ = [
     "learning_curve",
     "logme",
     "offline_models",
+    "picture_features",
     "probe_accuracy",
     "rank_models",
     "recommend",
@@ -251,6 +252,31 @@ def frozen_features(
         seconds=float(data["seconds"]),
         from_cache=from_cache,
     )
+
+
+def picture_features(
+    manifest: DatasetManifest,
+    model_key: str,
+    pretrained: bool = True,
+    plan: ComputePlan | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[ImageItem], np.ndarray]:
+    """Pooled features of every picture of the data version, labelled or not, sorted by file.
+
+    The same cache file as :func:`frozen_features` when every picture is labelled (so the
+    Model page's features job and the map share one pass); rows of pictures that another
+    data version cached for the model are copied, not computed. ``progress(done, total)``.
+    """
+    spec = get_spec(model_key)
+    root = Path(manifest.root)
+    items = sorted([*manifest.items, *manifest.unlabelled], key=lambda i: i.file)
+    files = [i.file for i in items]
+    path = features_path(root, items, spec.key, pretrained)
+    data = read_cache(path, files)
+    if data is None:
+        data = _features_of(spec, pretrained, root, items, plan or plan_compute(), progress)
+        write_cache(path, data)
+    return items, np.asarray(data["vectors"], dtype=np.float32)
 
 
 def _features_of(

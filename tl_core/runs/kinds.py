@@ -39,6 +39,7 @@ __all__ = [
     "PredictParams",
     "ReadsRun",
     "RecommendParams",
+    "SurveyParams",
     "UnknownKindError",
     "VerifyParams",
     "Where",
@@ -185,6 +186,19 @@ class PredictParams(ReadsRun):
         return cls(str(raw.get("run_dir") or ""), float(raw.get("temperature", 1.0)))
 
 
+@dataclass(frozen=True)
+class SurveyParams(ReadsRun):
+    """The survey of every picture (map, space of the label suggestions, likely wrong
+    labels) with the pretrained ``model``, or with the trained run in ``run_dir`` when one
+    is named (empty: none)."""
+
+    model: str = ""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SurveyParams:
+        return cls(str(raw.get("run_dir") or ""), str(raw.get("model") or ""))
+
+
 # ---------------------------------------------------------------------------- the registry
 
 Task = Callable[["JobSpec", Any], dict[str, Any]]  # (spec, its JobContext) -> the result
@@ -267,6 +281,15 @@ KINDS: Mapping[str, JobKind] = MappingProxyType(
                 f"{_TASKS}:recommend",
                 "The model comparison",
                 gpu=True,
+            ),
+            JobKind(
+                "survey",
+                SurveyParams,
+                f"{_TASKS}:survey",
+                "The map of the pictures",
+                gpu=True,
+                ships=SHIPPED,
+                typical_s=30.0,
             ),
             JobKind(
                 "verify",

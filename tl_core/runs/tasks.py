@@ -27,6 +27,7 @@ from tl_core.runs.kinds import (
     JobSpec,
     PredictParams,
     RecommendParams,
+    SurveyParams,
     VerifyParams,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "import_images",
     "predict",
     "recommend",
+    "survey",
     "verify",
 ]
 
@@ -143,6 +145,29 @@ def recommend(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     except _Stopped:
         return STOPPED
     return _plain({"ranking": [asdict(r) for r in ranking]})
+
+
+def survey(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
+    """Every picture, labelled or not: the map, the space of the label suggestions and the
+    likely wrong labels (tl_core.labeling.survey), saved as ``survey.npz`` in the job's
+    folder. params: ``model``, ``run_dir`` (a trained run's model instead)."""
+    from tl_core.data.dataset import DatasetManifest
+    from tl_core.labeling import survey as surveying
+
+    params: SurveyParams = spec.params
+    manifest = DatasetManifest.load(Path(spec.data_dir))
+
+    def report(phase: str, done: int, total: int) -> None:
+        if ctx.should_stop():
+            raise _Stopped
+        ctx.progress(Progress(phase, done, total))
+
+    run_dir = Path(params.run_dir) if params.run_dir else None
+    out = Path(spec.folder) / surveying.FILE_NAME
+    try:
+        return _plain(surveying.compute(manifest, params.model, out, run_dir, report))
+    except _Stopped:
+        return STOPPED
 
 
 def verify(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
@@ -378,6 +403,7 @@ def _imported(manifest: Any, dest: Path, started: float) -> dict[str, Any]:
     return {
         "staged": str(dest),
         "images": len(manifest.items),
+        "unlabelled": len(manifest.unlabelled),
         "classes": len(manifest.classes),
         "skipped": len(manifest.skipped),
         "seconds": round(time.monotonic() - started, 3),

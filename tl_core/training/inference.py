@@ -9,7 +9,7 @@ the Try page agrees with the Evaluate page.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +123,30 @@ class TrainedModel:
         f = f.float()
         far = None if self._distance is None else self._distance(f).cpu()
         return z.float().cpu(), f.cpu(), far
+
+    @torch.inference_mode()
+    def embeddings(
+        self,
+        pictures: Sequence[ImageInput],
+        batch: int = 64,
+        progress: Callable[[int, int], None] | None = None,
+        logits: bool = False,
+    ) -> np.ndarray:
+        """The trained model's pooled features (the head's input) of ``pictures``, (n, d)
+        float32, as in validation, or with ``logits`` its class scores (n, classes): what
+        the training changed even when the whole backbone stayed frozen.
+        ``progress(done, total)`` after each batch."""
+        out: list[torch.Tensor] = []
+        names = [_name(p, k) for k, p in enumerate(pictures)]
+        for start in range(0, len(pictures), batch):
+            chunk = list(pictures[start : start + batch])
+            crops = torch.stack(self._tensors(chunk, names[start : start + batch]))
+            out.append(self._scores(crops)[0 if logits else 1])
+            if progress is not None:
+                progress(start + len(chunk), len(pictures))
+        if not out:
+            return np.zeros((0, 0), np.float32)
+        return torch.cat(out).numpy().astype(np.float32)
 
     @torch.inference_mode()
     def guess_crops(self, crops: torch.Tensor, temperature: float = 1.0) -> Guesses:
