@@ -29,11 +29,12 @@ def run() -> None:
             icon=":material/photo_library:",
             default=True,
         ),
-        st.Page("app_pages/model.py", title="2. Choose a model", icon=":material/neurology:"),
-        st.Page("app_pages/train.py", title="3. Train", icon=":material/model_training:"),
-        st.Page("app_pages/evaluate.py", title="4. Evaluate", icon=":material/insights:"),
-        st.Page("app_pages/try_it.py", title="5. Try it", icon=":material/photo_camera:"),
-        st.Page("app_pages/export.py", title="6. Export", icon=":material/download:"),
+        st.Page("app_pages/label.py", title="2. Label", icon=":material/label:"),
+        st.Page("app_pages/model.py", title="3. Choose a model", icon=":material/neurology:"),
+        st.Page("app_pages/train.py", title="4. Train", icon=":material/model_training:"),
+        st.Page("app_pages/evaluate.py", title="5. Evaluate", icon=":material/insights:"),
+        st.Page("app_pages/try_it.py", title="6. Try it", icon=":material/photo_camera:"),
+        st.Page("app_pages/export.py", title="7. Export", icon=":material/download:"),
     ]
     nav = st.navigation(pages)
     st.title(nav.title)  # each page's heading is its title in the navigation

@@ -1,5 +1,5 @@
-"""Step 1: bring labelled images (a folder, a .zip, the camera, or the demo set) and see what
-they hold."""
+"""Step 1: bring images (a folder, a .zip, the camera, or the demo set), labelled or not, and
+see what they hold."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from tl_ui import importing
 from tl_ui.charts import class_counts_figure
 from tl_ui.gallery import THUMB_SIDE, pager, thumbnails
 from tl_ui.grow import add_images_panel
+from tl_ui.label_issues import label_issues_panel
 from tl_ui.neardup import near_duplicates_panel
 from tl_ui.recording import camera_panel, done_notice
 from tl_ui.session import active_project, get_store, project_manifest
@@ -123,12 +124,31 @@ def _thumbnails(manifest: tl_data.DatasetManifest, counts: dict[str, int]) -> No
             st.caption("Its image files are missing from the data folder.")
 
 
+def _unlabelled(manifest: tl_data.DatasetManifest) -> None:
+    n = len(manifest.unlabelled)
+    st.info(
+        f"**{n:,}** picture(s) have no label yet. On the Label page a map of your pictures and "
+        "the model's suggestions do most of the sorting: you label a few of each class and "
+        "check the rest.",
+        icon=":material/label:",
+    )
+    st.page_link("app_pages/label.py", label="Label them", icon=":material/arrow_forward:")
+
+
 def _summary(manifest: tl_data.DatasetManifest) -> None:
     counts = manifest.counts()
-    c1, c2, c3 = st.columns(3)
-    c1.metric("Images", f"{len(manifest.items):,}")
-    c2.metric("Classes", f"{len(manifest.classes):,}")
-    c3.metric("Skipped files", f"{len(manifest.skipped):,}")
+    cols = st.columns(4 if manifest.unlabelled else 3)
+    title = "Labelled images" if manifest.unlabelled else "Images"
+    cols[0].metric(title, f"{len(manifest.items):,}")
+    cols[1].metric("Classes", f"{len(manifest.classes):,}")
+    cols[-1].metric("Skipped files", f"{len(manifest.skipped):,}")
+    if manifest.unlabelled:
+        cols[2].metric("Not labelled yet", f"{len(manifest.unlabelled):,}")
+        _unlabelled(manifest)
+    if len(manifest.classes) < 2:
+        for warning in manifest.warnings:
+            st.warning(literal(warning.text))
+        return
     _few_images(counts)
     for warning in manifest.warnings:
         if warning.kind not in _OWN_WORDING:
@@ -187,20 +207,27 @@ def page() -> None:
     project = active_project()
     manifest = project_manifest(project)
     if manifest is None:
-        st.markdown("Bring labelled images: **one folder per class**. Or try the demo set.")
+        st.markdown(
+            "Bring labelled images: **one folder per class**. Or try the demo set. Pictures "
+            "without labels yet are welcome too: a folder of them, or an `unlabelled/` folder "
+            "beside the class folders."
+        )
         _ways_in(has_data=False)
         return
     assert project is not None
     busy = importing.import_panel(project)  # an addition or a new set under way
     _summary(manifest)
-    _split(project.id, manifest, project.typed_settings.split)
+    if len(manifest.classes) >= 2:
+        _split(project.id, manifest, project.typed_settings.split)
+        label_issues_panel(project, manifest)
     near_duplicates_panel(project.id, manifest)
     add_images_panel(project, manifest, busy)
     with st.expander(RECORD, expanded=_has_shots(project.id)):
         camera_panel()
-    st.page_link(
-        "app_pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:"
-    )
+    if len(manifest.classes) >= 2:
+        st.page_link(
+            "app_pages/model.py", label="Next: choose a model", icon=":material/arrow_forward:"
+        )
     with st.expander("Bring different images"):
         _ways_in(has_data=True, busy=busy)
 

@@ -1,4 +1,4 @@
-"""Step 4: how good is the model, where is it wrong and why? Review labels, retrain."""
+"""Step 5: how good is the model, where is it wrong and why? Review labels, retrain."""
 
 from __future__ import annotations
 
@@ -552,6 +552,11 @@ def page() -> None:
         )
         st.caption(f"Computed on {(run.result or {}).get('compute', '?')}.")
         _versus_scratch(project, run, ev)
+        st.page_link(
+            "app_pages/label.py",
+            label="See the map of your pictures before and after training (Label page)",
+            icon=":material/scatter_plot:",
+        )
         log = Path(run.run_dir) / "run.log"
         if log.exists():
             with st.expander("Run log: what the engine did and why"):

@@ -1,4 +1,4 @@
-"""Step 6: take the model home: safetensors + ONNX + predict.py + model card, parity-checked."""
+"""Step 7: take the model home: safetensors + ONNX + predict.py + model card, parity-checked."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step 2: pick a pretrained model from the curated catalog."""
+"""Step 3: pick a pretrained model from the curated catalog."""
 
 from __future__ import annotations
 

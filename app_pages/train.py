@@ -1,4 +1,4 @@
-"""Step 3: choose how much of the network learns, press Train, watch it learn."""
+"""Step 4: choose how much of the network learns, press Train, watch it learn."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step 5: try the trained model on new pictures: the live camera, uploads or one photo."""
+"""Step 6: try the trained model on new pictures: the live camera, uploads or one photo."""
 
 from __future__ import annotations
 

@@ -181,7 +181,7 @@ def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
             t = click(
                 "Choose a model",
                 pg.get_by_role("link", name=re.compile("Choose a model")).first,
-                pg.get_by_role("heading", name="2. Choose a model"),
+                pg.get_by_role("heading", name="3. Choose a model"),
             )
             expect(pg.get_by_text("Sorted right before any training")).to_be_visible(
                 timeout=left_ms()
@@ -192,7 +192,7 @@ def browser_student(url: str, index: int, deadline: float) -> dict[str, Any]:
             click(
                 "Train (page)",
                 pg.get_by_role("link", name=re.compile("Train")).first,
-                pg.get_by_role("heading", name="3. Train"),
+                pg.get_by_role("heading", name="4. Train"),
             )
             expect(pg.get_by_text("parameters learn")).to_be_visible(timeout=left_ms())
             expect(pg.get_by_text("only the new head").first).to_be_visible(timeout=left_ms())

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browserflags import CHROMIUM, FLAGS, ROOT, serve_app
 from playwright.sync_api import Page, expect, sync_playwright
@@ -277,3 +278,166 @@ def test_uploads_a_folder_and_explains_a_bad_zip(page: Page, app_url: str, tmp_p
     expect(page.locator(".js-plotly-plot")).to_have_count(1)
     expect(page.get_by_test_id("stMetricValue").first).to_have_text("36")
     page.screenshot(path=SHOTS / "12-folder-upload.png", full_page=True)
+
+
+LABEL_CLASSES = ("trouser", "sneaker", "bag", "dress")
+
+
+def _unlabelled_folder(root: Path, per_class: int = 25) -> Path:
+    """Demo pictures of four classes in one folder, no class folders: the class is only in
+    each file's name, which the test reads to answer as the user would."""
+    import shutil
+
+    root.mkdir(parents=True)
+    for cls in LABEL_CLASSES:
+        for f in sorted((DEMO / "train" / cls).glob("*.png"))[:per_class]:
+            shutil.copy(f, root / f"{cls}-{f.name}")
+    return root
+
+
+def _survey(workspace: Path, trained: bool = False):
+    from tl_core.labeling import survey
+
+    found = [survey.load(p) for p in sorted(workspace.rglob(survey.FILE_NAME))]
+    return next(s for s in reversed(found) if s is not None and s.trained == trained)
+
+
+def _pick(page: Page, label: str, option: str) -> None:
+    """Choose ``option`` in the select box whose label holds ``label``."""
+    _choose(page, page.get_by_role("combobox", name=label).first, option)
+
+
+def _choose(page: Page, combo, option: str) -> None:
+    combo.click()
+    page.keyboard.type(option)
+    page.keyboard.press("Enter")
+    expect(combo).to_have_value(option)
+
+
+def _answer_the_form(page: Page, button: str) -> tuple[int, int]:
+    """Set every picture's select box to the true class (read from the picture's name), then
+    press ``button``; (boxes whose preselected class was right, boxes)."""
+    combos = page.get_by_test_id("stMain").get_by_role("combobox")
+    right = total = 0
+    for combo in combos.all():
+        name = (combo.get_attribute("aria-label") or "").split(" · ")[0].strip()
+        if not name.endswith(".png") or "-" not in name:
+            continue
+        truth, total = name.split("-")[0], total + 1
+        if combo.input_value() == truth:
+            right += 1
+        else:
+            _choose(page, combo, truth)
+    page.get_by_role("button", name=button).click()
+    _idle(page)
+    return right, total
+
+
+def test_label_an_unlabelled_folder_from_the_map_and_the_suggestions_then_train(
+    page: Page, app_url: str, workspace: Path, tmp_path: Path
+) -> None:
+    """Import a folder with no class folders, name the classes, label three pictures of each
+    on the map, then the batches the page offers, make the labels the data, train, evaluate,
+    and see the map of the trained model."""
+    from test_picture_map_browser import View, _unit
+
+    from tl_core.data.dataset import DatasetManifest
+    from tl_core.runs.store import Store
+
+    folder = _unlabelled_folder(tmp_path / "camera roll")
+    page.goto(app_url)  # a new visitor
+    page.get_by_role("tab", name="Use a folder on this computer").click()
+    path_box = page.get_by_role("textbox", name="Folder on this computer")
+    path_box.fill(str(folder))
+    path_box.press("Enter")
+    page.get_by_role("button", name="Import the folder").click()
+    expect(page.get_by_text("have no label yet")).to_be_visible(timeout=120_000)
+    page.screenshot(path=SHOTS / "13-unlabelled-data.png", full_page=True)
+
+    _go(page, "Label")
+    mapbox = page.get_by_test_id("tlmap")
+    expect(mapbox).to_have_attribute("data-drawn", re.compile(r"^[1-9]"), timeout=300_000)
+    for cls in LABEL_CLASSES:
+        page.get_by_role("textbox", name="New class").fill(cls)
+        page.get_by_role("button", name="Add class").click()
+        _idle(page)
+    expect(page.get_by_text(re.compile(r"^Classes: "))).to_contain_text("dress 0")
+    s = _survey(workspace)
+    found = re.search(r"project=([^&]+)", page.url)
+    assert found, page.url
+    project = Store(workspace).project(found.group(1))
+    assert project is not None and project.data_dir
+    pool = DatasetManifest.load(Path(project.data_dir)).unlabelled
+    source = {i.file: Path(i.source).name for i in pool}
+    truth = np.array([source[f].split("-")[0] for f in s.files])  # as the user would know
+    unit = _unit(s.xy)
+    for cls in LABEL_CLASSES:  # three pictures of each class, clicked on the map
+        _idle(page)
+        seen = None  # the page's layout settled: the same view twice in a row
+        while seen != (seen := mapbox.get_attribute("data-view")):
+            time.sleep(0.5)
+        view = View(page)
+        px = np.stack([np.array(view.page_xy(*p)) for p in unit]).astype(float)
+        d = np.hypot(*(px[:, None, :] - px[None, :, :]).transpose(2, 0, 1))
+        np.fill_diagonal(d, np.inf)
+        lonely = np.flatnonzero((truth == cls) & (d.min(axis=1) > 5))[:3]
+        assert len(lonely) == 3, cls
+        for k, row in enumerate(lonely):
+            if k:
+                page.keyboard.down("Shift")  # adds to the selection
+            page.mouse.click(*px[row])
+            page.keyboard.up("Shift")
+        expect(page.get_by_text("3 picture(s) selected")).to_be_visible()
+        _pick(page, "Label them as", cls)
+        page.get_by_role("button", name="Label them", exact=True).click()
+        _idle(page)
+    expect(page.get_by_test_id("stSidebar").get_by_text("12", exact=True)).to_be_visible()
+    page.screenshot(path=SHOTS / "14-label-map.png", full_page=True)
+
+    right = total = 0
+    for _ in range(2):  # two batches the page chose, answered with the truth
+        page.get_by_role("tab", name="Label these next").click()
+        r, t = _answer_the_form(page, "Save these labels")
+        right, total = right + r, total + t
+    assert total == 24, total
+    page.get_by_role("tab", name="Label these next").click()
+    page.screenshot(path=SHOTS / "15-label-next.png", full_page=True)
+    page.get_by_role("tab", name="Confident suggestions").click()
+    accept = page.get_by_role("button", name="Accept this page")
+    if accept.count():
+        r, t = _answer_the_form(page, "Accept this page")
+        print(f"confident page: {r} of {t} suggestions right")
+        assert t and r >= 0.9 * t
+    page.screenshot(path=SHOTS / "16-label-confident.png", full_page=True)
+    print(f"label-next batches: {right} of {total} preselected guesses right")
+
+    page.get_by_role("button", name="Use these labels for training").click()
+    _idle(page)
+    _go(page, "Train")
+    page.get_by_role("button", name="Train", exact=True).click()
+    expect(page.get_by_text(re.compile(r"Finished: .* validation accuracy"))).to_be_visible(
+        timeout=600_000
+    )
+    _run_ended(page)
+    _go(page, "Evaluate")
+    expect(page.get_by_text("Validation accuracy", exact=True)).to_be_visible(timeout=180_000)
+    page.screenshot(path=SHOTS / "17-label-evaluate.png", full_page=True)
+    _go(page, "Label")
+    page.get_by_text("Map with the trained model").click()
+    trained = page.get_by_test_id("tlmap").last
+    expect(trained).to_have_attribute("data-drawn", re.compile(r"^[1-9]"), timeout=300_000)
+    expect(page.get_by_test_id("tlmap")).to_have_count(2)
+    trained.scroll_into_view_if_needed()
+    page.get_by_test_id("stExpander").last.screenshot(path=SHOTS / "18-label-trained-map.png")
+    before, after = _survey(workspace), _survey(workspace, trained=True)
+    assert after.files == before.files and after.trained
+    print(
+        "classes apart (silhouette of the labelled pictures on the map): pretrained "
+        f"{_apart(before, truth):.2f}, trained {_apart(after, truth):.2f}"
+    )
+
+
+def _apart(s, truth: np.ndarray) -> float:
+    from sklearn.metrics import silhouette_score
+
+    return float(silhouette_score(s.xy, truth))

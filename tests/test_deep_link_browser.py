@@ -11,7 +11,15 @@ from playwright.sync_api import expect, sync_playwright
 
 pytestmark = pytest.mark.browser
 
-STEPS = ["1. Your images", "2. Choose a model", "3. Train", "4. Evaluate", "5. Try it", "6. Export"]
+STEPS = [
+    "1. Your images",
+    "2. Label",
+    "3. Choose a model",
+    "4. Train",
+    "5. Evaluate",
+    "6. Try it",
+    "7. Export",
+]
 
 
 @pytest.mark.parametrize("first", ["train", "try_it"])

@@ -97,7 +97,7 @@ def test_labels_are_kept_as_they_are_given_and_read_by_another_process(tmp_path)
     assert labels.give(m, files[:3], "disc") == 3
     assert labels.give(m, files[:3], "disc") == 0  # the same again changes nothing
     assert labels.give(m, files[:1], None) == 1  # taken back
-    with pytest.raises(DataError, match="There is no class called 'cat'. Add it first"):
+    with pytest.raises(DataError, match=r"There is no class called 'cat'\. Add it first"):
         labels.give(m, files[3:4], "cat")
     assert labels.add_class(m, "  cat ") == "cat"
     with pytest.raises(DataError, match="There is already a class called 'cat'"):

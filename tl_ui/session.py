@@ -159,6 +159,22 @@ def project_with_data() -> tuple[Project | None, DatasetManifest | None]:
     if project is None or manifest is None:
         st.info("First bring your images.")
         st.page_link("app_pages/data.py", label="Go to step 1", icon=":material/arrow_back:")
+    elif len(manifest.classes) < 2:
+        st.info(
+            "Your pictures need labels first: at least two classes, a few pictures each. Label "
+            "them on the Label page, then use the labels for training."
+        )
+        st.page_link("app_pages/label.py", label="Go to step 2", icon=":material/arrow_back:")
+        return project, None
+    elif manifest.unlabelled:
+        from tl_core.data.labels import pending
+
+        waiting = pending(manifest)
+        if waiting:
+            st.info(
+                f"{waiting:,} picture(s) labelled on the Label page are not in the training "
+                "data yet: press 'Use these labels for training' there to include them."
+            )
     return project, manifest
 
 
@@ -213,7 +229,10 @@ def sidebar(project: Project | None) -> None:
         if manifest is None:
             st.markdown(f"{TODO} Images: not yet")
         else:
-            st.markdown(f"{DONE} Images: {len(manifest.items)} in {len(manifest.classes)} classes")
+            line = f"Images: {len(manifest.items):,} in {len(manifest.classes)} classes"
+            if manifest.unlabelled:
+                line += f", {len(manifest.unlabelled):,} not labelled yet"
+            st.markdown(f"{DONE if len(manifest.classes) >= 2 else TODO} {line}")
         model = project.typed_settings.model
         title = get_spec(model).title if model else None
         st.markdown(f"{DONE} Model: {title}" if title else f"{TODO} Model: not chosen")
