@@ -11,6 +11,11 @@ interval, per-class scores, calibration) and prints a JSON summary as its last l
 as a bundle that predicts the same elsewhere (see :mod:`tl_core.export.bundle`) and prints a JSON
 summary, with ``parity_ok``, as its last line.
 
+``python -m tl_core label suggest --data DIR --out FILE.csv`` suggests a class for every picture
+of DIR/unlabelled/ from a few labelled ones per class; ``label issues --data DIR`` lists likely
+wrong labels; ``label apply --data DIR --labels FILE.csv`` moves the pictures into their class
+folders. Each prints a JSON summary as its last line.
+
 On a terminal, ``train``, ``recommend``, ``evaluate`` and ``export`` show progress bars on
 standard error (import, preparing the images, the frozen pass, epochs with loss, accuracy and
 an ETA); not on a terminal, or with ``--quiet``, they show none. The JSON summary is always the
@@ -71,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_recommend(sub)
     _add_export(sub)
     _add_evaluate(sub)
+    _add_label(sub)
     _add_repair(sub)
     _add_worker(sub)
     return parser
@@ -218,6 +224,91 @@ def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=None,
         help="another labelled folder to score instead, or the run's imported data set "
         "(holding manifest.json) to re-check the saved model on",
+    )
+
+
+def _add_label(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    label = sub.add_parser(
+        "label",
+        help="label a folder: suggest classes, find likely wrong labels, file pictures",
+        description="Label the pictures of a folder from a few labelled ones per class: "
+        "'suggest' writes a CSV of suggested classes for the pictures in its unlabelled/ "
+        "folder, 'apply' moves them into their class folders from that CSV (edited or not), "
+        "'issues' lists labelled pictures that look like another class.",
+    )
+    steps = label.add_subparsers(dest="label_command", required=True, metavar="STEP")
+    _add_label_suggest(steps)
+    _add_label_issues(steps)
+    _add_label_apply(steps)
+
+
+def _add_label_data(command: argparse.ArgumentParser, what: str) -> None:
+    _add_quiet(command)
+    command.add_argument("--data", type=Path, required=True, help=what)
+    command.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="catalog name of the pretrained model whose features are used (default: %(default)s)",
+    )
+
+
+def _add_label_suggest(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    suggest = steps.add_parser(
+        "suggest",
+        help="suggest a class for every unlabelled picture; write them to a CSV",
+        description="Suggest a class for every picture of DIR/unlabelled/ from the labelled "
+        "pictures in the class folders beside it (at least 3 per class, two classes or more). "
+        "The CSV has one row per unlabelled picture, surest first: file (the path inside "
+        "DIR), suggested_class, confidence (0 to 1) and confident (yes when the confidence is "
+        "at or above the level where suggestions are safe). Nothing in DIR changes. The last "
+        "line is a JSON summary with the estimated accuracy of a model trained on the labels.",
+    )
+    _add_label_data(
+        suggest, "folder with one sub-folder of pictures per class and an unlabelled/ folder"
+    )
+    suggest.add_argument("--out", type=Path, required=True, help="the CSV file to write")
+    suggest.add_argument("--force", action="store_true", help="replace --out when it exists")
+
+
+def _add_label_issues(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    issues = steps.add_parser(
+        "issues",
+        help="list labelled pictures that look like another class (likely wrong labels)",
+        description="Check the labels of a folder with one sub-folder per class: list the "
+        "pictures whose features say another class, worst first, with the class they look "
+        "like. Nothing in DIR changes. The last line is a JSON summary.",
+    )
+    _add_label_data(issues, "folder with one sub-folder of pictures per class")
+    issues.add_argument(
+        "--top", type=int, default=20, help="how many to list at most (default: %(default)s)"
+    )
+
+
+def _add_label_apply(steps: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    apply = steps.add_parser(
+        "apply",
+        help="move the pictures of unlabelled/ into their class folders, from a CSV",
+        description="Move the pictures a CSV names from DIR/unlabelled/ into DIR/<class>/ "
+        "(new class folders are made). The CSV needs a 'file' column and a 'label' or "
+        "'suggested_class' column: a row's label is used when it has one, else its suggested "
+        "class; a row with neither is skipped. Every row is checked before anything moves; "
+        "a picture whose name the class folder already has gets a free name (name-2.jpg). "
+        "The last line is a JSON summary.",
+    )
+    apply.add_argument("--data", type=Path, required=True, help="the folder to label")
+    apply.add_argument(
+        "--labels", type=Path, required=True, help="the CSV (such as 'label suggest' writes)"
+    )
+    apply.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="apply a suggested class only when its confidence is at least this (0 to 1); "
+        "rows with their own label always apply",
+    )
+    apply.add_argument("--copy", action="store_true", help="copy the pictures instead of moving")
+    apply.add_argument(
+        "--dry-run", action="store_true", help="check and report only; nothing is moved"
     )
 
 
@@ -782,6 +873,11 @@ def main(argv: list[str] | None = None) -> int:
     store_folder = Path(workspace or default_workspace())
     store: Store | None = None
     try:
+        if args.command == "label":  # a folder of the user's, not the workspace
+            from tl_core import cli_label
+
+            print(json.dumps(cli_label.run(args, bars)))
+            return 0
         store = Store(workspace)
         if args.command == "worker":
             interrupt.install("worker")
