@@ -29,6 +29,7 @@ from tl_ui.charts import (
 from tl_ui.gallery import pager, show_thumbnail, thumbnails
 from tl_ui.jobs import watch
 from tl_ui.models import model_info
+from tl_ui.review import review_widgets
 from tl_ui.runs import pick_run, trained_model
 from tl_ui.session import get_store
 from tl_ui.text import literal, plot_literal
@@ -290,10 +291,9 @@ def _mistakes(project: Project, run: Job, root: Path, ev: RunEvaluation) -> None
         "deleted; changes apply to the next run."
     )
     shown = [wrong[k] for k in pager(len(wrong), PER_PAGE, "mistakes_page", "mistakes")]
-    choices = ["(keep)", *ev.classes]
     with st.form("review"):
         grid = st.columns(4)
-        widgets = {}
+        edits = []
         for k, i in enumerate(shown):
             file = ev.files[i]
             with grid[k % 4]:
@@ -305,25 +305,11 @@ def _mistakes(project: Project, run: Job, root: Path, ev: RunEvaluation) -> None
                     f"labelled **{literal(ev.classes[ev.labels[i]])}**, model said "
                     f"**{literal(ev.classes[ev.preds[i]])}** ({ev.probs[i].max():.0%} sure)"
                 )
-                current = corrections.relabel.get(file)
-                widgets[file, ev.classes[ev.labels[i]]] = (
-                    st.selectbox(
-                        "Correct label",
-                        choices,
-                        index=choices.index(current) if current in choices else 0,
-                        key=f"fix_{file}",
-                    ),
-                    st.checkbox("Leave out", file in corrections.exclude, key=f"ex_{file}"),
-                    st.checkbox(
-                        "Likely label error", file in corrections.suspect, key=f"sus_{file}"
-                    ),
+                edits.append(
+                    review_widgets(file, ev.classes[ev.labels[i]], ev.classes, corrections)
                 )
         if st.form_submit_button("Save review", icon=":material/save:"):
-            service.save_review(
-                data_dir,
-                corrections,
-                [service.ReviewEdit(f, true, *choice) for (f, true), choice in widgets.items()],
-            )
+            service.save_review(data_dir, corrections, edits)
             st.toast("Review saved")
     if explain:
         st.caption(

@@ -320,7 +320,8 @@ def _answer_the_form(page: Page, button: str) -> tuple[int, int]:
     combos = page.get_by_test_id("stMain").get_by_role("combobox")
     right = total = 0
     for combo in combos.all():
-        name = (combo.get_attribute("aria-label") or "").split(" · ")[0].strip()
+        label = (combo.get_attribute("aria-label") or "").replace("\\", "")  # markdown escapes
+        name = label.split(" · ")[0].strip()
         if not name.endswith(".png") or "-" not in name:
             continue
         truth, total = name.split("-")[0], total + 1
@@ -373,6 +374,7 @@ def test_label_an_unlabelled_folder_from_the_map_and_the_suggestions_then_train(
     unit = _unit(s.xy)
     for cls in LABEL_CLASSES:  # three pictures of each class, clicked on the map
         _idle(page)
+        mapbox.scroll_into_view_if_needed()  # clicks land in the window only
         seen = None  # the page's layout settled: the same view twice in a row
         while seen != (seen := mapbox.get_attribute("data-view")):
             time.sleep(0.5)
@@ -387,6 +389,7 @@ def test_label_an_unlabelled_folder_from_the_map_and_the_suggestions_then_train(
                 page.keyboard.down("Shift")  # adds to the selection
             page.mouse.click(*px[row])
             page.keyboard.up("Shift")
+        expect(page.get_by_test_id("tlmap-status")).to_have_attribute("data-count", "3")
         expect(page.get_by_text("3 picture(s) selected")).to_be_visible()
         _pick(page, "Label them as", cls)
         page.get_by_role("button", name="Label them", exact=True).click()

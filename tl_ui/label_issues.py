@@ -15,6 +15,7 @@ from tl_core.runs.store import Project
 from tl_ui.gallery import THUMB_SIDE, pager, show_thumbnail
 from tl_ui.jobs import watch
 from tl_ui.labeling import survey_loaded
+from tl_ui.review import review_widgets
 from tl_ui.session import get_store
 from tl_ui.text import literal
 
@@ -62,10 +63,9 @@ def _review(manifest: DatasetManifest, survey, rows: list[int], label_of: dict[s
     folder = Path(manifest.root)
     corrections = review.load(folder)
     shown = [k for k in pager(len(rows), PER_PAGE, "issues_page", "pictures")]
-    choices = ["(keep)", *manifest.classes]
     with st.form("label_issues_review", border=False):
         grid = st.columns(GRID)
-        edits = {}
+        edits = []
         for j, k in enumerate(shown):
             file = survey.files[rows[k]]
             given, suggested = label_of.get(file, ""), survey.issue_suggested[k]
@@ -75,26 +75,10 @@ def _review(manifest: DatasetManifest, survey, rows: list[int], label_of: dict[s
                     f"labelled **{literal(given)}**, looks like **{literal(suggested)}** "
                     f"({float(survey.issue_confidence[k]):.0%})"
                 )
-                current = corrections.relabel.get(file)
-                edits[file, given] = (
-                    st.selectbox(
-                        "Correct label",
-                        choices,
-                        index=choices.index(current) if current in choices else 0,
-                        key=f"issue_fix_{file}",
-                    ),
-                    st.checkbox("Leave out", file in corrections.exclude, key=f"issue_ex_{file}"),
-                    st.checkbox(
-                        "Likely label error",
-                        file in corrections.suspect,
-                        key=f"issue_sus_{file}",
-                    ),
+                edits.append(
+                    review_widgets(file, given, manifest.classes, corrections, prefix="issue_")
                 )
         if st.form_submit_button("Save review", icon=":material/save:"):
-            service.save_review(
-                folder,
-                corrections,
-                [service.ReviewEdit(f, given, *choice) for (f, given), choice in edits.items()],
-            )
+            service.save_review(folder, corrections, edits)
             st.toast("Review saved: the next run uses it.")
     st.caption(f"Your review so far: {corrections.describe()}.")

@@ -194,19 +194,20 @@ def classes_panel(b: Board) -> None:
                 st.warning(literal(exc))
 
 
+def _guess_text(b: Board, s: assist.Suggestions | None, row: int) -> str:
+    """A picture's label, or the model's guess, as plain text (escape it for markdown)."""
+    k = b.labels[row]
+    if k >= 0:
+        return str(b.classes[k])
+    if s is None:
+        return "unlabelled"
+    cls, sure = b.classes[s.label[row]], float(s.confidence[row])
+    return f"maybe {cls} ({sure:.0%})"
+
+
 def _texts(b: Board, s: assist.Suggestions | None) -> list[str]:
-    out = []
-    for row, name in enumerate(b.names):
-        k = b.labels[row]
-        if k >= 0:
-            out.append(f"{name}: {b.classes[k]}")
-        elif s is not None:
-            out.append(
-                f"{name}: unlabelled (maybe {b.classes[s.label[row]]}, {s.confidence[row]:.0%})"
-            )
-        else:
-            out.append(f"{name}: unlabelled")
-    return out
+    """The map's hover texts (plain text: the component shows them as text, not markdown)."""
+    return [f"{name}: {_guess_text(b, s, row)}" for row, name in enumerate(b.names)]
 
 
 def map_panel(
@@ -233,7 +234,7 @@ def map_panel(
             if c2.form_submit_button("Label them", type="primary"):
                 n = _give(b, free, choice)
                 clear_selection(key)
-                st.toast(f"{n:,} picture(s) labelled '{choice}'.")
+                st.toast(literal(f"{n:,} picture(s) labelled '{choice}'."))
                 st.rerun()
             if c3.form_submit_button("Take their labels back"):
                 n = _give(b, free, None)
@@ -246,17 +247,8 @@ def map_panel(
         for k, i in enumerate(shown):
             with grid[k % GRID]:
                 show_thumbnail(b.path(rows[i]), THUMB_SIDE)
-                st.caption(literal(f"{b.names[rows[i]]} · {_texts_one(b, s, rows[i])}"))
+                st.caption(literal(f"{b.names[rows[i]]} · {_guess_text(b, s, rows[i])}"))
     return selection
-
-
-def _texts_one(b: Board, s: assist.Suggestions | None, row: int) -> str:
-    k = b.labels[row]
-    if k >= 0:
-        return b.classes[k]
-    if s is not None:
-        return f"maybe {b.classes[s.label[row]]} ({s.confidence[row]:.0%})"
-    return "unlabelled"
 
 
 def next_panel(b: Board, s: assist.Suggestions | None) -> None:
@@ -287,7 +279,7 @@ def next_panel(b: Board, s: assist.Suggestions | None) -> None:
                 show_thumbnail(b.path(row), THUMB_SIDE)
                 guess = b.classes[s.label[row]] if s is not None else SKIP
                 chosen[row] = st.selectbox(
-                    f"{b.names[row]} · {_texts_one(b, s, row)}",
+                    literal(f"{b.names[row]} · {_guess_text(b, s, row)}"),
                     options,
                     index=options.index(guess),
                     key=f"next_{b.survey.files[row]}",
@@ -356,7 +348,7 @@ def confident_panel(b: Board, s: assist.Suggestions | None) -> None:
             with grid[j % GRID]:
                 show_thumbnail(b.path(int(row)), THUMB_SIDE)
                 chosen[int(row)] = st.selectbox(
-                    f"{b.names[row]} · {s.confidence[row]:.0%} sure",
+                    literal(f"{b.names[row]} · {s.confidence[row]:.0%} sure"),
                     options,
                     key=f"sure_{b.survey.files[row]}",
                 )
