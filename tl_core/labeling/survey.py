@@ -10,8 +10,6 @@ labels (:mod:`issues`). Saved as ``survey.npz`` in the job's folder.
 
 from __future__ import annotations
 
-import io
-import os
 import time
 import zipfile
 from collections.abc import Callable
@@ -22,6 +20,7 @@ import numpy as np
 
 from tl_core.data.records import DatasetManifest, ImageItem
 from tl_core.labeling import assist, issues, projection
+from tl_core.training.featurecache import write_cache
 
 __all__ = ["FILE_NAME", "Survey", "compute", "load", "pictures"]
 
@@ -140,7 +139,7 @@ def compute(
         "model": np.array(model_key),
         **found,
     }
-    _write(Path(out), data)
+    write_cache(Path(out), data)  # atomically: a temporary file, then a rename
     return {
         "pictures": len(files),
         "labelled": len(manifest.items),
@@ -150,15 +149,6 @@ def compute(
         "trained": run_dir is not None,
         "seconds": round(time.monotonic() - started, 1),
     }
-
-
-def _write(path: Path, data: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, **data)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
 
 
 def load(path: Path) -> Survey | None:
