@@ -216,12 +216,7 @@ def frozen_features(
     root = Path(manifest.root)
     items = sorted([*split.train, *split.val], key=lambda i: i.file)
     files = [i.file for i in items]
-    path = features_path(root, items, spec.key, pretrained)
-    data = read_cache(path, files)
-    from_cache = data is not None
-    if data is None:
-        data = _features_of(spec, pretrained, root, items, plan or plan_compute(), progress)
-        write_cache(path, data)
+    path, data, from_cache = _cached(spec, pretrained, root, items, plan, progress)
     plan = plan or plan_compute()
     val_files = [i.file for i in split.val]
     if (
@@ -270,13 +265,27 @@ def picture_features(
     spec = get_spec(model_key)
     root = Path(manifest.root)
     items = sorted([*manifest.items, *manifest.unlabelled], key=lambda i: i.file)
-    files = [i.file for i in items]
-    path = features_path(root, items, spec.key, pretrained)
-    data = read_cache(path, files)
-    if data is None:
-        data = _features_of(spec, pretrained, root, items, plan or plan_compute(), progress)
-        write_cache(path, data)
+    data = _cached(spec, pretrained, root, items, plan, progress)[1]
     return items, np.asarray(data["vectors"], dtype=np.float32)
+
+
+def _cached(
+    spec: ModelSpec,
+    pretrained: bool,
+    root: Path,
+    items: Sequence[ImageItem],
+    plan: ComputePlan | None,
+    progress: Progress | None,
+) -> tuple[Path, dict[str, np.ndarray], bool]:
+    """The features file of ``items`` (sorted by file): its path, its arrays (read, or
+    computed and written) and whether they were read from the cache."""
+    path = features_path(root, items, spec.key, pretrained)
+    data = read_cache(path, [i.file for i in items])
+    if data is not None:
+        return path, data, True
+    data = _features_of(spec, pretrained, root, items, plan or plan_compute(), progress)
+    write_cache(path, data)
+    return path, data, False
 
 
 def _features_of(
