@@ -207,6 +207,14 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         help="the run's imported data set folder (default: found through the workspace)",
     )
+    export.add_argument(
+        "--format",
+        dest="formats",
+        default=None,
+        help="comma-separated formats to add to the timm/safetensors model: "
+        "onnx,int8,web,tflite,coreml (default: all that this machine can make; tflite and "
+        "coreml need the export extra)",
+    )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -790,6 +798,7 @@ def _train_summary(t: _Training, result: Any, run_dir: str) -> dict[str, object]
 
 def _export(store: Store, args: argparse.Namespace, bars: _Bars) -> tuple[dict[str, object], int]:
     from tl_core.export.bundle import export_run
+    from tl_core.export.table import rows_json
     from tl_core.runs.lookup import find_run
 
     run = find_run(Path(args.run_dir), store.workspace)
@@ -799,12 +808,17 @@ def _export(store: Store, args: argparse.Namespace, bars: _Bars) -> tuple[dict[s
         data_root=args.data or (Path(run.data_dir) if run else None),
         progress=bars.phase if bars.on else lambda message: print(message, file=sys.stderr),
         corrections=run.spec.corrections if run else None,
+        formats=args.formats.split(",") if args.formats is not None else None,
     )
     bars.close()
     from tl_core.analysis.evaluation import evaluate_run
 
     scores = evaluate_run(Path(args.run_dir))
-    summary = {**(scores.summary_json() if scores else {}), **report.summary()}
+    summary = {
+        **(scores.summary_json() if scores else {}),
+        **report.summary(),
+        "table": rows_json(report),
+    }
     return summary, 0 if report.parity_ok else 1
 
 

@@ -14,15 +14,17 @@ from tl_core.analysis.results import Predictions
 from tl_core.data.dataset import MAX_SIDE, DatasetManifest, split_dataset
 from tl_core.errors import DataError
 from tl_core.export.formats import registry
+from tl_core.export.formats.base import BundlePart
 from tl_core.export.formats.onnx_model import UNFAMILIARITY_NAME
 from tl_core.export.report import ExportReport
+from tl_core.export.table import format_rows, markdown_table
 from tl_core.models.catalog import DataConfig
 from tl_core.models.facts import freeze_sentence
 from tl_core.training.engine import TrainConfig
 from tl_core.training.familiarity import FamiliarityReport
 from tl_core.training.inputs import cache_side
 
-__all__ = ["DataFacts", "data_facts", "model_card", "weaknesses"]
+__all__ = ["DataFacts", "data_facts", "model_card", "present_parts", "weaknesses"]
 
 
 @dataclass
@@ -103,10 +105,11 @@ def model_card(
     evaluation (accuracy intervals, per-class scores, calibration).
     """
     has_check = report.unfamiliar_threshold is not None
+    parts = present_parts(report)
     lines = [
         f"# {title}",
         "",
-        *_card_use(classes, has_check),
+        *_card_use(classes, has_check, parts),
         "## The data",
         "",
         *_card_data(cfg, classes, data),
@@ -123,14 +126,50 @@ def model_card(
         lines.append("Not measured: the run has no validation predictions.")
     lines += _card_unfamiliar(report, familiar)
     lines += _card_limits(has_check)
+    lines += _card_formats(report)
     lines += _card_parity(report)
-    files = [line for part in registry.PARTS for line in part.files(has_check)]
+    files = [line for part in parts for line in part.files(has_check)]
     lines += ["", "## Files", "", *files, ""]
     return "\n".join(lines)
 
 
-def _card_use(classes: list[str], has_check: bool = False) -> list[str]:
+def present_parts(report: ExportReport) -> list[BundlePart]:
+    """The parts in the bundle: those written whatever is chosen, and the formats offered."""
+    out = []
+    for part in registry.PARTS:
+        if part.option is None:
+            out.append(part)
+            continue
+        parity = report.formats.get(part.name)
+        if parity is not None and parity.offered:
+            out.append(part)
+    return out
+
+
+def _card_formats(report: ExportReport) -> list[str]:
+    """The model card's "Formats": the table, then how to use each offered format."""
+    rows = format_rows(report)
+    lines = [
+        "",
+        "## Formats",
+        "",
+        "Measured at export on the validation pictures, on the machine that exported it "
+        "(pictures per second include reading each picture). A format whose check failed is "
+        "not in this folder; its note says why.",
+        "",
+        *markdown_table(rows),
+    ]
+    for row in rows:
+        if row.offered and row.example:
+            lines += ["", f"**{row.title}**", "", "```", row.example, "```"]
+    return lines
+
+
+def _card_use(
+    classes: list[str], has_check: bool = False, parts: list[BundlePart] | None = None
+) -> list[str]:
     """The model card's opening and "How to use it": predict.py, then each format."""
+    parts = list(registry.PARTS) if parts is None else parts
     if has_check:
         rows = (
             "`predict.py` writes one row per picture: file, prediction (the class, or "
@@ -159,7 +198,7 @@ def _card_use(classes: list[str], has_check: bool = False) -> list[str]:
         rows + "`--format onnx` runs `model.onnx` with onnxruntime, numpy and Pillow only "
         "(no PyTorch).",
         "",
-        *[line for part in registry.PARTS for line in part.usage(has_check)],
+        *[line for part in parts for line in part.usage(has_check)],
         f"- The app first turns each picture upright (EXIF), makes it RGB (transparent parts "
         f"white) and shrinks it to at most {MAX_SIDE} pixels a side; `predict.py` does the "
         "same (`open_image`). Feed other code's pictures through the same steps to get the "

@@ -8,6 +8,8 @@ pictures."""
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +34,12 @@ def check_parity(
     preds: Predictions | None,
     data_root: Path | None,
     progress: Progress | None,
+    names: Collection[str] | None = None,
 ) -> ExportReport:
     """Run the validation pictures through the app (fp32) and each exported format in
-    ``bundle``; the report's ``formats`` say how each agreed, or why it was not checked."""
-    checks = checked_formats()
+    ``bundle`` (those in ``names``; default all that can be checked); the report's
+    ``formats`` say how each agreed, or why it was not checked."""
+    checks = [(n, c) for n, c in checked_formats() if names is None or n in names]
     fam = trained.familiarity
     report = ExportReport(
         out_zip=Path(),
@@ -43,7 +47,10 @@ def check_parity(
         model="",
         timm_name="",
         classes=trained.classes,
-        formats={name: FormatParity(name, "not checked", c.tolerance) for name, c in checks},
+        formats={
+            name: FormatParity(name, "not checked", c.tolerance, must_match=c.judge is None)
+            for name, c in checks
+        },
         reference="the app's own predictions in full precision (float32)",
         unfamiliar_threshold=None if fam is None else fam.threshold,
     )
@@ -54,7 +61,9 @@ def check_parity(
         return report
 
     say(progress, f"Checking: the app's predictions on {len(files)} validation pictures")
+    start = time.perf_counter()
     guesses = trained.guess(files)
+    report.app_images_per_second = len(files) / max(time.perf_counter() - start, 1e-9)
     reference = guesses.probs.astype(np.float64)
     _note_recorded(report, reference, preds, run_dir)
 
@@ -170,14 +179,22 @@ def _format_parity(
     everything = files + (flags.foreign if flags is not None else [])
     probs = [np.zeros((0, len(preds.classes)), dtype=np.float32)]
     far: list[float] = []
+    start = time.perf_counter()
     for path, p, u, problem in standalone_predict.score_files(predictor, everything):
         if p is None:
             return FormatParity(name, "failed", tolerance, reason=f"{path.name}: {problem}")
         probs.append(p[None])
         far.append(np.nan if u is None else u)
+    seconds = max(time.perf_counter() - start, 1e-9)
     n = len(files)
-    top1, diff, rec_top1, rec_diff = _compare(np.concatenate(probs)[:n], reference, preds)
+    scored = np.concatenate(probs)[:n]
+    top1, diff, rec_top1, rec_diff = _compare(scored, reference, preds)
     parity = FormatParity(name, "ok", tolerance, n, top1, diff, rec_top1, rec_diff)
+    parity.must_match = check.judge is None
+    parity.images_per_second = len(everything) / seconds
+    labels = np.asarray(preds.labels)
+    parity.correct = int((scored.argmax(1) == labels).sum())
+    parity.app_correct = int((reference.argmax(1) == labels).sum())
     if flags is not None:
         scores = np.asarray(far, dtype=np.float64)
         threshold = np.inf if predictor.threshold is None else predictor.threshold
@@ -185,7 +202,9 @@ def _format_parity(
         parity.flag_agree = int(((scores > threshold) == flags.flagged).sum())
         parity.max_unfamiliarity_diff = float(np.abs(scores - flags.scores).max())
     m = parity.flag_images
-    if top1 != n:
+    if check.judge is not None:
+        parity.reason = check.judge(parity)
+    elif top1 != n:
         parity.reason = f"{n - top1} of {n} pictures got a different top class"
     elif parity.flag_agree != m:
         parity.reason = f"{m - parity.flag_agree} of {m} pictures got a different unfamiliar flag"

@@ -19,13 +19,19 @@ def say(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
+_RAN = ("ok", "failed")  # statuses of a format whose answers were compared with the app's
+
+
 @dataclass
 class FormatParity:
     """How one exported format agrees with the app on the run's validation pictures (and,
     for the unfamiliar flag, on the everyday pictures too)."""
 
-    format: str  # "safetensors" | "onnx"
-    status: str  # "ok" | "failed" | "not checked"
+    format: str  # "safetensors" | "onnx" | "int8" | "web" | "tflite" | "coreml"
+    # "ok": checked, agrees | "failed": checked, disagrees (not offered) | "not checked": no
+    # validation pictures | "not built": not written (reason says why) | "checked offline":
+    # cannot run here; what could be checked in its files holds (``reason`` says what not)
+    status: str
     tolerance: float
     images: int = 0
     top1_agree: int = 0  # same top class as the app (full precision)
@@ -36,6 +42,20 @@ class FormatParity:
     flag_images: int = 0  # validation + everyday pictures whose unfamiliar flag was compared
     flag_agree: int = 0  # flagged unfamiliar (or not) as the app flags them
     max_unfamiliarity_diff: float | None = None  # largest |unfamiliarity - app's|
+    title: str = ""  # the table's name of the format
+    bytes: int = 0  # the size of its files in the bundle
+    images_per_second: float | None = None  # measured in the check, reading pictures included
+    correct: int | None = None  # validation pictures it classifies right
+    app_correct: int | None = None  # ... and the app (full precision), on the same pictures
+    example: str = ""  # how to use it
+    # False for a format judged by its accuracy (the 8-bit model): when it is not offered,
+    # the export still succeeded; True: it must give the app's answers
+    must_match: bool = True
+
+    @property
+    def offered(self) -> bool:
+        """In the bundle, and nothing found wrong with it."""
+        return self.status in ("ok", "not checked", "checked offline")
 
     @property
     def ok(self) -> bool:
@@ -59,11 +79,14 @@ class ExportReport:
     unfamiliar_threshold: float | None = None  # the run's; None: it has no unfamiliar check
     foreign_images: int = 0  # everyday pictures whose unfamiliar flag was compared
 
+    app_images_per_second: float | None = None  # the app's own speed in the parity check
+
     @property
     def parity_ok(self) -> bool:
-        """True when at least one format was checked and every checked format agreed."""
-        checked = [f for f in self.formats.values() if f.status != "not checked"]
-        return bool(checked) and all(f.ok for f in checked)
+        """True when at least one format was checked against the app and every format that
+        must give the app's answers did."""
+        matched = [f for f in self.formats.values() if f.must_match and f.status in _RAN]
+        return bool(matched) and all(f.ok for f in matched)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (what the ``export`` command prints)."""
@@ -74,11 +97,14 @@ class ExportReport:
             "timm_name": self.timm_name,
             "classes": self.classes,
             "parity_ok": self.parity_ok,
-            "formats": {k: {**asdict(v), "ok": v.ok} for k, v in self.formats.items()},
+            "formats": {
+                k: {**asdict(v), "ok": v.ok, "offered": v.offered} for k, v in self.formats.items()
+            },
             "reference": self.reference,
             "recorded_top1_agree": self.recorded_top1_agree,
             "recorded_max_prob_diff": self.recorded_max_prob_diff,
             "unfamiliar_threshold": self.unfamiliar_threshold,
             "foreign_images": self.foreign_images,
+            "app_images_per_second": self.app_images_per_second,
             "notes": self.notes,
         }

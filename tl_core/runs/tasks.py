@@ -181,11 +181,13 @@ def verify(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
 
 
 def export(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
-    """The run's bundle and parity report in the job's folder.
+    """The run's bundle and parity report in the job's folder, and the web page alone as
+    ``web.zip`` there when it is offered.
 
     params: ``run_dir`` (the trained run), ``name`` (the zip's file name).
     """
-    from tl_core.export.bundle import export_run
+    from tl_core.export.bundle import WEB_ZIP, export_run
+    from tl_core.export.table import rows_json
 
     params: ExportParams = spec.params
     name = Path(params.name or "model.zip").name
@@ -203,8 +205,18 @@ def export(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
         Path(spec.data_dir) if Path(spec.data_dir).is_dir() else None,
         progress=progress,
         corrections=params.corrections,
+        web_zip=Path(spec.folder) / WEB_ZIP,
     )
-    return _plain({**report.summary(), "bundle": str(out), "name": name})
+    web = Path(spec.folder) / WEB_ZIP
+    return _plain(
+        {
+            **report.summary(),
+            "table": rows_json(report),
+            "bundle": str(out),
+            "name": name,
+            "web": str(web) if web.is_file() else None,
+        }
+    )
 
 
 PREDICT_BATCH = 64  # pictures scored together; progress is reported after each batch

@@ -10,10 +10,18 @@ from pathlib import Path
 from torch import nn
 
 from tl_core.data.standalone_predict import Predictor
+from tl_core.export.report import FormatParity
 from tl_core.models.catalog import DataConfig
 from tl_core.training.familiarity import Familiarity
 
-__all__ = ["BundlePart", "ModelToExport", "ParityCheck", "no_lines"]
+__all__ = [
+    "BundlePart",
+    "FormatOption",
+    "ModelToExport",
+    "ParityCheck",
+    "always_available",
+    "no_lines",
+]
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,13 @@ class ModelToExport:
     classes: list[str]
     title: str  # the catalog's name of the model, for messages
     familiar: Familiarity | None  # the run's unfamiliar check; None: the run has none
+    # Training pictures to calibrate a quantized model on (spread over the classes); empty
+    # when the run's data set is not at hand.
+    calibration: tuple[Path, ...] = ()
+    # How the Try page turns the logits into an answer: probabilities are softmax(logits /
+    # temperature); below a top probability of ``not_sure_below`` the answer is "not sure".
+    temperature: float = 1.0
+    not_sure_below: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,37 @@ class ParityCheck:
     checking: str  # the status line said before the check
     load: Callable[[Path], Predictor]  # the bundle folder -> the format's predictor
     unavailable: Callable[[], str]  # why it cannot run on this machine; "" when it can
+    # Why the format's answers are not good enough (its FormatParity filled in: agreement,
+    # accuracy, probability differences), "" when they are; None: the usual rule (every top
+    # class and unfamiliar flag as the app's, probabilities within ``tolerance``).
+    judge: Callable[[FormatParity], str] | None = None
+
+
+def always_available() -> str:
+    """Nothing is missing on this machine to write the format."""
+    return ""
+
+
+@dataclass(frozen=True)
+class FormatOption:
+    """A model format the user chooses (``export --format``) and the Export page's table lists.
+
+    A format is written only when chosen, when ``missing()`` says nothing (its converter is
+    installed) and when every format in ``needs`` was written. When its writer raises, the
+    format is left out of the bundle and the table says why. ``offline_check`` is for a
+    format that cannot be run on this machine (Core ML on Linux, the web page outside a
+    browser): it checks what can be checked in the files written and returns the problem
+    ("" when none); ``cannot_run`` says plainly what was not checked.
+    """
+
+    key: str  # "onnx", "int8", "web", "tflite", "coreml": the --format name
+    title: str  # the table's name, e.g. "ONNX, 8-bit (small, fast)"
+    paths: Callable[[Path], list[Path]]  # the bundle folder -> the format's files (for its size)
+    example: Callable[[bool], str]  # how to use it (given the unfamiliar check): <= 3 lines
+    needs: tuple[str, ...] = ()  # formats it is made from, written before it
+    missing: Callable[[], str] = always_available  # why it cannot be written here; "" if it can
+    offline_check: Callable[[Path, ModelToExport], str] | None = None
+    cannot_run: str = ""  # why its answers cannot be checked on this machine
 
 
 def no_lines(has_check: bool) -> list[str]:
@@ -58,3 +104,4 @@ class BundlePart:
     usage: Callable[[bool], list[str]] = no_lines
     files: Callable[[bool], list[str]] = no_lines
     parity: ParityCheck | None = None
+    option: FormatOption | None = None  # set for a format the user chooses; None: always written

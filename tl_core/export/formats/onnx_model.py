@@ -16,7 +16,7 @@ from torch import nn
 
 from tl_core.data import standalone_predict
 from tl_core.errors import RunError
-from tl_core.export.formats.base import BundlePart, ModelToExport, ParityCheck
+from tl_core.export.formats.base import BundlePart, FormatOption, ModelToExport, ParityCheck
 from tl_core.models.catalog import DataConfig
 from tl_core.training.familiar_pass import NearestDistance, WithFeatures
 from tl_core.training.familiarity import Familiarity
@@ -223,6 +223,15 @@ def _unavailable() -> str:
     return ""
 
 
+def _example(has_check: bool) -> str:
+    return (
+        "import numpy as np, onnxruntime as ort; from PIL import Image\n"
+        f'session = ort.InferenceSession("{FILE}")\n'
+        'probs = session.run(["probabilities"], {"image": np.asarray('
+        'Image.open("photo.jpg").convert("RGB"))[None]})[0]'
+    )
+
+
 PART = BundlePart(
     name="onnx",
     write=_write,
@@ -234,5 +243,11 @@ PART = BundlePart(
         checking="Checking: the ONNX model with onnxruntime",
         load=partial(standalone_predict.load_predictor, fmt="onnx"),
         unavailable=_unavailable,
+    ),
+    option=FormatOption(
+        key="onnx",
+        title="ONNX (full precision)",
+        paths=lambda bundle: [bundle / FILE],
+        example=_example,
     ),
 )

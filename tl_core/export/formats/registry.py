@@ -9,9 +9,11 @@ and one entry here.
 from __future__ import annotations
 
 from tl_core.export.formats import familiarity_npz, onnx_model, predict_script, timm_folder
-from tl_core.export.formats.base import BundlePart, ParityCheck
+from tl_core.export.formats.base import BundlePart, FormatOption, ParityCheck
 
-__all__ = ["PARTS", "checked_formats"]
+__all__ = ["ALWAYS", "PARTS", "checked_formats", "format_keys", "option_of", "title_of"]
+
+ALWAYS = ("safetensors",)  # formats every bundle has, whatever is chosen
 
 PARTS: tuple[BundlePart, ...] = (
     timm_folder.PART,
@@ -25,3 +27,22 @@ def checked_formats() -> list[tuple[str, ParityCheck]]:
     """(name, parity check) of each part that predicts, in order: the formats the parity
     check compares with the app."""
     return [(part.name, part.parity) for part in PARTS if part.parity is not None]
+
+
+def format_keys() -> list[str]:
+    """The formats a user chooses among (``export --format``), in the bundle's order."""
+    return [p.option.key for p in PARTS if p.option is not None and p.option.key not in ALWAYS]
+
+
+def option_of(key: str) -> FormatOption | None:
+    """The format ``key``'s description, or None for a part that is no format."""
+    for part in PARTS:
+        if part.option is not None and part.option.key == key:
+            return part.option
+    return None
+
+
+def title_of(key: str) -> str:
+    """The format ``key``'s name in tables and sentences."""
+    option = option_of(key)
+    return option.title if option is not None else key

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from tl_core.data import standalone_predict
-from tl_core.export.formats.base import BundlePart, ModelToExport, ParityCheck
+from tl_core.export.formats.base import BundlePart, FormatOption, ModelToExport, ParityCheck
 from tl_core.models.catalog import DataConfig
 
 __all__ = ["PART", "SAFETENSORS_TOLERANCE", "write_timm_folder"]
@@ -54,6 +54,14 @@ def _files(has_check: bool) -> list[str]:
     return ["- `model/`: the model for timm/PyTorch (config.json, model.safetensors)"]
 
 
+def _example(has_check: bool) -> str:
+    return (
+        "import timm\n"
+        'model = timm.create_model("local-dir:model", pretrained=True).eval()\n'
+        "# or, on a folder of pictures: python predict.py FOLDER --format safetensors"
+    )
+
+
 PART = BundlePart(
     name="safetensors",
     write=_write,
@@ -65,5 +73,11 @@ PART = BundlePart(
         checking="Checking: the safetensors model with timm",
         load=partial(standalone_predict.load_predictor, fmt="safetensors"),
         unavailable=lambda: "",  # timm and torch are the app's own
+    ),
+    option=FormatOption(
+        key="safetensors",
+        title="timm / PyTorch (safetensors)",
+        paths=lambda bundle: [bundle / FOLDER],
+        example=_example,
     ),
 )
