@@ -1,0 +1,1 @@
+"""The exported model's web page: static files and the vendored onnxruntime-web."""
