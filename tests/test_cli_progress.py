@@ -161,7 +161,9 @@ def test_evaluate_scoring_bar_on_a_terminal_only(trained, shapes, command, tty):
 @pytest.mark.parametrize("tty", [True, False], ids=["terminal", "no-terminal"])
 def test_export_steps_as_bars_on_a_terminal_and_as_lines_without(trained, tmp_path, tty):
     ws, run_dir, _, _ = trained
-    stdout, stderr = _run(["export", run_dir, "--out", str(tmp_path / "m.zip")], ws, tty)
+    stdout, stderr = _run(
+        ["export", run_dir, "--out", str(tmp_path / "m.zip"), "--format", "onnx"], ws, tty
+    )
     assert "parity_ok" in _last_json(stdout)
     after = stderr.split("Writing the zip")[1]
     assert after.startswith(" (") == tty  # a bar shows the phase's time: "(00:01)"

@@ -588,6 +588,8 @@ def test_export_of_a_run_folder_works_with_a_damaged_index(trained, tmp_path) ->
         str(tmp_path / "model.zip"),
         "--data",
         data_dir,
+        "--format",
+        "onnx",
     )
     assert code == 0, err
     assert (tmp_path / "model.zip").is_file() and json.loads(out.splitlines()[-1])["parity_ok"]

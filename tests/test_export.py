@@ -97,7 +97,10 @@ def shapes(tmp_path_factory) -> dict:
     out = tmp / "shapes.zip"
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):
-        code = cli.main(["--workspace", str(workspace), "export", str(run_dir), "--out", str(out)])
+        code = cli.main(
+            ["--workspace", str(workspace), "export", str(run_dir), "--out", str(out)]
+            + ["--format", "onnx"]  # the other formats: tests/test_export_*.py
+        )
     return {
         "code": code,
         "stdout": stdout.getvalue(),
@@ -412,7 +415,7 @@ def test_a_run_without_the_unfamiliar_check_exports_as_before(shapes, tmp_path):
     (run_dir / familiarity.REPORT_FILE).unlink()
     data_root = Path(Store(shapes["run_dir"].parent / "ws").runs()[0].data_dir)
     out = tmp_path / "old.zip"
-    report = export_run(run_dir, out, data_root)
+    report = export_run(run_dir, out, data_root, formats=["onnx"])
     n = len(load_predictions(run_dir).files)
     assert report.parity_ok and report.unfamiliar_threshold is None and not report.foreign_images
     for check in report.formats.values():
@@ -469,7 +472,9 @@ def test_a_new_format_is_one_entry_in_the_bundle_parts(shapes, tmp_path, monkeyp
     data_root = Path(Store(shapes["run_dir"].parent / "ws").runs()[0].data_dir)
     messages: list[str] = []
     out = tmp_path / "fake.zip"
-    report = export_run(shapes["run_dir"], out, data_root, progress=messages.append)
+    report = export_run(
+        shapes["run_dir"], out, data_root, progress=messages.append, formats=["onnx"]
+    )
     assert list(report.formats) == ["safetensors", "onnx", "fake"] and report.parity_ok
     assert report.formats["fake"].status == "ok" and report.formats["fake"].tolerance == 0.5
     assert messages.index("Writing the fake format") < messages.index("Checking: the fake format")

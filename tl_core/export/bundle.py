@@ -36,7 +36,7 @@ from tl_core.analysis.results import Predictions, load_predictions
 from tl_core.errors import RunError
 from tl_core.export.card import DataFacts, data_facts, model_card
 from tl_core.export.formats import registry
-from tl_core.export.formats.base import BundlePart, ModelToExport
+from tl_core.export.formats.base import BundlePart, ModelToExport, quiet_output
 from tl_core.export.parity import check_parity
 from tl_core.export.report import ExportReport, FormatParity, Progress, say
 from tl_core.models.catalog import get_spec
@@ -215,7 +215,8 @@ def _write_parts(
             written.append(part.name)
             continue
         try:
-            part.write(bundle, model)
+            with quiet_output():
+                part.write(bundle, model)
         except Exception as exc:  # a converter's failure leaves this format out, not the rest
             _remove(option.paths(bundle))
             refused[option.key] = FormatParity(option.key, "not built", 0.0, reason=_why(exc))
@@ -287,7 +288,8 @@ def _check_offline(
             continue
         if not any(p.exists() for p in option.paths(bundle)):
             continue
-        problem = option.offline_check(bundle, model) if option.offline_check else ""
+        with quiet_output():
+            problem = option.offline_check(bundle, model) if option.offline_check else ""
         if problem:
             _remove(option.paths(bundle))
             report.formats[option.key] = FormatParity(option.key, "failed", 0.0, reason=problem)

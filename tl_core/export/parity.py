@@ -61,6 +61,7 @@ def check_parity(
         return report
 
     say(progress, f"Checking: the app's predictions on {len(files)} validation pictures")
+    trained.guess(files[:2])  # warm up: the speed is the one of a model already in use
     start = time.perf_counter()
     guesses = trained.guess(files)
     report.app_images_per_second = len(files) / max(time.perf_counter() - start, 1e-9)
@@ -179,6 +180,7 @@ def _format_parity(
     everything = files + (flags.foreign if flags is not None else [])
     probs = [np.zeros((0, len(preds.classes)), dtype=np.float32)]
     far: list[float] = []
+    list(standalone_predict.score_files(predictor, everything[:1]))  # warm up, as for the app
     start = time.perf_counter()
     for path, p, u, problem in standalone_predict.score_files(predictor, everything):
         if p is None:

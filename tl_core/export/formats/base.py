@@ -3,7 +3,13 @@ format that predicts, how the parity check loads and checks it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +27,43 @@ __all__ = [
     "ParityCheck",
     "always_available",
     "no_lines",
+    "quiet_output",
 ]
+
+# Loggers of the converters that talk on the console while they work.
+_NOISY_LOGGERS = ("coremltools", "absl", "tensorflow", "jax", "litert_torch", "torch._export")
+
+
+@contextlib.contextmanager
+def quiet_output() -> Iterator[None]:
+    """Keep a converter's own console output (native logs, progress bars, version warnings)
+    off the console while it works; its errors still reach the caller as exceptions.
+
+    The process's standard output and error (file descriptors 1 and 2, which native code
+    writes to) go to a temporary file for the block, and the converters' loggers and Python
+    warnings are silenced; everything is restored afterwards."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = (os.dup(1), os.dup(2))
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [log.level for log in loggers]
+    with tempfile.TemporaryFile() as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for log in loggers:
+            log.setLevel(logging.ERROR)
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            for log, level in zip(loggers, levels, strict=True):
+                log.setLevel(level)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,15 @@ and one entry here.
 
 from __future__ import annotations
 
-from tl_core.export.formats import familiarity_npz, onnx_model, predict_script, timm_folder
+from tl_core.export.formats import (
+    coreml_model,
+    familiarity_npz,
+    litert_model,
+    onnx_model,
+    predict_script,
+    timm_folder,
+    web_page,
+)
 from tl_core.export.formats.base import BundlePart, FormatOption, ParityCheck
 
 __all__ = ["ALWAYS", "PARTS", "checked_formats", "format_keys", "option_of", "title_of"]
@@ -20,6 +28,9 @@ PARTS: tuple[BundlePart, ...] = (
     onnx_model.PART,
     familiarity_npz.PART,  # beside the timm folder; listed after model.onnx in the card
     predict_script.PART,
+    web_page.PART,  # after the 8-bit model: the page carries it too when it is offered
+    litert_model.PART,
+    coreml_model.PART,
 )
 
 
