@@ -1,12 +1,14 @@
 """Sort every picture in a folder with the exported model; prints a CSV.
 
-    python predict.py FOLDER [--format auto|safetensors|onnx] [--out predictions.csv]
+    python predict.py FOLDER [--format auto|safetensors|onnx|int8] [--out predictions.csv]
                              [--unfamiliar-threshold X | --no-unfamiliar]
 
-``--format safetensors`` needs timm, torch and Pillow; ``--format onnx`` needs only
-onnxruntime, numpy and Pillow. ``auto`` (the default) uses safetensors when timm and torch are
-installed, else ONNX. Each picture is opened as Transfer Learning Studio opens one: turned
-upright (EXIF), made RGB (transparency on white) and shrunk to at most 640 pixels a side.
+``--format safetensors`` needs timm, torch and Pillow; ``--format onnx`` (``model.onnx``) and
+``--format int8`` (``model_int8.onnx``, the smaller, faster 8-bit copy, when the bundle has
+it) need only onnxruntime, numpy and Pillow. ``auto`` (the default) uses safetensors when
+timm and torch are installed, else ``model.onnx``. Each picture is opened as Transfer
+Learning Studio opens one: turned upright (EXIF), made RGB (transparency on white) and shrunk
+to at most 640 pixels a side.
 Then the safetensors model uses timm's own preprocessing (resize, centre crop, normalise) and
 the ONNX model does the same steps inside itself.
 
@@ -256,14 +258,13 @@ class SafetensorsPredictor:
 
 
 class OnnxPredictor:
-    """``model.onnx`` in onnxruntime: it resizes, crops and normalises inside itself."""
+    """``model.onnx`` (or ``file``, e.g. ``model_int8.onnx``) in onnxruntime: it resizes,
+    crops and normalises inside itself."""
 
-    def __init__(self, bundle: Path = HERE) -> None:
+    def __init__(self, bundle: Path = HERE, file: str = "model.onnx") -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(
-            str(bundle / "model.onnx"), providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(bundle / file), providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map
         self.classes = [str(c) for c in json.loads(meta["classes"])]
         self.input = self.session.get_inputs()[0].name
@@ -303,7 +304,9 @@ def load_predictor(bundle: Path = HERE, fmt: str = "auto") -> Predictor:
         return SafetensorsPredictor(bundle)
     if fmt == "onnx":
         return OnnxPredictor(bundle)
-    raise ValueError(f"unknown format {fmt!r}: use safetensors or onnx")
+    if fmt == "int8":
+        return OnnxPredictor(bundle, "model_int8.onnx")
+    raise ValueError(f"unknown format {fmt!r}: use safetensors, onnx or int8")
 
 
 def score_files(
@@ -373,9 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="a folder of pictures (searched recursively)")
     parser.add_argument(
         "--format",
-        choices=("auto", "safetensors", "onnx"),
+        choices=("auto", "safetensors", "onnx", "int8"),
         default="auto",
-        help="which copy of the model to run (default: safetensors if timm is installed)",
+        help=(
+            "which copy of the model to run: int8 is the smaller, faster 8-bit ONNX model "
+            "(default: safetensors if timm is installed, else onnx)"
+        ),
     )
     parser.add_argument("--out", type=Path, default=None, help="write the CSV here, not stdout")
     check = parser.add_mutually_exclusive_group()
@@ -403,6 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = find_images(args.folder)
     if not files:
         print(f"error: no pictures found in {args.folder}", file=sys.stderr)
+        return 2
+    if args.format == "int8" and not (HERE / "model_int8.onnx").is_file():
+        print(
+            "error: this bundle has no 8-bit model (model_int8.onnx): use --format onnx, "
+            "or export the model again with the 8-bit format chosen",
+            file=sys.stderr,
+        )
         return 2
     try:
         predictor = load_predictor(HERE, args.format)

@@ -203,6 +203,9 @@ def _format_parity(
         parity.flag_images = len(scores)
         parity.flag_agree = int(((scores > threshold) == flags.flagged).sum())
         parity.max_unfamiliarity_diff = float(np.abs(scores - flags.scores).max())
+        should = np.arange(len(scores)) >= n  # the everyday pictures should be flagged
+        parity.flag_right = int(((scores > threshold) == should).sum())
+        parity.app_flag_right = int((flags.flagged == should).sum())
     m = parity.flag_images
     if check.judge is not None:
         parity.reason = check.judge(parity)

@@ -47,6 +47,10 @@ class FormatParity:
     images_per_second: float | None = None  # measured in the check, reading pictures included
     correct: int | None = None  # validation pictures it classifies right
     app_correct: int | None = None  # ... and the app (full precision), on the same pictures
+    # Pictures whose unfamiliar flag is right (validation ones not flagged, everyday ones
+    # flagged), for the format and for the app; None without the unfamiliar check
+    flag_right: int | None = None
+    app_flag_right: int | None = None
     example: str = ""  # how to use it
     # False for a format judged by its accuracy (the 8-bit model): when it is not offered,
     # the export still succeeded; True: it must give the app's answers

@@ -12,6 +12,7 @@ from tl_core.export.formats import (
     coreml_model,
     familiarity_npz,
     litert_model,
+    onnx_int8,
     onnx_model,
     predict_script,
     timm_folder,
@@ -26,6 +27,7 @@ ALWAYS = ("safetensors",)  # formats every bundle has, whatever is chosen
 PARTS: tuple[BundlePart, ...] = (
     timm_folder.PART,
     onnx_model.PART,
+    onnx_int8.PART,  # made from model.onnx, judged by its accuracy
     familiarity_npz.PART,  # beside the timm folder; listed after model.onnx in the card
     predict_script.PART,
     web_page.PART,  # after the 8-bit model: the page carries it too when it is offered
