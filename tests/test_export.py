@@ -97,10 +97,8 @@ def shapes(tmp_path_factory) -> dict:
     out = tmp / "shapes.zip"
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):
-        code = cli.main(
-            ["--workspace", str(workspace), "export", str(run_dir), "--out", str(out)]
-            + ["--format", "onnx"]  # the other formats: tests/test_export_*.py
-        )
+        args = ["--workspace", str(workspace), "export", str(run_dir), "--out", str(out)]
+        code = cli.main([*args, "--format", "onnx"])  # the others: tests/test_export_*.py
     return {
         "code": code,
         "stdout": stdout.getvalue(),
@@ -153,6 +151,7 @@ def test_lite0_bundle_predicts_like_the_app_in_a_fresh_process(tmp_path):
         find_data_root(run_dir, workspace),  # as the command line finds it
         progress=messages.append,
         extra_sections={"Calibration": "Fitted temperature: 1.3."},
+        formats=["onnx"],  # the others: tests/test_export_*.py and the browser walk
     )
     preds = load_predictions(run_dir)
     n = len(preds.files)

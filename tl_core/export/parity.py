@@ -37,9 +37,9 @@ def check_parity(
     names: Collection[str] | None = None,
 ) -> ExportReport:
     """Run the validation pictures through the app (fp32) and each exported format in
-    ``bundle`` (those in ``names``; default all that can be checked); the report's
-    ``formats`` say how each agreed, or why it was not checked."""
-    checks = [(n, c) for n, c in checked_formats() if names is None or n in names]
+    ``bundle`` (those in ``names``; default every one whose files are in the bundle); the
+    report's ``formats`` say how each agreed, or why it was not checked."""
+    checks = [(n, c) for n, c in checked_formats(bundle) if names is None or n in names]
     fam = trained.familiarity
     report = ExportReport(
         out_zip=Path(),

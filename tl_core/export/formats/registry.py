@@ -8,6 +8,8 @@ and one entry here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tl_core.export.formats import (
     coreml_model,
     familiarity_npz,
@@ -36,10 +38,19 @@ PARTS: tuple[BundlePart, ...] = (
 )
 
 
-def checked_formats() -> list[tuple[str, ParityCheck]]:
+def checked_formats(bundle: Path | None = None) -> list[tuple[str, ParityCheck]]:
     """(name, parity check) of each part that predicts, in order: the formats the parity
-    check compares with the app."""
-    return [(part.name, part.parity) for part in PARTS if part.parity is not None]
+    check compares with the app; with ``bundle``, only the formats whose files it holds."""
+    return [
+        (part.name, part.parity)
+        for part in PARTS
+        if part.parity is not None
+        and (
+            bundle is None
+            or part.option is None
+            or any(path.exists() for path in part.option.paths(bundle))
+        )
+    ]
 
 
 def format_keys() -> list[str]:
