@@ -166,12 +166,9 @@ def page() -> None:
 
 
 def _has_mobile_converters() -> bool:
-    from tl_core.export.formats import registry
+    from tl_core.export import extras
 
-    return not any(
-        (opt := registry.option_of(key)) is not None and opt.missing()
-        for key in ("tflite", "coreml")
-    )
+    return not extras.missing_sentence("", extras.LITERT_MODULES + extras.COREML_MODULES)
 
 
 page()

@@ -103,6 +103,7 @@ def test_the_engine_never_imports_streamlit_or_the_ui() -> None:
         "tl_core.labeling.issues",
         "tl_core.labeling.projection",
         "tl_core.export",
+        "tl_core.export.extras",
     ],
 )
 def test_torch_free_modules_load_no_torch(module: str) -> None:

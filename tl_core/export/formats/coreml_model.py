@@ -10,7 +10,6 @@ optional ``export`` extra and imported only when used.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from dataclasses import asdict
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from tl_core.errors import RunError
+from tl_core.export.extras import COREML_MODULES, missing_sentence
 from tl_core.export.formats.base import BundlePart, FormatOption, ModelToExport
 from tl_core.models.catalog import DataConfig
 from tl_core.training.familiar_pass import NearestDistance, WithFeatures
@@ -43,10 +43,6 @@ FILE = "model.mlpackage"  # a folder
 INPUT_NAME = "image"
 LABEL, PROBABILITIES = "classLabel", "classLabel_probs"  # Core ML's classifier outputs
 UNFAMILIARITY = "unfamiliarity"
-INSTALL = (
-    "Core ML needs the optional converters: install them with `uv sync --extra export` "
-    "(or `pip install 'tl-studio[export]'`)."
-)
 CANNOT_RUN = (
     "Core ML models run only on Apple devices; on Linux its answers cannot be checked. Its "
     "description (input picture size and colours, class names, outputs) was read back and "
@@ -222,7 +218,7 @@ def offline_check(bundle: Path, model: ModelToExport) -> str:
 
 def missing() -> str:
     """The install sentence when coremltools is not installed."""
-    return "" if importlib.util.find_spec("coremltools") is not None else INSTALL
+    return missing_sentence("Core ML", COREML_MODULES)
 
 
 def _usage(has_check: bool) -> list[str]:

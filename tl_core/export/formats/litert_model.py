@@ -23,6 +23,7 @@ from torch import nn
 
 from tl_core.data import standalone_predict
 from tl_core.errors import RunError
+from tl_core.export.extras import LITERT_MODULES, missing_sentence
 from tl_core.export.formats.base import BundlePart, FormatOption, ModelToExport, ParityCheck
 from tl_core.models.catalog import DataConfig
 from tl_core.training.familiar_pass import NearestDistance, WithFeatures
@@ -49,11 +50,7 @@ PROBABILITIES, LOGITS, UNFAMILIARITY = "probabilities", "logits", "unfamiliarity
 # The same crops as the app and the same float32 network, computed by XNNPACK in another
 # order: measured at most 1.0e-6 in probability (EfficientNet-Lite0, 48 texture pictures).
 LITERT_TOLERANCE = 1e-3
-MODULES = ("litert_torch", "ai_edge_litert")
-INSTALL = (
-    "LiteRT needs the optional converters: install them with `uv sync --extra export` "
-    "(or `pip install 'tl-studio[export]'`)."
-)
+MODULES = LITERT_MODULES
 
 
 class LiteRTPipeline(nn.Module):
@@ -190,9 +187,7 @@ def _load(bundle: Path) -> LiteRTPredictor:
 
 def missing() -> str:
     """The install sentence when litert-torch or the LiteRT interpreter is not installed."""
-    if all(importlib.util.find_spec(name) is not None for name in MODULES):
-        return ""
-    return INSTALL
+    return missing_sentence("LiteRT", MODULES)
 
 
 def _unavailable() -> str:
