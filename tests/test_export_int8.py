@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,25 @@ def test_judge_refuses_a_model_whose_unfamiliar_flag_is_worse(right, app_right, 
         assert reason.startswith(
             f"the 8-bit model's unfamiliar flag is wrong on {lost} more of {m}"
         )
+
+
+def test_the_8_bit_model_gets_its_own_unfamiliar_threshold(bundle, tmp_path) -> None:
+    """Set as the app set the run's: accepting the same share of the validation pictures,
+    scored by the 8-bit model itself."""
+    from tl_core.training.familiarity import threshold_for
+
+    model = bundle["model"]
+    fam = model.familiar
+    assert fam is not None
+    shutil.copyfile(bundle["folder"] / "model.onnx", tmp_path / "model.onnx")
+    onnx_int8.PART.write(tmp_path, replace(model, validation=tuple(bundle["val"])))
+    small = standalone_predict.OnnxPredictor(tmp_path, file=onnx_int8.FILE)
+    scores = np.array(
+        [u for _, _, u, _ in standalone_predict.score_files(small, bundle["val"])], dtype=float
+    )
+    assert small.threshold == pytest.approx(threshold_for(scores, fam.accept))
+    assert float((scores <= small.threshold).mean()) == pytest.approx(
+        fam.accepted_share(fam.threshold)
+    )
+    full = standalone_predict.OnnxPredictor(bundle["folder"])
+    assert full.threshold == fam.threshold  # model.onnx keeps the run's own

@@ -85,8 +85,14 @@ def test_model_json_says_how_to_answer(bundle: Path) -> None:
     assert config["input"]["outputs"] == ["probabilities", "logits", "unfamiliarity"]
     assert config["input"]["max_side"] == 640
     size = (bundle / "model.onnx").stat().st_size
-    assert config["models"] == [
-        {"key": "full", "file": "model.onnx", "label": "Full model", "bytes": size}
+    assert config["models"] == [  # this file has no threshold of its own: the page uses 1.25
+        {
+            "key": "full",
+            "file": "model.onnx",
+            "label": "Full model",
+            "bytes": size,
+            "unfamiliar_threshold": None,
+        }
     ]
 
 

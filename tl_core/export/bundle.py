@@ -148,6 +148,7 @@ def _model_to_export(
         title,
         trained.familiarity,
         calibration=_calibration_files(data_root, preds, trained.classes),
+        validation=_validation_files(data_root, preds),
         temperature=float(calibration.temperature),
         not_sure_below=float(calibration.threshold),
     )
@@ -179,6 +180,14 @@ def _calibration_files(
                 picked.append(files.pop(0))
         queues = [files for files in queues if files]
     return tuple(p for p in picked if p.is_file())
+
+
+def _validation_files(data_root: Path | None, preds: Predictions | None) -> tuple[Path, ...]:
+    """The run's validation pictures in ``data_root``; none when any is missing."""
+    if data_root is None or preds is None:
+        return ()
+    files = tuple(Path(data_root) / f for f in preds.files)
+    return files if all(f.is_file() for f in files) else ()
 
 
 def _offline(part: BundlePart) -> bool:

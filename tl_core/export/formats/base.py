@@ -79,6 +79,9 @@ class ModelToExport:
     # Training pictures to calibrate a quantized model on (spread over the classes); empty
     # when the run's data set is not at hand.
     calibration: tuple[Path, ...] = ()
+    # The run's validation pictures (those its unfamiliar threshold was set on); empty when
+    # the data set is not at hand.
+    validation: tuple[Path, ...] = ()
     # How the Try page turns the logits into an answer: probabilities are softmax(logits /
     # temperature); below a top probability of ``not_sure_below`` the answer is "not sure".
     temperature: float = 1.0

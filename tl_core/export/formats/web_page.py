@@ -69,13 +69,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _threshold_of(path: Path) -> float | None:
+    """The unfamiliar threshold in an ONNX file's metadata (each model has its own: the 8-bit
+    one's is set on its own scores)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for prop in proto.metadata_props:
+        if prop.key == "unfamiliar_threshold":
+            return float(json.loads(prop.value))
+    return None
+
+
 def _model_json(bundle: Path, model: ModelToExport) -> dict[str, Any]:
     """What the page needs besides the model file: classes, rules, model files, title."""
     from tl_core.export.formats.onnx_model import INPUT_NAME, OUTPUT_NAMES, UNFAMILIARITY_NAME
 
     has_check = model.familiar is not None
     models = [
-        {"key": key, "file": name, "label": label, "bytes": (bundle / name).stat().st_size}
+        {
+            "key": key,
+            "file": name,
+            "label": label,
+            "bytes": (bundle / name).stat().st_size,
+            "unfamiliar_threshold": _threshold_of(bundle / name) if has_check else None,
+        }
         for key, name, label in MODELS
         if (bundle / name).is_file()
     ]

@@ -296,7 +296,9 @@ async function answer(pic) {
   const { out, ms } = await turn;
   const probs = softmax(out.logits.data, config.temperature);
   const far = out.unfamiliarity ? out.unfamiliarity.data[0] : null;
-  const limit = config.unfamiliar_threshold;
+  // Each model has its own threshold (the 8-bit one's is set on its own scores).
+  const own = modelFile(state.which).unfamiliar_threshold;
+  const limit = own ?? config.unfamiliar_threshold;
   const unfamiliar = far !== null && limit !== null && far > limit;
   const said = verdict(probs, config.classes, config.not_sure_below, unfamiliar);
   return { probs, unfamiliarity: far, ms, ...said };
