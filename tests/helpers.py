@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,59 @@ def wait_until(predicate: Callable[[], object], timeout: float = 180, interval: 
             return value
         time.sleep(interval)
     raise AssertionError("timed out")
+
+
+@dataclass(frozen=True)
+class TrainedShapes:
+    """A model trained on generated shapes in a workspace of its own (see :func:`train_shapes`)."""
+
+    workspace: Path
+    run_dir: Path
+    data_root: Path  # the imported data set
+    train: list[Path]  # the training pictures in it
+    val: list[Path]  # the validation pictures in it
+
+
+def train_shapes(
+    tmp: Path,
+    model: str = "test_efficientnet",
+    *,
+    per_class: int = 12,
+    size: int = 48,
+    epochs: int = 3,
+) -> TrainedShapes:
+    """Import generated shapes into a workspace under ``tmp`` and train ``model`` there in
+    float32: the tiny test model from scratch with two layer groups learning, a real one from
+    its pretrained weights with the new head only (batches of 8)."""
+    from dataclasses import asdict
+
+    from tl_core.data.dataset import import_folder, split_dataset
+    from tl_core.models.device import ComputePlan
+    from tl_core.runs.store import Store
+    from tl_core.training.engine import TrainConfig, fit
+
+    src = make_shapes(tmp / "src", per_class=per_class, size=size)
+    store = Store(tmp / "ws")
+    project = store.create_project()
+    data_dir = store.new_data_dir(project.id)
+    manifest = import_folder(src, data_dir)
+    store.set_data_dir(project.id, data_dir)
+    tiny = model == "test_efficientnet"
+    cfg = TrainConfig(
+        model=model,
+        epochs=epochs,
+        batch_size=8,
+        pretrained=not tiny,
+        trainable_groups=2 if tiny else 0,
+    )
+    run = store.create_job(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
+    split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
+    plan = ComputePlan("cpu", None, True, 2)  # validation in float32, whatever this CPU offers
+    fit(cfg, split, manifest.root, manifest.classes, Path(run.run_dir), plan=plan)
+    return TrainedShapes(
+        tmp / "ws",
+        Path(run.run_dir),
+        manifest.root,
+        [manifest.root / item.file for item in split.train],
+        [manifest.root / item.file for item in split.val],
+    )

@@ -243,7 +243,7 @@ def test_walk_the_wizard_on_the_demo_set(
 
     _go(page, "Export")
     page.get_by_role("button", name="Build the bundle").click()
-    expect(page.get_by_text("Parity check passed")).to_be_visible(timeout=300_000)
+    expect(page.get_by_text("Parity check passed")).to_be_visible(timeout=600_000)  # every format
     page.screenshot(path=SHOTS / "11-export.png", full_page=True)
     with page.expect_download() as download:
         page.get_by_role("button", name=re.compile(r"^Download .*\.zip")).click()

@@ -11,13 +11,12 @@ import subprocess
 import sys
 import zipfile
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import make_shapes
+from helpers import train_shapes
 from PIL import Image
 
 from tl_core import cli
@@ -28,8 +27,6 @@ from tl_core.data.dataset import (
     IMAGE_SUFFIXES,
     MAX_SIDE,
     MAX_SOURCE_PIXELS,
-    import_folder,
-    split_dataset,
 )
 from tl_core.export.bundle import export_run
 from tl_core.export.formats.onnx_model import ONNX_TOLERANCE, OnnxPipeline
@@ -39,7 +36,6 @@ from tl_core.models.device import ComputePlan
 from tl_core.runs.lookup import find_data_root
 from tl_core.runs.store import Store
 from tl_core.training import familiarity
-from tl_core.training.engine import TrainConfig, fit
 from tl_core.training.inference import load_trained, upright_rgb
 from tl_core.training.inputs import Normalize
 
@@ -58,28 +54,12 @@ CHECKED_FILES = BUNDLE_FILES | {"familiarity.npz"}  # a run with the unfamiliar 
 # odd and everyday pictures; EfficientNet-Lite0: 0.0004% and 0.5%.
 SAME_COMPUTATION_CLOSE = 5e-3
 ONNX_UNFAMILIARITY_CLOSE = 5e-2
-FP32 = ComputePlan("cpu", None, True, 2)  # validation in float32, whatever this CPU offers
 
 
 def _train(tmp: Path, model: str, per_class: int, size: int, epochs: int) -> tuple[Path, Path]:
     """Import generated shapes into a workspace, train ``model`` there; (workspace, run dir)."""
-    src = make_shapes(tmp / "src", per_class=per_class, size=size)
-    store = Store(tmp / "ws")
-    project = store.create_project()
-    data_dir = store.new_data_dir(project.id)
-    manifest = import_folder(src, data_dir)
-    store.set_data_dir(project.id, data_dir)
-    cfg = TrainConfig(
-        model=model,
-        epochs=epochs,
-        batch_size=8,
-        pretrained=model != "test_efficientnet",
-        trainable_groups=0 if model != "test_efficientnet" else 2,
-    )
-    run = store.create_job(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
-    split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
-    fit(cfg, split, manifest.root, manifest.classes, Path(run.run_dir), plan=FP32)
-    return tmp / "ws", Path(run.run_dir)
+    shapes = train_shapes(tmp, model, per_class=per_class, size=size, epochs=epochs)
+    return shapes.workspace, shapes.run_dir
 
 
 def _unzip(zip_path: Path, dest: Path, files: set[str] = CHECKED_FILES) -> Path:

@@ -7,46 +7,29 @@ import io
 import json
 import zipfile
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from helpers import make_shapes
+from helpers import train_shapes
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from tl_core import cli
 from tl_core.analysis.results import load_predictions
 from tl_core.data import standalone_predict
-from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.errors import RunError
 from tl_core.export.bundle import choose_formats, export_run
 from tl_core.export.formats import base, registry
 from tl_core.export.report import FormatParity
 from tl_core.export.table import format_rows, markdown_table
-from tl_core.models.device import ComputePlan
-from tl_core.runs.store import Store
-from tl_core.training.engine import TrainConfig, fit
 from tl_ui import share, web_route
-
-FP32 = ComputePlan("cpu", None, True, 2)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A tiny model trained on shapes in a workspace: its run folder and data folder."""
-    tmp = tmp_path_factory.mktemp("tiny")
-    src = make_shapes(tmp / "src", per_class=10, size=40)
-    store = Store(tmp / "ws")
-    project = store.create_project()
-    data_dir = store.new_data_dir(project.id)
-    manifest = import_folder(src, data_dir)
-    store.set_data_dir(project.id, data_dir)
-    cfg = TrainConfig(model="test_efficientnet", epochs=2, batch_size=8, pretrained=False)
-    run = store.create_job(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
-    split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
-    fit(cfg, split, manifest.root, manifest.classes, Path(run.run_dir), plan=FP32)
-    return {"workspace": tmp / "ws", "run_dir": Path(run.run_dir), "data": Path(data_dir)}
+    shapes = train_shapes(tmp_path_factory.mktemp("tiny"), per_class=10, size=40, epochs=2)
+    return {"workspace": shapes.workspace, "run_dir": shapes.run_dir, "data": shapes.data_root}
 
 
 def _names(zip_path: Path) -> set[str]:

@@ -9,52 +9,33 @@ import io
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import make_shapes
+from helpers import train_shapes
 
 from tl_core.analysis.results import load_predictions
 from tl_core.data import standalone_predict
-from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.errors import RunError
 from tl_core.export.formats import onnx_int8, onnx_model, predict_script
 from tl_core.export.formats.base import ModelToExport
 from tl_core.export.report import FormatParity
 from tl_core.models.device import ComputePlan
-from tl_core.runs.store import Store
-from tl_core.training.engine import TrainConfig, fit
 from tl_core.training.inference import load_trained
 
 FP32 = ComputePlan("cpu", None, True, 2)
-
-
-def _train(tmp: Path) -> tuple[Path, Path, list[Path]]:
-    """The tiny model trained on generated shapes: (run dir, data folder, training pictures)."""
-    src = make_shapes(tmp / "src", per_class=12, size=48)
-    store = Store(tmp / "ws")
-    project = store.create_project()
-    data_dir = store.new_data_dir(project.id)
-    manifest = import_folder(src, data_dir)
-    store.set_data_dir(project.id, data_dir)
-    cfg = TrainConfig(
-        model="test_efficientnet", epochs=3, batch_size=8, pretrained=False, trainable_groups=2
-    )
-    run = store.create_job(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
-    split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
-    fit(cfg, split, manifest.root, manifest.classes, Path(run.run_dir), plan=FP32)
-    return Path(run.run_dir), manifest.root, [manifest.root / i.file for i in split.train]
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> dict:
     """model.onnx, model_int8.onnx and predict.py of the tiny model, in one folder."""
     tmp = tmp_path_factory.mktemp("int8")
-    run_dir, root, train = _train(tmp)
+    shapes = train_shapes(tmp)
+    run_dir, root, train = shapes.run_dir, shapes.data_root, shapes.train
     trained = load_trained(run_dir, plan=FP32)
     model = ModelToExport(
         trained.net.eval(),

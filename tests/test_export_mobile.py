@@ -7,47 +7,25 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_shapes
+from helpers import train_shapes
 from torch import nn
 
 from tl_core.analysis.results import load_predictions
 from tl_core.data import standalone_predict
-from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.errors import RunError
 from tl_core.export.formats import coreml_model, familiarity_npz, litert_model, timm_folder
 from tl_core.export.formats.base import ModelToExport
 from tl_core.models.catalog import DataConfig
 from tl_core.models.device import ComputePlan
-from tl_core.runs.store import Store
-from tl_core.training.engine import TrainConfig, fit
 from tl_core.training.inference import TrainedModel, load_trained
 
-FP32 = ComputePlan("cpu", None, True, 2)  # training, validation in float32
 EXPORT = ComputePlan("cpu", None, False, 2)  # as the export loads a run: fp32, plain layout
 # Largest allowed |unfamiliarity - the app's| as a share of the run's threshold: the tiny
 # untrained model's classes spread over ~1e-4 in cosine distance, so float32 rounding shows.
 UNFAMILIARITY_CLOSE = 5e-2
-
-
-def _trained_run(tmp: Path) -> tuple[Path, Path]:
-    """The tiny test model trained on generated shapes: (run dir, data root)."""
-    src = make_shapes(tmp / "src", per_class=12, size=48)
-    store = Store(tmp / "ws")
-    project = store.create_project()
-    data_dir = store.new_data_dir(project.id)
-    manifest = import_folder(src, data_dir)
-    store.set_data_dir(project.id, data_dir)
-    cfg = TrainConfig(
-        model="test_efficientnet", epochs=3, batch_size=8, pretrained=False, trainable_groups=2
-    )
-    run = store.create_job(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
-    split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
-    fit(cfg, split, manifest.root, manifest.classes, Path(run.run_dir), plan=FP32)
-    return Path(run.run_dir), manifest.root
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +33,8 @@ def mobile(tmp_path_factory) -> dict:
     """A trained run with the unfamiliar check, its timm folder, familiarity.npz, model.tflite
     and model.mlpackage written into one bundle folder."""
     tmp = tmp_path_factory.mktemp("mobile")
-    run_dir, root = _trained_run(tmp)
+    shapes = train_shapes(tmp)
+    run_dir, root = shapes.run_dir, shapes.data_root
     trained = load_trained(run_dir, plan=EXPORT)
     assert trained.familiarity is not None  # the run has the unfamiliar check
     model = ModelToExport(

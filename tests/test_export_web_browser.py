@@ -13,7 +13,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,17 +22,14 @@ from typing import Any
 import numpy as np
 import pytest
 from browserflags import CHROMIUM, FLAGS, ROOT, camera_browser
-from helpers import make_shapes
+from helpers import train_shapes
 from PIL import Image
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tl_core.data.dataset import import_folder, split_dataset
 from tl_core.data.standalone_predict import open_image
 from tl_core.export.formats import onnx_model, web_page
 from tl_core.export.formats.base import ModelToExport
 from tl_core.models.device import ComputePlan
-from tl_core.runs.store import Store
-from tl_core.training.engine import TrainConfig, fit
 from tl_core.training.inference import load_trained
 from tl_ui.live_route import verdict
 
@@ -108,20 +105,10 @@ def _pictures(folder: Path, val: list[Path]) -> list[Path]:
 def exported(tmp_path_factory) -> dict[str, Any]:
     """A tiny model trained on shapes, its bundle's web/ written, and the app's answers."""
     tmp = tmp_path_factory.mktemp("web")
-    src = make_shapes(tmp / "src", per_class=12, size=48)
-    store = Store(tmp / "ws")
-    project = store.create_project()
-    data_dir = store.new_data_dir(project.id)
-    manifest = import_folder(src, data_dir)
-    cfg = TrainConfig(
-        model="test_efficientnet", epochs=3, batch_size=8, pretrained=False, trainable_groups=2
-    )
-    run = store.create_job(project.id, asdict(cfg), data_dir, run_dir=tmp / "run", source="cli")
-    split = split_dataset(manifest, cfg.val_fraction, cfg.seed)
-    fit(cfg, split, manifest.root, manifest.classes, Path(run.run_dir), plan=FP32)
-    trained = load_trained(Path(run.run_dir), plan=FP32)
+    shapes = train_shapes(tmp)
+    trained = load_trained(shapes.run_dir, plan=FP32)
     assert trained.familiarity is not None  # the run has the unfamiliar check
-    val = [manifest.root / item.file for item in split.val]
+    val = shapes.val
     files = _pictures(tmp / "pictures", val)
     guessed = trained.guess(files, temperature=TEMPERATURE)
     assert guessed.unfamiliarity is not None
