@@ -91,7 +91,8 @@ def _show_report(summary: dict, bundle: Path) -> None:
     for r in table:
         if r["offered"] and r["example"]:
             with st.expander(f"How to use: {r['title']}"):
-                st.code(r["example"], language="python" if r["key"] != "coreml" else None)
+                language = {"coreml": "swift", "web": "bash"}.get(r["key"], "python")
+                st.code(r["example"], language=language)
     web = summary.get("web")
     if web and Path(web).is_file():
         _web_page(Path(web))

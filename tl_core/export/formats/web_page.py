@@ -190,8 +190,9 @@ def _paths(bundle: Path) -> list[Path]:
 
 def _example(has_check: bool) -> str:
     return (
-        "Put the `web/` folder on any static web host (https, for the camera on phones), or "
-        "serve it here: `python -m http.server -d web 8000`, then open localhost:8000."
+        "# on this computer: then open http://localhost:8000\n"
+        "python -m http.server --directory web 8000\n"
+        "# for phones: copy the web/ folder to any static web host (https, for the camera)"
     )
 
 
@@ -227,9 +228,10 @@ PART = BundlePart(
         needs=("onnx",),
         offline_check=offline_check,
         cannot_run=(
-            "The web page runs in a browser; the tests check its answers in Chromium. Here, "
-            "its files were checked: the model files are the bundle's, onnxruntime-web's files "
-            "are intact and the classes match the model's."
+            "The web page computes in the browser, so its answers were not computed here; it "
+            "runs the very model files above with onnxruntime-web, which the studio's own tests "
+            "check against the app in Chromium. Here its files were checked: the model files "
+            "are the bundle's, onnxruntime-web's files are intact and the classes match."
         ),
     ),
 )
