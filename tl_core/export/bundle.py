@@ -36,7 +36,7 @@ from tl_core.analysis.results import Predictions, load_predictions
 from tl_core.errors import RunError
 from tl_core.export.card import DataFacts, data_facts, model_card
 from tl_core.export.formats import registry
-from tl_core.export.formats.base import BundlePart, ModelToExport, quiet_output
+from tl_core.export.formats.base import BundlePart, ModelToExport, error_line, quiet_output
 from tl_core.export.parity import check_parity
 from tl_core.export.report import ExportReport, FormatParity, Progress, say
 from tl_core.models.catalog import get_spec
@@ -250,8 +250,7 @@ def _why(exc: BaseException) -> str:
     """One sentence from a converter's error."""
     if isinstance(exc, RunError):
         return str(exc)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"the conversion failed ({type(exc).__name__}: {first[:300]})"
+    return f"the conversion failed ({error_line(exc)})"
 
 
 def _remove(paths: Sequence[Path]) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "ModelToExport",
     "ParityCheck",
     "always_available",
+    "error_line",
     "no_lines",
     "quiet_output",
 ]
@@ -100,6 +101,14 @@ class ParityCheck:
     # accuracy, probability differences), "" when they are; None: the usual rule (every top
     # class and unfamiliar flag as the app's, probabilities within ``tolerance``).
     judge: Callable[[FormatParity], str] | None = None
+
+
+def error_line(exc: BaseException) -> str:
+    """An error in one line for a sentence: its kind and the first line of its message (a
+    converter's messages run over many lines)."""
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def always_available() -> str:

@@ -21,7 +21,7 @@ from torch import nn
 
 from tl_core.errors import RunError
 from tl_core.export.extras import COREML_MODULES, missing_sentence
-from tl_core.export.formats.base import BundlePart, FormatOption, ModelToExport
+from tl_core.export.formats.base import BundlePart, FormatOption, ModelToExport, error_line
 from tl_core.models.catalog import DataConfig
 from tl_core.training.familiar_pass import NearestDistance, WithFeatures
 from tl_core.training.familiarity import Familiarity
@@ -145,9 +145,8 @@ def _write(bundle: Path, model: ModelToExport) -> None:
         export_coreml(model.net, model.data_config, model.classes, bundle / FILE, model.familiar)
     except Exception as exc:
         shutil.rmtree(bundle / FILE, ignore_errors=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunError(
-            f"{model.title} could not be converted to Core ML ({type(exc).__name__}: {first})."
+            f"{model.title} could not be converted to Core ML ({error_line(exc)})."
         ) from exc
 
 

@@ -24,7 +24,13 @@ from torch import nn
 from tl_core.data import standalone_predict
 from tl_core.errors import RunError
 from tl_core.export.extras import LITERT_MODULES, missing_sentence
-from tl_core.export.formats.base import BundlePart, FormatOption, ModelToExport, ParityCheck
+from tl_core.export.formats.base import (
+    BundlePart,
+    FormatOption,
+    ModelToExport,
+    ParityCheck,
+    error_line,
+)
 from tl_core.models.catalog import DataConfig
 from tl_core.training.familiar_pass import NearestDistance, WithFeatures
 from tl_core.training.familiarity import Familiarity
@@ -112,9 +118,8 @@ def _write(bundle: Path, model: ModelToExport) -> None:
         export_litert(model.net, model.data_config, bundle / FILE, model.familiar)
     except Exception as exc:
         (bundle / FILE).unlink(missing_ok=True)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunError(
-            f"{model.title} could not be converted to LiteRT ({type(exc).__name__}: {first})."
+            f"{model.title} could not be converted to LiteRT ({error_line(exc)})."
         ) from exc
     text = "".join(f"{name}\n" for name in model.classes)
     (bundle / LABELS_FILE).write_text(text, encoding="utf-8")

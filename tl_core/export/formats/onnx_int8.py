@@ -30,6 +30,7 @@ from tl_core.export.formats.base import (
     FormatOption,
     ModelToExport,
     ParityCheck,
+    error_line,
 )
 from tl_core.export.formats.onnx_model import FILE as ONNX_FILE
 from tl_core.export.formats.onnx_model import INPUT_NAME, OUTPUT_NAMES
@@ -225,10 +226,7 @@ def _write(bundle: Path, model: ModelToExport) -> None:
     except RunError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise RunError(
-            f"{model.title} could not be made 8-bit ({type(exc).__name__}: {first})."
-        ) from exc
+        raise RunError(f"{model.title} could not be made 8-bit ({error_line(exc)}).") from exc
 
 
 def accuracy_kept(correct: int, app_correct: int, n: int) -> bool:

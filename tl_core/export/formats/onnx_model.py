@@ -16,7 +16,13 @@ from torch import nn
 
 from tl_core.data import standalone_predict
 from tl_core.errors import RunError
-from tl_core.export.formats.base import BundlePart, FormatOption, ModelToExport, ParityCheck
+from tl_core.export.formats.base import (
+    BundlePart,
+    FormatOption,
+    ModelToExport,
+    ParityCheck,
+    error_line,
+)
 from tl_core.models.catalog import DataConfig
 from tl_core.training.familiar_pass import NearestDistance, WithFeatures
 from tl_core.training.familiarity import Familiarity
@@ -189,9 +195,8 @@ def _write(bundle: Path, model: ModelToExport) -> None:
     except RunError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunError(
-            f"{model.title} could not be converted to ONNX ({type(exc).__name__}: {first})."
+            f"{model.title} could not be converted to ONNX ({error_line(exc)})."
         ) from exc
 
 
