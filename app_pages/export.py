@@ -73,6 +73,11 @@ def _show_report(summary: dict, bundle: Path) -> None:
         else "Parity check did not pass for every format: see the table and the model card."
     )
     table = summary.get("table") or []
+    if not table:
+        st.info(
+            "This bundle was built before the web page, the 8-bit model, LiteRT and Core ML "
+            "were offered: build it again to get them."
+        )
     st.dataframe(_format_table(table), hide_index=True)
     st.caption(
         "Speed: pictures per second on this server, reading each picture included. Same "

@@ -679,6 +679,21 @@ def test_export_page_builds_the_bundle_as_a_job_and_a_second_visit_finds_it(
     assert any(b.label.startswith("Download") for b in again.get("download_button"))
     assert again.button(key="build_bundle").label == "Build it again"
     assert [j.id for j in store.jobs(project_id, kind="export")] == [job.id]
+    table = again.dataframe[0].value
+    assert list(table["format"])[:3] == [
+        "timm / PyTorch (safetensors)",
+        "ONNX (full precision)",
+        "ONNX, 8-bit (small, fast)",
+    ]
+    assert "Web page (phone or computer, no server)" in list(table["format"])
+    assert any(
+        b.label.startswith("Download the web page alone") for b in again.get("download_button")
+    )
+    # A bundle built before the formats table: the page asks for a new build.
+    older = {k: v for k, v in job.result.items() if k not in ("table", "web")}
+    store.update_job(job.id, result=older)
+    old = _app("app_pages/export.py", project_id)
+    assert not old.exception and "build it again to get them" in _texts(old)
 
 
 @pytest.mark.parametrize("count", [2, 5])
