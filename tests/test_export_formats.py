@@ -173,7 +173,7 @@ def test_the_table_says_what_was_measured_and_why_a_format_is_missing():
     report = type("R", (), {"formats": {"onnx": ok, "tflite": gone}})()
     rows = format_rows(report)  # type: ignore[arg-type]
     assert rows[0].agreement.startswith("40 of 40 (91%-100%)") and rows[0].megabytes == 4.0
-    assert rows[0].accuracy == "37 of 40 right (app: 37)"
+    assert rows[0].accuracy == "37 of 40 right (80%-97%; app: 37)"
     assert rows[1].agreement == "-" and rows[1].megabytes is None and rows[1].example == ""
     table = "\n".join(markdown_table(rows))
     assert "| ONNX | yes | 4.0 MB | 25 | 40 of 40 (91%-100%) |" in table

@@ -49,11 +49,12 @@ class FormatRow:
 
     @property
     def accuracy(self) -> str:
-        """'45 of 48 right (app: 46)', or '-'."""
+        """'45 of 48 right (83%-98%; app: 46)' with the 95% (Wilson) interval, or '-'."""
         if self.correct is None or not self.pictures:
             return "-"
-        text = f"{self.correct} of {self.pictures} right"
-        return text + (f" (app: {self.app_correct})" if self.app_correct is not None else "")
+        lo, hi = wilson_interval(self.correct, self.pictures)
+        app = f"; app: {self.app_correct}" if self.app_correct is not None else ""
+        return f"{self.correct} of {self.pictures} right ({lo:.0%}-{hi:.0%}{app})"
 
 
 def _row(parity: FormatParity) -> FormatRow:
