@@ -59,7 +59,8 @@ def test_the_export_page_offers_every_format_and_shares_the_web_page(tmp_path) -
             qr = page.get_by_test_id("stImage").filter(has_text="Scan to open the page")
             expect(qr.locator("img")).to_be_visible()
             expect(page.get_by_text("not open the camera")).to_be_visible()  # http, not https
-            page.screenshot(path=SHOTS / "export-share.png", full_page=True)
+            qr.scroll_into_view_if_needed()
+            page.screenshot(path=SHOTS / "export-share.png")
             page.screenshot(path=SHOTS / "export-formats.png", full_page=True)
             with page.expect_download() as download:
                 page.get_by_role("button", name="Download the web page alone").click()
