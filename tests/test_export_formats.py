@@ -227,3 +227,24 @@ def test_the_page_address_is_one_other_machines_can_open(browser, bound, expecte
         assert found.camera == expected.startswith("https")
     png = share.qr_png("http://10.0.0.7:8501/model/abc/")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_format_made_from_one_that_failed_its_check_is_not_made(tiny, tmp_path, monkeypatch):
+    """The web page copies model.onnx: when the ONNX model fails its check and is left out,
+    the page is not made either, and says why."""
+    from dataclasses import replace
+
+    from tl_core.export.formats import onnx_model
+
+    strict = replace(onnx_model.PART.parity, tolerance=-1.0)  # no answer can be this close
+    parts = tuple(replace(p, parity=strict) if p.name == "onnx" else p for p in registry.PARTS)
+    monkeypatch.setattr(registry, "PARTS", parts)
+    out = tmp_path / "m.zip"
+    report = export_run(tiny["run_dir"], out, tiny["data"], formats=["onnx", "web"])
+    assert report.formats["onnx"].status == "failed" and not report.parity_ok
+    web = report.formats["web"]
+    assert (web.status, web.reason) == (
+        "not built",
+        "it is made from ONNX (full precision), which is not offered",
+    )
+    assert not any(n == "model.onnx" or n.startswith("web/") for n in _names(out))

@@ -37,7 +37,7 @@ from tl_core.errors import RunError
 from tl_core.export.card import DataFacts, data_facts, model_card
 from tl_core.export.formats import registry
 from tl_core.export.formats.base import BundlePart, ModelToExport, error_line, quiet_output
-from tl_core.export.parity import check_parity
+from tl_core.export.parity import check_parity, validation_files
 from tl_core.export.report import ExportReport, FormatParity, Progress, say
 from tl_core.models.catalog import get_spec
 from tl_core.models.device import ComputePlan
@@ -109,10 +109,10 @@ def export_run(
         checked = [p for p in registry.PARTS if not _offline(p)]
         written = _write_parts(bundle, model, checked, chosen, refused, progress)
         report = check_parity(bundle, run_dir, trained, preds, data_root, progress, written)
-        _drop_refused(bundle, report, refused)
+        _drop_failed(bundle, report)
         offline = [p for p in registry.PARTS if _offline(p)]
         _write_parts(bundle, model, offline, chosen, refused, progress)
-        _check_offline(bundle, model, offline, report, refused, progress)
+        _check_offline(bundle, model, offline, report)
         _describe_formats(bundle, report, refused, model.familiar is not None)
         report.out_zip, report.model, report.timm_name = out_zip, spec.key, spec.timm_name
         data = data_facts(model.classes, preds, data_root, cfg, corrections)
@@ -148,7 +148,7 @@ def _model_to_export(
         title,
         trained.familiarity,
         calibration=_calibration_files(data_root, preds, trained.classes),
-        validation=_validation_files(data_root, preds),
+        validation=tuple(validation_files(trained.classes, preds, data_root)[0]),
         temperature=float(calibration.temperature),
         not_sure_below=float(calibration.threshold),
     )
@@ -182,14 +182,6 @@ def _calibration_files(
     return tuple(p for p in picked if p.is_file())
 
 
-def _validation_files(data_root: Path | None, preds: Predictions | None) -> tuple[Path, ...]:
-    """The run's validation pictures in ``data_root``; none when any is missing."""
-    if data_root is None or preds is None:
-        return ()
-    files = tuple(Path(data_root) / f for f in preds.files)
-    return files if all(f.is_file() for f in files) else ()
-
-
 def _offline(part: BundlePart) -> bool:
     """A chosen format that cannot be run here: written after the others are checked."""
     return part.option is not None and part.parity is None
@@ -213,7 +205,7 @@ def _write_parts(
         if option is not None:
             if option.key not in chosen:
                 continue
-            why = option.missing() or _needs_missing(option.needs, chosen, refused, bundle)
+            why = option.missing() or _needs_missing(option.needs, chosen, bundle)
             if why:
                 refused[option.key] = FormatParity(option.key, "not built", 0.0, reason=why)
                 continue
@@ -234,14 +226,14 @@ def _write_parts(
     return written
 
 
-def _needs_missing(
-    needs: Sequence[str], chosen: Sequence[str], refused: dict[str, FormatParity], bundle: Path
-) -> str:
-    """Why a format made from ``needs`` cannot be made ("" when it can)."""
+def _needs_missing(needs: Sequence[str], chosen: Sequence[str], bundle: Path) -> str:
+    """Why a format made from ``needs`` cannot be made ("" when it can): a format it is made
+    from was not chosen, or is not in the bundle (not made, or left out after its check)."""
     for key in needs:
         if key not in chosen:
             return f"it is made from {registry.title_of(key)}, which was not chosen"
-        if key in refused:
+        option = registry.option_of(key)
+        if option is None or not any(path.exists() for path in option.paths(bundle)):
             return f"it is made from {registry.title_of(key)}, which is not offered"
     return ""
 
@@ -261,15 +253,13 @@ def _remove(paths: Sequence[Path]) -> None:
             path.unlink()
 
 
-def _drop_refused(bundle: Path, report: ExportReport, refused: dict[str, FormatParity]) -> None:
+def _drop_failed(bundle: Path, report: ExportReport) -> None:
     """Take out of the bundle each format whose check found it wanting."""
     for key, parity in list(report.formats.items()):
         option = registry.option_of(key)
         if option is None:
             continue
-        if key in refused:  # not written: its row says why, not "not checked"
-            report.formats[key] = refused[key]
-        elif parity.status == "not checked" and not parity.must_match:
+        if parity.status == "not checked" and not parity.must_match:
             parity.status = "not built"
             parity.reason = (
                 "it is offered only once its accuracy is checked on the validation pictures, "
@@ -285,17 +275,13 @@ def _check_offline(
     model: ModelToExport,
     parts: Sequence[BundlePart],
     report: ExportReport,
-    refused: dict[str, FormatParity],
-    progress: Progress | None,
 ) -> None:
     """Check what can be checked of the formats that cannot run here; a problem leaves the
     format out."""
     for part in parts:
         option = part.option
-        if option is None or option.key in refused or not option.paths(bundle):
-            continue
-        if not any(p.exists() for p in option.paths(bundle)):
-            continue
+        if option is None or not any(p.exists() for p in option.paths(bundle)):
+            continue  # not chosen, or not made (``refused`` says why)
         with quiet_output():
             problem = option.offline_check(bundle, model) if option.offline_check else ""
         if problem:
@@ -305,8 +291,6 @@ def _check_offline(
             report.formats[option.key] = FormatParity(
                 option.key, "checked offline", 0.0, reason=option.cannot_run
             )
-    for key, parity in refused.items():
-        report.formats.setdefault(key, parity)
 
 
 def _describe_formats(

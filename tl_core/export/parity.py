@@ -22,7 +22,7 @@ from tl_core.export.formats.registry import checked_formats
 from tl_core.export.report import ExportReport, FormatParity, Progress, say
 from tl_core.training.inference import Guesses, TrainedModel
 
-__all__ = ["RECORDED_TOLERANCE", "check_parity"]
+__all__ = ["RECORDED_TOLERANCE", "check_parity", "validation_files"]
 
 RECORDED_TOLERANCE = 1e-3  # predictions.json vs. a full-precision rescoring
 
@@ -54,7 +54,7 @@ def check_parity(
         reference="the app's own predictions in full precision (float32)",
         unfamiliar_threshold=None if fam is None else fam.threshold,
     )
-    files, reason = _validation_files(trained, preds, data_root)
+    files, reason = validation_files(trained.classes, preds, data_root)
     if preds is None or not files:
         for f in report.formats.values():
             f.reason = reason
@@ -82,13 +82,14 @@ def check_parity(
     return report
 
 
-def _validation_files(
-    trained: TrainedModel, preds: Predictions | None, data_root: Path | None
+def validation_files(
+    classes: list[str], preds: Predictions | None, data_root: Path | None
 ) -> tuple[list[Path], str]:
-    """The run's validation pictures in ``data_root``, or none and why they cannot be used."""
+    """The run's validation pictures in ``data_root`` (its predictions.json, for ``classes``),
+    or none and why they cannot be used."""
     if preds is None or not preds.files:
         return [], "the run has no validation predictions (predictions.json)"
-    if preds.classes != trained.classes:
+    if preds.classes != classes:
         return [], "predictions.json belongs to other classes than best.pt"
     if data_root is None:
         return [], "the run's data set was not found (pass its folder)"
