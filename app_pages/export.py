@@ -86,7 +86,7 @@ def _show_report(summary: dict, bundle: Path) -> None:
     )
     st.download_button(
         f"Download {bundle.name} ({summary['bytes'] / 1e6:.0f} MB)",
-        bundle.read_bytes(),
+        bundle.read_bytes,  # read when clicked, not on every rerun (tens of MB)
         file_name=bundle.name,
         mime="application/zip",
         type="primary",
@@ -108,7 +108,7 @@ def _web_page(web_zip: Path) -> None:
     st.subheader("The web page: the model on every phone")
     st.download_button(
         f"Download the web page alone ({web_zip.stat().st_size / 1e6:.0f} MB)",
-        web_zip.read_bytes(),
+        web_zip.read_bytes,
         file_name="web.zip",
         mime="application/zip",
         icon=":material/language:",
