@@ -33,7 +33,7 @@ from tl_core.export.formats.base import (
     error_line,
 )
 from tl_core.export.formats.onnx_model import FILE as ONNX_FILE
-from tl_core.export.formats.onnx_model import INPUT_NAME, OUTPUT_NAMES
+from tl_core.export.formats.onnx_model import OUTPUT_NAMES, usage_example
 from tl_core.export.report import FormatParity
 
 __all__ = [
@@ -286,12 +286,7 @@ def _files(has_check: bool) -> list[str]:
 
 
 def _example(has_check: bool) -> str:
-    return (
-        "import numpy as np, onnxruntime as ort; from PIL import Image\n"
-        f'session = ort.InferenceSession("{FILE}")\n'
-        f'probs = session.run(["probabilities"], {{"{INPUT_NAME}": np.asarray('
-        'Image.open("photo.jpg").convert("RGB"))[None]})[0]'
-    )
+    return usage_example(FILE)
 
 
 def _unavailable() -> str:

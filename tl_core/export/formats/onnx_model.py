@@ -37,6 +37,7 @@ __all__ = [
     "UNFAMILIARITY_NAME",
     "OnnxPipeline",
     "export_onnx",
+    "usage_example",
 ]
 
 INPUT_NAME = "image"
@@ -228,13 +229,18 @@ def _unavailable() -> str:
     return ""
 
 
-def _example(has_check: bool) -> str:
+def usage_example(file: str) -> str:
+    """Three lines that run the ONNX model ``file`` (model.onnx or its 8-bit copy) on a photo."""
     return (
         "import numpy as np, onnxruntime as ort; from PIL import Image\n"
-        f'session = ort.InferenceSession("{FILE}")\n'
-        'probs = session.run(["probabilities"], {"image": np.asarray('
+        f'session = ort.InferenceSession("{file}")\n'
+        f'probs = session.run(["probabilities"], {{"{INPUT_NAME}": np.asarray('
         'Image.open("photo.jpg").convert("RGB"))[None]})[0]'
     )
+
+
+def _example(has_check: bool) -> str:
+    return usage_example(FILE)
 
 
 PART = BundlePart(
