@@ -11,8 +11,8 @@ one after the other on the same photos, each from process start to exit:
   with the command's defaults (the backbone frozen; import, training, final scores);
 - ``floor``: decode each photo once and run one inference pass of the same pretrained model
   over it, as fast as this machine allows (every core decoding, channels_last, bf16 where the
-  CPU has it: ``bench/train_speed.py``'s ``single_pass_files``), with nothing of the app's
-  import, caches or training.
+  CPU has it, the workers' glibc allocator settings: ``bench/train_speed.py``'s
+  ``single_pass_files``), with nothing of the app's import, caches or training.
 
 It prints a markdown table (seconds, milliseconds per photo, the ratio cli / floor, and the
 cost per photo next to the smallest N) and one JSON object as its last line. The target of
@@ -36,13 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from scale import DEMO, make_photos  # noqa: E402
 
+from tl_core.runs.executor import WORKER_ENV  # noqa: E402
+
 SIZES = (400, 4000)
 TARGET = 1.3
 
 
-def _timed(cmd: list[str], log: Path) -> float:
+def _timed(cmd: list[str], log: Path, env_extra: dict[str, str] | None = None) -> float:
     """Seconds from starting ``cmd`` to its exit; SystemExit with its log when it fails."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     started = time.perf_counter()
     with open(log, "w") as out:
         done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -64,9 +66,10 @@ def _floor(photos: Path, model: str) -> None:
 def measure(n: int, source: Path, work: Path, model: str, epochs: int | None) -> dict:
     photos = make_photos(source, work / "pool", n, work / f"photos-{n}")
     count = sum(1 for _ in photos.rglob("*.jpg"))
-    floor = _timed(
+    floor = _timed(  # with the allocator settings that make inference fastest here
         [sys.executable, __file__, "--floor", str(photos), "--model", model],
         work / f"floor-{n}.log",
+        WORKER_ENV,
     )
     ws = work / f"ws-{n}"
     shutil.rmtree(ws, ignore_errors=True)

@@ -18,7 +18,9 @@ from jobrunner import FakeContext
 from tl_core import service
 from tl_core.data import neardup
 from tl_core.data.dataset import MAX_IMPORT_MB, DatasetManifest, import_folder
+from tl_core.data.pixelcache import kept_names
 from tl_core.events import End, Event, Progress
+from tl_core.models.catalog import DEFAULT_MODEL, get_spec
 from tl_core.runs import jobs, recording, supervisor, tasks, worker
 from tl_core.runs.kinds import JobSpec
 from tl_core.runs.store import Job, Store
@@ -146,7 +148,9 @@ def test_the_demo_set_is_decoded_once_per_workspace_then_linked(store, shapes, m
     first = imported(shapes)
     decoded: list[Any] = []
     real = ingest._prepare_and_encode
-    monkeypatch.setattr(ingest, "_prepare_and_encode", lambda src: decoded.append(1) or real(src))
+    monkeypatch.setattr(
+        ingest, "_prepare_and_encode", lambda *args: decoded.append(1) or real(*args)
+    )
     second = imported(shapes)
     assert decoded == [] and second.root != first.root
     assert [(i.file, i.sha256, i.label) for i in second.items] == [
@@ -155,6 +159,10 @@ def test_the_demo_set_is_decoded_once_per_workspace_then_linked(store, shapes, m
     assert (second.root / neardup.CACHE_NAME).is_file()
     a, b = first.root / first.items[0].file, second.root / second.items[0].file
     assert a.stat().st_ino == b.stat().st_ino  # linked, not copied
+    made = kept_names(first.root)  # and what the import made with them: the model's squares
+    assert f"cache/{get_spec(DEFAULT_MODEL).square.stem}.u8" in made
+    for name in made:
+        assert (first.root / name).stat().st_ino == (second.root / name).stat().st_ino
     service.delete_project(store, owners[first.root])
     assert not first.root.exists()
     assert b.is_file() and DatasetManifest.load(second.root).items == second.items
@@ -489,7 +497,8 @@ def test_page_imports_a_folder_on_this_computer(workspace, tmp_path, monkeypatch
     assert not at.exception
     assert {m.label: m.value for m in at.metric}["Images"] == "36"
     job = Store(workspace).jobs(_project_id(at), kind="import")[-1]
-    assert job.status == "finished" and job.config == {"way": "folder", "path": str(folder)}
+    assert job.status == "finished"  # the project's model: its inputs are made at import
+    assert job.config == {"way": "folder", "path": str(folder), "model": DEFAULT_MODEL}
 
 
 @pytest.mark.parametrize("setting,address", [("off", "localhost"), ("", "0.0.0.0")])

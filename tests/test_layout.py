@@ -19,7 +19,7 @@ RANK = {
     "diskspace": 1,
     "events": 1.5,  # a job's events carry config's step and epoch rows
     "data": 2,
-    "models": 2,
+    "models": 2.5,  # a model names the square its input is cut from (data.pixelcache)
     "training": 3,
     "analysis": 4,
     "labeling": 4.5,  # labels from frozen features: after analysis, before export

@@ -38,7 +38,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -49,6 +49,7 @@ from tl_core.data import paths
 from tl_core.errors import DataError, RunError, StudioError
 from tl_core.models.catalog import DEFAULT_MODEL, get_spec
 from tl_core.runs import endings, interrupt, jobs, supervisor
+from tl_core.runs.executor import tune_allocator
 from tl_core.runs.store import Job, Store, default_workspace, new_id
 
 if TYPE_CHECKING:
@@ -472,18 +473,23 @@ def _check_folders(args: argparse.Namespace) -> None:
         paths.check_val_folder(args.data, args.val)
 
 
-def _import(data: Path, val: Path | None, dest: Path, bars: _Bars) -> DatasetManifest:
-    """Import ``data`` (and ``val``, kept as the validation set) into ``dest``."""
+def _import(
+    data: Path, val: Path | None, dest: Path, bars: _Bars, models: Sequence[str] = ()
+) -> DatasetManifest:
+    """Import ``data`` (and ``val``, kept as the validation set) into ``dest``, making the
+    inputs of ``models`` while each image is decoded (training then decodes nothing)."""
     from tl_core.data.dataset import import_folder
+    from tl_core.models.catalog import get_spec
 
     progress = bars.progress("Importing your images")
+    squares = [get_spec(m).square for m in models]
     try:
         if val is None:
-            return import_folder(data, dest, progress)
+            return import_folder(data, dest, progress, squares)
         with tempfile.TemporaryDirectory() as tmp:  # one train/val layout, nothing copied
             (Path(tmp) / "train").symlink_to(data.resolve(), target_is_directory=True)
             (Path(tmp) / "val").symlink_to(val.resolve(), target_is_directory=True)
-            return import_folder(Path(tmp), dest, progress)
+            return import_folder(Path(tmp), dest, progress, squares)
     finally:
         bars.close()
 
@@ -633,7 +639,7 @@ def _queue_run(
     bars: _Bars,
 ) -> None:
     """Import the data into a new project and queue its run (ids kept in ``t``)."""
-    manifest = _import(args.data, args.val, t.staging, bars)
+    manifest = _import(args.data, args.val, t.staging, bars, [args.model])
     _warn(manifest)
     t.manifest = manifest
     t.split = _split(manifest, args.val, t.config.val_fraction, t.config.seed)
@@ -882,6 +888,8 @@ def _fail(message: str, code: int, **fields: object) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if argv is None:  # a process of its own: the allocator that trains and predicts fastest
+        tune_allocator()
     workspace = getattr(args, "worker_workspace", None) or args.workspace
     bars = _Bars.for_args(args)
     store_folder = Path(workspace or default_workspace())

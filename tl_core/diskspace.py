@@ -123,9 +123,11 @@ def files_bytes(paths: Iterable[Path]) -> int:
     return total
 
 
-def import_need(n_images: int, source_bytes: int) -> int:
-    """Bytes an import writes: the normalised copies (no larger than the sources, capped)."""
-    return min(max(source_bytes, 0), n_images * IMAGE_CAP_BYTES) + MARGIN_BYTES
+def import_need(n_images: int, source_bytes: int, kept_per_image: int = 0) -> int:
+    """Bytes an import writes: the normalised copies (no larger than the sources, capped)
+    and ``kept_per_image`` bytes of each image's squares and thumbnails."""
+    copies = min(max(source_bytes, 0), n_images * IMAGE_CAP_BYTES)
+    return copies + n_images * kept_per_image + MARGIN_BYTES
 
 
 def run_need(

@@ -246,13 +246,15 @@ def submit_import(
     """
     if way not in IMPORT_WAYS:
         raise ValueError(f"unknown import way {way!r}")
+    project = project or _new_project(store)
     params = ImportParams(
         way,
         path=str(path or "") if way in ("demo", "folder") else "",
         # the demo set is imported once per workspace, then linked (tl_core.runs.tasks)
         reuse=str(store.workspace / "imports") if way == "demo" else None,
+        model=project.typed_settings.model or "",
     )
-    return _queue_import(store, project or _new_project(store), params, upload)
+    return _queue_import(store, project, params, upload)
 
 
 def submit_grow(
@@ -276,7 +278,13 @@ def submit_grow(
     if not project.data_dir:
         raise DataError(_NO_IMAGES_YET)
     way = "folder" if path is not None else "zip" if hasattr(upload, "read") else "files"
-    params = ImportParams(way, path=str(path or ""), grow=True, label=label or None)
+    params = ImportParams(
+        way,
+        path=str(path or ""),
+        grow=True,
+        label=label or None,
+        model=project.typed_settings.model or "",
+    )
     return _queue_import(store, project, params, upload)
 
 

@@ -42,6 +42,7 @@ from tl_core.data.ingest import (
 from tl_core.data.layout import POOL_FOLDER, Entry, clean_name, label_key, nfc, plan_layout, some
 from tl_core.data.manifest import batch_count, link_old, new_dest, undo
 from tl_core.data.neardup import near_links
+from tl_core.data.pixelcache import Square, row_bytes
 from tl_core.data.records import DatasetManifest, DataWarning, ImageItem, SkippedFile
 from tl_core.errors import DataError
 
@@ -105,9 +106,9 @@ def _grow_source(source: GrowSource, dest: Path) -> Iterator[Source]:
     yield files_source(source, "The uploaded files")  # type: ignore[arg-type]
 
 
-def _intake_of(base: DatasetManifest, dest: Path) -> Intake:
+def _intake_of(base: DatasetManifest, dest: Path, squares: Sequence[Square]) -> Intake:
     """New images are compared with the old ones and numbered after them, class by class."""
-    intake = Intake(dest, taken={POOL_FOLDER.casefold()})
+    intake = Intake(dest, taken={POOL_FOLDER.casefold()}, squares=squares)
     for item in [*base.items, *base.unlabelled]:
         intake.first.setdefault(item.sha256, item)
         parts = item.file.split("/")
@@ -286,6 +287,7 @@ def grow(
     dest: Path,
     label: str | None = None,
     progress: Progress | None = None,
+    squares: Sequence[Square] = (),
 ) -> Growth:
     """Add images to a data set as a new data version in ``dest`` (a new or empty folder).
 
@@ -295,7 +297,8 @@ def grow(
     case-insensitively or after Unicode normalisation (NFKC) is that class. ``base``'s items
     are kept unchanged and their files hard-linked (copied where linking fails); only the new
     images are decoded, and copies of old images are left out by their pixel hash. ``base``
-    is only read. On failure ``dest`` vanishes (DataError, DiskFullError).
+    is only read. On failure ``dest`` vanishes (DataError, DiskFullError). ``squares``: as
+    for :func:`~tl_core.data.ingest.import_folder`, made of the new images.
     """
     dest = Path(dest)
     with _grow_source(source, dest) as src:
@@ -309,10 +312,10 @@ def grow(
         added = _grow_todo(base, images, src, label)
         skipped += added.skipped
         created = new_dest(dest)
-        need = diskspace.import_need(len(added.todo), src.size)
+        need = diskspace.import_need(len(added.todo), src.size, row_bytes(squares))
         diskspace.check_free(dest, need)
         try:
-            taken = take(added.todo, _intake_of(base, dest), progress, skipped)
+            taken = take(added.todo, _intake_of(base, dest, squares), progress, skipped)
             new_classes = _check_growth(base, added.todo, taken)
             linked = link_old(base, dest)
             added.warnings += _grow_warnings(taken, skipped, added.val_dir)

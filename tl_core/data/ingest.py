@@ -16,7 +16,7 @@ import os
 import shutil
 import zipfile
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -43,7 +43,8 @@ from tl_core.data.layout import (
     split_unlabelled,
 )
 from tl_core.data.manifest import new_dest, undo
-from tl_core.data.neardup import image_hash, near_links
+from tl_core.data.neardup import near_links
+from tl_core.data.pixelcache import Derived, ImportCache, Square, derive, row_bytes
 from tl_core.data.records import DatasetManifest, ImageItem, SkippedFile
 from tl_core.data.standalone_predict import IMAGE_SUFFIXES
 from tl_core.data.zipsafe import ByteBudget, check_zip, extract_member, open_zip, safe_parts
@@ -151,6 +152,7 @@ def _import(
     skipped: list[SkippedFile] | None = None,
     folders: Iterable[tuple[str, ...]] = (),
     source_bytes: int | None = None,
+    squares: Sequence[Square] = (),
 ) -> DatasetManifest:
     """Shared pipeline: plan, normalise, dedupe, check, save; ``dest`` vanishes on failure.
 
@@ -171,10 +173,10 @@ def _import(
         classes_of(plan)
     todo = plan.todo + [(e, "", None) for e in sorted(pool, key=lambda e: e.parts)]
     created = new_dest(dest)
-    need = diskspace.import_need(len(todo), source_bytes or 0)
+    need = diskspace.import_need(len(todo), source_bytes or 0, row_bytes(squares))
     diskspace.check_free(dest, need)
     try:
-        manifest = _convert(plan, todo, dest, progress, skipped)
+        manifest = _convert(plan, todo, Intake(dest, squares=squares), progress, skipped)
         manifest.near_links = near_links(manifest)
         manifest.save()
         return manifest
@@ -183,8 +185,13 @@ def _import(
         raise
 
 
-def _prepare_and_encode(src: Path | BinaryIO) -> tuple[Prepared, bytes, str] | ImageSkip:
-    """Decode, normalise, re-encode and hash one image (runs in a worker thread)."""
+Outcome = tuple[Prepared, bytes, Derived] | ImageSkip
+
+
+def _prepare_and_encode(src: Path | BinaryIO, squares: Sequence[Square]) -> Outcome:
+    """Decode and normalise one image, make its stored copy (its own bytes without metadata
+    when they decode to the normalised pixels, else encoded again) and what the import
+    keeps besides (:func:`pixelcache.derive`); runs in a worker thread."""
     try:
         try:
             try:
@@ -199,30 +206,34 @@ def _prepare_and_encode(src: Path | BinaryIO) -> tuple[Prepared, bytes, str] | I
                 src.close()
     except ImageSkip as skip:
         return skip
-    out = io.BytesIO()
-    if prepared.lossless:
-        prepared.image.save(out, "PNG", optimize=False)
+    if prepared.as_stored is not None:
+        stored = prepared.as_stored
     else:
-        prepared.image.save(out, "JPEG", quality=95)
-    return prepared, out.getvalue(), image_hash(prepared.image)
+        out = io.BytesIO()
+        if prepared.lossless:
+            prepared.image.save(out, "PNG", optimize=False)
+        else:
+            prepared.image.save(out, "JPEG", quality=95)
+        stored = out.getvalue()
+    return prepared, stored, derive(prepared, stored, squares)
 
 
 def _prepared_all(
-    todo: list[tuple[Entry, str, str | None]],
-) -> Iterator[tuple[Prepared, bytes, str] | ImageSkip]:
+    todo: list[tuple[Entry, str, str | None]], squares: Sequence[Square]
+) -> Iterator[Outcome]:
     """Each image prepared, in order, on all cores (Pillow decodes and resizes outside the GIL).
 
     Sources are fetched here, one at a time (zip members share one budget); at most a few
     images per core are in memory at once.
     """
     workers = decode_workers()
-    window: deque[Future[tuple[Prepared, bytes, str] | ImageSkip]] = deque()
+    window: deque[Future[Outcome]] = deque()
     with ThreadPoolExecutor(workers, thread_name_prefix="import") as pool:
         for entry, _, _ in todo:
             try:
-                window.append(pool.submit(_prepare_and_encode, entry.fetch()))
+                window.append(pool.submit(_prepare_and_encode, entry.fetch(), squares))
             except ImageSkip as skip:
-                done: Future[tuple[Prepared, bytes, str] | ImageSkip] = Future()
+                done: Future[Outcome] = Future()
                 done.set_result(skip)
                 window.append(done)
             if len(window) >= 2 * workers:
@@ -236,7 +247,8 @@ class Intake:
     """Where new images are written and what they are compared with (an import starts empty).
 
     ``first``: sha256 -> the kept image; ``dirs``: class -> its folder under ``images/``;
-    ``taken``: folder names in use (case-folded); ``numbers``: the next file number per class.
+    ``taken``: folder names in use (case-folded); ``numbers``: the next file number per class;
+    ``squares``: the model inputs to make of each new image (:mod:`tl_core.data.pixelcache`).
     """
 
     dest: Path
@@ -244,6 +256,7 @@ class Intake:
     dirs: dict[str, str] = field(default_factory=dict)
     taken: set[str] = field(default_factory=set)
     numbers: Counter[str] = field(default_factory=Counter)
+    squares: Sequence[Square] = ()
 
 
 @dataclass
@@ -264,9 +277,28 @@ def take(
     progress: Progress | None,
     skipped: list[SkippedFile],
 ) -> Taken:
-    """Decode, normalise, dedupe (also against ``intake.first``) and write each image."""
+    """Decode, normalise, dedupe (also against ``intake.first``) and write each image, and
+    what the import keeps besides (:class:`pixelcache.ImportCache`)."""
     dest = intake.dest
     (dest / ".incoming").mkdir(parents=True, exist_ok=True)
+    cache = ImportCache(dest, intake.squares, len(todo))
+    try:
+        out = _take_all(todo, intake, progress, skipped, cache)
+        cache.finish(out.items)
+    finally:
+        cache.close()
+    shutil.rmtree(dest / ".incoming", ignore_errors=True)
+    return out
+
+
+def _take_all(
+    todo: list[tuple[Entry, str, str | None]],
+    intake: Intake,
+    progress: Progress | None,
+    skipped: list[SkippedFile],
+    cache: ImportCache,
+) -> Taken:
+    dest = intake.dest
     before = set(intake.first)
     made: set[str] = set()
     out = Taken([], [], 0, 0, 0, {})
@@ -274,13 +306,13 @@ def take(
     if progress:
         progress(0, total)
     for done, ((entry, label, subset), outcome) in enumerate(
-        zip(todo, _prepared_all(todo), strict=True), 1
+        zip(todo, _prepared_all(todo, intake.squares), strict=True), 1
     ):
         if isinstance(outcome, ImageSkip):
             skipped.append(SkippedFile(entry.source, outcome.reason))
             out.skipped_in.setdefault(label, []).append(skipped[-1])
         else:
-            prepared, encoded, phash = outcome  # phash: near-duplicates are looked for later
+            prepared, encoded, derived = outcome  # near-duplicates are looked for later
             kept = intake.first.get(prepared.sha256)
             if kept is not None:
                 out.duplicates.append((entry.source, kept.source))
@@ -300,24 +332,27 @@ def take(
                 (dest / rel).write_bytes(encoded)
                 img = prepared.image
                 item = ImageItem(rel, label, subset, entry.source, prepared.sha256, *img.size)
-                item = replace(item, phash=phash)
+                item = replace(item, phash=derived.phash)
                 intake.first[prepared.sha256] = item
                 out.items.append(item)
+                cache.add(derived)
         if progress:
             progress(done, total)
-    shutil.rmtree(dest / ".incoming", ignore_errors=True)
     return out
 
 
 def _convert(
     plan: Plan,
     todo: list[tuple[Entry, str, str | None]],
-    dest: Path,
+    intake: Intake,
     progress: Progress | None,
     skipped: list[SkippedFile],
 ) -> DatasetManifest:
-    """Write the pictures of ``todo`` (the plan's, then the unlabelled ones, label "")."""
-    intake = Intake(dest, dirs={"": POOL_FOLDER}, taken={POOL_FOLDER.casefold()})
+    """Write the pictures of ``todo`` (the plan's, then the unlabelled ones, label "") into
+    ``intake.dest``, a new folder."""
+    dest = intake.dest
+    intake.dirs[""] = POOL_FOLDER
+    intake.taken.add(POOL_FOLDER.casefold())
     taken = take(todo, intake, progress, skipped)
     items = [i for i in taken.items if i.label]
     unlabelled = [i for i in taken.items if not i.label]
@@ -423,15 +458,30 @@ def files_source(files: Iterable[tuple[str, bytes | Path]], what: str) -> Source
     return Source(entries, skipped, [], size, what)
 
 
-def _import_source(src: Source, dest: Path, progress: Progress | None) -> DatasetManifest:
+def _import_source(
+    src: Source, dest: Path, progress: Progress | None, squares: Sequence[Square] = ()
+) -> DatasetManifest:
     return _import(
-        src.entries, dest, progress, src.what, src.skipped, src.folders, source_bytes=src.size
+        src.entries,
+        dest,
+        progress,
+        src.what,
+        src.skipped,
+        src.folders,
+        source_bytes=src.size,
+        squares=squares,
     )
 
 
-def import_folder(src: Path, dest: Path, progress: Progress | None = None) -> DatasetManifest:
-    """Import a folder with one sub-folder per class (or ``train/`` + ``val/``)."""
-    return _import_source(folder_source(Path(src), dest), dest, progress)
+def import_folder(
+    src: Path, dest: Path, progress: Progress | None = None, squares: Sequence[Square] = ()
+) -> DatasetManifest:
+    """Import a folder with one sub-folder per class (or ``train/`` + ``val/``).
+
+    ``squares``: the inputs of the models likely to be trained next, made from each picture
+    while it is decoded (:mod:`tl_core.data.pixelcache`), so that training decodes nothing.
+    """
+    return _import_source(folder_source(Path(src), dest), dest, progress, squares)
 
 
 def import_zip(
@@ -440,10 +490,12 @@ def import_zip(
     progress: Progress | None = None,
     max_total_bytes: int = MAX_IMPORT_MB * 1024**2,
     max_files: int = 100_000,
+    squares: Sequence[Square] = (),
 ) -> DatasetManifest:
-    """Import a .zip; unsafe or oversized archives are refused before anything is unpacked."""
+    """Import a .zip; unsafe or oversized archives are refused before anything is unpacked
+    (``squares``: as for :func:`import_folder`)."""
     with zip_source(zip_file, Path(dest), max_total_bytes, max_files) as src:
-        return _import_source(src, Path(dest), progress)
+        return _import_source(src, Path(dest), progress, squares)
 
 
 def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> BinaryIO:
@@ -453,15 +505,19 @@ def _zip_head(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> BinaryIO:
 
 
 def import_files(
-    files: Iterable[tuple[str, bytes | Path]], dest: Path, progress: Progress | None = None
+    files: Iterable[tuple[str, bytes | Path]],
+    dest: Path,
+    progress: Progress | None = None,
+    squares: Sequence[Square] = (),
 ) -> DatasetManifest:
-    """Import uploaded files given as (relative name, bytes or the file they were saved to).
+    """Import uploaded files given as (relative name, bytes or the file they were saved to)
+    (``squares``: as for :func:`import_folder`).
 
     Names only ever become class labels, never paths; a leading '/' is tolerated (browsers
     send dropped folders so), names climbing out with '..' are skipped. Saved files are read
     one at a time, as the import reaches them.
     """
-    return _import_source(files_source(files, "The uploaded folder"), Path(dest), progress)
+    return _import_source(files_source(files, "The uploaded folder"), Path(dest), progress, squares)
 
 
 def source_fingerprint(src: Path) -> str:

@@ -84,15 +84,22 @@ def link_old(base: DatasetManifest, dest: Path) -> int:
 
 
 def link_import(base: DatasetManifest, dest: Path, carry: Sequence[str] = ()) -> DatasetManifest:
-    """A copy of the imported data set ``base`` in the new folder ``dest``: its images
-    hard-linked (copied where the disk cannot), its manifest and the files named in ``carry``
-    (e.g. the near-duplicate cache) copied. Nothing is decoded."""
+    """A copy of the imported data set ``base`` in the new folder ``dest``: its images and
+    the files named in ``carry`` (paths relative to it: e.g. the near-duplicate pairs, the
+    squares its import made) hard-linked, copied where the disk cannot; its manifest
+    written. Nothing is decoded. (Caches are replaced whole, never written in place, so a
+    linked one stays right for every version that holds it.)"""
     created = new_dest(dest)
     try:
         link_old(base, dest)
         for name in carry:
-            if (Path(base.root) / name).is_file():
-                shutil.copy2(Path(base.root) / name, dest / name)
+            src = Path(base.root) / name
+            if src.is_file():
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dest / name)
+                except OSError:
+                    shutil.copy2(src, dest / name)
         manifest = replace(base, root=dest)
         manifest.save()
     except BaseException as exc:

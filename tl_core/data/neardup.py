@@ -24,6 +24,7 @@ the split a run uses and is decided by :func:`classify`; the links the split kee
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -52,17 +53,21 @@ __all__ = [
     "THUMB_VIEWS",
     "VIEWS",
     "WORK_SIDE",
+    "WORK_STEM",
     "Finding",
     "Kind",
     "NearPair",
     "candidates",
     "classify",
     "counts",
+    "fingerprint",
     "image_hash",
     "manifest_pairs",
     "near_links",
     "run_summary",
+    "stored_work",
     "warning",
+    "work_row",
 ]
 
 CROP = 0.03
@@ -102,6 +107,10 @@ MIN_SIMILARITY = 0.99
 MAX_CANDIDATES = 100_000  # closest first, if a data set has more
 TILE_ROWS, TILE_COLS = 256, 4096
 CACHE_NAME = "near_duplicates.json"
+# An import keeps every picture's reduction (_work) in cache/near-work.u8 (rows of
+# WORK_SIDE x WORK_SIDE bytes, the picture top left) with cache/near-work.json (the
+# pictures' sha256s and sizes, row by row).
+WORK_STEM = "near-work"
 _VERSION = 1
 
 Kind = Literal["train_val", "cross_class"]
@@ -126,14 +135,6 @@ def _work(img: Image.Image) -> Image.Image:
     return gray
 
 
-def _view(gray: Image.Image, side: int, cut: tuple[float, float, float, float]) -> np.ndarray:
-    w, h = gray.size
-    left, top, right, bottom = cut
-    box = (left * w, top * h, w - right * w, h - bottom * h)
-    resized = gray.resize((side, side), Image.Resampling.LANCZOS, box=box)
-    return np.asarray(resized, dtype=np.float64)
-
-
 def _phash(pixels: np.ndarray) -> int:
     low = (_DCT @ pixels @ _DCT.T)[:HASH_LOW, :HASH_LOW].ravel()
     bits = low > np.median(low[1:])
@@ -142,19 +143,77 @@ def _phash(pixels: np.ndarray) -> int:
 
 def image_hash(img: Image.Image) -> str:
     """The perceptual hash of one (normalised) image and its cropped views, as hex text."""
+    return _hash_of(_work(img))
+
+
+def fingerprint(img: Image.Image) -> tuple[str, Image.Image]:
+    """Both stages' data for one (normalised) image: its :func:`image_hash` and the small
+    grayscale reduction the hash and the thumbnails are cut from (what an import keeps, so
+    that confirming a candidate pair decodes nothing: see :func:`stored_work`)."""
     gray = _work(img)
-    return "".join(f"{_phash(_view(gray, HASH_SIDE, cut)):016x}" for cut in VIEWS)
+    return _hash_of(gray), gray
+
+
+def _hash_of(gray: Image.Image) -> str:
+    views = _resized_views(gray, HASH_SIDE, VIEWS)
+    return "".join(f"{_phash(view):016x}" for view in views)
 
 
 def _thumbs(img: Image.Image) -> np.ndarray:
+    return _thumbs_of(_work(img))
+
+
+def _thumbs_of(gray: Image.Image) -> np.ndarray:
     """One zero-mean, unit-length thumbnail per view: (views, THUMB_SIDE**2) float16."""
-    gray = _work(img)
-    out = np.empty((len(THUMB_VIEWS), THUMB_SIDE * THUMB_SIDE), np.float16)
-    for v, cut in enumerate(THUMB_VIEWS):
-        a = _view(gray, THUMB_SIDE, cut).ravel()
-        a -= a.mean()
-        out[v] = a / max(float(np.linalg.norm(a)), 1e-6)
-    return out
+    a = _resized_views(gray, THUMB_SIDE, THUMB_VIEWS).reshape(len(THUMB_VIEWS), -1)
+    a -= a.mean(axis=1, keepdims=True)
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-6)
+    return a.astype(np.float16)
+
+
+def _resized_views(gray: Image.Image, side: int, views: Views) -> np.ndarray:
+    """Each view's box of ``gray`` resized to side x side: (views, side, side) float64.
+
+    Pillow's Lanczos resampling (its weights and its 8-bit rounding after each pass,
+    horizontal pass first), computed for all views at once as two matrix products
+    (:func:`_view_weights`): a few times faster than Pillow's resize per view, and within
+    one level of it (Pillow itself takes the vertical pass first for tall images).
+    """
+    wx, wy = _view_weights(gray.width, gray.height, side, views)
+    pixels = np.asarray(gray, dtype=np.float64)
+    rows = np.clip(np.floor(pixels[None] @ wx + 0.5), 0, 255)  # (views, height, side)
+    return np.clip(np.floor(wy @ rows + 0.5), 0, 255)
+
+
+Views = tuple[tuple[float, float, float, float], ...]
+
+
+@functools.lru_cache(maxsize=128)
+def _view_weights(width: int, height: int, side: int, views: Views) -> tuple[np.ndarray, ...]:
+    """The views of a width x height image as resampling matrices: (views, width, side) and
+    (views, side, height)."""
+    wx = [_lanczos(width, c[0] * width, width - c[2] * width, side).T for c in views]
+    wy = [_lanczos(height, c[1] * height, height - c[3] * height, side) for c in views]
+    return np.ascontiguousarray(np.stack(wx)), np.stack(wy)
+
+
+def _lanczos(size: int, start: float, end: float, side: int) -> np.ndarray:
+    """Pillow's Lanczos weights (Resample.c ``precompute_coeffs``, in its 22-bit fixed
+    point) from the source span [start, end) of ``size`` pixels to ``side`` pixels."""
+    scale = (end - start) / side
+    stretch = max(scale, 1.0)
+    support = 3.0 * stretch
+    out = np.zeros((side, size))
+    for i in range(side):
+        center = start + (i + 0.5) * scale
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), size)
+        x = (np.arange(lo, hi) - center + 0.5) / stretch
+        k = np.where(np.abs(x) < 3.0, np.sinc(x) * np.sinc(x / 3.0), 0.0)
+        total = k.sum()
+        out[i, lo:hi] = k / total if total else k
+    fixed = 1 << 22
+    return np.trunc(out * fixed + np.where(out < 0, -0.5, 0.5)) / fixed
 
 
 def _hash_array(hashes: Sequence[str]) -> np.ndarray:
@@ -264,10 +323,12 @@ def _find_pairs(
     load: Callable[[int], Image.Image],
     files: Sequence[str],
     first_new: int = 0,
+    kept: Callable[[int], Image.Image | None] = lambda i: None,
 ) -> list[NearPair]:
     """All near-duplicate pairs among images; ``load(i)`` opens image i (for missing hashes
-    and for confirming candidates). With ``first_new``, only the pairs that hold one of the
-    images from there on (those among the earlier ones are known)."""
+    and for confirming candidates whose reduction ``kept(i)`` does not have). With
+    ``first_new``, only the pairs that hold one of the images from there on (those among the
+    earlier ones are known)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tl_core.data.imageprep import decode_workers
@@ -290,7 +351,12 @@ def _find_pairs(
             cand = candidates(_hash_array(filled))
         needed = sorted({int(x) for x in cand[:, :2].ravel()})
         table = np.empty((len(needed), len(THUMB_VIEWS), THUMB_SIDE * THUMB_SIDE), np.float16)
-        for k, thumbs in enumerate(pool.map(lambda i: _thumbs(load(i)), needed)):
+
+        def thumbs_of(i: int) -> np.ndarray:
+            found = kept(i)
+            return _thumbs(load(i)) if found is None else _thumbs_of(found)
+
+        for k, thumbs in enumerate(pool.map(thumbs_of, needed)):
             table[k] = thumbs
     sims = _confirm(cand, needed, table)
     keep = sims >= MIN_SIMILARITY
@@ -299,6 +365,39 @@ def _find_pairs(
         for (i, j, bits), s in zip(cand[keep], sims[keep], strict=True)
     ]
     return sorted(pairs, key=lambda p: (-p.similarity, p.bits, p.a, p.b))
+
+
+def work_row(gray: Image.Image) -> np.ndarray:
+    """A reduction as one fixed-size row: WORK_SIDE x WORK_SIDE bytes, the picture top left."""
+    row = np.zeros((WORK_SIDE, WORK_SIDE), np.uint8)
+    row[: gray.height, : gray.width] = np.asarray(gray, dtype=np.uint8)
+    return row
+
+
+def stored_work(roots: Sequence[Path]) -> Callable[[str], Image.Image | None]:
+    """Reductions kept by the imports of the data versions ``roots``, by picture sha256
+    (None for a picture none of them kept, or when the files cannot be read)."""
+    rows: dict[str, tuple[np.ndarray, int, tuple[int, int]]] = {}
+    for root in roots:
+        index, data = (Path(root) / "cache" / f"{WORK_STEM}{ext}" for ext in (".json", ".u8"))
+        try:
+            raw = json.loads(index.read_text(encoding="utf-8"))
+            shas, sizes = raw["sha256"], raw["sizes"]
+            shape = (len(shas), WORK_SIDE, WORK_SIDE)
+            table = np.memmap(data, dtype=np.uint8, mode="r", shape=shape)
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        for row, (sha, (w, h)) in enumerate(zip(shas, sizes, strict=True)):
+            rows.setdefault(str(sha), (table, row, (int(w), int(h))))
+
+    def get(sha: str) -> Image.Image | None:
+        found = rows.get(sha)
+        if found is None:
+            return None
+        table, row, (w, h) = found
+        return Image.fromarray(np.array(table[row, :h, :w]), mode="L")
+
+    return get
 
 
 def _signature(manifest: DatasetManifest) -> str:
@@ -350,7 +449,14 @@ def manifest_pairs(
             img.load()
             return img
 
-    pairs = _find_pairs([i.phash for i in items], load, [i.file for i in items], first_new)
+    kept = stored_work([root] if base is None else [root, Path(base.root)])
+    pairs = _find_pairs(
+        [i.phash for i in items],
+        load,
+        [i.file for i in items],
+        first_new,
+        lambda i: kept(items[i].sha256),
+    )
     if known:
         pairs = sorted([*known, *pairs], key=lambda p: (-p.similarity, p.bits, p.a, p.b))
     data = {"signature": signature, "pairs": [p.__dict__ for p in pairs]}

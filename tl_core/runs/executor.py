@@ -63,6 +63,23 @@ TERM_GRACE_S = 5.0  # after SIGTERM, a worker that is still there gets SIGKILL
 WORKER_ENV = {
     "GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736",
 }
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+
+
+def tune_allocator() -> bool:
+    """The worker's allocator settings (:data:`WORKER_ENV`) for this running process, for
+    commands that train or predict in it (the command line): glibc's ``mallopt`` with the
+    same two settings (the trim threshold capped at the 2 GiB ``mallopt`` takes). False where
+    the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 class Executor(Protocol):

@@ -80,16 +80,20 @@ class ImportParams:
     or .zip on this machine), ``zip`` or ``files`` (what the page saved in the job's upload
     folder). ``reuse``: where a demo import keeps its decoded copy for the next one. ``grow``:
     the project's current images are kept and these added; ``label``: the class every added
-    image goes into (None: the class of its folder)."""
+    image goes into (None: the class of its folder). ``model``: the model the project trains
+    (the default one when empty), whose inputs the import makes while it decodes."""
 
     way: str = "folder"
     path: str = ""
     reuse: str | None = None
     grow: bool = False
     label: str | None = None
+    model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"way": self.way}
+        if self.model:
+            out["model"] = self.model
         if self.way in ("demo", "folder"):
             out["path"] = self.path
         if self.reuse is not None:
@@ -107,6 +111,7 @@ class ImportParams:
             reuse=str(reuse) if reuse else None,
             grow=bool(raw.get("grow")),
             label=str(label) if label else None,
+            model=str(raw.get("model") or ""),
         )
 
 

@@ -345,6 +345,7 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     progress = _import_reporter(ctx)
     ctx.progress(Progress("files", 0, 1))
     started = time.monotonic()
+    squares = import_squares(params.model)
     try:
         if params.grow:
             return _grown(spec, dest, upload, progress, started)
@@ -359,15 +360,15 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
                     ctx.progress(Progress("import", n, n))
                     return _imported(reused, dest, started)
             if src.is_file():
-                manifest = tl_data.import_zip(src, dest, progress)
+                manifest = tl_data.import_zip(src, dest, progress, squares=squares)
             else:
-                manifest = tl_data.import_folder(src, dest, progress)
+                manifest = tl_data.import_folder(src, dest, progress, squares)
         else:
             uploaded = _uploaded(upload, way)
             if isinstance(uploaded, Path):
-                manifest = tl_data.import_zip(uploaded, dest, progress)
+                manifest = tl_data.import_zip(uploaded, dest, progress, squares=squares)
             else:
-                manifest = tl_data.import_files(uploaded, dest, progress)
+                manifest = tl_data.import_files(uploaded, dest, progress, squares)
     except _Stopped:
         shutil.rmtree(dest, ignore_errors=True)
         return STOPPED
@@ -380,6 +381,18 @@ def import_images(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     if kept is not None:
         _keep_for_reuse(manifest, kept)
     return _imported(manifest, dest, started)
+
+
+def import_squares(model: str) -> list[Any]:
+    """The inputs an import makes while it decodes: those of ``model`` (the default model
+    when empty or unknown; :mod:`tl_core.data.pixelcache`)."""
+    from tl_core.errors import ModelUnavailableError
+    from tl_core.models.catalog import DEFAULT_MODEL, get_spec
+
+    try:
+        return [get_spec(model or DEFAULT_MODEL).square]
+    except ModelUnavailableError:
+        return [get_spec(DEFAULT_MODEL).square]
 
 
 def _uploaded(upload: Path, way: str) -> Path | list[tuple[str, Path]]:
@@ -405,7 +418,7 @@ def _grown(
         folder_source(params.path) if way == "folder" else _uploaded(upload, way)
     )
     base = tl_data.DatasetManifest.load(Path(spec.data_dir))
-    growth = tl_data.grow(base, source, dest, params.label, progress)
+    growth = tl_data.grow(base, source, dest, params.label, progress, import_squares(params.model))
     result = _imported(growth.manifest, dest, started)
     warnings = [w.to_json() for w in growth.warnings]
     return {**result, "summary": growth.summary(), "warnings": warnings}
@@ -426,14 +439,15 @@ def _reused_import(kept: Path, dest: Path) -> Any:
     """The earlier import of the unchanged folder kept in ``kept``, linked into ``dest`` (a
     class of thirty importing the bundled demo set decodes it once); else None."""
     from tl_core.data import dataset as tl_data
-    from tl_core.data import neardup
+    from tl_core.data import neardup, pixelcache
 
     try:
         base = tl_data.DatasetManifest.load(kept)
     except DataError:
         return None
     try:
-        return tl_data.link_import(base, dest, carry=[neardup.CACHE_NAME])
+        carry = [neardup.CACHE_NAME, *pixelcache.kept_names(kept)]
+        return tl_data.link_import(base, dest, carry=carry)
     except (OSError, DataError):  # the kept copy was damaged or is being removed: import as usual
         shutil.rmtree(dest, ignore_errors=True)
         return None
@@ -442,14 +456,15 @@ def _reused_import(kept: Path, dest: Path) -> Any:
 def _keep_for_reuse(manifest: Any, kept: Path) -> None:
     """Keep a linked copy of a fresh import in ``kept`` (see _reused_import)."""
     from tl_core.data import dataset as tl_data
-    from tl_core.data import neardup
+    from tl_core.data import neardup, pixelcache
 
     if kept.exists():
         return
     tmp = kept.parent / f".{kept.name}-{os.getpid()}-{time.monotonic_ns()}"
     try:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        tl_data.link_import(manifest, tmp, carry=[neardup.CACHE_NAME])
+        carry = [neardup.CACHE_NAME, *pixelcache.kept_names(Path(manifest.root))]
+        tl_data.link_import(manifest, tmp, carry=carry)
         os.rename(tmp, kept)
     except OSError:  # another import kept it first, or no room: nothing lost
         pass

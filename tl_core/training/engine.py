@@ -421,7 +421,9 @@ def _decoded_note(decoded: DecodedImages) -> str:
         if decoded.resident
         else "read from disk per batch, since they exceed the memory budget (TL_STUDIO_CACHE_MB)"
     )
-    if decoded.decoded_now or decoded.reused:
+    if decoded.from_import:
+        made = "all made while the images were imported"
+    elif decoded.decoded_now or decoded.reused:
         made = f"{decoded.decoded_now} decoded now"
         if decoded.reused:
             made += f", {decoded.reused} copied from an earlier version of the data set"

@@ -23,11 +23,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms import functional as tvf
 
 from tl_core import diskspace
 from tl_core.data.dataset import ImageItem
-from tl_core.data.imageprep import decode_workers
+from tl_core.data.imageprep import decode_workers, square_pixels
 from tl_core.models.catalog import DataConfig
 from tl_core.training.rowfile import RowFile
 
@@ -60,10 +59,9 @@ def cache_side(cfg: DataConfig) -> int:
 
 
 def square_of(img: Image.Image, side: int, interpolation: str) -> torch.Tensor:
-    """Resize an RGB image's shorter side to ``side`` and centre-crop it: uint8 CHW."""
-    img = tvf.resize(img, side, interpolation=_INTERP.get(interpolation, InterpolationMode.BICUBIC))
-    img = tvf.center_crop(img, [side, side])
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    """Resize an RGB image's shorter side to ``side`` and centre-crop it: uint8 CHW
+    (:func:`~tl_core.data.imageprep.square_pixels`, the one definition imports use too)."""
+    return torch.from_numpy(square_pixels(img, side, interpolation))
 
 
 def load_square(path: Path, side: int, interpolation: str) -> torch.Tensor:
@@ -77,26 +75,31 @@ class DecodedImages:
 
     When the whole file fits the memory budget it is memory-mapped (rows are views, as fast
     as memory); otherwise rows are read per batch (:class:`RowFile`), so the worker's resident
-    memory stays one batch, whatever the number of images.
+    memory stays one batch, whatever the number of images. ``order``: the file's row of each
+    image asked for, when the file holds them in another order (the cache an import made).
     """
 
-    def __init__(self, path: Path, n: int, side: int, resident: bool) -> None:
+    def __init__(
+        self, path: Path, n: int, side: int, resident: bool, order: Sequence[int] | None = None
+    ) -> None:
         self.file = RowFile(path, n, (3, side, side))
         self.side = side
         self.resident = resident
+        self.order = None if order is None else list(order)
         self.decoded_now = 0  # images decoded by the call that built it
         self.reused = 0  # rows copied from an earlier data version's cache
+        self.from_import = order is not None  # made while the images were imported
         self._mapped: torch.Tensor | None = None
         if resident and n:
             arr = np.memmap(path, dtype=np.uint8, mode="c", shape=(n, 3, side, side))
             self._mapped = torch.from_numpy(np.asarray(arr))
 
     def __len__(self) -> int:
-        return self.file.n
+        return self.file.n if self.order is None else len(self.order)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (self.file.n, 3, self.side, self.side)
+        return (len(self), 3, self.side, self.side)
 
     @property
     def nbytes(self) -> int:
@@ -109,44 +112,52 @@ class DecodedImages:
         return self.nbytes if self._mapped is not None else 0
 
     def __getitem__(self, row: int) -> torch.Tensor:
+        if self.order is not None:
+            row = self.order[row]
         if self._mapped is not None:
             return self._mapped[row]
         return self.file.read([row])[0]
 
     def rows(self, rows: Sequence[int]) -> list[torch.Tensor]:
         """Rows ``rows``, one tensor each: one read per run of consecutive rows."""
+        if self.order is not None:
+            rows = [self.order[r] for r in rows]
         if self._mapped is not None:
             return [self._mapped[r] for r in rows]
         return list(self.file.read(rows).unbind(0))
 
 
-def _index_files(index: Path) -> tuple[list[str], list[str] | None] | None:
-    """(files, sha256s or None) of a complete cache's index; None when it is unreadable."""
+_Index = tuple[list[str], list[str] | None, bool]
+
+
+def _index_files(index: Path) -> _Index | None:
+    """(files, sha256s or None, made by the import) of a complete cache's index; None when
+    it is unreadable."""
     try:
         raw = json.loads(index.read_text())
     except (OSError, ValueError):
         return None
     if isinstance(raw, list):  # the first format: the files alone
-        return [str(f) for f in raw], None
+        return [str(f) for f in raw], None, False
     if isinstance(raw, dict) and isinstance(raw.get("files"), list):
         sha = raw.get("sha256")
-        return [str(f) for f in raw["files"]], sha if isinstance(sha, list) else None
+        files = [str(f) for f in raw["files"]]
+        return files, sha if isinstance(sha, list) else None, raw.get("made") == "import"
     return None
 
 
 def _earlier_rows(root: Path, stem: str, row_bytes: int) -> dict[str, tuple[Path, int]]:
     """sha256 -> (cache file, row) of complete decoded caches of the same size and
-    interpolation in the other data versions beside ``root`` (``root.parent/data-*``)."""
+    interpolation: ``root``'s own (made by its import) and the other data versions' beside
+    it (``root.parent/data-*``)."""
     found: dict[str, tuple[Path, int]] = {}
-    here = Path(root).resolve()
-    for index in sorted(Path(root).parent.glob(f"data-*/cache/{stem}.json")):
-        if index.parent.parent.resolve() == here:
-            continue
+    own = Path(root) / "cache" / f"{stem}.json"
+    for index in [own, *sorted(Path(root).parent.glob(f"data-*/cache/{stem}.json"))]:
         known = _index_files(index)
         data = index.with_suffix(".u8")
         if known is None or known[1] is None or not data.is_file():
             continue
-        files, shas = known
+        files, shas, _ = known
         if len(shas) != len(files) or data.stat().st_size != len(files) * row_bytes:
             continue
         for row, sha in enumerate(shas):
@@ -181,19 +192,44 @@ def decode_all(
             with contextlib.suppress(OSError):  # atomically: other jobs may be reading it
                 _write_index(index.with_suffix(".json.tmp"), items)
                 index.with_suffix(".json.tmp").replace(index)
-        return DecodedImages(data, n, side, nbytes <= budget_bytes)
+        images = DecodedImages(data, n, side, nbytes <= budget_bytes)
+        images.from_import = known[2]
+        return images
+    covering = _covering(known, data, items, side)
+    if covering is not None:  # e.g. the cache the import made, in the import's order
+        rows, order = covering
+        return DecodedImages(data, rows, side, rows * 3 * side * side <= budget_bytes, order)
     diskspace.check_free(folder, nbytes + diskspace.MB)  # before anything is written
     with diskspace.guard(folder, diskspace.MB):
         folder.mkdir(exist_ok=True)
     tmp = data.with_suffix(".tmp")
+    earlier = _earlier_rows(root, stem, 3 * side * side)  # its own rows too, read before
     index.unlink(missing_ok=True)  # from here on the cache is incomplete
     with diskspace.guard(folder, nbytes + diskspace.MB, cleanup=[tmp, data]):
-        decoded, reused = _fill(tmp, root, items, side, interpolation, progress, stem)
+        decoded, reused = _fill(tmp, root, items, (side, interpolation), progress, earlier)
         tmp.replace(data)
         _write_index(index, items)  # written last: its presence means "complete"
     images = DecodedImages(data, n, side, nbytes <= budget_bytes)
     images.decoded_now, images.reused = decoded, reused
     return images
+
+
+def _covering(
+    known: _Index | None,
+    data: Path,
+    items: Sequence[ImageItem],
+    side: int,
+) -> tuple[int, list[int]] | None:
+    """(rows of the file, the row of each item) when a complete cache holds every item
+    (by sha256), in whatever order; None otherwise."""
+    if known is None or known[1] is None or not data.is_file():
+        return None
+    shas = known[1]
+    if data.stat().st_size != len(shas) * 3 * side * side:
+        return None
+    where = {str(sha): row for row, sha in enumerate(shas)}
+    order = [where.get(i.sha256, -1) for i in items]
+    return None if -1 in order else (len(shas), order)
 
 
 def _write_index(index: Path, items: Sequence[ImageItem]) -> None:
@@ -207,19 +243,19 @@ def _fill(
     tmp: Path,
     root: Path,
     items: Sequence[ImageItem],
-    side: int,
-    interpolation: str,
+    square: tuple[int, str],
     progress: Callable[[int, int], None] | None,
-    stem: str,
+    earlier: dict[str, tuple[Path, int]],
 ) -> tuple[int, int]:
-    """Write every item's square into the new file ``tmp``: (decoded, copied) counts.
+    """Write every item's square into the new file ``tmp``: (decoded, copied) counts. Rows
+    ``earlier`` holds (sha256 -> cache file, row) are copied, the others decoded.
 
     Rows go in with ``pwrite`` (no memory map: nothing of the file stays resident, and its
     blocks are reserved first, so a full disk is an error, not a crash).
     """
     n = len(items)
+    side, interpolation = square
     out = RowFile.create(tmp, n, (3, side, side))
-    earlier = _earlier_rows(root, stem, out.row_bytes)
     sources: dict[Path, RowFile] = {}
     copy = [(i, earlier[it.sha256]) for i, it in enumerate(items) if it.sha256 in earlier]
     for dst, (path, src) in copy:
