@@ -50,7 +50,14 @@ from tl_core.models.catalog import (
     weights_status,
 )
 from tl_core.models.device import ComputePlan, one_thread, plan_compute
-from tl_core.training.featurecache import earlier_rows, features_path, read_cache, write_cache
+from tl_core.training.featurecache import (
+    earlier_rows,
+    features_path,
+    linked_twin,
+    one_pass,
+    read_cache,
+    write_cache,
+)
 from tl_core.training.inputs import (
     ImageTensors,
     Normalize,
@@ -216,20 +223,25 @@ def frozen_features(
     root = Path(manifest.root)
     items = sorted([*split.train, *split.val], key=lambda i: i.file)
     files = [i.file for i in items]
-    path, data, from_cache = _cached(spec, pretrained, root, items, plan, progress)
     plan = plan or plan_compute()
     val_files = [i.file for i in split.val]
-    if (
-        exact_val
-        and plan.amp_dtype is not None
-        and data.get("exact_files", np.array([])).tolist() != val_files
-    ):
+
+    def complete(data: dict[str, np.ndarray]) -> bool:
+        exact = data.get("exact_files", np.array([])).tolist()
+        return not exact_val or plan.amp_dtype is None or exact == val_files
+
+    def add_exact(path: Path, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         at = {f: r for r, f in enumerate(files)}
         exact, _, _ = _compute(
             spec, pretrained, root, items, plan.exact(), None, [at[f] for f in val_files]
         )
         data = {**data, "exact_files": np.array(val_files), "exact_vectors": exact}
         write_cache(path, data)
+        return data
+
+    _, data, from_cache = _cached(
+        spec, pretrained, root, items, plan, progress, (complete, add_exact)
+    )
     row = {f: r for r, f in enumerate(files)}
     ordered = [*split.train, *split.val]
     rows = np.array([row[i.file] for i in ordered], dtype=np.int64)
@@ -269,6 +281,10 @@ def picture_features(
     return items, np.asarray(data["vectors"], dtype=np.float32)
 
 
+_Arrays = dict[str, np.ndarray]
+_Finish = tuple[Callable[[_Arrays], bool], Callable[[Path, _Arrays], _Arrays]]
+
+
 def _cached(
     spec: ModelSpec,
     pretrained: bool,
@@ -276,16 +292,30 @@ def _cached(
     items: Sequence[ImageItem],
     plan: ComputePlan | None,
     progress: Progress | None,
-) -> tuple[Path, dict[str, np.ndarray], bool]:
-    """The features file of ``items`` (sorted by file): its path, its arrays (read, or
-    computed and written) and whether they were read from the cache."""
+    finish: _Finish | None = None,
+) -> tuple[Path, _Arrays, bool]:
+    """The features file of ``items`` (sorted by file): its path, its arrays (read, linked
+    from another data version of the workspace, or computed and written) and whether they
+    came from a cache. ``finish``: (is the file complete for the caller, complete it), e.g.
+    the validation features in fp32. One job at a time computes or completes a given file
+    (``featurecache.one_pass``); the others wait, then find it."""
+    complete, add = finish or ((lambda data: True), (lambda path, data: data))
     path = features_path(root, items, spec.key, pretrained)
-    data = read_cache(path, [i.file for i in items])
-    if data is not None:
+    files = [i.file for i in items]
+    data = read_cache(path, files)
+    if data is not None and complete(data):
         return path, data, True
-    data = _features_of(spec, pretrained, root, items, plan or plan_compute(), progress)
-    write_cache(path, data)
-    return path, data, False
+    with one_pass(path):
+        data = read_cache(path, files)
+        if data is None or not complete(data):
+            data = linked_twin(path, files, complete) or data
+        from_cache = data is not None
+        if data is None:
+            data = _features_of(spec, pretrained, root, items, plan or plan_compute(), progress)
+            write_cache(path, data)
+        if not complete(data):
+            data = add(path, data)
+    return path, data, from_cache
 
 
 def _features_of(

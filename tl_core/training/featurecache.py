@@ -4,24 +4,44 @@ Written by the features job (head start, gauge, learning curve, recommendation: 
 :func:`tl_core.analysis.transfer.frozen_features`) and read back by a head-only training run
 without augmentation, which trains on exactly these outputs: so pressing Train after the
 Model page's head start runs no image through the network again.
+
+A features file is named by what it is made of: the pictures (files and sha256s), the model
+and its weights (:func:`features_path`). Work is done once per workspace, not per project:
+the same file in another project's data version (thirty students' copies of the demo set)
+is hard-linked (:func:`linked_twin`), rows of the same pictures in other versions are copied
+(:func:`earlier_rows`), and while one job computes a file the others that need it wait for
+it (:func:`one_pass`) instead of computing it again. Deleting a project removes its links
+only: a file goes when no data version holds it any more.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
 import os
+import shutil
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from tl_core.data.dataset import ImageItem
 
-__all__ = ["FORMAT", "earlier_rows", "features_path", "pooled_rows", "read_cache", "write_cache"]
+__all__ = [
+    "FORMAT",
+    "earlier_rows",
+    "features_path",
+    "linked_twin",
+    "one_pass",
+    "pooled_rows",
+    "read_cache",
+    "write_cache",
+]
 
 FORMAT = 1  # bump when the cached features' content changes
 
@@ -55,19 +75,28 @@ def read_cache(path: Path, files: list[str]) -> dict[str, np.ndarray] | None:
     return data
 
 
+def _other_versions(root: Path) -> list[Path]:
+    """The other data versions of the workspace: the project's own first
+    (``root.parent/data-*``), then the other projects' (``root.parent.parent/*/data-*``,
+    the store's ``projects/<id>/data-N`` layout; elsewhere nothing matches)."""
+    here = Path(root).resolve()
+    own = sorted(Path(root).parent.glob("data-*"))
+    others = sorted(Path(root).parent.parent.glob("*/data-*"))
+    return [v for v in dict.fromkeys([*own, *others]) if v.resolve() != here]
+
+
 def earlier_rows(
     root: Path, model_key: str, pretrained: bool
 ) -> dict[str, tuple[dict[str, np.ndarray], int]]:
-    """sha256 -> (arrays, row) of images whose features the other data versions beside
-    ``root`` (``root.parent/data-*``) cached for the same model and weights: a grown data
-    set passes only its new images through the network."""
+    """sha256 -> (arrays, row) of images whose features the other data versions of the
+    workspace (:func:`_other_versions`) cached for the same model and weights: a grown data
+    set, or another project of some of the same pictures, passes only the new ones through
+    the network."""
     kind = "pretrained" if pretrained else "random"
-    here = Path(root).resolve()
     found: dict[str, tuple[dict[str, np.ndarray], int]] = {}
-    pattern = f"data-*/cache/features-{model_key}-{kind}-*.npz"
-    for path in sorted(Path(root).parent.glob(pattern), key=lambda p: -p.stat().st_mtime):
-        if path.parent.parent.resolve() == here:
-            continue
+    name = f"features-{model_key}-{kind}-*.npz"
+    paths = [p for v in _other_versions(root) for p in (v / "cache").glob(name)]
+    for path in sorted(paths, key=lambda p: -p.stat().st_mtime):
         data = _load(path)
         if data is None or "sha256" not in data or "vectors" not in data:
             continue
@@ -76,6 +105,53 @@ def earlier_rows(
         for row, sha in enumerate(data["sha256"].tolist()):
             found.setdefault(str(sha), (data, row))
     return found
+
+
+def linked_twin(
+    path: Path, files: list[str], complete: Callable[[dict[str, np.ndarray]], bool]
+) -> dict[str, np.ndarray] | None:
+    """The features file ``path`` (its name says what it is made of) as another data version
+    of the workspace cached it (one that is ``complete`` first), hard-linked into place
+    (copied where linking fails) and read; None when none did."""
+    found: list[tuple[Path, dict[str, np.ndarray]]] = []
+    for version in _other_versions(path.parent.parent):
+        twin = version / "cache" / path.name
+        data = read_cache(twin, files) if twin.is_file() else None
+        if data is not None:
+            found.append((twin, data))
+            if complete(data):
+                break
+    if not found:
+        return None
+    twin, data = next(((t, d) for t, d in found if complete(d)), found[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        os.link(twin, tmp)
+    except OSError:
+        shutil.copyfile(twin, tmp)
+    tmp.replace(path)
+    return data
+
+
+@contextlib.contextmanager
+def one_pass(path: Path) -> Iterator[None]:
+    """Hold the workspace's lock on the features file ``path`` while it is computed: a job
+    that needs the same file (same pictures, model and weights) in any project waits here,
+    then finds it (:func:`linked_twin`). The lock is a file beside the projects' folders
+    (``root.parent.parent``), released when its holder ends, even killed."""
+    folder = path.parent.parent.parent.parent  # projects/<id>/data-N/cache/<file>
+    lock = folder / f".{path.stem}.lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only place: no lock, each job computes its own
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_cache(path: Path, data: dict[str, np.ndarray]) -> None:
