@@ -72,12 +72,14 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def _imported(data: Path, dest: Path, bars: Bars) -> DatasetManifest:
-    """``data`` imported into ``dest`` (decoded and normalised once); its warnings said."""
+def _imported(data: Path, dest: Path, bars: Bars, model: str) -> DatasetManifest:
+    """``data`` imported into ``dest`` (decoded once, with ``model``'s squares made on the
+    way); its warnings said."""
     from tl_core.data.dataset import import_folder
 
     try:
-        manifest = import_folder(data, dest, bars.progress("Importing your images"))
+        squares = [get_spec(model).square]
+        manifest = import_folder(data, dest, bars.progress("Importing your images"), squares)
     finally:
         bars.close()
     for warning in manifest.warnings:
@@ -215,7 +217,7 @@ def suggest(args: argparse.Namespace, bars: Bars) -> dict[str, object]:
     from tl_core.labeling import assist
 
     with tempfile.TemporaryDirectory(prefix="tl-label-") as tmp:
-        manifest = _imported(args.data, Path(tmp) / "data", bars)
+        manifest = _imported(args.data, Path(tmp) / "data", bars, args.model)
         counts = _check_labelled(manifest, args.data, assist.MIN_PER_CLASS)
         items, vectors = _features(manifest, args.model, bars)
     classes = manifest.classes
@@ -314,7 +316,7 @@ def issues(args: argparse.Namespace, bars: Bars) -> dict[str, object]:
 
     with tempfile.TemporaryDirectory(prefix="tl-label-") as tmp:
         folder, thin = _checkable(args.data, Path(tmp))
-        manifest = _imported(folder, Path(tmp) / "data", bars)
+        manifest = _imported(folder, Path(tmp) / "data", bars, args.model)
         counts = Counter(i.label for i in manifest.items)
         checked = [c for c in manifest.classes if counts[c] >= MIN_TO_CHECK]
         unchecked = thin + [c for c in manifest.classes if counts[c] < MIN_TO_CHECK]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core import diskspace
+from tl_core.config import StepRow
 from tl_core.errors import DiskFullError, StudioError
 from tl_core.events import End, Epoch, Event, Log, Progress, Rewind, Started, Step
 from tl_core.runs import endings, interrupt
@@ -72,6 +73,9 @@ def _append_log(folder: Path, text: str) -> None:
         open(folder / "run.log", "a", encoding="utf-8") as log,
     ):
         log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+STEPS_EVERY_S = 0.5  # how long a job run in the store's own process keeps steps to write
 
 
 def record(store: Store, job_id: str, folder: Path, event: Event) -> None:
@@ -249,7 +253,9 @@ def settle(store: Store, job_id: str, folder: Path, end: End) -> End:
 class StoreSink:
     """Events applied to the store at once: for a job run by the store's own process.
 
-    ``watch`` sees each event after the store has it (the command line's progress bars).
+    Training steps are kept a moment and written together (:data:`STEPS_EVERY_S`, or before
+    any other event), one transaction instead of one a step; ``watch`` sees each event as
+    it comes (the command line's progress bars).
     """
 
     def __init__(
@@ -259,11 +265,26 @@ class StoreSink:
         self.job_id = job.id
         self.folder = Path(job.run_dir)
         self.watch = watch
+        self._steps: list[StepRow] = []
+        self._since = 0.0
 
     def emit(self, event: Event) -> None:
-        record(self.store, self.job_id, self.folder, event)
+        if isinstance(event, Step):
+            if not self._steps:
+                self._since = time.monotonic()
+            self._steps.append(event.row)
+            if time.monotonic() - self._since >= STEPS_EVERY_S:
+                self._flush_steps()
+        else:
+            self._flush_steps()
+            record(self.store, self.job_id, self.folder, event)
         if self.watch is not None:
             self.watch(event)
+
+    def _flush_steps(self) -> None:
+        if self._steps:
+            rows, self._steps = self._steps, []
+            self.store.add_steps(self.job_id, rows)
 
     def stop_asked(self) -> bool:
         job = self.store.job(self.job_id)

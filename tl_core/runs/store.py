@@ -25,7 +25,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -656,11 +656,15 @@ class Store:
 
     def add_step(self, run_id: str, row: StepRow) -> None:
         """Keep one training step (and count it as the run's heartbeat)."""
+        self.add_steps(run_id, [row])
+
+    def add_steps(self, run_id: str, rows: Sequence[StepRow]) -> None:
+        """Keep training steps in one transaction (and count it as the run's heartbeat)."""
         with self._connect() as db:
-            db.execute(
+            db.executemany(
                 f"INSERT INTO metrics (run_id, kind, {', '.join(_STEP_COLUMNS.values())})"
                 f" VALUES (?, 'step', {', '.join('?' * len(_STEP_COLUMNS))})",
-                (run_id, *(getattr(row, f) for f in _STEP_COLUMNS)),
+                [(run_id, *(getattr(row, f) for f in _STEP_COLUMNS)) for row in rows],
             )
             db.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
 
