@@ -12,8 +12,9 @@ owner of the store and the workspace:
 - a Ray task (:func:`_run_on_node`) unpacks them into a scratch folder of its node, runs
   :func:`~tl_core.runs.worker.execute` there, and sends every event (its wire form) and every
   file it writes (checkpoints each epoch, results) back through a small actor owned by the
-  server (:class:`_Channel`); the server reads each event back typed and writes the files into
-  the workspace as they arrive;
+  server and kept on the server's own node, so that no other node takes it along when it
+  leaves (:class:`_Channel`); the server reads each event back typed and writes the files
+  into the workspace as they arrive;
 - Stop goes the other way through the same actor, read every quarter of a second; a job
   that does not answer (its worker stopped or deadlocked) is ended on the supervisor's word
   with ``ray.cancel(force=True)``, which kills its worker process (:meth:`RayExecutor.end`);
@@ -307,13 +308,21 @@ def _node_data(key: str, ref: list[Any], base: Path) -> Path:
 
 
 def _placement(plan: str) -> str:
+    """Where the job runs: the node's name (the one given with ``ray start --node-name``,
+    else its host's), its address and the compute plan."""
     import ray
 
     try:
         ip = ray.util.get_node_ip_address()
     except Exception:
         ip = "?"
-    return f"Ray node {socket.gethostname()} ({ip}), {plan}"
+    name = socket.gethostname()
+    with contextlib.suppress(Exception):  # the host's name is enough when this fails
+        here = ray.get_runtime_context().get_node_id()
+        given = next(n.get("NodeName", "") for n in ray.nodes() if n["NodeID"] == here)
+        if given and given != ip:  # Ray names a node by its address unless told otherwise
+            name = given
+    return f"Ray node {name} ({ip}), {plan}"
 
 
 def _warm_up() -> int:
@@ -410,6 +419,18 @@ def _ended(job: _Job) -> End:
     return lost_end(job.spec.kind, None, job.ending)
 
 
+def _on_this_node(ray: Any) -> dict[str, Any]:
+    """Options that keep an actor on the server's own node: Ray would place the server's
+    mailbox on any node, and every job's events would go with that node if it left."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # no node of its own (a Ray Client connection): Ray chooses
+        return {}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+
+
 class RayExecutor:
     """Jobs as Ray tasks on the cluster at ``address``; events and files come back here."""
 
@@ -464,7 +485,8 @@ class RayExecutor:
                     runtime_env={"py_modules": [str(Path(tl_core.__file__).parent)]},
                     configure_logging=False,
                 )
-            channel = ray.remote(num_cpus=0, max_restarts=0)(_Channel).remote()
+            channel = ray.remote(num_cpus=0, max_restarts=0)(_Channel)
+            channel = channel.options(**_on_this_node(ray)).remote()
             ray.get(channel.flush.remote(), timeout=60)
         except Exception as exc:
             raise RayUnavailableError(
