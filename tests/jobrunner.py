@@ -83,3 +83,16 @@ def wait_for(store: Store, run_id: str, statuses: tuple[str, ...], timeout: floa
             return run
         time.sleep(0.1)
     raise AssertionError(f"{run_id} is still {store.job(run_id)}")
+
+
+ENDED = ("finished", "failed", "stopped", "interrupted")
+
+
+def wait_for_epoch(store: Store, run_id: str, n: int = 1, timeout: float = 300) -> None:
+    """Until the run has recorded ``n`` epochs; fails if it ends first or takes too long."""
+    deadline = time.monotonic() + timeout
+    while len(store.epochs(run_id)) < n:
+        run = store.job(run_id)
+        assert run is not None and run.status not in ENDED, run
+        assert time.monotonic() < deadline, run
+        time.sleep(0.05)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import raycluster
 from helpers import make_shapes
-from jobrunner import wait_for
+from jobrunner import wait_for, wait_for_epoch
 from raycluster import local_cluster
 
 from tl_core import service
@@ -72,15 +72,6 @@ def _executor(store: Store) -> RayExecutor:
     return sup.executor
 
 
-def _wait_for_epoch(store: Store, run_id: str, n: int = 1) -> None:
-    deadline = time.monotonic() + 300
-    while len(store.epochs(run_id)) < n:
-        run = store.job(run_id)
-        assert run is not None and run.status not in ENDED, run
-        assert time.monotonic() < deadline, run
-        time.sleep(0.05)
-
-
 def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served, monkeypatch):
     """One run through everything a training run meets on the cluster: its curve grows while
     it trains; a Ray worker killed mid-run (kill -9) leaves it interrupted with its last
@@ -99,7 +90,7 @@ def test_a_run_on_the_cluster_live_curves_stop_a_killed_worker_and_resume(served
     # lands after its last epoch (while it scores the best model) rightly leaves it finished.
     config = TrainConfig(epochs=10, batch_size=4, head_epochs=1, trainable_groups=1)
     run = service.submit_job(store, pid, RunSpec(config), data)
-    _wait_for_epoch(store, run.id, 2)  # (fails if the run ends first)
+    wait_for_epoch(store, run.id, 2)  # (fails if the run ends first)
     folder = Path(run.run_dir)
     assert store.job(run.id).placement.startswith("Ray node")
     deadline = time.monotonic() + 30
@@ -210,7 +201,7 @@ def test_a_server_killed_mid_run_leaves_it_interrupted_and_resume_finishes_it(
             time.sleep(0.1)
         config = TrainConfig(epochs=6, batch_size=4, head_epochs=1, trainable_groups=1)
         run = service.submit_job(store, pid, RunSpec(config), data)
-        _wait_for_epoch(store, run.id, 2)
+        wait_for_epoch(store, run.id, 2)
         # The epochs recorded have their checkpoint on the server (sent before them).
         assert (Path(run.run_dir) / "last.pt").is_file()
         assert store.job(run.id).pid == server.pid

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import raycluster
 from helpers import make_shapes
-from jobrunner import wait_for
+from jobrunner import wait_for, wait_for_epoch
 
 from tl_core import service
 from tl_core.config import RunSpec, TrainConfig
@@ -250,15 +250,6 @@ def _title(pid: int) -> str:
         return "?"
 
 
-def _wait_for_epoch(store: Store, run_id: str, n: int) -> None:
-    deadline = time.monotonic() + 240
-    while len(store.epochs(run_id)) < n:
-        run = store.job(run_id)
-        assert run is not None and run.status not in ENDED, run
-        assert time.monotonic() < deadline, run
-        time.sleep(0.05)
-
-
 def test_a_worker_node_killed_mid_run_and_resume_finishes_on_the_other(cluster, served) -> None:
     """The node training a run is killed (SIGKILL to its process group): the run ends
     interrupted with its last epoch's checkpoint on the server; Resume finishes it on the
@@ -267,7 +258,7 @@ def test_a_worker_node_killed_mid_run_and_resume_finishes_on_the_other(cluster, 
     # Enough epochs (a tenth of a second each) that it still trains when the node goes.
     config = TrainConfig(epochs=40, trainable_groups=1, head_epochs=1, **{**TINY, "batch_size": 4})
     run = service.submit_job(store, pid, RunSpec(config), data)
-    _wait_for_epoch(store, run.id, 2)
+    wait_for_epoch(store, run.id, 2)
     first = _node_of(store.job(run.id))
     node = cluster.workers[first]
     worker = served.executor.worker_pid(run.id)

@@ -123,3 +123,29 @@ def test_a_copy_without_the_exact_validation_features_is_completed_once(classroo
     again = _features(projects[2][1], exact=True)
     assert again.from_cache and passes == [n_val]  # the complete file, linked
     assert np.array_equal(plain.vectors, again.vectors)
+
+
+def _head_start_job(store: Store, project_id: str) -> dict:
+    from jobrunner import run_job
+
+    from tl_core import service
+
+    job = service.submit_features(store, store.project(project_id), MODEL, 0.25, 0)
+    done = run_job(store, store.job(job.id))
+    assert done.status == "finished", done.error
+    return done.result
+
+
+def test_the_head_start_readings_are_computed_once_for_the_same_pictures(classroom, monkeypatch):
+    """The Model page's head start of a class's copies of one set: the features job of the
+    second project reads the first one's readings; other labels give readings of their own."""
+    store, projects = classroom
+    calls: list[int] = []
+    real = transfer.head_start
+    monkeypatch.setattr(transfer, "head_start", lambda f: calls.append(1) or real(f))
+    first = _head_start_job(store, projects[0][0])
+    second = _head_start_job(store, projects[1][0])
+    assert len(calls) == 1 and second["head_start"] == first["head_start"]
+    assert second["curve"] == first["curve"]
+    other = _head_start_job(store, projects[3][0])  # other pictures
+    assert len(calls) == 2 and other["n_train"] == first["n_train"]  # computed for them

@@ -53,6 +53,7 @@ from tl_core.models.device import ComputePlan, one_thread, plan_compute
 from tl_core.training.featurecache import (
     earlier_rows,
     features_path,
+    kept_result,
     linked_twin,
     one_pass,
     read_cache,
@@ -90,6 +91,7 @@ __all__ = [
     "features_path",
     "frozen_features",
     "head_start",
+    "kept_result",
     "learning_curve",
     "logme",
     "offline_models",
@@ -123,6 +125,7 @@ class Features:
     imagenet_top: np.ndarray | None  # (images,) the ImageNet class predicted, or None
     seconds: float  # time to compute them (the first time, when read from the cache)
     from_cache: bool
+    source: Path | None = None  # the features file they were read from or written to
 
     @property
     def train_x(self) -> np.ndarray:
@@ -239,7 +242,7 @@ def frozen_features(
         write_cache(path, data)
         return data
 
-    _, data, from_cache = _cached(
+    path, data, from_cache = _cached(
         spec, pretrained, root, items, plan, progress, (complete, add_exact)
     )
     row = {f: r for r, f in enumerate(files)}
@@ -258,6 +261,7 @@ def frozen_features(
         imagenet_top=np.asarray(data["imagenet_top"])[rows] if "imagenet_top" in data else None,
         seconds=float(data["seconds"]),
         from_cache=from_cache,
+        source=path,
     )
 
 

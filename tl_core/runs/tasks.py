@@ -10,6 +10,7 @@ The pages rebuild the results into the analysis dataclasses (their fields are th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -92,6 +93,9 @@ def _reporter(ctx: JobContextLike, phase: str):
     return progress
 
 
+READINGS_FORMAT = 1  # bump when what the features job reads from the features changes
+
+
 def features(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     """Frozen features of one model: head start, domain gauge, learning curve, probe accuracy.
 
@@ -112,18 +116,28 @@ def features(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:
     except _Stopped:
         return STOPPED
     ctx.progress(Progress("headstart", 1, 1))
-    gauge = transfer.domain_gauge(feats) if feats.entropy is not None else None
-    return _plain(
-        {
-            "model": feats.model_key,
-            "n_train": feats.n_train,
-            "head_start": asdict(transfer.head_start(feats)),
-            "gauge": asdict(gauge) if gauge is not None else None,
-            "curve": asdict(transfer.learning_curve(feats)),
-            "probe_accuracy": transfer.probe_accuracy(feats)[0],
-            "seconds": feats.seconds,
-        }
-    )
+
+    def readings() -> dict[str, Any]:
+        gauge = transfer.domain_gauge(feats) if feats.entropy is not None else None
+        return _plain(
+            {
+                "model": feats.model_key,
+                "n_train": feats.n_train,
+                "head_start": asdict(transfer.head_start(feats)),
+                "gauge": asdict(gauge) if gauge is not None else None,
+                "curve": asdict(transfer.learning_curve(feats)),
+                "probe_accuracy": transfer.probe_accuracy(feats)[0],
+                "seconds": feats.seconds,
+            }
+        )
+
+    if feats.source is None:
+        return readings()
+    # the same pictures, labels, split and model in another project (a class's copies of the
+    # demo set): the readings are those of the same features, computed once in the workspace
+    sides = [[(i.file, i.label) for i in split.train], [(i.file, i.label) for i in split.val]]
+    digest = hashlib.sha256(json.dumps([READINGS_FORMAT, sides]).encode()).hexdigest()[:16]
+    return transfer.kept_result(feats.source, f"readings-{digest}", readings)[0]
 
 
 def recommend(spec: JobSpec, ctx: JobContextLike) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,7 @@ __all__ = [
     "FORMAT",
     "earlier_rows",
     "features_path",
+    "kept_result",
     "linked_twin",
     "one_pass",
     "pooled_rows",
@@ -152,6 +154,38 @@ def one_pass(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def kept_result(
+    path: Path, name: str, make: Callable[[], dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """What ``make`` computes from the features file ``path`` alone (``name`` says which
+    reading, with its settings), kept beside it as JSON and shared like the file: read back
+    here or from another data version of the workspace, else computed once (under the
+    file's lock) and kept. (The result, whether it was read back.)"""
+    kept = path.with_name(f"{path.stem}-{name}.json")
+
+    def read(candidate: Path) -> dict[str, Any] | None:
+        try:
+            raw = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return raw if isinstance(raw, dict) else None
+
+    found = read(kept)
+    if found is not None:
+        return found, True
+    with one_pass(path):
+        for version in [path.parent.parent, *_other_versions(path.parent.parent)]:
+            found = read(version / "cache" / kept.name)
+            if found is not None:
+                break
+        result = found if found is not None else make()
+        tmp = kept.with_name(f"{kept.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        with contextlib.suppress(OSError):  # a read-only place: computed again next time
+            tmp.write_text(json.dumps(result), encoding="utf-8")
+            tmp.replace(kept)
+    return result, found is not None
 
 
 def write_cache(path: Path, data: dict[str, np.ndarray]) -> None:
