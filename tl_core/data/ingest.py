@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from tl_core import diskspace
 from tl_core.data.checks import check_import, classes_of, copy_warnings, examples
@@ -282,8 +283,11 @@ def take(
     dest = intake.dest
     (dest / ".incoming").mkdir(parents=True, exist_ok=True)
     cache = ImportCache(dest, intake.squares, len(todo))
+    # One BLAS thread: the fingerprints' small matrix products run in every decoding thread
+    # at once, and BLAS's own threads on top of them made the import half as fast.
     try:
-        out = _take_all(todo, intake, progress, skipped, cache)
+        with threadpool_limits(limits=1, user_api="blas"):
+            out = _take_all(todo, intake, progress, skipped, cache)
         cache.finish(out.items)
     finally:
         cache.close()

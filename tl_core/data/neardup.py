@@ -35,6 +35,7 @@ from typing import Literal, TextIO
 
 import numpy as np
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from tl_core.data.manifest import batches
 from tl_core.data.records import DatasetManifest, ImageItem, Split
@@ -165,34 +166,10 @@ def _thumbs(img: Image.Image) -> np.ndarray:
 
 def _thumbs_of(gray: Image.Image) -> np.ndarray:
     """One zero-mean, unit-length thumbnail per view: (views, THUMB_SIDE**2) float16."""
-    return _thumbs_all([gray])[0]
-
-
-def _thumbs_all(grays: Sequence[Image.Image]) -> np.ndarray:
-    """:func:`_thumbs_of` of reductions of one size: (pictures, views, THUMB_SIDE**2)."""
-    views = len(THUMB_VIEWS)
-    wx, wy = _view_weights(grays[0].width, grays[0].height, THUMB_SIDE, THUMB_VIEWS)
-    pixels = np.stack([np.asarray(gray, dtype=np.float64) for gray in grays])
-    a = _resampled(pixels, wx, wy).reshape(len(grays), views, -1)
-    a -= a.mean(axis=2, keepdims=True)
-    a /= np.maximum(np.linalg.norm(a, axis=2, keepdims=True), 1e-6)
+    a = _resized_views(gray, THUMB_SIDE, THUMB_VIEWS).reshape(len(THUMB_VIEWS), -1)
+    a -= a.mean(axis=1, keepdims=True)
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-6)
     return a.astype(np.float16)
-
-
-def _resampled(pixels: np.ndarray, wx: np.ndarray, wy: np.ndarray) -> np.ndarray:
-    """Pictures (count, height, width) through the views' matrices: (count, views, side,
-    side), each pass rounded to 8 bits as Pillow does; one matrix product for the horizontal
-    pass of every view, one per view for the vertical one."""
-    count, height, width = pixels.shape
-    views, _, side = wx.shape
-    across = wx.transpose(1, 0, 2).reshape(width, views * side)
-    rows = np.clip(np.floor(pixels.reshape(count * height, width) @ across + 0.5), 0, 255)
-    rows = rows.reshape(count, height, views, side)
-    out = np.empty((count, views, side, side))
-    for v in range(views):
-        down = wy[v] @ rows[:, :, v, :].transpose(1, 0, 2).reshape(height, count * side)
-        out[:, v] = down.reshape(side, count, side).transpose(1, 0, 2)
-    return np.clip(np.floor(out + 0.5), 0, 255)
 
 
 def _resized_views(gray: Image.Image, side: int, views: Views) -> np.ndarray:
@@ -204,7 +181,9 @@ def _resized_views(gray: Image.Image, side: int, views: Views) -> np.ndarray:
     one level of it (Pillow itself takes the vertical pass first for tall images).
     """
     wx, wy = _view_weights(gray.width, gray.height, side, views)
-    return _resampled(np.asarray(gray, dtype=np.float64)[None], wx, wy)[0]
+    pixels = np.asarray(gray, dtype=np.float64)
+    rows = np.clip(np.floor(pixels[None] @ wx + 0.5), 0, 255)  # (views, height, side)
+    return np.clip(np.floor(wy @ rows + 0.5), 0, 255)
 
 
 Views = tuple[tuple[float, float, float, float], ...]
@@ -355,7 +334,10 @@ def _find_pairs(
 
     from tl_core.data.imageprep import decode_workers
 
-    with ThreadPoolExecutor(decode_workers(), thread_name_prefix="neardup") as pool:
+    with (
+        ThreadPoolExecutor(decode_workers(), thread_name_prefix="neardup") as pool,
+        threadpool_limits(limits=1, user_api="blas"),  # small products in every thread
+    ):
         # Pillow decodes and resizes outside the GIL: one thread per core
         missing = [i for i, h in enumerate(hashes) if not h]
         found = dict(zip(missing, pool.map(lambda i: image_hash(load(i)), missing), strict=True))
@@ -372,20 +354,14 @@ def _find_pairs(
         else:
             cand = candidates(_hash_array(filled))
         needed = sorted({int(x) for x in cand[:, :2].ravel()})
+        table = np.empty((len(needed), len(THUMB_VIEWS), THUMB_SIDE * THUMB_SIDE), np.float16)
 
-        def work_of(i: int) -> Image.Image:  # kept by the import, else made from the file
+        def thumbs_of(i: int) -> np.ndarray:
             found = kept(i)
-            return _work(load(i)) if found is None else found
+            return _thumbs(load(i)) if found is None else _thumbs_of(found)
 
-        grays = list(pool.map(work_of, needed))
-    table = np.empty((len(needed), len(THUMB_VIEWS), THUMB_SIDE * THUMB_SIDE), np.float16)
-    by_size: dict[tuple[int, int], list[int]] = {}
-    for k, gray in enumerate(grays):
-        by_size.setdefault(gray.size, []).append(k)
-    for ks in by_size.values():  # those of one size together: a few matrix products
-        for start in range(0, len(ks), 32):
-            part = ks[start : start + 32]
-            table[part] = _thumbs_all([grays[k] for k in part])
+        for k, thumbs in enumerate(pool.map(thumbs_of, needed)):
+            table[k] = thumbs
     sims = _confirm(cand, needed, table)
     keep = sims >= MIN_SIMILARITY
     pairs = [
