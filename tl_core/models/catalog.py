@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlparse
 
-from tl_core.data.pixelcache import Square
 from tl_core.errors import ModelUnavailableError
 
 if TYPE_CHECKING:
     import torch
+
+    from tl_core.data.pixelcache import Square
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class ModelSpec:
 
     @property
     def square(self) -> Square:
+        from tl_core.data.pixelcache import Square  # numpy and Pillow: not for the CLI's start
+
         return Square(self.square_side, self.interpolation)
 
     @property
