@@ -27,7 +27,7 @@ def _project(store: Store, tmp_path: Path, versions: int = 2) -> tuple[str, list
     for _ in range(versions):
         data = store.new_data_dir(project.id)
         import_folder(src, data)
-        (data / "cache").mkdir()
+        (data / "cache").mkdir(exist_ok=True)  # the import made it already
         (data / "cache" / "decoded-18-bicubic.u8").write_bytes(b"\0" * 1000)
         (data / "cache" / "features-x-pretrained-0.npz").write_bytes(b"\0" * 100)
         dirs.append(data)
