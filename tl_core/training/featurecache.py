@@ -77,13 +77,20 @@ def read_cache(path: Path, files: list[str]) -> dict[str, np.ndarray] | None:
     return data
 
 
+def _projects_folder(root: Path) -> Path | None:
+    """The workspace's folder of projects when ``root`` is a data version in it (the store's
+    ``projects/<id>/data-N`` layout), else None (a command's temporary import, a test's)."""
+    folder = Path(root).parent.parent
+    return folder if folder.name == "projects" and Path(root).name.startswith("data-") else None
+
+
 def _other_versions(root: Path) -> list[Path]:
     """The other data versions of the workspace: the project's own first
-    (``root.parent/data-*``), then the other projects' (``root.parent.parent/*/data-*``,
-    the store's ``projects/<id>/data-N`` layout; elsewhere nothing matches)."""
+    (``root.parent/data-*``), then, in a workspace, the other projects'."""
     here = Path(root).resolve()
     own = sorted(Path(root).parent.glob("data-*"))
-    others = sorted(Path(root).parent.parent.glob("*/data-*"))
+    projects = _projects_folder(root)
+    others = sorted(projects.glob("*/data-*")) if projects is not None else []
     return [v for v in dict.fromkeys([*own, *others]) if v.resolve() != here]
 
 
@@ -141,9 +148,9 @@ def one_pass(path: Path) -> Iterator[None]:
     """Hold the workspace's lock on the features file ``path`` while it is computed: a job
     that needs the same file (same pictures, model and weights) in any project waits here,
     then finds it (:func:`linked_twin`). The lock is a file beside the projects' folders
-    (``root.parent.parent``), released when its holder ends, even killed."""
-    folder = path.parent.parent.parent.parent  # projects/<id>/data-N/cache/<file>
-    lock = folder / f".{path.stem}.lock"
+    (beside the file outside a workspace), released when its holder ends, even killed."""
+    projects = _projects_folder(path.parent.parent)  # projects/<id>/data-N/cache/<file>
+    lock = (projects or path.parent) / f".{path.stem}.lock"
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:  # a read-only place: no lock, each job computes its own
