@@ -27,6 +27,7 @@ from torchvision.transforms import InterpolationMode, v2
 from tl_core import diskspace
 from tl_core.data.dataset import ImageItem
 from tl_core.data.imageprep import decode_workers, square_pixels
+from tl_core.data.pixelcache import Square
 from tl_core.models.catalog import DataConfig
 from tl_core.training.rowfile import RowFile
 
@@ -183,7 +184,7 @@ def decode_all(
     n = len(items)
     nbytes = n * 3 * side * side
     folder = root / "cache"
-    stem = f"decoded-{side}-{interpolation}"
+    stem = Square(side, interpolation).stem  # the name an import gives the same cache
     data, index = folder / f"{stem}.u8", folder / f"{stem}.json"
     files = [i.file for i in items]
     known = _index_files(index) if index.exists() else None
